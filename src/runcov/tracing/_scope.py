@@ -1,0 +1,243 @@
+"""Per-request scope state shared by both tracing cores, and the thread-pool hand-off."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import os
+import threading
+from typing import Any, Callable, Iterable, Optional
+
+from runcov.tracing._base import CENSUS, EXACT, Arc, CoverageData, Scope, normalize_root
+
+#: The scope bound to the running thread / asyncio task. ``None`` for unsampled work: the hot
+#: path of every tracing callback starts with ``_current.get()``.
+_current: contextvars.ContextVar[Optional[ScopeState]] = contextvars.ContextVar(
+    "runcov_scope", default=None
+)
+
+#: Sentinel stored as a frame's last line for frames that were already running when the scope
+#: opened: their lines belong to the code that opened the scope, not to the measured work.
+SKIP = 0
+
+
+class Roots:
+    """A set of source roots and a cached classifier of file names under them."""
+
+    def __init__(self) -> None:
+        self._roots: tuple[str, ...] = ()
+        #: co_filename -> normalized absolute path, or None when outside every root.
+        self._cache: dict[str, Optional[str]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """The normalized roots."""
+        return self._roots
+
+    def add(self, roots: Iterable[str]) -> bool:
+        """Add roots; return True when at least one is new."""
+        with self._lock:
+            new = tuple(r for r in (normalize_root(x) for x in roots) if r not in self._roots)
+            if not new:
+                return False
+            self._roots = self._roots + new
+            # Files once outside every root may be inside a new one: reclassify lazily.
+            self._cache = {k: v for k, v in self._cache.items() if v is not None}
+            return True
+
+    def classify(self, filename: str) -> Optional[str]:
+        """Absolute path of ``filename`` when it lies under a root, else None."""
+        try:
+            return self._cache[filename]
+        except KeyError:
+            pass
+        path: Optional[str] = None
+        if filename and not filename.startswith("<") and os.path.isabs(filename):
+            real = os.path.realpath(filename)
+            if within(real, self._roots):
+                path = real
+        elif filename and not filename.startswith("<"):
+            real = os.path.realpath(os.path.abspath(filename))
+            if within(real, self._roots):
+                path = real
+        self._cache[filename] = path
+        return path
+
+
+def within(path: str, roots: Iterable[str]) -> bool:
+    """True when ``path`` is one of ``roots`` or lies below one of them."""
+    return any(path == root or path.startswith(root + os.sep) or root == os.sep for root in roots)
+
+
+class ScopeState(Scope):
+    """What one scope records. Mutated only from tracing callbacks (under the GIL)."""
+
+    __slots__ = (
+        "_closer",
+        "_roots",
+        "_token",
+        "census_lines",
+        "closed",
+        "files",
+        "is_census",
+        "last",
+        "mode",
+        "owner_thread",
+        "pinned",
+        "result",
+        "trace_id",
+        "traced",
+    )
+
+    def __init__(
+        self,
+        mode: str,
+        trace_id: Optional[int],
+        roots: tuple[str, ...],
+        closer: Callable[[ScopeState], None],
+    ) -> None:
+        self.mode = mode
+        self.is_census = mode == CENSUS
+        self.trace_id = trace_id
+        self.traced = True
+        self.closed = False
+        #: co_filename -> set of arcs (exact mode).
+        self.files: dict[str, set[Arc]] = {}
+        #: co_filename -> lines first hit by this scope (census mode).
+        self.census_lines: dict[str, set[int]] = {}
+        #: id(frame) -> last line executed in that frame (exact mode, sys.monitoring core).
+        self.last: dict[int, int] = {}
+        #: Frames running when the scope opened (kept alive so their ids stay theirs).
+        self.pinned: list[Any] = []
+        self._roots = roots
+        self._closer = closer
+        self._token: Optional[contextvars.Token[Optional[ScopeState]]] = None
+        self.owner_thread = threading.get_ident()
+        self.result: Optional[CoverageData] = None
+
+    def bind(self) -> None:
+        """Make this the current scope of the calling context."""
+        self._token = _current.set(self)
+
+    def close(self) -> CoverageData:
+        """Stop recording; return lines and arcs under this scope's roots. Never raises."""
+        if self.result is not None:
+            return self.result
+        data = CoverageData()
+        try:
+            self.closed = True
+            self._unbind()
+            self._closer(self)
+            data = self._collect()
+        except Exception:  # the host application never sees an error from runcov
+            pass
+        self.result = data
+        return data
+
+    def _unbind(self) -> None:
+        if _current.get() is self:
+            token, self._token = self._token, None
+            try:
+                if token is None:
+                    raise ValueError
+                _current.reset(token)
+            except ValueError:  # closed in another context than the one that opened it
+                _current.set(None)
+
+    def _collect(self) -> CoverageData:
+        data = CoverageData()
+        for filename, arcs in list(self.files.items()):
+            path = _resolve(filename, self._roots)
+            if path is None:
+                continue
+            lines = {b for _, b in arcs if b > 0}
+            lines.update(a for a, _ in arcs if a > 0)
+            data.lines.setdefault(path, set()).update(lines)
+            data.arcs.setdefault(path, set()).update(arcs)
+        for filename, lines in list(self.census_lines.items()):
+            path = _resolve(filename, self._roots)
+            if path is not None:
+                data.lines.setdefault(path, set()).update(lines)
+        self.files = {}
+        self.census_lines = {}
+        self.last = {}
+        self.pinned = []
+        return data
+
+
+def _resolve(filename: str, roots: tuple[str, ...]) -> Optional[str]:
+    real = os.path.realpath(os.path.abspath(filename))
+    return real if within(real, roots) else None
+
+
+class _Handoff:
+    """A callable submitted to a thread pool from inside a scope: runs in that scope."""
+
+    __slots__ = ("_enter", "_exit", "_fn", "_scope")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        scope: ScopeState,
+        enter: Callable[[ScopeState], None],
+        exit_: Callable[[ScopeState], None],
+    ) -> None:
+        self._fn = fn
+        self._scope = scope
+        self._enter = enter
+        self._exit = exit_
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        scope = self._scope
+        if scope.closed:
+            return self._fn(*args, **kwargs)
+        token = _current.set(scope)
+        try:
+            self._enter(scope)
+        except Exception:
+            pass
+        try:
+            return self._fn(*args, **kwargs)
+        finally:
+            try:
+                self._exit(scope)
+            except Exception:
+                pass
+            try:
+                _current.reset(token)
+            except ValueError:
+                _current.set(None)
+
+
+_handoff_hooks: list[tuple[Callable[[ScopeState], None], Callable[[ScopeState], None]]] = []
+_patched = False
+
+
+def install_handoff(
+    enter: Callable[[ScopeState], None], exit_: Callable[[ScopeState], None]
+) -> None:
+    """Make work submitted to ``ThreadPoolExecutor`` from inside a scope count toward it.
+
+    ``asyncio.to_thread`` and ``loop.run_in_executor`` submit through the executor too. ``enter``
+    and ``exit_`` run in the worker thread around the work (the settrace core installs its
+    tracer there).
+    """
+    global _patched
+    _handoff_hooks[:] = [(enter, exit_)]
+    if _patched:
+        return
+    import wrapt
+
+    def submit(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        scope = _current.get()
+        if scope is None or scope.closed or not args or not _handoff_hooks:
+            return wrapped(*args, **kwargs)
+        enter_, exit__ = _handoff_hooks[0]
+        return wrapped(_Handoff(args[0], scope, enter_, exit__), *args[1:], **kwargs)
+
+    wrapt.wrap_function_wrapper(concurrent.futures.ThreadPoolExecutor, "submit", submit)
+    _patched = True
+
+
+__all__ = ["CENSUS", "EXACT", "SKIP", "Roots", "ScopeState", "install_handoff", "within"]

@@ -1,0 +1,259 @@
+"""The settrace tracing core (CPython before 3.12, or when sys.monitoring ids are taken).
+
+A tracer is installed with ``sys.settrace`` only in threads that run a scope (the thread that
+opened it, and thread-pool workers running work handed off from it), never replacing a tracer
+someone else installed. Its ``call`` handler returns at once for frames outside any scope or
+outside the source roots, so no line events are generated there. Arcs follow coverage.py's
+Python tracer: ``(-co_firstlineno, line)`` on a real call, the resumed frame continuing from its
+current line, ``(line, -co_firstlineno)`` on a real return (not on a ``yield``).
+"""
+
+from __future__ import annotations
+
+import dis
+import logging
+import os
+import sys
+import threading
+from types import CodeType, FrameType
+from typing import Any, Callable, Iterable, Optional
+
+from runcov.tracing._base import CENSUS, EXACT, Arc, Core, Scope
+from runcov.tracing._scope import Roots, ScopeState, _current, install_handoff
+
+log = logging.getLogger("runcov.tracing")
+
+_RESUME = dis.opmap.get("RESUME")
+_YIELDS = {dis.opmap[name] for name in ("YIELD_VALUE", "YIELD_FROM") if name in dis.opmap}
+_GEN_FLAGS = (
+    0x20 | 0x80 | 0x100 | 0x200
+)  # GENERATOR | COROUTINE | ITERABLE_COROUTINE | ASYNC_GENERATOR
+
+TraceFn = Callable[[FrameType, str, Any], Any]
+
+
+class _ThreadState(threading.local):
+    """Per-thread bookkeeping of the tracer runcov installed."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.installed = False
+
+
+class SettraceCore(Core):
+    """Tracing core on ``sys.settrace``."""
+
+    name = "settrace"
+
+    def __init__(self) -> None:
+        self._roots = Roots()
+        self._lock = threading.Lock()
+        self._tls = _ThreadState()
+        self._census_enabled = False
+        self._census: dict[str, set[int]] = {}
+        #: id(code) -> (code, co_code) for generator-like code: tells a yield from a return.
+        self._gen_code: dict[int, tuple[CodeType, bytes]] = {}
+        self._shut = False
+        self._global_trace = self._make_global_trace()
+        install_handoff(self._enter_thread, self._exit_thread)
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    # -- Core API -----------------------------------------------------------------------------
+
+    def add_roots(self, roots: Iterable[str]) -> None:
+        """Add source roots."""
+        self._roots.add(roots)
+
+    def open_scope(
+        self,
+        mode: str = EXACT,
+        trace_id: Optional[int] = None,
+        roots: Optional[Iterable[str]] = None,
+    ) -> Scope:
+        """Open a scope bound to the current context and trace this thread while it is open."""
+        if roots is not None:
+            roots = list(roots)
+            self.add_roots(roots)
+            scope_roots = Roots()
+            scope_roots.add(roots)
+            wanted = scope_roots.roots
+        else:
+            wanted = self._roots.roots
+        scope = ScopeState(mode, trace_id, wanted, self._close_scope)
+        try:
+            if mode not in (EXACT, CENSUS):
+                raise ValueError(f"unknown scope mode {mode!r}")
+            if self._shut:
+                scope.traced = False
+                return scope
+            if mode == CENSUS:
+                self._census_enabled = True
+            if not self._enter_thread(scope):
+                scope.traced = False
+                return scope
+            scope.bind()
+        except Exception:
+            log.debug("runcov: could not open a scope", exc_info=True)
+            scope.traced = False
+        return scope
+
+    def _enter_thread(self, scope: ScopeState) -> bool:
+        tls = self._tls
+        current = sys.gettrace()
+        if current is None:
+            sys.settrace(self._global_trace)
+            tls.installed = True
+        elif current is not self._global_trace:
+            return False  # never replace someone else's tracer
+        tls.depth += 1
+        return True
+
+    def _exit_thread(self, scope: ScopeState) -> None:
+        tls = self._tls
+        if tls.depth > 0:
+            tls.depth -= 1
+        if tls.depth == 0 and tls.installed:
+            tls.installed = False
+            if sys.gettrace() is self._global_trace:
+                sys.settrace(None)
+
+    def _close_scope(self, scope: ScopeState) -> None:
+        if scope.traced and scope.owner_thread == threading.get_ident():
+            self._exit_thread(scope)
+        # Closed from another thread: the owner's tracer removes itself at its next call event.
+
+    def current_scope(self) -> Optional[Scope]:
+        """The scope bound to the current context."""
+        return _current.get()
+
+    def new_epoch(self) -> None:
+        """Forget the census epoch's first hits."""
+        self._census.clear()
+
+    def census_lines(self) -> dict[str, set[int]]:
+        """Lines hit in the current epoch, by absolute path (a copy)."""
+        out: dict[str, set[int]] = {}
+        for filename, lines in list(self._census.items()):
+            path = self._roots.classify(filename)
+            if path is not None:
+                out.setdefault(path, set()).update(lines)
+        return out
+
+    def shutdown(self) -> None:
+        """Stop tracing in this thread; other threads stop at their next call event."""
+        self._shut = True
+        if sys.gettrace() is self._global_trace:
+            sys.settrace(None)
+        self._tls.depth = 0
+        self._tls.installed = False
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        scope = _current.get()
+        _current.set(None)
+        if scope is not None:
+            scope.closed = True
+        self._census.clear()
+
+    # -- the tracer ---------------------------------------------------------------------------
+
+    def _make_global_trace(self) -> TraceFn:
+        get_scope = _current.get
+        classify = self._roots.classify
+        core = self
+        RESUME = _RESUME
+
+        def global_trace(frame: FrameType, event: str, arg: Any) -> Any:
+            if event != "call":
+                return None
+            scope = get_scope()
+            if scope is None or scope.closed:
+                tls = core._tls
+                if tls.depth == 0 and tls.installed and not core._shut:
+                    # The scope was closed from another thread: remove ourselves.
+                    tls.installed = False
+                    sys.settrace(None)
+                return None
+            code = frame.f_code
+            filename = code.co_filename
+            if classify(filename) is None:
+                return None
+            try:
+                if scope.is_census:
+                    return core._census_tracer(scope, filename)
+                first = code.co_firstlineno
+                if RESUME is not None:
+                    real_call = code.co_code[frame.f_lasti + 1] == 0
+                else:
+                    real_call = frame.f_lasti < 0
+                last = -first if real_call else frame.f_lineno
+                arcs = scope.files.get(filename)
+                if arcs is None:
+                    arcs = scope.files[filename] = set()
+                if code.co_flags & _GEN_FLAGS:
+                    return core._generator_tracer(arcs, last, first, code)
+                return _function_tracer(arcs, last, first)
+            except Exception:
+                return None
+
+        return global_trace
+
+    def _generator_tracer(self, arcs: set[Arc], last: int, first: int, code: CodeType) -> TraceFn:
+        entry = self._gen_code.get(id(code))
+        if entry is None or entry[0] is not code:
+            entry = self._gen_code[id(code)] = (code, code.co_code)
+        co_code = entry[1]
+        RESUME = _RESUME
+
+        def local(frame: FrameType, event: str, arg: Any) -> Any:
+            nonlocal last
+            if event == "line":
+                line = frame.f_lineno
+                arcs.add((last, line))
+                last = line
+            elif event == "return":
+                lasti = frame.f_lasti
+                if RESUME is not None:
+                    real = len(co_code) <= lasti + 2 or co_code[lasti + 2] != RESUME
+                else:
+                    real = lasti < 0 or co_code[lasti] not in _YIELDS
+                if real:
+                    arcs.add((last, -first))
+            return local
+
+        return local
+
+    def _census_tracer(self, scope: ScopeState, filename: str) -> TraceFn:
+        census = self._census
+        hits = census.get(filename)
+        if hits is None:
+            hits = census[filename] = set()
+
+        def local(frame: FrameType, event: str, arg: Any) -> Any:
+            if event == "line":
+                line = frame.f_lineno
+                if line not in hits:
+                    hits.add(line)
+                    mine = scope.census_lines.get(filename)
+                    if mine is None:
+                        mine = scope.census_lines[filename] = set()
+                    mine.add(line)
+            return local
+
+        return local
+
+
+def _function_tracer(arcs: set[Arc], last: int, first: int) -> TraceFn:
+    """Local tracer for an ordinary function frame (every ``return`` is a real return)."""
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        nonlocal last
+        if event == "line":
+            line = frame.f_lineno
+            arcs.add((last, line))
+            last = line
+        elif event == "return":
+            arcs.add((last, -first))
+        return local
+
+    return local

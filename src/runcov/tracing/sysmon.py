@@ -1,0 +1,406 @@
+"""The sys.monitoring tracing core (CPython 3.12+): exact per-scope lines and arcs, and census.
+
+How it stays cheap (see docs/architecture.md, "Tracing core"):
+
+* A permanent global ``PY_START`` callback sees each code object once: code outside the source
+  roots is disabled for good; code inside is registered. Either way the callback returns
+  ``DISABLE``, so steady-state unsampled traffic pays nothing.
+* While at least one exact scope is open, the registered code objects are armed with *local*
+  ``LINE`` and ``PY_RETURN`` events (and ``PY_UNWIND`` globally). Callbacks for work outside any
+  scope return after one ContextVar lookup. When the last scope closes, the code objects are
+  disarmed again.
+* Arcs follow coverage.py: the previous line is kept per frame (keyed by ``id(frame)`` inside the
+  scope), a frame's first line gets the entry arc ``(-co_firstlineno, line)`` and a return or
+  unwind the exit arc ``(line, -co_firstlineno)``. A suspended generator keeps its last line, so
+  a resumed frame continues from its ``yield``/``await`` line as coverage.py's tracers do.
+* Census mode arms ``LINE`` on every registered code object; each line records its first hit and
+  returns ``DISABLE`` (when no exact scope needs the location), so steady cost is ~zero. A new
+  epoch re-arms with a local toggle. ``restart_events()`` is never called: it would re-arm every
+  other tool's locations too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from types import CodeType
+from typing import Any, Iterable, Optional
+
+from runcov.tracing._base import CENSUS, EXACT, Core, Scope
+from runcov.tracing._scope import SKIP, Roots, ScopeState, _current, install_handoff
+
+log = logging.getLogger("runcov.tracing")
+
+#: Tool ids runcov may use: 0-2 and 5 belong to debuggers, coverage.py, profilers, optimizers.
+CANDIDATE_TOOL_IDS = (3, 4)
+TOOL_NAME = "runcov"
+
+
+class ToolUnavailable(RuntimeError):
+    """Both of runcov's sys.monitoring tool ids are taken by other tools."""
+
+
+class SysmonCore(Core):
+    """Tracing core on ``sys.monitoring`` (PEP 669)."""
+
+    name = "sysmon"
+
+    def __init__(self) -> None:
+        mon = sys.monitoring  # type: ignore[attr-defined]
+        self._mon = mon
+        ev = mon.events
+        self._DISABLE = mon.DISABLE
+        self._LINE = ev.LINE
+        self._EXACT_LOCAL = ev.LINE | ev.PY_RETURN
+        self._GLOBAL_IDLE = ev.PY_START
+        self._GLOBAL_ARMED = ev.PY_START | ev.PY_UNWIND
+        self._tool = self._claim_tool_id()
+        self._lock = threading.RLock()
+        self._roots = Roots()
+        #: id(code) -> code for code objects under the roots (kept alive: ids stay unique).
+        self._codes: dict[int, CodeType] = {}
+        self._active = 0  # open exact scopes
+        self._census_enabled = False
+        #: co_filename -> lines hit in the current census epoch.
+        self._census: dict[str, set[int]] = {}
+        self._shut = False
+        self._modules_scanned: set[str] = set()
+        self._modules_seen_count = -1
+        self._register_callbacks()
+        mon.set_events(self._tool, self._GLOBAL_IDLE)
+        install_handoff(_noop, _noop)
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def _claim_tool_id(self) -> int:
+        taken = []
+        for tool in CANDIDATE_TOOL_IDS:
+            try:
+                self._mon.use_tool_id(tool, TOOL_NAME)
+                return tool
+            except ValueError:
+                taken.append(f"{tool}={self._mon.get_tool(tool)!r}")
+        raise ToolUnavailable("sys.monitoring tool ids taken: " + ", ".join(taken))
+
+    @property
+    def tool_id(self) -> int:
+        """The sys.monitoring tool id this core holds."""
+        return self._tool
+
+    def _register_callbacks(self) -> None:
+        mon, ev, tool = self._mon, self._mon.events, self._tool
+        codes = self._codes
+        roots = self._roots
+        DISABLE = self._DISABLE
+        get_scope = _current.get
+        getframe = sys._getframe
+        census = self._census
+        core = self
+
+        def on_py_start(code: CodeType, offset: int) -> Any:
+            # First call of a code object since it was created (or since the tool started).
+            try:
+                if id(code) not in codes and roots.classify(code.co_filename) is not None:
+                    codes[id(code)] = code
+                    events = core._local_events()
+                    if events:
+                        mon.set_local_events(tool, code, events)
+            except Exception:
+                pass
+            return DISABLE
+
+        def on_line(code: CodeType, line: int) -> Any:
+            scope = get_scope()
+            if scope is None or scope.is_census:
+                if not core._census_enabled:
+                    return None
+                try:
+                    filename = code.co_filename
+                    hits = census.get(filename)
+                    if hits is None:
+                        hits = census[filename] = set()
+                    if line not in hits:
+                        hits.add(line)
+                        if scope is not None:
+                            mine = scope.census_lines.get(filename)
+                            if mine is None:
+                                mine = scope.census_lines[filename] = set()
+                            mine.add(line)
+                except Exception:
+                    return None
+                return DISABLE if core._active == 0 else None
+            try:
+                key = id(getframe(1))
+                last = scope.last
+                prev = last.get(key)
+                if prev is None:
+                    prev = -code.co_firstlineno
+                elif prev == SKIP:
+                    return None
+                last[key] = line
+                arcs = scope.files.get(code.co_filename)
+                if arcs is None:
+                    arcs = scope.files[code.co_filename] = set()
+                arcs.add((prev, line))
+            except Exception:
+                pass
+            return None
+
+        def on_exit(code: CodeType, offset: int, _value: object, depth: int = 1) -> Any:
+            scope = get_scope()
+            if scope is None or scope.is_census:
+                return None
+            try:
+                prev = scope.last.pop(id(getframe(depth)), None)
+                if prev is not None and prev != SKIP:
+                    arcs = scope.files.get(code.co_filename)
+                    if arcs is None:
+                        arcs = scope.files[code.co_filename] = set()
+                    arcs.add((prev, -code.co_firstlineno))
+            except Exception:
+                pass
+            return None
+
+        def on_unwind(code: CodeType, offset: int, exc: BaseException) -> Any:
+            # Global event (cannot be local, must not return DISABLE): filter cheaply.
+            if id(code) not in codes:
+                return None
+            return on_exit(code, offset, exc, 2)
+
+        mon.register_callback(tool, ev.PY_START, on_py_start)
+        mon.register_callback(tool, ev.LINE, on_line)
+        mon.register_callback(tool, ev.PY_RETURN, on_exit)
+        mon.register_callback(tool, ev.PY_UNWIND, on_unwind)
+
+    # -- arming -------------------------------------------------------------------------------
+
+    def _local_events(self) -> int:
+        if self._active:
+            return self._EXACT_LOCAL
+        if self._census_enabled:
+            return self._LINE
+        return 0
+
+    def _apply(self, toggle: bool) -> None:
+        """Set every registered code object's local events to the current need."""
+        events = self._local_events()
+        if events:
+            # Arm code before it first runs: code armed from inside its own PY_START callback
+            # misses lines of that first frame until the frame next checks its instrumentation.
+            self._scan_modules()
+        set_local = self._mon.set_local_events
+        tool = self._tool
+        for code in list(self._codes.values()):
+            try:
+                if toggle and events:
+                    set_local(tool, code, 0)  # re-arms locations we DISABLEd
+                set_local(tool, code, events)
+            except Exception:
+                pass
+        self._mon.set_events(tool, self._GLOBAL_ARMED if self._active else self._GLOBAL_IDLE)
+
+    # -- Core API -----------------------------------------------------------------------------
+
+    def add_roots(self, roots: Iterable[str]) -> None:
+        """Add source roots; code of modules already imported under them is registered."""
+        if self._roots.add(roots):
+            with self._lock:
+                self._modules_scanned.clear()
+                self._modules_seen_count = -1
+                self._scan_modules()
+                if self._local_events():
+                    self._apply(toggle=False)
+
+    def _scan_modules(self) -> None:
+        # Register the code objects of modules under the roots (functions, methods, nested code in
+        # co_consts) so they are armed before they first run; also finds code that ran before a
+        # root was added (its PY_START was disabled). Each module is walked once.
+        modules = sys.modules
+        if len(modules) == self._modules_seen_count:
+            return
+        self._modules_seen_count = len(modules)
+        for name, module in list(modules.items()):
+            if name in self._modules_scanned:
+                continue
+            self._modules_scanned.add(name)
+            filename = getattr(module, "__file__", None)
+            if not filename or self._roots.classify(filename) is None:
+                continue
+            for value in list(vars(module).values()):
+                for code in _code_objects(value, filename):
+                    if self._roots.classify(code.co_filename) is not None:
+                        self._codes[id(code)] = code
+
+    def open_scope(
+        self,
+        mode: str = EXACT,
+        trace_id: Optional[int] = None,
+        roots: Optional[Iterable[str]] = None,
+    ) -> Scope:
+        """Open a scope bound to the current context."""
+        if roots is not None:
+            roots = list(roots)
+            self.add_roots(roots)
+            scope_roots = Roots()
+            scope_roots.add(roots)
+            wanted = scope_roots.roots
+        else:
+            wanted = self._roots.roots
+        scope = ScopeState(mode, trace_id, wanted, self._close_scope)
+        try:
+            if self._shut:
+                scope.traced = False
+                return scope
+            if mode == EXACT:
+                # Frames already running belong to the code that opened the scope. They are kept
+                # referenced while the scope is open so that their ids cannot be reused by frames
+                # the scope should measure.
+                frame: Any = sys._getframe(1)
+                while frame is not None:
+                    scope.last[id(frame)] = SKIP
+                    scope.pinned.append(frame)
+                    frame = frame.f_back
+                with self._lock:
+                    self._active += 1
+                    if self._active == 1:
+                        self._apply(toggle=self._census_enabled)
+            elif mode == CENSUS:
+                with self._lock:
+                    if not self._census_enabled:
+                        self._census_enabled = True
+                        if not self._active:
+                            self._apply(toggle=True)
+            else:
+                raise ValueError(f"unknown scope mode {mode!r}")
+            scope.bind()
+        except Exception:
+            log.debug("runcov: could not open a scope", exc_info=True)
+            scope.traced = False
+        return scope
+
+    def _close_scope(self, scope: ScopeState) -> None:
+        if scope.mode != EXACT or not scope.traced:
+            return
+        with self._lock:
+            if self._active > 0:
+                self._active -= 1
+                if self._active == 0 and not self._shut:
+                    self._apply(toggle=False)
+
+    def current_scope(self) -> Optional[Scope]:
+        """The scope bound to the current context."""
+        return _current.get()
+
+    def enable_census(self) -> None:
+        """Record first hits of all traffic from now on (census mode)."""
+        with self._lock:
+            if not self._census_enabled:
+                self._census_enabled = True
+                if not self._active:
+                    self._apply(toggle=True)
+
+    def census_lines(self) -> dict[str, set[int]]:
+        """Lines hit in the current epoch, by absolute path (a copy)."""
+        out: dict[str, set[int]] = {}
+        for filename, lines in list(self._census.items()):
+            path = self._roots.classify(filename)
+            if path is not None:
+                out.setdefault(path, set()).update(lines)
+        return out
+
+    def new_epoch(self) -> None:
+        """Forget the epoch's first hits and re-arm census recording."""
+        with self._lock:
+            self._census.clear()
+            if self._census_enabled:
+                self._apply(toggle=True)
+
+    def shutdown(self) -> None:
+        """Disarm everything and free the tool id."""
+        with self._lock:
+            if self._shut:
+                return
+            self._shut = True
+            self._active = 0
+            self._census_enabled = False
+            mon, tool = self._mon, self._tool
+            for code in list(self._codes.values()):
+                try:
+                    mon.set_local_events(tool, code, 0)
+                except Exception:
+                    pass
+            try:
+                mon.set_events(tool, 0)
+                for event in (
+                    mon.events.PY_START,
+                    mon.events.LINE,
+                    mon.events.PY_RETURN,
+                    mon.events.PY_UNWIND,
+                ):
+                    mon.register_callback(tool, event, None)
+                mon.free_tool_id(tool)
+            except Exception:
+                pass
+            self._codes.clear()
+            self._census.clear()
+
+    def _after_fork_in_child(self) -> None:
+        # Only the forking thread survives: scopes of other threads will never close.
+        self._lock = threading.RLock()
+        if self._shut:
+            return
+        scope = _current.get()
+        _current.set(None)
+        if scope is not None:
+            scope.closed = True
+        self._active = 0
+        self._census.clear()
+        self._apply(toggle=self._census_enabled)
+
+
+def _noop(_scope: ScopeState) -> None:
+    """Thread-pool hand-off hook: sys.monitoring events fire on every thread already."""
+
+
+def _code_objects(value: Any, filename: str, depth: int = 0) -> Iterable[CodeType]:
+    """Code objects reachable from a module attribute (functions, classes, nested code)."""
+    if depth > 3:
+        return
+    code = getattr(value, "__code__", None)
+    if isinstance(code, CodeType):
+        yield from _nested(code)
+        wrapped = getattr(value, "__wrapped__", None)
+        if wrapped is not None:
+            yield from _code_objects(wrapped, filename, depth + 1)
+        for cell in getattr(value, "__closure__", None) or ():
+            try:
+                inner = cell.cell_contents
+            except ValueError:
+                continue
+            if callable(inner) and not isinstance(inner, type):
+                yield from _code_objects(inner, filename, depth + 1)
+        return
+    if isinstance(value, (staticmethod, classmethod)):
+        yield from _code_objects(value.__func__, filename, depth + 1)
+        return
+    if isinstance(value, property):
+        for fn in (value.fget, value.fset, value.fdel):
+            if fn is not None:
+                yield from _code_objects(fn, filename, depth + 1)
+        return
+    if (
+        isinstance(value, type)
+        and getattr(sys.modules.get(value.__module__), "__file__", None) == filename
+    ):
+        for attr in list(vars(value).values()):
+            yield from _code_objects(attr, filename, depth + 1)
+
+
+def _nested(code: CodeType) -> Iterable[CodeType]:
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            yield from _nested(const)
