@@ -36,7 +36,7 @@ class _ThreadState(threading.local):
     """Per-thread bookkeeping of the tracer runcov installed."""
 
     def __init__(self) -> None:
-        self.depth = 0
+        self.open: list[ScopeState] = []  # scopes (and hand-offs) running in this thread
         self.installed = False
 
 
@@ -105,14 +105,22 @@ class SettraceCore(Core):
             tls.installed = True
         elif current is not self._global_trace:
             return False  # never replace someone else's tracer
-        tls.depth += 1
+        tls.open.append(scope)
         return True
 
     def _exit_thread(self, scope: ScopeState) -> None:
         tls = self._tls
-        if tls.depth > 0:
-            tls.depth -= 1
-        if tls.depth == 0 and tls.installed:
+        try:
+            tls.open.remove(scope)
+        except ValueError:
+            pass
+        self._maybe_uninstall(tls)
+
+    def _maybe_uninstall(self, tls: _ThreadState) -> None:
+        if any(not s.closed for s in tls.open):
+            return
+        tls.open.clear()
+        if tls.installed:
             tls.installed = False
             if sys.gettrace() is self._global_trace:
                 sys.settrace(None)
@@ -144,7 +152,7 @@ class SettraceCore(Core):
         self._shut = True
         if sys.gettrace() is self._global_trace:
             sys.settrace(None)
-        self._tls.depth = 0
+        self._tls.open.clear()
         self._tls.installed = False
 
     def _after_fork_in_child(self) -> None:
@@ -168,11 +176,9 @@ class SettraceCore(Core):
                 return None
             scope = get_scope()
             if scope is None or scope.closed:
-                tls = core._tls
-                if tls.depth == 0 and tls.installed and not core._shut:
-                    # The scope was closed from another thread: remove ourselves.
-                    tls.installed = False
-                    sys.settrace(None)
+                # Another task's work on this thread, or our scope was closed from another
+                # thread: remove the tracer once no scope of this thread is open.
+                core._maybe_uninstall(core._tls)
                 return None
             code = frame.f_code
             filename = code.co_filename

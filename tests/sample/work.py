@@ -1,0 +1,27 @@
+"""Small functions measured by the tracing-core tests."""
+
+import asyncio
+
+
+def classify(n):
+    if n < 0:
+        return "negative"
+    elif n == 0:
+        return "zero"
+    return "positive"
+
+
+def blocking(n):
+    total = 0
+    for i in range(n):
+        total += i
+    return total
+
+
+async def handler(n, delay=0):
+    await asyncio.sleep(delay)
+    kind = classify(n)
+    await asyncio.sleep(delay)
+    if kind == "positive":
+        return await asyncio.to_thread(blocking, n)
+    return 0

@@ -1,0 +1,169 @@
+"""Behaviour of the tracing cores beyond line/arc fidelity: choice, hand-off, census, safety."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from runcov.testing import capture_coverage
+from runcov.tracing import get_core
+from tests.sample import work
+
+SAMPLE = str(Path(work.__file__).parent)
+WORK = os.path.realpath(work.__file__)
+
+
+def _line_of(text: str) -> int:
+    for number, line in enumerate(Path(WORK).read_text().splitlines(), start=1):
+        if text in line:
+            return number
+    raise AssertionError(text)
+
+
+def test_core_choice_matches_python_version() -> None:
+    core = get_core()
+    expected = "sysmon" if sys.version_info >= (3, 12) else "settrace"
+    if os.environ.get("RUNCOV_CORE"):
+        expected = os.environ["RUNCOV_CORE"]
+    assert core.name == expected
+
+
+def test_sync_capture_records_only_the_taken_branch() -> None:
+    with capture_coverage(source=[SAMPLE]) as cov:
+        assert work.classify(0) == "zero"
+    lines = cov.lines[WORK]
+    assert _line_of('return "zero"') in lines
+    assert _line_of('return "negative"') not in lines
+    assert _line_of('return "positive"') not in lines
+    first = work.classify.__code__.co_firstlineno
+    assert (-first, first + 1) in cov.arcs[WORK]
+    assert (_line_of('return "zero"'), -first) in cov.arcs[WORK]
+
+
+def test_code_outside_the_roots_is_not_recorded(tmp_path: Path) -> None:
+    with capture_coverage(source=[str(tmp_path)]) as cov:
+        work.classify(5)
+    assert cov.lines == {}
+    assert cov.arcs == {}
+
+
+def test_thread_pool_work_counts_toward_the_submitting_scope() -> None:
+    body = _line_of("total += i")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        with capture_coverage(source=[SAMPLE]) as cov:
+            assert pool.submit(work.blocking, 3).result() == 3
+        # Work submitted outside any scope is not recorded anywhere.
+        with capture_coverage(source=[SAMPLE]) as other:
+            work.classify(1)
+            done = threading.Event()
+            threading.Thread(target=lambda: (work.blocking(2), done.set())).start()
+            done.wait(5)
+    assert body in cov.lines[WORK]
+    assert body not in other.lines[WORK]
+
+
+def test_asyncio_to_thread_and_run_in_executor_count_toward_the_task() -> None:
+    body = _line_of("total += i")
+
+    async def main() -> tuple[capture_coverage, capture_coverage]:
+        async with capture_coverage(source=[SAMPLE]) as a:
+            await work.handler(3)
+        async with capture_coverage(source=[SAMPLE]) as b:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, work.blocking, 2)
+        return a, b
+
+    a, b = asyncio.run(main())
+    assert body in a.lines[WORK]
+    assert _line_of('return "positive"') in a.lines[WORK]
+    assert body in b.lines[WORK]
+    assert _line_of('return "positive"') not in b.lines[WORK]
+
+
+def test_interleaved_tasks_get_their_own_sets() -> None:
+    async def one(n: int) -> capture_coverage:
+        async with capture_coverage(source=[SAMPLE]) as cov:
+            await work.handler(n, delay=0.001)
+        return cov
+
+    async def main() -> list[capture_coverage]:
+        return await asyncio.gather(*(one(n) for n in (-1, 0, 2) * 20))
+
+    results = asyncio.run(main())
+    for n, cov in zip((-1, 0, 2) * 20, results):
+        lines = cov.lines[WORK]
+        assert (_line_of('return "negative"') in lines) == (n < 0)
+        assert (_line_of('return "zero"') in lines) == (n == 0)
+        assert (_line_of("total += i") in lines) == (n > 0)
+
+
+def test_census_records_each_line_once_for_the_first_request() -> None:
+    core = get_core()
+    core.new_epoch()
+    with capture_coverage(source=[SAMPLE], mode="census") as first:
+        work.blocking(3)
+    with capture_coverage(source=[SAMPLE], mode="census") as second:
+        work.blocking(3)
+        work.classify(-1)
+    body = _line_of("total += i")
+    assert body in first.lines[WORK]
+    assert first.arcs == {}
+    assert body not in second.lines.get(WORK, set())
+    assert _line_of('return "negative"') in second.lines[WORK]
+    core.new_epoch()
+    with capture_coverage(source=[SAMPLE], mode="census") as third:
+        work.blocking(3)
+    assert body in third.lines[WORK]
+
+
+def test_scope_closed_from_another_context_does_not_raise() -> None:
+    core = get_core()
+    core.add_roots([SAMPLE])
+    scope = core.open_scope()
+    work.classify(3)
+    result: dict[str, object] = {}
+
+    def close_elsewhere() -> None:
+        result["data"] = scope.close()
+
+    thread = threading.Thread(target=close_elsewhere)
+    thread.start()
+    thread.join()
+    # The opener's context still points at the (closed) scope: closing again here unbinds it.
+    again = scope.close()
+    assert again is result["data"]
+    from runcov.tracing._scope import _current
+
+    _current.set(None)
+    if sys.gettrace() is not None and core.name == "settrace":
+        work.classify(1)  # the tracer notices the closed scope and removes itself
+    assert sys.gettrace() is None or core.name != "settrace"
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="settrace core only (Python < 3.12)")
+def test_settrace_core_never_replaces_a_foreign_tracer() -> None:
+    def foreign(frame: object, event: str, arg: object) -> None:
+        return None
+
+    sys.settrace(foreign)
+    try:
+        with capture_coverage(source=[SAMPLE]) as cov:
+            work.classify(1)
+        assert sys.gettrace() is foreign
+    finally:
+        sys.settrace(None)
+    assert cov.traced is False
+    assert cov.lines == {}
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="sys.monitoring core only")
+def test_sysmon_core_uses_tool_3_or_4_and_leaves_coverage_tool_alone() -> None:
+    core = get_core()
+    assert core.tool_id in (3, 4)  # type: ignore[attr-defined]
+    assert sys.monitoring.get_tool(core.tool_id) == "runcov"  # type: ignore[attr-defined]
