@@ -180,7 +180,7 @@ class _Handoff:
         self,
         fn: Callable[..., Any],
         scope: ScopeState,
-        enter: Callable[[ScopeState], None],
+        enter: Callable[[ScopeState], object],
         exit_: Callable[[ScopeState], None],
     ) -> None:
         self._fn = fn
@@ -210,12 +210,12 @@ class _Handoff:
                 _current.set(None)
 
 
-_handoff_hooks: list[tuple[Callable[[ScopeState], None], Callable[[ScopeState], None]]] = []
+_handoff_hooks: list[tuple[Callable[[ScopeState], object], Callable[[ScopeState], None]]] = []
 _patched = False
 
 
 def install_handoff(
-    enter: Callable[[ScopeState], None], exit_: Callable[[ScopeState], None]
+    enter: Callable[[ScopeState], object], exit_: Callable[[ScopeState], None]
 ) -> None:
     """Make work submitted to ``ThreadPoolExecutor`` from inside a scope count toward it.
 
