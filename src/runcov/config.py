@@ -1,0 +1,351 @@
+"""runcov's configuration: one object, read from arguments, then ``RUNCOV_*``, then defaults.
+
+Precedence for every field: keyword argument > ``RUNCOV_<FIELD>`` environment variable >
+(for exporter and resource settings) the standard OpenTelemetry variables > default. Lists in
+environment variables are comma-separated. Everything is validated when the configuration is
+loaded, so a bad value fails loudly at start and never later on a request.
+
+Standard variables honoured: ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES`` (``service.name``,
+``service.version``, ``deployment.environment.name`` / ``deployment.environment``),
+``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_PROTOCOL``, ``OTEL_EXPORTER_OTLP_HEADERS``
+and ``OTEL_EXPORTER_OTLP_TIMEOUT`` (seconds, as the Python OTLP exporters read it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+from urllib.parse import unquote, urlsplit
+
+from runcov.errors import ConfigError
+from runcov.selectors import MODES, parse_selector
+
+__all__ = ["PROTOCOLS", "ROLES", "Config", "load_config"]
+
+#: Deployment roles; the collector keeps each role's coverage apart.
+ROLES = ("baseline", "canary", "shadow", "game-day")
+#: OTLP protocols the agent can export with.
+PROTOCOLS = ("http/protobuf", "grpc")
+
+_DEFAULT_HTTP_ENDPOINT = "http://localhost:4318"
+_DEFAULT_GRPC_ENDPOINT = "http://localhost:4317"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+@dataclass
+class Config:
+    """Every setting of the agent. Build it with :func:`load_config` to get env and validation."""
+
+    #: Source roots (directories or files); only code under them is measured and reported.
+    source: list[str] = field(default_factory=lambda: [os.getcwd()])
+    #: Endpoint selectors (see :mod:`runcov.selectors`), e.g. ``["POST /checkout@0.5", "*"]``.
+    endpoints: list[str] = field(default_factory=lambda: ["*"])
+    #: Probability that a matched request is sampled, unless its selector says otherwise.
+    sample_rate: float = 0.01
+    #: ``exact`` (per-request line and arc sets) or ``census`` (first hits, ~zero cost).
+    mode: str = "exact"
+    #: Cap of sampled requests per second per process; 0 means no cap.
+    max_per_second: float = 10.0
+    #: Sample more while an endpoint still finds new arcs, less once it stops.
+    saturation: bool = True
+    service_name: str = "unknown_service"
+    service_version: str = ""
+    environment: str = ""
+    #: ``baseline``, ``canary``, ``shadow`` or ``game-day``.
+    role: str = "baseline"
+    #: Base URL of the OTLP receiver (``/v1/traces`` and ``/v1/metrics`` are appended for HTTP).
+    exporter_endpoint: str = _DEFAULT_HTTP_ENDPOINT
+    exporter_protocol: str = "http/protobuf"
+    exporter_headers: dict[str, str] = field(default_factory=dict)
+    #: Seconds one export attempt (retries included) may take before it is given up.
+    exporter_timeout: float = 10.0
+    #: Requests waiting for export; more are dropped and counted.
+    queue_size: int = 2048
+    #: Regular expressions; every match in any string runcov emits becomes ``[REDACTED]``.
+    redact: list[str] = field(default_factory=list)
+    #: Globs of files never reported (matched against the path relative to its source root,
+    #: or against the absolute path when the glob is absolute).
+    exclude: list[str] = field(default_factory=list)
+    enabled: bool = True
+    #: Seconds between metric exports; 0 turns agent metrics off.
+    metrics_interval: float = 60.0
+
+    def traces_endpoint(self) -> str:
+        """Where coverage spans go: the URL (HTTP) or target (gRPC)."""
+        return self._signal_endpoint("traces")
+
+    def metrics_endpoint(self) -> str:
+        """Where agent metrics go: the URL (HTTP) or target (gRPC)."""
+        return self._signal_endpoint("metrics")
+
+    def _signal_endpoint(self, signal: str) -> str:
+        if self.exporter_protocol == "grpc":
+            return self.exporter_endpoint
+        return self.exporter_endpoint.rstrip("/") + "/v1/" + signal
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_LIST_FIELDS = ("source", "endpoints", "redact", "exclude")
+
+
+def _bad(option: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(f"{option}={value!r}: {why}")
+
+
+def split_list(text: str, *, regex: bool = False) -> list[str]:
+    """Split a comma-separated list; for regexes, commas inside ``{}``/``[]``/``()`` are kept."""
+    if not regex:
+        return [item.strip() for item in text.split(",") if item.strip()]
+    items: list[str] = []
+    depth = 0
+    current: list[str] = []
+    escaped = False
+    for ch in text:
+        if escaped:
+            current.append(ch)
+            escaped = False
+            continue
+        if ch == "\\":
+            escaped = True
+            current.append(ch)
+            continue
+        if ch in "{[(":
+            depth += 1
+        elif ch in "}])":
+            depth = max(0, depth - 1)
+        if ch == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    items.append("".join(current))
+    return [item.strip() for item in items if item.strip()]
+
+
+def _parse_headers(option: str, text: str) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise _bad(option, text, f"header {item.strip()!r} is not 'name=value'")
+        headers[unquote(key.strip()).lower()] = unquote(value.strip())
+    return headers
+
+
+def _parse_resource_attributes(text: str) -> dict[str, str]:
+    attrs: dict[str, str] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            attrs[unquote(key.strip())] = unquote(value.strip())
+    return attrs
+
+
+def _to_float(option: str, value: Any, low: float, high: float, why: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _bad(option, value, why) from None
+    if isinstance(value, bool) or math.isnan(number) or not low <= number <= high:
+        raise _bad(option, value, why)
+    return number
+
+
+def _to_bool(option: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise _bad(option, value, "not a boolean (true/false, 1/0, yes/no, on/off)")
+
+
+def _to_list(option: str, value: Any, *, regex: bool = False) -> list[str]:
+    if isinstance(value, str):
+        return split_list(value, regex=regex) if option.startswith("RUNCOV_") else [value]
+    if isinstance(value, os.PathLike):
+        return [os.fspath(value)]
+    try:
+        items = list(value)
+    except TypeError:
+        raise _bad(option, value, "not a list of strings") from None
+    out: list[str] = []
+    for item in items:
+        if isinstance(item, os.PathLike):
+            item = os.fspath(item)
+        if not isinstance(item, str):
+            raise _bad(option, value, f"item {item!r} is not a string")
+        out.append(item)
+    return out
+
+
+def _validate_url(option: str, value: str, protocol: str) -> str:
+    text = value.strip()
+    parts = urlsplit(text if "://" in text else "//" + text)
+    if not parts.hostname:
+        raise _bad(option, value, "not a URL with a host")
+    if protocol != "grpc" and parts.scheme not in ("http", "https"):
+        raise _bad(option, value, "an OTLP/HTTP endpoint must be an http:// or https:// URL")
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        raise _bad(option, value, "the port is not a number between 0 and 65535") from None
+    return text
+
+
+def load_config(environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> Config:
+    """Build a validated :class:`Config` from keyword arguments, ``RUNCOV_*`` and OTel variables.
+
+    ``environ`` defaults to ``os.environ``. Raises :class:`ConfigError` naming the option, its
+    value and why it is wrong.
+    """
+    env = os.environ if environ is None else environ
+    unknown = sorted(set(kwargs) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"{unknown[0]}={kwargs[unknown[0]]!r}: unknown option "
+            f"(known: {', '.join(sorted(_FIELDS))})"
+        )
+
+    def raw(name: str) -> tuple[str, Any]:
+        """(option label, value) for a field, or (label, None) when not given."""
+        if kwargs.get(name) is not None:
+            return name, kwargs[name]
+        var = "RUNCOV_" + name.upper()
+        if var in env and env[var].strip() != "":
+            return var, env[var]
+        return var, None
+
+    resource_attrs = _parse_resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", ""))
+    values: dict[str, Any] = {}
+
+    # Lists.
+    for name in _LIST_FIELDS:
+        option, value = raw(name)
+        if value is not None:
+            values[name] = _to_list(option, value, regex=(name == "redact"))
+    if "source" in values:
+        if not values["source"]:
+            raise _bad("source", values["source"], "at least one source root is needed")
+        for root in values["source"]:
+            if not root.strip():
+                raise _bad("source", values["source"], "a source root is an empty string")
+    for selector in values.get("endpoints", []):
+        parse_selector(selector, option=raw("endpoints")[0])
+    if "endpoints" in values and not values["endpoints"]:
+        raise _bad(raw("endpoints")[0], values["endpoints"], "no endpoint selector given")
+    for pattern in values.get("redact", []):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise _bad(raw("redact")[0], pattern, f"not a regular expression ({exc})") from None
+
+    # Numbers.
+    option, value = raw("sample_rate")
+    if value is not None:
+        values["sample_rate"] = _to_float(
+            option, value, 0.0, 1.0, "not a number between 0 and 1"
+        )
+    option, value = raw("max_per_second")
+    if value is not None:
+        values["max_per_second"] = _to_float(
+            option, value, 0.0, math.inf, "not a number >= 0 (0 means no cap)"
+        )
+    option, value = raw("metrics_interval")
+    if value is not None:
+        values["metrics_interval"] = _to_float(
+            option, value, 0.0, 86400.0, "not a number of seconds >= 0 (0 turns metrics off)"
+        )
+    option, value = raw("queue_size")
+    if value is not None:
+        number = _to_float(option, value, 1, 10_000_000, "not a whole number >= 1")
+        if number != int(number):
+            raise _bad(option, value, "not a whole number >= 1")
+        values["queue_size"] = int(number)
+
+    # Booleans.
+    for name in ("saturation", "enabled"):
+        option, value = raw(name)
+        if value is not None:
+            values[name] = _to_bool(option, value)
+
+    # Choices.
+    option, value = raw("mode")
+    if value is not None:
+        mode = str(value).strip().lower()
+        if mode not in MODES:
+            raise _bad(option, value, f"not one of {', '.join(MODES)}")
+        values["mode"] = mode
+    option, value = raw("role")
+    if value is not None:
+        role = str(value).strip().lower()
+        if role not in ROLES:
+            raise _bad(option, value, f"not one of {', '.join(ROLES)}")
+        values["role"] = role
+
+    # Resource.
+    for name, otel in (
+        ("service_name", ("service.name",)),
+        ("service_version", ("service.version",)),
+        ("environment", ("deployment.environment.name", "deployment.environment")),
+    ):
+        option, value = raw(name)
+        if value is None and name == "service_name" and env.get("OTEL_SERVICE_NAME", "").strip():
+            option, value = "OTEL_SERVICE_NAME", env["OTEL_SERVICE_NAME"].strip()
+        if value is None:
+            for key in otel:
+                if resource_attrs.get(key):
+                    option, value = "OTEL_RESOURCE_ATTRIBUTES", resource_attrs[key]
+                    break
+        if value is not None:
+            if not isinstance(value, str):
+                raise _bad(option, value, "not a string")
+            values[name] = value.strip()
+
+    # Exporter.
+    option, value = raw("exporter_protocol")
+    if value is None and env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "").strip():
+        option, value = "OTEL_EXPORTER_OTLP_PROTOCOL", env["OTEL_EXPORTER_OTLP_PROTOCOL"]
+    protocol = "http/protobuf"
+    if value is not None:
+        protocol = str(value).strip().lower()
+        if protocol not in PROTOCOLS:
+            raise _bad(option, value, f"not one of {', '.join(PROTOCOLS)}")
+    values["exporter_protocol"] = protocol
+    option, value = raw("exporter_endpoint")
+    if value is None and env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip():
+        option, value = "OTEL_EXPORTER_OTLP_ENDPOINT", env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    if value is None:
+        value = _DEFAULT_GRPC_ENDPOINT if protocol == "grpc" else _DEFAULT_HTTP_ENDPOINT
+    if not isinstance(value, str):
+        raise _bad(option, value, "not a URL string")
+    values["exporter_endpoint"] = _validate_url(option, value, protocol)
+    option, value = raw("exporter_headers")
+    if value is None and env.get("OTEL_EXPORTER_OTLP_HEADERS", "").strip():
+        option, value = "OTEL_EXPORTER_OTLP_HEADERS", env["OTEL_EXPORTER_OTLP_HEADERS"]
+    if value is not None:
+        if isinstance(value, str):
+            values["exporter_headers"] = _parse_headers(option, value)
+        elif isinstance(value, Mapping):
+            values["exporter_headers"] = {str(k).lower(): str(v) for k, v in value.items()}
+        else:
+            raise _bad(option, value, "not a mapping or 'name=value,...' string")
+    option, value = raw("exporter_timeout")
+    if value is None and env.get("OTEL_EXPORTER_OTLP_TIMEOUT", "").strip():
+        option, value = "OTEL_EXPORTER_OTLP_TIMEOUT", env["OTEL_EXPORTER_OTLP_TIMEOUT"]
+    if value is not None:
+        timeout = _to_float(option, value, 0.0, 3600.0, "not a number of seconds > 0")
+        if timeout <= 0:
+            raise _bad(option, value, "not a number of seconds > 0")
+        values["exporter_timeout"] = timeout
+
+    return Config(**values)

@@ -1,0 +1,168 @@
+"""Configuration: precedence, standard OTel variables and eager validation."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from runcov.config import Config, load_config, split_list
+from runcov.errors import ConfigError, RuncovError
+
+
+def test_defaults_without_environment() -> None:
+    config = load_config(environ={})
+    assert config == Config()
+    assert config.source == [os.getcwd()]
+    assert config.endpoints == ["*"]
+    assert config.sample_rate == 0.01
+    assert config.mode == "exact"
+    assert config.max_per_second == 10.0
+    assert config.saturation is True
+    assert config.role == "baseline"
+    assert config.queue_size == 2048
+    assert config.exporter_protocol == "http/protobuf"
+    assert config.traces_endpoint() == "http://localhost:4318/v1/traces"
+    assert config.metrics_endpoint() == "http://localhost:4318/v1/metrics"
+
+
+def test_argument_beats_env_beats_default() -> None:
+    env = {"RUNCOV_SAMPLE_RATE": "0.25", "RUNCOV_MODE": "census"}
+    assert load_config(environ=env).sample_rate == 0.25
+    assert load_config(environ=env).mode == "census"
+    assert load_config(environ=env, sample_rate=0.5).sample_rate == 0.5
+    assert load_config(environ=env, mode="exact").mode == "exact"
+
+
+def test_env_lists_are_comma_separated() -> None:
+    env = {
+        "RUNCOV_SOURCE": "/srv/app, /srv/lib",
+        "RUNCOV_ENDPOINTS": "POST /checkout@0.5,GET /health#census",
+        "RUNCOV_EXCLUDE": "*/migrations/*,settings.py",
+        "RUNCOV_REDACT": r"tok_[a-z]{2,8},\d{3}-\d{2}",
+    }
+    config = load_config(environ=env)
+    assert config.source == ["/srv/app", "/srv/lib"]
+    assert config.endpoints == ["POST /checkout@0.5", "GET /health#census"]
+    assert config.exclude == ["*/migrations/*", "settings.py"]
+    # Commas inside a regex quantifier do not split the list.
+    assert config.redact == [r"tok_[a-z]{2,8}", r"\d{3}-\d{2}"]
+
+
+def test_string_argument_is_one_item() -> None:
+    config = load_config(environ={}, source="/srv/app", endpoints="GET /a,b")
+    assert config.source == ["/srv/app"]
+    assert config.endpoints == ["GET /a,b"]
+
+
+def test_split_list_keeps_escaped_and_bracketed_commas() -> None:
+    assert split_list("a, b,,c") == ["a", "b", "c"]
+    assert split_list(r"x{1,2},[,;],(a,b)", regex=True) == ["x{1,2}", "[,;]", "(a,b)"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RUNCOV_SAMPLE_RATE": "abc"}, "RUNCOV_SAMPLE_RATE='abc': not a number between 0 and 1"),
+        ({"RUNCOV_SAMPLE_RATE": "1.5"}, "RUNCOV_SAMPLE_RATE='1.5': not a number between 0 and 1"),
+        ({"RUNCOV_SAMPLE_RATE": "nan"}, "RUNCOV_SAMPLE_RATE='nan'"),
+        ({"RUNCOV_MODE": "fast"}, "RUNCOV_MODE='fast': not one of exact, census"),
+        ({"RUNCOV_ROLE": "prod"}, "RUNCOV_ROLE='prod': not one of baseline, canary"),
+        ({"RUNCOV_MAX_PER_SECOND": "-1"}, "RUNCOV_MAX_PER_SECOND='-1'"),
+        ({"RUNCOV_QUEUE_SIZE": "2.5"}, "RUNCOV_QUEUE_SIZE='2.5': not a whole number"),
+        ({"RUNCOV_QUEUE_SIZE": "0"}, "RUNCOV_QUEUE_SIZE='0'"),
+        ({"RUNCOV_SATURATION": "maybe"}, "RUNCOV_SATURATION='maybe': not a boolean"),
+        ({"RUNCOV_ENDPOINTS": "GET /x@2"}, "RUNCOV_ENDPOINTS='GET /x@2': rate '2'"),
+        ({"RUNCOV_ENDPOINTS": "GET /x#slow"}, "RUNCOV_ENDPOINTS='GET /x#slow': mode 'slow'"),
+        ({"RUNCOV_REDACT": "tok_[a-"}, "RUNCOV_REDACT='tok_[a-': not a regular expression"),
+        ({"RUNCOV_EXPORTER_PROTOCOL": "http/json"}, "RUNCOV_EXPORTER_PROTOCOL='http/json'"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"}, "OTEL_EXPORTER_OTLP_PROTOCOL='thrift'"),
+        ({"RUNCOV_EXPORTER_ENDPOINT": "ftp://x"}, "RUNCOV_EXPORTER_ENDPOINT='ftp://x'"),
+        ({"RUNCOV_EXPORTER_ENDPOINT": "http://h:99999"}, "the port is not a number"),
+        ({"RUNCOV_EXPORTER_TIMEOUT": "0"}, "RUNCOV_EXPORTER_TIMEOUT='0'"),
+        ({"RUNCOV_EXPORTER_HEADERS": "novalue"}, "header 'novalue' is not 'name=value'"),
+    ],
+)
+def test_bad_env_values_fail_with_a_clear_message(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ=env)
+    assert message in str(info.value)
+    assert isinstance(info.value, RuncovError)
+
+
+def test_bad_arguments_name_the_argument() -> None:
+    with pytest.raises(ConfigError, match=r"^sample_rate=-0.1: not a number between 0 and 1$"):
+        load_config(environ={}, sample_rate=-0.1)
+    with pytest.raises(ConfigError, match=r"^sampel_rate=0.1: unknown option"):
+        load_config(environ={}, sampel_rate=0.1)
+    with pytest.raises(ConfigError, match=r"^source=\[\]: at least one source root"):
+        load_config(environ={}, source=[])
+    with pytest.raises(ConfigError, match=r"endpoints=.*item 3 is not a string"):
+        load_config(environ={}, endpoints=["*", 3])
+    with pytest.raises(ConfigError, match=r"sample_rate=True"):
+        load_config(environ={}, sample_rate=True)
+
+
+def test_booleans() -> None:
+    for text, value in [("true", True), ("0", False), ("Off", False), ("YES", True)]:
+        assert load_config(environ={"RUNCOV_ENABLED": text}).enabled is value
+    assert load_config(environ={}, saturation=False).saturation is False
+
+
+def test_resource_falls_back_to_standard_otel_variables() -> None:
+    env = {
+        "OTEL_SERVICE_NAME": "shop",
+        "OTEL_RESOURCE_ATTRIBUTES": "service.name=ignored,service.version=1.2.3,"
+        "deployment.environment=prod",
+    }
+    config = load_config(environ=env)
+    assert (config.service_name, config.service_version, config.environment) == (
+        "shop",
+        "1.2.3",
+        "prod",
+    )
+    env2 = {
+        "OTEL_RESOURCE_ATTRIBUTES": "service.name=cart,deployment.environment.name=staging",
+        "RUNCOV_SERVICE_VERSION": "9",
+    }
+    config2 = load_config(environ=env2)
+    assert (config2.service_name, config2.service_version, config2.environment) == (
+        "cart",
+        "9",
+        "staging",
+    )
+    assert load_config(environ=env, service_name="explicit").service_name == "explicit"
+
+
+def test_exporter_falls_back_to_standard_otlp_variables() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20s3cr3t,x-team=core",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "3",
+    }
+    config = load_config(environ=env)
+    assert config.exporter_protocol == "grpc"
+    assert config.traces_endpoint() == "http://collector:4317"
+    assert config.exporter_headers == {"authorization": "Bearer s3cr3t", "x-team": "core"}
+    assert config.exporter_timeout == 3.0
+    overridden = load_config(
+        environ={**env, "RUNCOV_EXPORTER_ENDPOINT": "http://runcov:4318"},
+        exporter_protocol="http/protobuf",
+        exporter_headers={"X-Key": "v"},
+    )
+    assert overridden.traces_endpoint() == "http://runcov:4318/v1/traces"
+    assert overridden.exporter_headers == {"x-key": "v"}
+
+
+def test_grpc_default_endpoint_port() -> None:
+    assert load_config(environ={}, exporter_protocol="grpc").exporter_endpoint == (
+        "http://localhost:4317"
+    )
+
+
+def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNCOV_SAMPLE_RATE", "0.3")
+    assert load_config().sample_rate == 0.3
+    monkeypatch.setenv("RUNCOV_SAMPLE_RATE", "")
+    assert load_config().sample_rate == 0.01
