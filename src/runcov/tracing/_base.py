@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import abc
 import os
-from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 Arc = tuple[int, int]
 
@@ -15,12 +14,46 @@ EXACT = "exact"
 CENSUS = "census"
 
 
-@dataclass
 class CoverageData:
-    """Lines and arcs measured in one scope, keyed by absolute file path."""
+    """Lines and arcs measured in one scope, keyed by absolute file path.
 
-    lines: dict[str, set[int]] = field(default_factory=dict)
-    arcs: dict[str, set[Arc]] = field(default_factory=dict)
+    A scope hands over its raw records; they are turned into per-file sets on first access, so
+    closing a scope on the request path stays cheap and the work happens where the data is used
+    (the exporter's thread).
+    """
+
+    __slots__ = ("_arcs", "_lines", "_raw")
+
+    def __init__(
+        self,
+        lines: dict[str, set[int]] | None = None,
+        arcs: dict[str, set[Arc]] | None = None,
+        raw: Callable[[], tuple[dict[str, set[int]], dict[str, set[Arc]]]] | None = None,
+    ) -> None:
+        self._lines = lines if lines is not None else {}
+        self._arcs = arcs if arcs is not None else {}
+        self._raw = raw
+
+    def _materialize(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            lines, arcs = raw()
+            self._lines.update(lines)
+            self._arcs.update(arcs)
+
+    @property
+    def lines(self) -> dict[str, set[int]]:
+        """Executed lines per absolute file path."""
+        if self._raw is not None:
+            self._materialize()
+        return self._lines
+
+    @property
+    def arcs(self) -> dict[str, set[Arc]]:
+        """Executed arcs per absolute file path (coverage.py's convention)."""
+        if self._raw is not None:
+            self._materialize()
+        return self._arcs
 
     def update(self, other: CoverageData) -> None:
         """Merge ``other`` into this data (set union)."""
@@ -32,6 +65,14 @@ class CoverageData:
     def is_empty(self) -> bool:
         """True when nothing was recorded."""
         return not any(self.lines.values()) and not any(self.arcs.values())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CoverageData):
+            return NotImplemented
+        return self.lines == other.lines and self.arcs == other.arcs
+
+    def __repr__(self) -> str:
+        return f"CoverageData(lines={self.lines!r}, arcs={self.arcs!r})"
 
 
 class Scope(abc.ABC):

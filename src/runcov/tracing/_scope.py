@@ -84,10 +84,10 @@ class ScopeState(Scope):
         "last",
         "mode",
         "owner_thread",
-        "pinned",
         "result",
         "trace_id",
         "traced",
+        "triples",
     )
 
     def __init__(
@@ -106,10 +106,11 @@ class ScopeState(Scope):
         self.files: dict[str, set[Arc]] = {}
         #: co_filename -> lines first hit by this scope (census mode).
         self.census_lines: dict[str, set[int]] = {}
-        #: id(frame) -> last line executed in that frame (exact mode, sys.monitoring core).
-        self.last: dict[int, int] = {}
-        #: Frames running when the scope opened (kept alive so their ids stay theirs).
-        self.pinned: list[Any] = []
+        #: (co_filename, from, to) arcs (exact mode, sys.monitoring core).
+        self.triples: set[tuple[str, int, int]] = set()
+        #: frame -> last line executed in it (exact mode, sys.monitoring core). Frames are keys
+        #: (hashed by identity, cheap) and stay referenced until they return or the scope closes.
+        self.last: dict[Any, int] = {}
         self._roots = roots
         self._closer = closer
         self._token: Optional[contextvars.Token[Optional[ScopeState]]] = None
@@ -129,7 +130,10 @@ class ScopeState(Scope):
             self.closed = True
             self._unbind()
             self._closer(self)
-            data = self._collect()
+            triples, files, census = self.triples, self.files, self.census_lines
+            self.triples, self.files, self.census_lines, self.last = set(), {}, {}, {}
+            roots = self._roots
+            data = CoverageData(raw=lambda: _collect(triples, files, census, roots))
         except Exception:  # the host application never sees an error from runcov
             pass
         self.result = data
@@ -145,29 +149,48 @@ class ScopeState(Scope):
             except ValueError:  # closed in another context than the one that opened it
                 _current.set(None)
 
-    def _collect(self) -> CoverageData:
-        data = CoverageData()
-        for filename, arcs in list(self.files.items()):
-            path = _resolve(filename, self._roots)
-            if path is None:
-                continue
-            lines = {b for _, b in arcs if b > 0}
-            lines.update(a for a, _ in arcs if a > 0)
-            data.lines.setdefault(path, set()).update(lines)
-            data.arcs.setdefault(path, set()).update(arcs)
-        for filename, lines in list(self.census_lines.items()):
-            path = _resolve(filename, self._roots)
-            if path is not None:
-                data.lines.setdefault(path, set()).update(lines)
-        self.files = {}
-        self.census_lines = {}
-        self.last = {}
-        self.pinned = []
-        return data
+
+def _collect(
+    triples: set[tuple[str, int, int]],
+    files: dict[str, set[Arc]],
+    census: dict[str, set[int]],
+    roots: tuple[str, ...],
+) -> tuple[dict[str, set[int]], dict[str, set[Arc]]]:
+    """Turn a scope's raw records into lines and arcs per absolute path under ``roots``."""
+    by_file: dict[str, set[Arc]] = {}
+    for filename, arcs in files.items():
+        by_file.setdefault(filename, set()).update(arcs)
+    for filename, prev, line in triples:
+        found = by_file.get(filename)
+        if found is None:
+            found = by_file[filename] = set()
+        found.add((prev, line))
+    lines_out: dict[str, set[int]] = {}
+    arcs_out: dict[str, set[Arc]] = {}
+    for filename, arcs in by_file.items():
+        path = _resolve(filename, roots)
+        if path is None:
+            continue
+        lines = {b for _, b in arcs if b > 0}
+        lines.update(a for a, _ in arcs if a > 0)
+        lines_out.setdefault(path, set()).update(lines)
+        arcs_out.setdefault(path, set()).update(arcs)
+    for filename, lines in census.items():
+        path = _resolve(filename, roots)
+        if path is not None:
+            lines_out.setdefault(path, set()).update(lines)
+    return lines_out, arcs_out
+
+
+_realpaths: dict[str, str] = {}
 
 
 def _resolve(filename: str, roots: tuple[str, ...]) -> Optional[str]:
-    real = os.path.realpath(os.path.abspath(filename))
+    real = _realpaths.get(filename)
+    if real is None:
+        real = os.path.realpath(os.path.abspath(filename))
+        if len(_realpaths) < 100_000:
+            _realpaths[filename] = real
     return real if within(real, roots) else None
 
 

@@ -133,18 +133,15 @@ class SysmonCore(Core):
                     return None
                 return DISABLE if core._active == 0 else None
             try:
-                key = id(getframe(1))
+                frame = getframe(1)
                 last = scope.last
-                prev = last.get(key)
+                prev = last.get(frame)
                 if prev is None:
                     prev = -code.co_firstlineno
                 elif prev == SKIP:
                     return None
-                last[key] = line
-                arcs = scope.files.get(code.co_filename)
-                if arcs is None:
-                    arcs = scope.files[code.co_filename] = set()
-                arcs.add((prev, line))
+                last[frame] = line
+                scope.triples.add((code.co_filename, prev, line))
             except Exception:
                 pass
             return None
@@ -154,12 +151,9 @@ class SysmonCore(Core):
             if scope is None or scope.is_census:
                 return None
             try:
-                prev = scope.last.pop(id(getframe(depth)), None)
+                prev = scope.last.pop(getframe(depth), None)
                 if prev is not None and prev != SKIP:
-                    arcs = scope.files.get(code.co_filename)
-                    if arcs is None:
-                        arcs = scope.files[code.co_filename] = set()
-                    arcs.add((prev, -code.co_firstlineno))
+                    scope.triples.add((code.co_filename, prev, -code.co_firstlineno))
             except Exception:
                 pass
             return None
@@ -255,13 +249,10 @@ class SysmonCore(Core):
                 scope.traced = False
                 return scope
             if mode == EXACT:
-                # Frames already running belong to the code that opened the scope. They are kept
-                # referenced while the scope is open so that their ids cannot be reused by frames
-                # the scope should measure.
+                # Frames already running belong to the code that opened the scope: skipped.
                 frame: Any = sys._getframe(1)
                 while frame is not None:
-                    scope.last[id(frame)] = SKIP
-                    scope.pinned.append(frame)
+                    scope.last[frame] = SKIP
                     frame = frame.f_back
                 with self._lock:
                     self._active += 1
