@@ -1,0 +1,32 @@
+"""The collector's durable store: open one by URL (SQLite file or PostgreSQL database)."""
+
+from __future__ import annotations
+
+from .database import PostgresDatabase, SqliteDatabase
+from .errors import NotFound, StoreError
+from .schema import SCHEMA_VERSION
+from .sql_store import SqlStore
+
+DEFAULT_URL = "sqlite:///./runcov-collector.db"
+
+__all__ = ["DEFAULT_URL", "SCHEMA_VERSION", "NotFound", "SqlStore", "StoreError", "open_store"]
+
+
+def open_store(url: str = DEFAULT_URL) -> SqlStore:
+    """Open (creating and migrating if needed) the store at ``url``.
+
+    ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or a plain file path open a
+    SQLite database; ``postgresql://user:pass@host:port/db`` (or ``postgres://``) a PostgreSQL one.
+    """
+    if url.startswith(("postgresql://", "postgres://")):
+        return SqlStore(PostgresDatabase(url))
+    if url.startswith("sqlite://"):
+        rest = url[len("sqlite://") :]
+        if not rest.startswith("/"):
+            raise ValueError(f"bad SQLite URL {url!r}: use sqlite:///path/to.db")
+        path = rest[1:]
+    elif "://" in url:
+        raise ValueError(f"unsupported store URL {url!r}: use sqlite:///... or postgresql://...")
+    else:
+        path = url
+    return SqlStore(SqliteDatabase(path))

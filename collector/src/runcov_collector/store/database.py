@@ -1,0 +1,164 @@
+"""Connections to SQLite or PostgreSQL, pooled for a threaded server, and their transactions."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from .dialect import POSTGRES, SQLITE, Conn, Dialect
+
+# Key of the PostgreSQL advisory lock held while the schema is migrated ("runcov" in ASCII), so
+# that replicas opening one database at the same time migrate it once.
+MIGRATION_LOCK_KEY = 0x72756E636F76
+
+
+class Database:
+    """A pool of connections to one database and the transactions the store runs on them."""
+
+    dialect: Dialect
+
+    def __init__(self) -> None:
+        self._idle: list[Any] = []
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- driver specifics -------------------------------------------------------------------
+    def _connect(self) -> Any:
+        raise NotImplementedError
+
+    def _begin(self, raw: Any, write: bool) -> None:
+        raise NotImplementedError
+
+    def _commit(self, raw: Any) -> None:
+        raw.commit()
+
+    def _rollback(self, raw: Any) -> None:
+        raw.rollback()
+
+    def _is_broken(self, raw: Any) -> bool:
+        return False
+
+    def lock_for_migration(self, conn: Conn) -> None:
+        """Make concurrent openers of this database migrate one after the other."""
+
+    # -- pool -------------------------------------------------------------------------------
+    def _acquire(self) -> Any:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the store is closed")
+            if self._idle:
+                return self._idle.pop()
+        raw = self._connect()
+        with self._lock:
+            self._all.append(raw)
+        return raw
+
+    def _release(self, raw: Any, broken: bool) -> None:
+        with self._lock:
+            if broken or self._closed:
+                self._all.remove(raw)
+            else:
+                self._idle.append(raw)
+                return
+        with contextlib.suppress(Exception):
+            raw.close()
+
+    @contextlib.contextmanager
+    def transaction(self, write: bool) -> Iterator[Conn]:
+        """One transaction: committed when the block ends, rolled back if it raises.
+
+        Write transactions are serialised per release by the store's own row locks (PostgreSQL)
+        or by SQLite's single writer; read transactions see one consistent snapshot.
+        """
+        raw = self._acquire()
+        broken = False
+        try:
+            self._begin(raw, write)
+            try:
+                yield Conn(raw, self.dialect)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self._rollback(raw)
+                raise
+            self._commit(raw)
+        except BaseException:
+            broken = self._is_broken(raw)
+            raise
+        finally:
+            self._release(raw, broken)
+
+    def close(self) -> None:
+        """Close every pooled connection; the store cannot be used afterwards."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            for raw in idle:
+                self._all.remove(raw)
+        for raw in idle:
+            with contextlib.suppress(Exception):
+                raw.close()
+
+
+class SqliteDatabase(Database):
+    """A SQLite file in WAL mode, ``synchronous=FULL``: commits survive kill -9 and power loss."""
+
+    dialect = SQLITE
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        if path in ("", ":memory:") or path.startswith("file:"):
+            raise ValueError("the store needs a SQLite file path (in-memory is not shared)")
+        self.path = path
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+
+    def _connect(self) -> Any:
+        raw = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
+        raw.execute("PRAGMA busy_timeout = 60000")
+        raw.execute("PRAGMA journal_mode = WAL")
+        raw.execute("PRAGMA synchronous = FULL")
+        return raw
+
+    def _begin(self, raw: Any, write: bool) -> None:
+        # IMMEDIATE takes the write lock up front, so two writers never deadlock on an upgrade.
+        raw.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def _commit(self, raw: Any) -> None:
+        raw.execute("COMMIT")
+
+    def _rollback(self, raw: Any) -> None:
+        raw.execute("ROLLBACK")
+
+
+class PostgresDatabase(Database):
+    """A PostgreSQL database shared by any number of collector replicas."""
+
+    dialect = POSTGRES
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(self.url, autocommit=False)
+
+    def _begin(self, raw: Any, write: bool) -> None:
+        # psycopg opens the transaction implicitly with the first statement.
+        if write:
+            raw.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        else:
+            raw.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+    def _is_broken(self, raw: Any) -> bool:
+        return bool(raw.broken or raw.closed)
+
+    def lock_for_migration(self, conn: Conn) -> None:
+        """Hold a transaction-scoped advisory lock until the migration commits."""
+        conn.query("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK_KEY,))

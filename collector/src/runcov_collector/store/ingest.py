@@ -1,0 +1,302 @@
+"""Write one batch into the store in one transaction: idempotent, commutative upserts."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+from ..model import Batch, CoveragePart, FileStatic, Release
+from .dialect import Conn
+from .merge import NS_PER_HOUR, Merged, first_key, hour_of, merge_parts
+
+
+def _release_spans(batch: Batch) -> dict[Release, tuple[int, int]]:
+    spans: dict[Release, tuple[int, int]] = {}
+
+    def see(release: Release, t: int) -> None:
+        t = max(0, t)
+        have = spans.get(release)
+        spans[release] = (t, t) if have is None else (min(have[0], t), max(have[1], t))
+
+    for part in batch.coverage:
+        see(part.release, part.time_unix_nano)
+    for static in batch.static:
+        see(static.release, static.time_unix_nano)
+    for point in batch.metrics:
+        see(point.release, point.time_unix_nano)
+    return spans
+
+
+def _upsert_releases(conn: Conn, spans: dict[Release, tuple[int, int]]) -> dict[Release, int]:
+    # One row lock per release, always taken in the same order: on PostgreSQL this serialises
+    # concurrent batches of one release (so request counting sees every earlier commit) and
+    # cannot deadlock.
+    ids: dict[Release, int] = {}
+    for release in sorted(spans, key=lambda r: (r.service, r.version, r.environment, r.role)):
+        first, last = spans[release]
+        rows = conn.query(
+            "INSERT INTO releases (service, version, environment, role, first_seen, last_seen) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (service, version, environment, role) DO UPDATE "
+            "SET first_seen = {least}(releases.first_seen, excluded.first_seen), "
+            "last_seen = {greatest}(releases.last_seen, excluded.last_seen) RETURNING id",
+            (release.service, release.version, release.environment, release.role, first, last),
+        )
+        ids[release] = int(rows[0][0])
+    return ids
+
+
+def _new_parts(conn: Conn, parts: list[CoveragePart]) -> list[CoveragePart]:
+    """Record the parts' keys; return the parts not stored before (first of each key)."""
+    unique: dict[tuple[str, str], CoveragePart] = {}
+    for part in parts:
+        unique.setdefault((part.trace_id, part.span_id), part)
+    keys = sorted(unique)  # a fixed order, so concurrent inserts cannot deadlock
+    rows = [(t, s, hour_of(unique[(t, s)].time_unix_nano)) for t, s in keys]
+    fresh = conn.insert_values(
+        "INSERT INTO seen_parts (trace_id, span_id, hour)",
+        rows,
+        "ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id",
+    )
+    return [unique[(t, s)] for t, s in sorted(fresh)]
+
+
+def _path_ids(conn: Conn, paths: set[str]) -> dict[str, int]:
+    if not paths:
+        return {}
+    ordered = sorted(paths)
+    conn.insert_values(
+        "INSERT INTO paths (path)", [(p,) for p in ordered], "ON CONFLICT (path) DO NOTHING"
+    )
+    rows = conn.select_in("SELECT path, id FROM paths WHERE path {in}", (), ordered)
+    return {path: int(pid) for path, pid in rows}
+
+
+def _endpoint_ids(
+    conn: Conn, release_ids: dict[Release, int], parts: list[CoveragePart]
+) -> dict[tuple[Release, str], int]:
+    spans: dict[tuple[Release, str], tuple[int, int]] = {}
+    for part in parts:
+        key = (part.release, part.endpoint)
+        t = max(0, part.time_unix_nano)
+        have = spans.get(key)
+        spans[key] = (t, t) if have is None else (min(have[0], t), max(have[1], t))
+    ids: dict[tuple[Release, str], int] = {}
+    for key in sorted(spans, key=lambda k: (release_ids[k[0]], k[1])):
+        first, last = spans[key]
+        rows = conn.query(
+            "INSERT INTO endpoints (release_id, endpoint, first_seen, last_seen) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (release_id, endpoint) DO UPDATE "
+            "SET first_seen = {least}(endpoints.first_seen, excluded.first_seen), "
+            "last_seen = {greatest}(endpoints.last_seen, excluded.last_seen) RETURNING id",
+            (release_ids[key[0]], key[1], first, last),
+        )
+        ids[key] = int(rows[0][0])
+    return ids
+
+
+def _write_hits(
+    conn: Conn,
+    merged: Merged,
+    rid: dict[Release, int],
+    eid: dict[tuple[Release, str], int],
+    fid: dict[str, int],
+) -> None:
+    hour_lines = [
+        (rid[r], h, eid[(r, e)], fid[p], ln, n, k)
+        for (r, e, h, p), items in merged.hour_lines.items()
+        for ln, (n, k) in items.items()
+    ]
+    hour_arcs = [
+        (rid[r], h, eid[(r, e)], fid[p], a, b, n, k)
+        for (r, e, h, p), items in merged.hour_arcs.items()
+        for (a, b), (n, k) in items.items()
+    ]
+    ep_lines = [
+        (rid[r], eid[(r, e)], fid[p], ln, n, k)
+        for (r, e, p), items in merged.ep_lines.items()
+        for ln, (n, k) in items.items()
+    ]
+    ep_arcs = [
+        (rid[r], eid[(r, e)], fid[p], a, b, n, k)
+        for (r, e, p), items in merged.ep_arcs.items()
+        for (a, b), (n, k) in items.items()
+    ]
+    rel_lines = [
+        (rid[r], fid[p], ln, n, k)
+        for (r, p), items in merged.rel_lines.items()
+        for ln, (n, k) in items.items()
+    ]
+    rel_arcs = [
+        (rid[r], fid[p], a, b, n, k)
+        for (r, p), items in merged.rel_arcs.items()
+        for (a, b), (n, k) in items.items()
+    ]
+    # Sorted so that two PostgreSQL writers touching the same rows lock them in one order.
+    for table, cols, key, rows in (
+        ("line_rel", "release_id, file_id, line", 3, rel_lines),
+        ("line_ep", "release_id, endpoint_id, file_id, line", 4, ep_lines),
+        ("line_hour", "release_id, hour, endpoint_id, file_id, line", 5, hour_lines),
+        ("arc_rel", "release_id, file_id, from_line, to_line", 4, rel_arcs),
+        ("arc_ep", "release_id, endpoint_id, file_id, from_line, to_line", 5, ep_arcs),
+        ("arc_hour", "release_id, hour, endpoint_id, file_id, from_line, to_line", 6, hour_arcs),
+    ):
+        rows.sort()
+        marks = ", ".join("?" * (key + 2))
+        conn.execute_many(
+            f"INSERT INTO {table} ({cols}, hits, first) VALUES ({marks}) "
+            f"ON CONFLICT ({cols}) DO UPDATE SET hits = {table}.hits + excluded.hits, "
+            f"first = {{least}}({table}.first, excluded.first)",
+            rows,
+        )
+
+
+def _write_traces(
+    conn: Conn,
+    merged: Merged,
+    rid: dict[Release, int],
+    eid: dict[tuple[Release, str], int],
+    fid: dict[str, int],
+) -> None:
+    """Record which traces touched which endpoint/file, and count the ones new at each level.
+
+    ``requests`` counts distinct trace ids; the counters for the whole release (endpoint 0,
+    file 0), per endpoint, per file and per endpoint and file grow only for a trace not yet
+    recorded at that level (trace rows live as long as the hour they belong to).
+    """
+    rows = sorted(
+        (rid[r], h, eid[(r, e)], fid[p] if p else 0, t) for r, h, e, p, t in merged.traces
+    )
+    batch: dict[int, dict[str, set[tuple[int, int]]]] = defaultdict(lambda: defaultdict(set))
+    for release_id, _hour, endpoint_id, file_id, trace_id in rows:
+        batch[release_id][trace_id].add((endpoint_id, file_id))
+    counts: dict[tuple[int, int, int], int] = defaultdict(int)
+    for release_id, traces in sorted(batch.items()):
+        known: dict[str, set[tuple[int, int]]] = defaultdict(set)
+        for trace_id, endpoint_id, file_id in conn.select_in(
+            "SELECT trace_id, endpoint_id, file_id FROM traces "
+            "WHERE release_id = ? AND trace_id {in}",
+            (release_id,),
+            sorted(traces),
+        ):
+            known[trace_id].add((int(endpoint_id), int(file_id)))
+        for trace_id, members in traces.items():
+            old = known.get(trace_id, set())
+            old_endpoints = {e for e, _ in old}
+            old_files = {f for _, f in old if f}
+            if not old:
+                counts[(release_id, 0, 0)] += 1
+            for endpoint_id in {e for e, _ in members} - old_endpoints:
+                counts[(release_id, endpoint_id, 0)] += 1
+            for file_id in {f for _, f in members if f} - old_files:
+                counts[(release_id, 0, file_id)] += 1
+            for endpoint_id, file_id in members:
+                if file_id and (endpoint_id, file_id) not in old:
+                    counts[(release_id, endpoint_id, file_id)] += 1
+    conn.execute_many(
+        "INSERT INTO traces (release_id, hour, endpoint_id, file_id, trace_id) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        rows,
+    )
+    conn.execute_many(
+        "INSERT INTO request_counts (release_id, endpoint_id, file_id, requests) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (release_id, endpoint_id, file_id) "
+        "DO UPDATE SET requests = request_counts.requests + excluded.requests",
+        sorted((r, e, f, n) for (r, e, f), n in counts.items()),
+    )
+
+
+def static_payload(fs: FileStatic) -> str:
+    """Canonical JSON of one file version's denominators (equal data, equal text)."""
+    functions = sorted(
+        ({"name": f.name, "start": int(f.start), "end": int(f.end)} for f in fs.functions),
+        key=lambda f: (f["start"], f["end"], f["name"]),
+    )
+    return json.dumps(
+        {
+            "lines": sorted({int(x) for x in fs.lines}),
+            "arcs": sorted({(int(a), int(b)) for a, b in fs.arcs}),
+            "functions": functions,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _write_files(
+    conn: Conn, batch: Batch, new_parts: list[CoveragePart], rid: dict[Release, int],
+    fid: dict[str, int],
+) -> None:
+    shas: dict[tuple[int, int], str] = {}
+
+    def see(release: Release, path: str, sha: str, t: int) -> None:
+        key = (rid[release], fid[path])
+        value = first_key(t, sha)
+        if value > shas.get(key, ""):
+            shas[key] = value
+
+    for part in new_parts:
+        for fh in part.files:
+            see(part.release, fh.path, fh.sha, part.time_unix_nano)
+    statics: dict[tuple[int, str], str] = {}
+    for static in batch.static:
+        for fs in static.files:
+            see(static.release, fs.path, fs.sha, static.time_unix_nano)
+            payload = static_payload(fs)
+            key = (fid[fs.path], fs.sha)
+            # Different payloads for one (path, sha): keep the greatest, whatever the order.
+            if payload > statics.get(key, ""):
+                statics[key] = payload
+    conn.execute_many(
+        "INSERT INTO release_files (release_id, file_id, sha_key) VALUES (?, ?, ?) "
+        "ON CONFLICT (release_id, file_id) "
+        "DO UPDATE SET sha_key = {greatest}(release_files.sha_key, excluded.sha_key)",
+        sorted((r, f, k) for (r, f), k in shas.items()),
+    )
+    conn.execute_many(
+        "INSERT INTO static_files (file_id, sha, payload) VALUES (?, ?, ?) "
+        "ON CONFLICT (file_id, sha) DO UPDATE SET payload = excluded.payload "
+        "WHERE excluded.payload > static_files.payload",
+        sorted((f, s, p) for (f, s), p in statics.items()),
+    )
+
+
+def _write_metrics(conn: Conn, batch: Batch, rid: dict[Release, int]) -> None:
+    latest: dict[tuple[int, str, str, str], tuple[int, float]] = {}
+    for point in batch.metrics:
+        attrs = json.dumps(point.attributes, sort_keys=True, separators=(",", ":"))
+        key = (rid[point.release], point.instance, point.name, attrs)
+        value = (max(0, point.time_unix_nano), float(point.value))
+        if value > latest.get(key, (-1, 0.0)):
+            latest[key] = value
+    # The latest value wins; equal times keep the larger value, so any order gives one result.
+    conn.execute_many(
+        "INSERT INTO metrics (release_id, instance, name, attributes, value, time) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (release_id, instance, name, attributes) "
+        "DO UPDATE SET value = excluded.value, time = excluded.time "
+        "WHERE excluded.time > metrics.time "
+        "OR (excluded.time = metrics.time AND excluded.value > metrics.value)",
+        sorted((*k, v, t) for k, (t, v) in latest.items()),
+    )
+
+
+def ingest_batch(conn: Conn, batch: Batch) -> dict[str, Any]:
+    """Apply ``batch`` inside the caller's write transaction; return what it changed."""
+    spans = _release_spans(batch)
+    if not spans:
+        return {"parts": 0, "duplicates": 0}
+    rid = _upsert_releases(conn, spans)
+    new_parts = _new_parts(conn, batch.coverage)
+    paths = {fh.path for part in new_parts for fh in part.files}
+    paths.update(fs.path for static in batch.static for fs in static.files)
+    fid = _path_ids(conn, paths)
+    eid = _endpoint_ids(conn, rid, new_parts)
+    if new_parts:
+        merged = merge_parts(new_parts)
+        _write_hits(conn, merged, rid, eid, fid)
+        _write_traces(conn, merged, rid, eid, fid)
+    _write_files(conn, batch, new_parts, rid, fid)
+    _write_metrics(conn, batch, rid)
+    return {"parts": len(new_parts), "duplicates": len(batch.coverage) - len(new_parts)}
+
+
+__all__ = ["NS_PER_HOUR", "ingest_batch", "static_payload"]

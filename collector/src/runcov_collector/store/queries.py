@@ -1,0 +1,499 @@
+"""The query API's answers (docs/query-api.md), read from one consistent snapshot of the store."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..model import Release, Selection
+from .dialect import Conn
+from .errors import NotFound
+from .merge import NS_PER_HOUR, time_of, trace_of
+from .select import Scope, iso, iso_hour, resolve
+
+Hits = dict[Any, tuple[int, str]]  # line or (from, to) -> (hits, first key)
+
+# Agent counters summed per release in releases() (metric name -> response field).
+RELEASE_METRICS = {
+    "runcov.requests.seen": "requests_seen",
+    "runcov.requests.sampled": "requests_sampled",
+    "runcov.requests.dropped": "requests_dropped",
+}
+
+
+@dataclass
+class Static:
+    """Denominators of one file version, parsed."""
+
+    lines: list[int] = field(default_factory=list)
+    arcs: list[tuple[int, int]] = field(default_factory=list)
+    functions: list[dict[str, Any]] = field(default_factory=list)
+
+    def branch_exits(self) -> set[tuple[int, int]]:
+        """Possible exits of branch lines: lines with two or more possible exits (coverage.py)."""
+        exits: dict[int, list[tuple[int, int]]] = {}
+        for a, b in self.arcs:
+            if a > 0:
+                exits.setdefault(a, []).append((a, b))
+        return {arc for arcs in exits.values() if len(arcs) >= 2 for arc in arcs}
+
+
+def _percent(covered: int, total: int) -> float | None:
+    return None if total <= 0 else round(100.0 * covered / total, 1)
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def _slice(scope: Scope, kind: str) -> tuple[str, str, list[Any], bool]:
+    """Table, WHERE clause, parameters and whether rows need aggregating, for a scope."""
+    params: list[Any] = [scope.release_id]
+    if scope.hours is not None:
+        where = "release_id = ? AND hour >= ? AND hour < ?"
+        params += list(scope.hours)
+        if scope.endpoint_id is not None:
+            where += " AND endpoint_id = ?"
+            params.append(scope.endpoint_id)
+        return f"{kind}_hour", where, params, True
+    if scope.endpoint_id is not None:
+        params.append(scope.endpoint_id)
+        return f"{kind}_ep", "release_id = ? AND endpoint_id = ?", params, False
+    return f"{kind}_rel", "release_id = ?", params, False
+
+
+def load_hits(conn: Conn, scope: Scope, kind: str, file_id: int | None = None) -> dict[int, Hits]:
+    """Executed lines (kind "line") or arcs (kind "arc") per file id within the scope."""
+    table, where, params, aggregate = _slice(scope, kind)
+    if file_id is not None:
+        where += " AND file_id = ?"
+        params.append(file_id)
+    cols = "line" if kind == "line" else "from_line, to_line"
+    if aggregate:
+        sql = (
+            f"SELECT file_id, {cols}, CAST(SUM(hits) AS BIGINT), MIN(first) FROM {table} "
+            f"WHERE {where} GROUP BY file_id, {cols}"
+        )
+    else:
+        sql = f"SELECT file_id, {cols}, hits, first FROM {table} WHERE {where}"
+    out: dict[int, Hits] = {}
+    for row in conn.query(sql, params):
+        item: Any = int(row[1]) if kind == "line" else (int(row[1]), int(row[2]))
+        out.setdefault(int(row[0]), {})[item] = (int(row[-2]), str(row[-1]))
+    return out
+
+
+def load_requests(conn: Conn, scope: Scope) -> tuple[int, dict[int, int]]:
+    """Distinct request traces in the scope: in total, and per file id."""
+    if scope.hours is None:
+        rows = conn.query(
+            "SELECT file_id, requests FROM request_counts WHERE release_id = ? AND endpoint_id = ?",
+            (scope.release_id, scope.endpoint_id or 0),
+        )
+        counts = {int(f): int(n) for f, n in rows}
+        return counts.pop(0, 0), counts
+    where = "release_id = ? AND hour >= ? AND hour < ?"
+    params: list[Any] = [scope.release_id, *scope.hours]
+    if scope.endpoint_id is not None:
+        where += " AND endpoint_id = ?"
+        params.append(scope.endpoint_id)
+    total = conn.query(
+        f"SELECT COUNT(DISTINCT trace_id) FROM traces WHERE {where} AND file_id = 0", params
+    )
+    per_file = conn.query(
+        f"SELECT file_id, COUNT(DISTINCT trace_id) FROM traces WHERE {where} AND file_id <> 0 "
+        "GROUP BY file_id",
+        params,
+    )
+    return int(total[0][0]), {int(f): int(n) for f, n in per_file}
+
+
+def load_files(conn: Conn, release_id: int) -> dict[int, tuple[str, str]]:
+    """The release's files: file id -> (path, sha most recently seen)."""
+    rows = conn.query(
+        "SELECT p.id, p.path, r.sha_key FROM release_files r JOIN paths p ON p.id = r.file_id "
+        "WHERE r.release_id = ?",
+        (release_id,),
+    )
+    return {int(fid): (path, key[20:]) for fid, path, key in rows}
+
+
+def load_statics(conn: Conn, release_id: int, file_id: int | None = None) -> dict[int, Static]:
+    """Denominators of each release file's current sha (files without any are absent)."""
+    sql = (
+        "SELECT s.file_id, s.payload FROM static_files s JOIN release_files r "
+        "ON r.file_id = s.file_id AND s.sha = substr(r.sha_key, 21) WHERE r.release_id = ?"
+    )
+    params: list[Any] = [release_id]
+    if file_id is not None:
+        sql += " AND s.file_id = ?"
+        params.append(file_id)
+    out: dict[int, Static] = {}
+    for fid, payload in conn.query(sql, params):
+        data = json.loads(payload)
+        out[int(fid)] = Static(
+            lines=[int(x) for x in data["lines"]],
+            arcs=[(int(a), int(b)) for a, b in data["arcs"]],
+            functions=list(data["functions"]),
+        )
+    return out
+
+
+# -- shaping -------------------------------------------------------------------------------
+
+
+def file_object(
+    path: str,
+    sha: str,
+    lines: Hits,
+    arcs: Hits,
+    static: Static | None,
+    requests: int,
+    detail: bool,
+) -> dict[str, Any]:
+    """One file's coverage as the API prints it.
+
+    With denominators, covered counts only lines and arcs the static analysis knows (as
+    coverage.py reports them); without, they count everything executed and totals are 0.
+    """
+    if static is not None:
+        statements = set(static.lines)
+        possible = set(static.arcs)
+        branch_exits = static.branch_exits()
+        lines_covered = len(statements.intersection(lines))
+        arcs_covered = len(possible.intersection(arcs))
+        lines_total, arcs_total = len(statements), len(possible)
+        branches_total = len(branch_exits)
+        branches_covered = len(branch_exits.intersection(arcs))
+    else:
+        lines_covered, arcs_covered = len(lines), len(arcs)
+        lines_total = arcs_total = branches_total = branches_covered = 0
+    obj: dict[str, Any] = {
+        "path": path,
+        "sha": sha,
+        "lines_covered": lines_covered,
+        "lines_total": lines_total,
+        "arcs_covered": arcs_covered,
+        "arcs_total": arcs_total,
+        "branches_covered": branches_covered,
+        "branches_total": branches_total,
+        "line_percent": _percent(lines_covered, lines_total),
+        "branch_percent": _percent(branches_covered, branches_total),
+        "requests": requests,
+    }
+    if detail:
+        obj["lines"] = [[ln, n, trace_of(k)] for ln, (n, k) in sorted(lines.items())]
+        obj["arcs"] = [[a, b, n, trace_of(k)] for (a, b), (n, k) in sorted(arcs.items())]
+        obj["executable_lines"] = sorted(static.lines) if static else []
+        obj["possible_arcs"] = [[a, b] for a, b in sorted(static.arcs)] if static else []
+        obj["functions"] = list(static.functions) if static else []
+    return obj
+
+
+def totals(files: list[dict[str, Any]], requests: int) -> dict[str, Any]:
+    """Sum file objects; percentages over the files whose denominators are known."""
+    keys = ("lines_covered", "lines_total", "arcs_covered", "arcs_total",
+            "branches_covered", "branches_total")
+    sums = {k: sum(f[k] for f in files) for k in keys}
+    known = [f for f in files if f["lines_total"] > 0]
+    lines_known = sum(f["lines_covered"] for f in known)
+    return {
+        "files": len(files),
+        **sums,
+        "line_percent": _percent(lines_known, sums["lines_total"]),
+        "branch_percent": _percent(sums["branches_covered"], sums["branches_total"]),
+        "requests": requests,
+    }
+
+
+def coverage_files(
+    conn: Conn,
+    scope: Scope,
+    detail: bool,
+    path_prefix: str | None = None,
+    path: str | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """File objects of a scope (all release files, sorted by path) and its request count."""
+    files = load_files(conn, scope.release_id)
+    if path is not None:
+        files = {fid: v for fid, v in files.items() if v[0] == path}
+    if path_prefix:
+        files = {fid: v for fid, v in files.items() if v[0].startswith(path_prefix)}
+    only = next(iter(files)) if path is not None and len(files) == 1 else None
+    lines = load_hits(conn, scope, "line", only)
+    arcs = load_hits(conn, scope, "arc", only)
+    statics = load_statics(conn, scope.release_id, only)
+    requests, per_file = load_requests(conn, scope)
+    out = [
+        file_object(
+            p, sha, lines.get(fid, {}), arcs.get(fid, {}), statics.get(fid),
+            per_file.get(fid, 0), detail,
+        )
+        for fid, (p, sha) in sorted(files.items(), key=lambda item: item[1][0])
+    ]
+    return out, requests
+
+
+# -- the API -------------------------------------------------------------------------------
+
+
+def services(conn: Conn) -> dict[str, Any]:
+    """Every service with its number of releases and when it was last seen."""
+    rows = conn.query(
+        "SELECT service, COUNT(*), MAX(last_seen) FROM releases GROUP BY service ORDER BY service"
+    )
+    return {
+        "services": [
+            {"service": s, "releases": int(n), "last_seen": iso(int(t))} for s, n, t in rows
+        ]
+    }
+
+
+def releases(conn: Conn, service: str) -> dict[str, Any]:
+    """A service's releases, newest first, with all-time coverage totals and agent counters."""
+    rows = conn.query(
+        "SELECT id, version, environment, role, first_seen, last_seen FROM releases "
+        "WHERE service = ?",
+        (service,),
+    )
+    if not rows:
+        raise NotFound(f"unknown service {service!r}")
+    rows.sort(key=lambda r: (int(r[5]), r[1], r[2], r[3]), reverse=True)
+    out = []
+    for rid, version, environment, role, first, last in rows:
+        release = Release(service=service, version=version, environment=environment, role=role)
+        scope = Scope(int(rid), release, int(first), int(last), None, None, None)
+        files, requests = coverage_files(conn, scope, detail=False)
+        sums = totals(files, requests)
+        entry: dict[str, Any] = {
+            "service": service,
+            "version": version,
+            "environment": environment,
+            "role": role,
+            "first_seen": iso(int(first)),
+            "last_seen": iso(int(last)),
+            "requests": requests,
+            "lines_covered": sums["lines_covered"],
+            "lines_total": sums["lines_total"],
+            "arcs_covered": sums["arcs_covered"],
+            "arcs_total": sums["arcs_total"],
+            "line_percent": sums["line_percent"],
+            "branch_percent": sums["branch_percent"],
+        }
+        metric_sums = dict.fromkeys(RELEASE_METRICS.values(), 0)
+        for name, value in conn.query(
+            "SELECT name, SUM(value) FROM metrics WHERE release_id = ? GROUP BY name", (rid,)
+        ):
+            if name in RELEASE_METRICS:
+                metric_sums[RELEASE_METRICS[name]] = round(float(value))
+        entry.update(metric_sums)
+        out.append(entry)
+    return {"releases": out}
+
+
+def coverage(
+    conn: Conn, sel: Selection, detail: bool = False, path_prefix: str | None = None
+) -> dict[str, Any]:
+    """Coverage of a selection: totals and one object per file."""
+    scope = resolve(conn, sel)
+    files, requests = coverage_files(conn, scope, detail, path_prefix=path_prefix)
+    return {"release": scope.release.as_dict(), "totals": totals(files, requests), "files": files}
+
+
+def file(conn: Conn, sel: Selection, path: str) -> dict[str, Any]:
+    """One file of a selection, with detail."""
+    scope = resolve(conn, sel)
+    files, _ = coverage_files(conn, scope, detail=True, path=path)
+    if not files:
+        raise NotFound(f"no file {path!r} in this release")
+    return {"release": scope.release.as_dict(), **files[0]}
+
+
+def endpoints(conn: Conn, sel: Selection) -> dict[str, Any]:
+    """A release's endpoints with requests and covered line/arc counts in the selection."""
+    scope = resolve(conn, sel)
+    known = conn.query(
+        "SELECT id, endpoint, first_seen, last_seen FROM endpoints WHERE release_id = ?",
+        (scope.release_id,),
+    )
+    counts: dict[str, dict[int, int]] = {}
+    for kind, cols in (("line", "file_id, line"), ("arc", "file_id, from_line, to_line")):
+        if scope.hours is None:
+            sql = (
+                f"SELECT endpoint_id, COUNT(*) FROM {kind}_ep WHERE release_id = ? "
+                "GROUP BY endpoint_id"
+            )
+            params: list[Any] = [scope.release_id]
+        else:
+            sql = (
+                f"SELECT endpoint_id, COUNT(*) FROM (SELECT DISTINCT endpoint_id, {cols} "
+                f"FROM {kind}_hour WHERE release_id = ? AND hour >= ? AND hour < ?) AS t "
+                "GROUP BY endpoint_id"
+            )
+            params = [scope.release_id, *scope.hours]
+        counts[kind] = {int(e): int(n) for e, n in conn.query(sql, params)}
+    if scope.hours is None:
+        rows = conn.query(
+            "SELECT endpoint_id, requests FROM request_counts WHERE release_id = ? "
+            "AND endpoint_id <> 0 AND file_id = 0",
+            (scope.release_id,),
+        )
+    else:
+        rows = conn.query(
+            "SELECT endpoint_id, COUNT(DISTINCT trace_id) FROM traces WHERE release_id = ? "
+            "AND hour >= ? AND hour < ? AND file_id = 0 GROUP BY endpoint_id",
+            (scope.release_id, *scope.hours),
+        )
+    requests = {int(e): int(n) for e, n in rows}
+    out = []
+    for eid, name, first, last in sorted(known, key=lambda r: r[1]):
+        if scope.endpoint is not None and name != scope.endpoint:
+            continue
+        if scope.hours is not None and int(eid) not in requests:
+            continue
+        out.append(
+            {
+                "endpoint": name,
+                "requests": requests.get(int(eid), 0),
+                "lines_covered": counts["line"].get(int(eid), 0),
+                "arcs_covered": counts["arc"].get(int(eid), 0),
+                "first_seen": iso(int(first)),
+                "last_seen": iso(int(last)),
+            }
+        )
+    return {"release": scope.release.as_dict(), "endpoints": out}
+
+
+def series(conn: Conn, sel: Selection, path: str | None = None) -> dict[str, Any]:
+    """Per-hour requests, covered lines/arcs and newly covered lines/arcs of a selection.
+
+    ``new_*`` counts lines and arcs whose first hit (in the release, or in the endpoint when one
+    is selected) fell in that hour.
+    """
+    scope = resolve(conn, sel)
+    file_id: int | None = None
+    if path is not None:
+        match = [fid for fid, (p, _) in load_files(conn, scope.release_id).items() if p == path]
+        if not match:
+            raise NotFound(f"no file {path!r} in this release")
+        file_id = match[0]
+    where = "release_id = ?"
+    params: list[Any] = [scope.release_id]
+    if scope.hours is not None:
+        where += " AND hour >= ? AND hour < ?"
+        params += list(scope.hours)
+    if scope.endpoint_id is not None:
+        where += " AND endpoint_id = ?"
+        params.append(scope.endpoint_id)
+    rows: dict[int, dict[str, int]] = {}
+
+    def bucket(hour: int) -> dict[str, int]:
+        return rows.setdefault(
+            hour,
+            {"requests": 0, "lines_covered": 0, "arcs_covered": 0, "new_lines": 0, "new_arcs": 0},
+        )
+
+    trace_where = f"{where} AND file_id = ?"
+    for hour, n in conn.query(
+        f"SELECT hour, COUNT(DISTINCT trace_id) FROM traces WHERE {trace_where} GROUP BY hour",
+        [*params, file_id or 0],
+    ):
+        bucket(int(hour))["requests"] = int(n)
+    file_where = where + (" AND file_id = ?" if file_id is not None else "")
+    file_params = [*params, file_id] if file_id is not None else params
+    for kind, cols in (("line", "file_id, line"), ("arc", "file_id, from_line, to_line")):
+        for hour, n in conn.query(
+            f"SELECT hour, COUNT(*) FROM (SELECT DISTINCT hour, {cols} FROM {kind}_hour "
+            f"WHERE {file_where}) AS t GROUP BY hour",
+            file_params,
+        ):
+            bucket(int(hour))[f"{kind}s_covered"] = int(n)
+    # Newly covered: first hits from the all-time tables (they outlive expired hours).
+    all_time = Scope(
+        scope.release_id, scope.release, scope.first_seen, scope.last_seen,
+        scope.endpoint, scope.endpoint_id, None,
+    )
+    for kind in ("line", "arc"):
+        firsts = load_hits(conn, all_time, kind, file_id)
+        new = Counter(
+            time_of(k) // NS_PER_HOUR for hits in firsts.values() for _, k in hits.values()
+        )
+        for hour, n in new.items():
+            if hour in rows:
+                rows[hour][f"new_{kind}s"] = n
+    return {
+        "release": scope.release.as_dict(),
+        "series": [{"hour": iso_hour(h), **rows[h]} for h in sorted(rows)],
+    }
+
+
+def _covered_by_path(conn: Conn, scope: Scope) -> tuple[dict[str, set[Any]], dict[str, set[Any]]]:
+    files = load_files(conn, scope.release_id)
+    lines = load_hits(conn, scope, "line")
+    arcs = load_hits(conn, scope, "arc")
+    by_path_lines = {files[fid][0]: set(hits) for fid, hits in lines.items() if fid in files}
+    by_path_arcs = {files[fid][0]: set(hits) for fid, hits in arcs.items() if fid in files}
+    return by_path_lines, by_path_arcs
+
+
+def _endpoint_names(conn: Conn, scope: Scope) -> set[str]:
+    if scope.hours is None:
+        rows = conn.query(
+            "SELECT endpoint FROM endpoints WHERE release_id = ?", (scope.release_id,)
+        )
+    else:
+        rows = conn.query(
+            "SELECT DISTINCT e.endpoint FROM traces t JOIN endpoints e ON e.id = t.endpoint_id "
+            "WHERE t.release_id = ? AND t.hour >= ? AND t.hour < ?",
+            (scope.release_id, *scope.hours),
+        )
+    names = {r[0] for r in rows}
+    if scope.endpoint is not None:
+        names &= {scope.endpoint}
+    return names
+
+
+def diff(conn: Conn, a: Selection, b: Selection) -> dict[str, Any]:
+    """What b covers that a does not (newly covered) and the reverse, per file and endpoint."""
+    scope_a, scope_b = resolve(conn, a), resolve(conn, b)
+    lines_a, arcs_a = _covered_by_path(conn, scope_a)
+    lines_b, arcs_b = _covered_by_path(conn, scope_b)
+    files = []
+    for path in sorted(set(lines_a) | set(lines_b) | set(arcs_a) | set(arcs_b)):
+        la, lb = lines_a.get(path, set()), lines_b.get(path, set())
+        aa, ab = arcs_a.get(path, set()), arcs_b.get(path, set())
+        entry = {
+            "path": path,
+            "newly_covered_lines": sorted(lb - la),
+            "no_longer_covered_lines": sorted(la - lb),
+            "newly_covered_arcs": [list(x) for x in sorted(ab - aa)],
+            "no_longer_covered_arcs": [list(x) for x in sorted(aa - ab)],
+        }
+        if any(entry[k] for k in entry if k != "path"):
+            files.append(entry)
+    ends_a, ends_b = _endpoint_names(conn, scope_a), _endpoint_names(conn, scope_b)
+    endpoints_out = [
+        {"endpoint": name, "only_in_a": name not in ends_b, "only_in_b": name not in ends_a}
+        for name in sorted(ends_a | ends_b)
+    ]
+    return {
+        "a": scope_a.release.as_dict(),
+        "b": scope_b.release.as_dict(),
+        "files": files,
+        "endpoints": endpoints_out,
+    }
+
+
+def expire(conn: Conn, older_than_unix: float) -> int:
+    """Delete hour buckets (hits, traces) and part keys that ended by ``older_than_unix``."""
+    cutoff = int(older_than_unix // 3600)
+    deleted = 0
+    for table in ("line_hour", "arc_hour", "traces", "seen_parts"):
+        cur = conn.raw.cursor()
+        try:
+            cur.execute(conn.dialect.sql(f"DELETE FROM {table} WHERE hour < ?"), (cutoff,))
+            deleted += max(0, cur.rowcount)
+        finally:
+            cur.close()
+    return deleted

@@ -1,0 +1,161 @@
+"""The store's versioned schema and the migrations that bring a database up to date on open."""
+
+from __future__ import annotations
+
+from .database import Database
+from .dialect import Conn
+
+# Schema versions (one line each, what changed):
+# 1: releases, endpoints, paths, per-release file shas, static denominators, seen part keys,
+#    line and arc hits per release / endpoint / hour, request trace sets and counters, metrics.
+SCHEMA_VERSION = 1
+
+# Times are unix nanoseconds, hours are unix hours (seconds // 3600). ``first`` columns hold
+# "<20-digit span time><trace id>" so that the smallest string is the earliest trace (ties:
+# smallest trace id) and merging is a plain MIN. ``sha_key`` is "<20-digit time><sha>": MAX picks
+# the sha seen most recently. endpoint_id 0 / file_id 0 in request counters mean "all".
+_V1 = [
+    """CREATE TABLE releases (
+        id {id_pk},
+        service TEXT NOT NULL,
+        version TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        role TEXT NOT NULL,
+        first_seen BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL,
+        UNIQUE (service, version, environment, role))""",
+    """CREATE TABLE endpoints (
+        id {id_pk},
+        release_id BIGINT NOT NULL,
+        endpoint TEXT NOT NULL,
+        first_seen BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL,
+        UNIQUE (release_id, endpoint))""",
+    """CREATE TABLE paths (
+        id {id_pk},
+        path TEXT NOT NULL UNIQUE)""",
+    """CREATE TABLE release_files (
+        release_id BIGINT NOT NULL,
+        file_id BIGINT NOT NULL,
+        sha_key {key_text} NOT NULL,
+        PRIMARY KEY (release_id, file_id)){without_rowid}""",
+    """CREATE TABLE static_files (
+        file_id BIGINT NOT NULL,
+        sha TEXT NOT NULL,
+        payload {key_text} NOT NULL,
+        PRIMARY KEY (file_id, sha)){without_rowid}""",
+    """CREATE TABLE seen_parts (
+        trace_id TEXT NOT NULL,
+        span_id TEXT NOT NULL,
+        hour BIGINT NOT NULL,
+        PRIMARY KEY (trace_id, span_id)){without_rowid}""",
+    "CREATE INDEX seen_parts_hour ON seen_parts (hour)",
+    """CREATE TABLE line_rel (
+        release_id BIGINT NOT NULL,
+        file_id BIGINT NOT NULL,
+        line INTEGER NOT NULL,
+        hits BIGINT NOT NULL,
+        first {key_text} NOT NULL,
+        PRIMARY KEY (release_id, file_id, line)){without_rowid}""",
+    """CREATE TABLE line_ep (
+        release_id BIGINT NOT NULL,
+        endpoint_id BIGINT NOT NULL,
+        file_id BIGINT NOT NULL,
+        line INTEGER NOT NULL,
+        hits BIGINT NOT NULL,
+        first {key_text} NOT NULL,
+        PRIMARY KEY (release_id, endpoint_id, file_id, line)){without_rowid}""",
+    """CREATE TABLE line_hour (
+        release_id BIGINT NOT NULL,
+        hour BIGINT NOT NULL,
+        endpoint_id BIGINT NOT NULL,
+        file_id BIGINT NOT NULL,
+        line INTEGER NOT NULL,
+        hits BIGINT NOT NULL,
+        first {key_text} NOT NULL,
+        PRIMARY KEY (release_id, hour, endpoint_id, file_id, line)){without_rowid}""",
+    """CREATE TABLE arc_rel (
+        release_id BIGINT NOT NULL,
+        file_id BIGINT NOT NULL,
+        from_line INTEGER NOT NULL,
+        to_line INTEGER NOT NULL,
+        hits BIGINT NOT NULL,
+        first {key_text} NOT NULL,
+        PRIMARY KEY (release_id, file_id, from_line, to_line)){without_rowid}""",
+    """CREATE TABLE arc_ep (
+        release_id BIGINT NOT NULL,
+        endpoint_id BIGINT NOT NULL,
+        file_id BIGINT NOT NULL,
+        from_line INTEGER NOT NULL,
+        to_line INTEGER NOT NULL,
+        hits BIGINT NOT NULL,
+        first {key_text} NOT NULL,
+        PRIMARY KEY (release_id, endpoint_id, file_id, from_line, to_line)){without_rowid}""",
+    """CREATE TABLE arc_hour (
+        release_id BIGINT NOT NULL,
+        hour BIGINT NOT NULL,
+        endpoint_id BIGINT NOT NULL,
+        file_id BIGINT NOT NULL,
+        from_line INTEGER NOT NULL,
+        to_line INTEGER NOT NULL,
+        hits BIGINT NOT NULL,
+        first {key_text} NOT NULL,
+        PRIMARY KEY (release_id, hour, endpoint_id, file_id, from_line, to_line)){without_rowid}""",
+    """CREATE TABLE traces (
+        release_id BIGINT NOT NULL,
+        hour BIGINT NOT NULL,
+        endpoint_id BIGINT NOT NULL,
+        file_id BIGINT NOT NULL,
+        trace_id TEXT NOT NULL,
+        PRIMARY KEY (release_id, hour, endpoint_id, file_id, trace_id)){without_rowid}""",
+    "CREATE INDEX traces_by_trace ON traces (release_id, trace_id)",
+    "CREATE INDEX traces_by_hour ON traces (hour)",
+    """CREATE TABLE request_counts (
+        release_id BIGINT NOT NULL,
+        endpoint_id BIGINT NOT NULL,
+        file_id BIGINT NOT NULL,
+        requests BIGINT NOT NULL,
+        PRIMARY KEY (release_id, endpoint_id, file_id)){without_rowid}""",
+    """CREATE TABLE metrics (
+        release_id BIGINT NOT NULL,
+        instance TEXT NOT NULL,
+        name TEXT NOT NULL,
+        attributes TEXT NOT NULL,
+        value {double} NOT NULL,
+        time BIGINT NOT NULL,
+        PRIMARY KEY (release_id, instance, name, attributes)){without_rowid}""",
+]
+
+# MIGRATIONS[n] takes a database at version n to version n + 1.
+MIGRATIONS: dict[int, list[str]] = {0: _V1}
+
+
+def current_version(conn: Conn) -> int:
+    """The schema version recorded in the database (0 for an empty database)."""
+    rows = conn.query("SELECT version FROM schema_version")
+    return int(rows[0][0]) if rows else 0
+
+
+def migrate(db: Database) -> int:
+    """Bring the database to ``SCHEMA_VERSION`` in one transaction; return the version found.
+
+    Safe when several collectors open one database at once: PostgreSQL migrations run under an
+    advisory lock, SQLite ones under the database's write lock.
+    """
+    with db.transaction(write=True) as conn:
+        db.lock_for_migration(conn)
+        conn.query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        found = current_version(conn)
+        if found > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the store's schema is version {found}, newer than this collector's "
+                f"{SCHEMA_VERSION}; upgrade the collector"
+            )
+        for version in range(found, SCHEMA_VERSION):
+            for statement in MIGRATIONS[version]:
+                conn.query(statement)
+        if found == 0:
+            conn.query("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif found != SCHEMA_VERSION:
+            conn.query("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        return found

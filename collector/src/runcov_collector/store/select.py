@@ -1,0 +1,123 @@
+"""Resolve a query's Selection to one stored release and the slice of its data to read."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from ..model import ROLES, Release, Selection
+from .dialect import Conn
+from .errors import NotFound
+
+
+def iso(time_unix_nano: int) -> str:
+    """ISO-8601 UTC with a ``Z``, to the second, as the query API prints times."""
+    moment = datetime.fromtimestamp(time_unix_nano // 1_000_000_000, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_hour(hour: int) -> str:
+    """The ISO-8601 start of a unix hour bucket."""
+    return iso(hour * 3600 * 1_000_000_000)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A resolved selection: which release, and which endpoint and hours of it."""
+
+    release_id: int
+    release: Release
+    first_seen: int
+    last_seen: int
+    endpoint: str | None
+    endpoint_id: int | None  # -1 when the endpoint was named but never seen
+    hours: tuple[int, int] | None  # [from, to) unix hours, or None for all time
+
+    @property
+    def cumulative(self) -> bool:
+        """True when the answer comes from the all-time tables (no window, no endpoint)."""
+        return self.hours is None and self.endpoint is None
+
+
+def validate(sel: Selection) -> None:
+    """Reject selections no release could match (ValueError, HTTP 400)."""
+    if not sel.service:
+        raise ValueError("service is required")
+    if sel.role is not None and sel.role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {sel.role!r}")
+    for name, value in (("since", sel.since_unix), ("until", sel.until_unix)):
+        if value is not None and (not math.isfinite(value) or value < 0):
+            raise ValueError(f"{name} must be a time after 1970")
+    if (
+        sel.since_unix is not None
+        and sel.until_unix is not None
+        and sel.until_unix <= sel.since_unix
+    ):
+        raise ValueError("until must be later than since")
+    if sel.endpoint is not None and not sel.endpoint:
+        raise ValueError("endpoint must not be empty")
+
+
+def hour_window(sel: Selection) -> tuple[int, int] | None:
+    """The hour buckets a window covers: every bucket that overlaps [since, until)."""
+    if sel.since_unix is None and sel.until_unix is None:
+        return None
+    start = 0 if sel.since_unix is None else int(sel.since_unix // 3600)
+    end = 2**62 if sel.until_unix is None else math.ceil(sel.until_unix / 3600)
+    return start, end
+
+
+def resolve(conn: Conn, sel: Selection) -> Scope:
+    """Pick the release a selection names, following docs/query-api.md's defaulting rules.
+
+    Omitted role: ``baseline`` if the service has one (within the other filters), else any.
+    Omitted version and environment: the most recently seen among the candidates.
+    """
+    validate(sel)
+    sql = (
+        "SELECT id, service, version, environment, role, first_seen, last_seen "
+        "FROM releases WHERE service = ?"
+    )
+    params: list[object] = [sel.service]
+    for column, value in (
+        ("version", sel.version),
+        ("environment", sel.environment),
+        ("role", sel.role),
+    ):
+        if value is not None:
+            sql += f" AND {column} = ?"
+            params.append(value)
+    rows = conn.query(sql, params)
+    if sel.role is None and any(row[4] == "baseline" for row in rows):
+        rows = [row for row in rows if row[4] == "baseline"]
+    if not rows:
+        wanted = ", ".join(
+            f"{k}={v}"
+            for k, v in (
+                ("service", sel.service),
+                ("version", sel.version),
+                ("environment", sel.environment),
+                ("role", sel.role),
+            )
+            if v is not None
+        )
+        raise NotFound(f"no release matches {wanted}")
+    best = max(rows, key=lambda r: (int(r[6]), r[2], r[3], r[4]))
+    release = Release(service=best[1], version=best[2], environment=best[3], role=best[4])
+    endpoint_id: int | None = None
+    if sel.endpoint is not None:
+        found = conn.query(
+            "SELECT id FROM endpoints WHERE release_id = ? AND endpoint = ?",
+            (int(best[0]), sel.endpoint),
+        )
+        endpoint_id = int(found[0][0]) if found else -1
+    return Scope(
+        release_id=int(best[0]),
+        release=release,
+        first_seen=int(best[5]),
+        last_seen=int(best[6]),
+        endpoint=sel.endpoint,
+        endpoint_id=endpoint_id,
+        hours=hour_window(sel),
+    )
