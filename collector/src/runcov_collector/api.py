@@ -1,0 +1,208 @@
+"""The JSON query API (docs/query-api.md): parse and validate parameters, call the store."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from runcov_collector import decode, limits
+from runcov_collector.model import ROLES, Selection, Store
+
+_RELATIVE_RE = re.compile(r"(\d{1,9})([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class BadParameter(ValueError):
+    """A query parameter is missing or invalid (HTTP 400)."""
+
+
+def error(status: int, message: str) -> JSONResponse:
+    """The API's error body ``{"error": message}``."""
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def parse_time(value: str, name: str, now: float | None = None) -> float:
+    """ISO-8601 (naive means UTC) or relative ``90m``/``6h``/``7d`` → unix seconds."""
+    text = value.strip()
+    match = _RELATIVE_RE.fullmatch(text)
+    if match:
+        now = time.time() if now is None else now
+        return now - int(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as exc:
+        raise BadParameter(
+            f"{name}={value!r} is neither ISO-8601 (2026-11-25T10:00:00Z) "
+            "nor relative (90m, 6h, 7d)"
+        ) from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def _text(params: Any, name: str, required: bool = False) -> str | None:
+    value = params.get(name)
+    if value is None or value == "":
+        if required:
+            raise BadParameter(f"missing parameter {name}")
+        return None
+    if len(value.encode("utf-8", "surrogatepass")) > limits.MAX_NAME_BYTES:
+        raise BadParameter(f"parameter {name} is longer than {limits.MAX_NAME_BYTES} bytes")
+    if decode._CONTROL_RE.search(value):
+        raise BadParameter(f"parameter {name} contains control characters")
+    return str(value)
+
+
+def _role(params: Any, name: str) -> str | None:
+    role = _text(params, name)
+    if role is not None and role not in ROLES:
+        raise BadParameter(f"{name}={role!r} is not one of {', '.join(ROLES)}")
+    return role
+
+
+def selection(params: Any, prefix: str = "", base: Selection | None = None) -> Selection:
+    """The release selection of docs/query-api.md from query parameters.
+
+    With ``prefix`` (``a_``/``b_`` for diff) the prefixed names override the shared ones.
+    """
+
+    def pick(name: str) -> str | None:
+        return (
+            _text(params, prefix + name)
+            if prefix and params.get(prefix + name)
+            else (_text(params, name))
+        )
+
+    service = pick("service")
+    if service is None:
+        raise BadParameter("missing parameter service")
+    role_name = prefix + "role" if prefix and params.get(prefix + "role") else "role"
+    since = pick("since")
+    until = pick("until")
+    since_unix = parse_time(since, "since") if since else None
+    until_unix = parse_time(until, "until") if until else None
+    if since_unix is not None and until_unix is not None and since_unix >= until_unix:
+        raise BadParameter("since must be before until")
+    return Selection(
+        service=service,
+        version=pick("version"),
+        environment=pick("environment"),
+        role=_role(params, role_name),
+        endpoint=pick("endpoint"),
+        since_unix=since_unix,
+        until_unix=until_unix,
+    )
+
+
+def _flag(params: Any, name: str) -> bool:
+    value = (params.get(name) or "0").strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no", ""):
+        return False
+    raise BadParameter(f"{name}={value!r} must be 0 or 1")
+
+
+def _path(params: Any, name: str, required: bool) -> str | None:
+    value = params.get(name)
+    if not value:
+        if required:
+            raise BadParameter(f"missing parameter {name}")
+        return None
+    try:
+        return decode.check_path(value, name)
+    except decode.Rejected as exc:
+        raise BadParameter(str(exc)) from exc
+
+
+def _path_prefix(params: Any) -> str | None:
+    value = _text(params, "path_prefix")
+    if value is not None and (value.startswith("/") or ".." in value.split("/")):
+        raise BadParameter("path_prefix must be relative and must not contain '..'")
+    return value
+
+
+def _not_found_types() -> tuple[type[BaseException], ...]:
+    """``store.NotFound`` (unknown release/file → 404), if the store package defines it."""
+    try:
+        from runcov_collector import store as store_pkg
+    except ImportError:
+        return ()
+    found = getattr(store_pkg, "NotFound", None)
+    if isinstance(found, type) and issubclass(found, BaseException):
+        return (found,)
+    return ()
+
+
+def _endpoint(call: Callable[[Store, Any], Any]) -> Callable[[Request], Any]:
+    async def handler(request: Request) -> Response:
+        store: Store = request.app.state.store
+        try:
+            body = await run_in_threadpool(call, store, request.query_params)
+        except BadParameter as exc:
+            return error(400, str(exc))
+        except _not_found_types() as exc:
+            message = exc.args[0] if exc.args else "not found"
+            return error(404, str(message))
+        except ValueError as exc:
+            return error(400, str(exc))
+        return JSONResponse(body)
+
+    return handler
+
+
+def _services(store: Store, params: Any) -> Any:
+    return store.services()
+
+
+def _releases(store: Store, params: Any) -> Any:
+    service = _text(params, "service", required=True)
+    assert service is not None
+    return store.releases(service)
+
+
+def _endpoints(store: Store, params: Any) -> Any:
+    return store.endpoints(selection(params))
+
+
+def _coverage(store: Store, params: Any) -> Any:
+    sel = selection(params)
+    return store.coverage(sel, detail=_flag(params, "detail"), path_prefix=_path_prefix(params))
+
+
+def _file(store: Store, params: Any) -> Any:
+    sel = selection(params)
+    path = _path(params, "path", required=True)
+    assert path is not None
+    return store.file(sel, path)
+
+
+def _series(store: Store, params: Any) -> Any:
+    sel = selection(params)
+    return store.series(sel, path=_path(params, "path", required=False))
+
+
+def _diff(store: Store, params: Any) -> Any:
+    a = selection(params, "a_")
+    b = selection(params, "b_")
+    return store.diff(a, b)
+
+
+def routes() -> list[Route]:
+    """The ``/api/v1/*`` routes."""
+    return [
+        Route("/api/v1/services", _endpoint(_services)),
+        Route("/api/v1/releases", _endpoint(_releases)),
+        Route("/api/v1/endpoints", _endpoint(_endpoints)),
+        Route("/api/v1/coverage", _endpoint(_coverage)),
+        Route("/api/v1/file", _endpoint(_file)),
+        Route("/api/v1/series", _endpoint(_series)),
+        Route("/api/v1/diff", _endpoint(_diff)),
+    ]

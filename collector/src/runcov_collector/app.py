@@ -1,0 +1,385 @@
+"""Wires the collector together: store, ingest pipeline, HTTP app, gRPC receiver, retention."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+import uvicorn
+from google.rpc import code_pb2
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from runcov_collector import api, receiver_http
+from runcov_collector.auth import TokenCheck
+from runcov_collector.config import Config
+from runcov_collector.ingest import Ingestor
+from runcov_collector.metrics import CONTENT_TYPE, CollectorMetrics
+from runcov_collector.model import Store
+from runcov_collector.receiver_grpc import GrpcReceiver
+
+log = logging.getLogger("runcov_collector")
+
+_RELEASE_LABELS = ("service", "version", "environment", "role")
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def open_configured_store(config: Config) -> Store:
+    """Open the store named by ``config.store_url`` (the store package's ``open_store``)."""
+    from runcov_collector.store import open_store
+
+    store: Store = open_store(config.store_url)
+    return store
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class AuthMiddleware:
+    """Checks bearer tokens before any route runs: ingest token for ``/v1/*``, query token for
+    ``/api/*`` and the dashboard; health and metrics endpoints stay open."""
+
+    def __init__(self, app: ASGIApp, config: Config, metrics: CollectorMetrics) -> None:
+        self.app = app
+        no_auth = config.no_auth
+        self.ingest = TokenCheck(None if no_auth else config.ingest_token)
+        self.query = TokenCheck(None if no_auth else config.query_token)
+        self.browser = TokenCheck(None if no_auth else config.query_token, allow_basic=True)
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        headers = Headers(scope=scope)
+        authorization = headers.get("authorization")
+        response: Response | None = None
+        if path.startswith("/v1/"):
+            if not self.ingest.allows(authorization):
+                signal_name = path[len("/v1/") :] or "unknown"
+                if signal_name not in ("traces", "metrics"):
+                    signal_name = "unknown"
+                self.metrics.requests.inc(
+                    transport="http", signal=signal_name, result="unauthorized"
+                )
+                response = receiver_http.status_response(
+                    401,
+                    code_pb2.UNAUTHENTICATED,
+                    "missing or invalid bearer token",
+                    receiver_http.wants_json(headers),
+                    {"WWW-Authenticate": "Bearer"},
+                )
+        elif path.startswith("/api/"):
+            if not self.query.allows(authorization):
+                response = api.error(401, "missing or invalid bearer token")
+                response.headers["WWW-Authenticate"] = "Bearer"
+        elif path not in OPEN_PATHS and not self.browser.allows(authorization):
+            response = Response(
+                "authentication required\n",
+                status_code=401,
+                media_type="text/plain",
+                headers={"WWW-Authenticate": 'Basic realm="runcov", charset="UTF-8"'},
+            )
+        if response is not None:
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class _ReleaseGauges:
+    """Coverage ratio per release for ``/metrics``, re-read from the store at most every
+    ``ttl`` seconds (scrapes must not turn into a query storm)."""
+
+    def __init__(self, store: Store, ttl: float) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._at = -float("inf")
+        self._rows: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def rows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            if time.monotonic() - self._at >= self.ttl:
+                rows: list[dict[str, Any]] = []
+                try:
+                    for service in self.store.services().get("services", []):
+                        name = service.get("service")
+                        rows.extend(self.store.releases(name).get("releases", []))
+                except Exception:  # a scrape must answer even when the store does not
+                    log.warning("cannot read releases for /metrics", exc_info=True)
+                else:
+                    self._rows = rows
+                    self._at = time.monotonic()
+            return list(self._rows)
+
+    def ratio(self, key: str) -> Iterable[tuple[dict[str, str], float]]:
+        for row in self.rows():
+            percent = row.get(key)
+            if percent is None:
+                continue
+            labels = {name: str(row.get(name, "")) for name in _RELEASE_LABELS}
+            yield labels, float(percent) / 100.0
+
+
+def _dashboard_routes(store: Store, config: Config) -> list[BaseRoute]:
+    try:
+        from runcov_collector import dashboard
+    except ImportError as exc:
+        if exc.name != "runcov_collector.dashboard":
+            log.warning("dashboard not available: %s", exc)
+        return []
+    make = getattr(dashboard, "routes", None)
+    if make is None:
+        return []
+    return list(make(store, config))
+
+
+class Collector:
+    """All parts of one collector process. ``start()`` binds and serves in background threads
+    (ports 0 → the actual ports land in ``http_port``/``grpc_port``); ``stop()`` shuts down
+    gracefully and closes the store."""
+
+    def __init__(self, config: Config, store: Store | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.owns_store = store is None
+        self.store: Store = store if store is not None else open_configured_store(config)
+        self.metrics = CollectorMetrics()
+        self.ingestor = Ingestor(self.store, self.metrics, config.max_inflight_ingests)
+        self.executor = ThreadPoolExecutor(
+            max_workers=config.store_threads, thread_name_prefix="runcov-store"
+        )
+        self._gauges = _ReleaseGauges(self.store, config.metrics_cache_seconds)
+        self.metrics.add_gauge(
+            "runcov_collector_ingests_in_flight",
+            "Store ingests admitted and not finished.",
+            lambda: [({}, float(self.ingestor.inflight))],
+        )
+        self.metrics.add_gauge(
+            "runcov_collector_release_line_coverage_ratio",
+            "Covered/executable lines per release (cumulative), from the store.",
+            lambda: self._gauges.ratio("line_percent"),
+        )
+        self.metrics.add_gauge(
+            "runcov_collector_release_branch_coverage_ratio",
+            "Covered/possible branch exits per release (cumulative), from the store.",
+            lambda: self._gauges.ratio("branch_percent"),
+        )
+        self.app = self._build_app()
+        self.grpc: GrpcReceiver | None = None
+        self.http_port: int | None = None
+        self.grpc_port: int | None = None
+        self._server: uvicorn.Server | None = None
+        self._http_thread: threading.Thread | None = None
+        self._retention_stop = threading.Event()
+        self._retention_thread: threading.Thread | None = None
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    # -- HTTP application ----------------------------------------------------------------------
+
+    def _build_app(self) -> Starlette:
+        routes: list[BaseRoute] = [
+            *receiver_http.routes(),
+            *api.routes(),
+            Route("/healthz", self._healthz),
+            Route("/readyz", self._readyz),
+            Route("/metrics", self._metrics),
+            *_dashboard_routes(self.store, self.config),
+        ]
+        app = Starlette(routes=routes)
+        app.state.config = self.config
+        app.state.store = self.store
+        app.state.ingestor = self.ingestor
+        app.state.metrics = self.metrics
+        app.state.executor = self.executor
+        app.state.collector = self
+        app.add_middleware(AuthMiddleware, config=self.config, metrics=self.metrics)
+        return app
+
+    async def _healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def _readyz(self, request: Request) -> Response:
+        try:
+            ready = await run_in_threadpool(self.store.ping)
+        except Exception as exc:
+            return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
+        if not ready:
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def _metrics(self, request: Request) -> Response:
+        text = await run_in_threadpool(self.metrics.render)
+        return Response(text, media_type=CONTENT_TYPE)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def _bind_http(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.config.host, self.config.http_port))
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(1024)
+        sock.setblocking(False)
+        return sock
+
+    def start(self, timeout: float = 30.0) -> Collector:
+        """Bind both ports, start serving in background threads; returns ``self``."""
+        sock = self._bind_http()
+        self.http_port = sock.getsockname()[1]
+        if self.config.grpc_port >= 0:
+            self.grpc = GrpcReceiver(
+                self.ingestor,
+                self.metrics,
+                TokenCheck(None if self.config.no_auth else self.config.ingest_token),
+                self.config.max_body_bytes,
+                self.config.retry_after_seconds,
+            )
+            try:
+                self.grpc_port = self.grpc.start(self.config.host, self.config.grpc_port)
+            except Exception:
+                sock.close()
+                raise
+        server_config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+        self._server = uvicorn.Server(server_config)
+        self._http_thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="runcov-http", daemon=True
+        )
+        self._http_thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._http_thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the HTTP server did not start")
+            time.sleep(0.01)
+        if self.config.retention_hours > 0:
+            self._retention_thread = threading.Thread(
+                target=self._retention_loop, name="runcov-retention", daemon=True
+            )
+            self._retention_thread.start()
+        return self
+
+    def expire_once(self) -> int:
+        """Expire hourly data older than the retention period now; returns rows removed."""
+        cutoff = time.time() - self.config.retention_hours * 3600
+        removed = int(self.store.expire(cutoff))
+        self.metrics.expired.inc(removed)
+        return removed
+
+    def _retention_loop(self) -> None:
+        while True:
+            try:
+                removed = self.expire_once()
+                if removed:
+                    log.info("retention: expired %d rows", removed)
+            except Exception:
+                log.warning("retention job failed", exc_info=True)
+            if self._retention_stop.wait(self.config.retention_interval_seconds):
+                return
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop receiving, let in-flight requests finish, then close the store."""
+        self._retention_stop.set()
+        if self._retention_thread is not None:
+            self._retention_thread.join(grace)
+        if self.grpc is not None:
+            self.grpc.stop(grace)
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._http_thread is not None:
+            self._http_thread.join(grace + 10)
+        self.close()
+
+    def close(self) -> None:
+        """Release the thread pool and (if opened here) the store. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.executor.shutdown(wait=True)
+        if self.owns_store:
+            self.store.close()
+
+    def __enter__(self) -> Collector:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def listening(self) -> str:
+        """One line saying where this collector listens (printed by ``serve``)."""
+        grpc_part = f"grpc={self.config.host}:{self.grpc_port}" if self.grpc_port else "grpc=off"
+        return (
+            f"runcov-collector listening http={self.config.host}:{self.http_port} {grpc_part} "
+            f"store={redact_url(self.config.store_url)}"
+        )
+
+
+def create_app(config: Config, store: Store | None = None) -> Starlette:
+    """The collector's HTTP application (OTLP/HTTP, query API, metrics, dashboard).
+
+    gRPC and the retention job are not part of it; use ``serve``/``Collector`` for those.
+    """
+    return Collector(config, store).app
+
+
+def serve(
+    config: Config,
+    store: Store | None = None,
+    on_ready: Callable[[Collector], None] | None = None,
+) -> None:
+    """Run a collector until SIGTERM or SIGINT, then shut down gracefully (blocking)."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: Any) -> None:
+        log.info("received signal %d, shutting down", signum)
+        stop.set()
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {
+            sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+    collector = Collector(config, store)
+    try:
+        collector.start()
+        if on_ready is not None:
+            on_ready(collector)
+        while not stop.wait(0.5):
+            thread = collector._http_thread
+            if thread is not None and not thread.is_alive():
+                log.error("the HTTP server stopped unexpectedly")
+                break
+    finally:
+        collector.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,98 @@
+"""The ``runcov-collector`` command line: ``runcov-collector serve [options]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from runcov_collector import __version__
+from runcov_collector.app import Collector, serve
+from runcov_collector.config import Config, ConfigError, from_sources
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; option names match ``Config`` fields."""
+    parser = argparse.ArgumentParser(
+        prog="runcov-collector",
+        description="Receive runcov coverage over OTLP and serve it per release.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    s = commands.add_parser("serve", help="run the collector (OTLP/HTTP, OTLP/gRPC, query API)")
+    s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--http-port", type=int, help="OTLP/HTTP + query API port (default 4318)")
+    s.add_argument("--grpc-port", type=int, help="OTLP/gRPC port (default 4317; -1 disables)")
+    s.add_argument(
+        "--store",
+        dest="store_url",
+        help="store URL: sqlite:///path.db (default sqlite:///runcov-collector.db) or "
+        "postgresql://user:pass@host/db",
+    )
+    auth = s.add_argument_group("authentication")
+    auth.add_argument(
+        "--no-auth", action="store_true", default=None, help="accept requests without tokens"
+    )
+    auth.add_argument("--ingest-token", help="bearer token required to send OTLP data")
+    auth.add_argument("--query-token", help="bearer token required for the query API/dashboard")
+    s.add_argument(
+        "--max-body-bytes", type=int, help="largest request body after decompression (16 MiB)"
+    )
+    s.add_argument(
+        "--max-inflight-ingests",
+        type=int,
+        help="concurrent store ingests before answering 429 (default 16)",
+    )
+    s.add_argument(
+        "--retention-hours", type=float, help="keep hourly buckets this long (0 = forever)"
+    )
+    s.add_argument("--source-dir", help="source checkout the dashboard annotates")
+    s.add_argument(
+        "--trace-url-template",
+        help="link from a first-hit trace id to a tracing UI, e.g. https://t.example/{trace_id}",
+    )
+    s.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Arguments > ``RUNCOV_COLLECTOR_*`` environment > defaults."""
+    names = (
+        "host",
+        "http_port",
+        "grpc_port",
+        "store_url",
+        "no_auth",
+        "ingest_token",
+        "query_token",
+        "max_body_bytes",
+        "max_inflight_ingests",
+        "retention_hours",
+        "source_dir",
+        "trace_url_template",
+    )
+    return from_sources({name: getattr(args, name) for name in names}).validate()
+
+
+def _announce(collector: Collector) -> None:
+    print(collector.listening(), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``runcov-collector`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"runcov-collector: {exc}", file=sys.stderr)
+        return 2
+    try:
+        serve(config, on_ready=_announce)
+    except OSError as exc:
+        print(f"runcov-collector: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,32 @@
+"""Bounds on everything the collector accepts from the network (wire format v1)."""
+
+from __future__ import annotations
+
+WIRE_VERSION = 1
+"""The only ``runcov.wire_version`` this collector understands."""
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+"""Default limit of one export request body, after decompression."""
+
+MAX_SPANS_PER_REQUEST = 100_000
+MAX_ATTRIBUTES_PER_SPAN = 128
+MAX_FILES_PER_PAYLOAD = 10_000
+MAX_ITEMS_PER_FILE = 1_000_000
+"""Lines, arcs or functions of one file in one payload."""
+
+MAX_PATH_BYTES = 1024
+MAX_NAME_BYTES = 1024
+"""Endpoint names, function names and resource strings."""
+
+MAX_LINE = 10_000_000
+"""Line numbers satisfy ``1 <= abs(n) <= MAX_LINE``."""
+
+MAX_PARTS = 100_000
+"""Upper bound of ``runcov.parts`` (a request split into more parts is not plausible)."""
+
+MAX_METRIC_ATTRIBUTES = 32
+MAX_INFLIGHT_INGESTS = 16
+"""Default number of store ingests allowed at once before the receivers answer 429."""
+
+RETRY_AFTER_SECONDS = 2
+"""Retry-After sent with 429/503 answers."""

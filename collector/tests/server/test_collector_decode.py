@@ -1,0 +1,389 @@
+"""Decoding OTLP requests into batches: shapes, encodings, validation and its messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+
+from runcov_collector import decode, limits
+from runcov_collector.model import FunctionRange, Release
+from runcov_collector.testing import (
+    SpanSpec,
+    any_value,
+    coverage_attributes,
+    coverage_span,
+    file_hits,
+    file_static,
+    static_span,
+    to_otlp_json,
+    trace_request,
+)
+
+SHA = "3f1c9a0b2d4e6f70"
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+SPAN = "b7ad6b7169203331"
+
+
+def _decode(spans, resource=None, json_body=False):
+    request = trace_request(spans, resource)
+    body = to_otlp_json(request) if json_body else request.SerializeToString()
+    return decode.decode_traces(decode.parse_traces(body, json_body))
+
+
+@pytest.mark.parametrize("json_body", [False, True])
+def test_coverage_and_static_spans_decode_the_same_from_protobuf_and_json(json_body):
+    spans = [
+        coverage_span(
+            "GET /items/{item_id}",
+            [file_hits("shop/views.py", [14, 12, 13, 13], [(-11, 12), (12, 13)], sha=SHA)],
+            trace_id=TRACE,
+            span_id=SPAN,
+            end_time_unix_nano=1_764_064_800_000_000_000,
+            status_class="2xx",
+        ),
+        static_span(
+            [file_static("shop/views.py", [11, 12], [(-11, 12)], [("checkout", 11, 20)], SHA)],
+            trace_id="1" * 32,
+            span_id="2" * 16,
+        ),
+    ]
+    resource = {
+        "service.name": "shop",
+        "service.version": "1.2",
+        "deployment.environment.name": "prod",
+        "runcov.deployment.role": "canary",
+    }
+    result = _decode(spans, resource, json_body)
+    assert (result.accepted, result.rejected) == (2, 0)
+    [part] = result.batch.coverage
+    assert part.release == Release("shop", "1.2", "prod", "canary")
+    assert (part.trace_id, part.span_id) == (TRACE, SPAN)
+    assert part.endpoint == "GET /items/{item_id}"
+    assert (part.mode, part.status_class, part.part, part.parts) == ("exact", "2xx", 0, 1)
+    assert part.time_unix_nano == 1_764_064_800_000_000_000
+    [hits] = part.files
+    assert (hits.path, hits.sha) == ("shop/views.py", SHA)
+    assert hits.lines == [12, 13, 14]  # sorted and unique
+    assert hits.arcs == [(-11, 12), (12, 13)]
+    [static] = result.batch.static
+    assert static.trace_id == "1" * 32
+    [fs] = static.files
+    assert fs.lines == [11, 12]
+    assert fs.functions == [FunctionRange("checkout", 11, 20)]
+
+
+def test_resource_defaults_and_legacy_environment_key():
+    result = _decode(
+        [coverage_span("GET /", [file_hits("a.py", [1])])],
+        {"deployment.environment": "staging"},
+    )
+    assert result.batch.coverage[0].release == Release("unknown_service", "", "staging", "baseline")
+
+
+def test_spans_of_other_scopes_are_skipped_and_counted():
+    foreign = SpanSpec("GET /checkout", {"http.route": "/checkout"}, scope="flask")
+    foreign_named_like_ours = SpanSpec("runcov.coverage", {"x": 1}, scope="opentelemetry.sdk")
+    unknown = SpanSpec("runcov.future", {}, scope="runcov")
+    ok = coverage_span("GET /", [file_hits("a.py", [1])])
+    result = _decode([foreign, foreign_named_like_ours, unknown, ok])
+    assert result.skipped == {"foreign_scope": 2, "unknown_span": 1}
+    assert (result.accepted, result.rejected) == (1, 0)
+    assert len(result.batch.coverage) == 1
+
+
+def _reject_one(attributes=None, files=None, resource=None, **span_kw):
+    attrs = (
+        attributes
+        if attributes is not None
+        else coverage_attributes("GET /", files if files is not None else [file_hits("a.py", [1])])
+    )
+    bad = SpanSpec("runcov.coverage", attrs, trace_id=TRACE, span_id=SPAN, **span_kw)
+    good = coverage_span("GET /", [file_hits("a.py", [2])])
+    result = _decode([bad, good], resource)
+    assert result.accepted == (0 if resource else 1)
+    assert result.rejected == (2 if resource else 1)
+    assert f"span {TRACE}/{SPAN} (runcov.coverage)" in result.error_message
+    return result
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("../../etc/passwd", "contains a '..' segment"),
+        ("shop/../../x.py", "contains a '..' segment"),
+        ("/etc/passwd", "is absolute"),
+        ("C:/Windows/x.py", "is absolute"),
+        ("shop\\views.py", "'/'-separated"),
+        ("shop/\x00views.py", "NUL or control characters"),
+        ("shop/\nviews.py", "NUL or control characters"),
+        ("shop//views.py", "empty or '.' segment"),
+        ("./views.py", "empty or '.' segment"),
+        ("", "is empty"),
+        ("a" * 1025, "1025 bytes, more than 1024"),
+        ("é" * 513, "1026 bytes, more than 1024"),
+        ("\ud800.py", "not valid UTF-8"),
+    ],
+)
+def test_hostile_paths_reject_the_span_with_a_precise_message(path, message):
+    result = _reject_one(files=[file_hits(path, [1])])
+    assert "files[0].path" in result.error_message
+    assert message in result.error_message
+    assert result.reasons == {"path": 1}
+
+
+def test_unicode_paths_within_limits_are_kept():
+    result = _decode([coverage_span("GET /", [file_hits("shöp/vïews_日本.py", [1])])])
+    assert result.batch.coverage[0].files[0].path == "shöp/vïews_日本.py"
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ([0], "line '0' outside 1..10000000"),
+        ([-3], "line '-3' outside"),
+        ([limits.MAX_LINE + 1], "outside 1..10000000"),
+        ([10**40], "outside"),
+        ([1.5], "must hold integers only"),
+        ([True], "must hold integers only"),
+        (["7"], "must hold integers only"),
+        ("1,2", "must be a list"),
+    ],
+)
+def test_bad_line_numbers_are_rejected(lines, message):
+    result = _reject_one(files=[{"path": "a.py", "sha": SHA, "lines": lines}])
+    assert message in result.error_message
+
+
+@pytest.mark.parametrize(
+    ("arcs", "message"),
+    [
+        ([[0, 1]], "out of bounds"),
+        ([[1, limits.MAX_LINE + 1]], "out of bounds"),
+        ([[1, 2, 3]], "[from, to] integer pairs"),
+        ([[1, "2"]], "[from, to] integer pairs"),
+        ([5], "[from, to] integer pairs"),
+    ],
+)
+def test_bad_arcs_are_rejected(arcs, message):
+    result = _reject_one(files=[{"path": "a.py", "sha": SHA, "lines": [1], "arcs": arcs}])
+    assert message in result.error_message
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"runcov.wire_version": 2}, "runcov.wire_version 2 is not supported"),
+        ({"runcov.wire_version": "1"}, "runcov.wire_version must be an int"),
+        ({"runcov.mode": "full"}, "runcov.mode 'full' is not one of exact, census"),
+        ({"runcov.endpoint": ""}, "runcov.endpoint is empty"),
+        ({"runcov.endpoint": 5}, "runcov.endpoint must be a string"),
+        ({"runcov.endpoint": "GET /\x1b[31m"}, "contains control characters"),
+        ({"runcov.part": 3, "runcov.parts": 2}, "runcov.part 3 is out of range 0..1"),
+        ({"runcov.parts": 0}, "runcov.parts 0 is out of range"),
+        ({"runcov.payload": "{"}, "runcov.payload is not valid JSON"),
+        ({"runcov.payload": "[]"}, "runcov.payload must be a JSON object"),
+        ({"runcov.payload": '{"v":1,"files":{}}'}, "runcov.payload.files must be a list"),
+        ({"runcov.payload": '{"v":2,"files":[]}'}, "v='2' is not 1"),
+        ({"runcov.payload": '{"v":1,"files":[{"path":"a.py","sha":NaN}]}'}, "NaN is not allowed"),
+        ({"runcov.payload": '{"v":1,"files":[{"path":"a.py","sha":"XYZ"}]}'}, "lowercase hex"),
+        ({"runcov.payload": '{"v":1,"files":[7]}'}, "files[0] must be an object"),
+        (
+            {"runcov.payload": '{"v":1,"files":[{"path":"a.py","lines":[1' + "0" * 5000 + "]}]}"},
+            "not valid JSON",
+        ),
+        ({"runcov.payload": 42}, "runcov.payload must be a string"),
+    ],
+)
+def test_bad_attributes_are_rejected_with_the_reason(change, message):
+    attrs = coverage_attributes("GET /", [file_hits("a.py", [1], sha=SHA)])
+    attrs.update(change)
+    result = _reject_one(attributes=attrs)
+    assert message in result.error_message
+
+
+def test_missing_attributes_are_named():
+    attrs = coverage_attributes("GET /", [file_hits("a.py", [1])])
+    del attrs["runcov.payload"]
+    assert "missing attribute runcov.payload" in _reject_one(attributes=attrs).error_message
+    attrs = coverage_attributes("GET /", [file_hits("a.py", [1])])
+    del attrs["runcov.wire_version"]
+    assert "missing attribute runcov.wire_version" in _reject_one(attributes=attrs).error_message
+
+
+def test_census_payload_with_arcs_is_rejected():
+    attrs = coverage_attributes("GET /", [file_hits("a.py", [1], [(1, 2)])], mode="census")
+    assert "census payload must not carry arcs" in _reject_one(attributes=attrs).error_message
+
+
+def test_too_many_attributes_rejects_the_span():
+    attrs = coverage_attributes("GET /", [file_hits("a.py", [1])])
+    attrs.update({f"x.{i}": i for i in range(limits.MAX_ATTRIBUTES_PER_SPAN)})
+    result = _reject_one(attributes=attrs)
+    assert "more than the limit of 128" in result.error_message
+    assert result.reasons == {"limit": 1}
+
+
+def test_too_many_files_rejects_the_span(monkeypatch):
+    monkeypatch.setattr(limits, "MAX_FILES_PER_PAYLOAD", 3)
+    files = [file_hits(f"f{i}.py", [1]) for i in range(4)]
+    assert "has 4 files, more than 3" in _reject_one(files=files).error_message
+
+
+def test_too_many_lines_in_a_file_rejects_the_span(monkeypatch):
+    monkeypatch.setattr(limits, "MAX_ITEMS_PER_FILE", 10)
+    result = _reject_one(files=[file_hits("a.py", range(1, 12))])
+    assert "files[0].lines has 11 items, more than 10" in result.error_message
+
+
+def test_invalid_ids_reject_only_that_span():
+    bad = coverage_span("GET /", [file_hits("a.py", [1])], trace_id="0" * 32)
+    good = coverage_span("GET /", [file_hits("a.py", [2])])
+    result = _decode([bad, good])
+    assert (result.accepted, result.rejected) == (1, 1)
+    assert "trace_id must be 16 bytes and not all zero" in result.error_message
+
+
+def test_non_hex_ids_in_json_reject_only_that_span():
+    request = trace_request(
+        [
+            coverage_span("GET /", [file_hits("a.py", [1])]),
+            coverage_span("GET /", [file_hits("a.py", [2])]),
+        ]
+    )
+    doc = json.loads(to_otlp_json(request))
+    doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["spanId"] = "not-hex!"
+    result = decode.decode_traces(decode.parse_traces(json.dumps(doc).encode(), True))
+    assert (result.accepted, result.rejected) == (1, 1)
+    assert "span_id must be 8 bytes" in result.error_message
+
+
+def test_invalid_role_rejects_every_runcov_span_of_the_resource():
+    result = _reject_one(resource={"service.name": "shop", "runcov.deployment.role": "prod"})
+    assert "runcov.deployment.role 'prod' is not one of baseline, canary, shadow, game-day" in (
+        result.error_message
+    )
+    assert result.reasons == {"role": 2}
+
+
+def test_error_message_lists_the_first_rejections_then_counts():
+    spans = [
+        coverage_span("GET /", [file_hits("/abs.py", [1])])
+        for _ in range(decode.MAX_ERROR_MESSAGES + 3)
+    ]
+    result = _decode(spans)
+    assert result.rejected == decode.MAX_ERROR_MESSAGES + 3
+    assert result.error_message.count("is absolute") == decode.MAX_ERROR_MESSAGES
+    assert result.error_message.endswith("; and 3 more rejected")
+
+
+def test_request_over_the_span_limit_is_malformed(monkeypatch):
+    monkeypatch.setattr(limits, "MAX_SPANS_PER_REQUEST", 2)
+    request = trace_request([coverage_span("GET /", [file_hits("a.py", [1])]) for _ in range(3)])
+    with pytest.raises(
+        decode.MalformedRequest, match="request has 3 spans, more than the limit of 2"
+    ):
+        decode.decode_traces(request)
+
+
+@pytest.mark.parametrize(
+    ("body", "json_body", "message"),
+    [
+        (b"\xff\xff\xff", False, "not a valid ExportTraceServiceRequest protobuf"),
+        (b"{", True, "body is not valid JSON"),
+        (b"[1, 2]", True, "must be a JSON object (ExportTraceServiceRequest), not list"),
+        (b'{"resourceSpans": 5}', True, "not a valid OTLP/JSON ExportTraceServiceRequest"),
+        (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"name": 7}]}]}]}', True, "OTLP/JSON"),
+        (b"\xff\xfe{}", True, "not valid JSON"),
+        (b"[" * 100_000, True, "not valid JSON"),
+    ],
+)
+def test_malformed_bodies(body, json_body, message):
+    with pytest.raises(
+        decode.MalformedRequest, match=message.replace("(", r"\(").replace(")", r"\)")
+    ):
+        decode.parse_traces(body, json_body)
+
+
+def test_json_accepts_snake_case_field_names_and_ignores_unknown_fields():
+    request = trace_request([coverage_span("GET /", [file_hits("a.py", [3])], trace_id=TRACE)])
+    doc = json.loads(to_otlp_json(request))
+    rs = doc.pop("resourceSpans")
+    rs[0]["scope_spans"] = rs[0].pop("scopeSpans")
+    span = rs[0]["scope_spans"][0]["spans"][0]
+    span["trace_id"] = span.pop("traceId")
+    span["someFutureField"] = {"x": 1}
+    doc["resource_spans"] = rs
+    result = decode.decode_traces(decode.parse_traces(json.dumps(doc).encode(), True))
+    assert result.batch.coverage[0].trace_id == TRACE
+    assert result.batch.coverage[0].files[0].lines == [3]
+
+
+def _metrics_request(points, scope="runcov", resource=None):
+    request = ExportMetricsServiceRequest()
+    rm = request.resource_metrics.add()
+    for key, value in (resource or {"service.name": "shop", "service.instance.id": "i-1"}).items():
+        rm.resource.attributes.append(KeyValue(key=key, value=any_value(value)))
+    sm = rm.scope_metrics.add()
+    sm.scope.name = scope
+    for name, kind, value, attrs in points:
+        metric = sm.metrics.add()
+        metric.name = name
+        container = metric.sum if kind == "sum" else metric.gauge if kind == "gauge" else None
+        if container is None:
+            metric.histogram.data_points.add().count = 3
+            continue
+        point = container.data_points.add()
+        point.time_unix_nano = 5
+        if isinstance(value, int):
+            point.as_int = value
+        else:
+            point.as_double = value
+        for key, v in attrs.items():
+            point.attributes.append(KeyValue(key=key, value=any_value(v)))
+    return request
+
+
+@pytest.mark.parametrize("json_body", [False, True])
+def test_metrics_decode_counters_and_gauges_of_the_runcov_scope(json_body):
+    request = _metrics_request(
+        [
+            (
+                "runcov.requests.sampled",
+                "sum",
+                12,
+                {"runcov.endpoint": "GET /", "runcov.mode": "exact"},
+            ),
+            ("runcov.sample_rate", "gauge", 0.25, {"runcov.endpoint": "GET /", "flag": True}),
+            ("runcov.latency", "histogram", None, {}),
+        ]
+    )
+    body = to_otlp_json(request) if json_body else request.SerializeToString()
+    result = decode.decode_metrics(decode.parse_metrics(body, json_body))
+    assert (result.accepted, result.rejected) == (2, 0)
+    assert result.skipped == {"unsupported_metric": 1}
+    sampled, rate = result.batch.metrics
+    assert (sampled.name, sampled.value, sampled.instance) == (
+        "runcov.requests.sampled",
+        12.0,
+        "i-1",
+    )
+    assert sampled.attributes == {"runcov.endpoint": "GET /", "runcov.mode": "exact"}
+    assert sampled.release == Release("shop")
+    assert (rate.value, rate.attributes["flag"], rate.time_unix_nano) == (0.25, "true", 5)
+
+
+def test_metrics_of_other_scopes_are_skipped_and_bad_points_rejected():
+    foreign = _metrics_request([("http.server.duration", "sum", 1, {})], scope="flask")
+    result = decode.decode_metrics(foreign)
+    assert result.skipped == {"foreign_scope": 1} and not result.batch.metrics
+    bad = _metrics_request(
+        [("runcov.overhead", "sum", float("nan"), {}), ("runcov.x", "sum", 1, {})]
+    )
+    result = decode.decode_metrics(bad)
+    assert (result.accepted, result.rejected) == (1, 1)
+    assert "metric 'runcov.overhead': data point value is not finite" in result.error_message
