@@ -136,6 +136,22 @@ CASES: list[Case] = [
     _c("objects", "fib_tree", "six", (6,)),
     _c("objects", "use_closures", "steps", ([1, 2, -1, 3],)),
     _c("objects", "inheritance", "both", (True,), (False,)),
+    # a request handler spanning several modules
+    _c("service", "handle_sync", "ok-kinds", ("kind=sum;qty=4",), ("kind=search;qty=9",)),
+    _c(
+        "service",
+        "handle_sync",
+        "all",
+        ("kind=sum;qty=4",),
+        ("kind=search;qty=3",),
+        ("kind=shape;qty=2",),
+        ("kind=other;qty=3",),
+        ("qty=x",),
+        ("kind=sum;qty=99",),
+        ("",),
+    ),
+    _c("service", "handle_async", "ok", ("kind=a;qty=3",)),
+    _c("service", "handle_async", "all", ("kind=a;qty=3",), ("kind=sync;qty=9",), ("qty=x",)),
     # match statements
     _c("matching", "match_literal", "all", ("start",), ("halt",), ("jump",)),
     _c("matching", "match_literal", "start", ("start",)),
