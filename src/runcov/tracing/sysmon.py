@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from types import CodeType
 from typing import Any, Iterable, Optional
 
@@ -62,6 +63,17 @@ class SysmonCore(Core):
         #: id(code) -> code for code objects under the roots (kept alive: ids stay unique).
         self._codes: dict[int, CodeType] = {}
         self._active = 0  # open exact scopes
+        #: True while code carries the exact-mode events (open scopes, then ``linger`` seconds).
+        self._exact_armed = False
+        #: Upper bound of the time to stay armed after the last exact scope closed. The actual
+        #: linger is twice the measured cost of re-arming every code object (ski-rental rule: a
+        #: sampled request soon after reuses the armed state; lingering never costs unsampled
+        #: work much more than the toggle it saves). Below half a millisecond: disarm at once.
+        self.linger = 0.05
+        self._toggle_cost = 0.0
+        self._disarm_at = 0.0
+        self._wake = threading.Event()
+        self._disarmer: Optional[threading.Thread] = None
         self._census_enabled = False
         #: co_filename -> lines hit in the current census epoch.
         self._census: dict[str, set[int]] = {}
@@ -131,7 +143,8 @@ class SysmonCore(Core):
                             mine.add(line)
                 except Exception:
                     return None
-                return DISABLE if core._active == 0 else None
+                # DISABLE is process-wide: never while exact-mode events may be needed.
+                return None if core._exact_armed else DISABLE
             try:
                 frame = getframe(1)
                 last = scope.last
@@ -172,7 +185,7 @@ class SysmonCore(Core):
     # -- arming -------------------------------------------------------------------------------
 
     def _local_events(self) -> int:
-        if self._active:
+        if self._exact_armed:
             return self._EXACT_LOCAL
         if self._census_enabled:
             return self._LINE
@@ -180,6 +193,7 @@ class SysmonCore(Core):
 
     def _apply(self, toggle: bool) -> None:
         """Set every registered code object's local events to the current need."""
+        started = time.perf_counter()
         events = self._local_events()
         if events:
             # Arm code before it first runs: code armed from inside its own PY_START callback
@@ -194,7 +208,11 @@ class SysmonCore(Core):
                 set_local(tool, code, events)
             except Exception:
                 pass
-        self._mon.set_events(tool, self._GLOBAL_ARMED if self._active else self._GLOBAL_IDLE)
+        self._mon.set_events(tool, self._GLOBAL_ARMED if self._exact_armed else self._GLOBAL_IDLE)
+        elapsed = time.perf_counter() - started
+        self._toggle_cost = (
+            elapsed if not self._toggle_cost else 0.8 * self._toggle_cost + 0.2 * elapsed
+        )
 
     # -- Core API -----------------------------------------------------------------------------
 
@@ -256,13 +274,14 @@ class SysmonCore(Core):
                     frame = frame.f_back
                 with self._lock:
                     self._active += 1
-                    if self._active == 1:
+                    if not self._exact_armed:
+                        self._exact_armed = True
                         self._apply(toggle=self._census_enabled)
             elif mode == CENSUS:
                 with self._lock:
                     if not self._census_enabled:
                         self._census_enabled = True
-                        if not self._active:
+                        if not self._exact_armed:
                             self._apply(toggle=True)
             else:
                 raise ValueError(f"unknown scope mode {mode!r}")
@@ -279,7 +298,41 @@ class SysmonCore(Core):
             if self._active > 0:
                 self._active -= 1
                 if self._active == 0 and not self._shut:
-                    self._apply(toggle=False)
+                    linger = min(self.linger, 2 * self._toggle_cost)
+                    if linger < 0.0005:
+                        self._disarm_exact()
+                    else:
+                        self._disarm_at = time.monotonic() + linger
+                        self._start_disarmer()
+                        self._wake.set()
+
+    def _disarm_exact(self) -> None:
+        """Remove the exact-mode events (caller holds the lock)."""
+        if self._exact_armed and self._active == 0:
+            self._exact_armed = False
+            self._apply(toggle=self._census_enabled)
+
+    def _start_disarmer(self) -> None:
+        thread = self._disarmer
+        if thread is None or not thread.is_alive():
+            thread = threading.Thread(target=self._disarm_loop, name="runcov-disarm", daemon=True)
+            self._disarmer = thread
+            thread.start()
+
+    def _disarm_loop(self) -> None:
+        """Disarm exact-mode events once no exact scope was open for ``linger`` seconds."""
+        while not self._shut:
+            self._wake.wait()
+            self._wake.clear()
+            while not self._shut:
+                with self._lock:
+                    if self._active or not self._exact_armed:
+                        break
+                    delay = self._disarm_at - time.monotonic()
+                    if delay <= 0:
+                        self._disarm_exact()
+                        break
+                time.sleep(delay)
 
     def current_scope(self) -> Optional[Scope]:
         """The scope bound to the current context."""
@@ -290,7 +343,7 @@ class SysmonCore(Core):
         with self._lock:
             if not self._census_enabled:
                 self._census_enabled = True
-                if not self._active:
+                if not self._exact_armed:
                     self._apply(toggle=True)
 
     def census_lines(self) -> dict[str, set[int]]:
@@ -315,7 +368,9 @@ class SysmonCore(Core):
             if self._shut:
                 return
             self._shut = True
+            self._wake.set()
             self._active = 0
+            self._exact_armed = False
             self._census_enabled = False
             mon, tool = self._mon, self._tool
             for code in list(self._codes.values()):
@@ -348,6 +403,9 @@ class SysmonCore(Core):
         if scope is not None:
             scope.closed = True
         self._active = 0
+        self._exact_armed = False
+        self._wake = threading.Event()
+        self._disarmer = None
         self._census.clear()
         self._apply(toggle=self._census_enabled)
 
