@@ -11,6 +11,7 @@ import fnmatch
 import os
 import re
 import threading
+import weakref
 from typing import Iterable, Optional
 
 __all__ = ["MAX_PATH_BYTES", "REDACTED", "Redactor"]
@@ -46,6 +47,19 @@ class Redactor:
         self._exclude = [g for g in exclude if g]
         self._patterns = [re.compile(p) for p in redact if p]
         self._cache: dict[str, Optional[str]] = {}
+        self._lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.ref(self)
+
+            def after_fork() -> None:
+                obj = ref()
+                if obj is not None:
+                    obj._reset_lock()
+
+            os.register_at_fork(after_in_child=after_fork)
+
+    def _reset_lock(self) -> None:
+        # A thread that held the lock at fork time does not exist in the child.
         self._lock = threading.Lock()
 
     @property
@@ -101,6 +115,7 @@ class Redactor:
 
     def _excluded(self, rel: str, real: str, given: str) -> bool:
         name = rel.rsplit("/", 1)[-1]
+        candidates: tuple[str, ...]
         for glob in self._exclude:
             if os.path.isabs(glob):
                 candidates = (real, given)

@@ -1,0 +1,550 @@
+"""Turns measured requests into ``runcov.coverage``/``runcov.static`` spans and sends them.
+
+The exporter owns its own ``TracerProvider`` and ``BatchSpanProcessor`` (so the application's
+span limits, sampler and processors never touch runcov's data) with an OTLP HTTP or gRPC exporter
+chosen by the configuration. :meth:`CoverageExporter.submit` only appends to a bounded queue; a
+daemon worker does everything else — relativizing and redacting paths, static analysis, encoding,
+span creation — so a request never waits for runcov and an OTLP endpoint that is down or hangs
+costs requests nothing: when the queue is full the record is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+
+from runcov.config import Config
+from runcov.export import wire
+from runcov.redaction import Redactor
+from runcov.resource import with_new_instance
+from runcov.static import StaticAnalyzer
+from runcov.tracing._base import CoverageData
+
+__all__ = ["MAX_EXPORT_BYTES", "SCOPE_NAME", "CoverageExporter", "RequestRecord"]
+
+log = logging.getLogger("runcov.export")
+
+#: Instrumentation scope of every runcov span.
+SCOPE_NAME = "runcov"
+#: Upper bound of payload bytes in one OTLP export request (spans are split across requests).
+MAX_EXPORT_BYTES = 4 * 1024 * 1024
+_NON_HTTP_KINDS = ("job", "consumer")
+
+
+def _agent_version() -> str:
+    try:
+        from runcov import __version__
+
+        return str(__version__)
+    except Exception:
+        return ""
+
+
+@dataclass
+class RequestRecord:
+    """One measured request, as handed to :meth:`CoverageExporter.submit`."""
+
+    trace_id: int
+    span_id: int
+    endpoint: str
+    method: Optional[str]
+    route: Optional[str]
+    status_class: str
+    mode: str
+    data: CoverageData
+    start_ns: int
+    end_ns: int
+
+
+class _Flush:
+    """A flush request travelling through the worker."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.ok = False
+
+
+class _CountingExporter(SpanExporter):
+    """Wraps the OTLP exporter: bounded request sizes, outcome accounting, never raises.
+
+    Bound to the process that created it: in a forked child it sends nothing (the child builds
+    its own provider and exporter).
+    """
+
+    def __init__(self, inner: SpanExporter, owner: CoverageExporter) -> None:
+        self._inner = inner
+        self._owner = weakref.ref(owner)
+        self._pid = os.getpid()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if os.getpid() != self._pid:
+            return SpanExportResult.SUCCESS
+        result = SpanExportResult.SUCCESS
+        for chunk in _chunks(spans, MAX_EXPORT_BYTES):
+            try:
+                outcome = self._inner.export(chunk)
+            except Exception:
+                log.debug("runcov: span export raised", exc_info=True)
+                outcome = SpanExportResult.FAILURE
+            owner = self._owner()
+            if owner is not None:
+                owner._exported(chunk, outcome is SpanExportResult.SUCCESS)
+            if outcome is not SpanExportResult.SUCCESS:
+                result = SpanExportResult.FAILURE
+        return result
+
+    def shutdown(self) -> None:
+        if os.getpid() != self._pid:
+            return
+        try:
+            self._inner.shutdown()
+        except Exception:
+            log.debug("runcov: span exporter shutdown raised", exc_info=True)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def _payload_size(span: ReadableSpan) -> int:
+    value = (span.attributes or {}).get("runcov.payload", "")
+    return len(value) if isinstance(value, str) else 0
+
+
+def _chunks(spans: Sequence[ReadableSpan], limit: int) -> list[list[ReadableSpan]]:
+    chunks: list[list[ReadableSpan]] = []
+    current: list[ReadableSpan] = []
+    size = 0
+    for span in spans:
+        n = _payload_size(span) + 512
+        if current and size + n > limit:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(span)
+        size += n
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _make_span_exporter(config: Config) -> SpanExporter:
+    """The OTLP span exporter for the configured protocol, endpoint, headers and timeout."""
+    headers = dict(config.exporter_headers) or None
+    if config.exporter_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcSpanExporter,
+        )
+
+        return GrpcSpanExporter(
+            endpoint=config.traces_endpoint(),
+            insecure=config.exporter_endpoint.startswith("http://"),
+            headers=headers,
+            timeout=config.exporter_timeout,
+        )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpSpanExporter,
+    )
+
+    return HttpSpanExporter(
+        endpoint=config.traces_endpoint(),
+        headers=headers,
+        timeout=config.exporter_timeout,
+    )
+
+
+class CoverageExporter:
+    """Sends measured requests as OTLP spans without ever blocking or raising into the app.
+
+    ``metrics`` (an :class:`~runcov.metrics.AgentMetrics`, optional, may also be set later as the
+    ``metrics`` attribute) is told about drops. ``span_exporter_factory`` replaces the OTLP
+    exporter (it is called once per process, lazily, in the worker thread).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        resource: Resource,
+        *,
+        metrics: Any = None,
+        redactor: Optional[Redactor] = None,
+        static: Optional[StaticAnalyzer] = None,
+        span_exporter_factory: Optional[Callable[[], SpanExporter]] = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._resource = resource
+        self._redactor = redactor or Redactor(config.source, config.exclude, config.redact)
+        self._static = static or StaticAnalyzer()
+        self._factory = span_exporter_factory or (lambda: _make_span_exporter(config))
+        self._queue_size = int(config.queue_size)
+        # Spans handed to the BatchSpanProcessor and not yet exported or failed. The processor
+        # drops silently when its queue is full, so the worker keeps below that instead.
+        self._bsp_queue_size = max(2048, 2 * self._queue_size)
+        self._closed = False
+        self._stale: list[TracerProvider] = []
+        self._init_process_state()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.WeakMethod(self._after_fork_in_child)
+            os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
+        ref_exit = weakref.WeakMethod(self._at_exit)
+        atexit.register(lambda: (m := ref_exit()) and m())
+
+    # -- state that belongs to one process ----------------------------------------------------
+
+    def _init_process_state(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._queue: deque[Any] = deque()
+        self._worker: Optional[threading.Thread] = None
+        self._stopping = False
+        self._provider: Optional[TracerProvider] = None
+        self._tracer: Any = None
+        self._inflight = 0
+        self._static_sent: set[tuple[str, str]] = set()
+        self._static_spans: dict[int, list[tuple[str, str]]] = {}
+        self._coverage_spans: dict[int, str] = {}
+        self._stats: dict[str, int] = {
+            "submitted": 0,
+            "queue_full": 0,
+            "processed": 0,
+            "empty": 0,
+            "requests_exported": 0,
+            "export_failed": 0,
+            "spans_exported": 0,
+            "spans_failed": 0,
+            "static_files": 0,
+            "internal_error": 0,
+            "closed": 0,
+        }
+
+    def _after_fork_in_child(self) -> None:
+        if self._provider is not None:
+            self._stale.append(self._provider)
+        self._init_process_state()
+        self._resource = with_new_instance(self._resource)
+
+    def counters(self) -> dict[str, int]:
+        """A snapshot of the exporter's counters (submitted, drops by reason, exported...)."""
+        with self._lock:
+            return dict(self._stats)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._stats[name] = self._stats.get(name, 0) + n
+
+    def _drop(self, endpoint: str, reason: str) -> None:
+        try:
+            if self.metrics is not None:
+                self.metrics.dropped(endpoint, reason)
+        except Exception:
+            pass
+
+    # -- request path ---------------------------------------------------------------------------
+
+    def submit(self, record: RequestRecord) -> bool:
+        """Queue a measured request for export. Never blocks, never raises.
+
+        Returns False (and counts a ``queue_full`` drop) when the queue is full or the exporter
+        is shut down.
+        """
+        try:
+            if self._pid != os.getpid():  # forked without the hook having run
+                self._after_fork_in_child()
+            with self._lock:
+                if self._closed:
+                    self._stats["closed"] += 1
+                    return False
+                if len(self._queue) >= self._queue_size:
+                    self._stats["queue_full"] += 1
+                    full = True
+                else:
+                    self._queue.append(record)
+                    self._stats["submitted"] += 1
+                    full = False
+                worker = self._worker
+            if full:
+                self._drop(record.endpoint, "queue_full")
+                return False
+            if worker is None:
+                self._start_worker()
+            self._wake.set()
+            return True
+        except Exception:
+            self._count("internal_error")
+            return False
+
+    def _start_worker(self) -> None:
+        with self._lock:
+            if self._worker is not None:
+                return
+            self._worker = threading.Thread(
+                target=self._run, name="runcov-exporter", daemon=True
+            )
+            self._worker.start()
+
+    # -- worker ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stale, self._stale = self._stale, []
+        for provider in stale:  # providers inherited from the parent process
+            try:
+                provider.shutdown()
+            except Exception:
+                pass
+        while True:
+            self._wake.wait(1.0)
+            with self._lock:
+                self._wake.clear()
+                items = list(self._queue)
+                self._queue.clear()
+                stopping = self._stopping
+            flushes: list[_Flush] = []
+            for item in items:
+                if isinstance(item, _Flush):
+                    flushes.append(item)
+                    continue
+                try:
+                    self._process(item)
+                except Exception:
+                    log.debug("runcov: could not export a request", exc_info=True)
+                    self._count("internal_error")
+                    self._drop(getattr(item, "endpoint", ""), "internal_error")
+            if flushes:
+                ok = True
+                with self._lock:
+                    failed_before = self._stats["spans_failed"]
+                try:
+                    if self._provider is not None:
+                        ok = bool(self._provider.force_flush())
+                except Exception:
+                    ok = False
+                with self._lock:
+                    ok = ok and self._inflight == 0 and self._stats["spans_failed"] == failed_before
+                for f in flushes:
+                    f.ok = ok
+                    f.done.set()
+            if stopping:
+                return
+
+    def _ensure_provider(self) -> Any:
+        if self._tracer is not None:
+            return self._tracer
+        limits = SpanLimits(
+            max_attributes=64,
+            max_span_attributes=64,
+            max_attribute_length=SpanLimits.UNSET,
+            max_span_attribute_length=SpanLimits.UNSET,
+            max_events=0,
+            max_links=0,
+            max_event_attributes=0,
+            max_link_attributes=0,
+        )
+        provider = TracerProvider(
+            resource=self._resource,
+            sampler=ALWAYS_ON,
+            span_limits=limits,
+            shutdown_on_exit=False,
+        )
+        processor = BatchSpanProcessor(
+            _CountingExporter(self._factory(), self),
+            max_queue_size=self._bsp_queue_size,
+            schedule_delay_millis=1000,
+            max_export_batch_size=256,
+            export_timeout_millis=self.config.exporter_timeout * 1000,
+        )
+        provider.add_span_processor(processor)
+        self._provider = provider
+        self._tracer = provider.get_tracer(SCOPE_NAME, _agent_version())
+        return self._tracer
+
+    def _process(self, record: RequestRecord) -> None:
+        scrub = self._redactor.scrub
+        census = record.mode == "census"
+        files: list[dict[str, Any]] = []
+        statics: list[dict[str, Any]] = []
+        new_keys: list[tuple[str, str]] = []
+        data = record.data
+        for abs_path in sorted(set(data.lines) | set(data.arcs)):
+            lines = data.lines.get(abs_path) or ()
+            arcs = () if census else (data.arcs.get(abs_path) or ())
+            if not lines and not arcs:
+                continue
+            rel = self._redactor.relpath(abs_path)
+            if rel is None:
+                continue
+            info = self._static.analyze(abs_path)
+            if info is None:
+                continue
+            sha, facts = info
+            files.append({"path": rel, "sha": sha, "lines": lines, "arcs": arcs})
+            key = (rel, sha)
+            if facts is not None and key not in self._static_sent and key not in new_keys:
+                new_keys.append(key)
+                statics.append(
+                    {
+                        "path": rel,
+                        "sha": sha,
+                        "lines": facts["lines"],
+                        "arcs": facts["arcs"],
+                        "functions": [
+                            {"name": scrub(f["name"]), "start": f["start"], "end": f["end"]}
+                            for f in facts["functions"]
+                        ],
+                    }
+                )
+        self._count("processed")
+        if not files:
+            self._count("empty")
+            return
+        tracer = self._ensure_provider()
+        payloads = wire.encode_coverage(files)
+        static_payloads = wire.encode_static(statics) if statics else []
+        endpoint = scrub(record.endpoint)
+        with self._lock:
+            room = self._inflight + len(payloads) + len(static_payloads) <= self._bsp_queue_size
+            if room:
+                self._inflight += len(payloads) + len(static_payloads)
+            else:
+                self._stats["queue_full"] += 1
+        if not room:
+            self._drop(endpoint, "queue_full")
+            return
+        self._static_sent.update(new_keys)
+        now = time.time_ns()
+        for i, payload in enumerate(static_payloads):
+            span = tracer.start_span(
+                "runcov.static",
+                context=otel_context.Context(),
+                kind=SpanKind.INTERNAL,
+                attributes={
+                    "runcov.wire_version": wire.WIRE_VERSION,
+                    "runcov.part": i,
+                    "runcov.parts": len(static_payloads),
+                    "runcov.payload": payload,
+                },
+                start_time=now,
+            )
+            with self._lock:
+                self._static_spans[span.get_span_context().span_id] = new_keys
+            span.end(end_time=now)
+        self._count("static_files", len(new_keys))
+        parent_ctx = SpanContext(
+            trace_id=record.trace_id,
+            span_id=record.span_id,
+            is_remote=True,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        )
+        parent = trace.set_span_in_context(NonRecordingSpan(parent_ctx), otel_context.Context())
+        base: dict[str, Any] = {
+            "runcov.wire_version": wire.WIRE_VERSION,
+            "runcov.mode": "census" if census else "exact",
+            "runcov.endpoint": endpoint,
+            "runcov.status_class": record.status_class,
+            "runcov.parts": len(payloads),
+        }
+        method = record.method
+        if method and method.lower() not in _NON_HTTP_KINDS:
+            base["http.request.method"] = scrub(method.upper())
+            if record.route:
+                base["http.route"] = scrub(record.route)
+        start = record.start_ns or now
+        end = max(record.end_ns or now, start)
+        for i, payload in enumerate(payloads):
+            attributes = dict(base)
+            attributes["runcov.part"] = i
+            attributes["runcov.payload"] = payload
+            span = tracer.start_span(
+                "runcov.coverage",
+                context=parent,
+                kind=SpanKind.INTERNAL,
+                attributes=attributes,
+                start_time=start,
+            )
+            if i == 0:
+                with self._lock:
+                    self._coverage_spans[span.get_span_context().span_id] = endpoint
+            span.end(end_time=end)
+
+    def _exported(self, spans: Sequence[ReadableSpan], ok: bool) -> None:
+        """Called by the wrapped exporter with the outcome of one export request."""
+        failed_endpoints: list[str] = []
+        with self._lock:
+            self._inflight = max(0, self._inflight - len(spans))
+            self._stats["spans_exported" if ok else "spans_failed"] += len(spans)
+            for span in spans:
+                ctx = span.get_span_context()
+                span_id = ctx.span_id if ctx is not None else 0
+                endpoint = self._coverage_spans.pop(span_id, None)
+                keys = self._static_spans.pop(span_id, None)
+                if endpoint is not None:
+                    if ok:
+                        self._stats["requests_exported"] += 1
+                    else:
+                        self._stats["export_failed"] += 1
+                        failed_endpoints.append(endpoint)
+                if keys is not None and not ok:
+                    # Denominators that did not arrive are sent again with the next coverage.
+                    self._static_sent.difference_update(keys)
+        for endpoint in failed_endpoints:
+            self._drop(endpoint, "export_failed")
+
+    # -- flush / shutdown -----------------------------------------------------------------------
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Export everything submitted so far; True if it was sent within ``timeout`` seconds."""
+        try:
+            marker = _Flush()
+            with self._lock:
+                if self._closed and self._worker is None:
+                    return True
+                self._queue.append(marker)
+            if self._worker is None:
+                self._start_worker()
+            self._wake.set()
+            return marker.done.wait(max(0.0, timeout)) and marker.ok
+        except Exception:
+            self._count("internal_error")
+            return False
+
+    def shutdown(self, timeout: float = 10.0) -> bool:
+        """Flush (within ``timeout``), stop the worker and release the exporter. Idempotent."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._lock:
+            if self._closed:
+                return True
+            worker = self._worker
+        ok = self.flush(timeout) if worker is not None else True
+        with self._lock:
+            self._closed = True
+            self._stopping = True
+        self._wake.set()
+        if worker is not None:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        provider = self._provider
+        if provider is not None:
+            closer = threading.Thread(target=provider.shutdown, daemon=True)
+            closer.start()
+            closer.join(max(0.0, deadline - time.monotonic()))
+        return ok
+
+    def _at_exit(self) -> None:
+        try:
+            if not self._closed and self._pid == os.getpid():
+                self.shutdown(min(5.0, self.config.exporter_timeout))
+        except Exception:
+            pass
