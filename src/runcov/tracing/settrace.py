@@ -99,13 +99,14 @@ class SettraceCore(Core):
 
     def _enter_thread(self, scope: ScopeState) -> bool:
         tls = self._tls
+        opened = tls.open  # initialise this thread's local state before any tracer runs
         current = sys.gettrace()
         if current is None:
             sys.settrace(self._global_trace)
             tls.installed = True
         elif current is not self._global_trace:
             return False  # never replace someone else's tracer
-        tls.open.append(scope)
+        opened.append(scope)
         return True
 
     def _exit_thread(self, scope: ScopeState) -> None:
@@ -178,7 +179,10 @@ class SettraceCore(Core):
             if scope is None or scope.closed:
                 # Another task's work on this thread, or our scope was closed from another
                 # thread: remove the tracer once no scope of this thread is open.
-                core._maybe_uninstall(core._tls)
+                try:
+                    core._maybe_uninstall(core._tls)
+                except Exception:
+                    pass
                 return None
             code = frame.f_code
             filename = code.co_filename
