@@ -1,0 +1,112 @@
+"""Annotated source for the file page: safe reading under ``source_dir`` and per-line classes."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+MAX_SOURCE_BYTES = 5 * 1024 * 1024
+
+
+@dataclass
+class SourceLine:
+    """One line of the annotated listing."""
+
+    number: int
+    text: str
+    css: str = ""  # "covered" | "missed" | "partial" | "" (not executable)
+    hits: int = 0
+    trace_id: str = ""
+    note: str = ""  # e.g. "line 14 didn't jump to 20"
+    link: str | None = None  # the first trace in the tracing UI
+
+
+@dataclass
+class Annotation:
+    """Per-line status of one file, computed from the collector's detail JSON."""
+
+    covered: dict[int, tuple[int, str]] = field(default_factory=dict)  # line -> (hits, trace)
+    executable: set[int] = field(default_factory=set)
+    missing_exits: dict[int, list[int]] = field(default_factory=dict)  # partial lines
+
+    @classmethod
+    def from_detail(cls, detail: dict[str, Any]) -> Annotation:
+        """Covered/missed/partial lines as coverage.py defines them."""
+        ann = cls()
+        for entry in detail.get("lines", []):
+            line, hits = int(entry[0]), int(entry[1])
+            trace = str(entry[2]) if len(entry) > 2 and entry[2] else ""
+            ann.covered[line] = (hits, trace)
+        ann.executable = {int(n) for n in detail.get("executable_lines", [])} | set(ann.covered)
+        executed = {(int(a[0]), int(a[1])) for a in detail.get("arcs", [])}
+        exits: dict[int, list[int]] = {}
+        for a, b in detail.get("possible_arcs", []):
+            if int(a) > 0:
+                exits.setdefault(int(a), []).append(int(b))
+        for line, targets in exits.items():
+            if len(targets) < 2 or line not in ann.covered:
+                continue
+            missing = sorted(t for t in targets if (line, t) not in executed)
+            if missing:
+                ann.missing_exits[line] = missing
+        return ann
+
+    def css(self, line: int) -> str:
+        """The CSS class of ``line``."""
+        if line in self.missing_exits:
+            return "partial"
+        if line in self.covered:
+            return "covered"
+        if line in self.executable:
+            return "missed"
+        return ""
+
+    def note(self, line: int) -> str:
+        """coverage.py-style explanation of a partial line."""
+        missing = self.missing_exits.get(line)
+        if not missing:
+            return ""
+        targets = ", ".join("exit" if t < 0 else str(t) for t in missing)
+        return f"line {line} didn't jump to {targets}"
+
+
+def read_source(source_dir: str | None, path: str) -> tuple[str | None, str]:
+    """Read ``path`` under ``source_dir``: ``(text, sha)``, or ``(None, reason)`` when refused.
+
+    The path is resolved (following symlinks) and must stay inside the resolved source
+    directory, so ``..``, absolute paths and symlinks out of the tree are all refused.
+    """
+    if not source_dir:
+        return None, "no source directory is configured"
+    if not path or "\x00" in path or "\\" in path:
+        return None, "invalid path"
+    rel = PurePosixPath(path)
+    if rel.is_absolute() or ".." in rel.parts:
+        return None, "path is outside the source directory"
+    root = Path(source_dir).resolve()
+    try:
+        target = (root / rel).resolve()
+    except (OSError, RuntimeError):
+        return None, "invalid path"
+    if not target.is_relative_to(root) or target == root:
+        return None, "path is outside the source directory"
+    if not target.is_file():
+        return None, "file not found in the source directory"
+    if target.stat().st_size > MAX_SOURCE_BYTES:
+        return None, "file too large to show"
+    data = target.read_bytes()
+    return data.decode("utf-8", errors="replace"), hashlib.sha256(data).hexdigest()[:16]
+
+
+def annotate(
+    text: str, ann: Annotation, link: Callable[[str], str | None] = lambda _: None
+) -> list[SourceLine]:
+    """Source lines with their classes, hit counts, first trace ids and trace links."""
+    out = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        hits, trace = ann.covered.get(number, (0, ""))
+        out.append(SourceLine(number, line, ann.css(number), hits, trace, ann.note(number),
+                              link(trace) if trace else None))
+    return out

@@ -1,0 +1,137 @@
+"""Options and error handling shared by the report subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, TextIO
+
+from runcov.reports.client import (
+    DEFAULT_COLLECTOR_URL,
+    CollectorClient,
+    CollectorRequestError,
+    CollectorUnreachable,
+    ReleaseSelection,
+)
+from runcov.reports.local import SourceError
+from runcov.reports.progress import Progress, progress_wanted
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the check ran and failed (gate)
+EXIT_USAGE = 2  # bad arguments, configuration, unknown release, git failure
+EXIT_COLLECTOR = 3  # collector unreachable or answering with a server error
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration detected after parsing (exit code 2)."""
+
+
+def add_collector_options(parser: argparse.ArgumentParser) -> None:
+    """``--collector``, ``--token`` and ``--progress``."""
+    group = parser.add_argument_group("collector")
+    group.add_argument(
+        "--collector", metavar="URL", default=None,
+        help=f"collector base URL (env RUNCOV_COLLECTOR_URL, default {DEFAULT_COLLECTOR_URL})",
+    )
+    group.add_argument(
+        "--token", default=None, help="query bearer token (env RUNCOV_TOKEN)",
+    )
+    group.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="progress on stderr (default: when stderr is a terminal; env RUNCOV_PROGRESS)",
+    )
+
+
+def add_selection_options(parser: argparse.ArgumentParser, versions: bool = True) -> None:
+    """The release selection of docs/query-api.md."""
+    group = parser.add_argument_group("release selection")
+    group.add_argument("--service", help="service.name")
+    if versions:
+        group.add_argument("--version", dest="release_version",
+                           help="service.version (default: most recently seen)")
+    group.add_argument("--environment", help="deployment.environment.name")
+    if versions:
+        group.add_argument("--role", choices=["baseline", "canary", "shadow", "game-day"],
+                           help="deployment role (default: baseline if present)")
+    group.add_argument("--endpoint", help='one endpoint, e.g. "GET /items/{item_id}"')
+    group.add_argument("--since", help="window start: ISO-8601 or relative (90m, 6h, 7d)")
+    group.add_argument("--until", help="window end: ISO-8601 or relative")
+
+
+def add_format_option(parser: argparse.ArgumentParser) -> None:
+    """``--format text|json``."""
+    parser.add_argument("--format", choices=["text", "json"], default="text",
+                        help="output format (default: text)")
+
+
+def selection(args: argparse.Namespace, require_service: bool = True) -> ReleaseSelection:
+    """The release selection given on the command line."""
+    if require_service and not args.service:
+        raise UsageError("--service is required")
+    return ReleaseSelection(
+        service=args.service,
+        version=getattr(args, "release_version", None),
+        environment=args.environment,
+        role=getattr(args, "role", None),
+        endpoint=args.endpoint,
+        since=args.since,
+        until=args.until,
+    )
+
+
+def progress(args: argparse.Namespace, label: str, total: Optional[int] = None,
+             unit: str = "") -> Progress:
+    """A progress line on stderr, enabled per ``--progress``/env/terminal."""
+    return Progress(label, total, progress_wanted(args.progress, sys.stderr), sys.stderr, unit)
+
+
+def client(args: argparse.Namespace, show_download: bool = False) -> CollectorClient:
+    """The collector client for these options; optionally showing download progress."""
+    c = CollectorClient.from_env(args.collector, args.token)
+    if show_download:
+        bar = progress(args, "downloading", unit=" KiB")
+        if bar.enabled:
+            received = [0]
+
+            def on_bytes(n: int) -> None:
+                before = received[0] // 1024
+                received[0] += n
+                bar.advance(received[0] // 1024 - before)
+
+            c.on_bytes = on_bytes
+    return c
+
+
+def emit_json(doc: Any, out: Optional[TextIO] = None) -> None:
+    """Print a JSON document to stdout."""
+    stream = out if out is not None else sys.stdout
+    json.dump(doc, stream, indent=2, sort_keys=True)
+    stream.write("\n")
+
+
+def source_dirs(values: Optional[list[str]]) -> list[Path]:
+    """``--source`` directories (default: the current directory), checked to exist."""
+    dirs = [Path(v) for v in (values or ["."])]
+    for d in dirs:
+        if not d.is_dir():
+            raise UsageError(f"source directory {d} does not exist")
+    return dirs
+
+
+def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a subcommand, turning known failures into a message and an exit code."""
+    try:
+        return func(args)
+    except CollectorUnreachable as exc:
+        print(f"runcov: {exc}", file=sys.stderr)
+        return EXIT_COLLECTOR
+    except CollectorRequestError as exc:
+        print(f"runcov: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (UsageError, SourceError, ValueError) as exc:
+        print(f"runcov: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_OK

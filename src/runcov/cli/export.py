@@ -1,0 +1,55 @@
+"""``runcov export``: production coverage as a coverage.py data file, LCOV, Cobertura or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from runcov.cli import _common
+from runcov.reports.export import FORMATS, export
+
+_DEFAULT_OUTPUT = {
+    "coverage": ".coverage", "lcov": "coverage.lcov", "cobertura": "coverage.xml",
+    "json": "runcov.json",
+}
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``export``."""
+    p = subparsers.add_parser(
+        "export", help="write a coverage.py data file, LCOV, Cobertura XML or JSON",
+        description="Write the selected release's production coverage for the local checkout, "
+                    "so that `coverage report -m`, `coverage html`, `coverage xml` and "
+                    "`coverage lcov` work on it as usual.",
+    )
+    _common.add_selection_options(p)
+    _common.add_collector_options(p)
+    p.add_argument("--format", choices=FORMATS, default="coverage",
+                   help="output format (default: coverage, a coverage.py data file)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="output file (default: .coverage, coverage.lcov, coverage.xml or "
+                        "runcov.json)")
+    p.add_argument("--source", metavar="DIR", action="append",
+                   help="local checkout of the service's source root, which collector paths "
+                        "are relative to (repeatable; default: current directory)")
+    p.add_argument("--path-prefix", help="only files under this path prefix")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fetch the detail and write it."""
+    sel = _common.selection(args)
+    sources = _common.source_dirs(args.source)
+    client = _common.client(args, show_download=True)
+    detail = client.coverage(sel, detail=True, path_prefix=args.path_prefix)
+    files = detail.get("files", [])
+    output = Path(args.output or _DEFAULT_OUTPUT[args.format])
+    bar = _common.progress(args, "writing", total=len(files), unit=" files")
+    result = export(detail, args.format, output, sources, bar.advance)
+    bar.finish()
+    for warning in result.warnings():
+        print(f"runcov: warning: {warning}", file=sys.stderr)
+    print(f"wrote {output} ({args.format}, {result.files} files)", file=sys.stderr)
+    return _common.EXIT_OK

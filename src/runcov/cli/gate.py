@@ -1,0 +1,63 @@
+"""``runcov gate``: fail a pipeline when production coverage of changed or named code is low."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from runcov.cli import _common
+from runcov.reports.gate import GateError, PathSpec, gate_changed, gate_paths, render_gate
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``gate``."""
+    p = subparsers.add_parser(
+        "gate", help="exit non-zero when production coverage is under a threshold",
+        description="Measure the production coverage of the executable lines changed since a "
+                    "git ref (--changed-since) or of named paths (--paths) in the selected "
+                    "release. Exit codes: 0 pass, 1 gate failed, 2 usage or configuration "
+                    "error, 3 collector unreachable or failing.",
+    )
+    _common.add_selection_options(p)
+    _common.add_collector_options(p)
+    _common.add_format_option(p)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--changed-since", metavar="GIT_REF",
+                      help="measure the lines changed since this git ref (git diff -U0 REF)")
+    what.add_argument("--paths", nargs="+", metavar="SPEC",
+                      help="measure file.py, file.py:10-20 or pkg/mod.py::function")
+    p.add_argument("--threshold", type=float, default=80.0, metavar="PCT",
+                   help="minimum covered percentage (default: 80)")
+    p.add_argument("--source", metavar="DIR", action="append",
+                   help="local checkout of the service's source root (default: current dir)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate the gate and print the verdict."""
+    if not 0.0 <= args.threshold <= 100.0:
+        raise _common.UsageError("--threshold must be between 0 and 100")
+    sel = _common.selection(args)
+    sources = _common.source_dirs(args.source)
+    client = _common.client(args)
+    try:
+        if args.changed_since:
+            bar = _common.progress(args, "measuring changed files", unit=" files")
+            result = gate_changed(client, sel, Path(sources[0]), args.changed_since,
+                                  args.threshold, bar.advance)
+        else:
+            specs = [PathSpec.parse(s) for s in args.paths]
+            bar = _common.progress(args, "measuring paths", total=len(specs))
+            result = gate_paths(client, sel, sources, specs, args.threshold, bar.advance)
+    except GateError as exc:
+        raise _common.UsageError(str(exc)) from exc
+    bar.finish()
+    if args.format == "json":
+        _common.emit_json(result.as_dict())
+    else:
+        sys.stdout.write(render_gate(result))
+    if not result.passed and args.format == "json":
+        print(f"runcov: gate failed: {result.message()}", file=sys.stderr)
+    return _common.EXIT_OK if result.passed else _common.EXIT_FAILED

@@ -1,0 +1,42 @@
+"""``runcov report``: releases, endpoints and files of a service as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from runcov.cli import _common
+from runcov.reports.report import SORT_KEYS, build_report, render_report
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``report``."""
+    p = subparsers.add_parser(
+        "report", help="coverage per release, endpoint and file",
+        description="Without --service: the services that reported coverage. With --service: "
+                    "its releases, then the endpoints and files of the selected release.",
+    )
+    _common.add_selection_options(p)
+    _common.add_collector_options(p)
+    _common.add_format_option(p)
+    p.add_argument("--path-prefix", help="only files under this path prefix")
+    p.add_argument("--sort", choices=SORT_KEYS, default="path",
+                   help="file order: path, cover (lowest first), missed (most first), branch, "
+                        "requests (default: path)")
+    p.add_argument("--skip-covered", action="store_true", help="hide fully covered files")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fetch and print the report."""
+    sel = _common.selection(args, require_service=False)
+    client = _common.client(args, show_download=True)
+    data = build_report(client, sel, args.path_prefix, args.sort, args.skip_covered)
+    if args.progress is not False and client.on_bytes is not None:
+        _common.progress(args, "downloading").finish()
+    if args.format == "json":
+        _common.emit_json(data)
+    else:
+        sys.stdout.write(render_report(data))
+    return _common.EXIT_OK

@@ -1,0 +1,19 @@
+"""Reports on the production coverage a collector holds: report, export, diff, gate, compare."""
+
+from __future__ import annotations
+
+from runcov.reports.client import (
+    CollectorClient,
+    CollectorError,
+    CollectorRequestError,
+    CollectorUnreachable,
+    ReleaseSelection,
+)
+
+__all__ = [
+    "CollectorClient",
+    "CollectorError",
+    "CollectorRequestError",
+    "CollectorUnreachable",
+    "ReleaseSelection",
+]

@@ -1,0 +1,102 @@
+"""The ``diff`` view: what release B covers that release A does not, and the reverse."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Optional
+
+from runcov.reports.client import CollectorClient, ReleaseSelection
+from runcov.reports.report import release_label
+from runcov.reports.table import fmt_arcs, fmt_ranges, render_table
+
+
+def canary_pair(
+    client: CollectorClient, sel: ReleaseSelection, version: str
+) -> tuple[ReleaseSelection, ReleaseSelection]:
+    """A = baseline, B = the canary of ``version``.
+
+    The baseline is the baseline release of the same version when the collector has one,
+    otherwise the most recently seen baseline of the service in that environment.
+    """
+    if not sel.service:
+        raise ValueError("--canary needs --service")
+    b = replace(sel, version=version, role="canary")
+    releases = client.releases(sel.service)["releases"]
+    same = [
+        r for r in releases
+        if r.get("role") == "baseline" and r.get("version") == version
+        and (sel.environment is None or r.get("environment") == sel.environment)
+    ]
+    a = replace(sel, version=version if same else None, role="baseline")
+    return a, b
+
+
+def build_diff(
+    client: CollectorClient, a: ReleaseSelection, b: ReleaseSelection
+) -> dict[str, Any]:
+    """The collector's diff, files sorted by path and empty files dropped."""
+    data = client.diff(a, b)
+    files = [
+        f for f in data.get("files", [])
+        if f.get("newly_covered_lines") or f.get("no_longer_covered_lines")
+        or f.get("newly_covered_arcs") or f.get("no_longer_covered_arcs")
+    ]
+    data["files"] = sorted(files, key=lambda f: f["path"])
+    data["endpoints"] = sorted(data.get("endpoints", []), key=lambda e: e["endpoint"])
+    data["summary"] = {
+        "files_changed": len(files),
+        "newly_covered_lines": sum(len(f.get("newly_covered_lines", [])) for f in files),
+        "no_longer_covered_lines": sum(len(f.get("no_longer_covered_lines", [])) for f in files),
+        "newly_covered_arcs": sum(len(f.get("newly_covered_arcs", [])) for f in files),
+        "no_longer_covered_arcs": sum(len(f.get("no_longer_covered_arcs", [])) for f in files),
+        "endpoints_only_in_a": sum(1 for e in data["endpoints"] if e.get("only_in_a")),
+        "endpoints_only_in_b": sum(1 for e in data["endpoints"] if e.get("only_in_b")),
+    }
+    return data
+
+
+def render_diff(data: dict[str, Any], show_lines: bool = True) -> str:
+    """Terminal form of :func:`build_diff`'s result."""
+    a, b = data["a"], data["b"]
+    out = [f"A: {release_label(a)}\nB: {release_label(b)}\n\n"]
+    s = data["summary"]
+    if not data["files"]:
+        out.append("no coverage differences between A and B\n")
+    else:
+        rows = []
+        for f in data["files"]:
+            rows.append([
+                f["path"],
+                f"+{len(f.get('newly_covered_lines', []))}",
+                f"-{len(f.get('no_longer_covered_lines', []))}",
+                f"+{len(f.get('newly_covered_arcs', []))}",
+                f"-{len(f.get('no_longer_covered_arcs', []))}",
+            ])
+        footer = [
+            f"TOTAL ({s['files_changed']} files)", f"+{s['newly_covered_lines']}",
+            f"-{s['no_longer_covered_lines']}", f"+{s['newly_covered_arcs']}",
+            f"-{s['no_longer_covered_arcs']}",
+        ]
+        out.append(render_table(["File", "Lines", "", "Arcs", ""], rows, "lrrrr", footer))
+        if show_lines:
+            out.append("\n")
+            for f in data["files"]:
+                out.append(f"{f['path']}\n")
+                _detail(out, "  only in B, lines", fmt_ranges(f.get("newly_covered_lines", [])))
+                _detail(out, "  only in A, lines", fmt_ranges(f.get("no_longer_covered_lines", [])))
+                _detail(out, "  only in B, arcs ", fmt_arcs(f.get("newly_covered_arcs", [])))
+                _detail(out, "  only in A, arcs ", fmt_arcs(f.get("no_longer_covered_arcs", [])))
+    only_a = [e["endpoint"] for e in data["endpoints"] if e.get("only_in_a")]
+    only_b = [e["endpoint"] for e in data["endpoints"] if e.get("only_in_b")]
+    if only_a or only_b:
+        out.append("\nEndpoints\n")
+        for name in only_b:
+            out.append(f"  only in B: {name}\n")
+        for name in only_a:
+            out.append(f"  only in A: {name}\n")
+    return "".join(out)
+
+
+def _detail(out: list[str], label: str, text: Optional[str]) -> None:
+    if text:
+        out.append(f"{label}: {text}\n")

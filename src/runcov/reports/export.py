@@ -1,0 +1,183 @@
+"""Export production coverage as a coverage.py data file, LCOV, Cobertura XML or JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from runcov.reports.local import SourceError, file_sha, resolve_local
+
+FORMATS = ("coverage", "lcov", "cobertura", "json")
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote and what it had to leave out."""
+
+    files: int = 0
+    missing: list[str] = field(default_factory=list)  # no such file in the local checkout
+    invalid: list[str] = field(default_factory=list)  # unusable collector path
+    changed: list[str] = field(default_factory=list)  # local file differs from production's
+    percent: Optional[float] = None  # coverage.py's total, for lcov/cobertura
+
+    def warnings(self) -> list[str]:
+        """Human-readable warnings for stderr."""
+        out = []
+        if self.missing:
+            out.append(
+                f"{len(self.missing)} file(s) not found under the source directory, left out: "
+                + ", ".join(self.missing[:10]) + (" ..." if len(self.missing) > 10 else "")
+            )
+        if self.invalid:
+            out.append("ignored invalid path(s): " + ", ".join(self.invalid[:10]))
+        if self.changed:
+            out.append(
+                f"{len(self.changed)} local file(s) differ from the version production ran "
+                "(line numbers may not match): "
+                + ", ".join(self.changed[:10]) + (" ..." if len(self.changed) > 10 else "")
+            )
+        return out
+
+
+def write_coverage_data(
+    detail: dict[str, Any],
+    data_file: Path,
+    sources: Sequence[Path],
+    advance: Optional[Callable[[int], None]] = None,
+) -> ExportResult:
+    """Write the collector's detail JSON as a coverage.py data file for the local checkout.
+
+    Files with arcs are written as branch data (``add_arcs``); coverage.py derives executed
+    lines from arcs, so census-mode lines that no arc reaches are added as entry arcs
+    ``(-line, line)``, which coverage.py's reports count as executed lines and ignore as
+    branches. Files known only by their denominators are touched, so they report 0%.
+    """
+    from coverage import CoverageData
+
+    result = ExportResult()
+    files = detail.get("files", [])
+    branch = any(f.get("arcs") for f in files)
+    lines_by_file: dict[str, list[int]] = {}
+    arcs_by_file: dict[str, list[tuple[int, int]]] = {}
+    touched: list[str] = []
+    for f in files:
+        if advance is not None:
+            advance(1)
+        path = f["path"]
+        try:
+            local = resolve_local(path, sources)
+        except SourceError:
+            result.invalid.append(path)
+            continue
+        if local is None:
+            result.missing.append(path)
+            continue
+        if f.get("sha") and file_sha(local) != f["sha"]:
+            result.changed.append(path)
+        key = str(local)
+        lines = sorted({int(entry[0]) for entry in f.get("lines", [])})
+        if branch:
+            arcs = {(int(a[0]), int(a[1])) for a in f.get("arcs", [])}
+            reached = {n for arc in arcs for n in arc if n > 0}
+            arcs.update((-n, n) for n in lines if n not in reached)
+            if arcs:
+                arcs_by_file[key] = sorted(arcs)
+            else:
+                touched.append(key)
+        elif lines:
+            lines_by_file[key] = lines
+        else:
+            touched.append(key)
+        result.files += 1
+
+    data_file = Path(data_file)
+    data_file.parent.mkdir(parents=True, exist_ok=True)
+    data = CoverageData(basename=str(data_file))
+    data.erase()
+    if branch:
+        data.add_arcs(arcs_by_file)  # type: ignore[arg-type]
+    else:
+        data.add_lines(lines_by_file)  # type: ignore[arg-type]
+    if touched:
+        data.touch_files(touched)
+    data.write()
+    data.close()
+    return result
+
+
+def write_with_reporter(
+    detail: dict[str, Any],
+    fmt: str,
+    outfile: Path,
+    sources: Sequence[Path],
+    advance: Optional[Callable[[int], None]] = None,
+) -> ExportResult:
+    """LCOV or Cobertura through coverage.py's own reporters, from a temporary data file."""
+    from coverage import Coverage
+
+    with tempfile.TemporaryDirectory(prefix="runcov-export-") as tmp:
+        data_file = Path(tmp) / ".coverage"
+        result = write_coverage_data(detail, data_file, sources, advance)
+        cov = Coverage(
+            data_file=str(data_file),
+            source=[str(Path(s).resolve()) for s in sources],
+            messages=False,
+        )
+        cov.load()
+        outfile = Path(outfile)
+        outfile.parent.mkdir(parents=True, exist_ok=True)
+        if result.files == 0:
+            _write_empty(fmt, outfile)
+            return result
+        if fmt == "lcov":
+            result.percent = cov.lcov_report(outfile=str(outfile), ignore_errors=True)
+        elif fmt == "cobertura":
+            result.percent = cov.xml_report(outfile=str(outfile), ignore_errors=True)
+        else:
+            raise ValueError(f"no coverage.py reporter for {fmt!r}")
+        return result
+
+
+def _write_empty(fmt: str, outfile: Path) -> None:
+    """coverage.py refuses to report on empty data; write an empty but valid document."""
+    if fmt == "lcov":
+        outfile.write_text("")
+    else:
+        outfile.write_text(
+            '<?xml version="1.0" ?>\n<coverage version="runcov" line-rate="0" branch-rate="0" '
+            'lines-covered="0" lines-valid="0" branches-covered="0" branches-valid="0" '
+            'complexity="0"><sources/><packages/></coverage>\n'
+        )
+
+
+def write_json(detail: dict[str, Any], outfile: Path) -> ExportResult:
+    """The collector's detail JSON, as it came."""
+    outfile = Path(outfile)
+    outfile.parent.mkdir(parents=True, exist_ok=True)
+    tmp = outfile.with_name(outfile.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(detail, fh, indent=1, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, outfile)
+    return ExportResult(files=len(detail.get("files", [])))
+
+
+def export(
+    detail: dict[str, Any],
+    fmt: str,
+    outfile: Path,
+    sources: Sequence[Path],
+    advance: Optional[Callable[[int], None]] = None,
+) -> ExportResult:
+    """Write ``detail`` in ``fmt`` (one of :data:`FORMATS`) to ``outfile``."""
+    if fmt == "coverage":
+        return write_coverage_data(detail, outfile, sources, advance)
+    if fmt in ("lcov", "cobertura"):
+        return write_with_reporter(detail, fmt, outfile, sources, advance)
+    if fmt == "json":
+        return write_json(detail, outfile)
+    raise ValueError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")

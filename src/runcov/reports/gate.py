@@ -1,0 +1,283 @@
+"""The ``gate`` check: production coverage of changed lines or named paths against a threshold."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from runcov.reports.client import CollectorClient, ReleaseSelection
+from runcov.reports.local import LocalStatic, SourceError, analyze_local, resolve_local
+from runcov.reports.table import fmt_ranges, percent, render_table
+
+_HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@")
+_SPEC = re.compile(r"^(?P<path>[^:]+?)(?:::(?P<func>[\w.<>]+)|:(?P<start>\d+)(?:-(?P<end>\d+))?)?$")
+
+
+class GateError(Exception):
+    """The gate cannot be evaluated as asked (bad spec, git failure): a usage error."""
+
+
+@dataclass
+class PathSpec:
+    """One ``--paths`` item: a whole file, a line range, or a function."""
+
+    path: str
+    start: Optional[int] = None
+    end: Optional[int] = None
+    function: Optional[str] = None
+
+    @classmethod
+    def parse(cls, text: str) -> PathSpec:
+        """``file.py``, ``file.py:10``, ``file.py:10-20`` or ``pkg/mod.py::Class.method``."""
+        m = _SPEC.match(text.strip())
+        if not m or not m.group("path").endswith(".py"):
+            raise GateError(
+                f"bad path spec {text!r}: use file.py, file.py:10-20 or file.py::function"
+            )
+        start = int(m.group("start")) if m.group("start") else None
+        end = int(m.group("end")) if m.group("end") else start
+        if start is not None and end is not None and (start < 1 or end < start):
+            raise GateError(f"bad line range in {text!r}")
+        return cls(m.group("path"), start, end, m.group("func"))
+
+
+@dataclass
+class FileResult:
+    """The gate's view of one file: the lines it measured and which production executed."""
+
+    path: str
+    lines: set[int] = field(default_factory=set)
+    covered: set[int] = field(default_factory=set)
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        missed = sorted(self.lines - self.covered)
+        return {
+            "path": self.path, "lines": len(self.lines), "covered": len(self.covered),
+            "percent": percent(len(self.covered), len(self.lines)),
+            "missed_lines": missed, "note": self.note,
+        }
+
+
+@dataclass
+class GateResult:
+    """Outcome of one gate evaluation."""
+
+    release: dict[str, Any]
+    what: str  # "changed lines" | "selected lines"
+    threshold: float
+    files: list[FileResult]
+
+    @property
+    def total(self) -> int:
+        """Executable lines measured."""
+        return sum(len(f.lines) for f in self.files)
+
+    @property
+    def covered(self) -> int:
+        """Of those, executed in production."""
+        return sum(len(f.covered) for f in self.files)
+
+    @property
+    def percent(self) -> Optional[float]:
+        """Covered share, None when nothing was measured."""
+        return percent(self.covered, self.total)
+
+    @property
+    def passed(self) -> bool:
+        """True when coverage reaches the threshold, or there is nothing to measure."""
+        if self.total == 0:
+            return True
+        return 100.0 * self.covered / self.total >= self.threshold
+
+    def message(self) -> str:
+        """``canary covered 12 of 40 changed lines (30.0%) < 80%``."""
+        who = self.release.get("role") or "production"
+        if self.total == 0:
+            return f"no executable {self.what} to measure: gate passed"
+        pct = 100.0 * self.covered / self.total
+        op = ">=" if self.passed else "<"
+        return (
+            f"{who} covered {self.covered} of {self.total} {self.what} "
+            f"({pct:.1f}%) {op} {self.threshold:g}%"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "passed": self.passed, "message": self.message(), "release": self.release,
+            "threshold": self.threshold, "what": self.what, "lines": self.total,
+            "covered": self.covered, "percent": self.percent,
+            "files": [f.as_dict() for f in self.files],
+        }
+
+
+def render_gate(result: GateResult) -> str:
+    """Per-file table and the verdict line."""
+    out = []
+    rows = []
+    for f in result.files:
+        missed = sorted(f.lines - f.covered)
+        pct = percent(len(f.covered), len(f.lines))
+        rows.append([
+            f.path, len(f.lines), len(f.covered), "-" if pct is None else f"{pct:.1f}%",
+            fmt_ranges(missed) or f.note,
+        ])
+    if rows:
+        out.append(render_table(["File", "Lines", "Covered", "Cover", "Missed"], rows, "lrrrl"))
+        out.append("\n")
+    out.append(("PASS: " if result.passed else "FAIL: ") + result.message() + "\n")
+    return "".join(out)
+
+
+def parse_unified_diff(text: str) -> dict[str, set[int]]:
+    """Added/changed line numbers (new side) per ``.py`` file from ``git diff -U0`` output."""
+    changed: dict[str, set[int]] = {}
+    current: Optional[str] = None
+    for line in text.splitlines():
+        if line.startswith("+++ "):
+            target = line[4:].strip()
+            if target == "/dev/null":
+                current = None
+                continue
+            if target.startswith('"'):
+                target = target.strip('"')
+            current = target[2:] if target.startswith("b/") else target
+            if not current.endswith(".py"):
+                current = None
+            continue
+        if current is None:
+            continue
+        m = _HUNK.match(line)
+        if m:
+            start = int(m.group(1))
+            count = int(m.group(2)) if m.group(2) is not None else 1
+            if count:
+                changed.setdefault(current, set()).update(range(start, start + count))
+    return changed
+
+
+def git_changed_lines(source: Path, ref: str) -> dict[str, set[int]]:
+    """Run ``git diff -U0 REF`` in ``source`` (paths relative to it) and parse the result."""
+    if ref.startswith("-"):
+        raise GateError(f"bad git ref {ref!r}")
+    cmd = [
+        "git", "-C", str(source), "-c", "core.quotepath=off", "diff", "-U0", "--relative",
+        "--no-color", "--no-ext-diff", "--no-renames", ref, "--", "*.py",
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise GateError(f"cannot run git: {exc}") from exc
+    if proc.returncode != 0:
+        raise GateError(f"git diff {ref} failed in {source}: {proc.stderr.strip()}")
+    return parse_unified_diff(proc.stdout)
+
+
+class _Files:
+    """Lazily fetched production detail and local analysis per file."""
+
+    def __init__(self, client: CollectorClient, sel: ReleaseSelection, sources: list[Path]):
+        self.client = client
+        self.sel = sel
+        self.sources = sources
+        summary = client.coverage(sel)
+        self.release: dict[str, Any] = summary["release"]
+        self.known = {f["path"] for f in summary.get("files", [])}
+        self._detail: dict[str, dict[str, Any]] = {}
+        self._local: dict[str, Optional[LocalStatic]] = {}
+
+    def detail(self, path: str) -> Optional[dict[str, Any]]:
+        if path not in self.known:
+            return None
+        if path not in self._detail:
+            self._detail[path] = self.client.file(self.sel, path)
+        return self._detail[path]
+
+    def local(self, path: str) -> Optional[LocalStatic]:
+        if path not in self._local:
+            try:
+                found = resolve_local(path, self.sources)
+                self._local[path] = analyze_local(found) if found else None
+            except SourceError:
+                self._local[path] = None
+        return self._local[path]
+
+    def executable(self, path: str) -> tuple[set[int], str]:
+        """Executable lines: production's denominators, else coverage.py on the local file."""
+        d = self.detail(path)
+        if d and d.get("executable_lines"):
+            return {int(n) for n in d["executable_lines"]}, ""
+        local = self.local(path)
+        if local is not None:
+            note = "" if d else "never executed in production"
+            return set(local.lines), note
+        return set(), "no denominators and no local file"
+
+    def covered(self, path: str) -> set[int]:
+        d = self.detail(path)
+        return {int(entry[0]) for entry in d.get("lines", [])} if d else set()
+
+    def functions(self, path: str) -> list[tuple[str, int, int]]:
+        d = self.detail(path)
+        if d and d.get("functions"):
+            return [(f["name"], int(f["start"]), int(f["end"])) for f in d["functions"]]
+        local = self.local(path)
+        return list(local.functions) if local else []
+
+
+def gate_changed(
+    client: CollectorClient, sel: ReleaseSelection, source: Path, ref: str, threshold: float,
+    advance: Optional[Callable[[int], None]] = None,
+) -> GateResult:
+    """Coverage of the executable lines changed since ``ref`` in the checkout at ``source``."""
+    changed = git_changed_lines(source, ref)
+    files = _Files(client, sel, [source])
+    results = []
+    for path in sorted(changed):
+        if advance is not None:
+            advance(1)
+        executable, note = files.executable(path)
+        local = files.local(path)
+        wanted = {local.statement_of(n) if local else n for n in changed[path]}
+        lines = wanted & executable
+        if not lines:
+            continue
+        results.append(FileResult(path, lines, lines & files.covered(path), note))
+    return GateResult(files.release, "changed lines", threshold, results)
+
+
+def gate_paths(
+    client: CollectorClient, sel: ReleaseSelection, sources: list[Path], specs: list[PathSpec],
+    threshold: float, advance: Optional[Callable[[int], None]] = None,
+) -> GateResult:
+    """Coverage of named files, line ranges and functions."""
+    files = _Files(client, sel, sources)
+    merged: dict[str, FileResult] = {}
+    for spec in specs:
+        if advance is not None:
+            advance(1)
+        executable, note = files.executable(spec.path)
+        if not executable and note == "no denominators and no local file":
+            raise GateError(f"{spec.path}: unknown to the collector and not found locally")
+        if spec.function:
+            matches = [f for f in files.functions(spec.path)
+                       if f[0] == spec.function or f[0].endswith("." + spec.function)]
+            if not matches:
+                raise GateError(f"{spec.path}: no function named {spec.function!r}")
+            _, start, end = matches[0]
+            lines = {n for n in executable if start <= n <= end}
+        elif spec.start is not None:
+            end = spec.end if spec.end is not None else spec.start
+            lines = {n for n in executable if spec.start <= n <= end}
+        else:
+            lines = set(executable)
+        entry = merged.setdefault(spec.path, FileResult(spec.path, note=note))
+        entry.lines |= lines
+        entry.covered |= lines & files.covered(spec.path)
+    results = [merged[p] for p in sorted(merged)]
+    return GateResult(files.release, "selected lines", threshold, results)

@@ -1,0 +1,109 @@
+"""The local checkout: mapping collector paths onto it, file hashes, coverage.py analysis."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Optional, Sequence
+
+
+class SourceError(Exception):
+    """A collector path cannot be used locally (absolute, escapes the root, unreadable)."""
+
+
+def safe_relative(path: str) -> PurePosixPath:
+    """Validate a collector path: relative, ``/``-separated, no ``..`` segments."""
+    if not path or "\x00" in path or "\\" in path:
+        raise SourceError(f"invalid path {path!r}")
+    rel = PurePosixPath(path)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise SourceError(f"path {path!r} is not relative to the source root")
+    return rel
+
+
+def resolve_local(path: str, roots: Sequence[Path]) -> Optional[Path]:
+    """The absolute local file for a collector path: the first root that has it, else None."""
+    rel = safe_relative(path)
+    for root in roots:
+        base = root.resolve()
+        candidate = (base / rel).resolve()
+        if candidate.is_relative_to(base) and candidate.is_file():
+            return candidate
+    return None
+
+
+def relative_to_roots(filename: str, roots: Sequence[Path]) -> Optional[str]:
+    """The collector-style path of a local absolute filename, or None if outside every root."""
+    target = Path(filename).resolve()
+    for root in roots:
+        base = root.resolve()
+        if target.is_relative_to(base):
+            return target.relative_to(base).as_posix()
+    return None
+
+
+def file_sha(path: Path) -> str:
+    """First 16 hex digits of the SHA-256 of the file's bytes (the wire format's ``sha``)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+@dataclass
+class LocalStatic:
+    """coverage.py's view of one local file: statements, possible arcs, functions."""
+
+    lines: set[int] = field(default_factory=set)
+    arcs: set[tuple[int, int]] = field(default_factory=set)
+    functions: list[tuple[str, int, int]] = field(default_factory=list)
+    first_line: dict[int, int] = field(default_factory=dict)
+
+    def statement_of(self, line: int) -> int:
+        """The first line of the statement that ``line`` belongs to."""
+        return self.first_line.get(line, line)
+
+
+def analyze_local(path: Path) -> LocalStatic:
+    """Statements and possible arcs by coverage.py's own parser; function ranges by ``ast``."""
+    from coverage.config import DEFAULT_EXCLUDE
+    from coverage.misc import join_regex
+    from coverage.python import PythonParser
+
+    text = path.read_text(encoding="utf-8", errors="replace")
+    parser = PythonParser(text=text, filename=str(path), exclude=join_regex(DEFAULT_EXCLUDE))
+    try:
+        parser.parse_source()
+    except Exception as exc:  # coverage raises NotPython and others for unparsable files
+        raise SourceError(f"cannot analyze {path}: {exc}") from exc
+    static = LocalStatic(lines=set(parser.statements), arcs=set(parser.arcs()))
+    nlines = text.count("\n") + 1
+    for line in range(1, nlines + 1):
+        first = parser.first_line(line)
+        if first != line:
+            static.first_line[line] = first
+    static.functions = function_ranges(text)
+    return static
+
+
+def function_ranges(text: str) -> list[tuple[str, int, int]]:
+    """Qualified name, first and last line of every function and method in ``text``."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return []
+    out: list[tuple[str, int, int]] = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                name = prefix + child.name
+                start = min([child.lineno] + [d.lineno for d in child.decorator_list])
+                out.append((name, start, child.end_lineno or child.lineno))
+                visit(child, name + ".<locals>.")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, prefix + child.name + ".")
+            else:
+                visit(child, prefix)
+
+    visit(tree, "")
+    return sorted(out, key=lambda f: (f[1], f[0]))

@@ -1,0 +1,165 @@
+"""The ``report`` view: services, releases, endpoints and files of one release."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from runcov.reports.client import CollectorClient, ReleaseSelection
+from runcov.reports.table import fmt_percent, percent, render_table
+
+SORT_KEYS = ("path", "cover", "missed", "branch", "requests")
+
+
+def build_report(
+    client: CollectorClient,
+    sel: ReleaseSelection,
+    path_prefix: Optional[str] = None,
+    sort: str = "path",
+    skip_covered: bool = False,
+) -> dict[str, Any]:
+    """Collect everything ``runcov report`` shows into one JSON-ready dict."""
+    if not sel.service:
+        services = client.services()["services"]
+        return {
+            "services": sorted(services, key=lambda s: s["service"]),
+        }
+    releases = client.releases(sel.service)["releases"]
+    coverage = client.coverage(sel, path_prefix=path_prefix)
+    endpoints = client.endpoints(sel)["endpoints"]
+    files = list(coverage.get("files", []))
+    if skip_covered:
+        files = [f for f in files if not _fully_covered(f)]
+    files = sort_files(files, sort)
+    return {
+        "release": coverage["release"],
+        "releases": releases,
+        "endpoints": sorted(endpoints, key=lambda e: e["endpoint"]),
+        "totals": coverage.get("totals", {}),
+        "files": files,
+    }
+
+
+def _fully_covered(f: dict[str, Any]) -> bool:
+    return bool(
+        f.get("lines_total")
+        and f["lines_covered"] >= f["lines_total"]
+        and f.get("branches_covered", 0) >= f.get("branches_total", 0)
+    )
+
+
+def sort_files(files: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
+    """Sort file rows: by path, lowest line coverage, most missed lines, branch cover, requests."""
+    if sort not in SORT_KEYS:
+        raise ValueError(f"unknown sort key {sort!r} (choose from {', '.join(SORT_KEYS)})")
+    by_path = sorted(files, key=lambda f: f["path"])
+    if sort == "cover":
+        return sorted(by_path, key=lambda f: _pct_key(f.get("line_percent")))
+    if sort == "branch":
+        return sorted(by_path, key=lambda f: _pct_key(f.get("branch_percent")))
+    if sort == "missed":
+        return sorted(by_path, key=lambda f: -_missed(f))
+    if sort == "requests":
+        return sorted(by_path, key=lambda f: -int(f.get("requests") or 0))
+    return by_path
+
+
+def _pct_key(value: Optional[float]) -> float:
+    return 101.0 if value is None else float(value)
+
+
+def _missed(f: dict[str, Any]) -> int:
+    total = int(f.get("lines_total") or 0)
+    return max(0, total - int(f.get("lines_covered") or 0)) if total else 0
+
+
+def release_label(release: dict[str, Any]) -> str:
+    """``shop 1.1 (prod, canary)``."""
+    env = release.get("environment") or "-"
+    version = release.get("version") or "-"
+    return f"{release['service']} {version} ({env}, {release.get('role') or 'baseline'})"
+
+
+def render_report(data: dict[str, Any]) -> str:
+    """The terminal form of :func:`build_report`'s result."""
+    if "services" in data:
+        rows = [
+            [s["service"], s.get("releases", ""), s.get("last_seen") or "-"]
+            for s in data["services"]
+        ]
+        if not rows:
+            return "no services have reported coverage yet\n"
+        return render_table(["Service", "Releases", "Last seen"], rows, "lrl")
+    out = []
+    out.append("Releases\n")
+    out.append(render_releases(data["releases"]))
+    out.append(f"\nEndpoints of {release_label(data['release'])}\n")
+    out.append(render_endpoints(data["endpoints"]))
+    out.append(f"\nFiles of {release_label(data['release'])}\n")
+    out.append(render_files(data["files"], data.get("totals", {})))
+    return "".join(out)
+
+
+def render_releases(releases: list[dict[str, Any]]) -> str:
+    """Releases table, newest first as the collector returns them."""
+    rows = []
+    for r in releases:
+        rows.append([
+            r.get("version") or "-", r.get("environment") or "-", r.get("role") or "-",
+            r.get("requests", 0),
+            f"{r.get('lines_covered', 0)}/{r.get('lines_total', 0)}",
+            fmt_percent(r.get("line_percent")),
+            f"{r.get('arcs_covered', 0)}/{r.get('arcs_total', 0)}",
+            fmt_percent(r.get("branch_percent")),
+            r.get("last_seen") or "-",
+        ])
+    if not rows:
+        return "(none)\n"
+    return render_table(
+        ["Version", "Env", "Role", "Requests", "Lines", "Cover", "Arcs", "Branch", "Last seen"],
+        rows, "lllrrrrrl",
+    )
+
+
+def render_endpoints(endpoints: list[dict[str, Any]]) -> str:
+    """Endpoints table, sorted by name."""
+    rows = [
+        [e["endpoint"], e.get("requests", 0), e.get("lines_covered", 0),
+         e.get("arcs_covered", 0), e.get("first_seen") or "-", e.get("last_seen") or "-"]
+        for e in endpoints
+    ]
+    if not rows:
+        return "(none)\n"
+    return render_table(
+        ["Endpoint", "Requests", "Lines", "Arcs", "First seen", "Last seen"], rows, "lrrrll"
+    )
+
+
+def render_files(files: list[dict[str, Any]], totals: dict[str, Any]) -> str:
+    """Files table in coverage.py's layout, with a TOTAL row from the collector's totals."""
+    rows = []
+    for f in files:
+        lines_total = int(f.get("lines_total") or 0)
+        branches_total = int(f.get("branches_total") or 0)
+        rows.append([
+            f["path"], lines_total or "-", _missed(f) if lines_total else "-",
+            branches_total or "-",
+            (branches_total - int(f.get("branches_covered") or 0)) if branches_total else "-",
+            fmt_percent(f.get("line_percent")), fmt_percent(f.get("branch_percent")),
+            f.get("requests", 0),
+        ])
+    if not rows:
+        return "(none)\n"
+    lt = int(totals.get("lines_total") or 0)
+    bt = int(totals.get("branches_total") or 0)
+    footer = [
+        f"TOTAL ({totals.get('files', len(files))} files)", lt,
+        lt - int(totals.get("lines_covered") or 0),
+        bt, bt - int(totals.get("branches_covered") or 0),
+        fmt_percent(totals.get("line_percent", percent(int(totals.get("lines_covered") or 0), lt))),
+        fmt_percent(totals.get("branch_percent")),
+        totals.get("requests", ""),
+    ]
+    return render_table(
+        ["File", "Stmts", "Miss", "Branch", "BrMiss", "Cover", "BrCover", "Requests"],
+        rows, "lrrrrrrr", footer,
+    )

@@ -1,0 +1,1 @@
+"""Tests of the runcov CLI reports against a real collector."""

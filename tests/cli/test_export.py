@@ -1,0 +1,172 @@
+"""runcov export: coverage.py data, LCOV and Cobertura that coverage.py's tools accept as theirs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from runcov_collector.model import Release
+from tests.cli import support
+from tests.cli.conftest import RunningCollector
+
+RELEASE = Release("shop", "1.0", "prod", "baseline")
+
+
+@pytest.fixture
+def measured(tmp_path: Path, collector: RunningCollector) -> tuple[Path, Path]:
+    """The sample app measured by coverage.py per request and fed to the collector.
+
+    Returns (checkout, oracle data file): the oracle is coverage.py's own combined measurement.
+    """
+    root = support.copy_app(tmp_path / "app")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    per_input = support.measure_inputs(root, data_dir, support.INPUTS)
+    oracle = data_dir / ".coverage.oracle"
+    support.coverage_cli(root, "combine", "--keep", f"--data-file={oracle}",
+                         *map(str, per_input.values()))
+    requests = support.requests_from(root, per_input)
+    collector.store.ingest(support.batch(RELEASE, root, requests))
+    return root, oracle
+
+
+def export(collector: RunningCollector, root: Path, fmt: str, out: Path) -> str:
+    proc = support.runcov(
+        "export", *collector.args(), "--service", "shop", "--version", "1.0",
+        "--environment", "prod", "--format", fmt, "-o", str(out), "--source", str(root),
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+def test_coverage_report_identical_to_coverage_py(
+    measured: tuple[Path, Path], collector: RunningCollector, tmp_path: Path
+) -> None:
+    root, oracle = measured
+    exported = tmp_path / "exported.coverage"
+    stderr = export(collector, root, "coverage", exported)
+    assert "warning" not in stderr
+
+    expected = support.coverage_cli(root, "report", "-m", f"--data-file={oracle}")
+    actual = support.coverage_cli(root, "report", "-m", f"--data-file={exported}")
+    assert "Branch" in expected and "shop/pricing.py" in expected
+    assert actual == expected
+    # The per-line truth behind the report is the same too.
+    assert support.hits(exported, root) == support.hits(oracle, root)
+
+
+def test_coverage_html_and_json_work_on_the_export(
+    measured: tuple[Path, Path], collector: RunningCollector, tmp_path: Path
+) -> None:
+    root, oracle = measured
+    exported = tmp_path / "exported.coverage"
+    export(collector, root, "coverage", exported)
+    html = tmp_path / "html"
+    support.coverage_cli(root, "html", f"--data-file={exported}", "-d", str(html))
+    assert (html / "index.html").is_file()
+    page = next(html.glob("*pricing_py.html")).read_text()
+    assert "never_called" in page
+    support.coverage_cli(root, "json", f"--data-file={exported}", "-o", str(tmp_path / "a.json"))
+    support.coverage_cli(root, "json", f"--data-file={oracle}", "-o", str(tmp_path / "b.json"))
+    a = json.loads((tmp_path / "a.json").read_text())
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert a["files"] == b["files"] and a["totals"] == b["totals"]
+
+
+def _lcov_records(text: str) -> dict[str, dict[str, set[str]]]:
+    records: dict[str, dict[str, set[str]]] = {}
+    current: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("SF:"):
+            current = records.setdefault(Path(line[3:]).name, {"DA": set(), "BRDA": set()})
+        elif line.startswith(("DA:", "BRDA:")):
+            kind, _, value = line.partition(":")
+            parts = value.split(",")
+            current[kind].add(",".join(parts[:2] if kind == "DA" else parts[:4]))
+    return records
+
+
+def test_lcov_matches_coverage_py_and_genhtml_accepts_it(
+    measured: tuple[Path, Path], collector: RunningCollector, tmp_path: Path
+) -> None:
+    root, oracle = measured
+    out = tmp_path / "prod.lcov"
+    export(collector, root, "lcov", out)
+    expected = tmp_path / "oracle.lcov"
+    support.coverage_cli(root, "lcov", f"--data-file={oracle}", "-o", str(expected))
+    got = _lcov_records(out.read_text())
+    assert got == _lcov_records(expected.read_text())
+    pricing = got["pricing.py"]
+    # discount(): line 10 "if code is None" went both ways, line 14's fall-through to 17
+    # never happened; never_called() never ran.
+    assert "10,1" in pricing["DA"] and "45,0" in pricing["DA"]
+    assert {"10,0,jump to line 11,1", "10,0,jump to line 12,1"} <= pricing["BRDA"]
+    assert "14,0,jump to line 17,0" in pricing["BRDA"]
+    if shutil.which("genhtml") is None:
+        pytest.skip("genhtml (Debian package lcov) is not installed")
+    proc = subprocess.run(
+        ["genhtml", "--branch-coverage", "-o", str(tmp_path / "genhtml"), str(out)],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "genhtml" / "index.html").is_file()
+
+
+def test_cobertura_matches_coverage_py(
+    measured: tuple[Path, Path], collector: RunningCollector, tmp_path: Path
+) -> None:
+    root, oracle = measured
+    out = tmp_path / "prod.xml"
+    export(collector, root, "cobertura", out)
+    expected = tmp_path / "oracle.xml"
+    support.coverage_cli(root, "xml", f"--data-file={oracle}", "-o", str(expected))
+
+    def lines(path: Path) -> dict[str, set[tuple[str, str, str]]]:
+        tree = ET.parse(path)
+        out: dict[str, set[tuple[str, str, str]]] = {}
+        for cls in tree.iter("class"):
+            out[cls.get("filename", "")] = {
+                (ln.get("number", ""), ln.get("hits", ""), ln.get("condition-coverage", ""))
+                for ln in cls.iter("line")
+            }
+        return out
+
+    got = lines(out)
+    assert got == lines(expected)
+    assert "shop/pricing.py" in got
+    root_el = ET.parse(out).getroot()
+    assert root_el.get("branch-rate") == ET.parse(expected).getroot().get("branch-rate")
+    assert [s.text for s in root_el.iter("source")] == [str(root.resolve())]
+
+
+def test_json_is_the_collector_detail(
+    measured: tuple[Path, Path], collector: RunningCollector, tmp_path: Path
+) -> None:
+    root, _ = measured
+    out = tmp_path / "prod.json"
+    export(collector, root, "json", out)
+    doc = json.loads(out.read_text())
+    assert doc["release"] == RELEASE.as_dict()
+    files = {f["path"]: f for f in doc["files"]}
+    assert set(files) == {"shop/__init__.py", "shop/pricing.py", "shop/views.py"}
+    assert files["shop/pricing.py"]["executable_lines"]
+    assert all(len(entry) == 3 for entry in files["shop/views.py"]["lines"])
+
+
+def test_missing_and_changed_local_files_are_reported(
+    measured: tuple[Path, Path], collector: RunningCollector, tmp_path: Path
+) -> None:
+    root, _ = measured
+    (root / "shop" / "views.py").write_text((root / "shop" / "views.py").read_text() + "\n# x\n")
+    (root / "shop" / "__init__.py").unlink()
+    stderr = export(collector, root, "coverage", tmp_path / "partial.coverage")
+    assert "1 file(s) not found under the source directory, left out: shop/__init__.py" in stderr
+    assert "differ from the version production ran" in stderr and "shop/views.py" in stderr
+    assert set(support.hits(tmp_path / "partial.coverage", root)) == {
+        "shop/pricing.py", "shop/views.py"
+    }
