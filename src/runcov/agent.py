@@ -1,0 +1,612 @@
+"""The agent: one per process, wiring configuration, tracing core, sampling and export together."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from runcov.errors import RuncovError
+
+log = logging.getLogger("runcov")
+
+__all__ = ["Agent", "RequestTicket", "current_agent", "start", "stop"]
+
+#: Census mode re-arms first-hit recording this often, so that lines keep being tied to recent
+#: traces and a long-running process still reports what current traffic executes.
+CENSUS_EPOCH_SECONDS = 600.0
+
+#: Most requests the agent tracks as in flight at once; beyond it new requests are not sampled
+#: (a span that never ends must not make the agent grow without bound).
+MAX_IN_FLIGHT = 4096
+
+#: How long the process exit waits for measured requests to leave.
+EXIT_FLUSH_SECONDS = 5.0
+
+_lock = threading.RLock()
+_active: Optional[Agent] = None
+
+
+def current_agent() -> Optional[Agent]:
+    """The agent started in this process, if it is running."""
+    agent = _active
+    return agent if agent is not None and agent.running else None
+
+
+def start(**options: Any) -> Agent:
+    """Start runcov in this process (see :meth:`Agent.start`)."""
+    return Agent.start(**options)
+
+
+def stop(timeout: float = 5.0) -> None:
+    """Stop the running agent, if any, after flushing what it measured."""
+    agent = _active
+    if agent is not None:
+        agent.stop(timeout)
+
+
+def status_class(code: Any) -> Optional[str]:
+    """``"2xx"`` for an HTTP status code (int or numeric string), None when there is none."""
+    try:
+        value = int(code)
+    except (TypeError, ValueError):
+        return None
+    if 100 <= value <= 599:
+        return f"{value // 100}xx"
+    return None
+
+
+def random_trace_id() -> int:
+    """A fresh random, valid (non-zero) 128-bit trace id."""
+    return random.getrandbits(128) or 1
+
+
+def random_span_id() -> int:
+    """A fresh random, valid (non-zero) 64-bit span id."""
+    return random.getrandbits(64) or 1
+
+
+class RequestTicket:
+    """One sampled request in flight: its scope and what is needed to emit it when it ends."""
+
+    __slots__ = (
+        "endpoint",
+        "method",
+        "mode",
+        "rate",
+        "reason",
+        "route",
+        "route_known",
+        "rule",
+        "scope",
+        "start_ns",
+        "trace_id",
+        "tracestate",
+    )
+
+    def __init__(
+        self,
+        scope: Any,
+        rule: Any,
+        endpoint: str,
+        method: Optional[str],
+        route: Optional[str],
+        route_known: bool,
+        trace_id: int,
+        tracestate: Any,
+        rate: float,
+    ) -> None:
+        self.scope = scope
+        self.rule = rule
+        self.endpoint = endpoint
+        self.method = method
+        self.route = route
+        self.route_known = route_known
+        self.mode: str = rule.mode
+        self.trace_id = trace_id
+        self.tracestate = tracestate
+        self.rate = rate
+        self.reason = ""
+        self.start_ns = time.time_ns()
+
+
+class Agent:
+    """runcov in one process: decides which requests to measure, measures them, sends them.
+
+    Integrations (the OpenTelemetry span processor, the WSGI/ASGI middleware, ``@critical``)
+    call :meth:`begin` when a request starts and :meth:`finish` when it ends. Neither ever
+    raises into the application: failures are counted as ``internal_error`` drops.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        core: Any = None,
+        exporter: Any = None,
+        metrics: Any = None,
+        resource: Any = None,
+    ) -> None:
+        from runcov.selectors import EndpointMatcher
+
+        self.config = config
+        self.running = False
+        self.core = core
+        self._matcher = EndpointMatcher(config.endpoints, config.sample_rate, config.mode)
+        self._sampler: Any = None
+        self._resource = resource
+        self.exporter = exporter
+        self.metrics = metrics
+        self._processor: Any = None
+        self._attached: list[Any] = []
+        self._in_flight = 0
+        self._count_lock = threading.Lock()
+        self._census_epoch = time.monotonic()
+        #: endpoint -> {path -> arcs seen so far in this process}: what counts as "new".
+        self._seen_arcs: dict[str, dict[str, set[tuple[int, int]]]] = {}
+        self._seen_lines: dict[str, dict[str, set[int]]] = {}
+        self._novelty_lock = threading.Lock()
+        self._overhead = 0.0
+        self.internal_errors = 0
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, **options: Any) -> Agent:
+        """Load the configuration (arguments > ``RUNCOV_*`` env > defaults) and start the agent.
+
+        One agent runs per process: calling ``start()`` again without arguments returns the
+        running agent; with a different configuration it raises :class:`RuncovError`. A bad
+        configuration raises :class:`~runcov.errors.ConfigError` here; a failure to turn on
+        tracing is logged and leaves an agent that measures nothing, never an error.
+        """
+        from runcov.config import load_config
+
+        global _active
+        with _lock:
+            running = current_agent()
+            if running is not None:
+                if not options:
+                    return running
+                config = load_config(**options)
+                if config == running.config:
+                    return running
+                raise RuncovError(
+                    "runcov is already running in this process with a different configuration; "
+                    "call runcov.stop() before starting it again"
+                )
+            config = load_config(**options)
+            agent = cls(config)
+            agent._start()
+            _active = agent
+            return agent
+
+    def _start(self) -> None:
+        config = self.config
+        if not config.enabled:
+            log.info("runcov is disabled by configuration; nothing is measured")
+            return
+        from runcov.sampling import Sampler
+
+        self._sampler = Sampler(config, time.monotonic)
+        try:
+            if self._resource is None:
+                from runcov.resource import build_resource
+
+                self._resource = build_resource(config)
+            if self.metrics is None:
+                self.metrics = _make_metrics(config, self._resource)
+            if self.exporter is None:
+                from runcov.export.exporter import CoverageExporter
+
+                self.exporter = CoverageExporter(config, self._resource, metrics=self.metrics)
+        except RuncovError:
+            raise
+        except Exception:
+            log.exception("runcov could not set up its exporters; nothing will be measured")
+            return
+        try:
+            if self.core is None:
+                from runcov.tracing import get_core
+
+                self.core = get_core()
+            self.core.add_roots(config.source)
+        except Exception:
+            log.exception("runcov could not turn tracing on; nothing will be measured")
+            self.core = None
+            return
+        self.running = True
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
+        # Registered after the exporter's providers, so it runs before their own exit hooks:
+        # what is still queued reaches them and leaves with their final flush.
+        atexit.register(self._at_exit)
+        self._attach_to_global_provider()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop measuring, send what was measured (waiting up to ``timeout`` s), release all."""
+        global _active
+        with _lock:
+            was_running = self.running
+            self.running = False
+            if _active is self:
+                _active = None
+        if not was_running:
+            return
+        for closer in (
+            lambda: self.exporter.shutdown(timeout),
+            lambda: self.metrics.shutdown(timeout) if hasattr(self.metrics, "shutdown") else None,
+        ):
+            try:
+                closer()
+            except Exception:
+                log.debug("runcov: error while stopping", exc_info=True)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Send everything measured so far; True when it left the process within ``timeout``."""
+        if self.exporter is None:
+            return True
+        try:
+            ok = bool(self.exporter.flush(timeout))
+            if self.metrics is not None and hasattr(self.metrics, "flush"):
+                self.metrics.flush(timeout)
+            return ok
+        except Exception:
+            log.debug("runcov: flush failed", exc_info=True)
+            return False
+
+    def _at_exit(self) -> None:
+        try:
+            self.stop(EXIT_FLUSH_SECONDS)
+        except Exception:
+            pass
+
+    def _after_fork_in_child(self) -> None:
+        self._in_flight = 0
+        self._count_lock = threading.Lock()
+        self._novelty_lock = threading.Lock()
+        if self._processor is not None:
+            self._processor._after_fork_in_child()
+
+    # -- OpenTelemetry provider ---------------------------------------------------------------
+
+    @property
+    def processor(self) -> Any:
+        """The :class:`~runcov.otel.processor.RuncovSpanProcessor` of this agent."""
+        if self._processor is None:
+            from runcov.otel.processor import RuncovSpanProcessor
+
+            self._processor = RuncovSpanProcessor(self)
+        return self._processor
+
+    def attach(self, provider: Any) -> bool:
+        """Register the span processor on an SDK ``TracerProvider``; False for other providers."""
+        try:
+            from opentelemetry.sdk.trace import TracerProvider
+        except ImportError:  # pragma: no cover - the SDK is a dependency
+            return False
+        if not isinstance(provider, TracerProvider):
+            return False
+        with _lock:
+            if any(p is provider for p in self._attached):
+                return True
+            provider.add_span_processor(self.processor)
+            self._attached.append(provider)
+        return True
+
+    def _attach_to_global_provider(self) -> None:
+        """Attach to the global provider now, or when the application sets one later."""
+        from opentelemetry import trace
+
+        try:
+            if self.attach(trace.get_tracer_provider()):
+                return
+            _watch_set_tracer_provider()
+        except Exception:
+            log.debug("runcov: could not attach to the global tracer provider", exc_info=True)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def endpoint_name(self, method: Optional[str], route: Optional[str]) -> str:
+        """The endpoint name of an HTTP request, e.g. ``"GET /items/{item_id}"``."""
+        from runcov.selectors import endpoint_name
+
+        return endpoint_name(method, route)
+
+    def begin(
+        self,
+        method: Optional[str],
+        route: Optional[str],
+        trace_id: int,
+        tracestate: Any = None,
+        *,
+        route_known: bool = True,
+    ) -> Optional[RequestTicket]:
+        """Decide whether to measure a request that is starting; open its scope if so.
+
+        ``method`` is the HTTP method, or ``"job"`` / ``"consumer"`` for a critical function
+        (route = its qualified name) or a consumer span (route = the span name).
+        ``route_known=False`` means the route template is learnt only when the request ends:
+        the decision is then taken on the method alone and checked again by :meth:`finish`.
+        Returns a ticket for :meth:`finish`, or None when the request is not measured.
+        Never raises.
+        """
+        if not self.running:
+            return None
+        t0 = time.perf_counter()
+        try:
+            return self._begin(method, route, trace_id, tracestate, route_known)
+        except Exception:
+            self._internal_error("")
+            return None
+        finally:
+            self._overhead += time.perf_counter() - t0
+
+    def _begin(
+        self,
+        method: Optional[str],
+        route: Optional[str],
+        trace_id: int,
+        tracestate: Any,
+        route_known: bool,
+    ) -> Optional[RequestTicket]:
+        core = self.core
+        if core.current_scope() is not None:
+            return None  # nested in work that is already measured
+        if route_known:
+            rule = self._matcher.match(method, route)
+            endpoint = self.endpoint_name(method, route)
+        else:
+            rule = self._provisional_rule(method)
+            endpoint = self.endpoint_name(method, "*")
+        if rule is None:
+            return None
+        self._maybe_new_epoch(rule.mode)
+        decision = self._sampler.decide(trace_id, tracestate, rule, endpoint)
+        if not decision.sampled:
+            if decision.reason == "rate_cap":
+                self.metrics.dropped(endpoint, "rate_cap")
+            return None
+        with self._count_lock:
+            if self._in_flight >= MAX_IN_FLIGHT:
+                busy = True
+            else:
+                busy = False
+                self._in_flight += 1
+        if busy:
+            self.metrics.dropped(endpoint, "tracer_busy")
+            return None
+        scope = core.open_scope(mode=rule.mode, trace_id=trace_id)
+        ticket = RequestTicket(
+            scope, rule, endpoint, method, route, route_known, trace_id, tracestate, decision.rate
+        )
+        ticket.reason = decision.reason
+        return ticket
+
+    def _provisional_rule(self, method: Optional[str]) -> Any:
+        """The rule to decide with before the route is known (None: no selector can match).
+
+        Its rate is the highest rate of any selector the request may still match, so the
+        request is sampled whenever its final selector would sample it (consistent sampling:
+        a lower rate's picks are a subset of a higher rate's); :meth:`finish` re-checks.
+        """
+        from runcov.selectors import Rule
+
+        matcher = self._matcher
+        if not matcher.may_match(method):
+            return None
+        return Rule(selector="*", rate=matcher.max_rate(method), mode=self.config.mode)
+
+    def _maybe_new_epoch(self, mode: str) -> None:
+        if mode != "census":
+            return
+        now = time.monotonic()
+        if now - self._census_epoch >= CENSUS_EPOCH_SECONDS:
+            self._census_epoch = now
+            self.core.new_epoch()
+
+    def cancel(self, ticket: Optional[RequestTicket]) -> None:
+        """Close a ticket's scope without emitting anything (the request was not measurable)."""
+        if ticket is None:
+            return
+        try:
+            ticket.scope.close()
+        finally:
+            self._release()
+
+    def finish(
+        self,
+        ticket: RequestTicket,
+        *,
+        parent_span_id: int,
+        status: Optional[str],
+        method: Optional[str] = None,
+        route: Optional[str] = None,
+    ) -> bool:
+        """Close a measured request's scope and queue its coverage for export.
+
+        ``route``/``method`` are the final values (the route may have been learnt late);
+        ``status`` is the status class (``"2xx"``, ``"ok"``, ``"error"``). Returns True when
+        the coverage was queued. Never raises.
+        """
+        t0 = time.perf_counter()
+        try:
+            return self._finish(ticket, parent_span_id, status, method, route)
+        except Exception:
+            self._internal_error(ticket.endpoint)
+            return False
+        finally:
+            self._release()
+            self._overhead += time.perf_counter() - t0
+            self._report_overhead()
+
+    def _finish(
+        self,
+        ticket: RequestTicket,
+        parent_span_id: int,
+        status: Optional[str],
+        method: Optional[str],
+        route: Optional[str],
+    ) -> bool:
+        data = ticket.scope.close()
+        if method is not None:
+            ticket.method = method
+        if not ticket.route_known:
+            ticket.route = route
+            rule = self._matcher.match(ticket.method, route)
+            endpoint = self.endpoint_name(ticket.method, route)
+            if rule is None or not self._still_sampled(ticket, rule, endpoint):
+                self.metrics.dropped(endpoint, "route_mismatch")
+                return False
+            ticket.rule = rule
+            ticket.endpoint = endpoint
+        endpoint = ticket.endpoint
+        if not getattr(ticket.scope, "traced", True):
+            self.metrics.dropped(endpoint, "tracer_busy")
+            return False
+        if data.is_empty():
+            # Nothing under the source roots ran (or, in census mode, nothing ran first).
+            return False
+        self.metrics.sampled(endpoint, ticket.mode)
+        self._note_novelty(endpoint, data, ticket.mode, ticket.rule.rate)
+        from runcov.export.exporter import RequestRecord
+
+        record = RequestRecord(
+            trace_id=ticket.trace_id,
+            span_id=parent_span_id,
+            endpoint=endpoint,
+            method=ticket.method,
+            route=ticket.route,
+            status_class=status,
+            mode=ticket.mode,
+            data=data,
+            start_ns=ticket.start_ns,
+            end_ns=time.time_ns(),
+        )
+        return bool(self.exporter.submit(record))
+
+    def _still_sampled(self, ticket: RequestTicket, rule: Any, endpoint: str) -> bool:
+        """Whether the final rule still samples a request decided on a provisional rule.
+
+        A trace sampled at rate r is sampled at every rate >= r, so the request is kept iff
+        the final endpoint's current rate alone would have picked it. A decision propagated
+        in the tracestate (``th``) was already the final word.
+        """
+        if ticket.reason == "propagated":
+            return True
+        from runcov.sampling import randomness, threshold
+
+        rate = self._sampler.effective_rate(endpoint, rule.rate)
+        if rate >= ticket.rate:
+            return True
+        return rate > 0.0 and randomness(ticket.trace_id, ticket.tracestate) >= threshold(rate)
+
+    def _note_novelty(self, endpoint: str, data: Any, mode: str, rule_rate: float) -> None:
+        """Count lines and arcs this process sees for the first time on ``endpoint``."""
+        new_lines = 0
+        new_arcs = 0
+        with self._novelty_lock:
+            seen_lines = self._seen_lines.setdefault(endpoint, {})
+            for path, lines in data.lines.items():
+                known = seen_lines.setdefault(path, set())
+                before = len(known)
+                known |= lines
+                new_lines += len(known) - before
+            seen_arcs = self._seen_arcs.setdefault(endpoint, {})
+            for path, arcs in data.arcs.items():
+                known_arcs = seen_arcs.setdefault(path, set())
+                before = len(known_arcs)
+                known_arcs |= arcs
+                new_arcs += len(known_arcs) - before
+        self.metrics.new_coverage(endpoint, new_lines, new_arcs)
+        if mode != "census":
+            self._sampler.observe(endpoint, new_arcs)
+        self.metrics.rate(endpoint, self._sampler.effective_rate(endpoint, rule_rate))
+
+    def seen(self, method: Optional[str], route: Optional[str]) -> None:
+        """Count a finished request of a selected endpoint, measured or not. Never raises."""
+        if not self.running:
+            return
+        try:
+            if self._matcher.match(method, route) is None:
+                return
+            self.metrics.seen(self.endpoint_name(method, route))
+        except Exception:
+            self._internal_error("")
+
+    def _release(self) -> None:
+        with self._count_lock:
+            if self._in_flight > 0:
+                self._in_flight -= 1
+
+    def _report_overhead(self) -> None:
+        spent, self._overhead = self._overhead, 0.0
+        if spent > 0:
+            try:
+                self.metrics.overhead(spent)
+            except Exception:
+                self.internal_errors += 1
+
+    def _internal_error(self, endpoint: str) -> None:
+        self.internal_errors += 1
+        try:
+            log.debug("runcov: internal error", exc_info=True)
+            if self.metrics is not None:
+                self.metrics.dropped(endpoint, "internal_error")
+        except Exception:
+            pass
+
+
+def _make_metrics(config: Any, resource: Any) -> Any:
+    """The agent's metrics; without them (setup failed) coverage is still measured and sent."""
+    try:
+        from runcov.metrics import AgentMetrics
+
+        return AgentMetrics(config, resource)
+    except Exception:
+        log.warning("runcov: agent metrics are off: they could not be set up", exc_info=True)
+        return _NullMetrics()
+
+
+class _NullMetrics:
+    """Metrics that record nothing."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return _ignore
+
+
+def _ignore(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+_set_provider_watched = False
+
+
+def _watch_set_tracer_provider() -> None:
+    """Attach the running agent to a tracer provider the application sets after start()."""
+    global _set_provider_watched
+    if _set_provider_watched:
+        return
+    import wrapt
+    from opentelemetry import trace
+
+    def after_set(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: Any) -> Any:
+        result = wrapped(*args, **kwargs)
+        agent = current_agent()
+        if agent is not None:
+            try:
+                agent.attach(trace.get_tracer_provider())
+            except Exception:
+                log.debug("runcov: could not attach to the new tracer provider", exc_info=True)
+        return result
+
+    # ``set_tracer_provider`` calls the private ``_set_tracer_provider`` through the module, so
+    # wrapping the latter also catches callers that imported ``set_tracer_provider`` by name.
+    name = "set_tracer_provider"
+    if hasattr(trace, "_set_tracer_provider"):
+        name = "_set_tracer_provider"
+    wrapt.wrap_function_wrapper(trace, name, after_set)
+    _set_provider_watched = True

@@ -1,0 +1,355 @@
+"""WSGI and ASGI middleware, and framework hooks, for services without OpenTelemetry spans.
+
+The middleware measures each selected request like the span processor does, taking the trace
+from an incoming W3C ``traceparent`` header (so the coverage joins the caller's trace) or
+starting a fresh one. The endpoint is the method plus a route *template* from a resolver: the
+ASGI middleware reads the one Starlette/FastAPI routing leaves in the scope; otherwise pass
+``route=callable``. The raw URL path is used only with ``raw_path=True``, because paths carry
+ids and sometimes secrets and make endpoint names unbounded.
+
+:func:`install_framework_hooks` (used by ``runcov run`` when the application has no
+OpenTelemetry SDK) measures Flask, Django and Starlette/FastAPI applications with their own
+route templates, without touching the application's code.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Optional
+
+import wrapt
+
+from runcov.agent import Agent, current_agent, random_span_id, random_trace_id, status_class
+
+log = logging.getLogger("runcov")
+
+__all__ = [
+    "RuncovASGIMiddleware",
+    "RuncovWSGIMiddleware",
+    "install_framework_hooks",
+    "parse_traceparent",
+]
+
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+WSGIApp = Callable[..., Iterable[bytes]]
+ASGIApp = Callable[..., Awaitable[None]]
+
+
+def parse_traceparent(value: Optional[str]) -> Optional[tuple[int, int]]:
+    """``(trace id, parent span id)`` from a W3C ``traceparent`` header; None when invalid."""
+    if not value:
+        return None
+    m = _TRACEPARENT.match(value.strip().lower())
+    if m is None or m.group(1) == "ff":
+        return None
+    trace_id, span_id = int(m.group(2), 16), int(m.group(3), 16)
+    if trace_id == 0 or span_id == 0:
+        return None
+    return trace_id, span_id
+
+
+def _trace_of(traceparent: Optional[str]) -> tuple[int, int]:
+    """The request's trace id and the span id its coverage hangs under.
+
+    With a valid ``traceparent`` the coverage becomes a child of the caller's span; without
+    one the request starts a trace of its own, its coverage under a fresh span id.
+    """
+    parsed = parse_traceparent(traceparent)
+    if parsed is not None:
+        return parsed
+    return random_trace_id(), random_span_id()
+
+
+def _agent(agent: Optional[Agent]) -> Optional[Agent]:
+    if agent is not None:
+        return agent if agent.running else None
+    return current_agent()
+
+
+class _Measurement:
+    """One request going through a middleware: decide, measure, emit. Never raises."""
+
+    __slots__ = ("agent", "method", "parent", "route", "status", "ticket")
+
+    def __init__(
+        self,
+        agent: Agent,
+        method: Optional[str],
+        route: Optional[str],
+        traceparent: Optional[str],
+        tracestate: Optional[str],
+        route_late: bool,
+    ) -> None:
+        self.agent = agent
+        self.method = method
+        self.route = route
+        self.status: Optional[str] = None
+        trace_id, self.parent = _trace_of(traceparent)
+        known = route is not None or not route_late
+        self.ticket = agent.begin(method, route, trace_id, tracestate, route_known=known)
+
+    def end(self, route: Optional[str] = None, failed: bool = False) -> None:
+        """The request is over: emit its coverage when it was measured."""
+        if route is not None:
+            self.route = route
+        status = self.status or ("5xx" if failed else None)
+        ticket, self.ticket = self.ticket, None
+        if ticket is not None:
+            self.agent.finish(
+                ticket,
+                parent_span_id=self.parent,
+                status=status,
+                method=self.method,
+                route=self.route,
+            )
+        self.agent.seen(self.method, self.route)
+
+
+class _ClosingIterable:
+    """Passes a WSGI response through and ends the measurement when the server closes it."""
+
+    def __init__(self, result: Iterable[bytes], on_close: Callable[[], None]) -> None:
+        self._result = result
+        self._on_close = on_close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._result)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._on_close()
+
+
+class RuncovWSGIMiddleware:
+    """Measures a WSGI application's requests.
+
+    ``route(environ)`` returns the route template of a request (called when it starts and,
+    if that gave None, again when it ends); ``raw_path=True`` uses ``PATH_INFO`` instead,
+    only when the paths are known to be safe and few. ``agent`` defaults to the running one.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        agent: Optional[Agent] = None,
+        *,
+        route: Optional[Callable[[dict[str, Any]], Optional[str]]] = None,
+        raw_path: bool = False,
+    ) -> None:
+        self.app = app
+        self._agent = agent
+        self._route = route
+        self._raw_path = raw_path
+
+    def _resolve(self, environ: dict[str, Any]) -> Optional[str]:
+        try:
+            if self._route is not None:
+                return self._route(environ)
+            if self._raw_path:
+                return str(environ.get("PATH_INFO") or "/")
+        except Exception:
+            log.debug("runcov: route resolver failed", exc_info=True)
+        return None
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        """Run the application, measuring the request when it is selected and sampled."""
+        agent = _agent(self._agent)
+        if agent is None:
+            return self.app(environ, start_response)
+        m = _Measurement(
+            agent,
+            environ.get("REQUEST_METHOD"),
+            self._resolve(environ),
+            environ.get("HTTP_TRACEPARENT"),
+            environ.get("HTTP_TRACESTATE"),
+            route_late=self._route is not None,
+        )
+
+        def record_status(status: str, headers: Any, exc_info: Any = None) -> Any:
+            m.status = status_class(status.split(" ", 1)[0])
+            if exc_info is not None:
+                return start_response(status, headers, exc_info)
+            return start_response(status, headers)
+
+        def done(failed: bool = False) -> None:
+            route = None if m.route is not None else self._resolve(environ)
+            m.end(route, failed)
+
+        try:
+            result = self.app(environ, record_status)
+        except BaseException:
+            done(failed=True)
+            raise
+        return _ClosingIterable(result, done)
+
+
+class RuncovASGIMiddleware:
+    """Measures an ASGI application's HTTP requests.
+
+    The route template is ``route(scope)`` when given, else the one Starlette/FastAPI routing
+    stores in the scope (``scope["route"].path_format``), read when the request ends; with
+    ``raw_path=True`` the raw path is used instead. ``agent`` defaults to the running one.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        agent: Optional[Agent] = None,
+        *,
+        route: Optional[Callable[[dict[str, Any]], Optional[str]]] = None,
+        raw_path: bool = False,
+    ) -> None:
+        self.app = app
+        self._agent = agent
+        self._route = route
+        self._raw_path = raw_path
+
+    def _resolve(self, scope: dict[str, Any]) -> Optional[str]:
+        try:
+            if self._route is not None:
+                return self._route(scope)
+            route = scope.get("route")
+            template = getattr(route, "path_format", None) or getattr(route, "path", None)
+            if isinstance(template, str):
+                return template
+            if self._raw_path:
+                return str(scope.get("path") or "/")
+        except Exception:
+            log.debug("runcov: route resolver failed", exc_info=True)
+        return None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Run the application, measuring the request when it is selected and sampled."""
+        agent = _agent(self._agent) if scope.get("type") == "http" else None
+        if agent is None:
+            await self.app(scope, receive, send)
+            return
+        headers = _asgi_headers(scope)
+        route = self._resolve(scope)
+        # Decided inside this coroutine, so the scope is bound to the request's task.
+        m = _Measurement(
+            agent,
+            scope.get("method"),
+            route,
+            headers.get("traceparent"),
+            headers.get("tracestate"),
+            route_late=True,
+        )
+
+        async def record_status(message: dict[str, Any]) -> None:
+            if message.get("type") == "http.response.start":
+                m.status = status_class(message.get("status"))
+            await send(message)
+
+        failed = True
+        try:
+            await self.app(scope, receive, record_status)
+            failed = False
+        finally:
+            m.end(self._resolve(scope) if m.route is None else None, failed)
+
+
+def _asgi_headers(scope: dict[str, Any]) -> dict[str, str]:
+    wanted = {}
+    for key, value in scope.get("headers") or ():
+        name = key.decode("latin-1").lower() if isinstance(key, bytes) else str(key).lower()
+        if name in ("traceparent", "tracestate"):
+            wanted[name] = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return wanted
+
+
+# -- framework hooks ------------------------------------------------------------------------
+
+
+def _flask_full_dispatch(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """Measure ``Flask.full_dispatch_request``: the route rule is matched by then."""
+    agent = current_agent()
+    if agent is None:
+        return wrapped(*args, **kwargs)
+    from flask import request
+
+    rule = getattr(request, "url_rule", None)
+    route = getattr(rule, "rule", None)
+    m = _Measurement(
+        agent,
+        request.method,
+        route,
+        request.headers.get("traceparent"),
+        request.headers.get("tracestate"),
+        route_late=False,
+    )
+    failed = True
+    try:
+        response = wrapped(*args, **kwargs)
+        m.status = status_class(getattr(response, "status_code", None))
+        failed = False
+        return response
+    finally:
+        m.end(failed=failed)
+
+
+def _django_get_response(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """Measure Django's ``BaseHandler.get_response``: the route is resolved inside it."""
+    agent = current_agent()
+    if agent is None or not args:
+        return wrapped(*args, **kwargs)
+    request = args[0]
+    meta = getattr(request, "META", {})
+    m = _Measurement(
+        agent,
+        getattr(request, "method", None),
+        None,
+        meta.get("HTTP_TRACEPARENT"),
+        meta.get("HTTP_TRACESTATE"),
+        route_late=True,
+    )
+    failed = True
+    try:
+        response = wrapped(*args, **kwargs)
+        m.status = status_class(getattr(response, "status_code", None))
+        failed = False
+        return response
+    finally:
+        match = getattr(request, "resolver_match", None)
+        route = getattr(match, "route", None)
+        if route and not route.startswith("/"):
+            route = "/" + route
+        m.end(route or None, failed)
+
+
+def _starlette_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """Run a Starlette/FastAPI application through :class:`RuncovASGIMiddleware`."""
+    return RuncovASGIMiddleware(wrapped)(*args, **kwargs)
+
+
+_hooked = False
+
+
+def install_framework_hooks() -> None:
+    """Measure Flask, Django and Starlette/FastAPI apps when (or if) they are imported.
+
+    For processes without an OpenTelemetry SDK tracer provider; with one, the span processor
+    already sees every request (and a request is never measured twice).
+    """
+    global _hooked
+    if _hooked:
+        return
+    _hooked = True
+
+    @wrapt.when_imported("flask.app")
+    def _flask(module: Any) -> None:
+        wrapt.wrap_function_wrapper(module, "Flask.full_dispatch_request", _flask_full_dispatch)
+
+    @wrapt.when_imported("django.core.handlers.base")
+    def _django(module: Any) -> None:
+        wrapt.wrap_function_wrapper(module, "BaseHandler.get_response", _django_get_response)
+
+    @wrapt.when_imported("starlette.applications")
+    def _starlette(module: Any) -> None:
+        wrapt.wrap_function_wrapper(module, "Starlette.__call__", _starlette_call)

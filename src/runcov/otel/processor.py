@@ -1,0 +1,132 @@
+"""A SpanProcessor that measures the code run by sampled SERVER and CONSUMER spans."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Optional
+
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import SpanKind, StatusCode
+
+from runcov.agent import status_class
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+
+    from runcov.agent import Agent, RequestTicket
+
+log = logging.getLogger("runcov")
+
+__all__ = ["RuncovSpanProcessor", "request_identity"]
+
+_MEASURED_KINDS = (SpanKind.SERVER, SpanKind.CONSUMER)
+
+
+def _normalize_route(route: Any) -> Optional[str]:
+    """The route template as a string starting with ``/`` (Django reports ``items/<id>``)."""
+    if not route or not isinstance(route, str):
+        return None
+    return route if route.startswith("/") else "/" + route
+
+
+def request_identity(
+    kind: SpanKind, name: str, attributes: Any
+) -> tuple[Optional[str], Optional[str]]:
+    """``(method, route)`` of a span, from either generation of the HTTP semantic conventions.
+
+    HTTP spans use ``http.request.method`` (stable conventions) or ``http.method`` (old ones)
+    and ``http.route`` (None while unknown); a consumer span is ``("consumer", span name)``,
+    which names the endpoint ``"consumer <span name>"``; any other server span (gRPC...) is
+    known by its span name alone.
+    """
+    attributes = attributes or {}
+    method = attributes.get("http.request.method") or attributes.get("http.method")
+    if method:
+        return str(method), _normalize_route(attributes.get("http.route"))
+    if kind == SpanKind.CONSUMER:
+        return "consumer", name
+    return None, name
+
+
+class RuncovSpanProcessor(SpanProcessor):
+    """Opens a coverage scope when a selected request span starts, emits it when it ends.
+
+    ``on_start`` runs in the context that starts the span (before it becomes current), which
+    is the context the request's code then runs in, so the scope is bound there. Routes that
+    an instrumentation sets only after start (Django) are decided on the method and checked
+    again at ``on_end``. The request span itself is never written to.
+    """
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+        #: span id -> ticket of the sampled spans in flight.
+        self._in_flight: dict[int, RequestTicket] = {}
+
+    def on_start(self, span: Span, parent_context: Optional[Context] = None) -> None:
+        """Decide on a SERVER/CONSUMER span and open its scope when it is sampled."""
+        agent = self._agent
+        if not agent.running:
+            return
+        try:
+            kind = span.kind
+            if kind not in _MEASURED_KINDS:
+                return
+            ctx = span.get_span_context()
+            if ctx is None or not ctx.is_valid:
+                return
+            method, route = request_identity(kind, span.name, span.attributes)
+            ticket = agent.begin(
+                method, route, ctx.trace_id, ctx.trace_state, route_known=route is not None
+            )
+            if ticket is not None:
+                self._in_flight[ctx.span_id] = ticket
+        except Exception:
+            agent._internal_error("")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Close the span's scope, if it was sampled, and queue its coverage for export."""
+        if span.kind not in _MEASURED_KINDS:
+            return
+        agent = self._agent
+        try:
+            ctx = span.get_span_context()
+            ticket = self._in_flight.pop(ctx.span_id, None) if ctx is not None else None
+            method, route = request_identity(span.kind, span.name, span.attributes)
+            agent.seen(method, route)
+            if ticket is None or ctx is None:
+                return
+            agent.finish(
+                ticket,
+                parent_span_id=ctx.span_id,
+                status=_status(span),
+                method=method,
+                route=route,
+            )
+        except Exception:
+            agent._internal_error("")
+
+    def shutdown(self) -> None:
+        """Close the scopes of spans that will never end (the provider is shutting down)."""
+        in_flight, self._in_flight = self._in_flight, {}
+        for ticket in in_flight.values():
+            try:
+                self._agent.cancel(ticket)
+            except Exception:
+                pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Flush the agent's exporter."""
+        return self._agent.flush(timeout_millis / 1000.0)
+
+    def _after_fork_in_child(self) -> None:
+        # Spans in flight at fork() belong to threads that do not exist in the child.
+        self._in_flight = {}
+
+
+def _status(span: ReadableSpan) -> str:
+    attributes = span.attributes or {}
+    code = attributes.get("http.response.status_code", attributes.get("http.status_code"))
+    klass = status_class(code)
+    if klass is not None:
+        return klass
+    return "error" if span.status.status_code == StatusCode.ERROR else "ok"

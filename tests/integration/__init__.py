@@ -1,0 +1,1 @@
+"""Integration tests: the runcov agent inside real web frameworks, exporting over real OTLP."""
