@@ -223,7 +223,10 @@ def static_payload(fs: FileStatic) -> str:
 
 
 def _write_files(
-    conn: Conn, batch: Batch, new_parts: list[CoveragePart], rid: dict[Release, int],
+    conn: Conn,
+    batch: Batch,
+    new_parts: list[CoveragePart],
+    rid: dict[Release, int],
     fid: dict[str, int],
 ) -> None:
     shas: dict[tuple[int, int], str] = {}

@@ -193,8 +193,14 @@ def file_object(
 
 def totals(files: list[dict[str, Any]], requests: int) -> dict[str, Any]:
     """Sum file objects; percentages over the files whose denominators are known."""
-    keys = ("lines_covered", "lines_total", "arcs_covered", "arcs_total",
-            "branches_covered", "branches_total")
+    keys = (
+        "lines_covered",
+        "lines_total",
+        "arcs_covered",
+        "arcs_total",
+        "branches_covered",
+        "branches_total",
+    )
     sums = {k: sum(f[k] for f in files) for k in keys}
     known = [f for f in files if f["lines_total"] > 0]
     lines_known = sum(f["lines_covered"] for f in known)
@@ -227,8 +233,13 @@ def coverage_files(
     requests, per_file = load_requests(conn, scope)
     out = [
         file_object(
-            p, sha, lines.get(fid, {}), arcs.get(fid, {}), statics.get(fid),
-            per_file.get(fid, 0), detail,
+            p,
+            sha,
+            lines.get(fid, {}),
+            arcs.get(fid, {}),
+            statics.get(fid),
+            per_file.get(fid, 0),
+            detail,
         )
         for fid, (p, sha) in sorted(files.items(), key=lambda item: item[1][0])
     ]
@@ -411,8 +422,13 @@ def series(conn: Conn, sel: Selection, path: str | None = None) -> dict[str, Any
             bucket(int(hour))[f"{kind}s_covered"] = int(n)
     # Newly covered: first hits from the all-time tables (they outlive expired hours).
     all_time = Scope(
-        scope.release_id, scope.release, scope.first_seen, scope.last_seen,
-        scope.endpoint, scope.endpoint_id, None,
+        scope.release_id,
+        scope.release,
+        scope.first_seen,
+        scope.last_seen,
+        scope.endpoint,
+        scope.endpoint_id,
+        None,
     )
     for kind in ("line", "arc"):
         firsts = load_hits(conn, all_time, kind, file_id)

@@ -1,0 +1,553 @@
+"""The store's query answers on SQLite and PostgreSQL: shapes, selection, windows, retention."""
+
+from __future__ import annotations
+
+import pytest
+
+from runcov_collector.model import (
+    Batch,
+    CoveragePart,
+    FileHits,
+    FileStatic,
+    FunctionRange,
+    MetricPoint,
+    Release,
+    Selection,
+    StaticPart,
+)
+from runcov_collector.store import NotFound, SqlStore
+
+T0 = 1_764_064_800  # 2025-11-25T10:00:00Z
+HOUR = 3600
+REL = Release("shop", "1.0", "prod", "baseline")
+VIEWS_LINES = [1, 3, 4, 11, 12, 13, 14, 16, 20]
+VIEWS_ARCS = [(-11, 12), (12, 13), (13, 14), (13, 16), (14, 20), (16, 20), (20, -11)]
+PATH_A = [12, 13, 14, 20]
+ARCS_A = [(-11, 12), (12, 13), (13, 14), (14, 20), (20, -11)]
+PATH_B = [12, 13, 16, 20]
+ARCS_B = [(-11, 12), (12, 13), (13, 16), (16, 20), (20, -11)]
+
+
+def tid(n: int) -> str:
+    return f"{n:032x}"
+
+
+def sid(n: int) -> str:
+    return f"{n:016x}"
+
+
+def part(
+    trace: int,
+    span: int | None = None,
+    *,
+    endpoint: str = "GET /items/{item_id}",
+    at: float = T0,
+    files: list[FileHits] | None = None,
+    release: Release = REL,
+    mode: str = "exact",
+) -> CoveragePart:
+    return CoveragePart(
+        release=release,
+        trace_id=tid(trace),
+        span_id=sid(trace if span is None else span),
+        endpoint=endpoint,
+        mode=mode,
+        status_class="2xx",
+        time_unix_nano=int(at * 1e9),
+        part=0,
+        parts=1,
+        files=files if files is not None else [],
+    )
+
+
+def views(lines: list[int], arcs: list[tuple[int, int]], sha: str = "3f1c9a0b2d4e6f70") -> FileHits:
+    return FileHits("shop/views.py", sha, list(lines), list(arcs))
+
+
+def views_static(
+    release: Release = REL, at: float = T0, sha: str = "3f1c9a0b2d4e6f70"
+) -> StaticPart:
+    return StaticPart(
+        release=release,
+        trace_id=tid(999),
+        span_id=sid(999),
+        time_unix_nano=int(at * 1e9),
+        files=[
+            FileStatic(
+                "shop/views.py", sha, VIEWS_LINES, VIEWS_ARCS, [FunctionRange("checkout", 11, 20)]
+            ),
+            FileStatic("shop/models.py", "aaaa000011112222", [1, 2, 5, 6], [(-1, 1), (1, 2)], []),
+        ],
+    )
+
+
+@pytest.fixture
+def shop(store: SqlStore) -> SqlStore:
+    """Two requests on one endpoint (the two paths through checkout), one on another."""
+    store.ingest(
+        Batch(
+            static=[views_static()],
+            coverage=[
+                part(1, at=T0 + 10, files=[views(PATH_A, ARCS_A)]),
+                part(2, at=T0 + 20, files=[views(PATH_B, ARCS_B)]),
+                part(
+                    3,
+                    endpoint="POST /checkout",
+                    at=T0 + 30,
+                    files=[
+                        views(PATH_A, ARCS_A),
+                        FileHits("shop/models.py", "aaaa000011112222", [1, 2]),
+                    ],
+                ),
+            ],
+        )
+    )
+    return store
+
+
+def test_empty_store_has_no_services(store: SqlStore) -> None:
+    assert store.services() == {"services": []}
+    with pytest.raises(NotFound):
+        store.releases("shop")
+    with pytest.raises(NotFound):
+        store.coverage(Selection("shop"))
+    assert store.ping() is True
+
+
+def test_services_and_releases(shop: SqlStore) -> None:
+    assert shop.services() == {
+        "services": [{"service": "shop", "releases": 1, "last_seen": "2025-11-25T10:00:30Z"}]
+    }
+    (release,) = shop.releases("shop")["releases"]
+    assert release == {
+        "service": "shop",
+        "version": "1.0",
+        "environment": "prod",
+        "role": "baseline",
+        "first_seen": "2025-11-25T10:00:00Z",
+        "last_seen": "2025-11-25T10:00:30Z",
+        "requests": 3,
+        "lines_covered": 5 + 2,
+        "lines_total": 9 + 4,
+        "arcs_covered": 7,
+        "arcs_total": 7 + 2,
+        "line_percent": round(100 * 7 / 13, 1),
+        "branch_percent": 100.0,
+        "requests_seen": 0,
+        "requests_sampled": 0,
+        "requests_dropped": 0,
+    }
+
+
+def test_coverage_shape_and_detail(shop: SqlStore) -> None:
+    answer = shop.coverage(Selection("shop"), detail=True)
+    assert answer["release"] == REL.as_dict()
+    assert answer["totals"] == {
+        "files": 2,
+        "lines_covered": 7,
+        "lines_total": 13,
+        "arcs_covered": 7,
+        "arcs_total": 9,
+        "branches_covered": 2,
+        "branches_total": 2,
+        "line_percent": 53.8,
+        "branch_percent": 100.0,
+        "requests": 3,
+    }
+    models, views_file = answer["files"]
+    assert models["path"] == "shop/models.py"
+    assert models["lines"] == [[1, 1, tid(3)], [2, 1, tid(3)]]
+    assert models["requests"] == 1
+    assert views_file["path"] == "shop/views.py"
+    assert views_file["sha"] == "3f1c9a0b2d4e6f70"
+    assert views_file["requests"] == 3
+    assert views_file["lines"] == [
+        [12, 3, tid(1)],
+        [13, 3, tid(1)],
+        [14, 2, tid(1)],
+        [16, 1, tid(2)],
+        [20, 3, tid(1)],
+    ]
+    assert views_file["arcs"] == [
+        [-11, 12, 3, tid(1)],
+        [12, 13, 3, tid(1)],
+        [13, 14, 2, tid(1)],
+        [13, 16, 1, tid(2)],
+        [14, 20, 2, tid(1)],
+        [16, 20, 1, tid(2)],
+        [20, -11, 3, tid(1)],
+    ]
+    assert views_file["executable_lines"] == VIEWS_LINES
+    assert views_file["possible_arcs"] == [list(a) for a in sorted(VIEWS_ARCS)]
+    assert views_file["functions"] == [{"name": "checkout", "start": 11, "end": 20}]
+    assert (views_file["branches_covered"], views_file["branches_total"]) == (2, 2)
+    assert views_file["line_percent"] == round(100 * 5 / 9, 1)
+
+
+def test_coverage_without_detail_has_no_line_lists(shop: SqlStore) -> None:
+    files = shop.coverage(Selection("shop"))["files"]
+    assert all("lines" not in f and "arcs" not in f for f in files)
+
+
+def test_path_prefix_restricts_files_and_totals(shop: SqlStore) -> None:
+    answer = shop.coverage(Selection("shop"), path_prefix="shop/mod")
+    assert [f["path"] for f in answer["files"]] == ["shop/models.py"]
+    assert answer["totals"]["lines_total"] == 4
+    assert answer["totals"]["lines_covered"] == 2
+
+
+def test_branch_counts_of_one_path(store: SqlStore) -> None:
+    store.ingest(Batch(static=[views_static()], coverage=[part(1, files=[views(PATH_A, ARCS_A)])]))
+    views_file = store.file(Selection("shop"), "shop/views.py")
+    # Line 13 is the only line with two possible exits (14 and 16); one was taken.
+    assert (views_file["branches_covered"], views_file["branches_total"]) == (1, 2)
+    assert views_file["branch_percent"] == 50.0
+    assert (views_file["arcs_covered"], views_file["arcs_total"]) == (5, 7)
+
+
+def test_missing_denominators_give_zero_totals_and_null_percent(store: SqlStore) -> None:
+    store.ingest(Batch(coverage=[part(1, files=[views(PATH_A, ARCS_A)])]))
+    (views_file,) = store.coverage(Selection("shop"), detail=True)["files"]
+    assert views_file["lines_covered"] == 4
+    assert views_file["arcs_covered"] == 5
+    assert views_file["lines_total"] == views_file["arcs_total"] == 0
+    assert views_file["branches_total"] == 0
+    assert views_file["line_percent"] is None and views_file["branch_percent"] is None
+    assert views_file["executable_lines"] == [] and views_file["functions"] == []
+
+
+def test_denominators_follow_the_sha_seen_last(store: SqlStore) -> None:
+    old = views_static(at=T0, sha="1111111111111111")
+    new = views_static(at=T0 + 100, sha="2222222222222222")
+    new.files[0].lines = [11, 12, 13]
+    new.files[0].arcs = [(-11, 12), (12, 13), (13, -11)]
+    # Newer sha arrives first; the old one must not take over.
+    store.ingest(Batch(static=[new]))
+    store.ingest(Batch(static=[old]))
+    store.ingest(
+        Batch(coverage=[part(1, at=T0 + 50, files=[views([12], [], sha="1111111111111111")])])
+    )
+    views_file = store.file(Selection("shop"), "shop/views.py")
+    assert views_file["sha"] == "2222222222222222"
+    assert views_file["lines_total"] == 3
+    assert views_file["executable_lines"] == [11, 12, 13]
+
+
+def test_file_query(shop: SqlStore) -> None:
+    answer = shop.file(Selection("shop"), "shop/models.py")
+    assert answer["release"] == REL.as_dict()
+    assert answer["path"] == "shop/models.py"
+    assert answer["executable_lines"] == [1, 2, 5, 6]
+    assert answer["possible_arcs"] == [[-1, 1], [1, 2]]
+    with pytest.raises(NotFound):
+        shop.file(Selection("shop"), "shop/nope.py")
+
+
+def test_file_known_only_from_denominators(store: SqlStore) -> None:
+    store.ingest(Batch(static=[views_static()]))
+    answer = store.file(Selection("shop"), "shop/models.py")
+    assert answer["lines"] == [] and answer["lines_covered"] == 0
+    assert answer["lines_total"] == 4 and answer["line_percent"] == 0.0
+    assert answer["requests"] == 0
+
+
+def test_endpoints(shop: SqlStore) -> None:
+    answer = shop.endpoints(Selection("shop"))
+    assert answer["release"] == REL.as_dict()
+    assert answer["endpoints"] == [
+        {
+            "endpoint": "GET /items/{item_id}",
+            "requests": 2,
+            "lines_covered": 5,
+            "arcs_covered": 7,
+            "first_seen": "2025-11-25T10:00:10Z",
+            "last_seen": "2025-11-25T10:00:20Z",
+        },
+        {
+            "endpoint": "POST /checkout",
+            "requests": 1,
+            "lines_covered": 6,
+            "arcs_covered": 5,
+            "first_seen": "2025-11-25T10:00:30Z",
+            "last_seen": "2025-11-25T10:00:30Z",
+        },
+    ]
+    only = shop.endpoints(Selection("shop", endpoint="POST /checkout"))["endpoints"]
+    assert [e["endpoint"] for e in only] == ["POST /checkout"]
+
+
+def test_endpoint_filter_on_coverage(shop: SqlStore) -> None:
+    answer = shop.coverage(Selection("shop", endpoint="POST /checkout"), detail=True)
+    assert answer["totals"]["requests"] == 1
+    models, views_file = answer["files"]
+    assert [ln for ln, _, _ in views_file["lines"]] == PATH_A
+    assert all(hits == 1 and first == tid(3) for _, hits, first in views_file["lines"])
+    assert models["requests"] == 1 and views_file["requests"] == 1
+    # Denominators stay the release's: the endpoint covers part of the release's code.
+    assert answer["totals"]["lines_total"] == 13
+    unknown = shop.coverage(Selection("shop", endpoint="GET /never"))
+    assert unknown["totals"]["lines_covered"] == 0 and unknown["totals"]["requests"] == 0
+
+
+def test_requests_count_distinct_traces_and_hits_count_parts(store: SqlStore) -> None:
+    # One request split into two parts (same trace, two spans), plus a second request.
+    store.ingest(
+        Batch(
+            coverage=[
+                part(1, 1, files=[views([12, 13], [(12, 13)])]),
+                part(1, 2, files=[views([13, 14], [(13, 14)])]),
+                part(2, 3, files=[views([12], [])]),
+            ]
+        )
+    )
+    answer = store.coverage(Selection("shop"), detail=True)
+    assert answer["totals"]["requests"] == 2
+    (views_file,) = answer["files"]
+    assert views_file["requests"] == 2
+    assert views_file["lines"] == [[12, 2, tid(1)], [13, 2, tid(1)], [14, 1, tid(1)]]
+    assert store.endpoints(Selection("shop"))["endpoints"][0]["requests"] == 2
+    assert store.releases("shop")["releases"][0]["requests"] == 2
+
+
+def test_request_without_files_still_counts(store: SqlStore) -> None:
+    store.ingest(Batch(coverage=[part(1, files=[])]))
+    assert store.coverage(Selection("shop"))["totals"]["requests"] == 1
+    assert store.endpoints(Selection("shop"))["endpoints"][0]["requests"] == 1
+
+
+def test_census_parts_add_lines_without_arcs(store: SqlStore) -> None:
+    store.ingest(
+        Batch(
+            coverage=[
+                part(1, mode="census", files=[views([12, 13], [(12, 13)])]),
+                part(2, files=[views([13, 14], [(13, 14)])]),
+            ]
+        )
+    )
+    (views_file,) = store.coverage(Selection("shop"), detail=True)["files"]
+    assert views_file["lines"] == [[12, 1, tid(1)], [13, 2, tid(1)], [14, 1, tid(2)]]
+    assert views_file["arcs"] == [[13, 14, 1, tid(2)]]
+
+
+def test_release_selection_defaults(store: SqlStore) -> None:
+    def rel(version: str, role: str = "baseline", environment: str = "prod") -> Release:
+        return Release("shop", version, environment, role)
+
+    store.ingest(
+        Batch(
+            coverage=[
+                part(1, at=T0, release=rel("1.0")),
+                part(2, at=T0 + 10, release=rel("1.1")),
+                part(3, at=T0 + 20, release=rel("1.2", role="canary")),
+                part(4, at=T0 + 30, release=rel("0.9", environment="staging")),
+                part(5, at=T0 + 5, release=Release("cart", "7", "", "canary")),
+            ]
+        )
+    )
+
+    def pick(**kw: str) -> dict[str, str]:
+        return store.coverage(Selection("shop", **kw))["release"]
+
+    # Role defaults to baseline when the service has one; version/environment to the newest.
+    assert pick() == rel("0.9", environment="staging").as_dict()
+    assert pick(environment="prod") == rel("1.1").as_dict()
+    assert pick(environment="prod", role="canary") == rel("1.2", role="canary").as_dict()
+    assert pick(version="1.0") == rel("1.0").as_dict()
+    # Without a baseline the most recent release of any role is picked.
+    assert store.coverage(Selection("cart"))["release"] == {
+        "service": "cart",
+        "version": "7",
+        "environment": "",
+        "role": "canary",
+    }
+    versions = [r["version"] for r in store.releases("shop")["releases"]]
+    assert versions == ["0.9", "1.2", "1.1", "1.0"]
+    with pytest.raises(NotFound):
+        pick(version="2.0")
+    with pytest.raises(NotFound):
+        store.coverage(Selection("nobody"))
+
+
+@pytest.mark.parametrize(
+    "sel",
+    [
+        Selection(""),
+        Selection("shop", role="production"),
+        Selection("shop", since_unix=T0 + 10, until_unix=T0),
+        Selection("shop", since_unix=float("nan")),
+        Selection("shop", endpoint=""),
+    ],
+)
+def test_bad_selections_raise_value_error(shop: SqlStore, sel: Selection) -> None:
+    with pytest.raises(ValueError):
+        shop.coverage(sel)
+
+
+@pytest.fixture
+def two_hours(store: SqlStore) -> SqlStore:
+    """Traffic at 10:xx and at 12:xx (trace 3 hits line 12 again at noon)."""
+    store.ingest(
+        Batch(
+            static=[views_static()],
+            coverage=[
+                part(1, at=T0 + 100, files=[views(PATH_A, ARCS_A)]),
+                part(2, at=T0 + 200, endpoint="POST /checkout", files=[views([12], [])]),
+                part(3, at=T0 + 2 * HOUR + 5, files=[views(PATH_B, ARCS_B)]),
+                part(4, at=T0 + 2 * HOUR + 9, files=[views([12, 13], [(12, 13)])]),
+            ],
+        )
+    )
+    return store
+
+
+def test_time_window_answers_from_hour_buckets(two_hours: SqlStore) -> None:
+    noon = Selection("shop", since_unix=T0 + 2 * HOUR)
+    answer = two_hours.coverage(noon, detail=True)
+    assert answer["totals"]["requests"] == 2
+    (views_file,) = [f for f in answer["files"] if f["path"] == "shop/views.py"]
+    assert views_file["lines"] == [
+        [12, 2, tid(3)],
+        [13, 2, tid(3)],
+        [16, 1, tid(3)],
+        [20, 1, tid(3)],
+    ]
+    assert views_file["requests"] == 2
+    morning = Selection("shop", since_unix=T0, until_unix=T0 + HOUR)
+    (views_file,) = [
+        f for f in two_hours.coverage(morning, detail=True)["files"] if f["path"] == "shop/views.py"
+    ]
+    assert views_file["lines"] == [
+        [12, 2, tid(1)],
+        [13, 1, tid(1)],
+        [14, 1, tid(1)],
+        [20, 1, tid(1)],
+    ]
+    # A window that starts inside an hour includes that whole hour (one-hour resolution).
+    late_morning = Selection("shop", since_unix=T0 + 1800, until_unix=T0 + HOUR + 1)
+    assert two_hours.coverage(late_morning)["totals"]["requests"] == 2
+    empty = Selection("shop", since_unix=T0 + 5 * HOUR)
+    assert two_hours.coverage(empty)["totals"]["lines_covered"] == 0
+
+
+def test_window_and_endpoint_together(two_hours: SqlStore) -> None:
+    sel = Selection("shop", endpoint="POST /checkout", since_unix=T0, until_unix=T0 + HOUR)
+    answer = two_hours.coverage(sel, detail=True)
+    assert answer["totals"]["requests"] == 1
+    (views_file,) = [f for f in answer["files"] if f["path"] == "shop/views.py"]
+    assert views_file["lines"] == [[12, 1, tid(2)]]
+    windowed = two_hours.endpoints(Selection("shop", since_unix=T0 + 2 * HOUR))["endpoints"]
+    assert [(e["endpoint"], e["requests"], e["lines_covered"]) for e in windowed] == [
+        ("GET /items/{item_id}", 2, 4)
+    ]
+
+
+def test_series(two_hours: SqlStore) -> None:
+    answer = two_hours.series(Selection("shop"))
+    assert answer["release"] == REL.as_dict()
+    assert answer["series"] == [
+        {
+            "hour": "2025-11-25T10:00:00Z",
+            "requests": 2,
+            "lines_covered": 4,
+            "arcs_covered": 5,
+            "new_lines": 4,
+            "new_arcs": 5,
+        },
+        {
+            "hour": "2025-11-25T12:00:00Z",
+            "requests": 2,
+            "lines_covered": 4,
+            "arcs_covered": 5,
+            "new_lines": 1,
+            "new_arcs": 2,
+        },
+    ]
+    per_endpoint = two_hours.series(Selection("shop", endpoint="POST /checkout"))["series"]
+    assert per_endpoint == [
+        {
+            "hour": "2025-11-25T10:00:00Z",
+            "requests": 1,
+            "lines_covered": 1,
+            "arcs_covered": 0,
+            "new_lines": 1,
+            "new_arcs": 0,
+        },
+    ]
+    windowed = two_hours.series(Selection("shop", since_unix=T0 + HOUR))["series"]
+    assert [s["hour"] for s in windowed] == ["2025-11-25T12:00:00Z"]
+    by_file = two_hours.series(Selection("shop"), path="shop/views.py")["series"]
+    assert [s["requests"] for s in by_file] == [2, 2]
+    assert two_hours.series(Selection("shop"), path="shop/models.py")["series"] == []
+    with pytest.raises(NotFound):
+        two_hours.series(Selection("shop"), path="shop/none.py")
+
+
+def test_diff_between_releases(store: SqlStore) -> None:
+    base = Release("shop", "1.0", "prod", "baseline")
+    canary = Release("shop", "1.1", "prod", "canary")
+    store.ingest(
+        Batch(
+            coverage=[
+                part(1, release=base, files=[views(PATH_A, ARCS_A)]),
+                part(2, release=base, endpoint="GET /old", files=[]),
+                part(3, release=canary, files=[views(PATH_B, ARCS_B)]),
+                part(4, release=canary, endpoint="GET /new", files=[]),
+            ]
+        )
+    )
+    answer = store.diff(
+        Selection("shop", version="1.0", environment="prod", role="baseline"),
+        Selection("shop", version="1.1", environment="prod", role="canary"),
+    )
+    assert answer["a"] == base.as_dict() and answer["b"] == canary.as_dict()
+    assert answer["files"] == [
+        {
+            "path": "shop/views.py",
+            "newly_covered_lines": [16],
+            "no_longer_covered_lines": [14],
+            "newly_covered_arcs": [[13, 16], [16, 20]],
+            "no_longer_covered_arcs": [[13, 14], [14, 20]],
+        }
+    ]
+    assert answer["endpoints"] == [
+        {"endpoint": "GET /items/{item_id}", "only_in_a": False, "only_in_b": False},
+        {"endpoint": "GET /new", "only_in_a": False, "only_in_b": True},
+        {"endpoint": "GET /old", "only_in_a": True, "only_in_b": False},
+    ]
+    same = store.diff(Selection("shop", version="1.0"), Selection("shop", version="1.0"))
+    assert same["files"] == []
+
+
+def test_agent_metrics_keep_latest_value_per_series(store: SqlStore) -> None:
+    def seen(instance: str, value: float, at: float) -> MetricPoint:
+        return MetricPoint(
+            REL,
+            instance,
+            "runcov.requests.seen",
+            {"runcov.endpoint": "GET /x"},
+            value,
+            int(at * 1e9),
+        )
+
+    store.ingest(Batch(metrics=[seen("a", 10, T0 + 10), seen("b", 4, T0 + 10)]))
+    store.ingest(Batch(metrics=[seen("a", 25, T0 + 20)]))
+    store.ingest(Batch(metrics=[seen("a", 12, T0 + 15)]))  # late, older point: ignored
+    (release,) = store.releases("shop")["releases"]
+    assert release["requests_seen"] == 25 + 4
+    assert release["requests"] == 0
+
+
+def test_expire_drops_hour_buckets_and_keeps_cumulative(two_hours: SqlStore) -> None:
+    before = two_hours.coverage(Selection("shop"), detail=True)
+    deleted = two_hours.expire(T0 + HOUR)
+    assert deleted > 0
+    assert two_hours.coverage(Selection("shop"), detail=True) == before
+    morning = Selection("shop", since_unix=T0, until_unix=T0 + HOUR)
+    assert two_hours.coverage(morning)["totals"]["requests"] == 0
+    assert two_hours.coverage(morning)["totals"]["lines_covered"] == 0
+    noon = Selection("shop", since_unix=T0 + 2 * HOUR)
+    assert two_hours.coverage(noon)["totals"]["requests"] == 2
+    assert [s["hour"] for s in two_hours.series(Selection("shop"))["series"]] == [
+        "2025-11-25T12:00:00Z"
+    ]
+    assert two_hours.expire(T0 + HOUR) == 0
