@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import uuid
 from typing import Optional
 
@@ -9,22 +11,47 @@ from opentelemetry.sdk.resources import Resource
 
 from runcov.config import Config
 
-__all__ = ["ROLE_ATTRIBUTE", "build_resource", "with_new_instance"]
+__all__ = ["ROLE_ATTRIBUTE", "build_resource", "instance_id", "with_new_instance"]
 
 #: Resource attribute holding the deployment role (baseline, canary, shadow, game-day).
 ROLE_ATTRIBUTE = "runcov.deployment.role"
 
+_instance: tuple[int, str] = (os.getpid(), str(uuid.uuid4()))
+_instance_lock = threading.Lock()
 
-def build_resource(config: Config, instance_id: Optional[str] = None) -> Resource:
+
+def instance_id() -> str:
+    """This process's ``service.instance.id``: one UUID per process, a new one after fork."""
+    global _instance
+    pid = os.getpid()
+    if _instance[0] != pid:
+        with _instance_lock:
+            if _instance[0] != pid:
+                _instance = (pid, str(uuid.uuid4()))
+    return _instance[1]
+
+
+def _reset_after_fork() -> None:
+    global _instance, _instance_lock
+    _instance_lock = threading.Lock()
+    _instance = (os.getpid(), str(uuid.uuid4()))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def build_resource(config: Config, instance: Optional[str] = None) -> Resource:
     """The resource of this process: release key from ``config``, the rest from standard env.
 
     ``OTEL_RESOURCE_ATTRIBUTES`` contributes attributes runcov does not set itself; the
-    configuration's values always win. ``service.instance.id`` is a fresh UUID unless given.
+    configuration's values always win. ``service.instance.id`` is :func:`instance_id` unless
+    given.
     """
     attributes: dict[str, str] = {
         "service.name": config.service_name or "unknown_service",
         ROLE_ATTRIBUTE: config.role,
-        "service.instance.id": instance_id or str(uuid.uuid4()),
+        "service.instance.id": instance or instance_id(),
     }
     if config.service_version:
         attributes["service.version"] = config.service_version
@@ -38,5 +65,5 @@ def build_resource(config: Config, instance_id: Optional[str] = None) -> Resourc
 
 
 def with_new_instance(resource: Resource) -> Resource:
-    """A copy of ``resource`` with a new ``service.instance.id`` (for a forked child)."""
-    return resource.merge(Resource({"service.instance.id": str(uuid.uuid4())}))
+    """``resource`` carrying this process's :func:`instance_id` (used in a forked child)."""
+    return resource.merge(Resource({"service.instance.id": instance_id()}))

@@ -1,0 +1,370 @@
+"""The agent's own health as OTLP metrics: requests seen, sampled, dropped, new coverage, cost.
+
+Instrument names, units and attributes are those of ``docs/wire-format.md`` ("Metrics"). runcov
+uses its own ``MeterProvider`` (scope ``runcov``, cumulative temporality, trace-based exemplars),
+exporting over the same protocol and endpoint as the coverage spans. With
+``metrics_interval=0`` (or the agent disabled) every method is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from typing import Any, Optional
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    MeterProvider,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    TraceBasedExemplarFilter,
+    UpDownCounter,
+)
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from runcov.config import Config
+from runcov.redaction import Redactor
+from runcov.resource import with_new_instance
+
+__all__ = ["DROP_REASONS", "AgentMetrics"]
+
+log = logging.getLogger("runcov.metrics")
+
+#: Values of the ``runcov.reason`` attribute of ``runcov.requests.dropped``.
+DROP_REASONS = (
+    "rate_cap",
+    "queue_full",
+    "tracer_busy",
+    "export_failed",
+    "internal_error",
+    "route_mismatch",
+)
+
+
+def _cumulative() -> dict[type, AggregationTemporality]:
+    try:
+        from opentelemetry.sdk.metrics import _Gauge as Gauge
+
+        extra: tuple[type, ...] = (Gauge,)
+    except ImportError:  # pragma: no cover - older SDKs
+        extra = ()
+    kinds = (
+        Counter,
+        UpDownCounter,
+        Histogram,
+        ObservableCounter,
+        ObservableUpDownCounter,
+        ObservableGauge,
+        *extra,
+    )
+    return dict.fromkeys(kinds, AggregationTemporality.CUMULATIVE)
+
+
+class _ProcessBoundExporter(MetricExporter):
+    """Forwards to the OTLP metric exporter, only in the process that created it; never raises."""
+
+    def __init__(self, inner: MetricExporter) -> None:
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self._inner = inner
+        self._pid = os.getpid()
+        self.failures = 0
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        if os.getpid() != self._pid:
+            return MetricExportResult.SUCCESS
+        try:
+            result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        except Exception:
+            log.debug("runcov: metric export raised", exc_info=True)
+            result = MetricExportResult.FAILURE
+        if result is not MetricExportResult.SUCCESS:
+            self.failures += 1
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        if os.getpid() != self._pid:
+            return
+        try:
+            self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+        except Exception:
+            log.debug("runcov: metric exporter shutdown raised", exc_info=True)
+
+
+def _make_metric_exporter(config: Config) -> MetricExporter:
+    headers = dict(config.exporter_headers) or None
+    temporality = _cumulative()
+    if config.exporter_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+            OTLPMetricExporter as GrpcMetricExporter,
+        )
+
+        return GrpcMetricExporter(
+            endpoint=config.metrics_endpoint(),
+            insecure=config.exporter_endpoint.startswith("http://"),
+            headers=headers,
+            timeout=config.exporter_timeout,
+            preferred_temporality=temporality,
+        )
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpMetricExporter,
+    )
+
+    return HttpMetricExporter(
+        endpoint=config.metrics_endpoint(),
+        headers=headers,
+        timeout=config.exporter_timeout,
+        preferred_temporality=temporality,
+    )
+
+
+class _Instruments:
+    """The provider and instruments of one process."""
+
+    def __init__(self, config: Config, resource: Resource) -> None:
+        self.exporter = _ProcessBoundExporter(_make_metric_exporter(config))
+        reader = PeriodicExportingMetricReader(
+            self.exporter,
+            export_interval_millis=config.metrics_interval * 1000,
+            export_timeout_millis=config.exporter_timeout * 1000,
+        )
+        self.provider = MeterProvider(
+            metric_readers=[reader],
+            resource=resource,
+            exemplar_filter=TraceBasedExemplarFilter(),
+            shutdown_on_exit=False,
+        )
+        try:
+            from runcov import __version__ as version
+        except Exception:
+            version = ""
+        meter = self.provider.get_meter("runcov", str(version))
+        self.seen = meter.create_counter(
+            "runcov.requests.seen", "{request}", "Requests of selected endpoints"
+        )
+        self.sampled = meter.create_counter(
+            "runcov.requests.sampled", "{request}", "Requests whose coverage was measured"
+        )
+        self.dropped = meter.create_counter(
+            "runcov.requests.dropped", "{request}", "Sampled requests whose coverage was lost"
+        )
+        self.lines = meter.create_counter(
+            "runcov.lines.new", "{line}", "Lines covered for the first time in this process"
+        )
+        self.arcs = meter.create_counter(
+            "runcov.arcs.new", "{arc}", "Arcs covered for the first time in this process"
+        )
+        self.overhead = meter.create_counter(
+            "runcov.overhead", "s", "CPU time spent by the agent on request paths"
+        )
+        self.rate = meter.create_gauge(
+            "runcov.sample_rate", "1", "Current (saturation-adjusted) sampling rate"
+        )
+
+
+def _context(trace_id: Optional[int], span_id: Optional[int]) -> Optional[otel_context.Context]:
+    """A context whose current span is the sampled request (for exemplars), or None."""
+    if not trace_id or not span_id:
+        return None
+    span = NonRecordingSpan(
+        SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    )
+    return trace.set_span_in_context(span, otel_context.Context())
+
+
+class AgentMetrics:
+    """Records the agent's metrics; every method is cheap and never raises.
+
+    Methods accept optional ``trace_id``/``span_id`` of the request they concern so that the
+    data point carries it as an exemplar; without them the current span (if sampled) is used.
+    """
+
+    def __init__(self, config: Config, resource: Resource) -> None:
+        self.config = config
+        self.enabled = bool(config.enabled) and config.metrics_interval > 0
+        self._resource = resource
+        self._scrub = Redactor((), (), config.redact).scrub
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._inst: Optional[_Instruments] = None
+        self._stale: list[_Instruments] = []
+        self._closed = False
+        #: Recording errors swallowed (never raised into the application).
+        self.errors = 0
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.ref(self)
+
+            def after_fork() -> None:
+                obj = ref()
+                if obj is not None:
+                    obj._after_fork_in_child()
+
+            os.register_at_fork(after_in_child=after_fork)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        if self._inst is not None:
+            self._stale.append(self._inst)
+        self._inst = None
+        self._resource = with_new_instance(self._resource)
+
+    def _instruments(self) -> Optional[_Instruments]:
+        inst = self._inst
+        if inst is not None:
+            return inst
+        if not self.enabled or self._closed:
+            return None
+        with self._lock:
+            if self._inst is None:
+                self._inst = _Instruments(self.config, self._resource)
+                stale, self._stale = self._stale, []
+                if stale:  # the parent's provider: stop its reader thread in this process
+                    threading.Thread(
+                        target=lambda: [s.provider.shutdown(1000) for s in stale], daemon=True
+                    ).start()
+            return self._inst
+
+    def _add(
+        self,
+        name: str,
+        amount: float,
+        attributes: Optional[dict[str, str]],
+        trace_id: Optional[int],
+        span_id: Optional[int],
+    ) -> None:
+        if not self.enabled:
+            return
+        try:
+            inst = self._instruments()
+            if inst is None:
+                return
+            getattr(inst, name).add(amount, attributes, context=_context(trace_id, span_id))
+        except Exception:
+            self.errors += 1
+
+    def seen(
+        self, endpoint: str, *, trace_id: Optional[int] = None, span_id: Optional[int] = None
+    ) -> None:
+        """One request of a selected endpoint finished (measured or not)."""
+        if self.enabled:
+            self._add("seen", 1, {"runcov.endpoint": self._scrub(endpoint)}, trace_id, span_id)
+
+    def sampled(
+        self,
+        endpoint: str,
+        mode: str,
+        *,
+        trace_id: Optional[int] = None,
+        span_id: Optional[int] = None,
+    ) -> None:
+        """One request was measured in ``mode`` (``exact``/``census``)."""
+        if self.enabled:
+            attrs = {"runcov.endpoint": self._scrub(endpoint), "runcov.mode": mode}
+            self._add("sampled", 1, attrs, trace_id, span_id)
+
+    def dropped(
+        self,
+        endpoint: str,
+        reason: str,
+        *,
+        trace_id: Optional[int] = None,
+        span_id: Optional[int] = None,
+    ) -> None:
+        """A sampled request's coverage was lost; ``reason`` is one of :data:`DROP_REASONS`."""
+        if self.enabled:
+            attrs = {"runcov.endpoint": self._scrub(endpoint), "runcov.reason": reason}
+            self._add("dropped", 1, attrs, trace_id, span_id)
+
+    def new_coverage(
+        self,
+        endpoint: str,
+        lines: int,
+        arcs: int,
+        *,
+        trace_id: Optional[int] = None,
+        span_id: Optional[int] = None,
+    ) -> None:
+        """A request covered ``lines`` lines and ``arcs`` arcs not seen before in this process."""
+        if not self.enabled:
+            return
+        attrs = {"runcov.endpoint": self._scrub(endpoint)}
+        if lines > 0:
+            self._add("lines", int(lines), attrs, trace_id, span_id)
+        if arcs > 0:
+            self._add("arcs", int(arcs), attrs, trace_id, span_id)
+
+    def overhead(self, seconds: float) -> None:
+        """The agent spent ``seconds`` of CPU on request paths."""
+        if self.enabled and seconds > 0:
+            self._add("overhead", float(seconds), None, None, None)
+
+    def rate(self, endpoint: str, value: float) -> None:
+        """The endpoint's current (saturation-adjusted) sampling rate."""
+        if not self.enabled:
+            return
+        try:
+            inst = self._instruments()
+            if inst is not None:
+                inst.rate.set(float(value), {"runcov.endpoint": self._scrub(endpoint)})
+        except Exception:
+            self.errors += 1
+
+    @property
+    def export_failures(self) -> int:
+        """Metric exports that failed in this process."""
+        inst = self._inst
+        return inst.exporter.failures if inst is not None else 0
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Export the current values now; True when done within ``timeout`` seconds."""
+        inst = self._inst
+        if inst is None:
+            return True
+        return self._bounded(lambda: inst.provider.force_flush(timeout * 1000), timeout)
+
+    def shutdown(self, timeout: float = 10.0) -> bool:
+        """Export the last values and stop; bounded by ``timeout`` seconds. Idempotent."""
+        self._closed = True
+        inst, self._inst = self._inst, None
+        if inst is None:
+            return True
+        return self._bounded(lambda: inst.provider.shutdown(timeout * 1000), timeout)
+
+    @staticmethod
+    def _bounded(fn: Any, timeout: float) -> bool:
+        result: list[Any] = []
+
+        def run() -> None:
+            try:
+                result.append(fn())
+            except Exception:
+                result.append(False)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(max(0.0, timeout))
+        return bool(result and result[0] is not False)
+
+
