@@ -168,3 +168,22 @@ def test_sysmon_core_uses_tool_3_or_4_and_leaves_coverage_tool_alone() -> None:
         pytest.skip("sys.monitoring core not in use")
     assert core.tool_id in (3, 4)  # type: ignore[attr-defined]
     assert sys.monitoring.get_tool(core.tool_id) == "runcov"  # type: ignore[attr-defined]
+
+
+def test_modules_with_raising_attributes_and_hidden_functions_are_measured() -> None:
+    from tests.sample import hostile
+
+    path = os.path.realpath(hostile.__file__)
+    with capture_coverage(source=[str(Path(path).parent)]) as cov:
+        assert hostile.uses_proxy(True) == "yes"
+        assert hostile.REGISTRY["inner"](0) == 0
+    assert cov.traced
+    inner_first = hostile.REGISTRY["inner"].__code__.co_firstlineno
+    assert (-inner_first, inner_first + 1) in cov.arcs[path]
+    text = Path(path).read_text().splitlines()
+    expected = {
+        number
+        for number, line in enumerate(text, start=1)
+        if line.strip() in ("if flag:", 'return "yes"', "if x:", "return 0")
+    }
+    assert cov.lines[path] == expected

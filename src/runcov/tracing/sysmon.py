@@ -26,7 +26,7 @@ import os
 import sys
 import threading
 import time
-from types import CodeType
+from types import CodeType, FunctionType
 from typing import Any, Iterable, Optional
 
 from runcov.tracing._base import CENSUS, EXACT, Core, Scope
@@ -238,13 +238,17 @@ class SysmonCore(Core):
             if name in self._modules_scanned:
                 continue
             self._modules_scanned.add(name)
-            filename = getattr(module, "__file__", None)
-            if not filename or self._roots.classify(filename) is None:
+            try:
+                namespace = module.__dict__
+                filename = namespace.get("__file__")
+                if not isinstance(filename, str) or self._roots.classify(filename) is None:
+                    continue
+                for value in list(namespace.values()):
+                    for code in _code_objects(value, filename):
+                        if self._roots.classify(code.co_filename) is not None:
+                            self._codes[id(code)] = code
+            except Exception:  # an exotic module object: its code is found at first call
                 continue
-            for value in list(vars(module).values()):
-                for code in _code_objects(value, filename):
-                    if self._roots.classify(code.co_filename) is not None:
-                        self._codes[id(code)] = code
 
     def open_scope(
         self,
@@ -415,37 +419,36 @@ def _noop(_scope: ScopeState) -> None:
 
 
 def _code_objects(value: Any, filename: str, depth: int = 0) -> Iterable[CodeType]:
-    """Code objects reachable from a module attribute (functions, classes, nested code)."""
-    if depth > 3:
+    """Code objects reachable from a module attribute (functions, classes, nested code).
+
+    Only plain functions, methods, properties and classes are inspected, by type: arbitrary
+    module attributes (lazy proxies, descriptors) are never touched, since attribute access on
+    them may run code or raise.
+    """
+    if depth > 4:
         return
-    code = getattr(value, "__code__", None)
-    if isinstance(code, CodeType):
-        yield from _nested(code)
-        wrapped = getattr(value, "__wrapped__", None)
-        if wrapped is not None:
+    if isinstance(value, FunctionType):
+        yield from _nested(value.__code__)
+        wrapped = value.__dict__.get("__wrapped__")
+        if isinstance(wrapped, FunctionType):
             yield from _code_objects(wrapped, filename, depth + 1)
-        for cell in getattr(value, "__closure__", None) or ():
+        for cell in value.__closure__ or ():
             try:
                 inner = cell.cell_contents
-            except ValueError:
+            except ValueError:  # empty cell
                 continue
-            if callable(inner) and not isinstance(inner, type):
+            if isinstance(inner, FunctionType):
                 yield from _code_objects(inner, filename, depth + 1)
-        return
-    if isinstance(value, (staticmethod, classmethod)):
+    elif isinstance(value, (staticmethod, classmethod)):
         yield from _code_objects(value.__func__, filename, depth + 1)
-        return
-    if isinstance(value, property):
+    elif isinstance(value, property):
         for fn in (value.fget, value.fset, value.fdel):
-            if fn is not None:
-                yield from _code_objects(fn, filename, depth + 1)
-        return
-    if (
-        isinstance(value, type)
-        and getattr(sys.modules.get(value.__module__), "__file__", None) == filename
-    ):
-        for attr in list(vars(value).values()):
-            yield from _code_objects(attr, filename, depth + 1)
+            yield from _code_objects(fn, filename, depth + 1)
+    elif isinstance(value, type) and value.__dict__.get("__module__") is not None:
+        module = sys.modules.get(value.__dict__["__module__"])
+        if module is not None and module.__dict__.get("__file__") == filename:
+            for attr in list(value.__dict__.values()):
+                yield from _code_objects(attr, filename, depth + 1)
 
 
 def _nested(code: CodeType) -> Iterable[CodeType]:
