@@ -11,6 +11,7 @@ import pytest
 
 from runcov_collector.app import Collector
 from runcov_collector.config import Config
+from tests.cli import support
 
 TOKEN = "query-token-for-tests"
 INGEST = "ingest-token-for-tests"
@@ -38,3 +39,43 @@ def collector(tmp_path: Path) -> Iterator[RunningCollector]:
     ).validate()
     with Collector(config) as running:
         yield RunningCollector(f"http://127.0.0.1:{running.http_port}", running.store, TOKEN)
+
+
+@dataclass
+class Sample:
+    """The sample app, copied once per session and measured by coverage.py per input."""
+
+    root: Path
+    data: dict[str, Path]
+    scratch: Path
+
+    def requests(self, *names: str) -> list[Any]:
+        """The requests an agent would report for these inputs."""
+        return support.requests_from(self.root, {n: self.data[n] for n in names})
+
+    def oracle(self, *names: str) -> Path:
+        """coverage.py's combined data file for these inputs."""
+        out = self.scratch / (".coverage.oracle." + "+".join(sorted(names)))
+        if not out.exists():
+            support.combine(self.root, out, [self.data[n] for n in names])
+        return out
+
+    def lines(self, *names: str) -> dict[str, set[int]]:
+        """Executed lines per path for these inputs, per coverage.py."""
+        measured = support.hits(self.oracle(*names), self.root)
+        return {p: set(lines) for p, (lines, _) in measured.items()}
+
+    def arcs(self, *names: str) -> dict[str, set[tuple[int, int]]]:
+        """Executed arcs per path for these inputs, per coverage.py."""
+        measured = support.hits(self.oracle(*names), self.root)
+        return {p: set(arcs) for p, (_, arcs) in measured.items()}
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
+    """Every input of the sample app measured once (each in its own process)."""
+    base = tmp_path_factory.mktemp("sample")
+    root = support.copy_app(base / "app")
+    scratch = base / "data"
+    scratch.mkdir()
+    return Sample(root, support.measure_inputs(root, scratch, support.INPUTS), scratch)

@@ -36,6 +36,7 @@ INPUTS = {
     "item-even": "GET /items/{item_id}",
     "item-missing": "GET /items/{item_id}",
     "admin": "GET /admin/report",
+    "never-called": "job never_called",
 }
 
 
@@ -161,6 +162,12 @@ def measure_inputs(root: Path, data_dir: Path, names: Iterable[str]) -> dict[str
 def requests_from(root: Path, data_files: dict[str, Path]) -> list[Request]:
     """The requests an agent would report for these per-input measurements."""
     return [Request(INPUTS[name], hits(path, root)) for name, path in data_files.items()]
+
+
+def combine(root: Path, out: Path, data_files: Iterable[Path]) -> Path:
+    """coverage.py's own union of several measurements (the oracle)."""
+    coverage_cli(root, "combine", "--keep", f"--data-file={out}", *map(str, data_files))
+    return out
 
 
 def runcov(*args: str, cwd: Optional[Path] = None, env: Optional[dict[str, str]] = None

@@ -82,26 +82,23 @@ def selection(args: argparse.Namespace, require_service: bool = True) -> Release
 
 
 def progress(args: argparse.Namespace, label: str, total: Optional[int] = None,
-             unit: str = "") -> Progress:
+             unit: str = "", scale: int = 1) -> Progress:
     """A progress line on stderr, enabled per ``--progress``/env/terminal."""
-    return Progress(label, total, progress_wanted(args.progress, sys.stderr), sys.stderr, unit)
+    return Progress(label, total, progress_wanted(args.progress, sys.stderr), sys.stderr, unit,
+                    scale)
 
 
-def client(args: argparse.Namespace, show_download: bool = False) -> CollectorClient:
-    """The collector client for these options; optionally showing download progress."""
-    c = CollectorClient.from_env(args.collector, args.token)
-    if show_download:
-        bar = progress(args, "downloading", unit=" KiB")
-        if bar.enabled:
-            received = [0]
+def client(args: argparse.Namespace) -> CollectorClient:
+    """The collector client for these options."""
+    return CollectorClient.from_env(args.collector, args.token)
 
-            def on_bytes(n: int) -> None:
-                before = received[0] // 1024
-                received[0] += n
-                bar.advance(received[0] // 1024 - before)
 
-            c.on_bytes = on_bytes
-    return c
+def download_progress(args: argparse.Namespace, c: CollectorClient) -> Progress:
+    """Show the bytes received from the collector (large detail answers) on stderr."""
+    bar = progress(args, "downloading", unit=" KiB", scale=1024)
+    if bar.enabled:
+        c.on_bytes = bar.advance
+    return bar
 
 
 def emit_json(doc: Any, out: Optional[TextIO] = None) -> None:

@@ -39,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
     tests = read_test_data(Path(args.tests), sources)
     if args.path_prefix:
         tests = {k: v for k, v in tests.items() if k.startswith(args.path_prefix)}
-    client = _common.client(args, show_download=True)
+    client = _common.client(args)
+    download = _common.download_progress(args, client)
     detail = client.coverage(sel, detail=True, path_prefix=args.path_prefix)
+    download.finish()
     total = len({f["path"] for f in detail.get("files", [])} | set(tests))
     bar = _common.progress(args, "comparing", total=total, unit=" files")
     files = compare(detail, tests, sources, args.omit, bar.advance)

@@ -42,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
     """Fetch the detail and write it."""
     sel = _common.selection(args)
     sources = _common.source_dirs(args.source)
-    client = _common.client(args, show_download=True)
+    client = _common.client(args)
+    download = _common.download_progress(args, client)
     detail = client.coverage(sel, detail=True, path_prefix=args.path_prefix)
+    download.finish()
     files = detail.get("files", [])
     output = Path(args.output or _DEFAULT_OUTPUT[args.format])
     bar = _common.progress(args, "writing", total=len(files), unit=" files")

@@ -31,10 +31,10 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Fetch and print the report."""
     sel = _common.selection(args, require_service=False)
-    client = _common.client(args, show_download=True)
+    client = _common.client(args)
+    bar = _common.download_progress(args, client)
     data = build_report(client, sel, args.path_prefix, args.sort, args.skip_covered)
-    if args.progress is not False and client.on_bytes is not None:
-        _common.progress(args, "downloading").finish()
+    bar.finish()
     if args.format == "json":
         _common.emit_json(data)
     else:

@@ -28,12 +28,13 @@ class Progress:
 
     def __init__(
         self, label: str, total: Optional[int] = None, enabled: bool = True,
-        stream: Optional[TextIO] = None, unit: str = "",
+        stream: Optional[TextIO] = None, unit: str = "", scale: int = 1,
     ) -> None:
         self.label = label
         self.total = total
         self.done = 0
         self.unit = unit
+        self.scale = scale
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self._tty = self.enabled and self.stream.isatty()
@@ -57,6 +58,8 @@ class Progress:
                 self._shown = True
 
     def _text(self) -> str:
+        if self.scale != 1:
+            return f"{self.label}: {self.done / self.scale:.1f}{self.unit}"
         if self.total:
             pct = 100 * self.done // self.total
             return f"{self.label}: {self.done}/{self.total}{self.unit} ({pct}%)"

@@ -40,10 +40,13 @@ def build_report(
 
 
 def _fully_covered(f: dict[str, Any]) -> bool:
-    return bool(
-        f.get("lines_total")
-        and f["lines_covered"] >= f["lines_total"]
-        and f.get("branches_covered", 0) >= f.get("branches_total", 0)
+    """No missed line or branch; a file without denominators but with hits is unknown."""
+    total = int(f.get("lines_total") or 0)
+    covered = int(f.get("lines_covered") or 0)
+    if total == 0 and covered > 0:
+        return False
+    return covered >= total and int(f.get("branches_covered") or 0) >= int(
+        f.get("branches_total") or 0
     )
 
 
@@ -141,9 +144,8 @@ def render_files(files: list[dict[str, Any]], totals: dict[str, Any]) -> str:
         lines_total = int(f.get("lines_total") or 0)
         branches_total = int(f.get("branches_total") or 0)
         rows.append([
-            f["path"], lines_total or "-", _missed(f) if lines_total else "-",
-            branches_total or "-",
-            (branches_total - int(f.get("branches_covered") or 0)) if branches_total else "-",
+            f["path"], lines_total, _missed(f), branches_total,
+            max(0, branches_total - int(f.get("branches_covered") or 0)),
             fmt_percent(f.get("line_percent")), fmt_percent(f.get("branch_percent")),
             f.get("requests", 0),
         ])

@@ -13,6 +13,7 @@ REQUESTS = {
     "item-even": ("GET /items/{item_id}", lambda: views.item(4)),
     "item-missing": ("GET /items/{item_id}", lambda: views.item(-1)),
     "admin": ("GET /admin/report", lambda: views.Admin().report(False)),
+    "never-called": ("job never_called", lambda: views.pricing.never_called(3)),
 }
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+"""runcov diff: newly and no longer covered lines and arcs between two releases."""
+
+from __future__ import annotations
+
+from runcov_collector.model import Release
+from tests.cli import support
+from tests.cli.conftest import RunningCollector, Sample
+
+A_INPUTS = ("checkout-fr", "item-even", "admin")
+B_INPUTS = ("checkout-half", "checkout-bad", "item-even")
+
+
+def populate(collector: RunningCollector, sample: Sample, b_role: str = "canary") -> None:
+    a = Release("shop", "2.0", "prod", "baseline")
+    b = Release("shop", "2.0", "prod", b_role)
+    collector.store.ingest(support.batch(a, sample.root, sample.requests(*A_INPUTS)))
+    collector.store.ingest(support.batch(b, sample.root, sample.requests(*B_INPUTS)))
+
+
+def expected(sample: Sample) -> dict[str, dict[str, set]]:
+    la, lb = sample.lines(*A_INPUTS), sample.lines(*B_INPUTS)
+    aa, ab = sample.arcs(*A_INPUTS), sample.arcs(*B_INPUTS)
+    out = {}
+    for path in sorted(set(la) | set(lb)):
+        entry = {
+            "newly_covered_lines": lb.get(path, set()) - la.get(path, set()),
+            "no_longer_covered_lines": la.get(path, set()) - lb.get(path, set()),
+            "newly_covered_arcs": ab.get(path, set()) - aa.get(path, set()),
+            "no_longer_covered_arcs": aa.get(path, set()) - ab.get(path, set()),
+        }
+        if any(entry.values()):
+            out[path] = entry
+    return out
+
+
+def test_json_diff_equals_coverage_py_set_differences(
+    collector: RunningCollector, sample: Sample
+) -> None:
+    populate(collector, sample)
+    proc = support.runcov(
+        "diff", *collector.args(), "--service", "shop", "--environment", "prod",
+        "--a-version", "2.0", "--a-role", "baseline", "--b-version", "2.0", "--b-role", "canary",
+        "--format", "json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = support.as_json(proc)
+    assert doc["a"]["role"] == "baseline" and doc["b"]["role"] == "canary"
+    want = expected(sample)
+    assert [f["path"] for f in doc["files"]] == sorted(want)
+    for f in doc["files"]:
+        for key in ("newly_covered_lines", "no_longer_covered_lines"):
+            assert set(f[key]) == want[f["path"]][key], (f["path"], key)
+        for key in ("newly_covered_arcs", "no_longer_covered_arcs"):
+            assert {tuple(a) for a in f[key]} == want[f["path"]][key], (f["path"], key)
+    only = {e["endpoint"]: (e["only_in_a"], e["only_in_b"]) for e in doc["endpoints"]}
+    assert only["GET /admin/report"] == (True, False)
+    assert only.get("POST /checkout", (False, False)) == (False, False)
+    assert doc["summary"]["endpoints_only_in_a"] == 1
+    assert doc["summary"]["newly_covered_lines"] == sum(
+        len(v["newly_covered_lines"]) for v in want.values()
+    )
+
+
+def test_canary_shortcut_and_table(collector: RunningCollector, sample: Sample) -> None:
+    populate(collector, sample)
+    proc = support.runcov("diff", *collector.args(), "--service", "shop", "--canary", "2.0")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert text.startswith("A: shop 2.0 (prod, baseline)\nB: shop 2.0 (prod, canary)\n")
+    want = expected(sample)
+    views = want["shop/views.py"]
+    row = next(line for line in text.splitlines() if line.startswith("shop/views.py "))
+    assert row.split() == [
+        "shop/views.py", f"+{len(views['newly_covered_lines'])}",
+        f"-{len(views['no_longer_covered_lines'])}", f"+{len(views['newly_covered_arcs'])}",
+        f"-{len(views['no_longer_covered_arcs'])}",
+    ]
+    assert "  only in A: GET /admin/report" in text
+    # Line lists in coverage.py's range notation: Admin.report ran only in A.
+    assert "  only in A, lines: 34-35, 37" in text
+    assert "  only in A, arcs : entry->34, 34->35, 35->37, 37->exit" in text
+
+
+def test_usage_errors(collector: RunningCollector, sample: Sample) -> None:
+    populate(collector, sample)
+    proc = support.runcov("diff", *collector.args(), "--service", "shop")
+    assert proc.returncode == 2 and "--canary VERSION" in proc.stderr
+    proc = support.runcov("diff", *collector.args(), "--canary", "2.0")
+    assert proc.returncode == 2 and "--service is required" in proc.stderr
+    proc = support.runcov("diff", *collector.args(), "--service", "shop", "--a-role", "bogus",
+                          "--b-role", "canary")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr

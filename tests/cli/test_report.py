@@ -1,0 +1,142 @@
+"""runcov report: releases, endpoints and files, as tables and JSON, against a real collector."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+from runcov_collector.model import Release
+from tests.cli import support
+from tests.cli.conftest import RunningCollector, Sample
+
+BASE = Release("shop", "1.0", "prod", "baseline")
+CANARY = Release("shop", "1.1", "prod", "canary")
+BASE_INPUTS = ("checkout-fr", "checkout-half", "item-even", "admin")
+CANARY_INPUTS = ("checkout-bad", "item-missing")
+
+
+def populate(collector: RunningCollector, sample: Sample) -> None:
+    collector.store.ingest(support.batch(BASE, sample.root, sample.requests(*BASE_INPUTS)))
+    collector.store.ingest(support.batch(CANARY, sample.root, sample.requests(*CANARY_INPUTS)))
+
+
+def api(collector: RunningCollector, path: str) -> dict:
+    request = urllib.request.Request(
+        collector.url + path, headers={"Authorization": f"Bearer {collector.token}"}
+    )
+    with urllib.request.urlopen(request) as response:
+        return json.loads(response.read())
+
+
+def test_json_report_counts_equal_coverage_py(
+    collector: RunningCollector, sample: Sample, tmp_path: Path
+) -> None:
+    populate(collector, sample)
+    proc = support.runcov("report", *collector.args(), "--service", "shop", "--version", "1.0",
+                          "--role", "baseline", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = support.as_json(proc)
+    assert doc["release"] == BASE.as_dict()
+    assert [e["endpoint"] for e in doc["endpoints"]] == [
+        "GET /admin/report", "GET /items/{item_id}", "POST /checkout"
+    ]
+    assert {e["endpoint"]: e["requests"] for e in doc["endpoints"]} == {
+        "GET /admin/report": 1, "GET /items/{item_id}": 1, "POST /checkout": 2
+    }
+    assert [(r["version"], r["role"]) for r in doc["releases"]] == [
+        ("1.1", "canary"), ("1.0", "baseline")
+    ] or {(r["version"], r["role"]) for r in doc["releases"]} == {
+        ("1.1", "canary"), ("1.0", "baseline")
+    }
+
+    # coverage.py's own numbers for the same executions are the ground truth.
+    out = tmp_path / "truth.json"
+    support.coverage_cli(sample.root, "json", f"--data-file={sample.oracle(*BASE_INPUTS)}",
+                         "-o", str(out))
+    truth = json.loads(out.read_text())["files"]
+    files = {f["path"]: f for f in doc["files"]}
+    assert sorted(files) == sorted(truth) == [f["path"] for f in doc["files"]]
+    for path, t in truth.items():
+        s = t["summary"]
+        f = files[path]
+        assert (f["lines_total"], f["lines_covered"]) == (s["num_statements"], s["covered_lines"])
+        assert (f["branches_total"], f["branches_covered"]) == (
+            s["num_branches"], s["covered_branches"]
+        )
+    assert doc["totals"]["requests"] == len(BASE_INPUTS)
+
+
+def test_text_report_tables(collector: RunningCollector, sample: Sample) -> None:
+    populate(collector, sample)
+    proc = support.runcov("report", *collector.args(), "--service", "shop", "--role", "canary")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "Endpoints of shop 1.1 (prod, canary)" in text
+    files_part = text.split("Files of shop 1.1 (prod, canary)\n", 1)[1]
+    rows = files_part.splitlines()
+    header, rule = rows[0], rows[1]
+    assert header.split() == ["File", "Stmts", "Miss", "Branch", "BrMiss", "Cover", "BrCover",
+                              "Requests"]
+    # Aligned: every row is as wide as the rule, numbers right-aligned under their headers.
+    body = [r for r in rows[2:] if r and not r.startswith("-")]
+    assert all(len(r) == len(rule) for r in body[:-1])
+    paths = [r.split()[0] for r in body[:-1]]
+    assert paths == sorted(paths) == ["shop/__init__.py", "shop/pricing.py", "shop/views.py"]
+    assert body[-1].startswith("TOTAL (3 files)")
+
+    cov = api(collector, "/api/v1/coverage?service=shop&role=canary")
+    for row, f in zip(body[:-1], cov["files"]):
+        cells = row.split()
+        assert cells[0] == f["path"]
+        assert cells[1] == str(f["lines_total"])
+        assert cells[2] == str(f["lines_total"] - f["lines_covered"])
+        pct = f["line_percent"]
+        assert cells[5] == ("-" if pct is None else f"{pct:.1f}%")
+    total = body[-1].split()
+    assert total[-3] == f"{cov['totals']['line_percent']:.1f}%"
+    assert total[-1] == str(len(CANARY_INPUTS))
+
+
+def test_services_and_sorting(collector: RunningCollector, sample: Sample) -> None:
+    populate(collector, sample)
+    proc = support.runcov("report", *collector.args())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].split() == ["Service", "Releases", "Last", "seen"]
+    assert proc.stdout.splitlines()[2].split()[:2] == ["shop", "2"]
+
+    proc = support.runcov("report", *collector.args(), "--service", "shop", "--version", "1.0",
+                          "--sort", "missed", "--format", "json")
+    files = support.as_json(proc)["files"]
+    missed = [f["lines_total"] - f["lines_covered"] for f in files]
+    assert missed == sorted(missed, reverse=True) and missed[0] > 0
+
+    proc = support.runcov("report", *collector.args(), "--service", "shop", "--version", "1.0",
+                          "--skip-covered", "--format", "json")
+    assert "shop/__init__.py" not in [f["path"] for f in support.as_json(proc)["files"]]
+
+
+def test_progress_on_stderr(collector: RunningCollector, sample: Sample) -> None:
+    populate(collector, sample)
+    proc = support.runcov("report", *collector.args(), "--service", "shop", "--progress")
+    assert proc.returncode == 0
+    assert "downloading:" in proc.stderr and "KiB" in proc.stderr
+    quiet = support.runcov("report", *collector.args(), "--service", "shop")
+    assert quiet.stderr == ""
+
+
+def test_errors_map_to_exit_codes(collector: RunningCollector, sample: Sample) -> None:
+    populate(collector, sample)
+    proc = support.runcov("report", "--collector", collector.url, "--service", "shop")
+    assert proc.returncode == 2 and "HTTP 401" in proc.stderr
+    proc = support.runcov("report", *collector.args(), "--service", "nope")
+    assert proc.returncode == 2 and "HTTP 404" in proc.stderr
+    proc = support.runcov("report", *collector.args(), "--service", "shop", "--since", "soon")
+    assert proc.returncode == 2 and "HTTP 400" in proc.stderr
+    proc = support.runcov("report", "--collector", "http://127.0.0.1:9", "--service", "shop")
+    assert proc.returncode == 3 and "cannot reach the collector" in proc.stderr
+    # Environment variables stand in for the options.
+    proc = support.runcov("report", "--service", "shop", "--format", "json",
+                          env={"RUNCOV_COLLECTOR_URL": collector.url,
+                               "RUNCOV_TOKEN": collector.token})
+    assert proc.returncode == 0 and support.as_json(proc)["release"]["service"] == "shop"
