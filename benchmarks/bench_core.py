@@ -1,0 +1,327 @@
+"""Cost of runcov's tracing core next to no agent, coverage.py and slipcover, on one machine.
+
+Two workloads from ``benchmarks/workloads/``: a threaded one (4 threads handling shop requests)
+and an asyncio one (hundreds of concurrent tasks awaiting between steps). Each runs under:
+
+* ``none``            no coverage tool at all
+* ``runcov-0%``       runcov's core created with the workload as source root, no request sampled
+* ``runcov-1%`` ...   1 %, 10 %, 100 % of requests open an exact scope (every 100th/10th/each
+                      request by index: deterministic)
+* ``runcov-census``   every request opens a census scope (first hits only)
+* ``coverage-line``   coverage.py started for the whole process, lines only
+* ``coverage-branch`` coverage.py with branch=True
+* ``slipcover``       slipcover (lines and branches), workload imported through its import hook
+
+Every (configuration, repetition) runs in a fresh interpreter, so tools cannot leak into each
+other; repetitions are interleaved (A B C ... A B C ...) so that machine noise spreads over all
+configurations. Within a run, batches of requests are timed after a warm-up; a run's figure is
+the median batch cost per request (process CPU time, all threads, and wall time). The table shows
+the median over repetitions and the median of the per-repetition ratios to ``none``.
+
+    python benchmarks/bench_core.py            # full run (about 3 minutes)
+    python benchmarks/bench_core.py --quick    # smoke run (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKLOADS = os.path.realpath(os.path.join(HERE, "workloads"))
+
+CONFIGS = (
+    "none",
+    "runcov-0%",
+    "runcov-1%",
+    "runcov-10%",
+    "runcov-100%",
+    "runcov-census",
+    "coverage-line",
+    "coverage-branch",
+    "slipcover",
+)
+#: Targets for the core's cost (CPU ratio vs ``none``), from the design issue.
+TARGETS = {"runcov-0%": 1.01, "runcov-1%": 1.02, "runcov-census": 1.02, "runcov-100%": 1.5}
+THREADS = 4
+DISTINCT_REQUESTS = 512
+
+Opener = Optional[Callable[[int], Any]]
+
+
+# -- worker: one configuration in this interpreter ------------------------------------------
+
+
+def _set_up(config: str) -> tuple[Any, Any, Opener, Callable[[], None]]:
+    """Install ``config``'s tool; return the workload modules, a per-request opener and a stop."""
+    sys.path.insert(0, HERE)
+    opener: Opener = None
+    stop: Callable[[], None] = lambda: None  # noqa: E731
+    if config == "slipcover":
+        import slipcover
+
+        sci = slipcover.Slipcover(branch=True, source=[WORKLOADS])
+        with slipcover.ImportManager(sci, slipcover.FileMatcher(sources=[WORKLOADS])):
+            from workloads import async_shop, shop
+        return shop, async_shop, None, stop
+
+    from workloads import async_shop, shop
+
+    if config.startswith("runcov"):
+        from runcov.tracing import CENSUS, EXACT, get_core
+
+        core = get_core()
+        core.add_roots([WORKLOADS])
+        if config == "runcov-census":
+            opener = lambda i: core.open_scope(mode=CENSUS)  # noqa: E731
+        else:
+            pct = int(config.split("-")[1].rstrip("%"))
+            if pct:
+                every = 100 // pct
+                opener = lambda i: core.open_scope(mode=EXACT) if i % every == 0 else None  # noqa: E731
+    elif config.startswith("coverage"):
+        import coverage
+
+        cov = coverage.Coverage(
+            data_file=None, branch=config == "coverage-branch", source=[WORKLOADS]
+        )
+        cov.start()
+        stop = cov.stop
+    elif config != "none":
+        raise SystemExit(f"unknown configuration {config!r}")
+    return shop, async_shop, opener, stop
+
+
+class _Threaded:
+    """``THREADS`` long-lived threads; each batch splits requests among them."""
+
+    def __init__(self, handle: Callable[[str], str], raws: list[str], opener: Opener) -> None:
+        self._handle = handle
+        self._raws = raws
+        self._opener = opener
+        self._go = threading.Barrier(THREADS + 1)
+        self._done = threading.Barrier(THREADS + 1)
+        self._base = 0
+        self._n = 0
+        self._stop = False
+        self._threads = [
+            threading.Thread(target=self._loop, args=(k,), daemon=True) for k in range(THREADS)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _loop(self, k: int) -> None:
+        handle, raws, opener = self._handle, self._raws, self._opener
+        while True:
+            self._go.wait()
+            if self._stop:
+                return
+            for i in range(self._base + k, self._base + self._n, THREADS):
+                scope = opener(i) if opener is not None else None
+                try:
+                    handle(raws[i % len(raws)])
+                finally:
+                    if scope is not None:
+                        scope.close()
+            self._done.wait()
+
+    def batch(self, base: int, n: int) -> None:
+        """Handle requests ``base .. base+n-1`` on the threads."""
+        self._base, self._n = base, n
+        self._go.wait()
+        self._done.wait()
+
+    def close(self) -> None:
+        """Stop the threads."""
+        self._stop = True
+        self._go.wait()
+        for t in self._threads:
+            t.join()
+
+
+def _measure(run_batch: Callable[[int, int], None], warmup: int, batches: int, n: int) -> dict:
+    index = 0
+    for _ in range(warmup):
+        run_batch(index, n)
+        index += n
+    cpu, wall = [], []
+    for _ in range(batches):
+        c0, w0 = time.process_time(), time.perf_counter()
+        run_batch(index, n)
+        cpu.append((time.process_time() - c0) / n * 1e6)
+        wall.append((time.perf_counter() - w0) / n * 1e6)
+        index += n
+    return {"cpu_us": statistics.median(cpu), "wall_us": statistics.median(wall)}
+
+
+async def _measure_async(
+    run_batch: Callable[[int, int], Any], warmup: int, batches: int, n: int
+) -> dict:
+    index = 0
+    for _ in range(warmup):
+        await run_batch(index, n)
+        index += n
+    cpu, wall = [], []
+    for _ in range(batches):
+        c0, w0 = time.process_time(), time.perf_counter()
+        await run_batch(index, n)
+        cpu.append((time.process_time() - c0) / n * 1e6)
+        wall.append((time.perf_counter() - w0) / n * 1e6)
+        index += n
+    return {"cpu_us": statistics.median(cpu), "wall_us": statistics.median(wall)}
+
+
+def worker(config: str, warmup: int, batches: int, n: int) -> dict:
+    """Run both workloads under ``config``; return their per-request costs."""
+    shop, async_shop, opener, stop = _set_up(config)
+    raws = [shop.make_request(i) for i in range(DISTINCT_REQUESTS)]
+    result: dict[str, Any] = {"config": config}
+    try:
+        threaded = _Threaded(shop.handle, raws, opener)
+        try:
+            result["threaded"] = _measure(threaded.batch, warmup, batches, n)
+        finally:
+            threaded.close()
+
+        async def one(i: int) -> None:
+            scope = opener(i) if opener is not None else None
+            try:
+                await async_shop.handle(raws[i % len(raws)])
+            finally:
+                if scope is not None:
+                    scope.close()
+
+        async def batch(base: int, count: int) -> None:
+            await asyncio.gather(*(one(i) for i in range(base, base + count)))
+
+        result["asyncio"] = asyncio.run(_measure_async(batch, warmup, batches, n))
+    finally:
+        stop()
+    return result
+
+
+# -- orchestrator -----------------------------------------------------------------------------
+
+
+def _run_one(config: str, args: argparse.Namespace) -> dict:
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        config,
+        "--warmup",
+        str(args.warmup),
+        "--batches",
+        str(args.batches),
+        "--batch-size",
+        str(args.batch_size),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE_", "COV_CORE_"))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{config} failed:\n{proc.stdout}\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
+
+
+def _table(runs: dict[str, list[dict]], configs: list[str]) -> str:
+    base = runs["none"]
+    head = (
+        "| configuration | threaded CPU µs/req | ratio | wall ratio "
+        "| asyncio CPU µs/req | ratio | wall ratio | target |"
+    )
+    rows = [head, "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for config in configs:
+        cells = [config]
+        ratios_cpu = []
+        for workload in ("threaded", "asyncio"):
+            mine = runs[config]
+            cpu = statistics.median(r[workload]["cpu_us"] for r in mine)
+            rc = statistics.median(
+                r[workload]["cpu_us"] / b[workload]["cpu_us"] for r, b in zip(mine, base)
+            )
+            rw = statistics.median(
+                r[workload]["wall_us"] / b[workload]["wall_us"] for r, b in zip(mine, base)
+            )
+            ratios_cpu.append(rc)
+            cells += [f"{cpu:.1f}", f"{rc:.3f}x", f"{rw:.3f}x"]
+        target = TARGETS.get(config)
+        if target is None:
+            cells.append("")
+        else:
+            ok = all(r <= target for r in ratios_cpu)
+            cells.append(f"≤ {target}x {'met' if ok else 'missed'}")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fast smoke run")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions per configuration")
+    parser.add_argument("--warmup", type=int, default=5, help="warm-up batches per workload")
+    parser.add_argument("--batches", type=int, default=25, help="timed batches per workload")
+    parser.add_argument("--batch-size", type=int, default=400, help="requests per batch")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
+    parser.add_argument("--json", metavar="FILE", help="also write the raw results here")
+    parser.add_argument("--worker", metavar="CONFIG", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.warmup, args.batches, args.batch_size)))
+        return 0
+    if args.quick:
+        args.reps, args.warmup, args.batches, args.batch_size = 2, 1, 3, 100
+    configs = [c for c in args.configs.split(",") if c]
+    if "none" not in configs:
+        configs.insert(0, "none")
+
+    runs: dict[str, list[dict]] = {c: [] for c in configs}
+    started = time.perf_counter()
+    for rep in range(args.reps):
+        # Interleave: every configuration once per repetition, the order rotated each time.
+        order = configs[rep % len(configs) :] + configs[: rep % len(configs)]
+        for config in order:
+            runs[config].append(_run_one(config, args))
+            print(f"rep {rep + 1}/{args.reps} {config}", file=sys.stderr, flush=True)
+
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"Python {platform.python_version()} · {_machine()} · {when}")
+    print(
+        f"{args.reps} interleaved repetitions · {THREADS} threads / {args.batch_size} concurrent "
+        f"tasks · {args.batches} timed batches of {args.batch_size} requests after "
+        f"{args.warmup} warm-up · {time.perf_counter() - started:.0f} s"
+    )
+    print()
+    print(_table(runs, configs))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"python": platform.python_version(), "when": when, "runs": runs}, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Request-handling code that the tracing-core benchmark runs under each coverage tool."""
