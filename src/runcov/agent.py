@@ -452,6 +452,8 @@ class Agent:
         route: Optional[str],
     ) -> bool:
         data = ticket.scope.close()
+        # Metric data points about this request carry it as an exemplar.
+        ids = {"trace_id": ticket.trace_id, "span_id": parent_span_id}
         if method is not None:
             ticket.method = method
         if not ticket.route_known:
@@ -459,19 +461,19 @@ class Agent:
             rule = self._matcher.match(ticket.method, route)
             endpoint = self.endpoint_name(ticket.method, route)
             if rule is None or not self._still_sampled(ticket, rule, endpoint):
-                self.metrics.dropped(endpoint, "route_mismatch")
+                self.metrics.dropped(endpoint, "route_mismatch", **ids)
                 return False
             ticket.rule = rule
             ticket.endpoint = endpoint
         endpoint = ticket.endpoint
         if not getattr(ticket.scope, "traced", True):
-            self.metrics.dropped(endpoint, "tracer_busy")
+            self.metrics.dropped(endpoint, "tracer_busy", **ids)
             return False
         if data.is_empty():
             # Nothing under the source roots ran (or, in census mode, nothing ran first).
             return False
-        self.metrics.sampled(endpoint, ticket.mode)
-        self._note_novelty(endpoint, data, ticket.mode, ticket.rule.rate)
+        self.metrics.sampled(endpoint, ticket.mode, **ids)
+        self._note_novelty(endpoint, data, ticket.mode, ticket.rule.rate, ids)
         from runcov.export.exporter import RequestRecord
 
         record = RequestRecord(
@@ -480,7 +482,7 @@ class Agent:
             endpoint=endpoint,
             method=ticket.method,
             route=ticket.route,
-            status_class=status,
+            status_class=status or "ok",
             mode=ticket.mode,
             data=data,
             start_ns=ticket.start_ns,
@@ -504,7 +506,9 @@ class Agent:
             return True
         return rate > 0.0 and randomness(ticket.trace_id, ticket.tracestate) >= threshold(rate)
 
-    def _note_novelty(self, endpoint: str, data: Any, mode: str, rule_rate: float) -> None:
+    def _note_novelty(
+        self, endpoint: str, data: Any, mode: str, rule_rate: float, ids: dict[str, int]
+    ) -> None:
         """Count lines and arcs this process sees for the first time on ``endpoint``."""
         new_lines = 0
         new_arcs = 0
@@ -521,7 +525,7 @@ class Agent:
                 before = len(known_arcs)
                 known_arcs |= arcs
                 new_arcs += len(known_arcs) - before
-        self.metrics.new_coverage(endpoint, new_lines, new_arcs)
+        self.metrics.new_coverage(endpoint, new_lines, new_arcs, **ids)
         if mode != "census":
             self._sampler.observe(endpoint, new_arcs)
         self.metrics.rate(endpoint, self._sampler.effective_rate(endpoint, rule_rate))

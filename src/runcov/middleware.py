@@ -108,22 +108,30 @@ class _Measurement:
 
 
 class _ClosingIterable:
-    """Passes a WSGI response through and ends the measurement when the server closes it."""
+    """Passes a WSGI response through; the measurement ends when the body is exhausted or the
+    server closes it, whichever comes first (servers must close, test clients often do not)."""
 
-    def __init__(self, result: Iterable[bytes], on_close: Callable[[], None]) -> None:
+    def __init__(self, result: Iterable[bytes], on_end: Callable[[], None]) -> None:
         self._result = result
-        self._on_close = on_close
+        self._on_end: Optional[Callable[[], None]] = on_end
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._result)
+        yield from self._result
+        self._end()
+
+    def _end(self) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end()
 
     def close(self) -> None:
+        """Close the application's iterable, then end the measurement."""
         try:
             close = getattr(self._result, "close", None)
             if close is not None:
                 close()
         finally:
-            self._on_close()
+            self._end()
 
 
 class RuncovWSGIMiddleware:

@@ -1,0 +1,140 @@
+"""runcov inside a FastAPI service instrumented by opentelemetry-instrumentation-fastapi."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+from runcov.testing import capture_coverage
+from tests.agent.otlp_sink import HTTPSink
+from tests.integration.apps.fastapi_app import create_app
+from tests.integration.conftest import (
+    APPS,
+    AgentFactory,
+    exported,
+    nonempty,
+    relative,
+    traceparent,
+)
+
+# (url, expected endpoint)
+REQUESTS = [
+    ("/items/3?q=1", "GET /items/{item_id}"),
+    ("/items/4?q=12", "GET /items/{item_id}"),
+    ("/items/13", "GET /items/{item_id}"),
+    ("/sync/items/5?q=2", "GET /sync/items/{item_id}"),  # runs in the thread pool
+    ("/health", "GET /health"),
+]
+
+
+@pytest.fixture
+def app(app_provider: Any, semconv: str) -> Any:
+    application = create_app()
+    FastAPIInstrumentor.instrument_app(application, tracer_provider=app_provider)
+    return application
+
+
+async def _get(app: Any, url: str, trace_id: int) -> int:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
+        response = await client.get(url, headers={"traceparent": traceparent(trace_id)})
+    return response.status_code
+
+
+def _oracle(app: Any, url: str) -> tuple[dict[str, set[Any]], dict[str, set[Any]]]:
+    async def measure() -> Any:
+        async with capture_coverage(source=[str(APPS)]) as cap:
+            assert await _get(app, url, 0xABC) == 200
+        return cap
+
+    cap = asyncio.run(measure())
+    return nonempty(relative(cap.lines)), nonempty(relative(cap.arcs))
+
+
+def test_async_and_thread_pool_endpoints_match_the_oracle(
+    start_agent: AgentFactory, sink: HTTPSink, app: Any
+) -> None:
+    agent = start_agent()
+    trace_ids = [0xFA57A000 + i for i in range(len(REQUESTS))]
+
+    async def drive() -> None:
+        for (url, _), trace_id in zip(REQUESTS, trace_ids):
+            assert await _get(app, url, trace_id) == 200
+
+    asyncio.run(drive())
+    by_trace = exported(agent, sink, trace_ids)
+    for (url, endpoint), trace_id in zip(REQUESTS, trace_ids):
+        lines, arcs = _oracle(app, url)
+        assert "shop/logic.py" in lines
+        assert by_trace[trace_id].lines == lines, url
+        assert by_trace[trace_id].arcs == arcs, url
+        assert by_trace[trace_id].endpoint == endpoint
+        assert by_trace[trace_id].status_class == "2xx"
+
+
+def test_concurrent_requests_keep_their_own_coverage(
+    start_agent: AgentFactory, sink: HTTPSink, app: Any
+) -> None:
+    """Interleaved requests on one event loop: each trace gets only its own lines."""
+    agent = start_agent()
+    urls = ["/items/4?q=12", "/items/13", "/health"] * 4
+    trace_ids = [0xC0C0000 + i for i in range(len(urls))]
+
+    async def drive() -> None:
+        results = await asyncio.gather(
+            *(_get(app, url, t) for url, t in zip(urls, trace_ids))
+        )
+        assert results == [200] * len(urls)
+
+    asyncio.run(drive())
+    by_trace = exported(agent, sink, trace_ids)
+    expected = {url: _oracle(app, url) for url in set(urls)}
+    for url, trace_id in zip(urls, trace_ids):
+        assert (by_trace[trace_id].lines, by_trace[trace_id].arcs) == expected[url], url
+
+
+@pytest.fixture
+def uvicorn_url(app: Any) -> Iterator[str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = threading.Event()
+        for _ in range(400):
+            if server.started:
+                break
+            deadline.wait(0.025)
+        assert server.started
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def test_uvicorn_on_loopback_exports_over_otlp_grpc(
+    start_agent: AgentFactory, grpc_sink: Any, app: Any, uvicorn_url: str
+) -> None:
+    agent = start_agent(exporter_endpoint=grpc_sink.endpoint, exporter_protocol="grpc")
+    trace_ids = [0x0E1C0000 + i for i in range(len(REQUESTS))]
+    with httpx.Client(base_url=uvicorn_url) as client:
+        for (url, _), trace_id in zip(REQUESTS, trace_ids):
+            response = client.get(url, headers={"traceparent": traceparent(trace_id)})
+            assert response.status_code == 200
+    by_trace = exported(agent, grpc_sink, trace_ids)
+    for (url, endpoint), trace_id in zip(REQUESTS, trace_ids):
+        lines, arcs = _oracle(app, url)
+        assert by_trace[trace_id].lines == lines, url
+        assert by_trace[trace_id].arcs == arcs, url
+        assert by_trace[trace_id].endpoint == endpoint

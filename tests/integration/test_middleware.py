@@ -1,0 +1,108 @@
+"""runcov's WSGI and ASGI middleware, for services without OpenTelemetry instrumentation."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+from werkzeug.test import Client
+
+from runcov.middleware import RuncovASGIMiddleware, RuncovWSGIMiddleware
+from runcov.testing import capture_coverage
+from tests.agent.otlp_sink import HTTPSink
+from tests.integration.apps.fastapi_app import create_app as create_fastapi_app
+from tests.integration.apps.plain_apps import asgi_app, route_of, wsgi_app
+from tests.integration.conftest import (
+    APPS,
+    AgentFactory,
+    exported,
+    nonempty,
+    oracle,
+    relative,
+    traceparent,
+)
+from tests.integration.otlp import coverage_by_trace
+
+
+def _wsgi_route(environ: dict[str, Any]) -> str:
+    return route_of(environ["PATH_INFO"])
+
+
+def test_wsgi_middleware_joins_the_callers_trace_and_matches_the_oracle(
+    start_agent: AgentFactory, sink: HTTPSink
+) -> None:
+    agent = start_agent()
+    client = Client(RuncovWSGIMiddleware(wsgi_app, route=_wsgi_route))
+    parent = 0x00F0F0F0F0F0F0F1
+    response = client.get("/items/4", headers={"traceparent": traceparent(0x5EED, parent)})
+    assert response.status_code == 200
+    assert response.json == {"item": 4, "stock": 96, "price": 14}
+    missing = client.get("/nowhere", headers={"traceparent": traceparent(0x5EEE, parent)})
+    assert missing.status_code == 404
+    missing.close()  # what a server does once the response is sent
+    by_trace = exported(agent, sink, [0x5EED, 0x5EEE])
+
+    got = by_trace[0x5EED]
+    assert got.endpoint == "GET /items/{item_id}"
+    assert got.parent_span_id == parent
+    assert got.status_class == "2xx"
+    lines, arcs = oracle(lambda: Client(wsgi_app).get("/items/4").data)
+    assert (got.lines, got.arcs) == (lines, arcs)
+    assert by_trace[0x5EEE].status_class == "4xx"
+
+
+def test_wsgi_without_traceparent_starts_a_trace_and_never_uses_raw_paths_by_default(
+    start_agent: AgentFactory, sink: HTTPSink
+) -> None:
+    agent = start_agent()
+    assert Client(RuncovWSGIMiddleware(wsgi_app)).get("/items/123456").json["item"] == 123456
+    assert Client(RuncovWSGIMiddleware(wsgi_app, raw_path=True)).get("/items/42").json
+
+    assert agent.flush(10.0)
+    by_trace = sink.wait_for(lambda: (t := coverage_by_trace(sink.coverage_spans()))
+                             and len(t) == 2 and t)
+    endpoints = sorted(t.endpoint for t in by_trace.values())
+    # Without a resolver the endpoint is the method alone: the raw path needs an opt-in.
+    assert endpoints == ["GET", "GET /items/42"]
+    assert all(t.parent_span_id != 0 for t in by_trace.values())
+    assert b"123456" not in b"".join(sink.raw)
+
+
+def test_asgi_middleware_with_resolver_and_with_starlette_routes(
+    start_agent: AgentFactory, sink: HTTPSink
+) -> None:
+    agent = start_agent()
+    plain = RuncovASGIMiddleware(asgi_app, route=lambda scope: route_of(scope["path"]))
+    # A FastAPI app without OpenTelemetry: the route template comes from Starlette's routing.
+    fastapi_app = create_fastapi_app()
+    starlette = RuncovASGIMiddleware(fastapi_app)
+
+    async def get(app: Any, url: str, trace_id: int) -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            headers = {"traceparent": traceparent(trace_id)}
+            return (await client.get(url, headers=headers)).status_code
+
+    async def drive() -> None:
+        assert await get(plain, "/items/3", 0xA5610) == 200
+        assert await get(starlette, "/items/13", 0xA5611) == 200
+        assert await get(starlette, "/sync/items/4?q=12", 0xA5612) == 200
+
+    asyncio.run(drive())
+    by_trace = exported(agent, sink, [0xA5610, 0xA5611, 0xA5612])
+    assert by_trace[0xA5610].endpoint == "GET /items/{item_id}"
+    assert by_trace[0xA5611].endpoint == "GET /items/{item_id}"
+    assert by_trace[0xA5612].endpoint == "GET /sync/items/{item_id}"
+
+    async def measure(app: Any, url: str) -> Any:
+        async with capture_coverage(source=[str(APPS)]) as cap:
+            await get(app, url, 0xABC)
+        return nonempty(relative(cap.lines)), nonempty(relative(cap.arcs))
+
+    assert (by_trace[0xA5610].lines, by_trace[0xA5610].arcs) == asyncio.run(
+        measure(asgi_app, "/items/3")
+    )
+    assert (by_trace[0xA5612].lines, by_trace[0xA5612].arcs) == asyncio.run(
+        measure(fastapi_app, "/sync/items/4?q=12")
+    )
