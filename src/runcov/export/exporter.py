@@ -510,8 +510,8 @@ class CoverageExporter:
         try:
             marker = _Flush()
             with self._lock:
-                if self._closed and self._worker is None:
-                    return True
+                if self._closed:
+                    return not any(isinstance(i, RequestRecord) for i in self._queue)
                 self._queue.append(marker)
             if self._worker is None:
                 self._start_worker()

@@ -1,0 +1,457 @@
+"""The coverage exporter against real OTLP receivers (HTTP and gRPC) on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from runcov.config import Config, load_config
+from runcov.export.exporter import CoverageExporter, RequestRecord
+from runcov.export.wire import MAX_PAYLOAD_BYTES, decode
+from runcov.resource import build_resource
+from runcov.tracing._base import CoverageData
+from tests.agent.otlp_sink import GRPCSink, HTTPSink
+
+VIEWS = '''\
+def checkout(cart):
+    total = 0
+    for item in cart:
+        if item > 3:
+            total += item
+    return total
+
+
+def customer_acme_report():
+    return 1
+'''
+
+TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+SPAN_ID = 0x00F067AA0BA902B7
+
+
+class RecordingMetrics:
+    """Collects ``dropped`` calls (the real AgentMetrics is covered by test_metrics)."""
+
+    def __init__(self) -> None:
+        self.drops: list[tuple[str, str]] = []
+
+    def dropped(self, endpoint: str, reason: str, **_: Any) -> None:
+        self.drops.append((endpoint, reason))
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    root = tmp_path / "srv" / "app"
+    (root / "shop").mkdir(parents=True)
+    (root / "shop" / "views.py").write_text(VIEWS)
+    (root / "shop" / "secret_settings.py").write_text("KEY = 1\n")
+    (tmp_path / "elsewhere.py").write_text("x = 1\n")
+    return root
+
+
+@pytest.fixture(params=["http/protobuf", "grpc"])
+def sink(request: pytest.FixtureRequest) -> Iterator[Any]:
+    cls = GRPCSink if request.param == "grpc" else HTTPSink
+    with cls() as s:
+        s.protocol = request.param
+        yield s
+
+
+@pytest.fixture
+def http_sink() -> Iterator[HTTPSink]:
+    with HTTPSink() as s:
+        yield s
+
+
+def make_config(sink: Any, src: Path, **kw: Any) -> Config:
+    kw.setdefault("exporter_protocol", getattr(sink, "protocol", "http/protobuf"))
+    kw.setdefault("exporter_timeout", 2)
+    return load_config(
+        environ={},
+        source=[str(src)],
+        exporter_endpoint=sink.endpoint,
+        service_name="shop",
+        service_version="2.0",
+        environment="prod",
+        role="canary",
+        **kw,
+    )
+
+
+def record(src: Path, **kw: Any) -> RequestRecord:
+    views = str(src / "shop" / "views.py")
+    data = kw.pop(
+        "data",
+        CoverageData(
+            lines={views: {1, 2, 3, 4, 5, 6}},
+            arcs={views: {(-1, 2), (2, 3), (3, 4), (4, 5), (5, 3), (4, 3), (3, 6), (6, -1)}},
+        ),
+    )
+    fields: dict[str, Any] = {
+        "trace_id": TRACE_ID,
+        "span_id": SPAN_ID,
+        "endpoint": "POST /checkout",
+        "method": "POST",
+        "route": "/checkout",
+        "status_class": "2xx",
+        "mode": "exact",
+        "data": data,
+        "start_ns": 1_700_000_000_000_000_000,
+        "end_ns": 1_700_000_000_005_000_000,
+    }
+    fields.update(kw)
+    return RequestRecord(**fields)
+
+
+def test_coverage_span_is_a_child_of_the_request_span(sink: Any, src: Path) -> None:
+    config = make_config(sink, src)
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        assert exporter.submit(record(src))
+        assert exporter.flush(20)
+    finally:
+        exporter.shutdown(5)
+    [cov] = sink.coverage_spans()
+    assert cov.trace_id == TRACE_ID
+    assert cov.parent_span_id == SPAN_ID
+    assert cov.span_id != SPAN_ID
+    assert cov.scope == "runcov"
+    assert cov.kind == 1  # SPAN_KIND_INTERNAL
+    assert (cov.start_ns, cov.end_ns) == (1_700_000_000_000_000_000, 1_700_000_000_005_000_000)
+    assert cov.resource["service.name"] == "shop"
+    assert cov.resource["service.version"] == "2.0"
+    assert cov.resource["deployment.environment.name"] == "prod"
+    assert cov.resource["runcov.deployment.role"] == "canary"
+    assert cov.resource["service.instance.id"]
+    attrs = dict(cov.attributes)
+    payload = attrs.pop("runcov.payload")
+    assert attrs == {
+        "runcov.wire_version": 1,
+        "runcov.mode": "exact",
+        "runcov.endpoint": "POST /checkout",
+        "http.request.method": "POST",
+        "http.route": "/checkout",
+        "runcov.status_class": "2xx",
+        "runcov.part": 0,
+        "runcov.parts": 1,
+    }
+    sha = hashlib.sha256(VIEWS.encode()).hexdigest()[:16]
+    assert decode([payload]) == {
+        "v": 1,
+        "files": [
+            {
+                "path": "shop/views.py",
+                "sha": sha,
+                "lines": [1, 2, 3, 4, 5, 6],
+                "arcs": [[-1, 2], [2, 3], [3, 4], [3, 6], [4, 3], [4, 5], [5, 3], [6, -1]],
+            }
+        ],
+    }
+    counters = exporter.counters()
+    assert counters["requests_exported"] == 1
+    assert counters["export_failed"] == 0
+
+
+def test_static_sent_once_per_file_and_content(sink: Any, src: Path) -> None:
+    config = make_config(sink, src)
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        for i in range(3):
+            assert exporter.submit(record(src, trace_id=TRACE_ID + i))
+        assert exporter.flush(20)
+        [static] = sink.static_spans()
+        assert static.parent_span_id is None
+        assert static.trace_id not in {TRACE_ID, TRACE_ID + 1, TRACE_ID + 2}
+        assert static.attributes["runcov.wire_version"] == 1
+        assert (static.attributes["runcov.part"], static.attributes["runcov.parts"]) == (0, 1)
+        [entry] = static.payload["files"]
+        assert entry["path"] == "shop/views.py"
+        assert entry["lines"] == [1, 2, 3, 4, 5, 6, 9, 10]
+        assert [4, 5] in entry["arcs"] and [4, 3] in entry["arcs"]
+        assert entry["functions"] == [
+            {"name": "checkout", "start": 1, "end": 6},
+            {"name": "customer_acme_report", "start": 9, "end": 10},
+        ]
+        # The denominators arrived no later than the first coverage that needs them.
+        assert len(sink.coverage_spans()) == 3
+        # A new version of the file is new content: its denominators are sent too.
+        (src / "shop" / "views.py").write_text(VIEWS + "\n\nZ = 3\n")
+        assert exporter.submit(record(src))
+        assert exporter.flush(20)
+        shas = {s.payload["files"][0]["sha"] for s in sink.static_spans()}
+        assert len(shas) == 2
+    finally:
+        exporter.shutdown(5)
+
+
+def test_only_relative_paths_under_roots_leave_the_process(http_sink: HTTPSink, src: Path) -> None:
+    config = make_config(
+        http_sink,
+        src,
+        exclude=["secret_*.py"],
+        redact=[r"customer_[a-z]+", r"acct-\d+"],
+    )
+    exporter = CoverageExporter(config, build_resource(config))
+    data = CoverageData(
+        lines={
+            str(src / "shop" / "views.py"): {9, 10},
+            str(src / "shop" / "secret_settings.py"): {1},
+            str(src.parent.parent / "elsewhere.py"): {1},
+            "<string>": {1},
+            "/usr/lib/python3/os.py": {1},
+        }
+    )
+    try:
+        assert exporter.submit(
+            record(src, data=data, endpoint="GET /acct-991/{id}", route="/acct-991/{id}",
+                   method="GET")
+        )
+        assert exporter.flush(20)
+    finally:
+        exporter.shutdown(5)
+    [cov] = http_sink.coverage_spans()
+    assert [f["path"] for f in cov.payload["files"]] == ["shop/views.py"]
+    assert cov.attributes["runcov.endpoint"] == "GET /[REDACTED]/{id}"
+    assert cov.attributes["http.route"] == "/[REDACTED]/{id}"
+    [static] = http_sink.static_spans()
+    names = [f["name"] for f in static.payload["files"][0]["functions"]]
+    assert names == ["checkout", "[REDACTED]_report"]
+    raw = b"".join(http_sink.raw)
+    for secret in (str(src).encode(), b"secret_settings", b"elsewhere", b"acct-991",
+                   b"customer_acme", os.path.expanduser("~").encode() + b"/"):
+        assert secret not in raw
+
+
+def test_census_mode_sends_lines_without_arcs(http_sink: HTTPSink, src: Path) -> None:
+    config = make_config(http_sink, src)
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        assert exporter.submit(record(src, mode="census"))
+        assert exporter.flush(20)
+    finally:
+        exporter.shutdown(5)
+    [cov] = http_sink.coverage_spans()
+    assert cov.attributes["runcov.mode"] == "census"
+    assert cov.payload["files"][0]["lines"] == [1, 2, 3, 4, 5, 6]
+    assert cov.payload["files"][0]["arcs"] == []
+
+
+def test_job_endpoints_carry_no_http_attributes(http_sink: HTTPSink, src: Path) -> None:
+    config = make_config(http_sink, src)
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        assert exporter.submit(
+            record(src, endpoint="job billing.run", method=None, route=None, status_class="ok")
+        )
+        assert exporter.flush(20)
+    finally:
+        exporter.shutdown(5)
+    [cov] = http_sink.coverage_spans()
+    assert cov.attributes["runcov.endpoint"] == "job billing.run"
+    assert cov.attributes["runcov.status_class"] == "ok"
+    assert "http.request.method" not in cov.attributes
+    assert "http.route" not in cov.attributes
+
+
+def test_large_coverage_is_split_into_parts(sink: Any, src: Path) -> None:
+    # Coverage of one file larger than a payload (line numbers are not checked against the
+    # file's statements by the exporter, so a small file stands in for a huge one).
+    views = str(src / "shop" / "views.py")
+    lines = set(range(1, 120_001))
+    arcs = {(i, i + 1) for i in range(1, 40_000)}
+    config = make_config(sink, src)
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        data = CoverageData(lines={views: lines}, arcs={views: arcs})
+        assert exporter.submit(record(src, data=data))
+        assert exporter.flush(30)
+    finally:
+        exporter.shutdown(5)
+    parts = sink.coverage_spans()
+    assert len(parts) >= 3
+    assert sorted(p.attributes["runcov.part"] for p in parts) == list(range(len(parts)))
+    assert {p.attributes["runcov.parts"] for p in parts} == {len(parts)}
+    assert {p.trace_id for p in parts} == {TRACE_ID}
+    assert {p.parent_span_id for p in parts} == {SPAN_ID}
+    assert len({p.span_id for p in parts}) == len(parts)
+    for p in parts:
+        assert len(p.attributes["runcov.payload"].encode()) <= MAX_PAYLOAD_BYTES
+    [merged] = decode(p.attributes["runcov.payload"] for p in parts)["files"]
+    assert set(merged["lines"]) == lines
+    assert {tuple(a) for a in merged["arcs"]} == arcs
+
+
+def test_application_span_limits_and_sampler_do_not_apply(
+    http_sink: HTTPSink, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "8")
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "8")
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "2")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    config = make_config(http_sink, src)
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        assert exporter.submit(record(src))
+        assert exporter.flush(20)
+    finally:
+        exporter.shutdown(5)
+    [cov] = http_sink.coverage_spans()
+    assert len(cov.attributes) == 9
+    assert cov.payload["files"][0]["lines"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_headers_reach_the_receiver(http_sink: HTTPSink, src: Path) -> None:
+    config = make_config(http_sink, src, exporter_headers={"Authorization": "Bearer t0k"})
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        assert exporter.submit(record(src))
+        assert exporter.flush(20)
+    finally:
+        exporter.shutdown(5)
+    assert any(h.get("authorization") == "Bearer t0k" for h in http_sink.headers)
+
+
+def test_files_nothing_reportable_sends_nothing(http_sink: HTTPSink, src: Path) -> None:
+    config = make_config(http_sink, src)
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        data = CoverageData(lines={"/nonexistent/x.py": {1}})
+        assert exporter.submit(record(src, data=data))
+        assert exporter.flush(20)
+    finally:
+        exporter.shutdown(5)
+    assert http_sink.spans() == []
+    assert exporter.counters()["empty"] == 1
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_endpoint_down_drops_are_counted(src: Path, protocol: str) -> None:
+    with HTTPSink() as probe:  # take a free port, then close it: nothing listens there
+        endpoint = probe.endpoint
+    config = load_config(
+        environ={}, source=[str(src)], exporter_endpoint=endpoint, exporter_protocol=protocol,
+        exporter_timeout=0.5,
+    )
+    metrics = RecordingMetrics()
+    exporter = CoverageExporter(config, build_resource(config), metrics=metrics)
+    try:
+        assert all(exporter.submit(record(src, trace_id=TRACE_ID + i)) for i in range(3))
+        assert exporter.flush(30) is False
+    finally:
+        exporter.shutdown(5)
+    counters = exporter.counters()
+    assert counters["export_failed"] == 3
+    assert counters["requests_exported"] == 0
+    assert metrics.drops == [("POST /checkout", "export_failed")] * 3
+
+
+def test_endpoint_hanging_keeps_submit_non_blocking(http_sink: HTTPSink, src: Path) -> None:
+    http_sink.behaviour = "hang"
+    config = make_config(http_sink, src, queue_size=4, exporter_timeout=30)
+    metrics = RecordingMetrics()
+    exporter = CoverageExporter(config, build_resource(config), metrics=metrics)
+    try:
+        assert exporter.submit(record(src))
+        assert exporter.flush(0.2) is False  # the worker is now stuck in a hanging export...
+        http_sink.wait_for(lambda: http_sink.attempts >= 1)
+        # ...and submitting more never waits for it: the queue fills, then drops are counted.
+        results = [exporter.submit(record(src, trace_id=TRACE_ID + i)) for i in range(1, 51)]
+        assert results.count(True) == 4
+        assert results.count(False) == 46
+        assert exporter.counters()["queue_full"] == 46
+        assert metrics.drops.count(("POST /checkout", "queue_full")) == 46
+    finally:
+        http_sink.release()
+        exporter.shutdown(5)
+
+
+def test_rejected_export_is_counted_and_denominators_are_sent_again(
+    http_sink: HTTPSink, src: Path
+) -> None:
+    http_sink.behaviour = "fail"
+    config = make_config(http_sink, src)
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        assert exporter.submit(record(src))
+        assert exporter.flush(20) is False
+        assert exporter.counters()["export_failed"] == 1
+        http_sink.behaviour = "ok"
+        assert exporter.submit(record(src, trace_id=TRACE_ID + 1))
+        assert exporter.flush(20)
+    finally:
+        exporter.shutdown(5)
+    assert [s.trace_id for s in http_sink.coverage_spans()] == [TRACE_ID + 1]
+    assert len(http_sink.static_spans()) == 1
+
+
+def test_submit_never_raises_and_bad_records_are_counted(http_sink: HTTPSink, src: Path) -> None:
+    config = make_config(http_sink, src)
+    metrics = RecordingMetrics()
+    exporter = CoverageExporter(config, build_resource(config), metrics=metrics)
+    try:
+        assert exporter.submit(record(src, data=None))  # queued; fails in the worker
+        assert exporter.submit(None)  # type: ignore[arg-type]
+        assert exporter.submit(record(src))
+        assert exporter.flush(20)
+    finally:
+        exporter.shutdown(5)
+    assert exporter.counters()["internal_error"] == 2
+    assert ("POST /checkout", "internal_error") in metrics.drops
+    assert len(http_sink.coverage_spans()) == 1
+
+
+def test_shutdown_flushes_and_then_refuses(http_sink: HTTPSink, src: Path) -> None:
+    config = make_config(http_sink, src)
+    exporter = CoverageExporter(config, build_resource(config))
+    assert exporter.submit(record(src))
+    assert exporter.shutdown(10)
+    assert len(http_sink.coverage_spans()) == 1
+    assert exporter.submit(record(src)) is False
+    assert exporter.counters()["closed"] == 1
+    assert exporter.shutdown(1)  # idempotent
+    assert exporter.flush(1)
+
+
+def test_forked_child_exports_with_its_own_instance(http_sink: HTTPSink, src: Path) -> None:
+    config = make_config(http_sink, src)
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        assert exporter.submit(record(src))
+        assert exporter.flush(20)
+        with warnings.catch_warnings():
+            # CPython warns that forking a threaded process may deadlock; the exporter's
+            # fork hooks exist precisely for this.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # child
+            code = 1
+            try:
+                ok = exporter.submit(record(src, trace_id=TRACE_ID + 7))
+                code = 0 if ok and exporter.flush(20) else 2
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 60
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert done == pid and os.waitstatus_to_exitcode(status) == 0
+        # The parent still works after the fork.
+        assert exporter.submit(record(src, trace_id=TRACE_ID + 8))
+        assert exporter.flush(20)
+    finally:
+        exporter.shutdown(5)
+    by_trace = {s.trace_id: s for s in http_sink.coverage_spans()}
+    assert set(by_trace) == {TRACE_ID, TRACE_ID + 7, TRACE_ID + 8}
+    parent_instance = by_trace[TRACE_ID].resource["service.instance.id"]
+    assert by_trace[TRACE_ID + 8].resource["service.instance.id"] == parent_instance
+    assert by_trace[TRACE_ID + 7].resource["service.instance.id"] != parent_instance
+    # The child sends the denominators again under its own instance.
+    assert len(http_sink.static_spans()) == 2
