@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from runcov.reports.local import SourceError, analyze_local, relative_to_roots, resolve_local
+from runcov.reports.local import (
+    SourceError,
+    analyze_local,
+    function_body,
+    relative_to_roots,
+    resolve_local,
+)
 from runcov.reports.table import fmt_ranges, render_table
 
 Arc = tuple[int, int]
@@ -68,9 +74,9 @@ class FileComparison:
         """Per function: production/test line counts and its verdict."""
         rows = []
         for name, start, end in self.functions:
-            span = range(start, end + 1)
-            prod = sum(1 for n in span if n in self.prod_lines)
-            test = sum(1 for n in span if n in self.test_lines)
+            body = function_body(self.executable, start, end)
+            prod = len(body & self.prod_lines)
+            test = len(body & self.test_lines)
             if prod and not test:
                 verdict = "untested"
             elif test and not prod:

@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from runcov.reports.client import CollectorClient, ReleaseSelection
-from runcov.reports.local import LocalStatic, SourceError, analyze_local, resolve_local
+from runcov.reports.local import (
+    LocalStatic,
+    SourceError,
+    analyze_local,
+    function_body,
+    resolve_local,
+)
 from runcov.reports.table import fmt_ranges, percent, render_table
 
 _HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@")
@@ -270,7 +276,7 @@ def gate_paths(
             if not matches:
                 raise GateError(f"{spec.path}: no function named {spec.function!r}")
             _, start, end = matches[0]
-            lines = {n for n in executable if start <= n <= end}
+            lines = function_body(executable, start, end)
         elif spec.start is not None:
             end = spec.end if spec.end is not None else spec.start
             lines = {n for n in executable if spec.start <= n <= end}

@@ -85,6 +85,16 @@ def analyze_local(path: Path) -> LocalStatic:
     return static
 
 
+def function_body(executable: set[int], start: int, end: int) -> set[int]:
+    """Executable lines of a function's body: its range without the ``def`` statement itself.
+
+    The ``def`` statement (with its decorators and default values) runs when the module is
+    imported, so counting it would make every imported function look exercised.
+    """
+    inside = sorted(n for n in executable if start <= n <= end)
+    return set(inside[1:])
+
+
 def function_ranges(text: str) -> list[tuple[str, int, int]]:
     """Qualified name, first and last line of every function and method in ``text``."""
     try:

@@ -22,10 +22,10 @@ FILE_SORTS = ("path", "line_percent", "branch_percent", "missed", "requests")
 STATIC_PREFIX = "/ui/static"
 
 
-def url(path: str, params: Mapping[str, Any] | None = None, **extra: Any) -> str:
-    """``path?query`` with ``params`` and ``extra`` (None values dropped)."""
+def url(route: str, params: Mapping[str, Any] | None = None, /, **extra: Any) -> str:
+    """``route?query`` with ``params`` and ``extra`` (None values dropped)."""
     query = {k: v for k, v in {**(params or {}), **extra}.items() if v is not None}
-    return path + ("?" + urllib.parse.urlencode(query) if query else "")
+    return route + ("?" + urllib.parse.urlencode(query) if query else "")
 
 
 def trace_link(template: str | None, trace_id: str) -> str | None:

@@ -39,7 +39,12 @@ class Annotation:
             line, hits = int(entry[0]), int(entry[1])
             trace = str(entry[2]) if len(entry) > 2 and entry[2] else ""
             ann.covered[line] = (hits, trace)
-        ann.executable = {int(n) for n in detail.get("executable_lines", [])} | set(ann.covered)
+        # With denominators, only statements get a class (coverage.py runs a module's
+        # docstring line but does not count it); without them, every executed line does.
+        executable = {int(n) for n in detail.get("executable_lines", [])}
+        if executable:
+            ann.covered = {n: v for n, v in ann.covered.items() if n in executable}
+        ann.executable = executable | set(ann.covered)
         executed = {(int(a[0]), int(a[1])) for a in detail.get("arcs", [])}
         exits: dict[int, list[int]] = {}
         for a, b in detail.get("possible_arcs", []):

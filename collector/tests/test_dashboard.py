@@ -1,0 +1,248 @@
+"""The dashboard over a real collector: pages, numbers, annotation, escaping, paths, scale."""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from collector.tests.dashboard import (
+    TOKEN,
+    Running,
+    copy_sample,
+    populate,
+    running_collector,
+    static_part,
+    truth,
+)
+
+from runcov_collector.dashboard.source import Annotation, read_source
+from runcov_collector.model import Batch, CoveragePart, FileHits, FileStatic, Release
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[tuple[Running, dict[str, Path]]]:
+    root = copy_sample(tmp_path / "src")
+    scratch = tmp_path / "data"
+    scratch.mkdir()
+    with running_collector(tmp_path, root) as running:
+        yield running, populate(running, root, scratch)
+
+
+def fields(page: str, row_attr: str, value: str) -> dict[str, str]:
+    """data-field cells of the table row whose ``row_attr`` equals ``value``."""
+    row = re.search(rf'<tr[^>]*{row_attr}="{re.escape(html.escape(value))}"[^>]*>(.*?)</tr>',
+                    page, re.S)
+    assert row, f"no row {row_attr}={value}"
+    return {k: html.unescape(v.strip()) for k, v in
+            re.findall(r'data-field="([a-z_]+)">(.*?)</t[dh]>', row.group(1), re.S)}
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def test_services_and_releases_show_the_api_numbers(site: tuple[Running, dict]) -> None:
+    running, _ = site
+    status, page = running.get("/")
+    assert status == 200
+    assert fields(page, "data-service", "shop") == {"releases": "2"}
+    status, page = running.get("/ui/service?service=shop")
+    assert status == 200
+    for r in running.api("/api/v1/releases?service=shop")["releases"]:
+        row = re.search(rf'data-version="{r["version"]}"[^>]*data-role="{r["role"]}"', page)
+        assert row
+        cells = fields(page[row.start() - 40:], "data-version", r["version"])
+        assert cells["line_percent"] == pct(r["line_percent"])
+        assert cells["branch_percent"] == pct(r["branch_percent"])
+        assert cells["requests"] == str(r["requests"])
+        assert cells["lines"] == f'{r["lines_covered"]}/{r["lines_total"]}'
+    # Trend sparklines: one polyline per release, from /series.
+    assert page.count("<polyline") == 2
+
+
+def test_release_page_numbers_and_escaping(site: tuple[Running, dict]) -> None:
+    running, _ = site
+    query = "service=shop&version=1.0&environment=prod&role=baseline"
+    status, page = running.get("/ui/release?" + query)
+    assert status == 200
+    cov = running.api("/api/v1/coverage?" + query)
+    for f in cov["files"]:
+        cells = fields(page, "data-path", f["path"])
+        assert cells["line_percent"] == pct(f["line_percent"])
+        assert cells["lines"] == f'{f["lines_covered"]}/{f["lines_total"]}'
+        assert cells["branches"] == f'{f["branches_covered"]}/{f["branches_total"]}'
+    endpoints = running.api("/api/v1/endpoints?" + query)["endpoints"]
+    assert {e["endpoint"] for e in endpoints} == {"POST /cart", "GET /cart/<empty>"}
+    # The endpoint name is data: escaped everywhere, never markup.
+    assert "GET /cart/<empty>" not in page
+    assert "GET /cart/&lt;empty&gt;" in page
+    assert fields(page, "data-endpoint", "GET /cart/<empty>")["requests"] == "1"
+
+
+def test_annotated_source_classes_equal_coverage_py(site: tuple[Running, dict]) -> None:
+    running, oracles = site
+    status, page = running.get(
+        "/ui/file?service=shop&version=1.0&environment=prod&role=baseline&path=shop/cart.py"
+    )
+    assert status == 200
+    classes = dict(re.findall(r'<tr id="L(\d+)" class="([a-z]*)"', page))
+    want = truth(running.source, oracles["baseline"], "shop/cart.py")
+    got = {cls: {int(n) for n, c in classes.items() if c == cls}
+           for cls in ("covered", "missed", "partial")}
+    assert got == {"covered": want.covered, "missed": want.missed, "partial": want.partial}
+    assert want.partial and want.missed  # the sample exercises all three classes
+    # First trace per line links to the tracing UI; source text is escaped.
+    detail = running.api("/api/v1/file?service=shop&version=1.0&environment=prod"
+                         "&role=baseline&path=shop/cart.py")
+    first = {line: trace for line, _, trace in detail["lines"]}
+    some_line, some_trace = next(iter(sorted(first.items())))
+    assert f'href="https://tracing.example/trace/{some_trace}"' in page
+    assert re.search(rf'<tr id="L{some_line}"[^>]*>.*?{some_trace[:8]}', page, re.S)
+    assert "&lt;b&gt;not html&lt;/b&gt;" in page and "<script>alert(1)" not in page
+    partial_line = min(want.partial)
+    assert re.search(rf'<tr id="L{partial_line}" class="partial" title="line {partial_line} '
+                     r"didn&#39;t jump to", page)
+
+
+def test_file_page_without_source_dir_lists_lines(tmp_path: Path) -> None:
+    root = copy_sample(tmp_path / "src")
+    scratch = tmp_path / "data"
+    scratch.mkdir()
+    with running_collector(tmp_path, None) as running:
+        oracles = populate(running, root, scratch)
+        status, page = running.get("/ui/file?service=shop&version=1.0&environment=prod"
+                                   "&role=baseline&path=shop/cart.py")
+    assert status == 200
+    assert "Source not shown: no source directory is configured." in page
+    want = truth(root, oracles["baseline"], "shop/cart.py")
+    classes = dict(re.findall(r'<tr id="L(\d+)" class="([a-z]*)"', page))
+    assert {int(n) for n, c in classes.items() if c == "missed"} == want.missed
+    assert {int(n) for n, c in classes.items() if c == "partial"} == want.partial
+
+
+def test_diff_page(site: tuple[Running, dict]) -> None:
+    running, _ = site
+    query = ("service=shop&environment=prod&a_version=1.0&a_role=baseline"
+             "&b_version=1.1&b_role=canary")
+    status, page = running.get("/ui/diff?" + query)
+    assert status == 200
+    api = running.api("/api/v1/diff?" + query)
+    for f in api["files"]:
+        if not (f["newly_covered_lines"] or f["no_longer_covered_lines"]):
+            continue
+        cells = fields(page, "data-path", f["path"])
+        newly = [n for part in cells["newly_covered_lines"].split(", ") if part
+                 for n in _expand(part)]
+        assert newly == sorted(f["newly_covered_lines"])
+    only = [e["endpoint"] for e in api["endpoints"] if e["only_in_a"]]
+    assert only == ["GET /cart/<empty>"]
+    assert "GET /cart/&lt;empty&gt; — only in A" in page
+    status, form = running.get("/ui/diff?service=shop")
+    assert status == 200 and 'id="diff-form"' in form and 'id="diff-files"' not in form
+
+
+def _expand(part: str) -> list[int]:
+    if "-" in part:
+        a, b = part.split("-")
+        return list(range(int(a), int(b) + 1))
+    return [int(part)]
+
+
+def test_errors_and_auth(site: tuple[Running, dict]) -> None:
+    running, _ = site
+    assert running.get("/", token=None)[0] == 401
+    basic = base64.b64encode(f"viewer:{TOKEN}".encode()).decode()
+    import urllib.request
+
+    req = urllib.request.Request(running.url + "/", headers={"Authorization": f"Basic {basic}"})
+    with urllib.request.urlopen(req) as response:
+        assert response.status == 200
+    assert running.get("/ui/service?service=nope")[0] == 404
+    assert running.get("/ui/release")[0] == 400
+    status, page = running.get("/ui/release?service=shop&since=whenever")
+    assert status == 400 and "since" in page
+    status, page = running.get("/ui/release?service=shop&sort=<x>")
+    assert status == 400 and "<x>" not in page
+    status, page = running.get("/ui/file?service=shop&path=../../etc/passwd")
+    assert status in (400, 404) and "root:" not in page
+    assert running.get("/ui/static/dashboard.js")[0] == 200
+
+
+def test_source_reading_cannot_leave_the_source_dir(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "ok.py").write_text("x = 1\n")
+    secret = tmp_path / "secret.py"
+    secret.write_text("password = 'hunter2'\n")
+    (root / "pkg" / "link.py").symlink_to(secret)
+    (root / "pkg" / "dirlink").symlink_to(tmp_path)
+    assert read_source(str(root), "pkg/ok.py")[0] == "x = 1\n"
+    for bad in ("../secret.py", "pkg/../../secret.py", str(secret), "pkg/link.py",
+                "pkg/dirlink/secret.py", "", "pkg/ok.py\x00", "pkg\\ok.py", "."):
+        text, why = read_source(str(root), bad)
+        assert text is None, bad
+        assert why
+    assert read_source(None, "pkg/ok.py") == (None, "no source directory is configured")
+
+    # Through the collector: a stored file whose local source is a symlink out of the tree.
+    release = Release("leak", "1", "", "baseline")
+    with running_collector(tmp_path, root) as running:
+        running.store.ingest(Batch(
+            coverage=[CoveragePart(release, os.urandom(16).hex(), os.urandom(8).hex(), "GET /",
+                                   "exact", "2xx", time.time_ns(), 0, 1,
+                                   [FileHits("pkg/link.py", "0" * 16, [1], [])])],
+            static=[static_part(release, [FileStatic("pkg/link.py", "0" * 16, [1], [])])],
+        ))
+        status, page = running.get("/ui/file?service=leak&version=1&environment=&role=baseline"
+                                   "&path=pkg/link.py")
+    assert status == 200
+    assert "hunter2" not in page and "path is outside the source directory" in page
+
+
+def test_partial_lines_follow_possible_exits() -> None:
+    ann = Annotation.from_detail({
+        "lines": [[1, 3, "a" * 32], [2, 3, "b" * 32], [5, 1, ""]],
+        "arcs": [[1, 2, 3, ""], [2, 5, 3, ""]],
+        "executable_lines": [1, 2, 3, 5],
+        "possible_arcs": [[1, 2], [2, 3], [2, 5], [3, 5], [5, -1]],
+    })
+    assert [ann.css(n) for n in range(1, 7)] == [
+        "covered", "partial", "missed", "", "covered", ""
+    ]
+    assert ann.note(2) == "line 2 didn't jump to 3"
+
+
+def test_ten_thousand_files_are_paged_and_filtered_server_side(tmp_path: Path) -> None:
+    release = Release("big", "1", "prod", "baseline")
+    paths = [f"pkg{i // 100:03d}/mod{i % 100:02d}.py" for i in range(10_000)]
+    statics = [FileStatic(p, "0" * 16, list(range(1, 11)), []) for p in paths]
+    hits = [FileHits(p, "0" * 16, list(range(1, 1 + i % 10)), []) for i, p in enumerate(paths)]
+    with running_collector(tmp_path, None) as running:
+        running.store.ingest(Batch(
+            coverage=[CoveragePart(release, os.urandom(16).hex(), os.urandom(8).hex(),
+                                   "GET /", "exact", "2xx", time.time_ns(), 0, 1, hits)],
+            static=[static_part(release, statics)],
+        ))
+        base = "/ui/release?service=big&version=1&environment=prod&role=baseline"
+        started = time.perf_counter()
+        status, page = running.get(base)
+        first_page = time.perf_counter() - started
+        assert status == 200
+        assert page.count('<tr data-path="') == 100
+        assert "page 1 of 100" in page and "10000 files" in page
+        status, page = running.get(base + "&q=pkg042/&sort=missed&order=desc&page=1")
+        rows = re.findall(r'<tr data-path="([^"]+)">', page)
+        assert len(rows) == 100 and all(r.startswith("pkg042/") for r in rows)
+        missed = [int(fields(page, "data-path", r)["missed"]) for r in rows]
+        assert missed == sorted(missed, reverse=True) and missed[0] == 10
+        status, page = running.get(base + "&prefix=pkg007/&per_page=30&page=4")
+        rows = re.findall(r'<tr data-path="([^"]+)">', page)
+        assert rows == [f"pkg007/mod{i:02d}.py" for i in range(90, 100)]
+        assert "page 4 of 4" in page
+    print(f"\n10,000-file release page rendered in {first_page * 1000:.0f} ms")
