@@ -342,7 +342,9 @@ class AgentMetrics:
         inst = self._inst
         if inst is None:
             return True
-        return self._bounded(lambda: inst.provider.force_flush(timeout * 1000), timeout)
+        failures = inst.exporter.failures
+        ok = self._bounded(lambda: inst.provider.force_flush(timeout * 1000), timeout)
+        return ok and inst.exporter.failures == failures
 
     def shutdown(self, timeout: float = 10.0) -> bool:
         """Export the last values and stop; bounded by ``timeout`` seconds. Idempotent."""

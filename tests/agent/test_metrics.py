@@ -1,0 +1,208 @@
+"""Agent metrics over real OTLP receivers: names, units, attributes, temporality, exemplars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+from opentelemetry.sdk.trace import TracerProvider
+
+from runcov.config import load_config
+from runcov.metrics import AgentMetrics
+from runcov.resource import build_resource
+from tests.agent.otlp_sink import GRPCSink, HTTPSink
+
+EXPECTED = {
+    # name: (kind, unit)
+    "runcov.requests.seen": ("sum", "{request}"),
+    "runcov.requests.sampled": ("sum", "{request}"),
+    "runcov.requests.dropped": ("sum", "{request}"),
+    "runcov.lines.new": ("sum", "{line}"),
+    "runcov.arcs.new": ("sum", "{arc}"),
+    "runcov.overhead": ("sum", "s"),
+    "runcov.sample_rate": ("gauge", "1"),
+}
+
+
+@pytest.fixture(params=["http/protobuf", "grpc"])
+def sink(request: pytest.FixtureRequest) -> Iterator[Any]:
+    cls = GRPCSink if request.param == "grpc" else HTTPSink
+    with cls() as s:
+        s.protocol = request.param
+        yield s
+
+
+def make(sink: Any, tmp_path: Path, **kw: Any) -> AgentMetrics:
+    config = load_config(
+        environ={},
+        source=[str(tmp_path)],
+        exporter_endpoint=sink.endpoint,
+        exporter_protocol=getattr(sink, "protocol", "http/protobuf"),
+        service_name="shop",
+        metrics_interval=kw.pop("metrics_interval", 3600),
+        exporter_timeout=2,
+        **kw,
+    )
+    return AgentMetrics(config, build_resource(config))
+
+
+def latest_metrics(sink: Any) -> dict[str, metrics_pb2.Metric]:
+    out = {}
+    for req in sink.metric_requests:
+        for rm in req.resource_metrics:
+            for sm in rm.scope_metrics:
+                assert sm.scope.name == "runcov"
+                for m in sm.metrics:
+                    out[m.name] = m
+    return out
+
+
+def test_instruments_as_documented(sink: Any, tmp_path: Path) -> None:
+    metrics = make(sink, tmp_path)
+    try:
+        metrics.seen("GET /items/{id}")
+        metrics.seen("GET /items/{id}")
+        metrics.sampled("GET /items/{id}", "exact", trace_id=0xABC, span_id=0xDEF)
+        metrics.dropped("GET /items/{id}", "queue_full")
+        metrics.dropped("GET /items/{id}", "rate_cap")
+        metrics.new_coverage("GET /items/{id}", 12, 30, trace_id=0xABC, span_id=0xDEF)
+        metrics.new_coverage("GET /items/{id}", 0, 0)
+        metrics.overhead(0.25)
+        metrics.overhead(0.5)
+        metrics.rate("GET /items/{id}", 0.1)
+        metrics.rate("GET /items/{id}", 0.05)
+        assert metrics.flush(10)
+        points = sink.metric_points()
+    finally:
+        metrics.shutdown(5)
+    got = latest_metrics(sink)
+    assert set(got) == set(EXPECTED)
+    for name, (kind, unit) in EXPECTED.items():
+        m = got[name]
+        assert m.WhichOneof("data") == kind, name
+        assert m.unit == unit, name
+        if kind == "sum":
+            assert m.sum.is_monotonic, name
+            assert (
+                m.sum.aggregation_temporality
+                == metrics_pb2.AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+            ), name
+    assert [p[:2] for p in points["runcov.requests.seen"]] == [
+        ({"runcov.endpoint": "GET /items/{id}"}, 2)
+    ]
+    assert [p[:2] for p in points["runcov.requests.sampled"]] == [
+        ({"runcov.endpoint": "GET /items/{id}", "runcov.mode": "exact"}, 1)
+    ]
+    dropped = {a["runcov.reason"]: v for a, v, _ in points["runcov.requests.dropped"]}
+    assert dropped == {"queue_full": 1, "rate_cap": 1}
+    assert [p[:2] for p in points["runcov.lines.new"]] == [
+        ({"runcov.endpoint": "GET /items/{id}"}, 12)
+    ]
+    assert [p[:2] for p in points["runcov.arcs.new"]] == [
+        ({"runcov.endpoint": "GET /items/{id}"}, 30)
+    ]
+    assert [p[:2] for p in points["runcov.overhead"]] == [({}, 0.75)]
+    assert [p[:2] for p in points["runcov.sample_rate"]] == [
+        ({"runcov.endpoint": "GET /items/{id}"}, 0.05)
+    ]
+    resource = {
+        kv.key: kv.value.string_value for kv in sink.metric_requests[-1].resource_metrics[0]
+        .resource.attributes
+    }
+    assert resource["service.name"] == "shop"
+    assert resource["runcov.deployment.role"] == "baseline"
+
+
+def test_exemplars_carry_the_sampled_trace(sink: Any, tmp_path: Path) -> None:
+    metrics = make(sink, tmp_path)
+    try:
+        metrics.sampled("POST /pay", "exact", trace_id=0x1234, span_id=0x5678)
+        metrics.seen("POST /pay")  # no trace given and no current span: no exemplar
+        assert metrics.flush(10)
+        points = sink.metric_points()
+    finally:
+        metrics.shutdown(5)
+    [(_, _, exemplars)] = points["runcov.requests.sampled"]
+    assert [
+        (int.from_bytes(e.trace_id, "big"), int.from_bytes(e.span_id, "big")) for e in exemplars
+    ] == [(0x1234, 0x5678)]
+    [(_, _, none)] = points["runcov.requests.seen"]
+    assert none == []
+
+
+def test_current_sampled_span_becomes_the_exemplar(tmp_path: Path) -> None:
+    with HTTPSink() as sink:
+        metrics = make(sink, tmp_path)
+        tracer = TracerProvider().get_tracer("app")
+        try:
+            with tracer.start_as_current_span("request") as span:
+                metrics.seen("GET /")
+                ctx = span.get_span_context()
+            assert metrics.flush(10)
+            [(_, _, exemplars)] = sink.metric_points()["runcov.requests.seen"]
+        finally:
+            metrics.shutdown(5)
+    assert [int.from_bytes(e.trace_id, "big") for e in exemplars] == [ctx.trace_id]
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_endpoints_are_scrubbed(tmp_path: Path) -> None:
+    with HTTPSink() as sink:
+        metrics = make(sink, tmp_path, redact=[r"tenant-\d+"])
+        try:
+            metrics.seen("GET /tenant-42/items")
+            assert metrics.flush(10)
+            [(attrs, _, _)] = sink.metric_points()["runcov.requests.seen"]
+        finally:
+            metrics.shutdown(5)
+        assert attrs == {"runcov.endpoint": "GET /[REDACTED]/items"}
+        assert all(b"tenant-42" not in body for body in sink.raw)
+
+
+def test_periodic_export(tmp_path: Path) -> None:
+    with HTTPSink() as sink:
+        metrics = make(sink, tmp_path, metrics_interval=0.2)
+        try:
+            metrics.seen("GET /")
+            sink.wait_for(lambda: "runcov.requests.seen" in sink.metric_points())
+        finally:
+            metrics.shutdown(5)
+
+
+def test_disabled_metrics_are_a_no_op(tmp_path: Path) -> None:
+    with HTTPSink() as sink:
+        for metrics in (
+            make(sink, tmp_path, metrics_interval=0),
+            make(sink, tmp_path, enabled=False),
+        ):
+            assert metrics.enabled is False
+            metrics.seen("GET /")
+            metrics.sampled("GET /", "exact")
+            metrics.dropped("GET /", "queue_full")
+            metrics.new_coverage("GET /", 1, 1)
+            metrics.overhead(1.0)
+            metrics.rate("GET /", 0.5)
+            assert metrics.flush(1)
+            assert metrics.shutdown(1)
+            assert metrics._inst is None
+        assert sink.attempts == 0
+
+
+def test_bad_input_and_dead_endpoint_never_raise(tmp_path: Path) -> None:
+    with HTTPSink() as probe:
+        endpoint = probe.endpoint  # closed again: nothing listens there
+    config = load_config(
+        environ={}, source=[str(tmp_path)], exporter_endpoint=endpoint, exporter_timeout=0.5,
+        metrics_interval=3600,
+    )
+    metrics = AgentMetrics(config, build_resource(config))
+    metrics.seen(None)  # type: ignore[arg-type]
+    metrics.rate("GET /", "fast")  # type: ignore[arg-type]
+    metrics.sampled("GET /", "exact")
+    assert metrics.errors == 1  # the rate that is not a number
+    assert metrics.flush(10) is False
+    assert metrics.export_failures >= 1
+    metrics.shutdown(5)
