@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from .dialect import POSTGRES, SQLITE, Conn, Dialect
+from .dialect import POSTGRES, SQLITE, Conn, Dialect, PostgresConn
 
 # Key of the PostgreSQL advisory lock held while the schema is migrated ("runcov" in ASCII), so
 # that replicas opening one database at the same time migrate it once.
@@ -20,6 +20,7 @@ class Database:
     """A pool of connections to one database and the transactions the store runs on them."""
 
     dialect: Dialect
+    conn_class: type[Conn] = Conn
 
     def __init__(self) -> None:
         self._idle: list[Any] = []
@@ -80,7 +81,7 @@ class Database:
         try:
             self._begin(raw, write)
             try:
-                yield Conn(raw, self.dialect)
+                yield self.conn_class(raw, self.dialect)
             except BaseException:
                 with contextlib.suppress(Exception):
                     self._rollback(raw)
@@ -139,6 +140,7 @@ class PostgresDatabase(Database):
     """A PostgreSQL database shared by any number of collector replicas."""
 
     dialect = POSTGRES
+    conn_class = PostgresConn
 
     def __init__(self, url: str) -> None:
         super().__init__()

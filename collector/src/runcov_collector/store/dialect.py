@@ -86,6 +86,18 @@ class Conn:
         finally:
             cur.close()
 
+    def upsert_many(
+        self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]], conflict: str
+    ) -> None:
+        """``INSERT INTO table (columns) VALUES ... <conflict>`` for many rows at once.
+
+        ``conflict`` is the ``ON CONFLICT ...`` clause; the rows must have distinct keys.
+        """
+        marks = ", ".join("?" * len(columns))
+        self.execute_many(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) {conflict}", rows
+        )
+
     def insert_values(
         self,
         head: str,
@@ -123,3 +135,36 @@ class Conn:
             marker = "IN (" + ",".join("?" * len(part)) + ")"
             out.extend(self.query(sql.replace("{in}", marker), (*params, *part)))
         return out
+
+
+class PostgresConn(Conn):
+    """PostgreSQL connection: large upserts go through COPY into a temporary table."""
+
+    BULK_THRESHOLD = 2000
+
+    def upsert_many(
+        self, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]], conflict: str
+    ) -> None:
+        """Upsert ``rows``: COPY them into a temporary table, then one ``INSERT ... SELECT``."""
+        if len(rows) < self.BULK_THRESHOLD:
+            super().upsert_many(table, columns, rows, conflict)
+            return
+        names = ", ".join(columns)
+        staging = f"bulk_{table}"
+        cur = self.raw.cursor()
+        try:
+            cur.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
+                f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            with cur.copy(f"COPY {staging} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(
+                self.dialect.sql(
+                    f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} {conflict}"
+                )
+            )
+            cur.execute(f"TRUNCATE {staging}")
+        finally:
+            cur.close()

@@ -7,7 +7,9 @@ from collections import defaultdict
 from typing import Any
 
 from ..model import Batch, CoveragePart, FileStatic, Release
+from . import hitsets
 from .dialect import Conn
+from .hitsets import HitSet
 from .merge import NS_PER_HOUR, Merged, first_key, hour_of, merge_parts
 
 
@@ -95,6 +97,29 @@ def _endpoint_ids(
     return ids
 
 
+def _existing_sets(
+    conn: Conn, table: str, cols: tuple[str, ...], keys: set[tuple[int, ...]]
+) -> dict[tuple[int, ...], tuple[str, str]]:
+    """The stored (lines, arcs) encodings of the given keys (first column release, last file)."""
+    by_release: dict[int, list[tuple[int, ...]]] = defaultdict(list)
+    for key in keys:
+        by_release[key[0]].append(key)
+    out: dict[tuple[int, ...], tuple[str, str]] = {}
+    width = len(cols)
+    for release_id, mine in by_release.items():
+        sql = f"SELECT {', '.join(cols)}, lines, arcs FROM {table} WHERE release_id = ?"
+        params: tuple[Any, ...] = (release_id,)
+        if "hour" in cols:
+            hours = [k[1] for k in mine]
+            sql += " AND hour >= ? AND hour <= ?"
+            params += (min(hours), max(hours))
+        for row in conn.select_in(sql + " AND file_id {in}", params, sorted({k[-1] for k in mine})):
+            key = tuple(int(v) for v in row[:width])
+            if key in keys:
+                out[key] = (row[width], row[width + 1])
+    return out
+
+
 def _write_hits(
     conn: Conn,
     merged: Merged,
@@ -102,52 +127,59 @@ def _write_hits(
     eid: dict[tuple[Release, str], int],
     fid: dict[str, int],
 ) -> None:
-    hour_lines = [
-        (rid[r], h, eid[(r, e)], fid[p], ln, n, k)
-        for (r, e, h, p), items in merged.hour_lines.items()
-        for ln, (n, k) in items.items()
+    """Merge the batch's hit sets into the stored ones at each granularity.
+
+    Read-modify-write is safe: every writer of a release holds its release row (PostgreSQL)
+    or the database's write lock (SQLite) until it commits.
+    """
+
+    def hour_key(k: Any) -> tuple[int, ...]:
+        return (rid[k[0]], k[2], eid[(k[0], k[1])], fid[k[3]])
+
+    def ep_key(k: Any) -> tuple[int, ...]:
+        return (rid[k[0]], eid[(k[0], k[1])], fid[k[2]])
+
+    def rel_key(k: Any) -> tuple[int, ...]:
+        return (rid[k[0]], fid[k[1]])
+
+    levels: list[tuple[str, tuple[str, ...], Any, Any, Any]] = [
+        ("hits_rel", ("release_id", "file_id"), merged.rel_lines, merged.rel_arcs, rel_key),
+        (
+            "hits_ep",
+            ("release_id", "endpoint_id", "file_id"),
+            merged.ep_lines,
+            merged.ep_arcs,
+            ep_key,
+        ),
+        (
+            "hits_hour",
+            ("release_id", "hour", "endpoint_id", "file_id"),
+            merged.hour_lines,
+            merged.hour_arcs,
+            hour_key,
+        ),
     ]
-    hour_arcs = [
-        (rid[r], h, eid[(r, e)], fid[p], a, b, n, k)
-        for (r, e, h, p), items in merged.hour_arcs.items()
-        for (a, b), (n, k) in items.items()
-    ]
-    ep_lines = [
-        (rid[r], eid[(r, e)], fid[p], ln, n, k)
-        for (r, e, p), items in merged.ep_lines.items()
-        for ln, (n, k) in items.items()
-    ]
-    ep_arcs = [
-        (rid[r], eid[(r, e)], fid[p], a, b, n, k)
-        for (r, e, p), items in merged.ep_arcs.items()
-        for (a, b), (n, k) in items.items()
-    ]
-    rel_lines = [
-        (rid[r], fid[p], ln, n, k)
-        for (r, p), items in merged.rel_lines.items()
-        for ln, (n, k) in items.items()
-    ]
-    rel_arcs = [
-        (rid[r], fid[p], a, b, n, k)
-        for (r, p), items in merged.rel_arcs.items()
-        for (a, b), (n, k) in items.items()
-    ]
-    # Sorted so that two PostgreSQL writers touching the same rows lock them in one order.
-    for table, cols, key, rows in (
-        ("line_rel", "release_id, file_id, line", 3, rel_lines),
-        ("line_ep", "release_id, endpoint_id, file_id, line", 4, ep_lines),
-        ("line_hour", "release_id, hour, endpoint_id, file_id, line", 5, hour_lines),
-        ("arc_rel", "release_id, file_id, from_line, to_line", 4, rel_arcs),
-        ("arc_ep", "release_id, endpoint_id, file_id, from_line, to_line", 5, ep_arcs),
-        ("arc_hour", "release_id, hour, endpoint_id, file_id, from_line, to_line", 6, hour_arcs),
-    ):
+    for table, cols, lines_by, arcs_by, key_of in levels:
+        new: dict[tuple[int, ...], tuple[HitSet, HitSet]] = {}
+        for k, hits in lines_by.items():
+            new[key_of(k)] = (hits, {})
+        for k, hits in arcs_by.items():
+            new[key_of(k)] = (new.get(key_of(k), ({}, {}))[0], hits)
+        stored = _existing_sets(conn, table, cols, set(new))
+        rows = []
+        for key, (lines, arcs) in new.items():
+            old = stored.get(key)
+            if old is not None:
+                lines = hitsets.merge_into(hitsets.decode(old[0], False), lines)
+                arcs = hitsets.merge_into(hitsets.decode(old[1], True), arcs)
+            rows.append((*key, hitsets.encode(lines, False), hitsets.encode(arcs, True)))
         rows.sort()
-        marks = ", ".join("?" * (key + 2))
-        conn.execute_many(
-            f"INSERT INTO {table} ({cols}, hits, first) VALUES ({marks}) "
-            f"ON CONFLICT ({cols}) DO UPDATE SET hits = {table}.hits + excluded.hits, "
-            f"first = {{least}}({table}.first, excluded.first)",
+        conn.upsert_many(
+            table,
+            (*cols, "lines", "arcs"),
             rows,
+            f"ON CONFLICT ({', '.join(cols)}) "
+            "DO UPDATE SET lines = excluded.lines, arcs = excluded.arcs",
         )
 
 
@@ -193,10 +225,11 @@ def _write_traces(
             for endpoint_id, file_id in members:
                 if file_id and (endpoint_id, file_id) not in old:
                     counts[(release_id, endpoint_id, file_id)] += 1
-    conn.execute_many(
-        "INSERT INTO traces (release_id, hour, endpoint_id, file_id, trace_id) "
-        "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    conn.upsert_many(
+        "traces",
+        ("release_id", "hour", "endpoint_id", "file_id", "trace_id"),
         rows,
+        "ON CONFLICT DO NOTHING",
     )
     conn.execute_many(
         "INSERT INTO request_counts (release_id, endpoint_id, file_id, requests) "

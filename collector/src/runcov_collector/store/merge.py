@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
-from ..model import CoveragePart, Release
+from ..model import CoveragePart, FileHits, Release
 
 NS_PER_HOUR = 3_600_000_000_000
 NS_PER_SECOND = 1_000_000_000
@@ -41,11 +42,15 @@ ReleaseKey = tuple[Release, str]  # release, path
 
 @dataclass
 class _Group:
-    """Hits of one (release, endpoint, hour, path) within a batch."""
+    """Everything a batch executed in one (release, endpoint, hour, path), in first-key order.
 
-    line_hits: Counter[int] = field(default_factory=Counter)
-    arc_hits: Counter[Arc] = field(default_factory=Counter)
-    seen: list[tuple[str, set[int], set[Arc]]] = field(default_factory=list)
+    ``keys[i]`` is the first key of the part that executed ``items[i]``.
+    """
+
+    lines: list[int] = field(default_factory=list)
+    line_keys: list[str] = field(default_factory=list)
+    arcs: list[Arc] = field(default_factory=list)
+    arc_keys: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -65,24 +70,27 @@ class Merged:
     traces: set[tuple[Release, int, str, str, str]]
 
 
-def _as_arcs(arcs: Iterable[object]) -> set[Arc]:
-    try:
-        return set(arcs)  # type: ignore[arg-type]
-    except TypeError:  # arcs given as lists
-        return {(int(a), int(b)) for a, b in arcs}  # type: ignore[misc]
+def _fold(items: list[Any], keys: list[str]) -> dict[Any, tuple[int, str]]:
+    """Hit count and earliest first key per item (``keys`` ascending along ``items``)."""
+    hits = Counter(items)
+    # Built from the end, so the earliest key of each item is written last and kept.
+    first = dict(zip(reversed(items), reversed(keys)))
+    return {item: (n, first[item]) for item, n in hits.items()}
 
 
-def _finish(group: _Group) -> tuple[dict[int, tuple[int, str]], dict[Arc, tuple[int, str]]]:
-    # Parts were visited in first_key order; applying them newest first leaves each line with
-    # the key of the earliest part that contained it.
-    line_first: dict[int, str] = {}
-    arc_first: dict[Arc, str] = {}
-    for key, lines, arcs in reversed(group.seen):
-        line_first.update(dict.fromkeys(lines, key))
-        arc_first.update(dict.fromkeys(arcs, key))
-    lines = {ln: (n, line_first[ln]) for ln, n in group.line_hits.items()}
-    arcs_out = {arc: (n, arc_first[arc]) for arc, n in group.arc_hits.items()}
-    return lines, arcs_out
+def _unique_paths(files: list[FileHits]) -> list[FileHits]:
+    """One FileHits per path: a part may carry a file in several pieces."""
+    if len(files) < 2 or len({f.path for f in files}) == len(files):
+        return files
+    merged: dict[str, FileHits] = {}
+    for fh in files:
+        have = merged.get(fh.path)
+        if have is None:
+            merged[fh.path] = FileHits(fh.path, fh.sha, list(fh.lines), list(fh.arcs))
+        else:
+            have.lines = sorted(set(have.lines) | set(fh.lines))
+            have.arcs = sorted({(a, b) for a, b in [*have.arcs, *fh.arcs]})
+    return list(merged.values())
 
 
 Rows = dict[Any, tuple[int, str]]
@@ -92,24 +100,27 @@ def _roll_up(source: dict[Any, Rows], key_of: Callable[[Any], Any]) -> dict[Any,
     """Merge row sets whose keys map to the same coarser key (hits add up, first is the min)."""
     out: dict[Any, Rows] = {}
     for key, items in source.items():
-        target = out.setdefault(key_of(key), {})
-        if not target:
-            target.update(items)
+        coarse = key_of(key)
+        target = out.get(coarse)
+        if target is None:
+            out[coarse] = dict(items)
             continue
-        for item, (hits, first) in items.items():
-            have = target.get(item)
+        get = target.get
+        for item, pair in items.items():
+            have = get(item)
             if have is None:
-                target[item] = (hits, first)
+                target[item] = pair
             else:
-                target[item] = (have[0] + hits, min(have[1], first))
+                target[item] = (have[0] + pair[0], have[1] if have[1] <= pair[1] else pair[1])
     return out
 
 
 def merge_parts(parts: Iterable[CoveragePart]) -> Merged:
     """Fold coverage parts (already deduplicated by part key) into hit rows.
 
-    Hits count parts: a line's hits is the number of parts that contained it. Census parts add
-    lines like exact ones (they carry no arcs).
+    Hits count parts: a line's hits is the number of parts that contained it (the lines and
+    arcs of one FileHits are unique, as the decoder produces them). Census parts add lines like
+    exact ones and carry no arcs.
     """
     groups: dict[HourKey, _Group] = {}
     traces: set[tuple[Release, int, str, str, str]] = set()
@@ -117,30 +128,28 @@ def merge_parts(parts: Iterable[CoveragePart]) -> Merged:
     for part in ordered:
         key = first_key(part.time_unix_nano, part.trace_id)
         hour = hour_of(part.time_unix_nano)
-        traces.add((part.release, hour, part.endpoint, "", part.trace_id))
-        per_path: dict[str, tuple[set[int], set[Arc]]] = {}
-        for fh in part.files:
-            lines = set(fh.lines)
-            arcs = _as_arcs(fh.arcs) if part.mode != "census" else set()
-            have = per_path.get(fh.path)
-            if have is None:
-                per_path[fh.path] = (lines, arcs)
-            else:
-                have[0].update(lines)
-                have[1].update(arcs)
-        for path, (lines, arcs) in per_path.items():
-            traces.add((part.release, hour, part.endpoint, path, part.trace_id))
-            gkey = (part.release, part.endpoint, hour, path)
+        release, endpoint = part.release, part.endpoint
+        traces.add((release, hour, endpoint, "", part.trace_id))
+        census = part.mode == "census"
+        for fh in _unique_paths(part.files):
+            traces.add((release, hour, endpoint, fh.path, part.trace_id))
+            gkey = (release, endpoint, hour, fh.path)
             group = groups.get(gkey)
             if group is None:
                 group = groups[gkey] = _Group()
-            group.line_hits.update(lines)
-            group.arc_hits.update(arcs)
-            group.seen.append((key, lines, arcs))
+            group.lines.extend(fh.lines)
+            group.line_keys.extend(repeat(key, len(fh.lines)))
+            if not census and fh.arcs:
+                group.arcs.extend(fh.arcs)
+                group.arc_keys.extend(repeat(key, len(fh.arcs)))
     hour_lines: dict[HourKey, dict[int, tuple[int, str]]] = {}
     hour_arcs: dict[HourKey, dict[Arc, tuple[int, str]]] = {}
     for gkey, group in groups.items():
-        hour_lines[gkey], hour_arcs[gkey] = _finish(group)
+        hour_lines[gkey] = _fold(group.lines, group.line_keys)
+        arcs = group.arcs
+        if arcs and not isinstance(arcs[0], tuple):
+            arcs = [(a, b) for a, b in arcs]
+        hour_arcs[gkey] = _fold(arcs, group.arc_keys)
     ep_lines = _roll_up(hour_lines, lambda k: (k[0], k[1], k[3]))
     ep_arcs = _roll_up(hour_arcs, lambda k: (k[0], k[1], k[3]))
     rel_lines = _roll_up(ep_lines, lambda k: (k[0], k[2]))

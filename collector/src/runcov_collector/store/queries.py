@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..model import Release, Selection
+from . import hitsets
 from .dialect import Conn
 from .errors import NotFound
 from .merge import NS_PER_HOUR, time_of, trace_of
@@ -47,8 +48,8 @@ def _percent(covered: int, total: int) -> float | None:
 # -- reading -------------------------------------------------------------------------------
 
 
-def _slice(scope: Scope, kind: str) -> tuple[str, str, list[Any], bool]:
-    """Table, WHERE clause, parameters and whether rows need aggregating, for a scope."""
+def _slice(scope: Scope) -> tuple[str, str, list[Any]]:
+    """Hit-set table, WHERE clause and parameters that hold a scope's coverage."""
     params: list[Any] = [scope.release_id]
     if scope.hours is not None:
         where = "release_id = ? AND hour >= ? AND hour < ?"
@@ -56,31 +57,26 @@ def _slice(scope: Scope, kind: str) -> tuple[str, str, list[Any], bool]:
         if scope.endpoint_id is not None:
             where += " AND endpoint_id = ?"
             params.append(scope.endpoint_id)
-        return f"{kind}_hour", where, params, True
+        return "hits_hour", where, params
     if scope.endpoint_id is not None:
         params.append(scope.endpoint_id)
-        return f"{kind}_ep", "release_id = ? AND endpoint_id = ?", params, False
-    return f"{kind}_rel", "release_id = ?", params, False
+        return "hits_ep", "release_id = ? AND endpoint_id = ?", params
+    return "hits_rel", "release_id = ?", params
 
 
 def load_hits(conn: Conn, scope: Scope, kind: str, file_id: int | None = None) -> dict[int, Hits]:
     """Executed lines (kind "line") or arcs (kind "arc") per file id within the scope."""
-    table, where, params, aggregate = _slice(scope, kind)
+    table, where, params = _slice(scope)
     if file_id is not None:
         where += " AND file_id = ?"
         params.append(file_id)
-    cols = "line" if kind == "line" else "from_line, to_line"
-    if aggregate:
-        sql = (
-            f"SELECT file_id, {cols}, CAST(SUM(hits) AS BIGINT), MIN(first) FROM {table} "
-            f"WHERE {where} GROUP BY file_id, {cols}"
-        )
-    else:
-        sql = f"SELECT file_id, {cols}, hits, first FROM {table} WHERE {where}"
+    arcs = kind == "arc"
+    column = "arcs" if arcs else "lines"
     out: dict[int, Hits] = {}
-    for row in conn.query(sql, params):
-        item: Any = int(row[1]) if kind == "line" else (int(row[1]), int(row[2]))
-        out.setdefault(int(row[0]), {})[item] = (int(row[-2]), str(row[-1]))
+    for fid, text in conn.query(f"SELECT file_id, {column} FROM {table} WHERE {where}", params):
+        hits = hitsets.decode(text, arcs)
+        have = out.get(int(fid))
+        out[int(fid)] = hits if have is None else hitsets.merge_into(have, hits)
     return out
 
 
@@ -328,22 +324,26 @@ def endpoints(conn: Conn, sel: Selection) -> dict[str, Any]:
         "SELECT id, endpoint, first_seen, last_seen FROM endpoints WHERE release_id = ?",
         (scope.release_id,),
     )
-    counts: dict[str, dict[int, int]] = {}
-    for kind, cols in (("line", "file_id, line"), ("arc", "file_id, from_line, to_line")):
-        if scope.hours is None:
-            sql = (
-                f"SELECT endpoint_id, COUNT(*) FROM {kind}_ep WHERE release_id = ? "
-                "GROUP BY endpoint_id"
-            )
-            params: list[Any] = [scope.release_id]
-        else:
-            sql = (
-                f"SELECT endpoint_id, COUNT(*) FROM (SELECT DISTINCT endpoint_id, {cols} "
-                f"FROM {kind}_hour WHERE release_id = ? AND hour >= ? AND hour < ?) AS t "
-                "GROUP BY endpoint_id"
-            )
-            params = [scope.release_id, *scope.hours]
-        counts[kind] = {int(e): int(n) for e, n in conn.query(sql, params)}
+    counts: dict[str, dict[int, int]] = {"line": {}, "arc": {}}
+    if scope.hours is None:
+        sets = conn.query(
+            "SELECT endpoint_id, file_id, lines, arcs FROM hits_ep WHERE release_id = ?",
+            (scope.release_id,),
+        )
+    else:
+        sets = conn.query(
+            "SELECT endpoint_id, file_id, lines, arcs FROM hits_hour "
+            "WHERE release_id = ? AND hour >= ? AND hour < ?",
+            (scope.release_id, *scope.hours),
+        )
+    covered: dict[tuple[int, int], tuple[set[Any], set[Any]]] = {}
+    for endpoint_id, file_id, lines, arcs in sets:
+        have = covered.setdefault((int(endpoint_id), int(file_id)), (set(), set()))
+        have[0].update(hitsets.items(lines, False))
+        have[1].update(hitsets.items(arcs, True))
+    for (endpoint_id, _), (lines_set, arcs_set) in covered.items():
+        counts["line"][endpoint_id] = counts["line"].get(endpoint_id, 0) + len(lines_set)
+        counts["arc"][endpoint_id] = counts["arc"].get(endpoint_id, 0) + len(arcs_set)
     if scope.hours is None:
         rows = conn.query(
             "SELECT endpoint_id, requests FROM request_counts WHERE release_id = ? "
@@ -413,13 +413,17 @@ def series(conn: Conn, sel: Selection, path: str | None = None) -> dict[str, Any
         bucket(int(hour))["requests"] = int(n)
     file_where = where + (" AND file_id = ?" if file_id is not None else "")
     file_params = [*params, file_id] if file_id is not None else params
-    for kind, cols in (("line", "file_id, line"), ("arc", "file_id, from_line, to_line")):
-        for hour, n in conn.query(
-            f"SELECT hour, COUNT(*) FROM (SELECT DISTINCT hour, {cols} FROM {kind}_hour "
-            f"WHERE {file_where}) AS t GROUP BY hour",
-            file_params,
-        ):
-            bucket(int(hour))[f"{kind}s_covered"] = int(n)
+    covered: dict[tuple[int, int], tuple[set[Any], set[Any]]] = {}
+    for hour, fid, lines, arcs in conn.query(
+        f"SELECT hour, file_id, lines, arcs FROM hits_hour WHERE {file_where}", file_params
+    ):
+        have = covered.setdefault((int(hour), int(fid)), (set(), set()))
+        have[0].update(hitsets.items(lines, False))
+        have[1].update(hitsets.items(arcs, True))
+    for (hour, _), (lines_set, arcs_set) in covered.items():
+        entry = bucket(hour)
+        entry["lines_covered"] += len(lines_set)
+        entry["arcs_covered"] += len(arcs_set)
     # Newly covered: first hits from the all-time tables (they outlive expired hours).
     all_time = Scope(
         scope.release_id,
@@ -505,7 +509,7 @@ def expire(conn: Conn, older_than_unix: float) -> int:
     """Delete hour buckets (hits, traces) and part keys that ended by ``older_than_unix``."""
     cutoff = int(older_than_unix // 3600)
     deleted = 0
-    for table in ("line_hour", "arc_hour", "traces", "seen_parts"):
+    for table in ("hits_hour", "traces", "seen_parts"):
         cur = conn.raw.cursor()
         try:
             cur.execute(conn.dialect.sql(f"DELETE FROM {table} WHERE hour < ?"), (cutoff,))

@@ -7,13 +7,13 @@ from .dialect import Conn
 
 # Schema versions (one line each, what changed):
 # 1: releases, endpoints, paths, per-release file shas, static denominators, seen part keys,
-#    line and arc hits per release / endpoint / hour, request trace sets and counters, metrics.
+#    hit sets per release / endpoint / hour and file, request trace sets and counters, metrics.
 SCHEMA_VERSION = 1
 
-# Times are unix nanoseconds, hours are unix hours (seconds // 3600). ``first`` columns hold
+# Times are unix nanoseconds, hours are unix hours (seconds // 3600). First-hit keys are
 # "<20-digit span time><trace id>" so that the smallest string is the earliest trace (ties:
-# smallest trace id) and merging is a plain MIN. ``sha_key`` is "<20-digit time><sha>": MAX picks
-# the sha seen most recently. endpoint_id 0 / file_id 0 in request counters mean "all".
+# smallest trace id). ``sha_key`` is "<20-digit time><sha>": MAX picks the sha seen last.
+# endpoint_id 0 / file_id 0 in request counters mean "all".
 _V1 = [
     """CREATE TABLE releases (
         id {id_pk},
@@ -50,57 +50,29 @@ _V1 = [
         hour BIGINT NOT NULL,
         PRIMARY KEY (trace_id, span_id)){without_rowid}""",
     "CREATE INDEX seen_parts_hour ON seen_parts (hour)",
-    """CREATE TABLE line_rel (
+    # Hit sets (see hitsets.py): covered lines and arcs with hit counts and first traces.
+    """CREATE TABLE hits_rel (
         release_id BIGINT NOT NULL,
         file_id BIGINT NOT NULL,
-        line INTEGER NOT NULL,
-        hits BIGINT NOT NULL,
-        first {key_text} NOT NULL,
-        PRIMARY KEY (release_id, file_id, line)){without_rowid}""",
-    """CREATE TABLE line_ep (
+        lines TEXT NOT NULL,
+        arcs TEXT NOT NULL,
+        PRIMARY KEY (release_id, file_id)){without_rowid}""",
+    """CREATE TABLE hits_ep (
         release_id BIGINT NOT NULL,
         endpoint_id BIGINT NOT NULL,
         file_id BIGINT NOT NULL,
-        line INTEGER NOT NULL,
-        hits BIGINT NOT NULL,
-        first {key_text} NOT NULL,
-        PRIMARY KEY (release_id, endpoint_id, file_id, line)){without_rowid}""",
-    """CREATE TABLE line_hour (
+        lines TEXT NOT NULL,
+        arcs TEXT NOT NULL,
+        PRIMARY KEY (release_id, endpoint_id, file_id)){without_rowid}""",
+    """CREATE TABLE hits_hour (
         release_id BIGINT NOT NULL,
         hour BIGINT NOT NULL,
         endpoint_id BIGINT NOT NULL,
         file_id BIGINT NOT NULL,
-        line INTEGER NOT NULL,
-        hits BIGINT NOT NULL,
-        first {key_text} NOT NULL,
-        PRIMARY KEY (release_id, hour, endpoint_id, file_id, line)){without_rowid}""",
-    """CREATE TABLE arc_rel (
-        release_id BIGINT NOT NULL,
-        file_id BIGINT NOT NULL,
-        from_line INTEGER NOT NULL,
-        to_line INTEGER NOT NULL,
-        hits BIGINT NOT NULL,
-        first {key_text} NOT NULL,
-        PRIMARY KEY (release_id, file_id, from_line, to_line)){without_rowid}""",
-    """CREATE TABLE arc_ep (
-        release_id BIGINT NOT NULL,
-        endpoint_id BIGINT NOT NULL,
-        file_id BIGINT NOT NULL,
-        from_line INTEGER NOT NULL,
-        to_line INTEGER NOT NULL,
-        hits BIGINT NOT NULL,
-        first {key_text} NOT NULL,
-        PRIMARY KEY (release_id, endpoint_id, file_id, from_line, to_line)){without_rowid}""",
-    """CREATE TABLE arc_hour (
-        release_id BIGINT NOT NULL,
-        hour BIGINT NOT NULL,
-        endpoint_id BIGINT NOT NULL,
-        file_id BIGINT NOT NULL,
-        from_line INTEGER NOT NULL,
-        to_line INTEGER NOT NULL,
-        hits BIGINT NOT NULL,
-        first {key_text} NOT NULL,
-        PRIMARY KEY (release_id, hour, endpoint_id, file_id, from_line, to_line)){without_rowid}""",
+        lines TEXT NOT NULL,
+        arcs TEXT NOT NULL,
+        PRIMARY KEY (release_id, hour, endpoint_id, file_id)){without_rowid}""",
+    "CREATE INDEX hits_hour_by_hour ON hits_hour (hour)",
     """CREATE TABLE traces (
         release_id BIGINT NOT NULL,
         hour BIGINT NOT NULL,
