@@ -428,8 +428,9 @@ def _parse_payload(text: str, static: bool) -> list[FileHits] | list[FileStatic]
         raise Rejected("payload", f"runcov.payload is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise Rejected("payload", "runcov.payload must be a JSON object")
-    if doc.get("v", limits.WIRE_VERSION) != limits.WIRE_VERSION:
-        raise Rejected("wire_version", f"runcov.payload v={_show(str(doc.get('v')))} is not 1")
+    version = doc.get("v", limits.WIRE_VERSION)
+    if not _is_int(version) or version != limits.WIRE_VERSION:
+        raise Rejected("wire_version", f"runcov.payload v={_show(str(version))} is not 1")
     files = doc.get("files")
     if not isinstance(files, list):
         raise Rejected("payload", "runcov.payload.files must be a list")

@@ -1,0 +1,208 @@
+"""The query API routes: parameter parsing and validation, errors, and what reaches the store."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from runcov_collector import api
+from runcov_collector.model import Selection
+from runcov_collector.testing import (
+    coverage_span,
+    file_hits,
+    file_static,
+    static_span,
+    trace_request,
+)
+
+HOUR_NS = 3600 * 10**9
+
+
+def _seed(client, version="1.0", role="baseline", when_ns=None, lines=(1, 2), endpoint="GET /a"):
+    when_ns = when_ns or time.time_ns()
+    resource = {
+        "service.name": "shop",
+        "service.version": version,
+        "deployment.environment.name": "prod",
+    }
+    resource["runcov.deployment.role"] = role
+    spans = [
+        coverage_span(endpoint, [file_hits("shop/views.py", lines)], end_time_unix_nano=when_ns),
+        static_span([file_static("shop/views.py", [1, 2, 3, 4], [(1, 2), (1, 3), (2, 4)])]),
+    ]
+    response = client.send(trace_request(spans, resource))
+    assert response.status_code == 200, response.text
+
+
+def test_parse_time_accepts_iso_and_relative():
+    assert (
+        api.parse_time("2026-11-25T10:00:00Z", "since")
+        == datetime(2026, 11, 25, 10, tzinfo=timezone.utc).timestamp()
+    )
+    assert api.parse_time("2026-11-25T10:00:00", "since") == api.parse_time(
+        "2026-11-25T10:00:00+00:00", "since"
+    )
+    assert api.parse_time("2026-11-25T12:00:00+02:00", "since") == api.parse_time(
+        "2026-11-25T10:00:00Z", "since"
+    )
+    assert api.parse_time("90m", "since", now=10_000.0) == 10_000.0 - 5400
+    assert api.parse_time("6h", "since", now=100_000.0) == 100_000.0 - 6 * 3600
+    assert api.parse_time("7d", "since", now=1e9) == 1e9 - 7 * 86400
+    with pytest.raises(api.BadParameter, match="since='yesterday' is neither ISO-8601"):
+        api.parse_time("yesterday", "since")
+    with pytest.raises(api.BadParameter):
+        api.parse_time("-5h", "until")
+
+
+def test_selection_from_parameters_and_diff_prefixes():
+    sel = api.selection(
+        {
+            "service": "shop",
+            "version": "1.0",
+            "role": "canary",
+            "endpoint": "GET /a",
+            "since": "2026-11-25T10:00:00Z",
+        }
+    )
+    assert sel == Selection(
+        service="shop",
+        version="1.0",
+        role="canary",
+        endpoint="GET /a",
+        since_unix=datetime(2026, 11, 25, 10, tzinfo=timezone.utc).timestamp(),
+    )
+    params = {
+        "service": "shop",
+        "environment": "prod",
+        "a_version": "1.0",
+        "b_version": "1.1",
+        "b_role": "canary",
+    }
+    a, b = api.selection(params, "a_"), api.selection(params, "b_")
+    assert (a.version, a.environment, a.role) == ("1.0", "prod", None)
+    assert (b.version, b.environment, b.role) == ("1.1", "prod", "canary")
+
+
+@pytest.mark.parametrize(
+    ("route", "params", "message"),
+    [
+        ("/api/v1/releases", {}, "missing parameter service"),
+        ("/api/v1/coverage", {}, "missing parameter service"),
+        (
+            "/api/v1/coverage",
+            {"service": "shop", "role": "prod"},
+            "role='prod' is not one of baseline",
+        ),
+        (
+            "/api/v1/coverage",
+            {"service": "shop", "since": "last tuesday"},
+            "since='last tuesday' is neither",
+        ),
+        (
+            "/api/v1/coverage",
+            {"service": "shop", "since": "1h", "until": "2h"},
+            "since must be before until",
+        ),
+        (
+            "/api/v1/coverage",
+            {"service": "shop", "detail": "maybe"},
+            "detail='maybe' must be 0 or 1",
+        ),
+        (
+            "/api/v1/coverage",
+            {"service": "shop", "path_prefix": "../"},
+            "path_prefix must be relative",
+        ),
+        (
+            "/api/v1/coverage",
+            {"service": "sh\x01op"},
+            "parameter service contains control characters",
+        ),
+        (
+            "/api/v1/coverage",
+            {"service": "s" * 1025},
+            "parameter service is longer than 1024 bytes",
+        ),
+        ("/api/v1/file", {"service": "shop"}, "missing parameter path"),
+        (
+            "/api/v1/file",
+            {"service": "shop", "path": "../../etc/passwd"},
+            "contains a '..' segment",
+        ),
+        ("/api/v1/file", {"service": "shop", "path": "/etc/passwd"}, "is absolute"),
+        ("/api/v1/series", {"service": "shop", "path": "a\x00b"}, "NUL or control characters"),
+        ("/api/v1/diff", {"service": "shop", "a_role": "x"}, "a_role='x' is not one of"),
+    ],
+)
+def test_bad_parameters_are_400_with_a_message(client, route, params, message):
+    _seed(client)
+    response = client.get(route, **params)
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+
+
+def test_unknown_release_or_file_is_404(client):
+    _seed(client)
+    response = client.get("/api/v1/coverage", service="nope")
+    assert response.status_code == 404
+    assert "no release matches" in response.json()["error"]
+    assert client.get("/api/v1/coverage", service="shop", version="9.9").status_code == 404
+    assert client.get("/api/v1/file", service="shop", path="shop/other.py").status_code == 404
+
+
+def test_routes_return_the_store_answers(client):
+    now = time.time_ns()
+    _seed(client, version="1.0", when_ns=now - 5 * HOUR_NS, lines=[1])
+    _seed(client, version="1.1", role="canary", when_ns=now - 2 * HOUR_NS, lines=[1, 2])
+    _seed(client, version="1.1", role="canary", when_ns=now, lines=[1, 4], endpoint="GET /b")
+
+    services = client.query("/api/v1/services")["services"]
+    assert [(s["service"], s["releases"]) for s in services] == [("shop", 2)]
+    releases = client.query("/api/v1/releases", service="shop")["releases"]
+    assert [(r["version"], r["role"]) for r in releases] == [("1.1", "canary"), ("1.0", "baseline")]
+
+    canary = {"service": "shop", "version": "1.1", "role": "canary"}
+    cov = client.query("/api/v1/coverage", **canary, detail=1)
+    assert cov["release"] == {**canary, "environment": "prod"}
+    [f] = cov["files"]
+    assert [line for line, _, _ in f["lines"]] == [1, 2, 4]
+    assert cov["totals"]["lines_total"] == 4
+    assert "lines" not in client.query("/api/v1/coverage", **canary)["files"][0]
+    assert client.query("/api/v1/coverage", **canary, path_prefix="other/")["files"] == []
+
+    only_b = client.query("/api/v1/file", **canary, path="shop/views.py", endpoint="GET /b")
+    assert [line for line, _, _ in only_b["lines"]] == [1, 4]
+    recent = client.query("/api/v1/file", **canary, path="shop/views.py", since="1h")
+    assert [line for line, _, _ in recent["lines"]] == [1, 4]
+    older = client.query("/api/v1/file", **canary, path="shop/views.py", until=_iso(now - HOUR_NS))
+    assert [line for line, _, _ in older["lines"]] == [1, 2]
+
+    series = client.query("/api/v1/series", **canary)["series"]
+    assert sum(bucket["requests"] for bucket in series) == 2
+    endpoints = client.query("/api/v1/endpoints", **canary)["endpoints"]
+    assert sorted(e["endpoint"] for e in endpoints) == ["GET /a", "GET /b"]
+
+    diff = client.query(
+        "/api/v1/diff",
+        service="shop",
+        a_version="1.0",
+        a_role="baseline",
+        b_version="1.1",
+        b_role="canary",
+    )
+    assert diff["a"]["version"] == "1.0" and diff["b"]["version"] == "1.1"
+    [changes] = diff["files"]
+    assert changes["newly_covered_lines"] == [2, 4]
+    assert changes["no_longer_covered_lines"] == []
+
+
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_health_and_readiness(client):
+    assert client.http.get("/healthz").json() == {"status": "ok"}
+    ready = client.http.get("/readyz")
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
