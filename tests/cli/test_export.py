@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -142,6 +143,34 @@ def test_cobertura_matches_coverage_py(
     root_el = ET.parse(out).getroot()
     assert root_el.get("branch-rate") == ET.parse(expected).getroot().get("branch-rate")
     assert [s.text for s in root_el.iter("source")] == [str(root.resolve())]
+
+
+def test_runcov_traced_requests_export_equal_coverage_py(
+    tmp_path: Path, collector: RunningCollector
+) -> None:
+    """The agent's own tracer as the source of hits: same report as coverage.py's."""
+    root = support.copy_app(tmp_path / "app")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    names = list(support.INPUTS)
+    requests = []
+    for name in names:  # one process per request, like coverage.py's measurements below
+        proc = subprocess.run(
+            [sys.executable, "traced.py", name], cwd=root, env=support.clean_env(),
+            capture_output=True, text=True, check=True,
+        )
+        record = json.loads(proc.stdout)
+        assert record["traced"] is True
+        files = {p: (lines, [tuple(a) for a in arcs])
+                 for p, (lines, arcs) in record["files"].items()}
+        requests.append(support.Request(support.INPUTS[name], files))
+    collector.store.ingest(support.batch(RELEASE, root, requests))
+    oracle = support.combine(root, data_dir / ".coverage.oracle",
+                             support.measure_inputs(root, data_dir, names).values())
+    exported = tmp_path / "traced.coverage"
+    export(collector, root, "coverage", exported)
+    expected = support.coverage_cli(root, "report", "-m", f"--data-file={oracle}")
+    assert support.coverage_cli(root, "report", "-m", f"--data-file={exported}") == expected
 
 
 def test_json_is_the_collector_detail(
