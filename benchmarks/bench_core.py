@@ -4,6 +4,7 @@ Two workloads from ``benchmarks/workloads/``: a threaded one (4 threads handling
 and an asyncio one (hundreds of concurrent tasks awaiting between steps). Each runs under:
 
 * ``none``            no coverage tool at all
+* ``none-again``      the same once more: its ratio to ``none`` shows the noise of the machine
 * ``runcov-0%``       runcov's core created with the workload as source root, no request sampled
 * ``runcov-1%`` ...   1 %, 10 %, 100 % of requests open an exact scope (every 100th/10th/each
                       request by index: deterministic)
@@ -42,6 +43,7 @@ WORKLOADS = os.path.realpath(os.path.join(HERE, "workloads"))
 
 CONFIGS = (
     "none",
+    "none-again",
     "runcov-0%",
     "runcov-1%",
     "runcov-10%",
@@ -97,7 +99,7 @@ def _set_up(config: str) -> tuple[Any, Any, Opener, Callable[[], None]]:
         )
         cov.start()
         stop = cov.stop
-    elif config != "none":
+    elif config not in ("none", "none-again"):
         raise SystemExit(f"unknown configuration {config!r}")
     return shop, async_shop, opener, stop
 
