@@ -6,6 +6,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -121,7 +122,18 @@ class SqliteDatabase(Database):
     def _connect(self) -> Any:
         raw = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
         raw.execute("PRAGMA busy_timeout = 60000")
-        raw.execute("PRAGMA journal_mode = WAL")
+        # Switching a new database to WAL needs an exclusive lock and does not wait on the busy
+        # timeout, so concurrent openers of a fresh file retry here.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                raw.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raw.close()
+                    raise
+                time.sleep(0.01)
         raw.execute("PRAGMA synchronous = FULL")
         return raw
 
