@@ -10,10 +10,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from coverage import CoverageData
 
 from runcov_collector.model import Release
 from tests.cli import support
-from tests.cli.conftest import RunningCollector
+from tests.cli.conftest import RunningCollector, Sample
 
 RELEASE = Release("shop", "1.0", "prod", "baseline")
 
@@ -171,6 +172,35 @@ def test_runcov_traced_requests_export_equal_coverage_py(
     export(collector, root, "coverage", exported)
     expected = support.coverage_cli(root, "report", "-m", f"--data-file={oracle}")
     assert support.coverage_cli(root, "report", "-m", f"--data-file={exported}") == expected
+
+
+def test_endpoint_contexts(
+    measured: tuple[Path, Path], collector: RunningCollector, tmp_path: Path, sample: Sample
+) -> None:
+    root, oracle = measured
+    out = tmp_path / "contexts.coverage"
+    proc = support.runcov(
+        "export", *collector.args(), "--service", "shop", "--version", "1.0",
+        "--format", "coverage", "-o", str(out), "--source", str(root), "--contexts", "endpoint",
+    )
+    assert proc.returncode == 0, proc.stderr
+    # The union over contexts is the same coverage: same report as coverage.py's.
+    expected = support.coverage_cli(root, "report", "-m", f"--data-file={oracle}")
+    assert support.coverage_cli(root, "report", "-m", f"--data-file={out}") == expected
+    data = CoverageData(basename=str(out))
+    data.read()
+    assert data.measured_contexts() == set(support.INPUTS.values())
+    views = str((root / "shop" / "views.py").resolve())
+    by_line = data.contexts_by_lineno(views)
+    # Each line's contexts are exactly the endpoints whose requests ran it (per coverage.py).
+    for line in range(1, 40):
+        want = {endpoint for name, endpoint in support.INPUTS.items()
+                if line in sample.lines(name).get("shop/views.py", set())}
+        assert set(by_line.get(line, [])) == want, line
+    html = tmp_path / "html"
+    support.coverage_cli(root, "html", f"--data-file={out}", "--show-contexts", "-d", str(html))
+    page = next(html.glob("*views_py.html")).read_text()
+    assert "GET /admin/report" in page
 
 
 def test_json_is_the_collector_detail(

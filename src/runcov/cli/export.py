@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from runcov.cli import _common
+from runcov.reports.client import CollectorClient, ReleaseSelection
 from runcov.reports.export import FORMATS, export
 
 _DEFAULT_OUTPUT = {
@@ -35,6 +37,10 @@ def add_parser(subparsers: Any) -> None:
                    help="local checkout of the service's source root, which collector paths "
                         "are relative to (repeatable; default: current directory)")
     p.add_argument("--path-prefix", help="only files under this path prefix")
+    p.add_argument("--contexts", choices=["none", "endpoint"], default="none",
+                   help="record each endpoint's hits as a coverage.py context, so that "
+                        "`coverage html --show-contexts` shows which endpoints ran a line "
+                        "(one query per endpoint; default: none)")
     p.set_defaults(func=run)
 
 
@@ -46,12 +52,32 @@ def run(args: argparse.Namespace) -> int:
     download = _common.download_progress(args, client)
     detail = client.coverage(sel, detail=True, path_prefix=args.path_prefix)
     download.finish()
+    contexts = None
+    if args.contexts == "endpoint" and args.format != "json":
+        contexts = _per_endpoint(args, client, sel)
     files = detail.get("files", [])
     output = Path(args.output or _DEFAULT_OUTPUT[args.format])
     bar = _common.progress(args, "writing", total=len(files), unit=" files")
-    result = export(detail, args.format, output, sources, bar.advance)
+    result = export(detail, args.format, output, sources, bar.advance, contexts)
     bar.finish()
     for warning in result.warnings():
         print(f"runcov: warning: {warning}", file=sys.stderr)
     print(f"wrote {output} ({args.format}, {result.files} files)", file=sys.stderr)
     return _common.EXIT_OK
+
+
+def _per_endpoint(
+    args: argparse.Namespace, client: CollectorClient, sel: ReleaseSelection
+) -> dict[str, dict[str, Any]]:
+    """Each endpoint's own detail JSON, keyed by endpoint name."""
+    endpoints = [e["endpoint"] for e in client.endpoints(sel)["endpoints"]]
+    if sel.endpoint:
+        endpoints = [e for e in endpoints if e == sel.endpoint]
+    bar = _common.progress(args, "reading endpoints", total=len(endpoints))
+    out = {}
+    for name in endpoints:
+        out[name] = client.coverage(replace(sel, endpoint=name), detail=True,
+                                    path_prefix=args.path_prefix)
+        bar.advance()
+    bar.finish()
+    return out

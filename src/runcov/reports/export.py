@@ -48,6 +48,7 @@ def write_coverage_data(
     data_file: Path,
     sources: Sequence[Path],
     advance: Optional[Callable[[int], None]] = None,
+    contexts: Optional[dict[str, dict[str, Any]]] = None,
 ) -> ExportResult:
     """Write the collector's detail JSON as a coverage.py data file for the local checkout.
 
@@ -55,15 +56,19 @@ def write_coverage_data(
     lines from arcs, so census-mode lines that no arc reaches are added as entry arcs
     ``(-line, line)``, which coverage.py's reports count as executed lines and ignore as
     branches. Files known only by their denominators are touched, so they report 0%.
+
+    With ``contexts`` (context name -> that context's detail JSON, e.g. one per endpoint),
+    the hits are recorded per coverage.py context instead, so that ``coverage html
+    --show-contexts`` tells which endpoints ran each line.
     """
     from coverage import CoverageData
 
     result = ExportResult()
     files = detail.get("files", [])
-    branch = any(f.get("arcs") for f in files)
-    lines_by_file: dict[str, list[int]] = {}
-    arcs_by_file: dict[str, list[tuple[int, int]]] = {}
-    touched: list[str] = []
+    branch = any(f.get("arcs") for f in files) or any(
+        f.get("arcs") for d in (contexts or {}).values() for f in d.get("files", [])
+    )
+    local_of: dict[str, str] = {}
     for f in files:
         if advance is not None:
             advance(1)
@@ -78,7 +83,41 @@ def write_coverage_data(
             continue
         if f.get("sha") and file_sha(local) != f["sha"]:
             result.changed.append(path)
-        key = str(local)
+        local_of[path] = str(local)
+        result.files += 1
+
+    data_file = Path(data_file)
+    data_file.parent.mkdir(parents=True, exist_ok=True)
+    data = CoverageData(basename=str(data_file))
+    data.erase()
+    hit: set[str] = set()
+    for context, ctx_detail in ([("", detail)] if contexts is None else sorted(contexts.items())):
+        if contexts is not None:
+            data.set_context(context)
+        lines, arcs = _hits(ctx_detail, local_of, branch)
+        if branch:
+            data.add_arcs(arcs)
+        else:
+            data.add_lines(lines)
+        hit.update(lines if not branch else arcs)
+    touched = sorted(set(local_of.values()) - hit)
+    if touched:
+        data.touch_files(touched)
+    data.write()
+    data.close()
+    return result
+
+
+def _hits(
+    detail: dict[str, Any], local_of: dict[str, str], branch: bool
+) -> tuple[dict[str, list[int]], dict[str, list[tuple[int, int]]]]:
+    """Lines (or arcs) per local filename of one detail document."""
+    lines_by_file: dict[str, list[int]] = {}
+    arcs_by_file: dict[str, list[tuple[int, int]]] = {}
+    for f in detail.get("files", []):
+        key = local_of.get(f["path"])
+        if key is None:
+            continue
         lines = sorted({int(entry[0]) for entry in f.get("lines", [])})
         if branch:
             arcs = {(int(a[0]), int(a[1])) for a in f.get("arcs", [])}
@@ -86,27 +125,9 @@ def write_coverage_data(
             arcs.update((-n, n) for n in lines if n not in reached)
             if arcs:
                 arcs_by_file[key] = sorted(arcs)
-            else:
-                touched.append(key)
         elif lines:
             lines_by_file[key] = lines
-        else:
-            touched.append(key)
-        result.files += 1
-
-    data_file = Path(data_file)
-    data_file.parent.mkdir(parents=True, exist_ok=True)
-    data = CoverageData(basename=str(data_file))
-    data.erase()
-    if branch:
-        data.add_arcs(arcs_by_file)  # type: ignore[arg-type]
-    else:
-        data.add_lines(lines_by_file)  # type: ignore[arg-type]
-    if touched:
-        data.touch_files(touched)
-    data.write()
-    data.close()
-    return result
+    return lines_by_file, arcs_by_file
 
 
 def write_with_reporter(
@@ -115,13 +136,14 @@ def write_with_reporter(
     outfile: Path,
     sources: Sequence[Path],
     advance: Optional[Callable[[int], None]] = None,
+    contexts: Optional[dict[str, dict[str, Any]]] = None,
 ) -> ExportResult:
     """LCOV or Cobertura through coverage.py's own reporters, from a temporary data file."""
     from coverage import Coverage
 
     with tempfile.TemporaryDirectory(prefix="runcov-export-") as tmp:
         data_file = Path(tmp) / ".coverage"
-        result = write_coverage_data(detail, data_file, sources, advance)
+        result = write_coverage_data(detail, data_file, sources, advance, contexts)
         cov = Coverage(
             data_file=str(data_file),
             source=[str(Path(s).resolve()) for s in sources],
@@ -172,12 +194,13 @@ def export(
     outfile: Path,
     sources: Sequence[Path],
     advance: Optional[Callable[[int], None]] = None,
+    contexts: Optional[dict[str, dict[str, Any]]] = None,
 ) -> ExportResult:
     """Write ``detail`` in ``fmt`` (one of :data:`FORMATS`) to ``outfile``."""
     if fmt == "coverage":
-        return write_coverage_data(detail, outfile, sources, advance)
+        return write_coverage_data(detail, outfile, sources, advance, contexts)
     if fmt in ("lcov", "cobertura"):
-        return write_with_reporter(detail, fmt, outfile, sources, advance)
+        return write_with_reporter(detail, fmt, outfile, sources, advance, contexts)
     if fmt == "json":
         return write_json(detail, outfile)
     raise ValueError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
