@@ -80,6 +80,7 @@ class ScopeState(Scope):
         "census_lines",
         "closed",
         "files",
+        "generation",
         "is_census",
         "last",
         "mode",
@@ -115,6 +116,9 @@ class ScopeState(Scope):
         self._closer = closer
         self._token: Optional[contextvars.Token[Optional[ScopeState]]] = None
         self.owner_thread = threading.get_ident()
+        #: The core's fork generation when the scope opened (scopes inherited through fork()
+        #: are not counted by the child's core).
+        self.generation = 0
         self.result: Optional[CoverageData] = None
 
     def bind(self) -> None:

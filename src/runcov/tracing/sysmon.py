@@ -63,6 +63,7 @@ class SysmonCore(Core):
         #: id(code) -> code for code objects under the roots (kept alive: ids stay unique).
         self._codes: dict[int, CodeType] = {}
         self._active = 0  # open exact scopes
+        self._generation = 0  # incremented in a forked child
         #: True while code carries the exact-mode events (open scopes, then ``linger`` seconds).
         self._exact_armed = False
         #: Upper bound of the time to stay armed after the last exact scope closed. The actual
@@ -266,6 +267,7 @@ class SysmonCore(Core):
         else:
             wanted = self._roots.roots
         scope = ScopeState(mode, trace_id, wanted, self._close_scope)
+        scope.generation = self._generation
         try:
             if self._shut:
                 scope.traced = False
@@ -296,7 +298,7 @@ class SysmonCore(Core):
         return scope
 
     def _close_scope(self, scope: ScopeState) -> None:
-        if scope.mode != EXACT or not scope.traced:
+        if scope.mode != EXACT or not scope.traced or scope.generation != self._generation:
             return
         with self._lock:
             if self._active > 0:
@@ -398,8 +400,10 @@ class SysmonCore(Core):
             self._census.clear()
 
     def _after_fork_in_child(self) -> None:
-        # Only the forking thread survives: scopes of other threads will never close.
+        # Only the forking thread survives: scopes of other threads will never close, and scopes
+        # inherited from the parent must not be counted when the child closes them.
         self._lock = threading.RLock()
+        self._generation += 1
         if self._shut:
             return
         scope = _current.get()
