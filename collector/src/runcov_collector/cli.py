@@ -92,7 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         serve(config, on_ready=_announce)
-    except OSError as exc:
+    except ValueError as exc:  # e.g. a store URL the store cannot open
         print(f"runcov-collector: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the port is taken, the database is unreachable...
+        print(f"runcov-collector: cannot serve: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0

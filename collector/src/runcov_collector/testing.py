@@ -1,10 +1,14 @@
-"""Builders of runcov OTLP export requests (protobuf and OTLP/JSON) for tests and load tools."""
+"""Test helpers: runcov OTLP export requests (protobuf, OTLP/JSON) and a collector subprocess."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import re
+import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -180,3 +184,64 @@ def to_otlp_json(request: Any) -> bytes:
     doc = json_format.MessageToDict(request)
     _ids_to_hex(doc)
     return json.dumps(doc).encode("utf-8")
+
+
+LISTENING = re.compile(r"runcov-collector listening http=([\d.]+):(\d+) grpc=(\S+)")
+
+
+class ServerProcess:
+    """``python -m runcov_collector serve --http-port 0 ...`` as a subprocess.
+
+    ``http_port`` is parsed from the line the server prints once it listens.
+    """
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> None:
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runcov_collector", "serve", "--http-port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+        )
+        self.stderr_lines: list[str] = []
+        self._stderr_reader = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_reader.start()
+        self.http_port = 0
+        ready = threading.Event()
+        self._found: list[Any] = []
+
+        def read_stdout() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                match = LISTENING.search(line)
+                if match and not ready.is_set():
+                    self._found.append(match)
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=read_stdout, daemon=True).start()
+        ready.wait(timeout)
+        if not self._found:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError("collector did not start:\n" + "".join(self.stderr_lines))
+        self.http_port = int(self._found[0].group(2))
+        self.base = f"http://127.0.0.1:{self.http_port}"
+
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
+
+    def wait(self, timeout: float = 60) -> int:
+        """Wait for exit; returns the exit code."""
+        code = self.proc.wait(timeout)
+        self._stderr_reader.join(5)
+        return code
+
+    def stop(self) -> None:
+        """Make sure the process is gone."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)

@@ -1,0 +1,193 @@
+"""The command line and configuration: precedence, refusing to start without auth, serving as a
+real process, graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from runcov_collector import cli
+from runcov_collector.config import Config, ConfigError, from_sources
+from runcov_collector.testing import ServerProcess, coverage_span, file_hits, trace_request
+
+
+def test_arguments_beat_environment_beat_defaults():
+    env = {
+        "RUNCOV_COLLECTOR_HTTP_PORT": "5000",
+        "RUNCOV_COLLECTOR_INGEST_TOKEN": "from-env",
+        "RUNCOV_COLLECTOR_NO_AUTH": "true",
+        "RUNCOV_COLLECTOR_RETENTION_HOURS": "48",
+    }
+    config = from_sources({"http_port": 6000, "grpc_port": None}, env)
+    assert config.http_port == 6000  # argument
+    assert config.ingest_token == "from-env"  # environment
+    assert config.no_auth is True
+    assert config.retention_hours == 48.0
+    assert config.grpc_port == 4317  # default
+    assert config.max_body_bytes == 16 * 1024 * 1024
+
+
+def test_bad_environment_values_fail_loudly():
+    with pytest.raises(ConfigError, match="RUNCOV_COLLECTOR_HTTP_PORT='http' is not a valid int"):
+        from_sources({}, {"RUNCOV_COLLECTOR_HTTP_PORT": "http"})
+    with pytest.raises(ConfigError, match="RUNCOV_COLLECTOR_NO_AUTH='perhaps'"):
+        from_sources({}, {"RUNCOV_COLLECTOR_NO_AUTH": "perhaps"})
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({}, "refusing to start without authentication"),
+        ({"ingest_token": "a"}, "refusing to start without authentication"),
+        ({"no_auth": True, "http_port": 70000}, "http_port 70000 is not a port number"),
+        ({"no_auth": True, "max_body_bytes": 0}, "max_body_bytes must be at least 1"),
+        ({"no_auth": True, "retention_hours": -1}, "retention_hours must be >= 0"),
+    ],
+)
+def test_validation_messages(values, message):
+    with pytest.raises(ConfigError, match=message):
+        Config(**values).validate()
+
+
+def test_cli_options_map_to_config(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("RUNCOV_COLLECTOR_"):
+            monkeypatch.delenv(name)
+    args = cli.build_parser().parse_args(
+        [
+            "serve",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "-1",
+            "--store",
+            "sqlite:///x.db",
+            "--ingest-token",
+            "i",
+            "--query-token",
+            "q",
+            "--max-body-bytes",
+            "1000",
+            "--retention-hours",
+            "12",
+            "--source-dir",
+            "/src",
+            "--trace-url-template",
+            "https://t.example/{trace_id}",
+        ]
+    )
+    config = cli.config_from_args(args)
+    assert (config.http_port, config.grpc_port, config.store_url) == (0, -1, "sqlite:///x.db")
+    assert (config.ingest_token, config.query_token, config.no_auth) == ("i", "q", False)
+    assert (config.max_body_bytes, config.retention_hours) == (1000, 12.0)
+    assert (config.source_dir, config.trace_url_template) == (
+        "/src",
+        "https://t.example/{trace_id}",
+    )
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("RUNCOV_COLLECTOR_")}
+
+
+def test_server_refuses_to_start_without_tokens(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runcov_collector",
+            "serve",
+            "--store",
+            f"sqlite:///{tmp_path}/c.db",
+        ],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "refusing to start without authentication" in result.stderr
+    assert "--no-auth" in result.stderr
+    assert not (tmp_path / "c.db").exists()
+
+
+def test_serves_and_stops_on_sigterm_after_finishing_in_flight_requests(tmp_path):
+    db = tmp_path / "c.db"
+    env = {**_clean_env(), "RUNCOV_COLLECTOR_NO_AUTH": "1"}
+    server = ServerProcess("--grpc-port", "0", "--store", f"sqlite:///{db}", env=env)
+    try:
+        client = httpx.Client(base_url=server.base, timeout=60)
+        assert client.get("/healthz").json() == {"status": "ok"}
+        body = trace_request([coverage_span("GET /", [file_hits("a.py", [3])])]).SerializeToString()
+        headers = {"content-type": "application/x-protobuf"}
+        assert client.post("/v1/traces", content=body, headers=headers).status_code == 200
+
+        # An ingest in flight when SIGTERM arrives still completes and is acknowledged.
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        answers: list[int] = []
+        body2 = trace_request(
+            [coverage_span("GET /", [file_hits("a.py", [4])])]
+        ).SerializeToString()
+        sender = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(
+                    f"{server.base}/v1/traces", content=body2, headers=headers, timeout=60
+                ).status_code
+            )
+        )
+        sender.start()
+        while "runcov_collector_ingests_in_flight 1" not in client.get("/metrics").text:
+            pass
+        server.proc.send_signal(signal.SIGTERM)
+        # Once the listener is closed, let the store commit.
+        while True:
+            try:
+                httpx.get(f"{server.base}/healthz", timeout=5)
+            except httpx.TransportError:
+                break
+        blocker.execute("COMMIT")
+        blocker.close()
+        sender.join(60)
+        assert answers == [200]
+        assert server.wait() == 0
+        client.close()
+    finally:
+        server.stop()
+    # Both acknowledged batches are in the database.
+    check = ServerProcess("--grpc-port", "-1", "--store", f"sqlite:///{db}", env=env)
+    try:
+        detail = httpx.get(
+            f"{check.base}/api/v1/file", params={"service": "shop", "path": "a.py"}
+        ).json()
+        assert [line for line, _, _ in detail["lines"]] == [3, 4]
+    finally:
+        check.proc.send_signal(signal.SIGINT)
+        assert check.wait() == 0
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "runcov-collector"
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.strip() == "runcov-collector 0.1.0"
+
+
+def test_unusable_store_url_is_a_clear_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "runcov_collector", "serve", "--no-auth", "--store", "mysql://x"],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "unsupported store URL 'mysql://x'" in result.stderr
