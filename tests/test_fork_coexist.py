@@ -254,6 +254,23 @@ def test_inherited_scope_closing_does_not_disturb_the_childs_capture() -> None:
     assert_idle(child_state)
 
 
+def test_child_that_measures_nothing_is_left_idle() -> None:
+    """Fork right after a capture closed (the core may still linger armed): a child that never
+    opens a capture ends up with nothing armed and no tracer, like the parent."""
+    want = runcov_alone(work_a)
+
+    def child() -> dict[str, Any]:
+        work_c()
+        return settled()
+
+    with capture_coverage(source=[CORPUS_DIR]) as cov:
+        work_a()
+    child_state = fork_and_run(child)
+    assert snapshot(cov.lines, cov.arcs) == want
+    assert_idle(child_state)
+    assert_idle(settled())
+
+
 def test_fork_while_another_thread_captures() -> None:
     """A capture open in another thread at fork time: the child (one thread) measures alone."""
     want_thread = runcov_alone(work_a)
