@@ -21,6 +21,7 @@ from collector.tests.dashboard import (
     truth,
 )
 
+from runcov_collector.dashboard.cache import AnswerCache
 from runcov_collector.dashboard.source import Annotation, read_source
 from runcov_collector.model import Batch, CoveragePart, FileHits, FileStatic, Release
 
@@ -246,3 +247,24 @@ def test_ten_thousand_files_are_paged_and_filtered_server_side(tmp_path: Path) -
         assert rows == [f"pkg007/mod{i:02d}.py" for i in range(90, 100)]
         assert "page 4 of 4" in page
     print(f"\n10,000-file release page rendered in {first_page * 1000:.0f} ms")
+
+
+def test_answer_cache_reuses_fresh_answers_only() -> None:
+    now = [100.0]
+    cache = AnswerCache(ttl=10.0, size=2, clock=lambda: now[0])
+    calls: list[str] = []
+
+    def compute(key: str) -> object:
+        calls.append(key)
+        return object()
+
+    first = cache.get("a", lambda: compute("a"))
+    assert cache.get("a", lambda: compute("a")) is first
+    now[0] += 10.5  # expired
+    assert cache.get("a", lambda: compute("a")) is not first
+    cache.get("b", lambda: compute("b"))
+    cache.get("c", lambda: compute("c"))  # evicts the least recently used ("a")
+    cache.get("a", lambda: compute("a"))
+    assert calls == ["a", "a", "b", "c", "a"]
+    off = AnswerCache(ttl=0)
+    assert off.get("x", lambda: 1) == 1 and off.get("x", lambda: 2) == 2

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from runcov_collector.dashboard import params as P
+from runcov_collector.dashboard.cache import AnswerCache
 from runcov_collector.dashboard.source import Annotation, annotate, read_source
 from runcov_collector.dashboard.sparkline import cumulative_lines
 from runcov_collector.model import ROLES, Selection, Store
@@ -20,6 +21,7 @@ PER_PAGE = 100
 MAX_PER_PAGE = 1000
 FILE_SORTS = ("path", "line_percent", "branch_percent", "missed", "requests")
 STATIC_PREFIX = "/ui/static"
+DEFAULT_CACHE_SECONDS = 10.0
 
 
 def url(route: str, params: Mapping[str, Any] | None = None, /, **extra: Any) -> str:
@@ -83,6 +85,8 @@ class Dashboard:
         self.store = store
         self.source_dir: str | None = getattr(config, "source_dir", None)
         self.trace_url_template: str | None = getattr(config, "trace_url_template", None)
+        ttl = getattr(config, "dashboard_cache_seconds", None)
+        self.cache = AnswerCache(ttl=DEFAULT_CACHE_SECONDS if ttl is None else float(ttl))
         self.env = _env()
 
     # -- plumbing --------------------------------------------------------------------------
@@ -147,13 +151,13 @@ class Dashboard:
         per_page = P.int_param(query, "per_page", PER_PAGE, 1, MAX_PER_PAGE)
         page = P.int_param(query, "page", 1, 1, 10**9)
 
-        cov = self.store.coverage(sel, path_prefix=prefix)
+        cov = self.cache.get(("coverage", sel, prefix),
+                             lambda: self.store.coverage(sel, path_prefix=prefix))
         release = cov["release"]
+        whole = Selection(release["service"], release["version"], release["environment"],
+                          release["role"], since_unix=sel.since_unix, until_unix=sel.until_unix)
         endpoints = sorted(
-            self.store.endpoints(Selection(release["service"], release["version"],
-                                           release["environment"], release["role"],
-                                           since_unix=sel.since_unix,
-                                           until_unix=sel.until_unix))["endpoints"],
+            self.cache.get(("endpoints", whole), lambda: self.store.endpoints(whole))["endpoints"],
             key=lambda e: e["endpoint"],
         )
         files = cov.get("files", [])
