@@ -10,7 +10,7 @@ from ..model import Batch, CoveragePart, FileStatic, Release
 from . import hitsets
 from .dialect import Conn
 from .hitsets import HitSet
-from .merge import NS_PER_HOUR, Merged, first_key, hour_of, merge_parts
+from .merge import Merged, first_key, hour_of, merge_parts
 
 
 def _release_spans(batch: Batch) -> dict[Release, tuple[int, int]]:
@@ -335,4 +335,4 @@ def ingest_batch(conn: Conn, batch: Batch) -> dict[str, Any]:
     return {"parts": len(new_parts), "duplicates": len(batch.coverage) - len(new_parts)}
 
 
-__all__ = ["NS_PER_HOUR", "ingest_batch", "static_payload"]
+__all__ = ["ingest_batch", "static_payload"]

@@ -11,7 +11,6 @@ from typing import Any
 from ..model import CoveragePart, FileHits, Release
 
 NS_PER_HOUR = 3_600_000_000_000
-NS_PER_SECOND = 1_000_000_000
 
 
 def first_key(time_unix_nano: int, trace_id: str) -> str:
