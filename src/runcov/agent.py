@@ -14,7 +14,15 @@ from runcov.errors import RuncovError
 
 log = logging.getLogger("runcov")
 
-__all__ = ["Agent", "RequestTicket", "current_agent", "start", "stop"]
+__all__ = [
+    "Agent",
+    "RequestTicket",
+    "bootstrap",
+    "current_agent",
+    "enabled_by_env",
+    "start",
+    "stop",
+]
 
 #: Census mode re-arms first-hit recording this often, so that lines keep being tied to recent
 #: traces and a long-running process still reports what current traffic executes.
@@ -35,6 +43,44 @@ def current_agent() -> Optional[Agent]:
     """The agent started in this process, if it is running."""
     agent = _active
     return agent if agent is not None and agent.running else None
+
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+def enabled_by_env(environ: Any = None) -> bool:
+    """True when the environment asks for runcov: ``RUNCOV_ENABLED`` true or ``RUNCOV_SOURCE`` set.
+
+    Used by the zero-code entry points (``opentelemetry-instrument``, ``runcov run``); an
+    explicit false ``RUNCOV_ENABLED`` wins over ``RUNCOV_SOURCE``.
+    """
+    env = os.environ if environ is None else environ
+    flag = env.get("RUNCOV_ENABLED", "").strip().lower()
+    if flag:
+        return flag in _TRUE
+    return bool(env.get("RUNCOV_SOURCE", "").strip())
+
+
+def bootstrap() -> Optional[Agent]:
+    """Start runcov from ``RUNCOV_*`` when they ask for it (zero-code start, never raises
+    except for a bad configuration).
+
+    Attaches to the OpenTelemetry SDK tracer provider when there is one (e.g. under
+    ``opentelemetry-instrument``); otherwise measures Flask, Django and Starlette/FastAPI
+    applications through framework hooks.
+    """
+    if not enabled_by_env():
+        return None
+    agent = current_agent() or Agent.start()
+    if not agent.running:
+        return agent
+    from opentelemetry import trace
+
+    if not agent.attach(trace.get_tracer_provider()):
+        from runcov.middleware import install_framework_hooks
+
+        install_framework_hooks()
+    return agent
 
 
 def start(**options: Any) -> Agent:
@@ -204,6 +250,11 @@ class Agent:
                 from runcov.export.exporter import CoverageExporter
 
                 self.exporter = CoverageExporter(config, self._resource, metrics=self.metrics)
+                # Set the exporter's pipeline up now: a short-lived process (a script, a job)
+                # may otherwise first need it at interpreter exit, when no thread can start.
+                warm = getattr(self.exporter, "_ensure_provider", None)
+                if warm is not None:
+                    warm()
         except RuncovError:
             raise
         except Exception:

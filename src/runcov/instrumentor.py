@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Collection
 
 from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
@@ -12,22 +11,7 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 
 log = logging.getLogger("runcov")
 
-__all__ = ["RuncovInstrumentor", "enabled_by_env"]
-
-_TRUE = ("1", "true", "yes", "on")
-
-
-def enabled_by_env(environ: Any = None) -> bool:
-    """True when the environment asks for runcov: ``RUNCOV_ENABLED`` true or ``RUNCOV_SOURCE`` set.
-
-    An explicit false ``RUNCOV_ENABLED`` wins over ``RUNCOV_SOURCE``.
-    """
-    env = os.environ if environ is None else environ
-    flag = env.get("RUNCOV_ENABLED", "").strip().lower()
-    if flag:
-        return flag in _TRUE
-    return bool(env.get("RUNCOV_SOURCE", "").strip())
-
+__all__ = ["RuncovInstrumentor"]
 
 class RuncovInstrumentor(BaseInstrumentor):
     """Starts the runcov agent under ``opentelemetry-instrument`` (entry point ``runcov``).
@@ -44,11 +28,12 @@ class RuncovInstrumentor(BaseInstrumentor):
         return []
 
     def _instrument(self, **kwargs: Any) -> None:
+        from runcov.agent import Agent, current_agent, enabled_by_env
+        from runcov.errors import RuncovError
+
         if not enabled_by_env():
             log.debug("runcov: not enabled (set RUNCOV_ENABLED=true or RUNCOV_SOURCE)")
             return
-        from runcov.agent import Agent, current_agent
-        from runcov.errors import RuncovError
 
         try:
             agent = current_agent() or Agent.start()

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 log = logging.getLogger("runcov")
 
-__all__ = ["BOOTSTRAP_DIR", "add_parser", "bootstrap", "build_environment", "main"]
+__all__ = ["BOOTSTRAP_DIR", "add_parser", "build_environment", "main"]
 
 #: Directory put first on ``PYTHONPATH``: its ``sitecustomize`` starts runcov in every Python
 #: process of the command (and then runs the ``sitecustomize`` it shadows).
@@ -93,7 +93,8 @@ def build_environment(
     if not env.get("RUNCOV_SOURCE"):
         # Fixed here: the command may change directory before Python starts.
         env["RUNCOV_SOURCE"] = os.getcwd()
-    env["RUNCOV_ENABLED"] = "true"
+    if not env.get("RUNCOV_ENABLED", "").strip():
+        env["RUNCOV_ENABLED"] = "true"  # an explicit "false" stays: the kill switch
     load_config(environ=env)  # fail here, loudly, rather than in the service
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != BOOTSTRAP_DIR]
     env["PYTHONPATH"] = os.pathsep.join([BOOTSTRAP_DIR, *parts])
@@ -123,26 +124,3 @@ def main(args: argparse.Namespace) -> int:
     sys.stderr.flush()
     os.execve(executable, command, env)
     return 0  # pragma: no cover - execve does not return
-
-
-def bootstrap() -> None:
-    """Start runcov in this process from ``RUNCOV_*`` (called by the bootstrap sitecustomize).
-
-    Attaches to the OpenTelemetry SDK tracer provider when there is one (e.g. under
-    ``opentelemetry-instrument``); otherwise measures Flask, Django and Starlette/FastAPI
-    applications through framework hooks.
-    """
-    from runcov.agent import Agent, current_agent
-    from runcov.instrumentor import enabled_by_env
-
-    if not enabled_by_env():
-        return
-    agent = current_agent() or Agent.start()
-    if not agent.running:
-        return
-    from opentelemetry import trace
-
-    if not agent.attach(trace.get_tracer_provider()):
-        from runcov.middleware import install_framework_hooks
-
-        install_framework_hooks()

@@ -29,7 +29,7 @@ def _chain() -> None:
 
 def _start() -> None:
     try:
-        from runcov.cli.run import bootstrap
+        from runcov.agent import bootstrap
 
         bootstrap()
     except Exception as exc:  # never keep the application from starting
