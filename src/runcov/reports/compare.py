@@ -157,7 +157,10 @@ def compare(
                             for f in p.get("functions", [])]
         if path in tests:
             fc.in_tests = bool(tests[path][0])
-            fc.test_lines, fc.test_arcs = tests[path]
+            fc.test_lines, fc.test_arcs = set(tests[path][0]), set(tests[path][1])
+        # Denominators are known when production sent them or the local file can be analyzed
+        # (a file may truly have no statements: only then is an empty set meaningful).
+        known = bool(fc.executable)
         if not fc.executable or not fc.functions or not fc.possible_arcs:
             try:
                 found = resolve_local(path, sources)
@@ -165,10 +168,11 @@ def compare(
             except SourceError:
                 local = None
             if local is not None:
+                known = True
                 fc.executable = fc.executable or set(local.lines)
                 fc.possible_arcs = fc.possible_arcs or set(local.arcs)
                 fc.functions = fc.functions or list(local.functions)
-        if fc.executable:
+        if known:
             fc.test_lines &= fc.executable
             fc.prod_lines &= fc.executable
         out.append(fc)

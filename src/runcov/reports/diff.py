@@ -77,7 +77,8 @@ def render_diff(data: dict[str, Any], show_lines: bool = True) -> str:
             f"-{s['no_longer_covered_lines']}", f"+{s['newly_covered_arcs']}",
             f"-{s['no_longer_covered_arcs']}",
         ]
-        out.append(render_table(["File", "Lines", "", "Arcs", ""], rows, "lrrrr", footer))
+        out.append(render_table(["File", "+Lines", "-Lines", "+Arcs", "-Arcs"], rows, "lrrrr",
+                                footer))
         if show_lines:
             out.append("\n")
             for f in data["files"]:

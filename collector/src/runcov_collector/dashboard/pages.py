@@ -187,10 +187,10 @@ class Dashboard:
         if not path:
             raise P.BadParameter("path is required")
         detail = self.store.file(sel, path)
-        release = detail.get("release") or P.release_query(
-            {"service": sel.service, "version": sel.version, "environment": sel.environment,
-             "role": sel.role}
-        )
+        release = detail.get("release") or {
+            "service": sel.service, "version": sel.version or "",
+            "environment": sel.environment or "", "role": sel.role or "baseline",
+        }
         ann = Annotation.from_detail(detail)
         text, info = read_source(self.source_dir, path)
         template = self.trace_url_template
