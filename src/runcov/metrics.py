@@ -12,10 +12,11 @@ import logging
 import os
 import threading
 import weakref
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.metrics import Observation
 from opentelemetry.sdk.metrics import (
     Counter,
     Histogram,
@@ -140,9 +141,15 @@ def _make_metric_exporter(config: Config) -> MetricExporter:
 
 
 class _Instruments:
-    """The provider and instruments of one process."""
+    """The provider and instruments of one process.
 
-    def __init__(self, config: Config, resource: Resource) -> None:
+    ``runcov.requests.seen`` counts every request of a selected endpoint, so it is counted in a
+    plain dict and read by an observable counter at collection time (a synchronous SDK counter
+    costs microseconds per call); the other counters concern sampled requests only and are
+    synchronous, so they can carry exemplars.
+    """
+
+    def __init__(self, config: Config, resource: Resource, seen: Callable[[], Any]) -> None:
         self.exporter = _ProcessBoundExporter(_make_metric_exporter(config))
         reader = PeriodicExportingMetricReader(
             self.exporter,
@@ -160,8 +167,11 @@ class _Instruments:
         except Exception:
             version = ""
         meter = self.provider.get_meter("runcov", str(version))
-        self.seen = meter.create_counter(
-            "runcov.requests.seen", "{request}", "Requests of selected endpoints"
+        meter.create_observable_counter(
+            "runcov.requests.seen",
+            callbacks=[lambda _options: seen()],
+            unit="{request}",
+            description="Requests of selected endpoints",
         )
         self.sampled = meter.create_counter(
             "runcov.requests.sampled", "{request}", "Requests whose coverage was measured"
@@ -204,7 +214,10 @@ class AgentMetrics:
         self.config = config
         self.enabled = bool(config.enabled) and config.metrics_interval > 0
         self._resource = resource
-        self._scrub = Redactor((), (), config.redact).scrub
+        self._scrubber = Redactor((), (), config.redact).scrub
+        self._scrubbed: dict[str, str] = {}
+        self._seen: dict[str, int] = {}
+        self._seen_lock = threading.Lock()
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._inst: Optional[_Instruments] = None
@@ -222,8 +235,25 @@ class AgentMetrics:
 
             os.register_at_fork(after_in_child=after_fork)
 
+    def _scrub(self, text: str) -> str:
+        out = self._scrubbed.get(text)
+        if out is None:
+            out = self._scrubber(text)
+            if len(self._scrubbed) >= 4096:
+                self._scrubbed.clear()
+            self._scrubbed[text] = out
+        return out
+
+    def _observe_seen(self) -> Iterator[Observation]:
+        with self._seen_lock:
+            counts = list(self._seen.items())
+        for endpoint, count in counts:
+            yield Observation(count, {"runcov.endpoint": endpoint})
+
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
+        self._seen_lock = threading.Lock()
+        self._seen = {}
         self._pid = os.getpid()
         if self._inst is not None:
             self._stale.append(self._inst)
@@ -238,7 +268,7 @@ class AgentMetrics:
             return None
         with self._lock:
             if self._inst is None:
-                self._inst = _Instruments(self.config, self._resource)
+                self._inst = _Instruments(self.config, self._resource, self._observe_seen)
                 stale, self._stale = self._stale, []
                 if stale:  # the parent's provider: stop its reader thread in this process
                     threading.Thread(
@@ -267,9 +297,17 @@ class AgentMetrics:
     def seen(
         self, endpoint: str, *, trace_id: Optional[int] = None, span_id: Optional[int] = None
     ) -> None:
-        """One request of a selected endpoint finished (measured or not)."""
-        if self.enabled:
-            self._add("seen", 1, {"runcov.endpoint": self._scrub(endpoint)}, trace_id, span_id)
+        """One request of a selected endpoint finished (measured or not). Carries no exemplar."""
+        if not self.enabled:
+            return
+        try:
+            key = self._scrub(endpoint)
+            with self._seen_lock:
+                self._seen[key] = self._seen.get(key, 0) + 1
+            if self._inst is None:
+                self._instruments()
+        except Exception:
+            self.errors += 1
 
     def sampled(
         self,

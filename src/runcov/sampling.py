@@ -159,6 +159,7 @@ class Sampler:
         self._last = clock()
         self._lock = threading.Lock()
         self._endpoints: dict[str, _Endpoint] = {}
+        self._thresholds: dict[float, int] = {}
         if hasattr(os, "register_at_fork"):
             ref = weakref.WeakMethod(self._after_fork)
             os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
@@ -172,9 +173,21 @@ class Sampler:
         if not self._saturation or rate <= 0.0:
             return rate
         state = self._endpoints.get(endpoint)
-        multiplier = MAX_BOOST if state is None else state.multiplier
-        floor = min(rate, max(rate / MAX_BOOST, MIN_FLOOR))
-        return max(floor, min(1.0, rate * multiplier))
+        boosted = rate * (MAX_BOOST if state is None else state.multiplier)
+        if boosted > 1.0:
+            return 1.0
+        floor = rate / MAX_BOOST
+        if floor < MIN_FLOOR:
+            floor = MIN_FLOOR if rate > MIN_FLOOR else rate
+        return boosted if boosted > floor else floor
+
+    def _threshold(self, rate: float) -> int:
+        t = self._thresholds.get(rate)
+        if t is None:
+            t = threshold(rate)
+            if len(self._thresholds) < 4096:
+                self._thresholds[rate] = t
+        return t
 
     def decide(
         self,
@@ -187,7 +200,7 @@ class Sampler:
         if rule is None:
             return Decision(False, "no_match", 0.0)
         try:
-            rv, th = parse_ot_tracestate(tracestate)
+            rv, th = parse_ot_tracestate(tracestate) if tracestate else (None, None)
             r = rv if rv is not None else trace_id & _MASK
             if th is not None:
                 rate = (_MAX_R - th) / _MAX_R
@@ -195,8 +208,8 @@ class Sampler:
                     return Decision(False, "propagated", rate)
                 reason = "propagated"
             else:
-                rate = self.effective_rate(endpoint, rule.rate)
-                if rate <= 0.0 or r < threshold(rate):
+                rate = self.effective_rate(endpoint, rule.rate) if self._saturation else rule.rate
+                if rate <= 0.0 or r < self._threshold(rate):
                     return Decision(False, "not_sampled", rate)
                 reason = "sampled"
             if self._cap > 0.0 and not self._take_token():

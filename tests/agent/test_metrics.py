@@ -120,7 +120,7 @@ def test_exemplars_carry_the_sampled_trace(sink: Any, tmp_path: Path) -> None:
     metrics = make(sink, tmp_path)
     try:
         metrics.sampled("POST /pay", "exact", trace_id=0x1234, span_id=0x5678)
-        metrics.seen("POST /pay")  # no trace given and no current span: no exemplar
+        metrics.dropped("POST /pay", "queue_full")  # no trace given, no current span
         assert metrics.flush(10)
         points = sink.metric_points()
     finally:
@@ -129,7 +129,7 @@ def test_exemplars_carry_the_sampled_trace(sink: Any, tmp_path: Path) -> None:
     assert [
         (int.from_bytes(e.trace_id, "big"), int.from_bytes(e.span_id, "big")) for e in exemplars
     ] == [(0x1234, 0x5678)]
-    [(_, _, none)] = points["runcov.requests.seen"]
+    [(_, _, none)] = points["runcov.requests.dropped"]
     assert none == []
 
 
@@ -139,10 +139,10 @@ def test_current_sampled_span_becomes_the_exemplar(tmp_path: Path) -> None:
         tracer = TracerProvider().get_tracer("app")
         try:
             with tracer.start_as_current_span("request") as span:
-                metrics.seen("GET /")
+                metrics.sampled("GET /", "exact")
                 ctx = span.get_span_context()
             assert metrics.flush(10)
-            [(_, _, exemplars)] = sink.metric_points()["runcov.requests.seen"]
+            [(_, _, exemplars)] = sink.metric_points()["runcov.requests.sampled"]
         finally:
             metrics.shutdown(5)
     assert [int.from_bytes(e.trace_id, "big") for e in exemplars] == [ctx.trace_id]
@@ -199,7 +199,7 @@ def test_bad_input_and_dead_endpoint_never_raise(tmp_path: Path) -> None:
         metrics_interval=3600,
     )
     metrics = AgentMetrics(config, build_resource(config))
-    metrics.seen(None)  # type: ignore[arg-type]
+    metrics.sampled(None, "exact")  # type: ignore[arg-type]
     metrics.rate("GET /", "fast")  # type: ignore[arg-type]
     metrics.sampled("GET /", "exact")
     assert metrics.errors == 1  # the rate that is not a number
