@@ -15,7 +15,9 @@ connections, closed loop, the shop's traffic mix) drives it over loopback:
 
 Every (configuration, repetition) is a fresh server process; repetitions are interleaved
 (A B C ... A B C ...) so that noise spreads over every configuration. Per run: throughput,
-p50/p99 latency and the server's RSS at the end. The table shows medians over repetitions and
+p50/p99 latency, the server process's CPU time per request (all threads; warm-up included in
+both CPU and request count: the figure least disturbed by other load on the machine) and its
+RSS at the end. The table shows medians over repetitions and
 the median of per-repetition ratios to ``none`` (same repetition, so same machine state).
 
     python benchmarks/bench_service.py             # full run: 5 repetitions (~6 minutes)
@@ -98,6 +100,13 @@ def rss_kib(pid: int) -> tuple[int, int]:
     return values["VmRSS"], values["VmHWM"]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM, then SIGKILL after 15 s."""
     if proc.poll() is None:
@@ -169,13 +178,16 @@ class Bench:
         log.close()
         try:
             wait_ready(proc, f"http://127.0.0.1:{port}/health")
+            cpu_before = cpu_seconds(proc.pid)
             load = subprocess.run(
                 [sys.executable, str(HERE / "loadgen.py"), "--port", str(port),
                  "--threads", str(self.threads), "--warmup", str(self.warmup),
                  "--duration", str(self.duration)],
                 capture_output=True, text=True, check=True,
                 timeout=self.warmup + self.duration + 60)
+            cpu = cpu_seconds(proc.pid) - cpu_before
             result: dict[str, Any] = json.loads(load.stdout)
+            result["cpu_us"] = cpu / max(1, result["all_requests"]) * 1e6
             result["rss_kib"], result["hwm_kib"] = rss_kib(proc.pid)
         finally:
             stop(proc)
@@ -192,6 +204,8 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
             "throughput": statistics.median(r["throughput"] for r in results),
             "p50_ms": statistics.median(r["p50_ms"] for r in results),
             "p99_ms": statistics.median(r["p99_ms"] for r in results),
+            "cpu_us": statistics.median(r["cpu_us"] for r in results),
+            "cpu_ratio": statistics.median(r["cpu_us"] / b["cpu_us"] for r, b in pairs),
             "rss_mib": statistics.median(r["rss_kib"] for r in results) / 1024,
             "errors": sum(r["errors"] for r in results),
             "throughput_ratio": statistics.median(
@@ -213,14 +227,15 @@ def render(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
         f"(after {meta['warmup']} s warm-up)",
         "",
         "| configuration | req/s | vs none | p50 ms | vs none | p99 ms | vs none "
-        "| RSS MiB | RSS vs none | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server CPU µs/req | vs none | RSS MiB | RSS vs none | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for config, s in summary.items():
         lines.append(
             f"| {config} | {s['throughput']:.0f} | {s['throughput_ratio']:.3f} "
             f"| {s['p50_ms']:.2f} | {s['p50_ratio']:.3f} | {s['p99_ms']:.2f} "
-            f"| {s['p99_ratio']:.3f} | {s['rss_mib']:.1f} | {s['rss_delta_mib']:+.1f} "
+            f"| {s['p99_ratio']:.3f} | {s['cpu_us']:.0f} | {s['cpu_ratio']:.3f} "
+            f"| {s['rss_mib']:.1f} | {s['rss_delta_mib']:+.1f} "
             f"| {s['errors']} |")
     return "\n".join(lines)
 
@@ -256,7 +271,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 result = bench.run_one(config)
                 runs[config].append(result)
                 print(f"rep {rep + 1}/{args.repetitions} {config:<12} "
-                      f"{result['throughput']:7.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
+                      f"{result['throughput']:7.0f} req/s  cpu {result['cpu_us']:5.0f} µs/req  "
+                      f"p50 {result['p50_ms']:6.2f} ms  "
                       f"p99 {result['p99_ms']:6.2f} ms  rss {result['rss_kib'] / 1024:6.1f} MiB"
                       f"  errors {result['errors']}", file=sys.stderr, flush=True)
     finally:

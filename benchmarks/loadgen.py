@@ -5,9 +5,10 @@ one persistent ``http.client`` connection. After a warm-up, every request's late
 for ``--duration`` seconds; the result is one JSON object on stdout:
 
     {"requests": ..., "seconds": ..., "throughput": ..., "p50_ms": ..., "p90_ms": ...,
-     "p99_ms": ..., "errors": ..., "statuses": {...}}
+     "p99_ms": ..., "errors": ..., "all_requests": ..., "statuses": {...}}
 
-``errors`` counts connection failures and 5xx answers (the mix's 4xx answers are intended).
+``errors`` counts connection failures and 5xx answers (the mix's 4xx answers are intended);
+``all_requests`` counts every request sent, warm-up included.
 The request mix is ``examples/traffic.py``'s, seeded per thread, so every run sends the same
 sequence.
 
@@ -52,6 +53,7 @@ class Worker(threading.Thread):
         self.latencies: list[float] = []
         self.statuses: Counter[int] = Counter()
         self.errors = 0
+        self.sent = 0
         self.first: Optional[float] = None
         self.last: Optional[float] = None
 
@@ -74,6 +76,7 @@ class Worker(threading.Thread):
                 except OSError:
                     status, body = 0, b""
                 ended = perf()
+                self.sent += 1
                 if status == 201 and len(order_ids) < 200:
                     order_ids.append(json.loads(body)["order_id"])
                 if started < self.measure_from:
@@ -116,6 +119,7 @@ def run(host: str, port: int, threads: int, warmup: float, duration: float,
         "p90_ms": percentile(latencies, 0.90) * 1e3,
         "p99_ms": percentile(latencies, 0.99) * 1e3,
         "errors": sum(w.errors for w in workers),
+        "all_requests": sum(w.sent for w in workers),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
     }
 
