@@ -174,7 +174,7 @@ def test_overload_is_resource_exhausted_with_retry_info(
 
 
 def test_closed_store_is_unavailable_with_retry_info(
-    start_collector, make_client, make_store, rpc_for
+    make_store, start_collector, make_client, rpc_for
 ):
     store = make_store()
     collector = start_collector(store=store)

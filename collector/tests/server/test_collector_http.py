@@ -270,7 +270,7 @@ def test_overloaded_store_is_429_with_retry_after_and_nothing_acknowledged(
     assert 'result="overloaded"} 1' in metrics
 
 
-def test_unavailable_store_is_503_with_retry_after(start_collector, make_client, make_store):
+def test_unavailable_store_is_503_with_retry_after(make_store, start_collector, make_client):
     store = make_store()
     client = make_client(start_collector(store=store))
     assert client.send(_request(lines=[1])).status_code == 200
@@ -297,7 +297,7 @@ class _FailingStore:
         return getattr(self._store, name)
 
 
-def test_operational_store_error_is_503_and_not_stored(start_collector, make_client, make_store):
+def test_operational_store_error_is_503_and_not_stored(make_store, start_collector, make_client):
     store = make_store()
     client = make_client(start_collector(store=_FailingStore(store)))
     response = client.send(_request())

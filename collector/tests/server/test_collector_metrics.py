@@ -1,0 +1,101 @@
+"""The Prometheus exposition and the retention job."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from runcov_collector.metrics import CollectorMetrics, Counter, Histogram, Registry
+from runcov_collector.testing import coverage_span, file_hits, trace_request
+
+HOUR_NS = 3600 * 10**9
+
+
+def test_counter_exposition_escapes_label_values():
+    registry = Registry()
+    counter = Counter("x_things", "Things seen.", ("kind",))
+    registry.register(counter)
+    counter.inc(kind='we"ird\\\nname')
+    counter.inc(2.5, kind="plain")
+    text = registry.render()
+    assert text == (
+        "# HELP x_things_total Things seen.\n"
+        "# TYPE x_things_total counter\n"
+        'x_things_total{kind="plain"} 2.5\n'
+        'x_things_total{kind="we\\"ird\\\\\\nname"} 1\n'
+    )
+    with pytest.raises(ValueError, match="counters only go up"):
+        counter.inc(-1, kind="plain")
+    with pytest.raises(ValueError, match=r"takes labels \('kind',\)"):
+        counter.inc(other="x")
+
+
+def test_histogram_buckets_are_cumulative():
+    registry = Registry()
+    histogram = Histogram("x_seconds", "Latency.", buckets=(0.1, 1.0))
+    registry.register(histogram)
+    for value in (0.05, 0.1, 0.5, 3.0):
+        histogram.observe(value)
+    lines = registry.render().splitlines()
+    assert lines[2:] == [
+        'x_seconds_bucket{le="0.1"} 2',
+        'x_seconds_bucket{le="1"} 3',
+        'x_seconds_bucket{le="+Inf"} 4',
+        "x_seconds_sum 3.65",
+        "x_seconds_count 4",
+    ]
+
+
+def test_collector_metrics_render_every_family_once():
+    metrics = CollectorMetrics()
+    metrics.add_gauge("x_gauge", "A gauge.", lambda: [({"a": "1"}, 0.5)])
+    text = metrics.render()
+    types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+    assert len(types) == len(set(types))
+    assert 'x_gauge{a="1"} 0.5' in text
+    assert "# TYPE runcov_collector_store_ingest_seconds histogram" in text
+
+
+def _send(client, when_ns, lines):
+    span = coverage_span("GET /", [file_hits("shop/views.py", lines)], end_time_unix_nano=when_ns)
+    assert client.send(trace_request([span])).status_code == 200
+
+
+def test_retention_job_expires_old_hourly_data_periodically(
+    make_store, start_collector, make_client
+):
+    store = make_store()
+    feeder = make_client(start_collector(store=store))
+    now = time.time_ns()
+    _send(feeder, now - 100 * 24 * HOUR_NS, [1, 2])
+    _send(feeder, now, [3])
+    sel = {"service": "shop"}
+    assert len(feeder.query("/api/v1/series", **sel)["series"]) == 2
+
+    keeper = make_client(
+        start_collector(store=store, retention_hours=24, retention_interval_seconds=0.05)
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        text = keeper.get("/metrics", token=None).text
+        match = re.search(r"^runcov_collector_retention_expired_total (\S+)$", text, re.M)
+        assert match is not None
+        value = float(match.group(1))
+        if value > 0 or time.monotonic() > deadline:
+            break
+    assert value > 0
+    series = keeper.query("/api/v1/series", **sel)["series"]
+    assert [bucket["lines_covered"] for bucket in series] == [1]
+    # Cumulative coverage is not hourly data: it stays.
+    detail = keeper.query("/api/v1/file", **sel, path="shop/views.py")
+    assert [line for line, _, _ in detail["lines"]] == [1, 2, 3]
+
+
+def test_release_gauges_are_cached_between_scrapes(start_collector, make_client):
+    client = make_client(start_collector(metrics_cache_seconds=3600))
+    assert "runcov_collector_release_line_coverage_ratio{" not in client.get("/metrics").text
+    _send(client, time.time_ns(), [1])
+    # Within the cache period the release list is not re-read from the store.
+    assert "runcov_collector_release_line_coverage_ratio{" not in client.get("/metrics").text
