@@ -7,8 +7,10 @@ loaded, so a bad value fails loudly at start and never later on a request.
 
 Standard variables honoured: ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES`` (``service.name``,
 ``service.version``, ``deployment.environment.name`` / ``deployment.environment``),
-``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_PROTOCOL``, ``OTEL_EXPORTER_OTLP_HEADERS``
-and ``OTEL_EXPORTER_OTLP_TIMEOUT`` (seconds, as the Python OTLP exporters read it).
+``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``,
+``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``, ``OTEL_EXPORTER_OTLP_PROTOCOL``,
+``OTEL_EXPORTER_OTLP_HEADERS`` and ``OTEL_EXPORTER_OTLP_TIMEOUT`` (seconds, as the Python OTLP
+exporters read it).
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ class Config:
     role: str = "baseline"
     #: Base URL of the OTLP receiver (``/v1/traces`` and ``/v1/metrics`` are appended for HTTP).
     exporter_endpoint: str = _DEFAULT_HTTP_ENDPOINT
+    #: Full URL for coverage spans / for metrics when they differ from ``exporter_endpoint``'s
+    #: ``/v1/traces`` / ``/v1/metrics`` (``OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT``).
+    exporter_traces_endpoint: Optional[str] = None
+    exporter_metrics_endpoint: Optional[str] = None
     exporter_protocol: str = "http/protobuf"
     exporter_headers: dict[str, str] = field(default_factory=dict)
     #: Seconds one export attempt (retries included) may take before it is given up.
@@ -83,7 +89,21 @@ class Config:
         """Where agent metrics go: the URL (HTTP) or target (gRPC)."""
         return self._signal_endpoint("metrics")
 
+    def exporter_insecure(self) -> Optional[bool]:
+        """gRPC security: plaintext for ``http://``, TLS for ``https://``, else the default."""
+        endpoint = self.traces_endpoint()
+        if endpoint.startswith("http://"):
+            return True
+        if endpoint.startswith("https://"):
+            return False
+        return None
+
     def _signal_endpoint(self, signal: str) -> str:
+        override = (
+            self.exporter_traces_endpoint if signal == "traces" else self.exporter_metrics_endpoint
+        )
+        if override:
+            return override
         if self.exporter_protocol == "grpc":
             return self.exporter_endpoint
         return self.exporter_endpoint.rstrip("/") + "/v1/" + signal
@@ -329,6 +349,20 @@ def load_config(environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> C
     if not isinstance(value, str):
         raise _bad(option, value, "not a URL string")
     values["exporter_endpoint"] = _validate_url(option, value, protocol)
+    # Signal-specific endpoints: runcov's own settings, else the standard per-signal variables
+    # unless runcov was given its own base endpoint (which then applies to both signals).
+    runcov_base = raw("exporter_endpoint")[1] is not None
+    for name, otel_var in (
+        ("exporter_traces_endpoint", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        ("exporter_metrics_endpoint", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
+    ):
+        sig_option, sig_value = raw(name)
+        if sig_value is None and not runcov_base and env.get(otel_var, "").strip():
+            sig_option, sig_value = otel_var, env[otel_var]
+        if sig_value is not None:
+            if not isinstance(sig_value, str):
+                raise _bad(sig_option, sig_value, "not a URL string")
+            values[name] = _validate_url(sig_option, sig_value, protocol)
     option, value = raw("exporter_headers")
     if value is None and env.get("OTEL_EXPORTER_OTLP_HEADERS", "").strip():
         option, value = "OTEL_EXPORTER_OTLP_HEADERS", env["OTEL_EXPORTER_OTLP_HEADERS"]

@@ -123,7 +123,7 @@ def _make_metric_exporter(config: Config) -> MetricExporter:
 
         return GrpcMetricExporter(
             endpoint=config.metrics_endpoint(),
-            insecure=config.exporter_endpoint.startswith("http://"),
+            insecure=config.exporter_insecure(),
             headers=headers,
             timeout=config.exporter_timeout,
             preferred_temporality=temporality,

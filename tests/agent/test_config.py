@@ -166,3 +166,31 @@ def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_config().sample_rate == 0.3
     monkeypatch.setenv("RUNCOV_SAMPLE_RATE", "")
     assert load_config().sample_rate == 0.01
+
+
+def test_signal_specific_endpoints() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://base:4318",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://jaeger:4318/custom/traces",
+    }
+    config = load_config(environ=env)
+    assert config.traces_endpoint() == "http://jaeger:4318/custom/traces"
+    assert config.metrics_endpoint() == "http://base:4318/v1/metrics"
+    # runcov's own base endpoint applies to both signals.
+    mine = load_config(environ={**env, "RUNCOV_EXPORTER_ENDPOINT": "http://runcov:4318"})
+    assert mine.traces_endpoint() == "http://runcov:4318/v1/traces"
+    assert mine.metrics_endpoint() == "http://runcov:4318/v1/metrics"
+    explicit = load_config(environ=env, exporter_metrics_endpoint="http://m:1/x")
+    assert explicit.metrics_endpoint() == "http://m:1/x"
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT='nohost://'"):
+        load_config(environ={"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "nohost://"})
+
+
+def test_grpc_security_follows_the_scheme() -> None:
+    def insecure(endpoint: str) -> object:
+        config = load_config(environ={}, exporter_protocol="grpc", exporter_endpoint=endpoint)
+        return config.exporter_insecure()
+
+    assert insecure("http://collector:4317") is True
+    assert insecure("https://collector:4317") is False
+    assert insecure("collector:4317") is None

@@ -151,7 +151,7 @@ def _make_span_exporter(config: Config) -> SpanExporter:
 
         return GrpcSpanExporter(
             endpoint=config.traces_endpoint(),
-            insecure=config.exporter_endpoint.startswith("http://"),
+            insecure=config.exporter_insecure(),
             headers=headers,
             timeout=config.exporter_timeout,
         )
