@@ -107,6 +107,32 @@ def test_stores_opening_an_empty_database_at_once_migrate_it_once(store_factory:
     assert versions(opened[0]) == [SCHEMA_VERSION]
 
 
+def test_connections_are_bounded_and_callers_wait(store_factory: Any) -> None:
+    store = open_store(store_factory.url, max_connections=2)
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(5):
+                store.ingest(one_part(n * 100 + i))
+                store.coverage(Selection("shop"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert store.db.open_connections <= 2
+        assert store.coverage(Selection("shop"))["totals"]["requests"] == 30
+    finally:
+        store.close()
+    assert store.db.open_connections == 0
+
+
 def test_closed_store_does_not_answer_ping(store: SqlStore) -> None:
     assert store.ping() is True
     store.close()

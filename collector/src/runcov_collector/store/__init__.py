@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .database import PostgresDatabase, SqliteDatabase
+from .database import MAX_CONNECTIONS, PostgresDatabase, SqliteDatabase
 from .errors import NotFound, StoreError
 from .schema import SCHEMA_VERSION
 from .sql_store import SqlStore
@@ -12,14 +12,15 @@ DEFAULT_URL = "sqlite:///./runcov-collector.db"
 __all__ = ["DEFAULT_URL", "SCHEMA_VERSION", "NotFound", "SqlStore", "StoreError", "open_store"]
 
 
-def open_store(url: str = DEFAULT_URL) -> SqlStore:
+def open_store(url: str = DEFAULT_URL, max_connections: int = MAX_CONNECTIONS) -> SqlStore:
     """Open (creating and migrating if needed) the store at ``url``.
 
     ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or a plain file path open a
     SQLite database; ``postgresql://user:pass@host:port/db`` (or ``postgres://``) a PostgreSQL one.
+    At most ``max_connections`` connections are open at once; further callers wait.
     """
     if url.startswith(("postgresql://", "postgres://")):
-        return SqlStore(PostgresDatabase(url))
+        return SqlStore(PostgresDatabase(url, max_connections))
     if url.startswith("sqlite://"):
         rest = url[len("sqlite://") :]
         if not rest.startswith("/"):
@@ -29,4 +30,4 @@ def open_store(url: str = DEFAULT_URL) -> SqlStore:
         raise ValueError(f"unsupported store URL {url!r}: use sqlite:///... or postgresql://...")
     else:
         path = url
-    return SqlStore(SqliteDatabase(path))
+    return SqlStore(SqliteDatabase(path, max_connections))

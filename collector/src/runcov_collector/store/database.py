@@ -16,6 +16,9 @@ from .dialect import POSTGRES, SQLITE, Conn, Dialect, PostgresConn
 # that replicas opening one database at the same time migrate it once.
 MIGRATION_LOCK_KEY = 0x72756E636F76
 
+# Connections one store keeps open at most (per collector process).
+MAX_CONNECTIONS = 16
+
 
 class Database:
     """A pool of connections to one database and the transactions the store runs on them."""
@@ -23,7 +26,11 @@ class Database:
     dialect: Dialect
     conn_class: type[Conn] = Conn
 
-    def __init__(self) -> None:
+    def __init__(self, max_connections: int = MAX_CONNECTIONS) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        # Callers beyond max_connections wait for a connection instead of opening more.
+        self._slots = threading.BoundedSemaphore(max_connections)
         self._idle: list[Any] = []
         self._all: list[Any] = []
         self._lock = threading.Lock()
@@ -49,6 +56,12 @@ class Database:
         """Make concurrent openers of this database migrate one after the other."""
 
     # -- pool -------------------------------------------------------------------------------
+    @property
+    def open_connections(self) -> int:
+        """Connections currently open (idle or in use)."""
+        with self._lock:
+            return len(self._all)
+
     def _acquire(self) -> Any:
         with self._lock:
             if self._closed:
@@ -77,7 +90,12 @@ class Database:
         Write transactions are serialised per release by the store's own row locks (PostgreSQL)
         or by SQLite's single writer; read transactions see one consistent snapshot.
         """
-        raw = self._acquire()
+        self._slots.acquire()
+        try:
+            raw = self._acquire()
+        except BaseException:
+            self._slots.release()
+            raise
         broken = False
         try:
             self._begin(raw, write)
@@ -93,6 +111,7 @@ class Database:
             raise
         finally:
             self._release(raw, broken)
+            self._slots.release()
 
     def close(self) -> None:
         """Close every pooled connection; the store cannot be used afterwards."""
@@ -111,8 +130,8 @@ class SqliteDatabase(Database):
 
     dialect = SQLITE
 
-    def __init__(self, path: str) -> None:
-        super().__init__()
+    def __init__(self, path: str, max_connections: int = MAX_CONNECTIONS) -> None:
+        super().__init__(max_connections)
         if path in ("", ":memory:") or path.startswith("file:"):
             raise ValueError("the store needs a SQLite file path (in-memory is not shared)")
         self.path = path
@@ -154,8 +173,8 @@ class PostgresDatabase(Database):
     dialect = POSTGRES
     conn_class = PostgresConn
 
-    def __init__(self, url: str) -> None:
-        super().__init__()
+    def __init__(self, url: str, max_connections: int = MAX_CONNECTIONS) -> None:
+        super().__init__(max_connections)
         self.url = url
 
     def _connect(self) -> Any:
