@@ -360,3 +360,44 @@ def test_first_capture_in_a_new_thread_measures() -> None:
     assert got[0], "the fresh thread's capture recorded nothing"
     want = _alone_nested()
     assert got == want, describe(got, want)
+
+
+def test_task_outliving_its_capture_records_nothing_more() -> None:
+    """A task spawned inside a capture keeps running after it closed: its later work is in no
+    capture (neither the closed one nor another one open at that time)."""
+
+    async def main() -> tuple[Snapshot, Snapshot]:
+        release = asyncio.Event()
+
+        async def background() -> None:
+            branches.classify(-7)  # runs while A is open: counts toward A
+            await release.wait()
+            loops.nested(3, 3)  # runs after A closed: counts toward nothing
+
+        async with capture_coverage(source=[CORPUS_DIR]) as a:
+            task = asyncio.ensure_future(background())
+            await asyncio.sleep(0)
+            branches.classify(7)
+        async with capture_coverage(source=[CORPUS_DIR]) as b:
+            release.set()
+            await task
+            objects.factorial(3)
+        return snapshot(a), snapshot(b)
+
+    got_a, got_b = asyncio.run(main())
+    want_a = capture_alone(lambda: (branches.classify(-7), branches.classify(7)))[1]
+    want_b = capture_alone(lambda: objects.factorial(3))[1]
+    assert got_a == want_a, describe(got_a, want_a)
+    assert got_b == want_b, describe(got_b, want_b)
+
+
+def test_plain_thread_started_inside_a_capture_is_not_measured() -> None:
+    """Only the capture's own thread/task and thread-pool hand-offs count, not a raw Thread."""
+    with capture_coverage(source=[CORPUS_DIR]) as cov:
+        t = threading.Thread(target=comprehensions.matrix, args=(3,))
+        t.start()
+        t.join(WAIT)
+        loops.nested(3, 3)
+    got = snapshot(cov)
+    want = _alone_nested()
+    assert got == want, describe(got, want)
