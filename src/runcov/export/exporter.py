@@ -141,6 +141,14 @@ def _chunks(spans: Sequence[ReadableSpan], limit: int) -> list[list[ReadableSpan
     return chunks
 
 
+def _shutdown_all(providers: list[TracerProvider]) -> None:
+    for provider in providers:
+        try:
+            provider.shutdown()
+        except Exception:
+            log.debug("runcov: could not shut an inherited provider down", exc_info=True)
+
+
 def _make_span_exporter(config: Config) -> SpanExporter:
     """The OTLP span exporter for the configured protocol, endpoint, headers and timeout."""
     headers = dict(config.exporter_headers) or None
@@ -209,7 +217,8 @@ class CoverageExporter:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._queue: deque[Any] = deque()
+        self._queue: deque[RequestRecord] = deque()
+        self._flushes: list[_Flush] = []
         self._worker: Optional[threading.Thread] = None
         self._stopping = False
         self._provider: Optional[TracerProvider] = None
@@ -301,45 +310,46 @@ class CoverageExporter:
 
     def _run(self) -> None:
         stale, self._stale = self._stale, []
-        for provider in stale:  # providers inherited from the parent process
-            try:
-                provider.shutdown()
-            except Exception:
-                pass
+        if stale:  # providers inherited from the parent process: stop their threads here
+            threading.Thread(target=_shutdown_all, args=(stale,), daemon=True).start()
         while True:
-            self._wake.wait(1.0)
+            try:
+                if self._step():
+                    return
+            except Exception:  # keep the worker alive whatever happens
+                self._count("internal_error")
+
+    def _step(self) -> bool:
+        """Export what is queued and answer flushes; True when the worker should stop."""
+        self._wake.wait(1.0)
+        with self._lock:
+            self._wake.clear()
+            items = list(self._queue)
+            self._queue.clear()
+            flushes, self._flushes = self._flushes, []
+            stopping = self._stopping
+        for item in items:
+            try:
+                self._process(item)
+            except Exception:
+                log.debug("runcov: could not export a request", exc_info=True)
+                self._count("internal_error")
+                self._drop(getattr(item, "endpoint", ""), "internal_error")
+        if flushes:
+            ok = True
             with self._lock:
-                self._wake.clear()
-                items = list(self._queue)
-                self._queue.clear()
-                stopping = self._stopping
-            flushes: list[_Flush] = []
-            for item in items:
-                if isinstance(item, _Flush):
-                    flushes.append(item)
-                    continue
-                try:
-                    self._process(item)
-                except Exception:
-                    log.debug("runcov: could not export a request", exc_info=True)
-                    self._count("internal_error")
-                    self._drop(getattr(item, "endpoint", ""), "internal_error")
-            if flushes:
-                ok = True
-                with self._lock:
-                    failed_before = self._stats["spans_failed"]
-                try:
-                    if self._provider is not None:
-                        ok = bool(self._provider.force_flush())
-                except Exception:
-                    ok = False
-                with self._lock:
-                    ok = ok and self._inflight == 0 and self._stats["spans_failed"] == failed_before
-                for f in flushes:
-                    f.ok = ok
-                    f.done.set()
-            if stopping:
-                return
+                failed_before = self._stats["spans_failed"]
+            try:
+                if self._provider is not None:
+                    ok = bool(self._provider.force_flush())
+            except Exception:
+                ok = False
+            with self._lock:
+                ok = ok and self._inflight == 0 and self._stats["spans_failed"] == failed_before
+            for f in flushes:
+                f.ok = ok
+                f.done.set()
+        return stopping
 
     def _ensure_provider(self) -> Any:
         if self._tracer is not None:
@@ -511,8 +521,8 @@ class CoverageExporter:
             marker = _Flush()
             with self._lock:
                 if self._closed:
-                    return not any(isinstance(i, RequestRecord) for i in self._queue)
-                self._queue.append(marker)
+                    return not self._queue
+                self._flushes.append(marker)
             if self._worker is None:
                 self._start_worker()
             self._wake.set()
