@@ -268,3 +268,23 @@ def test_answer_cache_reuses_fresh_answers_only() -> None:
     assert calls == ["a", "a", "b", "c", "a"]
     off = AnswerCache(ttl=0)
     assert off.get("x", lambda: 1) == 1 and off.get("x", lambda: 2) == 2
+
+
+def test_release_page_follows_endpoint_and_window(site: tuple[Running, dict]) -> None:
+    running, _ = site
+    base = "service=shop&version=1.0&environment=prod&role=baseline"
+    for extra in ("&endpoint=POST%20/cart", "&since=3h", "&since=5h&until=3h"):
+        status, page = running.get("/ui/release?" + base + extra)
+        assert status == 200
+        api = running.api("/api/v1/coverage?" + base + extra)
+        block = re.search(r'<dl class="totals" id="totals">(.*?)</dl>', page, re.S)
+        assert block
+        totals = dict(re.findall(r'data-field="([a-z_]+)">(.*?)</dd>', block.group(1)))
+        assert totals["lines"] == f'{api["totals"]["lines_covered"]}/{api["totals"]["lines_total"]}'
+        assert totals["requests"] == str(api["totals"]["requests"])
+    # The two baseline requests were two hours apart: each window holds one of them.
+    assert running.api("/api/v1/coverage?" + base + "&since=3h")["totals"]["requests"] == 1
+    status, page = running.get("/ui/release?" + base + "&since=3h")
+    all_time = "/ui/release?service=shop&version=1.0&environment=prod&role=baseline"
+    assert f'href="{html.escape(all_time)}"' in page  # "all time" drops the window
+    assert "<strong>since 3h</strong>" in page

@@ -160,8 +160,16 @@ def measure_inputs(root: Path, data_dir: Path, names: Iterable[str]) -> dict[str
 
 
 def requests_from(root: Path, data_files: dict[str, Path]) -> list[Request]:
-    """The requests an agent would report for these per-input measurements."""
-    return [Request(INPUTS[name], hits(path, root)) for name, path in data_files.items()]
+    """The requests an agent would report for these per-input measurements.
+
+    Files coverage.py lists without executing them (never imported under ``--source``) are
+    left out: an agent reports only what a request ran.
+    """
+    out = []
+    for name, path in data_files.items():
+        files = {p: h for p, h in hits(path, root).items() if h[0]}
+        out.append(Request(INPUTS[name], files))
+    return out
 
 
 def combine(root: Path, out: Path, data_files: Iterable[Path]) -> Path:

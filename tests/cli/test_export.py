@@ -229,3 +229,23 @@ def test_missing_and_changed_local_files_are_reported(
     assert set(support.hits(tmp_path / "partial.coverage", root)) == {
         "shop/pricing.py", "shop/views.py"
     }
+
+
+def test_progress_for_many_files(
+    measured: tuple[Path, Path], collector: RunningCollector, tmp_path: Path
+) -> None:
+    root, _ = measured
+    proc = support.runcov(
+        "export", *collector.args(), "--service", "shop", "--format", "coverage",
+        "-o", str(tmp_path / "p.coverage"), "--source", str(root), "--progress",
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert any(line.startswith("downloading: ") and line.endswith(" KiB") for line in lines)
+    assert "writing: 3/3 files (100%)" in lines
+    assert lines[-1] == f"wrote {tmp_path / 'p.coverage'} (coverage, 3 files)"
+    quiet = support.runcov(
+        "export", *collector.args(), "--service", "shop", "--format", "coverage",
+        "-o", str(tmp_path / "q.coverage"), "--source", str(root),
+    )
+    assert quiet.stderr.splitlines() == [f"wrote {tmp_path / 'q.coverage'} (coverage, 3 files)"]

@@ -36,6 +36,14 @@ EDITS = {
 }
 
 
+# A module added in 1.1 that the canary never imports: the collector has never heard of it.
+NEW_FILE = (
+    "shop/coupons.py",
+    '"""Coupons."""\n\n\ndef valid(code: str) -> bool:\n'
+    '    """Whether a code is valid."""\n    return code.isalnum()\n',
+)
+
+
 def git(repo: Path, *args: str) -> str:
     proc = subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
@@ -58,6 +66,8 @@ def repo(tmp_path: Path) -> Path:
             assert old in text
             text = text.replace(old, new, 1)
         (root / rel).write_text(text)
+    (root / NEW_FILE[0]).write_text(NEW_FILE[1])
+    git(root, "add", NEW_FILE[0])
     git(root, "commit", "-q", "-am", "1.1")
     return root
 
@@ -78,8 +88,8 @@ def changed_statements(repo: Path) -> dict[str, set[int]]:
     """Ground truth: lines added or changed since v1.0 (difflib) that coverage.py executes."""
     cov = Coverage(data_file=None)
     out = {}
-    for rel in EDITS:
-        old = git(repo, "show", f"v1.0:{rel}").splitlines()
+    for rel in [*EDITS, NEW_FILE[0]]:
+        old = git(repo, "show", f"v1.0:{rel}").splitlines() if rel in EDITS else []
         new = (repo / rel).read_text().splitlines()
         changed = set()
         for tag, _, _, j1, j2 in difflib.SequenceMatcher(None, old, new).get_opcodes():
@@ -119,6 +129,11 @@ def test_changed_lines_gate_fails_with_the_numbers(
     by_file = {f["path"]: f for f in doc["files"]}
     for path, lines in truth.items():
         assert set(by_file[path]["missed_lines"]) == lines - canary.get(path, set())
+    # The new module counts, entirely missed, by the local file's coverage.py analysis.
+    assert not canary.get("shop/coupons.py")
+    assert by_file["shop/coupons.py"]["covered"] == 0
+    assert by_file["shop/coupons.py"]["lines"] == len(truth["shop/coupons.py"]) == 2
+    assert by_file["shop/coupons.py"]["note"] == "never executed in production"
 
 
 def test_no_changes_passes(repo: Path, canary: dict[str, set[int]],

@@ -177,7 +177,8 @@ class Dashboard:
             "files": shown, "matched": matched, "page": page, "pages": pages,
             "per_page": per_page, "sort": sort, "order": order, "q": needle,
             "prefix": prefix or "", "base": base, "state": state,
-            "selected_endpoint": sel.endpoint,
+            "selected_endpoint": sel.endpoint, "since": P.text(query, "since"),
+            "until": P.text(query, "until"),
         }
 
     def file(self, query: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
