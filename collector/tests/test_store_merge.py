@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import coverage
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +24,7 @@ from runcov_collector.model import (
     StaticPart,
 )
 from runcov_collector.store import SqlStore
+from runcov_collector.store.dialect import PostgresConn
 
 T0 = 1_764_064_800  # 2025-11-25T10:00:00Z
 RELEASES = [Release("shop", "1.0", "prod", "baseline"), Release("shop", "1.1", "prod", "canary")]
@@ -419,3 +421,38 @@ def test_any_permutation_duplication_and_split_gives_identical_results(
     for lo, hi in zip(bounds, bounds[1:]):
         other.ingest(Batch(coverage=shuffled[lo:hi]))
     assert snapshot(other) == snapshot(reference)
+
+
+def test_pieces_of_one_file_in_one_part_count_once(store: SqlStore) -> None:
+    """A part may carry one file in two pieces (and arcs as lists); hits still count parts."""
+    pieces = [
+        FileHits("shop/views.py", "s", [1, 2], [[1, 2]]),  # type: ignore[list-item]
+        FileHits("shop/views.py", "s", [2, 3], [[1, 2], [2, 3]]),  # type: ignore[list-item]
+    ]
+    store.ingest(Batch(coverage=[part("a" * 32, "1" * 16, files=pieces)]))
+    store.ingest(
+        Batch(coverage=[part("b" * 32, "2" * 16, files=[FileHits("shop/views.py", "s", [3], [])])])
+    )
+    detail = store.file(Selection("shop"), "shop/views.py")
+    assert [ln[:2] for ln in detail["lines"]] == [[1, 1], [2, 1], [3, 2]]
+    assert [arc[:3] for arc in detail["arcs"]] == [[1, 2, 1], [2, 3, 1]]
+    assert detail["requests"] == 2
+
+
+def test_empty_batch_changes_nothing(store: SqlStore) -> None:
+    assert store.ingest_counted(Batch()) == {"parts": 0, "duplicates": 0}
+    assert store.services() == {"services": []}
+
+
+def test_bulk_upsert_path_gives_the_same_answers(
+    store_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL sends large upserts through COPY; force it for every statement."""
+    row_by_row = store_factory()
+    row_by_row.ingest(Batch(coverage=sample_parts(), static=statics()))
+    monkeypatch.setattr(PostgresConn, "BULK_THRESHOLD", 1)
+    bulk = store_factory(store_factory.fresh_url())
+    for p in sample_parts()[::-1]:
+        bulk.ingest(Batch(coverage=[p, p]))
+    bulk.ingest(Batch(static=statics()))
+    assert snapshot(bulk) == snapshot(row_by_row)
