@@ -154,9 +154,11 @@ class Processes:
 class Demo:
     """The demo's steps, in order."""
 
-    def __init__(self, workdir: Path, requests: int) -> None:
+    def __init__(self, workdir: Path, requests: int, keep_running: bool = False) -> None:
         self.workdir = workdir
         self.requests = requests
+        self.keep_running = keep_running
+        self.finished = False
         self.logs = workdir / "logs"
         self.procs = Processes(self.logs)
         self.collector_url = ""
@@ -292,7 +294,8 @@ class Demo:
         store = self.workdir / "collector.db"
         cmd = [str(BIN / "runcov-collector"), "serve", "--host", "127.0.0.1",
                "--http-port", str(port), "--grpc-port", str(free_port()),
-               "--store", f"sqlite:///{store}", "--no-auth", "--log-level", "WARNING"]
+               "--store", f"sqlite:///{store}", "--no-auth", "--log-level", "WARNING",
+               "--source-dir", str(self.src)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("RUNCOV_COLLECTOR_")}
         proc = self.procs.start("collector", cmd, env)
         self.collector_url = f"http://127.0.0.1:{port}"
@@ -327,12 +330,19 @@ class Demo:
         common = ["--service", SERVICE, "--environment", ENVIRONMENT]
         self.runcov("report", *common, "--version", "1.0", "--role", "baseline")
         self.runcov("report", *common, "--version", "1.1", "--role", "canary")
+        note("Every line and arc above was executed by a sampled request; the endpoint table "
+             "says which routes ran how much code. Lines that run only at import time (imports, "
+             "def and class lines) show as missed: no request executes them.")
 
         banner("6/8 runcov diff (canary vs baseline) and the canary's gate on changed lines")
         self.runcov("diff", *common, "--a-version", "1.0", "--a-role", "baseline",
                     "--b-version", "1.1", "--b-role", "canary")
+        note("The diff compares line numbers: the bundle-discount lines run only in the canary, "
+             "and the line below them moved by three.")
         self.runcov("gate", *common, "--version", "1.1", "--role", "canary",
                     "--changed-since", "v1.0", "--source", str(self.src), "--threshold", "100")
+        note("The gate reads `git diff v1.0` in the canary's checkout and passes because "
+             "production traffic ran every changed executable line.")
 
         banner("7/8 Game day: payment provider failures injected, gate on error handling")
         print("Before the game day, normal traffic leaves the retry and give-up paths unrun, so "
@@ -347,6 +357,8 @@ class Demo:
         self.wait_for_release("1.1", "game-day", (self.requests // 2 + bundles) // 2)
         self.runcov("gate", *common, "--version", "1.1", "--role", "game-day", *gate_paths,
                     "--source", str(self.src))
+        note("Under injected faults production traffic ran the retry, give-up and rollback "
+             "paths, so the same gate now passes for the game-day release.")
 
         banner("8/8 runcov export --format lcov (for any LCOV viewer or coverage service)")
         lcov = self.workdir / "shop-1.1-canary.lcov"
@@ -355,10 +367,25 @@ class Demo:
         if not lcov.is_file() or "SF:" not in lcov.read_text():
             raise StepFailed(f"{lcov} was not written or holds no file records")
         records = lcov.read_text().count("SF:")
-        print(f"wrote {lcov} ({records} files, {lcov.stat().st_size} bytes)", flush=True)
+        print(f"wrote {lcov} ({records} files, {lcov.stat().st_size} bytes); it starts:")
+        print("\n".join("    " + line for line in lcov.read_text().splitlines()[:6]), flush=True)
 
         banner(f"Demo complete in {time.monotonic() - started:.0f} s")
         print(f"Logs are in {self.logs}; the collector's store is {self.workdir / 'collector.db'}.")
+        self.finished = True
+        if self.keep_running:
+            print(f"\nThe collector keeps running: dashboard at {self.collector_url}/ "
+                  f"(query API under {self.collector_url}/api/v1/). Press Ctrl-C to stop.",
+                  flush=True)
+            for name in ("baseline", "canary", "game-day"):
+                self.procs.stop(name)
+            while True:
+                time.sleep(3600)
+
+
+def note(text: str) -> None:
+    """Print what a step's output shows."""
+    print(f"-> {text}", flush=True)
 
 
 def _raise_interrupt(signum: int, frame: Optional[FrameType]) -> None:
@@ -372,19 +399,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="working directory, emptied first (default: .demo/)")
     parser.add_argument("--requests", type=int, default=300,
                         help="requests of the traffic mix per release (default 300)")
+    parser.add_argument("--keep-running", action="store_true",
+                        help="at the end, keep the collector and its dashboard up until Ctrl-C")
     args = parser.parse_args(argv)
     workdir: Path = args.dir.resolve()
     if workdir.exists():
         shutil.rmtree(workdir)
     (workdir / "logs").mkdir(parents=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    demo = Demo(workdir, args.requests)
+    demo = Demo(workdir, args.requests, args.keep_running)
     try:
         demo.run()
     except StepFailed as exc:
         print(f"\ndemo FAILED: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
+        if demo.finished:
+            return 0
         print("\ndemo interrupted; stopping its processes", file=sys.stderr, flush=True)
         return 130
     finally:
