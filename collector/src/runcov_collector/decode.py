@@ -472,9 +472,14 @@ def _bounded_list(value: Any, where: str) -> list[Any]:
     return value
 
 
+def _only_ints(values: list[Any]) -> bool:
+    # ``map(type, ...)`` keeps the per-item work in C; ``bool`` is its own type, so it fails.
+    return set(map(type, values)) <= {int}
+
+
 def _lines(value: Any, where: str) -> list[int]:
     lines = _bounded_list(value, where)
-    if not all(map(_is_int, lines)):
+    if not _only_ints(lines):
         raise Rejected("payload", f"{where} must hold integers only")
     if lines and (min(lines) < 1 or max(lines) > limits.MAX_LINE):
         bad = next(n for n in lines if not 1 <= n <= limits.MAX_LINE)
@@ -484,17 +489,18 @@ def _lines(value: Any, where: str) -> list[int]:
 
 def _arcs(value: Any, where: str) -> list[tuple[int, int]]:
     arcs = _bounded_list(value, where)
-    out: list[tuple[int, int]] = []
-    for arc in arcs:
-        if not (isinstance(arc, list) and len(arc) == 2 and _is_int(arc[0]) and _is_int(arc[1])):
-            raise Rejected("payload", f"{where} must hold [from, to] integer pairs")
-        a, b = arc
-        if not (1 <= abs(a) <= limits.MAX_LINE and 1 <= abs(b) <= limits.MAX_LINE):
-            raise Rejected(
-                "line", f"{where} has arc [{_show(str(a))}, {_show(str(b))}] out of bounds"
-            )
-        out.append((a, b))
-    return sorted(set(out))
+    if not arcs:
+        return []
+    if not (set(map(type, arcs)) <= {list} and set(map(len, arcs)) == {2}):
+        raise Rejected("payload", f"{where} must hold [from, to] integer pairs")
+    ends = [n for arc in arcs for n in arc]
+    if not _only_ints(ends):
+        raise Rejected("payload", f"{where} must hold [from, to] integer pairs")
+    magnitudes = list(map(abs, ends))
+    if min(magnitudes) < 1 or max(magnitudes) > limits.MAX_LINE:
+        a, b = next(arc for arc in arcs if not all(1 <= abs(n) <= limits.MAX_LINE for n in arc))
+        raise Rejected("line", f"{where} has arc [{_show(str(a))}, {_show(str(b))}] out of bounds")
+    return sorted(set(map(tuple, arcs)))  # type: ignore[arg-type]
 
 
 def _functions(value: Any, where: str) -> list[FunctionRange]:
