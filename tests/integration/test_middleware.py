@@ -87,13 +87,13 @@ def test_asgi_middleware_with_resolver_and_with_starlette_routes(
     async def drive() -> None:
         assert await get(plain, "/items/3", 0xA5610) == 200
         assert await get(starlette, "/items/13", 0xA5611) == 200
-        assert await get(starlette, "/sync/items/4?q=12", 0xA5612) == 200
+        assert await get(starlette, "/items/4?q=12", 0xA5612) == 200
 
     asyncio.run(drive())
     by_trace = exported(agent, sink, [0xA5610, 0xA5611, 0xA5612])
     assert by_trace[0xA5610].endpoint == "GET /items/{item_id}"
     assert by_trace[0xA5611].endpoint == "GET /items/{item_id}"
-    assert by_trace[0xA5612].endpoint == "GET /sync/items/{item_id}"
+    assert by_trace[0xA5612].endpoint == "GET /items/{item_id}"
 
     async def measure(app: Any, url: str) -> Any:
         async with capture_coverage(source=[str(APPS)]) as cap:
@@ -104,5 +104,5 @@ def test_asgi_middleware_with_resolver_and_with_starlette_routes(
         measure(asgi_app, "/items/3")
     )
     assert (by_trace[0xA5612].lines, by_trace[0xA5612].arcs) == asyncio.run(
-        measure(fastapi_app, "/sync/items/4?q=12")
+        measure(fastapi_app, "/items/4?q=12")
     )

@@ -1,0 +1,147 @@
+"""The agent's life cycle and its promise never to break the service it runs in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry.instrumentation.flask import FlaskInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+
+import runcov
+from runcov.agent import Agent, current_agent
+from runcov.config import load_config
+from runcov.sampling import randomness, threshold
+from tests.agent.otlp_sink import HTTPSink
+from tests.integration.apps.flask_app import create_app
+from tests.integration.conftest import APPS, AgentFactory, exported, traceparent
+from tests.integration.otlp import coverage_by_trace
+
+
+def test_public_api() -> None:
+    assert set(runcov.__all__) == {
+        "start", "stop", "critical", "watch", "Agent", "Config", "RuncovError",
+        "ConfigError", "__version__",
+    }
+    for name in runcov.__all__:
+        assert getattr(runcov, name) is not None
+    assert issubclass(runcov.ConfigError, runcov.RuncovError)
+
+
+def test_one_agent_per_process(start_agent: AgentFactory) -> None:
+    agent = start_agent()
+    assert current_agent() is agent
+    assert runcov.start() is agent  # no arguments: the running agent
+    with pytest.raises(runcov.RuncovError, match="already running"):
+        runcov.start(source=[str(APPS)], sample_rate=0.5)
+    runcov.stop()
+    assert current_agent() is None
+    again = start_agent(sample_rate=0.5)
+    assert again is not agent and again.running
+
+
+def test_bad_configuration_fails_loudly_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNCOV_SAMPLE_RATE", "abc")
+    with pytest.raises(runcov.ConfigError, match="RUNCOV_SAMPLE_RATE='abc'"):
+        runcov.start(source=[str(APPS)])
+    assert current_agent() is None
+
+
+def test_disabled_agent_measures_nothing(start_agent: AgentFactory, sink: HTTPSink,
+                                         app_provider: Any) -> None:
+    agent = start_agent(enabled=False)
+    assert not agent.running
+    app = create_app()
+    FlaskInstrumentor().instrument_app(app, tracer_provider=app_provider)
+    assert app.test_client().get("/items/1").status_code == 200
+    assert agent.flush(1.0)
+    assert sink.raw == []
+
+
+class _BrokenCore:
+    """A tracing core that fails in every way it can."""
+
+    name = "broken"
+
+    def add_roots(self, roots: Any) -> None:
+        pass
+
+    def current_scope(self) -> None:
+        return None
+
+    def open_scope(self, **kwargs: Any) -> Any:
+        raise RuntimeError("tracing exploded")
+
+
+def test_tracing_errors_never_reach_the_application(sink: HTTPSink) -> None:
+    config = load_config(source=[str(APPS)], sample_rate=1.0, max_per_second=0,
+                         exporter_endpoint=sink.endpoint, metrics_interval=0)
+    agent = Agent(config, core=_BrokenCore())
+    agent._start()
+    try:
+        provider = TracerProvider()
+        assert agent.attach(provider)
+        app = create_app()
+        FlaskInstrumentor().instrument_app(app, tracer_provider=provider)
+        client = app.test_client()
+        assert [client.get(f"/items/{i}").status_code for i in range(5)] == [200] * 5
+        assert agent.internal_errors == 5
+    finally:
+        agent.stop()
+
+
+def test_sampling_is_consistent_with_the_trace_id(
+    start_agent: AgentFactory, sink: HTTPSink, app_provider: Any
+) -> None:
+    """At rate r exactly the traces whose randomness clears r's threshold are measured, so
+    every service sampling at r picks the same traces."""
+    agent = start_agent(sample_rate=0.3)
+    app = create_app()
+    FlaskInstrumentor().instrument_app(app, tracer_provider=app_provider)
+    client = app.test_client()
+    trace_ids = [(0x9E3779B97F4A7C15 * (i + 1)) % (1 << 128) for i in range(60)]
+    for trace_id in trace_ids:
+        client.get("/items/2", headers={"traceparent": traceparent(trace_id)})
+    expected = {t for t in trace_ids if randomness(t) >= threshold(0.3)}
+    assert 0 < len(expected) < len(trace_ids)
+    by_trace = exported(agent, sink, sorted(expected))
+    assert set(by_trace) == expected
+
+
+def test_rate_cap_limits_sampled_requests(
+    start_agent: AgentFactory, sink: HTTPSink, app_provider: Any
+) -> None:
+    agent = start_agent(max_per_second=3, metrics_interval=60)
+    app = create_app()
+    FlaskInstrumentor().instrument_app(app, tracer_provider=app_provider)
+    client = app.test_client()
+    for i in range(40):
+        client.get("/health", headers={"traceparent": traceparent(0xCA900 + i)})
+    assert agent.flush(10.0)
+    measured = coverage_by_trace(sink.coverage_spans())
+    # A token bucket holding 3 tokens, refilled at 3/s while 40 requests run: most are capped.
+    assert 3 <= len(measured) < 40
+    points = sink.wait_for(lambda: sink.metric_points().get("runcov.requests.dropped"))
+    capped = sum(v for a, v, _ in points if a["runcov.reason"] == "rate_cap")
+    assert capped == 40 - len(measured)
+
+
+def test_census_mode_sends_first_hits_only(
+    start_agent: AgentFactory, sink: HTTPSink, app_provider: Any
+) -> None:
+    agent = start_agent(endpoints=["GET /items/*#census", "*"])
+    agent.core.new_epoch()  # first hits count from here, whatever ran earlier in the process
+    app = create_app()
+    FlaskInstrumentor().instrument_app(app, tracer_provider=app_provider)
+    client = app.test_client()
+    for i, url in enumerate(["/items/3", "/items/3", "/items/13"]):
+        client.get(url, headers={"traceparent": traceparent(0xCE450 + i)})
+    by_trace = exported(agent, sink, [0xCE450, 0xCE452])
+    # The second identical request ran nothing new in this process: it has nothing to send.
+    assert 0xCE451 not in by_trace
+    first, sold_out = by_trace[0xCE450], by_trace[0xCE452]
+    assert first.mode == sold_out.mode == "census"
+    assert not any(first.arcs.values()) and not any(sold_out.arcs.values())
+    # Item 13 is sold out: only the lines of that branch were hit for the first time.
+    assert sold_out.lines == {"shop/logic.py": {25, 33, 34}}
+    assert first.lines["shop/logic.py"] >= {12, 13, 14, 15, 24, 26, 31, 32, 35}
