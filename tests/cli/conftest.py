@@ -79,3 +79,23 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
     scratch = base / "data"
     scratch.mkdir()
     return Sample(root, support.measure_inputs(root, scratch, support.INPUTS), scratch)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git checkout of the sample app: tag v1.0, then one commit with EDITS."""
+    root = support.copy_app(tmp_path / "repo")
+    support.git(root, "init", "-q", "-b", "main")
+    support.git(root, "add", ".")
+    support.git(root, "commit", "-q", "-m", "1.0")
+    support.git(root, "tag", "v1.0")
+    for rel, edits in support.EDITS.items():
+        text = (root / rel).read_text()
+        for old, new in edits:
+            assert old in text
+            text = text.replace(old, new, 1)
+        (root / rel).write_text(text)
+    (root / support.NEW_FILE[0]).write_text(support.NEW_FILE[1])
+    support.git(root, "add", support.NEW_FILE[0])
+    support.git(root, "commit", "-q", "-am", "1.1")
+    return root

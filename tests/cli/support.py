@@ -194,3 +194,39 @@ def as_json(proc: subprocess.CompletedProcess[str]) -> Any:
 
     assert proc.stdout, proc.stderr
     return json.loads(proc.stdout)
+
+
+# The change under test: the HALF discount gets two lines, items get a new branch, and a
+# loyalty function nobody calls yet is added.
+EDITS = {
+    "shop/pricing.py": [
+        ("        return total / 2\n",
+         "        half = total / 2\n        return half\n"),
+        ("def never_called(",
+         'def loyalty(total: float, years: int) -> float:\n    """Loyalty discount."""\n'
+         "    if years > 5:\n        return total * 0.9\n    return total\n\n\n"
+         "def never_called("),
+    ],
+    "shop/views.py": [
+        ('    label = "even" if item_id % 2 == 0 else "odd"\n',
+         '    label = "even" if item_id % 2 == 0 else "odd"\n'
+         '    if item_id > 1000:\n        label = "big"\n'),
+    ],
+}
+
+
+# A module added in 1.1 that the canary never imports: the collector has never heard of it.
+NEW_FILE = (
+    "shop/coupons.py",
+    '"""Coupons."""\n\n\ndef valid(code: str) -> bool:\n'
+    '    """Whether a code is valid."""\n    return code.isalnum()\n',
+)
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run git in ``repo`` with a throwaway identity; stdout."""
+    proc = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
+        cwd=repo, capture_output=True, text=True, check=True,
+    )
+    return proc.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from runcov_collector.model import Release
 from tests.cli import support
 from tests.cli.conftest import RunningCollector, Sample
@@ -90,3 +92,47 @@ def test_usage_errors(collector: RunningCollector, sample: Sample) -> None:
     proc = support.runcov("diff", *collector.args(), "--service", "shop", "--a-role", "bogus",
                           "--b-role", "canary")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_canary_of_a_new_commit_against_the_previous_baseline(
+    repo: Path, collector: RunningCollector, tmp_path: Path
+) -> None:
+    """Baseline 1.0 runs the tagged commit, the canary 1.1 runs HEAD (a real git history)."""
+    old = support.copy_app(tmp_path / "v1.0")  # the sample app as tagged v1.0
+    assert (old / "shop" / "pricing.py").read_text() == support.git(
+        repo, "show", "v1.0:shop/pricing.py"
+    )
+    data = tmp_path / "data"
+    (data / "new").mkdir(parents=True)
+    inputs = ("checkout-half", "item-even")
+    base = support.measure_inputs(old, data, inputs)
+    new = support.measure_inputs(repo, data / "new", inputs)
+    collector.store.ingest(support.batch(Release("shop", "1.0", "prod", "baseline"), old,
+                                         support.requests_from(old, base)))
+    collector.store.ingest(support.batch(Release("shop", "1.1", "prod", "canary"), repo,
+                                         support.requests_from(repo, new)))
+
+    proc = support.runcov("diff", *collector.args(), "--service", "shop", "--canary", "1.1",
+                          "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = support.as_json(proc)
+    # No baseline of 1.1 exists, so A is the most recent baseline: 1.0.
+    assert (doc["a"]["version"], doc["a"]["role"]) == ("1.0", "baseline")
+    assert (doc["b"]["version"], doc["b"]["role"]) == ("1.1", "canary")
+    a_lines = {p: set(h[0]) for p, h in support.hits(
+        support.combine(old, data / ".coverage.base", base.values()), old).items()}
+    b_lines = {p: set(h[0]) for p, h in support.hits(
+        support.combine(repo, data / ".coverage.new", new.values()), repo).items()}
+    files = {f["path"]: f for f in doc["files"]}
+    pricing = files["shop/pricing.py"]
+    # HALF now takes two lines in 1.1 (13-14), so line numbers below shift by one.
+    assert set(pricing["newly_covered_lines"]) == b_lines["shop/pricing.py"] - a_lines[
+        "shop/pricing.py"]
+    assert set(pricing["no_longer_covered_lines"]) == a_lines["shop/pricing.py"] - b_lines[
+        "shop/pricing.py"]
+    assert 14 in pricing["newly_covered_lines"]
+
+    missing = support.runcov("diff", *collector.args(), "--service", "shop", "--a-version",
+                             "0.9", "--a-role", "baseline", "--b-version", "1.1",
+                             "--b-role", "canary")
+    assert missing.returncode == 2 and "HTTP 404" in missing.stderr

@@ -17,61 +17,6 @@ from tests.cli.conftest import RunningCollector
 CANARY = Release("shop", "1.1", "prod", "canary")
 CANARY_INPUTS = ("checkout-half", "item-even")
 
-# The change under test: the HALF discount gets two lines, items get a new branch, and a
-# loyalty function nobody calls yet is added.
-EDITS = {
-    "shop/pricing.py": [
-        ("        return total / 2\n",
-         "        half = total / 2\n        return half\n"),
-        ("def never_called(",
-         'def loyalty(total: float, years: int) -> float:\n    """Loyalty discount."""\n'
-         "    if years > 5:\n        return total * 0.9\n    return total\n\n\n"
-         "def never_called("),
-    ],
-    "shop/views.py": [
-        ('    label = "even" if item_id % 2 == 0 else "odd"\n',
-         '    label = "even" if item_id % 2 == 0 else "odd"\n'
-         '    if item_id > 1000:\n        label = "big"\n'),
-    ],
-}
-
-
-# A module added in 1.1 that the canary never imports: the collector has never heard of it.
-NEW_FILE = (
-    "shop/coupons.py",
-    '"""Coupons."""\n\n\ndef valid(code: str) -> bool:\n'
-    '    """Whether a code is valid."""\n    return code.isalnum()\n',
-)
-
-
-def git(repo: Path, *args: str) -> str:
-    proc = subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
-        cwd=repo, capture_output=True, text=True, check=True,
-    )
-    return proc.stdout
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    """A git checkout of the sample app: tag v1.0, then one commit with EDITS."""
-    root = support.copy_app(tmp_path / "repo")
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", ".")
-    git(root, "commit", "-q", "-m", "1.0")
-    git(root, "tag", "v1.0")
-    for rel, edits in EDITS.items():
-        text = (root / rel).read_text()
-        for old, new in edits:
-            assert old in text
-            text = text.replace(old, new, 1)
-        (root / rel).write_text(text)
-    (root / NEW_FILE[0]).write_text(NEW_FILE[1])
-    git(root, "add", NEW_FILE[0])
-    git(root, "commit", "-q", "-am", "1.1")
-    return root
-
-
 @pytest.fixture
 def canary(repo: Path, collector: RunningCollector, tmp_path: Path) -> dict[str, set[int]]:
     """Release 1.1 measured on the canary inputs and fed to the collector; its lines."""
@@ -88,8 +33,8 @@ def changed_statements(repo: Path) -> dict[str, set[int]]:
     """Ground truth: lines added or changed since v1.0 (difflib) that coverage.py executes."""
     cov = Coverage(data_file=None)
     out = {}
-    for rel in [*EDITS, NEW_FILE[0]]:
-        old = git(repo, "show", f"v1.0:{rel}").splitlines() if rel in EDITS else []
+    for rel in [*support.EDITS, support.NEW_FILE[0]]:
+        old = support.git(repo, "show", f"v1.0:{rel}").splitlines() if rel in support.EDITS else []
         new = (repo / rel).read_text().splitlines()
         changed = set()
         for tag, _, _, j1, j2 in difflib.SequenceMatcher(None, old, new).get_opcodes():
