@@ -9,8 +9,8 @@ Standard variables honoured: ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``
 ``service.version``, ``deployment.environment.name`` / ``deployment.environment``),
 ``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``,
 ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``, ``OTEL_EXPORTER_OTLP_PROTOCOL``,
-``OTEL_EXPORTER_OTLP_HEADERS`` and ``OTEL_EXPORTER_OTLP_TIMEOUT`` (seconds, as the Python OTLP
-exporters read it).
+``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_EXPORTER_OTLP_COMPRESSION`` and
+``OTEL_EXPORTER_OTLP_TIMEOUT`` (seconds, as the Python OTLP exporters read it).
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ from urllib.parse import unquote, urlsplit
 from runcov.errors import ConfigError
 from runcov.selectors import MODES, parse_selector
 
-__all__ = ["PROTOCOLS", "ROLES", "Config", "load_config"]
+__all__ = ["COMPRESSIONS", "PROTOCOLS", "ROLES", "Config", "load_config"]
 
 #: Deployment roles; the collector keeps each role's coverage apart.
 ROLES = ("baseline", "canary", "shadow", "game-day")
 #: OTLP protocols the agent can export with.
 PROTOCOLS = ("http/protobuf", "grpc")
+#: Compression of OTLP requests.
+COMPRESSIONS = ("gzip", "none")
 
 _DEFAULT_HTTP_ENDPOINT = "http://localhost:4318"
 _DEFAULT_GRPC_ENDPOINT = "http://localhost:4317"
@@ -68,6 +70,8 @@ class Config:
     exporter_metrics_endpoint: Optional[str] = None
     exporter_protocol: str = "http/protobuf"
     exporter_headers: dict[str, str] = field(default_factory=dict)
+    #: ``gzip`` (default: coverage JSON shrinks several-fold) or ``none``.
+    exporter_compression: str = "gzip"
     #: Seconds one export attempt (retries included) may take before it is given up.
     exporter_timeout: float = 10.0
     #: Requests waiting for export; more are dropped and counted.
@@ -373,6 +377,14 @@ def load_config(environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> C
             values["exporter_headers"] = {str(k).lower(): str(v) for k, v in value.items()}
         else:
             raise _bad(option, value, "not a mapping or 'name=value,...' string")
+    option, value = raw("exporter_compression")
+    if value is None and env.get("OTEL_EXPORTER_OTLP_COMPRESSION", "").strip():
+        option, value = "OTEL_EXPORTER_OTLP_COMPRESSION", env["OTEL_EXPORTER_OTLP_COMPRESSION"]
+    if value is not None:
+        compression = str(value).strip().lower()
+        if compression not in COMPRESSIONS:
+            raise _bad(option, value, f"not one of {', '.join(COMPRESSIONS)}")
+        values["exporter_compression"] = compression
     option, value = raw("exporter_timeout")
     if value is None and env.get("OTEL_EXPORTER_OTLP_TIMEOUT", "").strip():
         option, value = "OTEL_EXPORTER_OTLP_TIMEOUT", env["OTEL_EXPORTER_OTLP_TIMEOUT"]

@@ -117,6 +117,7 @@ def _make_metric_exporter(config: Config) -> MetricExporter:
     headers = dict(config.exporter_headers) or None
     temporality = _cumulative()
     if config.exporter_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.exporter import Compression as GrpcCompression
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
             OTLPMetricExporter as GrpcMetricExporter,
         )
@@ -126,8 +127,12 @@ def _make_metric_exporter(config: Config) -> MetricExporter:
             insecure=config.exporter_insecure(),
             headers=headers,
             timeout=config.exporter_timeout,
+            compression=GrpcCompression.Gzip
+            if config.exporter_compression == "gzip"
+            else GrpcCompression.NoCompression,
             preferred_temporality=temporality,
         )
+    from opentelemetry.exporter.otlp.proto.http import Compression
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
         OTLPMetricExporter as HttpMetricExporter,
     )
@@ -136,6 +141,9 @@ def _make_metric_exporter(config: Config) -> MetricExporter:
         endpoint=config.metrics_endpoint(),
         headers=headers,
         timeout=config.exporter_timeout,
+        compression=Compression.Gzip
+        if config.exporter_compression == "gzip"
+        else Compression.NoCompression,
         preferred_temporality=temporality,
     )
 
@@ -186,7 +194,7 @@ class _Instruments:
             "runcov.arcs.new", "{arc}", "Arcs covered for the first time in this process"
         )
         self.overhead = meter.create_counter(
-            "runcov.overhead", "s", "CPU time spent by the agent on request paths"
+            "runcov.overhead", "s", "CPU time spent by the agent (request paths and export worker)"
         )
         self.rate = meter.create_gauge(
             "runcov.sample_rate", "1", "Current (saturation-adjusted) sampling rate"
@@ -354,7 +362,7 @@ class AgentMetrics:
             self._add("arcs", int(arcs), attrs, trace_id, span_id)
 
     def overhead(self, seconds: float) -> None:
-        """The agent spent ``seconds`` of CPU on request paths."""
+        """The agent spent ``seconds`` of CPU (on request paths or in its export worker)."""
         if self.enabled and seconds > 0:
             self._add("overhead", float(seconds), None, None, None)
 

@@ -194,3 +194,14 @@ def test_grpc_security_follows_the_scheme() -> None:
     assert insecure("http://collector:4317") is True
     assert insecure("https://collector:4317") is False
     assert insecure("collector:4317") is None
+
+
+def test_compression() -> None:
+    assert load_config(environ={}).exporter_compression == "gzip"
+    assert load_config(environ={"OTEL_EXPORTER_OTLP_COMPRESSION": "none"}).exporter_compression == (
+        "none"
+    )
+    env = {"OTEL_EXPORTER_OTLP_COMPRESSION": "none", "RUNCOV_EXPORTER_COMPRESSION": "GZIP"}
+    assert load_config(environ=env).exporter_compression == "gzip"
+    with pytest.raises(ConfigError, match="RUNCOV_EXPORTER_COMPRESSION='zstd': not one of"):
+        load_config(environ={"RUNCOV_EXPORTER_COMPRESSION": "zstd"})

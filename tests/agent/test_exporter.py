@@ -41,8 +41,13 @@ class RecordingMetrics:
     def __init__(self) -> None:
         self.drops: list[tuple[str, str]] = []
 
+        self.overheads: list[float] = []
+
     def dropped(self, endpoint: str, reason: str, **_: Any) -> None:
         self.drops.append((endpoint, reason))
+
+    def overhead(self, seconds: float) -> None:
+        self.overheads.append(seconds)
 
 
 @pytest.fixture
@@ -304,6 +309,34 @@ def test_application_span_limits_and_sampler_do_not_apply(
     [cov] = http_sink.coverage_spans()
     assert len(cov.attributes) == 9
     assert cov.payload["files"][0]["lines"] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize(("compression", "encoding"), [("gzip", "gzip"), ("none", None)])
+def test_requests_are_gzip_compressed_by_default(
+    http_sink: HTTPSink, src: Path, compression: str, encoding: object
+) -> None:
+    config = make_config(http_sink, src, exporter_compression=compression)
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        assert exporter.submit(record(src))
+        assert exporter.flush(20)
+    finally:
+        exporter.shutdown(5)
+    assert {h.get("Content-Encoding") for h in http_sink.headers} == {encoding}
+    assert len(http_sink.coverage_spans()) == 1
+
+
+def test_worker_cpu_is_reported_as_overhead(http_sink: HTTPSink, src: Path) -> None:
+    config = make_config(http_sink, src)
+    metrics = RecordingMetrics()
+    exporter = CoverageExporter(config, build_resource(config), metrics=metrics)
+    try:
+        assert exporter.submit(record(src))
+        assert exporter.flush(20)
+    finally:
+        exporter.shutdown(5)
+    assert metrics.overheads and all(s >= 0 for s in metrics.overheads)
+    assert sum(metrics.overheads) > 0
 
 
 def test_headers_reach_the_receiver(http_sink: HTTPSink, src: Path) -> None:

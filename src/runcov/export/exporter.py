@@ -153,6 +153,7 @@ def _make_span_exporter(config: Config) -> SpanExporter:
     """The OTLP span exporter for the configured protocol, endpoint, headers and timeout."""
     headers = dict(config.exporter_headers) or None
     if config.exporter_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.exporter import Compression as GrpcCompression
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter as GrpcSpanExporter,
         )
@@ -162,7 +163,11 @@ def _make_span_exporter(config: Config) -> SpanExporter:
             insecure=config.exporter_insecure(),
             headers=headers,
             timeout=config.exporter_timeout,
+            compression=GrpcCompression.Gzip
+            if config.exporter_compression == "gzip"
+            else GrpcCompression.NoCompression,
         )
+    from opentelemetry.exporter.otlp.proto.http import Compression
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
         OTLPSpanExporter as HttpSpanExporter,
     )
@@ -171,6 +176,9 @@ def _make_span_exporter(config: Config) -> SpanExporter:
         endpoint=config.traces_endpoint(),
         headers=headers,
         timeout=config.exporter_timeout,
+        compression=Compression.Gzip
+        if config.exporter_compression == "gzip"
+        else Compression.NoCompression,
     )
 
 
@@ -328,6 +336,7 @@ class CoverageExporter:
             self._queue.clear()
             flushes, self._flushes = self._flushes, []
             stopping = self._stopping
+        cpu = time.thread_time()
         for item in items:
             try:
                 self._process(item)
@@ -335,6 +344,12 @@ class CoverageExporter:
                 log.debug("runcov: could not export a request", exc_info=True)
                 self._count("internal_error")
                 self._drop(getattr(item, "endpoint", ""), "internal_error")
+        if items and self.metrics is not None:
+            # The worker's CPU is agent overhead too (encoding, static analysis, spans).
+            try:
+                self.metrics.overhead(time.thread_time() - cpu)
+            except Exception:
+                pass
         if flushes:
             ok = True
             with self._lock:
