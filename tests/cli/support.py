@@ -54,11 +54,11 @@ def copy_app(dst: Path) -> Path:
     return dst
 
 
-def coverage_run(root: Path, data_file: Path, *inputs: str) -> None:
-    """``coverage run --branch --source=shop drive.py INPUT...`` in ``root``."""
+def coverage_run(root: Path, data_file: Path, *inputs: str, branch: bool = True) -> None:
+    """``coverage run [--branch] --source=shop drive.py INPUT...`` in ``root``."""
     subprocess.run(
-        [sys.executable, "-m", "coverage", "run", "--branch", "--source=shop",
-         f"--data-file={data_file}", "drive.py", *inputs],
+        [sys.executable, "-m", "coverage", "run", *(["--branch"] if branch else []),
+         "--source=shop", f"--data-file={data_file}", "drive.py", *inputs],
         cwd=root, env=clean_env(), check=True, capture_output=True, text=True,
     )
 

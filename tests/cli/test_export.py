@@ -249,3 +249,25 @@ def test_progress_for_many_files(
         "-o", str(tmp_path / "q.coverage"), "--source", str(root),
     )
     assert quiet.stderr.splitlines() == [f"wrote {tmp_path / 'q.coverage'} (coverage, 3 files)"]
+
+
+def test_census_mode_exports_line_data(tmp_path: Path, collector: RunningCollector) -> None:
+    """Census releases have lines but no arcs: the export is line data, as coverage run is."""
+    root = support.copy_app(tmp_path / "app")
+    data = tmp_path / "data"
+    data.mkdir()
+    per_input = {}
+    for name in support.INPUTS:
+        per_input[name] = data / f".coverage.{name}"
+        support.coverage_run(root, per_input[name], name, branch=False)
+    requests = support.requests_from(root, per_input)
+    collector.store.ingest(support.batch(RELEASE, root, requests, mode="census"))
+    oracle = support.combine(root, data / ".coverage.oracle", per_input.values())
+    exported = tmp_path / "census.coverage"
+    export(collector, root, "coverage", exported)
+    written = CoverageData(basename=str(exported))
+    written.read()
+    assert not written.has_arcs()
+    expected = support.coverage_cli(root, "report", "-m", f"--data-file={oracle}")
+    assert "Branch" not in expected
+    assert support.coverage_cli(root, "report", "-m", f"--data-file={exported}") == expected
