@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from runcov.testing import capture_coverage
-from runcov.tracing import get_core
+from runcov.tracing import Core, get_core
 from tests.sample import work
 
 SAMPLE = str(Path(work.__file__).parent)
@@ -106,6 +106,13 @@ def test_interleaved_tasks_get_their_own_sets() -> None:
 def test_census_records_each_line_once_for_the_first_request() -> None:
     core = get_core()
     core.new_epoch()
+    try:
+        _census_sequence(core)
+    finally:
+        core.disable_census()
+
+
+def _census_sequence(core: Core) -> None:
     with capture_coverage(source=[SAMPLE], mode="census") as first:
         work.blocking(3)
     with capture_coverage(source=[SAMPLE], mode="census") as second:

@@ -127,6 +127,14 @@ class Core(abc.ABC):
         """Start a new census epoch: forget first hits and re-arm census recording."""
 
     @abc.abstractmethod
+    def disable_census(self) -> None:
+        """Stop census recording (census scopes opened later turn it on again)."""
+
+    @abc.abstractmethod
+    def census_lines(self) -> dict[str, set[int]]:
+        """Lines first hit in the current census epoch, by absolute path (a copy)."""
+
+    @abc.abstractmethod
     def shutdown(self) -> None:
         """Stop tracing, release the tool id / tracer, drop all state."""
 

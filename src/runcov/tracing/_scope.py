@@ -79,6 +79,7 @@ class ScopeState(Scope):
         "_token",
         "census_lines",
         "closed",
+        "counted",
         "files",
         "generation",
         "is_census",
@@ -86,6 +87,7 @@ class ScopeState(Scope):
         "mode",
         "owner_thread",
         "result",
+        "stepped",
         "trace_id",
         "traced",
         "triples",
@@ -119,6 +121,12 @@ class ScopeState(Scope):
         #: The core's fork generation when the scope opened (scopes inherited through fork()
         #: are not counted by the child's core).
         self.generation = 0
+        #: True for scopes opened in an asyncio task: they count as active only while one of
+        #: their steps runs (per-step arming, see :func:`install_hooks`).
+        self.stepped = False
+        #: True while the scope is counted as active by its core (its events armed / its
+        #: thread traced).
+        self.counted = False
         self.result: Optional[CoverageData] = None
 
     def bind(self) -> None:
@@ -201,70 +209,128 @@ def _resolve(filename: str, roots: tuple[str, ...]) -> Optional[str]:
 class _Handoff:
     """A callable submitted to a thread pool from inside a scope: runs in that scope."""
 
-    __slots__ = ("_enter", "_exit", "_fn", "_scope")
+    __slots__ = ("_fn", "_scope")
 
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        scope: ScopeState,
-        enter: Callable[[ScopeState], object],
-        exit_: Callable[[ScopeState], None],
-    ) -> None:
+    def __init__(self, fn: Callable[..., Any], scope: ScopeState) -> None:
         self._fn = fn
         self._scope = scope
-        self._enter = enter
-        self._exit = exit_
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         scope = self._scope
-        if scope.closed:
+        if scope.closed or not _hooks:
             return self._fn(*args, **kwargs)
+        activate, deactivate = _hooks[0]
         token = _current.set(scope)
+        active = False
         try:
-            self._enter(scope)
+            active = activate(scope)
         except Exception:
             pass
         try:
             return self._fn(*args, **kwargs)
         finally:
-            try:
-                self._exit(scope)
-            except Exception:
-                pass
+            if active:
+                try:
+                    deactivate(scope)
+                except Exception:
+                    pass
             try:
                 _current.reset(token)
             except ValueError:
                 _current.set(None)
 
 
-_handoff_hooks: list[tuple[Callable[[ScopeState], object], Callable[[ScopeState], None]]] = []
-_patched = False
+#: (activate, deactivate) of the running core: count a scope as active in the calling thread
+#: (``activate`` returns False when it could not) and stop counting it.
+_hooks: list[tuple[Callable[[ScopeState], bool], Callable[[ScopeState], None]]] = []
+_submit_patched = False
+_step_gate_installed = False
 
 
-def install_handoff(
-    enter: Callable[[ScopeState], object], exit_: Callable[[ScopeState], None]
+def install_hooks(
+    activate: Callable[[ScopeState], bool], deactivate: Callable[[ScopeState], None]
 ) -> None:
-    """Make work submitted to ``ThreadPoolExecutor`` from inside a scope count toward it.
+    """Make thread-pool work and asyncio task steps of a scope count toward it.
 
-    ``asyncio.to_thread`` and ``loop.run_in_executor`` submit through the executor too. ``enter``
-    and ``exit_`` run in the worker thread around the work (the settrace core installs its
-    tracer there).
+    * ``ThreadPoolExecutor.submit`` (which ``loop.run_in_executor`` and ``asyncio.to_thread``
+      use) from inside a scope runs the work in that scope, active in the worker thread.
+    * Per-step arming: asyncio's ``Handle._run`` (which runs every task step and callback in the
+      task's context) activates a scope opened in a task only while that task's step runs, so
+      concurrent unsampled tasks on the same loop run with events disarmed / no tracer. The
+      wrapper is installed when the first scope opens inside an event loop.
     """
-    global _patched
-    _handoff_hooks[:] = [(enter, exit_)]
-    if _patched:
-        return
+    global _submit_patched
+    _hooks[:] = [(activate, deactivate)]
     import wrapt
 
-    def submit(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        scope = _current.get()
-        if scope is None or scope.closed or not args or not _handoff_hooks:
-            return wrapped(*args, **kwargs)
-        enter_, exit__ = _handoff_hooks[0]
-        return wrapped(_Handoff(args[0], scope, enter_, exit__), *args[1:], **kwargs)
+    if not _submit_patched:
 
-    wrapt.wrap_function_wrapper(concurrent.futures.ThreadPoolExecutor, "submit", submit)
-    _patched = True
+        def submit(
+            wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            scope = _current.get()
+            if scope is None or scope.closed or not args:
+                return wrapped(*args, **kwargs)
+            return wrapped(_Handoff(args[0], scope), *args[1:], **kwargs)
+
+        wrapt.wrap_function_wrapper(concurrent.futures.ThreadPoolExecutor, "submit", submit)
+        _submit_patched = True
 
 
-__all__ = ["CENSUS", "EXACT", "SKIP", "Roots", "ScopeState", "install_handoff", "within"]
+def _install_step_gate() -> None:
+    """Wrap asyncio's ``Handle._run`` (installed on first use by a scope opened in a task)."""
+    global _step_gate_installed
+    if _step_gate_installed:
+        return
+    _step_gate_installed = True
+    import asyncio.events
+
+    handle_run = asyncio.events.Handle._run
+
+    def _run(self: Any) -> None:
+        ctx = self._context
+        if ctx is None:
+            return handle_run(self)
+        scope = ctx.get(_current)
+        if scope is not None and scope.stepped and not scope.counted and not scope.closed:
+            try:
+                scope.counted = _hooks[0][0](scope)
+            except Exception:
+                pass
+        try:
+            return handle_run(self)
+        finally:
+            scope = ctx.get(_current)
+            if scope is not None and scope.stepped and scope.counted:
+                scope.counted = False
+                try:
+                    _hooks[0][1](scope)
+                except Exception:
+                    pass
+
+    _run.__doc__ = handle_run.__doc__
+    asyncio.events.Handle._run = _run  # type: ignore[method-assign]
+
+
+def in_asyncio_step() -> bool:
+    """True when called inside a running asyncio event loop whose steps the step gate sees
+    (asyncio's own loops, not uvloop's); installs the gate on first use."""
+    import asyncio
+
+    loop = asyncio.events._get_running_loop()
+    if loop is None or not isinstance(loop, asyncio.BaseEventLoop):
+        return False
+    _install_step_gate()
+    return True
+
+
+__all__ = [
+    "CENSUS",
+    "EXACT",
+    "SKIP",
+    "Roots",
+    "ScopeState",
+    "in_asyncio_step",
+    "install_hooks",
+    "within",
+]

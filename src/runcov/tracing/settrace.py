@@ -19,7 +19,7 @@ from types import CodeType, FrameType
 from typing import Any, Callable, Iterable, Optional
 
 from runcov.tracing._base import CENSUS, EXACT, Arc, Core, Scope
-from runcov.tracing._scope import Roots, ScopeState, _current, install_handoff
+from runcov.tracing._scope import Roots, ScopeState, _current, in_asyncio_step, install_hooks
 
 log = logging.getLogger("runcov.tracing")
 
@@ -55,7 +55,7 @@ class SettraceCore(Core):
         self._gen_code: dict[int, tuple[CodeType, bytes]] = {}
         self._shut = False
         self._global_trace = self._make_global_trace()
-        install_handoff(self._enter_thread, self._exit_thread)
+        install_hooks(self._enter_thread, self._exit_thread)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
 
     # -- Core API -----------------------------------------------------------------------------
@@ -91,6 +91,8 @@ class SettraceCore(Core):
             if not self._enter_thread(scope):
                 scope.traced = False
                 return scope
+            scope.counted = True
+            scope.stepped = in_asyncio_step()
             scope.bind()
         except Exception:
             log.debug("runcov: could not open a scope", exc_info=True)
@@ -127,8 +129,10 @@ class SettraceCore(Core):
                 sys.settrace(None)
 
     def _close_scope(self, scope: ScopeState) -> None:
-        if scope.traced and scope.owner_thread == threading.get_ident():
-            self._exit_thread(scope)
+        if scope.counted:
+            scope.counted = False
+            if scope.stepped or scope.owner_thread == threading.get_ident():
+                self._exit_thread(scope)
         # Closed from another thread: the owner's tracer removes itself at its next call event.
 
     def current_scope(self) -> Optional[Scope]:
@@ -137,6 +141,11 @@ class SettraceCore(Core):
 
     def new_epoch(self) -> None:
         """Forget the census epoch's first hits."""
+        self._census.clear()
+
+    def disable_census(self) -> None:
+        """Stop census recording and forget the epoch's first hits."""
+        self._census_enabled = False
         self._census.clear()
 
     def census_lines(self) -> dict[str, set[int]]:

@@ -30,7 +30,14 @@ from types import CodeType, FunctionType
 from typing import Any, Iterable, Optional
 
 from runcov.tracing._base import CENSUS, EXACT, Core, Scope
-from runcov.tracing._scope import SKIP, Roots, ScopeState, _current, install_handoff
+from runcov.tracing._scope import (
+    SKIP,
+    Roots,
+    ScopeState,
+    _current,
+    in_asyncio_step,
+    install_hooks,
+)
 
 log = logging.getLogger("runcov.tracing")
 
@@ -73,6 +80,7 @@ class SysmonCore(Core):
         self.linger = 0.05
         self._toggle_cost = 0.0
         self._disarm_at = 0.0
+        self._disarm_pending = False
         self._wake = threading.Event()
         self._disarmer: Optional[threading.Thread] = None
         self._census_enabled = False
@@ -83,7 +91,7 @@ class SysmonCore(Core):
         self._modules_seen_count = -1
         self._register_callbacks()
         mon.set_events(self._tool, self._GLOBAL_IDLE)
-        install_handoff(_noop, _noop)
+        install_hooks(self._activate, self._deactivate)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
 
     # -- set-up -------------------------------------------------------------------------------
@@ -278,11 +286,8 @@ class SysmonCore(Core):
                 while frame is not None:
                     scope.last[frame] = SKIP
                     frame = frame.f_back
-                with self._lock:
-                    self._active += 1
-                    if not self._exact_armed:
-                        self._exact_armed = True
-                        self._apply(toggle=self._census_enabled)
+                scope.stepped = in_asyncio_step()
+                scope.counted = self._activate(scope)
             elif mode == CENSUS:
                 with self._lock:
                     if not self._census_enabled:
@@ -298,7 +303,24 @@ class SysmonCore(Core):
         return scope
 
     def _close_scope(self, scope: ScopeState) -> None:
-        if scope.mode != EXACT or not scope.traced or scope.generation != self._generation:
+        if scope.counted:
+            scope.counted = False
+            self._deactivate(scope)
+
+    def _activate(self, scope: ScopeState) -> bool:
+        """Count an exact scope as active (armed events) from now on."""
+        if scope.is_census or scope.generation != self._generation or self._shut:
+            return False
+        with self._lock:
+            self._active += 1
+            if not self._exact_armed:
+                self._exact_armed = True
+                self._apply(toggle=self._census_enabled)
+        return True
+
+    def _deactivate(self, scope: ScopeState) -> None:
+        """Stop counting an exact scope as active; disarm (after lingering) at zero."""
+        if scope.generation != self._generation:
             return
         with self._lock:
             if self._active > 0:
@@ -309,8 +331,10 @@ class SysmonCore(Core):
                         self._disarm_exact()
                     else:
                         self._disarm_at = time.monotonic() + linger
-                        self._start_disarmer()
-                        self._wake.set()
+                        if not self._disarm_pending:
+                            self._disarm_pending = True
+                            self._start_disarmer()
+                            self._wake.set()
 
     def _disarm_exact(self) -> None:
         """Remove the exact-mode events (caller holds the lock)."""
@@ -326,16 +350,18 @@ class SysmonCore(Core):
             thread.start()
 
     def _disarm_loop(self) -> None:
-        """Disarm exact-mode events once no exact scope was open for ``linger`` seconds."""
+        """Disarm exact-mode events once no exact scope was active for the linger time."""
         while not self._shut:
             self._wake.wait()
             self._wake.clear()
             while not self._shut:
                 with self._lock:
                     if self._active or not self._exact_armed:
+                        self._disarm_pending = False
                         break
                     delay = self._disarm_at - time.monotonic()
                     if delay <= 0:
+                        self._disarm_pending = False
                         self._disarm_exact()
                         break
                 time.sleep(delay)
@@ -351,6 +377,14 @@ class SysmonCore(Core):
                 self._census_enabled = True
                 if not self._exact_armed:
                     self._apply(toggle=True)
+
+    def disable_census(self) -> None:
+        """Stop census recording and forget the epoch's first hits."""
+        with self._lock:
+            if self._census_enabled:
+                self._census_enabled = False
+                self._census.clear()
+                self._apply(toggle=False)
 
     def census_lines(self) -> dict[str, set[int]]:
         """Lines hit in the current epoch, by absolute path (a copy)."""
@@ -414,12 +448,9 @@ class SysmonCore(Core):
         self._exact_armed = False
         self._wake = threading.Event()
         self._disarmer = None
+        self._disarm_pending = False
         self._census.clear()
         self._apply(toggle=self._census_enabled)
-
-
-def _noop(_scope: ScopeState) -> None:
-    """Thread-pool hand-off hook: sys.monitoring events fire on every thread already."""
 
 
 def _code_objects(value: Any, filename: str, depth: int = 0) -> Iterable[CodeType]:
