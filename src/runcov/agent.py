@@ -316,9 +316,15 @@ class Agent:
             pass
 
     def _after_fork_in_child(self) -> None:
+        # Only the forking thread survives fork(): locks another thread held would never be
+        # released, and requests in flight belong to threads that are gone.
         self._in_flight = 0
         self._count_lock = threading.Lock()
         self._novelty_lock = threading.Lock()
+        if self._sampler is not None:
+            from runcov.sampling import Sampler
+
+            self._sampler = Sampler(self.config, time.monotonic)
         if self._processor is not None:
             self._processor._after_fork_in_child()
 
@@ -583,7 +589,7 @@ class Agent:
 
     def seen(self, method: Optional[str], route: Optional[str]) -> None:
         """Count a finished request of a selected endpoint, measured or not. Never raises."""
-        if not self.running:
+        if not self.running or not getattr(self.metrics, "enabled", True):
             return
         try:
             if self._matcher.match(method, route) is None:

@@ -145,3 +145,27 @@ def test_census_mode_sends_first_hits_only(
     # Item 13 is sold out: only the lines of that branch were hit for the first time.
     assert sold_out.lines == {"shop/logic.py": {25, 33, 34}}
     assert first.lines["shop/logic.py"] >= {12, 13, 14, 15, 24, 26, 31, 32, 35}
+
+
+def test_consumer_spans_are_endpoints_named_after_the_span(
+    start_agent: AgentFactory, sink: HTTPSink, app_provider: Any
+) -> None:
+    from opentelemetry.trace import SpanKind
+
+    from tests.integration.apps import jobs
+
+    agent = start_agent(endpoints=["consumer orders*"], metrics_interval=60)
+    tracer = app_provider.get_tracer("queue")
+    with tracer.start_as_current_span("orders process", kind=SpanKind.CONSUMER) as span:
+        jobs.settle([1, 2])
+    with tracer.start_as_current_span("refunds process", kind=SpanKind.CONSUMER):
+        jobs.settle([3])
+    ctx = span.get_span_context()
+    by_trace = exported(agent, sink, [ctx.trace_id])
+    assert [c.endpoint for c in by_trace.values()] == ["consumer orders process"]
+    assert by_trace[ctx.trace_id].parent_span_id == ctx.span_id
+    assert by_trace[ctx.trace_id].status_class == "ok"
+    # The sampled counter carries the request's trace as an exemplar.
+    points = sink.wait_for(lambda: sink.metric_points().get("runcov.requests.sampled"))
+    exemplars = [e for _, _, ex in points for e in ex]
+    assert any(int.from_bytes(e.trace_id, "big") == ctx.trace_id for e in exemplars)
