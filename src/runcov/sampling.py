@@ -133,6 +133,9 @@ def would_sample(trace_id: int, tracestate: Any, rate: float) -> bool:
     return randomness(trace_id, tracestate) >= threshold(rate)
 
 
+_NO_MATCH = Decision(False, "no_match", 0.0)
+
+
 class _Endpoint:
     """Saturation state of one endpoint."""
 
@@ -160,6 +163,7 @@ class Sampler:
         self._lock = threading.Lock()
         self._endpoints: dict[str, _Endpoint] = {}
         self._thresholds: dict[float, int] = {}
+        self._unsampled: dict[float, Decision] = {}
         if hasattr(os, "register_at_fork"):
             ref = weakref.WeakMethod(self._after_fork)
             os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
@@ -181,6 +185,15 @@ class Sampler:
             floor = MIN_FLOOR if rate > MIN_FLOOR else rate
         return boosted if boosted > floor else floor
 
+    def _not_sampled(self, rate: float) -> Decision:
+        # The common outcome: reuse one immutable Decision per rate instead of allocating.
+        decision = self._unsampled.get(rate)
+        if decision is None:
+            decision = Decision(False, "not_sampled", rate)
+            if len(self._unsampled) < 4096:
+                self._unsampled[rate] = decision
+        return decision
+
     def _threshold(self, rate: float) -> int:
         t = self._thresholds.get(rate)
         if t is None:
@@ -198,7 +211,7 @@ class Sampler:
     ) -> Decision:
         """Decide for one request. Never raises."""
         if rule is None:
-            return Decision(False, "no_match", 0.0)
+            return _NO_MATCH
         try:
             rv, th = parse_ot_tracestate(tracestate) if tracestate else (None, None)
             r = rv if rv is not None else trace_id & _MASK
@@ -210,7 +223,7 @@ class Sampler:
             else:
                 rate = self.effective_rate(endpoint, rule.rate) if self._saturation else rule.rate
                 if rate <= 0.0 or r < self._threshold(rate):
-                    return Decision(False, "not_sampled", rate)
+                    return self._not_sampled(rate)
                 reason = "sampled"
             if self._cap > 0.0 and not self._take_token():
                 return Decision(False, "rate_cap", rate)
