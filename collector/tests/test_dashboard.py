@@ -288,3 +288,13 @@ def test_release_page_follows_endpoint_and_window(site: tuple[Running, dict]) ->
     all_time = "/ui/release?service=shop&version=1.0&environment=prod&role=baseline"
     assert f'href="{html.escape(all_time)}"' in page  # "all time" drops the window
     assert "<strong>since 3h</strong>" in page
+
+
+def test_changed_local_source_is_flagged(site: tuple[Running, dict]) -> None:
+    running, _ = site
+    cart = running.source / "shop" / "cart.py"
+    cart.write_text(cart.read_text() + "# edited after the release\n")
+    status, page = running.get("/ui/file?service=shop&version=1.0&environment=prod"
+                               "&role=baseline&path=shop/cart.py")
+    assert status == 200
+    assert 'id="sha-warning"' in page and "differs from the version production ran" in page

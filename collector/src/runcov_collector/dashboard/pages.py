@@ -195,13 +195,16 @@ class Dashboard:
         ann = Annotation.from_detail(detail)
         text, info = read_source(self.source_dir, path)
         template = self.trace_url_template
-        lines = annotate(text, ann, lambda t: trace_link(template, t)) if text is not None else []
-        listing = [
-            {"number": n, "css": ann.css(n), "hits": ann.covered.get(n, (0, ""))[0],
-             "trace": ann.covered.get(n, (0, ""))[1],
-             "link": trace_link(self.trace_url_template, ann.covered.get(n, (0, ""))[1]),
+
+        def link(trace_id: str) -> str | None:
+            return trace_link(template, trace_id)
+
+        lines = annotate(text, ann, link) if text is not None else []
+        listing = [] if text is not None else [
+            {"number": n, "css": ann.css(n), "hits": hits, "trace": trace, "link": link(trace),
              "note": ann.note(n)}
             for n in sorted(ann.executable)
+            for hits, trace in [ann.covered.get(n, (0, ""))]
         ]
         return "file.html", {
             "release": release, "file": detail, "path": path, "lines": lines,
