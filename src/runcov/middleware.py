@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from typing import Any, Awaitable, Callable, Iterable, Iterator, Optional
 
 import wrapt
@@ -71,7 +72,7 @@ def _agent(agent: Optional[Agent]) -> Optional[Agent]:
 class _Measurement:
     """One request going through a middleware: decide, measure, emit. Never raises."""
 
-    __slots__ = ("agent", "method", "parent", "route", "status", "ticket")
+    __slots__ = ("agent", "ended", "method", "parent", "route", "status", "ticket")
 
     def __init__(
         self,
@@ -86,12 +87,16 @@ class _Measurement:
         self.method = method
         self.route = route
         self.status: Optional[str] = None
+        self.ended = False
         trace_id, self.parent = _trace_of(traceparent)
         known = route is not None or not route_late
         self.ticket = agent.begin(method, route, trace_id, tracestate, route_known=known)
 
     def end(self, route: Optional[str] = None, failed: bool = False) -> None:
-        """The request is over: emit its coverage when it was measured."""
+        """The request is over: emit its coverage when it was measured. Idempotent."""
+        if self.ended:
+            return
+        self.ended = True
         if route is not None:
             self.route = route
         status = self.status or ("5xx" if failed else None)
@@ -134,6 +139,10 @@ class _ClosingIterable:
             self._end()
 
 
+#: The measurement of the request the current WSGI thread is serving (see ``__call__``).
+_wsgi_open = threading.local()
+
+
 class RuncovWSGIMiddleware:
     """Measures a WSGI application's requests.
 
@@ -170,6 +179,13 @@ class RuncovWSGIMiddleware:
         agent = _agent(self._agent)
         if agent is None:
             return self.app(environ, start_response)
+        # A WSGI worker thread serves one request at a time: a measurement still open here
+        # belongs to a response whose server never closed it. End it, or its scope would stay
+        # bound to this thread and every later request would look nested.
+        stale = getattr(_wsgi_open, "measurement", None)
+        if stale is not None:
+            _wsgi_open.measurement = None
+            stale.end()
         m = _Measurement(
             agent,
             environ.get("REQUEST_METHOD"),
@@ -186,9 +202,13 @@ class RuncovWSGIMiddleware:
             return start_response(status, headers)
 
         def done(failed: bool = False) -> None:
+            if getattr(_wsgi_open, "measurement", None) is m:
+                _wsgi_open.measurement = None
             route = None if m.route is not None else self._resolve(environ)
             m.end(route, failed)
 
+        if m.ticket is not None:
+            _wsgi_open.measurement = m
         try:
             result = self.app(environ, record_status)
         except BaseException:

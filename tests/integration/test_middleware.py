@@ -106,3 +106,18 @@ def test_asgi_middleware_with_resolver_and_with_starlette_routes(
     assert (by_trace[0xA5612].lines, by_trace[0xA5612].arcs) == asyncio.run(
         measure(fastapi_app, "/items/4?q=12")
     )
+
+
+def test_a_response_never_closed_does_not_stop_later_requests_being_measured(
+    start_agent: AgentFactory, sink: HTTPSink
+) -> None:
+    agent = start_agent()
+    client = Client(RuncovWSGIMiddleware(wsgi_app, route=_wsgi_route))
+    # A broken server: neither reads nor closes the body of the first response.
+    first = client.get("/items/1", headers={"traceparent": traceparent(0xC105E1)})
+    second = client.get("/items/2", headers={"traceparent": traceparent(0xC105E2)})
+    assert second.json["item"] == 2
+    by_trace = exported(agent, sink, [0xC105E1, 0xC105E2])
+    assert by_trace[0xC105E2].lines == oracle(lambda: Client(wsgi_app).get("/items/2").data)[0]
+    assert by_trace[0xC105E1].endpoint == "GET /items/{item_id}"
+    first.close()
