@@ -418,7 +418,7 @@ class CoverageExporter:
             sha, facts = info
             files.append({"path": rel, "sha": sha, "lines": lines, "arcs": arcs})
             key = (rel, sha)
-            if facts is not None and key not in self._static_sent and key not in new_keys:
+            if facts is not None and key not in new_keys and key not in self._static_sent:
                 new_keys.append(key)
                 statics.append(
                     {
@@ -449,7 +449,8 @@ class CoverageExporter:
         if not room:
             self._drop(endpoint, "queue_full")
             return
-        self._static_sent.update(new_keys)
+        with self._lock:
+            self._static_sent.update(new_keys)
         now = time.time_ns()
         for i, payload in enumerate(static_payloads):
             span = tracer.start_span(
