@@ -8,7 +8,8 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
@@ -160,6 +161,8 @@ class Collector:
     def __init__(self, config: Config, store: Store | None = None) -> None:
         config.validate()
         self.config = config
+        self.close_on_shutdown = False
+        """Set by ``create_app``: the ASGI lifespan's shutdown closes the store and thread pool."""
         self.owns_store = store is None
         self.store: Store = store if store is not None else open_configured_store(config)
         self.metrics = CollectorMetrics()
@@ -205,7 +208,14 @@ class Collector:
             Route("/metrics", self._metrics),
             *_dashboard_routes(self.store, self.config),
         ]
-        app = Starlette(routes=routes)
+
+        @asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            yield
+            if self.close_on_shutdown:
+                await run_in_threadpool(self.close)
+
+        app = Starlette(routes=routes, lifespan=lifespan)
         app.state.config = self.config
         app.state.store = self.store
         app.state.ingestor = self.ingestor
@@ -347,9 +357,12 @@ class Collector:
 def create_app(config: Config, store: Store | None = None) -> Starlette:
     """The collector's HTTP application (OTLP/HTTP, query API, metrics, dashboard).
 
-    gRPC and the retention job are not part of it; use ``serve``/``Collector`` for those.
+    gRPC and the retention job are not part of it; use ``serve``/``Collector`` for those. The
+    app's lifespan shutdown closes the thread pool and (if opened here) the store.
     """
-    return Collector(config, store).app
+    collector = Collector(config, store)
+    collector.close_on_shutdown = True
+    return collector.app
 
 
 def serve(

@@ -146,7 +146,7 @@ def test_serves_and_stops_on_sigterm_after_finishing_in_flight_requests(tmp_path
         )
         sender.start()
         while "runcov_collector_ingests_in_flight 1" not in client.get("/metrics").text:
-            pass
+            threading.Event().wait(0.01)
         server.proc.send_signal(signal.SIGTERM)
         # Once the listener is closed, let the store commit.
         while True:
@@ -191,3 +191,36 @@ def test_unusable_store_url_is_a_clear_error(tmp_path):
     )
     assert result.returncode == 2
     assert "unsupported store URL 'mysql://x'" in result.stderr
+
+
+def test_create_app_serves_and_closes_its_store_on_shutdown(tmp_path):
+    import socket
+
+    import uvicorn
+
+    from runcov_collector.app import create_app
+
+    app = create_app(Config(no_auth=True, store_url=f"sqlite:///{tmp_path / 'app.db'}"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive()
+            threading.Event().wait(0.01)
+        body = trace_request([coverage_span("GET /", [file_hits("a.py", [9])])]).SerializeToString()
+        response = httpx.post(
+            f"{base}/v1/traces", content=body, headers={"content-type": "application/x-protobuf"}
+        )
+        assert response.status_code == 200
+        detail = httpx.get(f"{base}/api/v1/file", params={"service": "shop", "path": "a.py"})
+        assert [line for line, _, _ in detail.json()["lines"]] == [9]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+    with pytest.raises(RuntimeError, match="the store is closed"):
+        app.state.store.services()
