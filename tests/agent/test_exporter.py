@@ -384,7 +384,8 @@ def test_endpoint_down_drops_are_counted(src: Path, protocol: str) -> None:
     assert metrics.drops == [("POST /checkout", "export_failed")] * 3
 
 
-def test_endpoint_hanging_keeps_submit_non_blocking(http_sink: HTTPSink, src: Path) -> None:
+def test_endpoint_hanging_keeps_submit_non_blocking(sink: Any, src: Path) -> None:
+    http_sink = sink
     http_sink.behaviour = "hang"
     config = make_config(http_sink, src, queue_size=4, exporter_timeout=30)
     metrics = RecordingMetrics()
