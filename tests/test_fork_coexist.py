@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import sys
@@ -21,7 +22,19 @@ from tests.corpus import branches, comprehensions, loops, objects
 
 CORPUS_DIR = os.path.realpath(os.path.join(os.path.dirname(__file__), "corpus"))
 WAIT = 30.0
-SYSMON = sys.version_info >= (3, 12)
+#: coverage.py can use sys.monitoring (its ``sysmon`` core) on 3.12+.
+COVERAGE_SYSMON = sys.version_info >= (3, 12)
+
+
+@functools.cache
+def runcov_sysmon() -> bool:
+    """True when runcov runs its sys.monitoring core (3.12+ unless ``RUNCOV_CORE=settrace``).
+
+    Asked once: later calls must not create a core (the shutdown test inspects the state after
+    the core is gone).
+    """
+    return get_core().name == "sysmon"
+
 
 Snapshot = tuple[dict[str, frozenset[int]], dict[str, frozenset[tuple[int, int]]]]
 
@@ -141,7 +154,7 @@ def fork_and_run(child: Callable[[], Any]) -> Any:
 def leftovers() -> dict[str, Any]:
     """Tracing state runcov leaves in this thread/process when no capture is open."""
     state: dict[str, Any] = {"gettrace": repr(sys.gettrace())}
-    if SYSMON:
+    if runcov_sysmon():
         mon = sys.monitoring
         tools = {t: mon.get_tool(t) for t in (3, 4)}
         state["tools"] = tools
@@ -166,7 +179,7 @@ def is_idle(state: dict[str, Any]) -> bool:
     """No tracer installed; on 3.12+ runcov's tool only watches PY_START and arms nothing."""
     if state["gettrace"] != "None":
         return False
-    if SYSMON:
+    if runcov_sysmon():
         owned = [t for t, name in state["tools"].items() if name == "runcov"]
         return (
             len(owned) == 1
@@ -308,7 +321,7 @@ def test_fork_while_another_thread_captures() -> None:
 # -- coexistence with coverage.py --------------------------------------------------------------
 
 
-@pytest.fixture(params=["ctrace-branch", *(["sysmon-lines"] if SYSMON else [])])
+@pytest.fixture(params=["ctrace-branch", *(["sysmon-lines"] if COVERAGE_SYSMON else [])])
 def coveragepy_options(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
     """coverage.py configurations: its C tracer with branches; its sys.monitoring core (3.12+)."""
     if request.param == "sysmon-lines":
@@ -338,28 +351,30 @@ def test_coverage_running_while_a_capture_measures(coveragepy_options: dict[str,
 
     assert got_cov == want_cov, "coverage.py's data changed: " + describe(got_cov, want_cov)
     assert tracer_after is tracer_before  # runcov never replaces or removes coverage.py's tracer
-    if SYSMON:
-        assert ours.traced
-        assert got_runcov == want_runcov, describe(got_runcov, want_runcov)
-    else:
-        # 3.11: the thread's only tracer belongs to coverage.py; runcov declines the scope.
-        assert tracer_before is not None
+    if tracer_before is not None and not runcov_sysmon():
+        # The settrace core (3.11): the thread's only tracer is coverage.py's, so runcov declines.
         assert not ours.traced
         assert got_runcov == ({}, {})
+    else:
+        assert ours.traced
+        assert got_runcov == want_runcov, describe(got_runcov, want_runcov)
 
 
 def test_coverage_started_inside_a_capture(coveragepy_options: dict[str, Any]) -> None:
     """A runcov capture open first, coverage.py started and stopped inside it.
 
-    coverage.py's data is always right. On 3.12+ runcov's is too; on 3.11 coverage.py takes the
-    thread's only tracer, so runcov records less, but never a line that did not run.
+    coverage.py's data is always right. With the sys.monitoring core runcov's is too; with the
+    settrace core (3.11) coverage.py takes the thread's only tracer, so runcov records less, but
+    never a line that did not run.
     """
     want_cov = coveragepy_alone(work_b, **coveragepy_options)
     want_runcov = runcov_alone(lambda: (work_a(), work_b(), branches.classify(-5)))
     with capture_coverage(source=[CORPUS_DIR]) as ours:
         work_a()
         cov = coverage.Coverage(data_file=None, source=[CORPUS_DIR], **coveragepy_options)
+        ours_tracer = sys.gettrace()
         cov.start()
+        took_the_tracer = sys.gettrace() is not ours_tracer
         try:
             work_b()
         finally:
@@ -368,7 +383,7 @@ def test_coverage_started_inside_a_capture(coveragepy_options: dict[str, Any]) -
     got_cov = coveragepy_data(cov)
     got_runcov = snapshot(ours.lines, ours.arcs)
     assert got_cov == want_cov, describe(got_cov, want_cov)
-    if SYSMON:
+    if runcov_sysmon() or not took_the_tracer:
         assert got_runcov == want_runcov, describe(got_runcov, want_runcov)
     else:
         for path, lines in got_runcov[0].items():
@@ -395,7 +410,7 @@ def test_capture_leaves_nothing_armed(idle_before: None) -> None:
         work_b()
     assert cov.lines
     assert_idle(settled())
-    if SYSMON:
+    if runcov_sysmon():
         assert during["gettrace"] == "None"  # the sys.monitoring core never uses settrace
         assert during["global_events"] & sys.monitoring.events.PY_START
     else:
@@ -423,7 +438,7 @@ def test_shutdown_frees_the_tool_id() -> None:
     before, after, again, final = fork_and_run(child)
     assert_idle(before)
     assert after["gettrace"] == "None"
-    if SYSMON:
+    if runcov_sysmon():
         assert "runcov" not in after["tools"].values()
     assert again == want, describe(again, want)
     assert_idle(final)
