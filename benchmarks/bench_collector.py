@@ -334,6 +334,28 @@ def run_store(store_url: str, label: str, workdir: Path, recorded: tuple[Any, An
     return results
 
 
+def fresh_database(url: str) -> tuple[str, str]:
+    """Create an empty database next to ``url``'s; returns its URL and name.
+
+    The benchmark never writes into a database others may use (test suites reset theirs).
+    """
+    import psycopg
+
+    name = f"runcov_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}", name
+
+
+def drop_database(url: str, name: str) -> None:
+    """Drop a database made by :func:`fresh_database`."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
 def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """A Markdown table of the results."""
     lines = [
@@ -357,7 +379,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the benchmark; non-zero when the collector lost or rejected spans."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--pg", default=os.environ.get("RUNCOV_BENCH_PG_URL"),
-                        help="PostgreSQL URL (e.g. from `.ci/pg start`); skipped when unset")
+                        help="PostgreSQL URL (e.g. from `.ci/pg start`) whose user may create "
+                             "databases: the run uses a fresh database, dropped at the end; "
+                             "skipped when unset")
     parser.add_argument("--spans", type=int, default=20_000, help="coverage spans per run")
     parser.add_argument("--batch-sizes", default="10,100",
                         help="coverage spans per OTLP request, comma-separated")
@@ -377,8 +401,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results = run_store(f"sqlite:///{workdir / 'collector.db'}", "sqlite", workdir, recorded,
                             batch_sizes, args.spans, args.threads)
         if args.pg:
-            results += run_store(args.pg, "postgresql", workdir, recorded, batch_sizes,
-                                 args.spans, args.threads)
+            pg_url, pg_name = fresh_database(args.pg)
+            try:
+                results += run_store(pg_url, "postgresql", workdir, recorded, batch_sizes,
+                                     args.spans, args.threads)
+            finally:
+                drop_database(args.pg, pg_name)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     meta = {
