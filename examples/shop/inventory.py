@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from shop.catalog import _PRODUCTS
+from shop.catalog import list_products
 from shop.errors import OutOfStock
 
 _INITIAL_STOCK = 10_000
@@ -15,7 +15,7 @@ class Inventory:
 
     def __init__(self, initial: int = _INITIAL_STOCK) -> None:
         self._lock = threading.Lock()
-        self._stock = {p.id: initial for p in _PRODUCTS if p.physical}
+        self._stock = {p.id: initial for p in list_products() if p.physical}
 
     def available(self, product_id: int) -> int:
         """Units available (digital products are unlimited: -1)."""
