@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,11 @@ from collector.tests.dashboard import (
     copy_sample,
     populate,
     running_collector,
+    static_part,
     truth,
 )
+
+from runcov_collector.model import Batch, CoveragePart, FileHits, FileStatic, Release
 
 pytestmark = pytest.mark.browser
 
@@ -223,3 +227,27 @@ def test_diff_view(browser: Any, site: tuple[Running, dict]) -> None:
     assert "GET /cart/<empty> — only in A" in only
     shot(browser, "dashboard-diff")
 
+
+
+def test_many_files_are_paged(browser: Any, site: tuple[Running, dict]) -> None:
+    from selenium.webdriver.common.by import By
+
+    running, _ = site
+    release = Release("many", "7", "prod", "baseline")
+    paths = [f"app/m{i:04d}.py" for i in range(250)]
+    running.store.ingest(Batch(
+        coverage=[CoveragePart(release, os.urandom(16).hex(), os.urandom(8).hex(), "GET /",
+                               "exact", "2xx", time.time_ns(), 0, 1,
+                               [FileHits(p, "0" * 16, [1], []) for p in paths])],
+        static=[static_part(release, [FileStatic(p, "0" * 16, [1, 2], []) for p in paths])],
+    ))
+    browser.get(running.url + "/ui/release?service=many&version=7&environment=prod"
+                "&role=baseline")
+    assert browser.find_element(By.ID, "file-count").text == "250 files"
+    assert "page 1 of 3" in browser.find_element(By.ID, "pager").text
+    browser.find_element(By.CSS_SELECTOR, "#pager a[rel=next]").click()
+    rows = [r.get_attribute("data-path")
+            for r in browser.find_elements(By.CSS_SELECTOR, "#files tbody tr")]
+    assert rows == paths[100:200]
+    assert "page 2 of 3" in browser.find_element(By.ID, "pager").text
+    shot(browser, "dashboard-paged")
