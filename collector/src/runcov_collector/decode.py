@@ -500,7 +500,7 @@ def _arcs(value: Any, where: str) -> list[tuple[int, int]]:
     if min(magnitudes) < 1 or max(magnitudes) > limits.MAX_LINE:
         a, b = next(arc for arc in arcs if not all(1 <= abs(n) <= limits.MAX_LINE for n in arc))
         raise Rejected("line", f"{where} has arc [{_show(str(a))}, {_show(str(b))}] out of bounds")
-    return sorted(set(map(tuple, arcs)))  # type: ignore[arg-type]
+    return sorted({(a, b) for a, b in arcs})
 
 
 def _functions(value: Any, where: str) -> list[FunctionRange]:
@@ -509,7 +509,9 @@ def _functions(value: Any, where: str) -> list[FunctionRange]:
     for item in items:
         if not isinstance(item, dict):
             raise Rejected("payload", f"{where} must hold objects")
-        name, start, end = item.get("name"), item.get("start"), item.get("end")
+        name: Any = item.get("name")
+        start: Any = item.get("start")
+        end: Any = item.get("end")
         if not isinstance(name, str) or not name:
             raise Rejected("payload", f"{where} name must be a non-empty string")
         _check_name(name, f"{where} name", "payload")

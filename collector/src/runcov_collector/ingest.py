@@ -108,9 +108,9 @@ class Ingestor:
         Raises ``decode.MalformedRequest`` or ``StoreUnavailable``.
         """
         if signal == TRACES:
-            result = decode.decode_traces(request)  # type: ignore[arg-type]
+            result = decode.decode_traces(request)
         else:
-            result = decode.decode_metrics(request)  # type: ignore[arg-type]
+            result = decode.decode_metrics(request)
         batch = result.batch
         if batch.coverage or batch.static or batch.metrics:
             started = time.perf_counter()
