@@ -219,3 +219,27 @@ def test_exporter_with_a_wrong_token_fails_and_stores_nothing(client):
     finally:
         exporter.shutdown()
     assert client.query("/api/v1/services") == {"services": []}
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_batch_span_processor_pipeline_delivers(client, transport):
+    """The deployment path: the exporter sits behind a BatchSpanProcessor in the provider."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    exporter = (_http_exporter if transport == "http" else _grpc_exporter)(client, True)
+    provider = TracerProvider(resource=Resource.create(RESOURCE))
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_export_batch_size=7))
+    tracer = provider.get_tracer("runcov", "0.1.0")
+    trace_ids = []
+    for n in range(1, 41):
+        attrs = coverage_attributes("GET /n", [file_hits(f"shop/m{n % 4}.py", [n], [], SHA)])
+        with tracer.start_as_current_span("runcov.coverage", attributes=attrs) as span:
+            trace_ids.append(format(span.get_span_context().trace_id, "032x"))
+    assert provider.force_flush(30_000)
+    provider.shutdown()
+    releases = client.query("/api/v1/releases", service="shop")["releases"]
+    assert releases[0]["requests"] == 40
+    for index in range(4):
+        detail = client.query("/api/v1/file", **RELEASE, path=f"shop/m{index}.py")
+        want = [[n, 1, trace_ids[n - 1]] for n in range(1, 41) if n % 4 == index]
+        assert sorted(detail["lines"]) == want
