@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ import runcov
 from runcov.agent import Agent, current_agent
 from runcov.config import load_config
 from runcov.sampling import randomness, threshold
+from runcov.tracing import reset_core
 from tests.agent.otlp_sink import HTTPSink
 from tests.integration.apps.flask_app import create_app
 from tests.integration.conftest import APPS, AgentFactory, exported, traceparent
@@ -126,6 +128,15 @@ def test_rate_cap_limits_sampled_requests(
     assert capped == 40 - len(measured)
 
 
+@pytest.fixture
+def fresh_core_after() -> Iterator[None]:
+    """Census mode arms first-hit recording process-wide: hand later tests a fresh core."""
+    yield
+    runcov.stop()
+    reset_core()
+
+
+@pytest.mark.usefixtures("fresh_core_after")
 def test_census_mode_sends_first_hits_only(
     start_agent: AgentFactory, sink: HTTPSink, app_provider: Any
 ) -> None:
