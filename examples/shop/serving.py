@@ -47,7 +47,3 @@ def setup_tracing() -> None:
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
 
-
-def agent_options(args: argparse.Namespace) -> dict[str, object]:
-    """Keyword arguments for ``runcov.start`` beyond source and endpoints."""
-    return {} if args.sample_rate is None else {"sample_rate": args.sample_rate}

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import waitress
 
 import runcov
-from shop.serving import ENDPOINTS, SOURCE_ROOT, agent_options, parse_args, setup_tracing
+from shop.serving import ENDPOINTS, SOURCE_ROOT, parse_args, setup_tracing
 
 
 def _stop_on_sigterm(signum: int, frame: Optional[FrameType]) -> None:
@@ -29,7 +29,9 @@ def main() -> int:
     DjangoInstrumentor().instrument()
     agent: Any = None
     if not args.no_agent:
-        agent = runcov.start(source=[SOURCE_ROOT], endpoints=ENDPOINTS, **agent_options(args))
+        # sample_rate None (no --sample-rate) leaves it to RUNCOV_SAMPLE_RATE or the default.
+        agent = runcov.start(source=[SOURCE_ROOT], endpoints=ENDPOINTS,
+                             sample_rate=args.sample_rate)
     from django.core.wsgi import get_wsgi_application
 
     from shop_django import views

@@ -8,7 +8,7 @@ from typing import Any
 import uvicorn
 
 import runcov
-from shop.serving import ENDPOINTS, SOURCE_ROOT, agent_options, parse_args, setup_tracing
+from shop.serving import ENDPOINTS, SOURCE_ROOT, parse_args, setup_tracing
 from shop_fastapi.app import create_app
 
 
@@ -18,7 +18,9 @@ def main() -> int:
     setup_tracing()
     agent: Any = None
     if not args.no_agent:
-        agent = runcov.start(source=[SOURCE_ROOT], endpoints=ENDPOINTS, **agent_options(args))
+        # sample_rate None (no --sample-rate) leaves it to RUNCOV_SAMPLE_RATE or the default.
+        agent = runcov.start(source=[SOURCE_ROOT], endpoints=ENDPOINTS,
+                             sample_rate=args.sample_rate)
     app = create_app(agent=agent)
     print(f"shop_fastapi serving on http://{args.host}:{args.port}", flush=True)
     try:

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import waitress
 
 import runcov
-from shop.serving import ENDPOINTS, SOURCE_ROOT, agent_options, parse_args, setup_tracing
+from shop.serving import ENDPOINTS, SOURCE_ROOT, parse_args, setup_tracing
 from shop_flask.app import create_app
 
 
@@ -24,7 +24,9 @@ def main() -> int:
     setup_tracing()
     agent: Any = None
     if not args.no_agent:
-        agent = runcov.start(source=[SOURCE_ROOT], endpoints=ENDPOINTS, **agent_options(args))
+        # sample_rate None (no --sample-rate) leaves it to RUNCOV_SAMPLE_RATE or the default.
+        agent = runcov.start(source=[SOURCE_ROOT], endpoints=ENDPOINTS,
+                             sample_rate=args.sample_rate)
     app = create_app(agent=agent)
     server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
