@@ -225,10 +225,8 @@ def release_of(resource: Resource) -> Release:
 
 
 def _instance_of(resource: Resource) -> str:
-    for kv in resource.attributes:
-        if kv.key == "service.instance.id" and kv.value.WhichOneof("value") == "string_value":
-            return kv.value.string_value[: limits.MAX_NAME_BYTES]
-    return ""
+    attrs = _attr_map(resource.attributes)
+    return _resource_str(attrs, "service.instance.id", "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +277,9 @@ def decode_traces(request: ExportTraceServiceRequest, now_ns: int | None = None)
 
 
 def _describe(span: Any) -> str:
-    return f"span {span.trace_id.hex() or '-'}/{span.span_id.hex() or '-'} ({span.name})"
+    # Hostile ids can be of any length; the message shows at most 32 bytes of each.
+    trace_id, span_id = span.trace_id[:32].hex() or "-", span.span_id[:32].hex() or "-"
+    return f"span {trace_id}/{span_id} ({span.name})"
 
 
 def _decode_span(span: Any, release: Release, now_ns: int, batch: Batch) -> None:
@@ -536,6 +536,7 @@ def decode_metrics(request: ExportMetricsServiceRequest, now_ns: int | None = No
     for rm in request.resource_metrics:
         release: Release | None = None
         release_error: Rejected | None = None
+        instance = ""
         for sm in rm.scope_metrics:
             if sm.scope.name != SCOPE_NAME:
                 result.skipped["foreign_scope"] += len(sm.metrics)
@@ -543,9 +544,9 @@ def decode_metrics(request: ExportMetricsServiceRequest, now_ns: int | None = No
             if release is None and release_error is None:
                 try:
                     release = release_of(rm.resource)
+                    instance = _instance_of(rm.resource)
                 except Rejected as exc:
                     release_error = exc
-            instance = _instance_of(rm.resource)
             for metric in sm.metrics:
                 kind = metric.WhichOneof("data")
                 if kind not in ("sum", "gauge"):

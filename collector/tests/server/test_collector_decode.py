@@ -387,3 +387,24 @@ def test_metrics_of_other_scopes_are_skipped_and_bad_points_rejected():
     result = decode.decode_metrics(bad)
     assert (result.accepted, result.rejected) == (1, 1)
     assert "metric 'runcov.overhead': data point value is not finite" in result.error_message
+
+
+def test_oversized_ids_are_shown_truncated_in_the_message():
+    request = trace_request([coverage_span("GET /", [file_hits("a.py", [1])])])
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    span.trace_id = b"\x01" * 100_000
+    result = decode.decode_traces(request)
+    assert result.rejected == 1
+    assert result.error_message.startswith(f"span {'01' * 32}/")
+    assert len(result.error_message) < 300
+
+
+def test_metrics_with_a_hostile_instance_id_are_rejected():
+    request = _metrics_request(
+        [("runcov.overhead", "sum", 1.5, {})],
+        resource={"service.name": "shop", "service.instance.id": "pod\x00evil"},
+    )
+    result = decode.decode_metrics(request)
+    assert (result.accepted, result.rejected) == (0, 1)
+    assert "resource attribute service.instance.id" in result.error_message
+    assert "contains control characters" in result.error_message
