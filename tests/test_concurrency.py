@@ -127,7 +127,7 @@ def test_interleaved_asyncio_requests_match_each_request_alone() -> None:
 
 
 def test_interleaved_requests_in_one_task_group_share_nothing() -> None:
-    """Tasks created with create_task inside one loop, started in reverse order, stay apart."""
+    """Tasks created with ensure_future inside one loop, started in reverse order, stay apart."""
     n = 52
 
     async def main() -> list[tuple[str, Snapshot]]:
@@ -401,3 +401,27 @@ def test_plain_thread_started_inside_a_capture_is_not_measured() -> None:
     got = snapshot(cov)
     want = _alone_nested()
     assert got == want, describe(got, want)
+
+
+def test_sampled_tasks_among_unsampled_ones() -> None:
+    """Every 5th of 60 interleaved tasks opens a capture; the others run other corpus code
+    uncaptured in between. Captured tasks record exactly their own request."""
+    n = 60
+
+    async def unsampled(i: int) -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+            comprehensions.matrix(i % 4 + 1)
+            objects.fib_tree(4)
+
+    async def main() -> dict[int, tuple[str, Snapshot]]:
+        coros = [_async_request(i) if i % 5 == 0 else unsampled(i) for i in range(n)]
+        results = await asyncio.gather(*coros)
+        return {i: r for i, r in enumerate(results) if i % 5 == 0}
+
+    together = asyncio.run(main())
+    assert len(together) == n // 5
+    for i, (res, snap) in together.items():
+        res_alone, snap_alone = asyncio.run(_async_request(i))
+        assert res == res_alone
+        assert snap == snap_alone, f"request {i}: " + describe(snap, snap_alone)
