@@ -14,7 +14,6 @@ import uvicorn
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from runcov.testing import capture_coverage
-from runcov.tracing import get_core
 from tests.agent.otlp_sink import HTTPSink
 from tests.integration.apps.fastapi_app import create_app
 from tests.integration.conftest import (
@@ -34,14 +33,8 @@ REQUESTS = [
     ("/health", "GET /health"),
 ]
 
-#: A sync endpoint: FastAPI runs it in anyio's worker threads, which the settrace core (Python
-#: 3.11) does not follow yet (anyio threads are not a concurrent.futures pool).
+#: A sync endpoint: FastAPI runs it in anyio's worker threads (``anyio.to_thread.run_sync``).
 SYNC_REQUEST = ("/sync/items/5?q=2", "GET /sync/items/{item_id}")
-follows_anyio_threads = pytest.mark.xfail(
-    get_core().name == "settrace",
-    reason="the settrace core does not follow work into anyio worker threads",
-    strict=True,
-)
 
 
 @pytest.fixture
@@ -94,7 +87,6 @@ def test_async_endpoints_match_the_oracle(
     _check_matches_oracle(start_agent(), sink, app, REQUESTS)
 
 
-@follows_anyio_threads
 def test_sync_endpoints_in_the_thread_pool_match_the_oracle(
     start_agent: AgentFactory, sink: HTTPSink, app: Any
 ) -> None:

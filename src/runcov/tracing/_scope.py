@@ -253,7 +253,8 @@ def install_hooks(
     """Make thread-pool work and asyncio task steps of a scope count toward it.
 
     * ``ThreadPoolExecutor.submit`` (which ``loop.run_in_executor`` and ``asyncio.to_thread``
-      use) from inside a scope runs the work in that scope, active in the worker thread.
+      use) and ``anyio.to_thread.run_sync`` (Starlette's thread pool) from inside a scope run
+      the work in that scope, active in the worker thread.
     * Per-step arming: asyncio's ``Handle._run`` (which runs every task step and callback in the
       task's context) activates a scope opened in a task only while that task's step runs, so
       concurrent unsampled tasks on the same loop run with events disarmed / no tracer. The
@@ -274,6 +275,21 @@ def install_hooks(
             return wrapped(_Handoff(args[0], scope), *args[1:], **kwargs)
 
         wrapt.wrap_function_wrapper(concurrent.futures.ThreadPoolExecutor, "submit", submit)
+
+        def run_sync(
+            wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            # anyio's worker threads (Starlette / FastAPI sync endpoints) do not go through
+            # ThreadPoolExecutor; their functions are wrapped the same way.
+            scope = _current.get()
+            if scope is None or scope.closed or not args:
+                return wrapped(*args, **kwargs)
+            return wrapped(_Handoff(args[0], scope), *args[1:], **kwargs)
+
+        def patch_anyio(module: Any) -> None:
+            wrapt.wrap_function_wrapper(module, "run_sync", run_sync)
+
+        wrapt.register_post_import_hook(patch_anyio, "anyio.to_thread")
         _submit_patched = True
 
 
