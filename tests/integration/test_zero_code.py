@@ -228,3 +228,36 @@ def test_gunicorn_workers_each_export(sink: HTTPSink, gunicorn: str) -> None:
     ours = sink.wait_for(instances, timeout=60)
     assert all(c.endpoint == "GET /items/<int:item_id>" for c in ours.values())
     assert all("shop/logic.py" in c.lines for c in ours.values())
+
+
+@pytest.mark.parametrize(
+    ("framework", "endpoint"),
+    [("django", "GET /items/<int:item_id>"), ("starlette", "GET /items/{item_id}")],
+)
+def test_runcov_run_hooks_django_and_starlette(
+    sink: HTTPSink, service_dir: Path, framework: str, endpoint: str
+) -> None:
+    shutil.copy(APPS / "hooked_apps.py", service_dir / "hooked_apps.py")
+    trace_ids = [0x4007ED0 + i for i in range(3)]
+    command = [
+        sys.executable, "-m", "runcov", "run", "--",
+        sys.executable, "hooked_apps.py", framework, *[f"{t:x}" for t in trace_ids],
+    ]
+    proc = subprocess.run(
+        command, env=_env(sink, service_dir), cwd=service_dir, capture_output=True, text=True,
+        timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    by_trace = sink.wait_for(
+        lambda: (t := coverage_by_trace(sink.coverage_spans()))
+        and all(i in t and t[i].complete for i in trace_ids)
+        and t,
+        timeout=30,
+    )
+    for n, trace_id in enumerate(trace_ids):
+        got = by_trace[trace_id]
+        assert got.endpoint == endpoint
+        assert got.status_class == "2xx"
+        # Items 12 and 14 are priced; 13 is sold out: each trace has its own branch.
+        assert (25 in got.lines["shop/logic.py"]) == (n == 1)
+        assert (17 in got.lines["shop/logic.py"]) == (n != 1)
