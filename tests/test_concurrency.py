@@ -240,6 +240,20 @@ def test_run_in_executor_counts_toward_the_capture(executor: str) -> None:
     assert got == want, describe(got, want)
 
 
+def test_anyio_to_thread_counts_toward_the_capture() -> None:
+    """anyio's worker threads (Starlette/FastAPI sync endpoints) count toward the capture too."""
+    import anyio.to_thread
+
+    async def main() -> Snapshot:
+        async with capture_coverage(source=[CORPUS_DIR]) as cov:
+            await anyio.to_thread.run_sync(loops.nested, 3, 3)
+        return snapshot(cov)
+
+    got = asyncio.run(main())
+    want = _alone_nested()
+    assert got == want, describe(got, want)
+
+
 def test_executor_submit_counts_toward_the_capture() -> None:
     """``ThreadPoolExecutor.submit`` from synchronous code inside a capture is measured."""
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
