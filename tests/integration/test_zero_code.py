@@ -173,11 +173,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def gunicorn(sink: HTTPSink, service_dir: Path) -> Iterator[str]:
+@pytest.fixture(params=["runcov run", "opentelemetry-instrument"])
+def gunicorn(request: pytest.FixtureRequest, sink: HTTPSink, service_dir: Path) -> Iterator[str]:
+    """gunicorn with 3 pre-forked workers, under ``runcov run`` (framework hooks) or under
+    ``opentelemetry-instrument`` (span processor)."""
     port = _free_port()
+    launcher = (
+        [str(BIN / "runcov"), "run", "--"]
+        if request.param == "runcov run"
+        else [str(BIN / "opentelemetry-instrument")]
+    )
     command = [
-        str(BIN / "runcov"), "run", "--", str(BIN / "gunicorn"), "--workers", "3",
+        *launcher, str(BIN / "gunicorn"), "--workers", "3",
         "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5", "gunicorn_app:app",
     ]
     env = _env(sink, service_dir, OTEL_BSP_SCHEDULE_DELAY="200")
