@@ -191,7 +191,9 @@ def while_complex(a: int, b: int) -> int:
 
 def one_liners(x: int) -> int:
     """Compound statements on one line."""
+    # fmt: off
     if x > 0: x += 1  # noqa: E701
     for _ in range(2): x *= 2  # noqa: E701
     while x > 100: x //= 3  # noqa: E701
+    # fmt: on
     return x
