@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from typing import Any, Callable, Optional, TypeVar
+import threading
+from typing import Any, Callable, Optional, TypeVar, Union
 
 import wrapt
 
@@ -95,10 +96,11 @@ def _qualified_name(func: Any) -> str:
     return f"{module}.{qualname}"
 
 
-def critical(func: Optional[F] = None, *, name: Optional[str] = None) -> Any:
+def critical(func: Union[F, str, None] = None, *, name: Optional[str] = None) -> Any:
     """Mark a function (sync or async) whose calls runcov measures as requests.
 
-    Use as ``@runcov.critical`` or ``@runcov.critical(name="billing.run")``; the endpoint is
+    Use as ``@runcov.critical``, ``@runcov.critical("billing.run")`` or
+    ``@runcov.critical(name="billing.run")``; the endpoint is
     ``"job <name>"`` with the function's qualified name by default, matched by selectors such
     as ``"job billing.*"``. Without a running agent the function runs untouched.
     """
@@ -116,6 +118,8 @@ def critical(func: Optional[F] = None, *, name: Optional[str] = None) -> Any:
             return coro  # type: ignore[return-value]
         return wrapped  # type: ignore[return-value]
 
+    if isinstance(func, str):  # ``@runcov.critical("billing.run")``
+        name, func = func, None
     if func is not None:
         return decorate(func)
     return decorate
@@ -130,15 +134,23 @@ def _parse_target(target: str) -> tuple[str, str]:
     return module.strip(), attr.strip()
 
 
+_watched: set[tuple[str, str]] = set()
+_watch_lock = threading.Lock()
+
+
 def watch(target: str, name: Optional[str] = None) -> None:
     """Measure calls of ``"package.module:function"`` (or ``"module:Class.method"``).
 
     The function is wrapped when its module is imported (now, if it already is), so ``watch``
     can be called before the application imports it. The endpoint is ``"job <name>"``,
-    ``name`` defaulting to ``package.module.function``.
+    ``name`` defaulting to ``package.module.function``. Watching a target again does nothing.
     """
     module, attr = _parse_target(target)
     endpoint = name or f"{module}.{attr}"
+    with _watch_lock:
+        if (module, attr) in _watched:
+            return  # watching twice would count each call twice
+        _watched.add((module, attr))
 
     def patch(mod: Any) -> None:
         try:

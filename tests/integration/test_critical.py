@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import pytest
+import wrapt
 
 import runcov
 from runcov.testing import capture_coverage
@@ -71,7 +72,7 @@ def test_a_job_inside_a_span_joins_its_trace(
 
 def test_job_selectors_pick_jobs_by_name(start_agent: AgentFactory, sink: HTTPSink) -> None:
     agent = start_agent(endpoints=["job billing.*"])
-    runcov.critical(name="billing.settle")(jobs.settle)([1])
+    runcov.critical("billing.settle")(jobs.settle)([1])
     runcov.critical(name="stock.settle")(jobs.settle)([2])
     by_trace = _coverage(agent, sink, 1)
     assert [t.endpoint for t in by_trace.values()] == ["job billing.settle"]
@@ -83,6 +84,7 @@ def test_watch_patches_a_module_when_it_is_imported(
     agent = start_agent()
     assert "tests.integration.apps.nightly" not in sys.modules
     runcov.watch("tests.integration.apps.nightly:report")
+    runcov.watch("tests.integration.apps.nightly:report")  # twice: still measured once
     runcov.watch("tests.integration.apps.nightly:Exporter.run", name="exports.run")
     from tests.integration.apps import nightly
 
@@ -91,6 +93,9 @@ def test_watch_patches_a_module_when_it_is_imported(
     by_endpoint = {t.endpoint: t for t in _coverage(agent, sink, 2).values()}
     assert set(by_endpoint) == {"job tests.integration.apps.nightly.report", "job exports.run"}
     assert by_endpoint["job exports.run"].lines == {"nightly.py": {20}}
+    # Watched twice, wrapped once.
+    assert isinstance(nightly.report, wrapt.ObjectProxy)
+    assert not isinstance(nightly.report.__wrapped__, wrapt.ObjectProxy)
 
 
 def test_watch_rejects_a_target_without_a_function() -> None:
