@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import types
 from typing import Any
 
 import pytest
@@ -94,8 +95,8 @@ def test_watch_patches_a_module_when_it_is_imported(
     assert set(by_endpoint) == {"job tests.integration.apps.nightly.report", "job exports.run"}
     assert by_endpoint["job exports.run"].lines == {"nightly.py": {20}}
     # Watched twice, wrapped once.
-    assert isinstance(nightly.report, wrapt.ObjectProxy)
-    assert not isinstance(nightly.report.__wrapped__, wrapt.ObjectProxy)
+    assert isinstance(nightly.report, wrapt.FunctionWrapper)
+    assert type(nightly.report.__wrapped__) is types.FunctionType
 
 
 def test_watch_rejects_a_target_without_a_function() -> None:
