@@ -51,6 +51,10 @@ class SettraceCore(Core):
         self._tls = _ThreadState()
         self._census_enabled = False
         self._census: dict[str, set[int]] = {}
+        #: id(code) -> code whose every line was hit in this census epoch (not traced again).
+        self._saturated: dict[int, CodeType] = {}
+        #: id(code) -> (code, its line numbers), for the saturation check.
+        self._code_lines: dict[int, tuple[CodeType, frozenset[int]]] = {}
         #: id(code) -> (code, co_code) for generator-like code: tells a yield from a return.
         self._gen_code: dict[int, tuple[CodeType, bytes]] = {}
         self._shut = False
@@ -142,11 +146,13 @@ class SettraceCore(Core):
     def new_epoch(self) -> None:
         """Forget the census epoch's first hits."""
         self._census.clear()
+        self._saturated.clear()
 
     def disable_census(self) -> None:
         """Stop census recording and forget the epoch's first hits."""
         self._census_enabled = False
         self._census.clear()
+        self._saturated.clear()
 
     def census_lines(self) -> dict[str, set[int]]:
         """Lines hit in the current epoch, by absolute path (a copy)."""
@@ -199,7 +205,9 @@ class SettraceCore(Core):
                 return None
             try:
                 if scope.is_census:
-                    return core._census_tracer(scope, filename)
+                    if id(code) in core._saturated:
+                        return None  # every line of this code already hit in this epoch
+                    return core._census_tracer(scope, filename, code)
                 first = code.co_firstlineno
                 if RESUME is not None:
                     real_call = code.co_code[frame.f_lasti + 1] == 0
@@ -242,11 +250,17 @@ class SettraceCore(Core):
 
         return local
 
-    def _census_tracer(self, scope: ScopeState, filename: str) -> TraceFn:
+    def _census_tracer(self, scope: ScopeState, filename: str, code: CodeType) -> TraceFn:
         census = self._census
         hits = census.get(filename)
         if hits is None:
             hits = census[filename] = set()
+        key = id(code)
+        own = self._code_lines.get(key)
+        if own is None or own[0] is not code:
+            own = self._code_lines[key] = (code, _event_lines(code))
+        code_lines = own[1]
+        saturated = self._saturated
 
         def local(frame: FrameType, event: str, arg: Any) -> Any:
             if event == "line":
@@ -257,9 +271,43 @@ class SettraceCore(Core):
                     if mine is None:
                         mine = scope.census_lines[filename] = set()
                     mine.add(line)
+                    if code_lines <= hits:
+                        # Later calls of this code are not traced at all until the next epoch.
+                        saturated[key] = code
             return local
 
         return local
+
+
+_PROLOGUE = {
+    dis.opmap[name]
+    for name in (
+        "RESUME",
+        "MAKE_CELL",
+        "COPY_FREE_VARS",
+        "RETURN_GENERATOR",
+        "CACHE",
+        "EXTENDED_ARG",
+    )
+    if name in dis.opmap
+}
+
+
+def _event_lines(code: CodeType) -> frozenset[int]:
+    """Lines of ``code`` that produce a line event: those with an instruction past the prologue
+    (a function's ``def`` line holds only ``RESUME`` and never gets one)."""
+    lines: set[int] = set()
+    prologue = True
+    for instruction in dis.get_instructions(code):
+        if prologue and (instruction.opcode in _PROLOGUE or instruction.opname == "POP_TOP"):
+            if instruction.opname == "RESUME":
+                prologue = False
+            continue
+        prologue = False
+        line = instruction.positions.lineno if instruction.positions else None
+        if line is not None:
+            lines.add(line)
+    return frozenset(lines)
 
 
 def _function_tracer(arcs: set[Arc], last: int, first: int) -> TraceFn:
