@@ -180,9 +180,13 @@ def combine(root: Path, out: Path, data_files: Iterable[Path]) -> Path:
 
 def runcov(*args: str, cwd: Optional[Path] = None, env: Optional[dict[str, str]] = None
            ) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``runcov`` console script."""
+    """Run the installed ``runcov`` console script.
+
+    Unlike the ``coverage`` children, it keeps the test run's coverage hooks, so that a run
+    measured with subprocess support also measures the CLI.
+    """
     exe = Path(sys.executable).with_name("runcov")
-    full_env = clean_env()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNCOV_")}
     full_env.update(env or {})
     return subprocess.run([str(exe), *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, check=False)
