@@ -347,7 +347,7 @@ class Demo:
         banner("7/8 Game day: payment provider failures injected, gate on error handling")
         print("Before the game day, normal traffic leaves the retry and give-up paths unrun, so "
               "the baseline fails this gate (exit 1 expected):", flush=True)
-        gate_paths = ["--paths", *ERROR_PATHS, "--threshold", "80"]
+        gate_paths = ["--paths", *ERROR_PATHS, "--threshold", "90"]
         self.runcov("gate", *common, "--version", "1.0", "--role", "baseline", *gate_paths,
                     "--source", str(self.baseline_src), expect=1)
         print(f"\nStarting 1.1 with role game-day and SHOP_FAULTS={GAME_DAY_FAULTS}", flush=True)
