@@ -327,6 +327,8 @@ class Demo:
         self.wait_for_release("1.1", "canary", total // 2)
 
         banner("5/8 runcov report: production coverage per release")
+        print(f"(the runcov commands below reach the collector through "
+              f"RUNCOV_COLLECTOR_URL={self.collector_url})", flush=True)
         common = ["--service", SERVICE, "--environment", ENVIRONMENT]
         self.runcov("report", *common, "--version", "1.0", "--role", "baseline")
         self.runcov("report", *common, "--version", "1.1", "--role", "canary")
