@@ -160,6 +160,21 @@ class RequestTicket:
         self.start_ns = time.time_ns()
 
 
+_RANDOMNESS_MASK = (1 << 56) - 1
+
+
+def _fast_threshold(matcher: Any, config: Any) -> int:
+    """The sampling threshold of the highest rate any request could be sampled at."""
+    from runcov.sampling import MAX_BOOST, threshold
+
+    rates = [config.sample_rate]
+    rates.extend(sel.rate for sel in matcher._selectors if sel.rate is not None)
+    highest = max(rates)
+    if config.saturation:
+        highest = min(1.0, highest * MAX_BOOST)
+    return 0 if highest >= 1.0 else threshold(highest)
+
+
 class Agent:
     """runcov in one process: decides which requests to measure, measures them, sends them.
 
@@ -192,6 +207,9 @@ class Agent:
         self._in_flight = 0
         self._count_lock = threading.Lock()
         self._census_epoch = time.monotonic()
+        self._fast_threshold = _fast_threshold(self._matcher, config)
+        #: (method, route) -> endpoint name, or None when no selector matches (for ``seen``).
+        self._seen_names: dict[tuple[Optional[str], Optional[str]], Optional[str]] = {}
         #: endpoint -> {path -> arcs seen so far in this process}: what counts as "new".
         self._seen_arcs: dict[str, dict[str, set[tuple[int, int]]]] = {}
         self._seen_lines: dict[str, dict[str, set[int]]] = {}
@@ -410,6 +428,13 @@ class Agent:
         tracestate: Any,
         route_known: bool,
     ) -> Optional[RequestTicket]:
+        # Fast path for the common outcome: the trace's randomness is below the threshold of
+        # the highest rate any selector could reach (saturation boost included), so no rule can
+        # sample it. A tracestate ``ot`` entry (rv / propagated th) takes the full path.
+        if (trace_id & _RANDOMNESS_MASK) < self._fast_threshold and (
+            not tracestate or "ot" not in tracestate
+        ):
+            return None
         core = self.core
         if core.current_scope() is not None:
             return None  # nested in work that is already measured
@@ -592,9 +617,18 @@ class Agent:
         if not self.running or not getattr(self.metrics, "enabled", True):
             return
         try:
-            if self._matcher.match(method, route) is None:
-                return
-            self.metrics.seen(self.endpoint_name(method, route))
+            key = (method, route)
+            names = self._seen_names
+            if key in names:
+                name = names[key]
+            else:
+                name = None
+                if self._matcher.match(method, route) is not None:
+                    name = self.endpoint_name(method, route)
+                if len(names) < 4096:
+                    names[key] = name
+            if name is not None:
+                self.metrics.seen(name)
         except Exception:
             self._internal_error("")
 

@@ -1,0 +1,56 @@
+"""The agent's fast "not sampled" path agrees with the full sampling rule."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.trace import TraceState
+
+import runcov
+from runcov.agent import Agent
+from runcov.sampling import randomness, threshold
+
+
+@pytest.fixture
+def agent(tmp_path: object) -> Iterator[Agent]:
+    started = runcov.start(
+        source=[str(tmp_path)],
+        endpoints=["GET /items/*", "POST /checkout@0.2"],
+        sample_rate=0.01,
+        saturation=False,
+        max_per_second=0,
+        metrics_interval=0,
+        exporter_endpoint="http://127.0.0.1:9",
+    )
+    yield started
+    runcov.stop(timeout=1.0)
+
+
+@pytest.mark.parametrize(
+    ("method", "route", "rate"), [("GET", "/items/{id}", 0.01), ("POST", "/checkout", 0.2)]
+)
+def test_begin_samples_exactly_the_traces_the_rule_picks(
+    agent: Agent, method: str, route: str, rate: float
+) -> None:
+    rng = random.Random(7)
+    picked = 0
+    for _ in range(20_000):
+        trace_id = rng.getrandbits(128)
+        ticket = agent.begin(method, route, trace_id)
+        expected = randomness(trace_id) >= threshold(rate)
+        assert (ticket is not None) == expected, hex(trace_id)
+        if ticket is not None:
+            picked += 1
+            agent.cancel(ticket)
+    assert 0.5 * rate * 20_000 < picked < 1.5 * rate * 20_000
+
+
+def test_a_propagated_decision_bypasses_the_fast_path(agent: Agent) -> None:
+    # Randomness 0 would be rejected by any rate below 1, but an upstream threshold th=0
+    # ("keep everything") in the ot tracestate entry is honoured.
+    state = TraceState([("ot", "th:0")])
+    ticket = agent.begin("GET", "/items/{id}", 0x1000000000000000, state)
+    assert ticket is not None
+    agent.cancel(ticket)
