@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 from ..model import Batch, CoveragePart, FileStatic, Release
-from . import hitsets
+from . import hitsets, summary
 from .dialect import Conn
 from .hitsets import HitSet
 from .merge import Merged, first_key, hour_of, merge_parts
@@ -120,6 +120,28 @@ def _existing_sets(
     return out
 
 
+_COUNT_COLUMNS = (
+    "n_lines",
+    "n_arcs",
+    "lines_covered",
+    "arcs_covered",
+    "branches_covered",
+    "cov_digest",
+)
+
+
+def _statics_of(conn: Conn, pairs: set[tuple[int, int]]) -> dict[tuple[int, int], tuple[str, str]]:
+    """(release id, file id) -> (digest, payload) of each file's current denominators."""
+    by_release: dict[int, set[int]] = defaultdict(set)
+    for release_id, file_id in pairs:
+        by_release[release_id].add(file_id)
+    out: dict[tuple[int, int], tuple[str, str]] = {}
+    for release_id, files in sorted(by_release.items()):
+        for file_id, value in summary.current_statics(conn, release_id, files).items():
+            out[(release_id, file_id)] = value
+    return out
+
+
 def _write_hits(
     conn: Conn,
     merged: Merged,
@@ -159,6 +181,8 @@ def _write_hits(
             hour_key,
         ),
     ]
+    cache = summary.Denominators()
+    statics: dict[tuple[int, int], tuple[str, str]] | None = None
     for table, cols, lines_by, arcs_by, key_of in levels:
         new: dict[tuple[int, ...], tuple[HitSet, HitSet]] = {}
         for k, hits in lines_by.items():
@@ -166,20 +190,25 @@ def _write_hits(
         for k, hits in arcs_by.items():
             new[key_of(k)] = (new.get(key_of(k), ({}, {}))[0], hits)
         stored = _existing_sets(conn, table, cols, set(new))
+        counted = table != "hits_hour"
+        if counted and statics is None:
+            statics = _statics_of(conn, {(k[0], k[-1]) for k in new})
         rows = []
         for key, (lines, arcs) in new.items():
             old = stored.get(key)
             if old is not None:
                 lines = hitsets.merge_into(hitsets.decode(old[0], False), lines)
                 arcs = hitsets.merge_into(hitsets.decode(old[1], True), arcs)
-            rows.append((*key, hitsets.encode(lines, False), hitsets.encode(arcs, True)))
+            row = (*key, hitsets.encode(lines, False), hitsets.encode(arcs, True))
+            if counted:
+                static = statics.get((key[0], key[-1])) if statics else None
+                row += summary.summary_values(lines, arcs, static, cache)
+            rows.append(row)
         rows.sort()
+        names = (*cols, "lines", "arcs", *(_COUNT_COLUMNS if counted else ()))
+        updates = ", ".join(f"{n} = excluded.{n}" for n in names[len(cols) :])
         conn.upsert_many(
-            table,
-            (*cols, "lines", "arcs"),
-            rows,
-            f"ON CONFLICT ({', '.join(cols)}) "
-            "DO UPDATE SET lines = excluded.lines, arcs = excluded.arcs",
+            table, names, rows, f"ON CONFLICT ({', '.join(cols)}) DO UPDATE SET {updates}"
         )
 
 
@@ -261,7 +290,8 @@ def _write_files(
     new_parts: list[CoveragePart],
     rid: dict[Release, int],
     fid: dict[str, int],
-) -> None:
+) -> set[tuple[int, int]]:
+    """Record file versions and denominators; return the (release id, file id) pairs seen."""
     shas: dict[tuple[int, int], str] = {}
 
     def see(release: Release, path: str, sha: str, t: int) -> None:
@@ -274,6 +304,7 @@ def _write_files(
         for fh in part.files:
             see(part.release, fh.path, fh.sha, part.time_unix_nano)
     statics: dict[tuple[int, str], str] = {}
+    parsed: dict[tuple[int, str], summary.Static] = {}
     for static in batch.static:
         for fs in static.files:
             see(static.release, fs.path, fs.sha, static.time_unix_nano)
@@ -282,6 +313,7 @@ def _write_files(
             # Different payloads for one (path, sha): keep the greatest, whatever the order.
             if payload > statics.get(key, ""):
                 statics[key] = payload
+                parsed[key] = summary.parse_static(payload)
     conn.execute_many(
         "INSERT INTO release_files (release_id, file_id, sha_key) VALUES (?, ?, ?) "
         "ON CONFLICT (release_id, file_id) "
@@ -289,11 +321,18 @@ def _write_files(
         sorted((r, f, k) for (r, f), k in shas.items()),
     )
     conn.execute_many(
-        "INSERT INTO static_files (file_id, sha, payload) VALUES (?, ?, ?) "
-        "ON CONFLICT (file_id, sha) DO UPDATE SET payload = excluded.payload "
+        "INSERT INTO static_files (file_id, sha, payload, digest, lines_total, arcs_total, "
+        "branches_total) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (file_id, sha) DO UPDATE SET payload = excluded.payload, "
+        "digest = excluded.digest, lines_total = excluded.lines_total, "
+        "arcs_total = excluded.arcs_total, branches_total = excluded.branches_total "
         "WHERE excluded.payload > static_files.payload",
-        sorted((f, s, p) for (f, s), p in statics.items()),
+        sorted(
+            (f, s, p, summary.digest(p), *summary.static_totals(parsed[(f, s)]))
+            for (f, s), p in statics.items()
+        ),
     )
+    return set(shas)
 
 
 def _write_metrics(conn: Conn, batch: Batch, rid: dict[Release, int]) -> None:
@@ -326,11 +365,18 @@ def ingest_batch(conn: Conn, batch: Batch) -> dict[str, Any]:
     paths.update(fs.path for static in batch.static for fs in static.files)
     fid = _path_ids(conn, paths)
     eid = _endpoint_ids(conn, rid, new_parts)
+    # File versions and denominators first: hit rows are counted against them as written.
+    seen = _write_files(conn, batch, new_parts, rid, fid)
     if new_parts:
         merged = merge_parts(new_parts)
         _write_hits(conn, merged, rid, eid, fid)
         _write_traces(conn, merged, rid, eid, fid)
-    _write_files(conn, batch, new_parts, rid, fid)
+    # Rows this batch did not rewrite but whose file version or denominators it changed.
+    by_release: dict[int, set[int]] = defaultdict(set)
+    for release_id, file_id in seen:
+        by_release[release_id].add(file_id)
+    for release_id, files in sorted(by_release.items()):
+        summary.refresh_stale(conn, release_id, files)
     _write_metrics(conn, batch, rid)
     return {"parts": len(new_parts), "duplicates": len(batch.coverage) - len(new_parts)}
 

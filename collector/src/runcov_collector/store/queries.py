@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..model import Release, Selection
-from . import hitsets
+from . import hitsets, summary
 from .dialect import Conn
 from .errors import NotFound
 from .merge import NS_PER_HOUR, time_of, trace_of
 from .select import Scope, iso, iso_hour, resolve
+from .summary import Static
 
 Hits = dict[Any, tuple[int, str]]  # line or (from, to) -> (hits, first key)
 
@@ -22,23 +21,6 @@ RELEASE_METRICS = {
     "runcov.requests.sampled": "requests_sampled",
     "runcov.requests.dropped": "requests_dropped",
 }
-
-
-@dataclass
-class Static:
-    """Denominators of one file version, parsed."""
-
-    lines: list[int] = field(default_factory=list)
-    arcs: list[tuple[int, int]] = field(default_factory=list)
-    functions: list[dict[str, Any]] = field(default_factory=list)
-
-    def branch_exits(self) -> set[tuple[int, int]]:
-        """Possible exits of branch lines: lines with two or more possible exits (coverage.py)."""
-        exits: dict[int, list[tuple[int, int]]] = {}
-        for a, b in self.arcs:
-            if a > 0:
-                exits.setdefault(a, []).append((a, b))
-        return {arc for arcs in exits.values() if len(arcs) >= 2 for arc in arcs}
 
 
 def _percent(covered: int, total: int) -> float | None:
@@ -125,18 +107,30 @@ def load_statics(conn: Conn, release_id: int, file_id: int | None = None) -> dic
     if file_id is not None:
         sql += " AND s.file_id = ?"
         params.append(file_id)
-    out: dict[int, Static] = {}
-    for fid, payload in conn.query(sql, params):
-        data = json.loads(payload)
-        out[int(fid)] = Static(
-            lines=[int(x) for x in data["lines"]],
-            arcs=[(int(a), int(b)) for a, b in data["arcs"]],
-            functions=list(data["functions"]),
-        )
-    return out
+    return {int(fid): summary.parse_static(payload) for fid, payload in conn.query(sql, params)}
 
 
 # -- shaping -------------------------------------------------------------------------------
+
+
+def counts_object(
+    path: str, sha: str, counts: tuple[int, int, int, int, int, int], requests: int
+) -> dict[str, Any]:
+    """A file's summary object from (lines covered, total, arcs covered, total, branches ...)."""
+    lc, lt, ac, at, bc, bt = counts
+    return {
+        "path": path,
+        "sha": sha,
+        "lines_covered": lc,
+        "lines_total": lt,
+        "arcs_covered": ac,
+        "arcs_total": at,
+        "branches_covered": bc,
+        "branches_total": bt,
+        "line_percent": _percent(lc, lt),
+        "branch_percent": _percent(bc, bt),
+        "requests": requests,
+    }
 
 
 def file_object(
@@ -165,19 +159,12 @@ def file_object(
     else:
         lines_covered, arcs_covered = len(lines), len(arcs)
         lines_total = arcs_total = branches_total = branches_covered = 0
-    obj: dict[str, Any] = {
-        "path": path,
-        "sha": sha,
-        "lines_covered": lines_covered,
-        "lines_total": lines_total,
-        "arcs_covered": arcs_covered,
-        "arcs_total": arcs_total,
-        "branches_covered": branches_covered,
-        "branches_total": branches_total,
-        "line_percent": _percent(lines_covered, lines_total),
-        "branch_percent": _percent(branches_covered, branches_total),
-        "requests": requests,
-    }
+    obj = counts_object(
+        path,
+        sha,
+        (lines_covered, lines_total, arcs_covered, arcs_total, branches_covered, branches_total),
+        requests,
+    )
     if detail:
         obj["lines"] = [[ln, n, trace_of(k)] for ln, (n, k) in sorted(lines.items())]
         obj["arcs"] = [[a, b, n, trace_of(k)] for (a, b), (n, k) in sorted(arcs.items())]
@@ -217,6 +204,8 @@ def coverage_files(
     path: str | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """File objects of a scope (all release files, sorted by path) and its request count."""
+    if not detail and path is None and scope.hours is None:
+        return summary_files(conn, scope, path_prefix)
     files = load_files(conn, scope.release_id)
     if path is not None:
         files = {fid: v for fid, v in files.items() if v[0] == path}
@@ -240,6 +229,75 @@ def coverage_files(
         for fid, (p, sha) in sorted(files.items(), key=lambda item: item[1][0])
     ]
     return out, requests
+
+
+def summary_files(
+    conn: Conn, scope: Scope, path_prefix: str | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """``coverage_files`` without detail over all time, from the stored per-file counts.
+
+    Files whose counts predate their current denominators (see summary.py) are recounted from
+    their hit sets.
+    """
+    if scope.endpoint_id is None:
+        join, params = "hits_rel h ON h.release_id = r.release_id", [scope.release_id]
+    else:
+        join = "hits_ep h ON h.release_id = r.release_id AND h.endpoint_id = ?"
+        params = [scope.release_id, scope.endpoint_id]
+    rows = conn.query(
+        "SELECT r.file_id, p.path, r.sha_key, s.digest, s.lines_total, s.arcs_total, "
+        "s.branches_total, h.cov_digest, h.lines_covered, h.arcs_covered, h.branches_covered "
+        "FROM release_files r JOIN paths p ON p.id = r.file_id "
+        "LEFT JOIN static_files s ON s.file_id = r.file_id AND s.sha = substr(r.sha_key, 21) "
+        f"LEFT JOIN {join} AND h.file_id = r.file_id WHERE r.release_id = ?",
+        [*params[1:], scope.release_id] if scope.endpoint_id is not None else params,
+    )
+    if path_prefix:
+        rows = [row for row in rows if row[1].startswith(path_prefix)]
+    requests, per_file = load_requests(conn, scope)
+    stale = [
+        int(row[0])
+        for row in rows
+        if row[7] is not None and row[7] != (row[3] if row[3] is not None else "")
+    ]
+    recounted = _recount(conn, scope, stale) if stale else {}
+    out = []
+    for fid, path, sha_key, digest, lt, at, bt, cov, lc, ac, bc in rows:
+        fid = int(fid)
+        if fid in recounted:
+            out.append(recounted[fid])
+            continue
+        if cov is None:
+            lc = ac = bc = 0
+        if digest is None:
+            lt = at = bt = 0
+        counts = (int(lc), int(lt), int(ac), int(at), int(bc), int(bt))
+        out.append(counts_object(path, sha_key[20:], counts, per_file.get(fid, 0)))
+    out.sort(key=lambda f: f["path"])
+    return out, requests
+
+
+def _recount(conn: Conn, scope: Scope, file_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """File objects of a few files computed from their hit sets and denominators."""
+    files = load_files(conn, scope.release_id)
+    _, per_file = load_requests(conn, scope)
+    few = len(file_ids) <= 20
+    if not few:  # many: one pass over the release beats a query per file
+        all_lines, all_arcs = load_hits(conn, scope, "line"), load_hits(conn, scope, "arc")
+        statics = load_statics(conn, scope.release_id)
+    out = {}
+    for fid in file_ids:
+        if few:
+            lines = load_hits(conn, scope, "line", fid).get(fid, {})
+            arcs = load_hits(conn, scope, "arc", fid).get(fid, {})
+            statics = load_statics(conn, scope.release_id, fid)
+        else:
+            lines, arcs = all_lines.get(fid, {}), all_arcs.get(fid, {})
+        path, sha = files[fid]
+        out[fid] = file_object(
+            path, sha, lines, arcs, statics.get(fid), per_file.get(fid, 0), False
+        )
+    return out
 
 
 # -- the API -------------------------------------------------------------------------------
@@ -325,11 +383,16 @@ def endpoints(conn: Conn, sel: Selection) -> dict[str, Any]:
         (scope.release_id,),
     )
     counts: dict[str, dict[int, int]] = {"line": {}, "arc": {}}
+    sets: list[tuple[Any, ...]] = []
     if scope.hours is None:
-        sets = conn.query(
-            "SELECT endpoint_id, file_id, lines, arcs FROM hits_ep WHERE release_id = ?",
+        # One row per (endpoint, file): the stored item counts are the covered counts.
+        for endpoint_id, n_lines, n_arcs in conn.query(
+            "SELECT endpoint_id, SUM(n_lines), SUM(n_arcs) FROM hits_ep WHERE release_id = ? "
+            "GROUP BY endpoint_id",
             (scope.release_id,),
-        )
+        ):
+            counts["line"][int(endpoint_id)] = int(n_lines)
+            counts["arc"][int(endpoint_id)] = int(n_arcs)
     else:
         sets = conn.query(
             "SELECT endpoint_id, file_id, lines, arcs FROM hits_hour "

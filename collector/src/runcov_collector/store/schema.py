@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from . import summary
 from .database import Database
 from .dialect import Conn
 
 # Schema versions (one line each, what changed):
 # 1: releases, endpoints, paths, per-release file shas, static denominators, seen part keys,
 #    hit sets per release / endpoint / hour and file, request trace sets and counters, metrics.
-SCHEMA_VERSION = 1
+# 2: covered counts on all-time hit sets and digest + totals on denominators (summary.py), so
+#    summary queries read counts instead of decoding every hit set.
+SCHEMA_VERSION = 2
 
 # Times are unix nanoseconds, hours are unix hours (seconds // 3600). First-hit keys are
 # "<20-digit span time><trace id>" so that the smallest string is the earliest trace (ties:
@@ -98,8 +103,28 @@ _V1 = [
         PRIMARY KEY (release_id, instance, name, attributes)){without_rowid}""",
 ]
 
-# MIGRATIONS[n] takes a database at version n to version n + 1.
-MIGRATIONS: dict[int, list[str]] = {0: _V1}
+_COUNTS = (
+    " ADD COLUMN n_lines BIGINT NOT NULL DEFAULT 0",
+    " ADD COLUMN n_arcs BIGINT NOT NULL DEFAULT 0",
+    " ADD COLUMN lines_covered BIGINT NOT NULL DEFAULT 0",
+    " ADD COLUMN arcs_covered BIGINT NOT NULL DEFAULT 0",
+    " ADD COLUMN branches_covered BIGINT NOT NULL DEFAULT 0",
+    # "-" matches no digest and not "" (no denominators): rows start out stale.
+    " ADD COLUMN cov_digest TEXT NOT NULL DEFAULT '-'",
+)
+
+_V2: list[str | Callable[[Conn], None]] = [
+    *(f"ALTER TABLE {table}{column}" for table in ("hits_rel", "hits_ep") for column in _COUNTS),
+    "ALTER TABLE static_files ADD COLUMN digest TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE static_files ADD COLUMN lines_total BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE static_files ADD COLUMN arcs_total BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE static_files ADD COLUMN branches_total BIGINT NOT NULL DEFAULT 0",
+    summary.fill_all,
+]
+
+# MIGRATIONS[n] takes a database at version n to version n + 1: SQL statements, or functions
+# run on the migrating connection.
+MIGRATIONS: dict[int, list[str | Callable[[Conn], None]]] = {0: list(_V1), 1: _V2}
 
 
 def current_version(conn: Conn) -> int:
@@ -125,7 +150,10 @@ def migrate(db: Database) -> int:
             )
         for version in range(found, SCHEMA_VERSION):
             for statement in MIGRATIONS[version]:
-                conn.query(statement)
+                if callable(statement):
+                    statement(conn)
+                else:
+                    conn.query(statement)
         if found == 0:
             conn.query("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         elif found != SCHEMA_VERSION:
