@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import http.client
 import json
 import os
 import platform
@@ -82,7 +83,7 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float = 60.0) -
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return
-        except (urllib.error.URLError, OSError):
+        except (urllib.error.URLError, OSError, http.client.HTTPException):
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{url} not ready after {timeout} s")
@@ -118,6 +119,10 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+class ServerDidNotStart(RuntimeError):
+    """The service did not answer its health check."""
 
 
 class Bench:
@@ -172,14 +177,27 @@ class Bench:
         return [sys.executable, *server], env
 
     def run_one(self, config: str) -> dict[str, Any]:
-        """Serve under ``config``, drive load, measure, stop."""
+        """Serve under ``config``, drive load, measure, stop; retried when the server fails to
+        start (another process may take the free port between choosing it and binding it)."""
+        for attempt in range(3):
+            try:
+                return self._run_one(config)
+            except ServerDidNotStart:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _run_one(self, config: str) -> dict[str, Any]:
         port = free_port()
         cmd, env = self.command(config, port)
         log = open(self.workdir / f"{config}.log", "ab")  # noqa: SIM115 - closed right after
         proc = subprocess.Popen(cmd, cwd=EXAMPLES, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         try:
-            wait_ready(proc, f"http://127.0.0.1:{port}/health")
+            try:
+                wait_ready(proc, f"http://127.0.0.1:{port}/health")
+            except RuntimeError as exc:
+                raise ServerDidNotStart(str(exc)) from exc
             cpu_before = cpu_seconds(proc.pid)
             load = subprocess.run(
                 [sys.executable, str(HERE / "loadgen.py"), "--port", str(port),
