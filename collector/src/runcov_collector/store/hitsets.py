@@ -14,6 +14,9 @@ HitSet = dict[Any, tuple[int, str]]  # line or (from, to) -> (hits, first key)
 
 EMPTY = "[[],[],[],[]]"
 
+# One compact encoder for every call (json.dumps builds a new one per call with separators).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
 
 def encode(hits: HitSet, arcs: bool) -> str:
     """JSON ``[items, hit counts, first-key indexes, first keys]``."""
@@ -24,7 +27,7 @@ def encode(hits: HitSet, arcs: bool) -> str:
     counts = [n for n, _ in pairs]
     firsts = [index[k] for _, k in pairs]
     flat: list[Any] = items
-    return json.dumps([flat, counts, firsts, keys], separators=(",", ":"))
+    return _ENCODER.encode([flat, counts, firsts, keys])
 
 
 def decode(text: str, arcs: bool) -> HitSet:

@@ -188,7 +188,8 @@ def _write_hits(
         for k, hits in lines_by.items():
             new[key_of(k)] = (hits, {})
         for k, hits in arcs_by.items():
-            new[key_of(k)] = (new.get(key_of(k), ({}, {}))[0], hits)
+            key = key_of(k)
+            new[key] = (new.get(key, ({}, {}))[0], hits)
         stored = _existing_sets(conn, table, cols, set(new))
         counted = table != "hits_hour"
         if counted and statics is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,34 +57,47 @@ def static_totals(static: Static) -> tuple[int, int, int]:
     return len(set(static.lines)), len(set(static.arcs)), len(static.branch_exits())
 
 
+Sets = tuple[frozenset[int], frozenset[tuple[int, int]], frozenset[tuple[int, int]]]
+
+# Parsed denominators by digest, shared by all batches of the process: a digest names one
+# payload for good, so entries never go stale. Bounded; cleared whole when full.
+_SHARED: dict[str, Sets] = {}
+_SHARED_MAX = 4096
+_SHARED_LOCK = threading.Lock()
+
+
 class Denominators:
-    """Parsed denominators with their sets, cached per digest for one batch or query."""
+    """Parsed denominators with their sets, looked up by payload digest."""
 
-    def __init__(self) -> None:
-        self._cache: dict[str, tuple[set[int], set[tuple[int, int]], set[tuple[int, int]]]] = {}
-
-    def sets(
-        self, key: str, payload: str
-    ) -> tuple[set[int], set[tuple[int, int]], set[tuple[int, int]]]:
+    def sets(self, key: str, payload: str) -> Sets:
         """(statements, possible arcs, branch exits) of the payload with digest ``key``."""
-        have = self._cache.get(key)
+        have = _SHARED.get(key)
         if have is None:
             static = parse_static(payload)
-            have = (set(static.lines), set(static.arcs), static.branch_exits())
-            self._cache[key] = have
+            have = (
+                frozenset(static.lines),
+                frozenset(static.arcs),
+                frozenset(static.branch_exits()),
+            )
+            with _SHARED_LOCK:
+                if len(_SHARED) >= _SHARED_MAX:
+                    _SHARED.clear()
+                _SHARED[key] = have
         return have
 
 
 def covered(
     lines: Iterable[Any],
     arcs: Iterable[Any],
-    denominators: tuple[set[int], set[tuple[int, int]], set[tuple[int, int]]] | None,
+    denominators: Sets | None,
 ) -> tuple[int, int, int]:
     """(lines, arcs, branches) covered, as the query API counts them (see queries.file_object)."""
     if denominators is None:
-        return len(set(lines)), len(set(arcs)), 0
+        line_count = len(lines) if isinstance(lines, (set, frozenset, dict)) else len(set(lines))
+        arc_count = len(arcs) if isinstance(arcs, (set, frozenset, dict)) else len(set(arcs))
+        return line_count, arc_count, 0
     statements, possible, exits = denominators
-    arc_set = arcs if isinstance(arcs, (set, dict)) else set(arcs)
+    arc_set = arcs if isinstance(arcs, (set, frozenset, dict)) else set(arcs)
     return (
         len(statements.intersection(lines)),
         len(possible.intersection(arc_set)),
