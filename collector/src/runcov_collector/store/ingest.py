@@ -292,7 +292,8 @@ def _write_files(
     rid: dict[Release, int],
     fid: dict[str, int],
 ) -> set[tuple[int, int]]:
-    """Record file versions and denominators; return the (release id, file id) pairs seen."""
+    """Record file versions and denominators; return the (release id, file id) pairs whose
+    version changed or whose denominators were sent."""
     shas: dict[tuple[int, int], str] = {}
 
     def see(release: Release, path: str, sha: str, t: int) -> None:
@@ -315,6 +316,23 @@ def _write_files(
             if payload > statics.get(key, ""):
                 statics[key] = payload
                 parsed[key] = summary.parse_static(payload)
+    # Pairs whose stored counts may now be stale: the file version changed, or its
+    # denominators arrived in this batch.
+    changed = {
+        (rid[static.release], fid[fs.path]) for static in batch.static for fs in static.files
+    }
+    by_release: dict[int, list[int]] = defaultdict(list)
+    for release_id, file_id in shas:
+        by_release[release_id].append(file_id)
+    for release_id, files in sorted(by_release.items()):
+        for file_id, stored in conn.select_in(
+            "SELECT file_id, sha_key FROM release_files WHERE release_id = ? AND file_id {in}",
+            (release_id,),
+            sorted(files),
+        ):
+            new = shas[(release_id, int(file_id))]
+            if new > stored and new[20:] != stored[20:]:
+                changed.add((release_id, int(file_id)))
     conn.execute_many(
         "INSERT INTO release_files (release_id, file_id, sha_key) VALUES (?, ?, ?) "
         "ON CONFLICT (release_id, file_id) "
@@ -333,7 +351,7 @@ def _write_files(
             for (f, s), p in statics.items()
         ),
     )
-    return set(shas)
+    return changed
 
 
 def _write_metrics(conn: Conn, batch: Batch, rid: dict[Release, int]) -> None:
@@ -367,14 +385,14 @@ def ingest_batch(conn: Conn, batch: Batch) -> dict[str, Any]:
     fid = _path_ids(conn, paths)
     eid = _endpoint_ids(conn, rid, new_parts)
     # File versions and denominators first: hit rows are counted against them as written.
-    seen = _write_files(conn, batch, new_parts, rid, fid)
+    changed = _write_files(conn, batch, new_parts, rid, fid)
     if new_parts:
         merged = merge_parts(new_parts)
         _write_hits(conn, merged, rid, eid, fid)
         _write_traces(conn, merged, rid, eid, fid)
     # Rows this batch did not rewrite but whose file version or denominators it changed.
     by_release: dict[int, set[int]] = defaultdict(set)
-    for release_id, file_id in seen:
+    for release_id, file_id in changed:
         by_release[release_id].add(file_id)
     for release_id, files in sorted(by_release.items()):
         summary.refresh_stale(conn, release_id, files)

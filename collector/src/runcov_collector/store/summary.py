@@ -73,12 +73,14 @@ class Denominators:
         """(statements, possible arcs, branch exits) of the payload with digest ``key``."""
         have = _SHARED.get(key)
         if have is None:
-            static = parse_static(payload)
-            have = (
-                frozenset(static.lines),
-                frozenset(static.arcs),
-                frozenset(static.branch_exits()),
-            )
+            data = json.loads(payload)
+            arcs = frozenset(map(tuple, data["arcs"]))
+            exits: dict[int, int] = {}
+            for a, _ in arcs:
+                if a > 0:
+                    exits[a] = exits.get(a, 0) + 1
+            branches = frozenset(arc for arc in arcs if arc[0] > 0 and exits[arc[0]] >= 2)
+            have = (frozenset(data["lines"]), arcs, branches)  # type: ignore[assignment]
             with _SHARED_LOCK:
                 if len(_SHARED) >= _SHARED_MAX:
                     _SHARED.clear()
