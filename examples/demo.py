@@ -409,6 +409,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shutil.rmtree(workdir)
     (workdir / "logs").mkdir(parents=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C stops the demo even when it was started with SIGINT ignored (as a background job
+    # of a non-interactive shell), where Python would not install its own handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     demo = Demo(workdir, args.requests, args.keep_running)
     try:
         demo.run()
