@@ -118,6 +118,19 @@ class Core(abc.ABC):
         to the core's roots). Never raises: on internal failure an untraced scope is returned.
         """
 
+    def _scope_roots(self, roots: Iterable[str] | None) -> tuple[str, ...]:
+        """The roots a new scope reports: the given ones (added to the core's), else the core's."""
+        if roots is None:
+            return self.roots
+        roots = list(roots)
+        self.add_roots(roots)
+        return tuple(dict.fromkeys(normalize_root(root) for root in roots))
+
+    @property
+    @abc.abstractmethod
+    def roots(self) -> tuple[str, ...]:
+        """The core's normalized source roots."""
+
     @abc.abstractmethod
     def current_scope(self) -> Scope | None:
         """The scope bound to the current context, if any."""

@@ -75,15 +75,7 @@ class SettraceCore(Core):
         roots: Optional[Iterable[str]] = None,
     ) -> Scope:
         """Open a scope bound to the current context and trace this thread while it is open."""
-        if roots is not None:
-            roots = list(roots)
-            self.add_roots(roots)
-            scope_roots = Roots()
-            scope_roots.add(roots)
-            wanted = scope_roots.roots
-        else:
-            wanted = self._roots.roots
-        scope = ScopeState(mode, trace_id, wanted, self._close_scope)
+        scope = ScopeState(mode, trace_id, self._scope_roots(roots), self._close_scope)
         try:
             if mode not in (EXACT, CENSUS):
                 raise ValueError(f"unknown scope mode {mode!r}")
@@ -138,6 +130,11 @@ class SettraceCore(Core):
             if scope.stepped or scope.owner_thread == threading.get_ident():
                 self._exit_thread(scope)
         # Closed from another thread: the owner's tracer removes itself at its next call event.
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """The core's normalized source roots."""
+        return self._roots.roots
 
     def current_scope(self) -> Optional[Scope]:
         """The scope bound to the current context."""

@@ -266,15 +266,7 @@ class SysmonCore(Core):
         roots: Optional[Iterable[str]] = None,
     ) -> Scope:
         """Open a scope bound to the current context."""
-        if roots is not None:
-            roots = list(roots)
-            self.add_roots(roots)
-            scope_roots = Roots()
-            scope_roots.add(roots)
-            wanted = scope_roots.roots
-        else:
-            wanted = self._roots.roots
-        scope = ScopeState(mode, trace_id, wanted, self._close_scope)
+        scope = ScopeState(mode, trace_id, self._scope_roots(roots), self._close_scope)
         scope.generation = self._generation
         try:
             if self._shut:
@@ -365,6 +357,11 @@ class SysmonCore(Core):
                         self._disarm_exact()
                         break
                 time.sleep(delay)
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """The core's normalized source roots."""
+        return self._roots.roots
 
     def current_scope(self) -> Optional[Scope]:
         """The scope bound to the current context."""
