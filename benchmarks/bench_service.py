@@ -269,7 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=4, help="client connections")
     parser.add_argument("--configs", default=",".join(CONFIGS),
-                        help="comma-separated subset of: " + ", ".join(CONFIGS))
+                        help="comma-separated subset of: " + ", ".join(CONFIGS).replace("%", "%%"))
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 repetition of 1 s after 0.5 s warm-up")
     parser.add_argument("--json", type=Path, help="also write raw runs and summary here")
