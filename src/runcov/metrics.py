@@ -38,6 +38,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from runcov.config import Config
+from runcov.export.otlp import otlp_exporter_options
 from runcov.redaction import Redactor
 from runcov.resource import with_new_instance
 
@@ -114,38 +115,19 @@ class _ProcessBoundExporter(MetricExporter):
 
 
 def _make_metric_exporter(config: Config) -> MetricExporter:
-    headers = dict(config.exporter_headers) or None
-    temporality = _cumulative()
+    options = otlp_exporter_options(config, "metrics")
+    options["preferred_temporality"] = _cumulative()
     if config.exporter_protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.exporter import Compression as GrpcCompression
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
             OTLPMetricExporter as GrpcMetricExporter,
         )
 
-        return GrpcMetricExporter(
-            endpoint=config.metrics_endpoint(),
-            insecure=config.exporter_insecure(),
-            headers=headers,
-            timeout=config.exporter_timeout,
-            compression=GrpcCompression.Gzip
-            if config.exporter_compression == "gzip"
-            else GrpcCompression.NoCompression,
-            preferred_temporality=temporality,
-        )
-    from opentelemetry.exporter.otlp.proto.http import Compression
+        return GrpcMetricExporter(**options)
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
         OTLPMetricExporter as HttpMetricExporter,
     )
 
-    return HttpMetricExporter(
-        endpoint=config.metrics_endpoint(),
-        headers=headers,
-        timeout=config.exporter_timeout,
-        compression=Compression.Gzip
-        if config.exporter_compression == "gzip"
-        else Compression.NoCompression,
-        preferred_temporality=temporality,
-    )
+    return HttpMetricExporter(**options)
 
 
 class _Instruments:
@@ -414,5 +396,3 @@ class AgentMetrics:
         thread.start()
         thread.join(max(0.0, timeout))
         return bool(result and result[0] is not False)
-
-

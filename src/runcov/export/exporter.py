@@ -30,6 +30,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 
 from runcov.config import Config
 from runcov.export import wire
+from runcov.export.otlp import otlp_exporter_options
 from runcov.redaction import Redactor
 from runcov.resource import with_new_instance
 from runcov.static import StaticAnalyzer
@@ -151,35 +152,18 @@ def _shutdown_all(providers: list[TracerProvider]) -> None:
 
 def _make_span_exporter(config: Config) -> SpanExporter:
     """The OTLP span exporter for the configured protocol, endpoint, headers and timeout."""
-    headers = dict(config.exporter_headers) or None
+    options = otlp_exporter_options(config, "traces")
     if config.exporter_protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.exporter import Compression as GrpcCompression
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter as GrpcSpanExporter,
         )
 
-        return GrpcSpanExporter(
-            endpoint=config.traces_endpoint(),
-            insecure=config.exporter_insecure(),
-            headers=headers,
-            timeout=config.exporter_timeout,
-            compression=GrpcCompression.Gzip
-            if config.exporter_compression == "gzip"
-            else GrpcCompression.NoCompression,
-        )
-    from opentelemetry.exporter.otlp.proto.http import Compression
+        return GrpcSpanExporter(**options)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
         OTLPSpanExporter as HttpSpanExporter,
     )
 
-    return HttpSpanExporter(
-        endpoint=config.traces_endpoint(),
-        headers=headers,
-        timeout=config.exporter_timeout,
-        compression=Compression.Gzip
-        if config.exporter_compression == "gzip"
-        else Compression.NoCompression,
-    )
+    return HttpSpanExporter(**options)
 
 
 class CoverageExporter:
@@ -309,9 +293,7 @@ class CoverageExporter:
         with self._lock:
             if self._worker is not None:
                 return
-            self._worker = threading.Thread(
-                target=self._run, name="runcov-exporter", daemon=True
-            )
+            self._worker = threading.Thread(target=self._run, name="runcov-exporter", daemon=True)
             self._worker.start()
 
     # -- worker ---------------------------------------------------------------------------------
