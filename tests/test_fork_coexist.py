@@ -176,14 +176,16 @@ def leftovers() -> dict[str, Any]:
 
 
 def is_idle(state: dict[str, Any]) -> bool:
-    """No tracer installed; on 3.12+ runcov's tool only watches PY_START and arms nothing."""
+    """No tracer installed; on 3.12+ runcov's tool keeps its fixed global events (PY_START and
+    PY_UNWIND) and arms no code object."""
     if state["gettrace"] != "None":
         return False
     if runcov_sysmon():
         owned = [t for t, name in state["tools"].items() if name == "runcov"]
         return (
             len(owned) == 1
-            and state["global_events"] == sys.monitoring.events.PY_START
+            and state["global_events"]
+            == sys.monitoring.events.PY_START | sys.monitoring.events.PY_UNWIND
             and state["armed"] == {}
         )
     return True

@@ -196,3 +196,25 @@ def test_modules_with_raising_attributes_and_hidden_functions_are_measured() -> 
         if line.strip() in ("if flag:", 'return "yes"', "if x:", "return 0")
     }
     assert cov.lines[path] == expected
+
+
+def test_code_that_ran_before_its_root_was_added_is_measured(tmp_path: Path) -> None:
+    """Code first run outside every root (its PY_START disabled) is found when its root comes."""
+    import importlib.util
+
+    source = tmp_path / "late_root_mod.py"
+    source.write_text("def pick(x):\n    if x:\n        return 1\n    return 2\n")
+    spec = importlib.util.spec_from_file_location("late_root_mod", source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["late_root_mod"] = module
+    try:
+        spec.loader.exec_module(module)
+        assert module.pick(1) == 1  # runs while tmp_path is no root: passed over
+        with capture_coverage(source=[str(tmp_path)]) as cov:
+            assert module.pick(0) == 2
+        path = os.path.realpath(source)
+        assert cov.lines == {path: {2, 4}}
+        assert cov.arcs[path] == {(-1, 2), (2, 4), (4, -1)}
+    finally:
+        del sys.modules["late_root_mod"]

@@ -5,10 +5,13 @@ How it stays cheap (see docs/architecture.md, "Tracing core"):
 * A permanent global ``PY_START`` callback sees each code object once: code outside the source
   roots is disabled for good; code inside is registered. Either way the callback returns
   ``DISABLE``, so steady-state unsampled traffic pays nothing.
-* While at least one exact scope is open, the registered code objects are armed with *local*
-  ``LINE`` and ``PY_RETURN`` events (and ``PY_UNWIND`` globally). Callbacks for work outside any
-  scope return after one ContextVar lookup. When the last scope closes, the code objects are
-  disarmed again.
+* While at least one exact scope is open, the registered code objects (those that have run)
+  are armed with *local* ``LINE`` and ``PY_RETURN`` events; code that first runs while armed is
+  armed from its own ``PY_START`` callback, which takes effect in that very frame. Callbacks for
+  work outside any scope return after one ContextVar lookup. When the last scope closes, the code
+  objects are disarmed again. The tool's global events (``PY_START`` and ``PY_UNWIND``) never
+  change after start: changing them would make CPython re-instrument every code object of the
+  process at its next call.
 * Arcs follow coverage.py: the previous line is kept per frame (keyed by ``id(frame)`` inside the
   scope), a frame's first line gets the entry arc ``(-co_firstlineno, line)`` and a return or
   unwind the exit arc ``(line, -co_firstlineno)``. A suspended generator keeps its last line, so
@@ -43,6 +46,11 @@ log = logging.getLogger("runcov.tracing")
 
 #: Tool ids runcov may use: 0-2 and 5 belong to debuggers, coverage.py, profilers, optimizers.
 CANDIDATE_TOOL_IDS = (3, 4)
+#: Most code objects remembered as seen outside the roots (ids only); beyond it, adding a root
+#: registers every code object of the modules under it.
+_PASSED_OVER_LIMIT = 100_000
+#: Tool ids a runcov core has held in this process.
+_TOOL_IDS_USED: set[int] = set()
 TOOL_NAME = "runcov"
 
 
@@ -62,9 +70,17 @@ class SysmonCore(Core):
         self._DISABLE = mon.DISABLE
         self._LINE = ev.LINE
         self._EXACT_LOCAL = ev.LINE | ev.PY_RETURN
-        self._GLOBAL_IDLE = ev.PY_START
-        self._GLOBAL_ARMED = ev.PY_START | ev.PY_UNWIND
+        # Both global events stay set for the tool's lifetime: changing a tool's global events
+        # bumps the interpreter's instrumentation version, and every code object in the process
+        # (framework, stdlib) is then re-instrumented at its next call. PY_START disables itself
+        # per code object; PY_UNWIND fires only while an exception leaves a frame.
+        self._GLOBAL = ev.PY_START | ev.PY_UNWIND
         self._tool = self._claim_tool_id()
+        # A tool id that runcov held before in this process still has PY_START disabled on the
+        # code that ran then: such code never announces itself again, so adding a root
+        # registers every code object found under it.
+        reused = self._tool in _TOOL_IDS_USED
+        _TOOL_IDS_USED.add(self._tool)
         self._lock = threading.RLock()
         self._roots = Roots()
         #: id(code) -> code for code objects under the roots (kept alive: ids stay unique).
@@ -88,9 +104,12 @@ class SysmonCore(Core):
         self._census: dict[str, set[int]] = {}
         self._shut = False
         self._modules_scanned: set[str] = set()
+        #: ids of code objects seen outside the roots (their PY_START disabled), or None when
+        #: there were too many to keep.
+        self._passed_over: Optional[set[int]] = None if reused else set()
         self._modules_seen_count = -1
         self._register_callbacks()
-        mon.set_events(self._tool, self._GLOBAL_IDLE)
+        mon.set_events(self._tool, self._GLOBAL)
         install_hooks(self._activate, self._deactivate)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
 
@@ -124,11 +143,19 @@ class SysmonCore(Core):
         def on_py_start(code: CodeType, offset: int) -> Any:
             # First call of a code object since it was created (or since the tool started).
             try:
-                if id(code) not in codes and roots.classify(code.co_filename) is not None:
-                    codes[id(code)] = code
-                    events = core._local_events()
-                    if events:
-                        mon.set_local_events(tool, code, events)
+                if id(code) not in codes:
+                    if roots.classify(code.co_filename) is None:
+                        passed = core._passed_over
+                        if passed is not None:
+                            if len(passed) < _PASSED_OVER_LIMIT:
+                                passed.add(id(code))
+                            else:
+                                core._passed_over = None  # too many: re-scan registers all
+                    else:
+                        codes[id(code)] = code
+                        events = core._local_events()
+                        if events:
+                            mon.set_local_events(tool, code, events)
             except Exception:
                 pass
             return DISABLE
@@ -204,10 +231,6 @@ class SysmonCore(Core):
         """Set every registered code object's local events to the current need."""
         started = time.perf_counter()
         events = self._local_events()
-        if events:
-            # Arm code before it first runs: code armed from inside its own PY_START callback
-            # misses lines of that first frame until the frame next checks its instrumentation.
-            self._scan_modules()
         set_local = self._mon.set_local_events
         tool = self._tool
         for code in list(self._codes.values()):
@@ -217,7 +240,6 @@ class SysmonCore(Core):
                 set_local(tool, code, events)
             except Exception:
                 pass
-        self._mon.set_events(tool, self._GLOBAL_ARMED if self._exact_armed else self._GLOBAL_IDLE)
         elapsed = time.perf_counter() - started
         self._toggle_cost = (
             elapsed if not self._toggle_cost else 0.8 * self._toggle_cost + 0.2 * elapsed
@@ -229,6 +251,9 @@ class SysmonCore(Core):
         """Add source roots; code of modules already imported under them is registered."""
         if self._roots.add(roots):
             with self._lock:
+                # Code that ran while outside every root had its PY_START disabled and will not
+                # announce itself again: find it in the modules under the new roots. Any other
+                # code registers itself when it first runs, so only code that has run is armed.
                 self._modules_scanned.clear()
                 self._modules_seen_count = -1
                 self._scan_modules()
@@ -237,12 +262,13 @@ class SysmonCore(Core):
 
     def _scan_modules(self) -> None:
         # Register the code objects of modules under the roots (functions, methods, nested code in
-        # co_consts) so they are armed before they first run; also finds code that ran before a
-        # root was added (its PY_START was disabled). Each module is walked once.
+        # co_consts) that ran before their root was added (their PY_START was disabled then).
+        # Each module is walked once.
         modules = sys.modules
         if len(modules) == self._modules_seen_count:
             return
         self._modules_seen_count = len(modules)
+        passed = self._passed_over
         for name, module in list(modules.items()):
             if name in self._modules_scanned:
                 continue
@@ -254,7 +280,9 @@ class SysmonCore(Core):
                     continue
                 for value in list(namespace.values()):
                     for code in _code_objects(value, filename):
-                        if self._roots.classify(code.co_filename) is not None:
+                        if (passed is None or id(code) in passed) and self._roots.classify(
+                            code.co_filename
+                        ) is not None:
                             self._codes[id(code)] = code
             except Exception:  # an exotic module object: its code is found at first call
                 continue
