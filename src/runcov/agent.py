@@ -420,6 +420,17 @@ class Agent:
         finally:
             self._overhead += time.perf_counter() - t0
 
+    def cannot_sample(self, trace_id: int, tracestate: Any = None) -> bool:
+        """True when no selector could sample this trace (a cheap test before :meth:`begin`).
+
+        The trace's randomness is below the threshold of the highest rate any selector could
+        reach (saturation boost included); a tracestate ``ot`` entry (rv / propagated th)
+        always needs the full decision.
+        """
+        return (trace_id & _RANDOMNESS_MASK) < self._fast_threshold and (
+            not tracestate or "ot" not in tracestate
+        )
+
     def _begin(
         self,
         method: Optional[str],
@@ -551,13 +562,11 @@ class Agent:
         if not getattr(ticket.scope, "traced", True):
             self.metrics.dropped(endpoint, "tracer_busy", **ids)
             return False
-        if data.is_empty():
-            # Nothing under the source roots ran (or, in census mode, nothing ran first).
-            return False
-        self.metrics.sampled(endpoint, ticket.mode, **ids)
-        self._note_novelty(endpoint, data, ticket.mode, ticket.rule.rate, ids)
         from runcov.export.exporter import RequestRecord
 
+        # Turning the raw records into per-file sets, the metrics and the novelty bookkeeping
+        # happen on the exporter's thread (``_account``), off the request's path.
+        rate = ticket.rule.rate
         record = RequestRecord(
             trace_id=ticket.trace_id,
             span_id=parent_span_id,
@@ -569,8 +578,20 @@ class Agent:
             data=data,
             start_ns=ticket.start_ns,
             end_ns=time.time_ns(),
+            before=lambda rec: self._account(rec, rate),
         )
         return bool(self.exporter.submit(record))
+
+    def _account(self, record: Any, rule_rate: float) -> bool:
+        """Count a measured request (exporter thread); False when it recorded nothing."""
+        data = record.data
+        if data.is_empty():
+            # Nothing under the source roots ran (or, in census mode, nothing ran first).
+            return False
+        ids = {"trace_id": record.trace_id, "span_id": record.span_id}
+        self.metrics.sampled(record.endpoint, record.mode, **ids)
+        self._note_novelty(record.endpoint, data, record.mode, rule_rate, ids)
+        return True
 
     def _still_sampled(self, ticket: RequestTicket, rule: Any, endpoint: str) -> bool:
         """Whether the final rule still samples a request decided on a provisional rule.

@@ -13,6 +13,7 @@ import ast
 import hashlib
 import os
 import threading
+import time
 import tokenize
 import weakref
 from io import BytesIO
@@ -26,6 +27,8 @@ __all__ = ["MAX_SOURCE_BYTES", "StaticAnalyzer", "analyze_source", "file_sha"]
 #: Files larger than this are not analysed (their coverage is still reported, without totals).
 MAX_SOURCE_BYTES = 16 * 1024 * 1024
 _CACHE_LIMIT = 8192
+#: Seconds during which a file's last answer is reused without looking at the disk again.
+RECHECK_SECONDS = 10.0
 
 
 def file_sha(data: bytes) -> str:
@@ -96,6 +99,9 @@ class StaticAnalyzer:
         self._lock = threading.Lock()
         # (path, mtime_ns, size) -> sha: avoids re-reading unchanged files.
         self._stat_cache: dict[tuple[str, int, int], str] = {}
+        # path -> (when it was last checked, its result): a file is stat()ed at most every
+        # RECHECK_SECONDS, however many requests touch it.
+        self._recent: dict[str, tuple[float, Any]] = {}
         # (path, sha) -> facts (None for files that are not Python).
         self._facts: dict[tuple[str, str], Optional[dict[str, Any]]] = {}
         #: Number of analyses actually run (cache misses); for tests and metrics.
@@ -120,7 +126,19 @@ class StaticAnalyzer:
         return None if result is None else result[0]
 
     def analyze(self, abs_path: str) -> Optional[tuple[str, Optional[dict[str, Any]]]]:
-        """``(sha, facts)`` of the file as it is now on disk; never raises."""
+        """``(sha, facts)`` of the file as it is now on disk (checked again at most every
+        :data:`RECHECK_SECONDS`); never raises."""
+        now = time.monotonic()
+        recent = self._recent.get(abs_path)
+        if recent is not None and now - recent[0] < RECHECK_SECONDS:
+            return recent[1]
+        result = self._analyze(abs_path)
+        if len(self._recent) >= _CACHE_LIMIT:
+            self._recent.clear()
+        self._recent[abs_path] = (now, result)
+        return result
+
+    def _analyze(self, abs_path: str) -> Optional[tuple[str, Optional[dict[str, Any]]]]:
         try:
             st = os.stat(abs_path)
         except OSError:

@@ -163,7 +163,11 @@ def test_coverage_span_is_a_child_of_the_request_span(sink: Any, src: Path) -> N
     assert counters["export_failed"] == 0
 
 
-def test_static_sent_once_per_file_and_content(sink: Any, src: Path) -> None:
+def test_static_sent_once_per_file_and_content(
+    sink: Any, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runcov.static
+
     config = make_config(sink, src)
     exporter = CoverageExporter(config, build_resource(config))
     try:
@@ -185,7 +189,9 @@ def test_static_sent_once_per_file_and_content(sink: Any, src: Path) -> None:
         ]
         # The denominators arrived no later than the first coverage that needs them.
         assert len(sink.coverage_spans()) == 3
-        # A new version of the file is new content: its denominators are sent too.
+        # A new version of the file is new content: its denominators are sent too (the disk
+        # is looked at again once the re-check period is over; here at once).
+        monkeypatch.setattr(runcov.static, "RECHECK_SECONDS", 0.0)
         (src / "shop" / "views.py").write_text(VIEWS + "\n\nZ = 3\n")
         assert exporter.submit(record(src))
         assert exporter.flush(20)

@@ -110,7 +110,9 @@ def test_function_start_is_the_code_objects_first_line(tmp_path: Path) -> None:
     assert starts["Shop.arun"] == namespace["Shop"].arun.__code__.co_firstlineno  # type: ignore[attr-defined]
 
 
-def test_analysed_once_per_content(tmp_path: Path) -> None:
+def test_analysed_once_per_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import runcov.static
+
     path = tmp_path / "m.py"
     path.write_text("a = 1\n")
     analyzer = StaticAnalyzer()
@@ -118,6 +120,10 @@ def test_analysed_once_per_content(tmp_path: Path) -> None:
     assert analyzer.analyze(str(path)) == first
     assert analyzer.analyses == 1
     path.write_text("a = 1\nif a:\n    b = 2\n")
+    # Within the re-check period the disk is not looked at again.
+    assert analyzer.analyze(str(path)) == first
+    assert analyzer.analyses == 1
+    monkeypatch.setattr(runcov.static, "RECHECK_SECONDS", 0.0)
     sha, facts = analyzer.analyze(str(path))  # type: ignore[misc]
     assert analyzer.analyses == 2
     assert first is not None and sha != first[0]

@@ -70,6 +70,9 @@ class RequestRecord:
     data: CoverageData
     start_ns: int
     end_ns: int
+    #: Called on the exporter's thread before the record is encoded (the agent's per-request
+    #: accounting: metrics, novelty); returning False skips the record (nothing to send).
+    before: Optional[Callable[[RequestRecord], bool]] = None
 
 
 class _Flush:
@@ -380,6 +383,10 @@ class CoverageExporter:
         return self._tracer
 
     def _process(self, record: RequestRecord) -> None:
+        if record.before is not None and not record.before(record):
+            self._count("processed")
+            self._count("empty")
+            return
         scrub = self._redactor.scrub
         census = record.mode == "census"
         files: list[dict[str, Any]] = []

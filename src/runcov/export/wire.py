@@ -39,22 +39,23 @@ def _dumps(obj: Any) -> str:
 
 def clean_lines(lines: Iterable[int]) -> list[int]:
     """Ascending unique line numbers within the wire bounds."""
-    return sorted({n for n in lines if isinstance(n, int) and 1 <= n <= MAX_LINE})
+    return sorted({n for n in lines if type(n) is int and 1 <= n <= MAX_LINE})
 
 
 def clean_arcs(arcs: Iterable[Sequence[int]]) -> list[list[int]]:
     """Sorted unique ``[from, to]`` pairs within the wire bounds."""
-    out = set()
-    for arc in arcs:
-        a, b = arc
-        if (
-            isinstance(a, int)
-            and isinstance(b, int)
-            and 1 <= abs(a) <= MAX_LINE
-            and 1 <= abs(b) <= MAX_LINE
-        ):
-            out.add((a, b))
-    return [[a, b] for a, b in sorted(out)]
+    bound = MAX_LINE
+    pairs = {
+        (a, b)
+        for a, b in arcs
+        if type(a) is int
+        and type(b) is int
+        and a != 0
+        and b != 0
+        and -bound <= a <= bound
+        and -bound <= b <= bound
+    }
+    return [[a, b] for a, b in sorted(pairs)]
 
 
 def _split(entry: dict[str, Any], budget: int) -> Iterator[str]:

@@ -48,6 +48,19 @@ def request_identity(
     return None, name
 
 
+def _attributes(span: Any) -> Any:
+    """The span's attributes as a plain mapping, cheaply.
+
+    The SDK keeps them in a ``BoundedAttributes`` whose ``get`` runs through Python-level
+    mapping methods behind a read-only proxy; its inner dict answers the same lookups several
+    times faster. Any other span falls back to the public ``attributes``.
+    """
+    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
+    if type(inner) is dict:
+        return inner
+    return span.attributes
+
+
 class RuncovSpanProcessor(SpanProcessor):
     """Opens a coverage scope when a selected request span starts, emits it when it ends.
 
@@ -72,9 +85,11 @@ class RuncovSpanProcessor(SpanProcessor):
             if kind not in _MEASURED_KINDS:
                 return
             ctx = span.get_span_context()
-            if ctx is None or not ctx.is_valid:
+            if ctx is None or agent.cannot_sample(ctx.trace_id, ctx.trace_state):
                 return
-            method, route = request_identity(kind, span.name, span.attributes)
+            if not ctx.is_valid:
+                return
+            method, route = request_identity(kind, span.name, _attributes(span))
             ticket = agent.begin(
                 method, route, ctx.trace_id, ctx.trace_state, route_known=route is not None
             )
@@ -91,7 +106,7 @@ class RuncovSpanProcessor(SpanProcessor):
         try:
             ctx = span.get_span_context()
             ticket = self._in_flight.pop(ctx.span_id, None) if ctx is not None else None
-            method, route = request_identity(span.kind, span.name, span.attributes)
+            method, route = request_identity(span.kind, span.name, _attributes(span))
             agent.seen(method, route)
             if ticket is None or ctx is None:
                 return
