@@ -11,7 +11,8 @@ How it stays cheap (see docs/architecture.md, "Tracing core"):
   work outside any scope return after one ContextVar lookup. When the last scope closes, the code
   objects are disarmed again. The tool's global events (``PY_START`` and ``PY_UNWIND``) never
   change after start: changing them would make CPython re-instrument every code object of the
-  process at its next call.
+  process at its next call. Instead, ``PY_UNWIND`` has no callback while nothing is armed,
+  which CPython skips without calling into Python.
 * Arcs follow coverage.py: the previous line is kept per frame (keyed by ``id(frame)`` inside the
   scope), a frame's first line gets the entry arc ``(-co_firstlineno, line)`` and a return or
   unwind the exit arc ``(line, -co_firstlineno)``. A suspended generator keeps its last line, so
@@ -73,7 +74,7 @@ class SysmonCore(Core):
         # Both global events stay set for the tool's lifetime: changing a tool's global events
         # bumps the interpreter's instrumentation version, and every code object in the process
         # (framework, stdlib) is then re-instrumented at its next call. PY_START disables itself
-        # per code object; PY_UNWIND fires only while an exception leaves a frame.
+        # per code object; PY_UNWIND has a callback only while exact scopes are armed.
         self._GLOBAL = ev.PY_START | ev.PY_UNWIND
         self._tool = self._claim_tool_id()
         # A tool id that runcov held before in this process still has PY_START disabled on the
@@ -216,7 +217,10 @@ class SysmonCore(Core):
         mon.register_callback(tool, ev.PY_START, on_py_start)
         mon.register_callback(tool, ev.LINE, on_line)
         mon.register_callback(tool, ev.PY_RETURN, on_exit)
-        mon.register_callback(tool, ev.PY_UNWIND, on_unwind)
+        # PY_UNWIND's callback is registered only while exact scopes are armed: with no callback
+        # CPython skips the tool at once, and swapping callbacks (unlike changing the tool's
+        # events) does not re-instrument any code.
+        self._on_unwind = on_unwind
 
     # -- arming -------------------------------------------------------------------------------
 
@@ -240,6 +244,12 @@ class SysmonCore(Core):
                 set_local(tool, code, events)
             except Exception:
                 pass
+        try:
+            self._mon.register_callback(
+                tool, self._mon.events.PY_UNWIND, self._on_unwind if self._exact_armed else None
+            )
+        except Exception:
+            pass
         elapsed = time.perf_counter() - started
         self._toggle_cost = (
             elapsed if not self._toggle_cost else 0.8 * self._toggle_cost + 0.2 * elapsed
