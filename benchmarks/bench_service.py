@@ -129,8 +129,17 @@ class Bench:
     """Runs the configurations against one collector and collects the figures."""
 
     def __init__(self, app: str, workdir: Path, warmup: float, duration: float,
-                 threads: int) -> None:
+                 threads: int, pin: bool = False) -> None:
         self.app = app
+        #: With ``pin``, the server runs on the last CPU and the load generator and collector on
+        #: the others, so that they do not take turns on the server's CPU (less noise).
+        self.server_cpus: Optional[set[int]] = None
+        self.other_cpus: Optional[set[int]] = None
+        if pin:
+            cpus = sorted(os.sched_getaffinity(0))
+            if len(cpus) < 2:
+                raise SystemExit("--pin needs at least 2 CPUs")
+            self.server_cpus, self.other_cpus = {cpus[-1]}, set(cpus[:-1])
         self.workdir = workdir
         self.warmup = warmup
         self.duration = duration
@@ -145,10 +154,18 @@ class Bench:
         self.collector = subprocess.Popen(
             [str(BIN / "runcov-collector"), "serve", "--http-port", str(port), "--grpc-port",
              "-1", "--store", f"sqlite:///{self.workdir / 'collector.db'}", "--no-auth",
-             "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT)
+             "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=self._pin_to(self.other_cpus))
         log.close()
         self.collector_url = f"http://127.0.0.1:{port}"
         wait_ready(self.collector, self.collector_url + "/readyz")
+
+    @staticmethod
+    def _pin_to(cpus: Optional[set[int]]) -> Any:
+        """A ``preexec_fn`` that restricts the child to ``cpus`` (None: no restriction)."""
+        if cpus is None:
+            return None
+        return lambda: os.sched_setaffinity(0, cpus)
 
     def command(self, config: str, port: int) -> tuple[list[str], dict[str, str]]:
         """The server command line and environment of one configuration."""
@@ -191,7 +208,8 @@ class Bench:
         port = free_port()
         cmd, env = self.command(config, port)
         log = open(self.workdir / f"{config}.log", "ab")  # noqa: SIM115 - closed right after
-        proc = subprocess.Popen(cmd, cwd=EXAMPLES, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=EXAMPLES, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=self._pin_to(self.server_cpus))
         log.close()
         try:
             try:
@@ -204,7 +222,8 @@ class Bench:
                  "--threads", str(self.threads), "--warmup", str(self.warmup),
                  "--duration", str(self.duration)],
                 capture_output=True, text=True, check=True,
-                timeout=self.warmup + self.duration + 60)
+                timeout=self.warmup + self.duration + 60,
+                preexec_fn=self._pin_to(self.other_cpus))
             cpu = cpu_seconds(proc.pid) - cpu_before
             result: dict[str, Any] = json.loads(load.stdout)
             result["cpu_us"] = cpu / max(1, result["all_requests"]) * 1e6
@@ -270,6 +289,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=4, help="client connections")
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help="comma-separated subset of: " + ", ".join(CONFIGS).replace("%", "%%"))
+    parser.add_argument("--pin", action="store_true",
+                        help="run the server on its own CPU, load generator and collector on "
+                             "the others (steadier figures on a machine with few cores)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 repetition of 1 s after 0.5 s warm-up")
     parser.add_argument("--json", type=Path, help="also write raw runs and summary here")
@@ -282,7 +304,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"unknown configurations {sorted(unknown)}" if unknown
                      else "the configurations must include 'none'")
     workdir = Path(tempfile.mkdtemp(prefix="runcov-bench-service-"))
-    bench = Bench(args.app, workdir, args.warmup, args.duration, args.threads)
+    bench = Bench(args.app, workdir, args.warmup, args.duration, args.threads, pin=args.pin)
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
     try:
         bench.start_collector()
@@ -305,6 +327,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "app": args.app,
         "server": "waitress, 4 threads" if args.app == "flask" else "uvicorn",
         "threads": args.threads,
+        "pinned": args.pin,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
