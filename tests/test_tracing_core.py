@@ -218,3 +218,39 @@ def test_code_that_ran_before_its_root_was_added_is_measured(tmp_path: Path) -> 
         assert cov.arcs[path] == {(-1, 2), (2, 4), (4, -1)}
     finally:
         del sys.modules["late_root_mod"]
+
+
+def test_data_is_what_ran_until_the_scope_closed(tmp_path: Path) -> None:
+    """A frame that started in a scope and outlives it adds nothing to the scope's data, even
+    though the data is built later (on the agent's exporter thread)."""
+    import importlib.util
+
+    source = tmp_path / "outlive_mod.py"
+    source.write_text(
+        "def work(scope):\n"
+        "    a = 1\n"
+        "    data = scope.close()\n"
+        "    b = a + 1\n"
+        "    c = b + 1\n"
+        "    return data, c\n"
+    )
+    spec = importlib.util.spec_from_file_location("outlive_mod", source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["outlive_mod"] = module
+    try:
+        spec.loader.exec_module(module)
+        core = get_core()
+        # An enclosing scope keeps the thread traced after the inner one closes, so the frame
+        # of ``work`` goes on producing line events.
+        outer = core.open_scope(roots=[str(tmp_path)])
+        try:
+            inner = core.open_scope(roots=[str(tmp_path)])
+            data, _ = module.work(inner)
+        finally:
+            outer.close()
+        path = os.path.realpath(source)
+        assert data.lines == {path: {2, 3}}
+        assert data.arcs == {path: {(-1, 2), (2, 3)}}
+    finally:
+        del sys.modules["outlive_mod"]

@@ -366,7 +366,7 @@ def test_files_nothing_reportable_sends_nothing(http_sink: HTTPSink, src: Path) 
     finally:
         exporter.shutdown(5)
     assert http_sink.spans() == []
-    assert exporter.counters()["empty"] == 1
+    assert exporter.counters()["no_known_files"] == 1
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])

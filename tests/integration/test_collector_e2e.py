@@ -84,6 +84,7 @@ def test_collector_holds_the_union_of_what_the_agent_measured(
         for index, (method, url, body) in enumerate(REQUESTS * 2):
             assert _send(client, method, url, body, 0xE2E00000 + index) < 500
         assert agent.flush(15.0)
+        stats = agent.exporter.counters()
     finally:
         runcov.stop(timeout=10.0)
 
@@ -105,7 +106,7 @@ def test_collector_holds_the_union_of_what_the_agent_measured(
     assert {p: v for p, v in got_lines.items() if v} == want_lines
     assert {p: v for p, v in got_arcs.items() if v} == want_arcs
     # Every request was sampled once; a retried or duplicated part would not count twice.
-    assert answer["totals"]["requests"] == len(REQUESTS) * 2
+    assert answer["totals"]["requests"] == len(REQUESTS) * 2, stats
     # Denominators arrived: each file has executable lines, covering what ran.
     for entry in answer["files"]:
         assert entry["lines_total"] > 0, entry["path"]

@@ -232,6 +232,7 @@ class CoverageExporter:
             "queue_full": 0,
             "processed": 0,
             "empty": 0,
+            "no_known_files": 0,
             "requests_exported": 0,
             "export_failed": 0,
             "spans_exported": 0,
@@ -432,7 +433,8 @@ class CoverageExporter:
                 )
         self._count("processed")
         if not files:
-            self._count("empty")
+            # Hits were recorded, but no file could be reported (unreadable or redacted).
+            self._count("no_known_files")
             return
         tracer = self._ensure_provider()
         payloads = wire.encode_coverage(files)

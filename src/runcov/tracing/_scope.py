@@ -144,6 +144,14 @@ class ScopeState(Scope):
             self._closer(self)
             triples, files, census = self.triples, self.files, self.census_lines
             self.triples, self.files, self.census_lines, self.last = set(), {}, {}, {}
+            # Work that outlives the scope may still add to these: the settrace core's frame
+            # tracers hold the per-file sets, a callback on another thread may have looked the
+            # set up just before the swap. The data is built later on the exporter's thread, so
+            # take copies now (each copy runs in C, atomic under the GIL): the data is what ran
+            # until the scope closed.
+            triples = set(triples)
+            files = {name: set(arcs) for name, arcs in list(files.items())}
+            census = {name: set(lines) for name, lines in list(census.items())}
             roots = self._roots
             data = CoverageData(raw=lambda: _collect(triples, files, census, roots))
         except Exception:  # the host application never sees an error from runcov
