@@ -125,7 +125,12 @@ def exported(agent: Agent, sink: Any, trace_ids: list[int]) -> dict[int, TraceCo
             return by_trace
         return None
 
-    return sink.wait_for(arrived, timeout=30.0)  # type: ignore[no-any-return]
+    try:
+        return sink.wait_for(arrived, timeout=30.0)  # type: ignore[no-any-return]
+    except AssertionError as exc:
+        # Say where the missing coverage went: the exporter's counters tell an empty scope
+        # (nothing recorded) from a drop or an export failure.
+        raise AssertionError(f"{exc}; exporter counters: {agent.exporter.counters()}") from exc
 
 
 @pytest.fixture(params=["old", "stable"])
