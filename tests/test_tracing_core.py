@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -198,35 +200,40 @@ def test_modules_with_raising_attributes_and_hidden_functions_are_measured() -> 
     assert cov.lines[path] == expected
 
 
-def test_code_that_ran_before_its_root_was_added_is_measured(tmp_path: Path) -> None:
-    """Code first run outside every root (its PY_START disabled) is found when its root comes."""
+@contextlib.contextmanager
+def _module_from(directory: Path, name: str, text: str) -> Iterator[Any]:
+    """Import ``text`` as module ``name`` from a file in ``directory``; forget it afterwards."""
     import importlib.util
 
-    source = tmp_path / "late_root_mod.py"
-    source.write_text("def pick(x):\n    if x:\n        return 1\n    return 2\n")
-    spec = importlib.util.spec_from_file_location("late_root_mod", source)
+    source = directory / f"{name}.py"
+    source.write_text(text)
+    spec = importlib.util.spec_from_file_location(name, source)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["late_root_mod"] = module
+    sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[name]
+
+
+def test_code_that_ran_before_its_root_was_added_is_measured(tmp_path: Path) -> None:
+    """Code first run outside every root (its PY_START disabled) is found when its root comes."""
+    text = "def pick(x):\n    if x:\n        return 1\n    return 2\n"
+    with _module_from(tmp_path, "late_root_mod", text) as module:
         assert module.pick(1) == 1  # runs while tmp_path is no root: passed over
         with capture_coverage(source=[str(tmp_path)]) as cov:
             assert module.pick(0) == 2
-        path = os.path.realpath(source)
+        path = os.path.realpath(module.__file__)
         assert cov.lines == {path: {2, 4}}
         assert cov.arcs[path] == {(-1, 2), (2, 4), (4, -1)}
-    finally:
-        del sys.modules["late_root_mod"]
 
 
 def test_data_is_what_ran_until_the_scope_closed(tmp_path: Path) -> None:
     """A frame that started in a scope and outlives it adds nothing to the scope's data, even
     though the data is built later (on the agent's exporter thread)."""
-    import importlib.util
-
-    source = tmp_path / "outlive_mod.py"
-    source.write_text(
+    text = (
         "def work(scope):\n"
         "    a = 1\n"
         "    data = scope.close()\n"
@@ -234,12 +241,7 @@ def test_data_is_what_ran_until_the_scope_closed(tmp_path: Path) -> None:
         "    c = b + 1\n"
         "    return data, c\n"
     )
-    spec = importlib.util.spec_from_file_location("outlive_mod", source)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["outlive_mod"] = module
-    try:
-        spec.loader.exec_module(module)
+    with _module_from(tmp_path, "outlive_mod", text) as module:
         core = get_core()
         # An enclosing scope keeps the thread traced after the inner one closes, so the frame
         # of ``work`` goes on producing line events.
@@ -249,8 +251,6 @@ def test_data_is_what_ran_until_the_scope_closed(tmp_path: Path) -> None:
             data, _ = module.work(inner)
         finally:
             outer.close()
-        path = os.path.realpath(source)
+        path = os.path.realpath(module.__file__)
         assert data.lines == {path: {2, 3}}
         assert data.arcs == {path: {(-1, 2), (2, 3)}}
-    finally:
-        del sys.modules["outlive_mod"]

@@ -439,12 +439,8 @@ class Agent:
         tracestate: Any,
         route_known: bool,
     ) -> Optional[RequestTicket]:
-        # Fast path for the common outcome: the trace's randomness is below the threshold of
-        # the highest rate any selector could reach (saturation boost included), so no rule can
-        # sample it. A tracestate ``ot`` entry (rv / propagated th) takes the full path.
-        if (trace_id & _RANDOMNESS_MASK) < self._fast_threshold and (
-            not tracestate or "ot" not in tracestate
-        ):
+        # Fast path for the common outcome: no rule can sample this trace.
+        if self.cannot_sample(trace_id, tracestate):
             return None
         core = self.core
         if core.current_scope() is not None:

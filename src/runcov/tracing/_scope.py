@@ -274,28 +274,21 @@ def install_hooks(
 
     if not _submit_patched:
 
-        def submit(
+        def hand_off(
             wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
+            # The callable handed to another thread (the first argument) runs in this scope.
             scope = _current.get()
             if scope is None or scope.closed or not args:
                 return wrapped(*args, **kwargs)
             return wrapped(_Handoff(args[0], scope), *args[1:], **kwargs)
 
-        wrapt.wrap_function_wrapper(concurrent.futures.ThreadPoolExecutor, "submit", submit)
-
-        def run_sync(
-            wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            # anyio's worker threads (Starlette / FastAPI sync endpoints) do not go through
-            # ThreadPoolExecutor; their functions are wrapped the same way.
-            scope = _current.get()
-            if scope is None or scope.closed or not args:
-                return wrapped(*args, **kwargs)
-            return wrapped(_Handoff(args[0], scope), *args[1:], **kwargs)
+        wrapt.wrap_function_wrapper(concurrent.futures.ThreadPoolExecutor, "submit", hand_off)
 
         def patch_anyio(module: Any) -> None:
-            wrapt.wrap_function_wrapper(module, "run_sync", run_sync)
+            # anyio's worker threads (Starlette / FastAPI sync endpoints) do not go through
+            # ThreadPoolExecutor; their functions are handed off the same way.
+            wrapt.wrap_function_wrapper(module, "run_sync", hand_off)
 
         wrapt.register_post_import_hook(patch_anyio, "anyio.to_thread")
         _submit_patched = True

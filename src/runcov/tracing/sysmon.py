@@ -114,11 +114,9 @@ class SysmonCore(Core):
         #: co_filename -> lines hit in the current census epoch.
         self._census: dict[str, set[int]] = {}
         self._shut = False
-        self._modules_scanned: set[str] = set()
         #: ids of code objects seen outside the roots (their PY_START disabled), or None when
         #: there were too many to keep.
         self._passed_over: Optional[set[int]] = None if reused else set()
-        self._modules_seen_count = -1
         self._register_callbacks()
         mon.set_events(self._tool, self._GLOBAL)
         install_hooks(self._activate, self._deactivate)
@@ -282,8 +280,6 @@ class SysmonCore(Core):
                 # Code that ran while outside every root had its PY_START disabled and will not
                 # announce itself again: find it in the modules under the new roots. Any other
                 # code registers itself when it first runs, so only code that has run is armed.
-                self._modules_scanned.clear()
-                self._modules_seen_count = -1
                 self._scan_modules()
                 if self._local_events():
                     self._apply(toggle=False)
@@ -291,16 +287,8 @@ class SysmonCore(Core):
     def _scan_modules(self) -> None:
         # Register the code objects of modules under the roots (functions, methods, nested code in
         # co_consts) that ran before their root was added (their PY_START was disabled then).
-        # Each module is walked once.
-        modules = sys.modules
-        if len(modules) == self._modules_seen_count:
-            return
-        self._modules_seen_count = len(modules)
         passed = self._passed_over
-        for name, module in list(modules.items()):
-            if name in self._modules_scanned:
-                continue
-            self._modules_scanned.add(name)
+        for module in list(sys.modules.values()):
             try:
                 namespace = module.__dict__
                 filename = namespace.get("__file__")
