@@ -254,3 +254,29 @@ def test_data_is_what_ran_until_the_scope_closed(tmp_path: Path) -> None:
         path = os.path.realpath(module.__file__)
         assert data.lines == {path: {2, 3}}
         assert data.arcs == {path: {(-1, 2), (2, 3)}}
+
+
+def test_a_failure_while_closing_never_loses_the_data(tmp_path: Path) -> None:
+    """Unbinding the scope or telling the core may fail (a bug, an exotic context): the data
+    recorded so far is returned all the same, and nothing is raised."""
+    text = "def work():\n    a = 1\n    return a + 1\n"
+    with _module_from(tmp_path, "close_fail_mod", text) as module:
+        core = get_core()
+        scope: Any = core.open_scope(roots=[str(tmp_path)])
+        closer = scope._closer
+        calls = []
+
+        def failing_closer(s: Any) -> None:
+            calls.append(s)
+            closer(s)  # the core's bookkeeping is done, then the failure
+            raise RuntimeError("bookkeeping failed")
+
+        scope._closer = failing_closer
+        try:
+            module.work()
+        finally:
+            data = scope.close()
+        assert calls == [scope]
+        path = os.path.realpath(module.__file__)
+        assert data.lines == {path: {2, 3}}
+        assert data.arcs == {path: {(-1, 2), (2, 3), (3, -1)}}

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import logging
 import os
 import threading
 from typing import Any, Callable, Iterable, Optional
 
 from runcov.tracing._base import CENSUS, EXACT, Arc, CoverageData, Scope, normalize_root
+
+log = logging.getLogger("runcov.tracing")
 
 #: The scope bound to the running thread / asyncio task. ``None`` for unsampled work: the hot
 #: path of every tracing callback starts with ``_current.get()``.
@@ -134,14 +137,21 @@ class ScopeState(Scope):
         self._token = _current.set(self)
 
     def close(self) -> CoverageData:
-        """Stop recording; return lines and arcs under this scope's roots. Never raises."""
+        """Stop recording; return lines and arcs under this scope's roots. Never raises.
+
+        Unbinding the scope and telling the core (disarming, removing the tracer) are
+        bookkeeping: a failure there is logged and never costs the data recorded so far.
+        """
         if self.result is not None:
             return self.result
+        self.closed = True
+        for step in (self._unbind, self._close_in_core):
+            try:
+                step()
+            except Exception:  # the host application never sees an error from runcov
+                log.debug("runcov: could not close a scope cleanly", exc_info=True)
         data = CoverageData()
         try:
-            self.closed = True
-            self._unbind()
-            self._closer(self)
             triples, files, census = self.triples, self.files, self.census_lines
             self.triples, self.files, self.census_lines, self.last = set(), {}, {}, {}
             # Work that outlives the scope may still add to these: the settrace core's frame
@@ -154,10 +164,13 @@ class ScopeState(Scope):
             census = {name: set(lines) for name, lines in list(census.items())}
             roots = self._roots
             data = CoverageData(raw=lambda: _collect(triples, files, census, roots))
-        except Exception:  # the host application never sees an error from runcov
-            pass
+        except Exception:
+            log.debug("runcov: could not take a scope's records", exc_info=True)
         self.result = data
         return data
+
+    def _close_in_core(self) -> None:
+        self._closer(self)
 
     def _unbind(self) -> None:
         if _current.get() is self:
@@ -166,7 +179,7 @@ class ScopeState(Scope):
                 if token is None:
                     raise ValueError
                 _current.reset(token)
-            except ValueError:  # closed in another context than the one that opened it
+            except (ValueError, RuntimeError):  # closed in another context than it opened in
                 _current.set(None)
 
 

@@ -99,11 +99,12 @@ class SettraceCore(Core):
         tls = self._tls
         opened = tls.open  # initialise this thread's local state before any tracer runs
         current = sys.gettrace()
-        if current is None:
-            sys.settrace(self._global_trace)
-            tls.installed = True
-        elif current is not self._global_trace:
+        if current is not None and current is not self._global_trace:
             return False  # never replace someone else's tracer
+        # Installed again even when it is already ours: setting it also refreshes the
+        # interpreter's per-thread "tracing on" state, whatever happened to it since.
+        sys.settrace(self._global_trace)
+        tls.installed = True
         opened.append(scope)
         return True
 
