@@ -8,6 +8,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from typing import Any, Callable, Optional
 
 from runcov.errors import RuncovError
@@ -210,6 +211,12 @@ class Agent:
         self._fast_threshold = _fast_threshold(self._matcher, config)
         #: (method, route) -> endpoint name, or None when no selector matches (for ``seen``).
         self._seen_names: dict[tuple[Optional[str], Optional[str]], Optional[str]] = {}
+        #: Requests seen: a dict of (method, route) -> count per thread, and the counts of
+        #: threads that ended. Only counted while the metrics are on.
+        self._count_seen = False
+        self._seen_local = threading.local()
+        self._seen_threads: list[tuple[Any, dict[tuple[Optional[str], Optional[str]], int]]] = []
+        self._seen_retired: dict[tuple[Optional[str], Optional[str]], int] = {}
         #: endpoint -> {path -> arcs seen so far in this process}: what counts as "new".
         self._seen_arcs: dict[str, dict[str, set[tuple[int, int]]]] = {}
         self._seen_lines: dict[str, dict[str, set[int]]] = {}
@@ -288,6 +295,10 @@ class Agent:
             log.exception("runcov could not turn tracing on; nothing will be measured")
             self.core = None
             return
+        source = getattr(self.metrics, "seen_source", False)
+        if source is None and getattr(self.metrics, "enabled", False):
+            self.metrics.seen_source = self._seen_totals
+            self._count_seen = True
         self.running = True
         os.register_at_fork(after_in_child=self._after_fork_in_child)
         # Registered after the exporter's providers, so it runs before their own exit hooks:
@@ -339,6 +350,10 @@ class Agent:
         self._in_flight = 0
         self._count_lock = threading.Lock()
         self._novelty_lock = threading.Lock()
+        # The child's metrics start from zero (a new service instance).
+        self._seen_local = threading.local()
+        self._seen_threads = []
+        self._seen_retired = {}
         if self._sampler is not None:
             from runcov.sampling import Sampler
 
@@ -630,24 +645,69 @@ class Agent:
         self.metrics.rate(endpoint, self._sampler.effective_rate(endpoint, rule_rate))
 
     def seen(self, method: Optional[str], route: Optional[str]) -> None:
-        """Count a finished request of a selected endpoint, measured or not. Never raises."""
-        if not self.running or not getattr(self.metrics, "enabled", True):
+        """Count a finished request, measured or not. Never raises.
+
+        Called for every request, so it only bumps a count in a dict of the calling thread:
+        no lock, no endpoint matching, no redaction. :meth:`_seen_totals` turns the counts into
+        per-endpoint totals when the metrics are collected.
+        """
+        if not self._count_seen:
             return
         try:
-            key = (method, route)
-            names = self._seen_names
+            counts = self._seen_local.counts
+        except AttributeError:
+            counts = self._new_seen_counts()
+        key = (method, route)
+        counts[key] = counts.get(key, 0) + 1
+
+    def _new_seen_counts(self) -> dict[tuple[Optional[str], Optional[str]], int]:
+        counts: dict[tuple[Optional[str], Optional[str]], int] = {}
+        self._seen_local.counts = counts
+        with self._count_lock:
+            self._seen_threads.append((weakref.ref(threading.current_thread()), counts))
+        # The metrics pipeline (its reader reports the totals) starts with the first count of
+        # a process, as with any other metric.
+        ensure = getattr(self.metrics, "_instruments", None)
+        if ensure is not None:
+            ensure()
+        return counts
+
+    def _seen_totals(self) -> dict[str, int]:
+        """Requests seen per selected endpoint since start (the metrics' observable counter).
+
+        Sums every thread's counts; the counts of threads that ended are folded into one
+        dict, so the number of dicts stays bounded by the threads alive.
+        """
+        raw: dict[tuple[Optional[str], Optional[str]], int] = {}
+        with self._count_lock:
+            alive = []
+            for ref, counts in self._seen_threads:
+                thread = ref()
+                snapshot = list(counts.items())  # one C call: atomic under the GIL
+                if thread is None or not thread.is_alive():
+                    for key, n in snapshot:
+                        self._seen_retired[key] = self._seen_retired.get(key, 0) + n
+                    continue
+                alive.append((ref, counts))
+                for key, n in snapshot:
+                    raw[key] = raw.get(key, 0) + n
+            self._seen_threads = alive
+            for key, n in self._seen_retired.items():
+                raw[key] = raw.get(key, 0) + n
+        totals: dict[str, int] = {}
+        names = self._seen_names
+        for key, n in raw.items():
             if key in names:
                 name = names[key]
             else:
                 name = None
-                if self._matcher.match(method, route) is not None:
-                    name = self.endpoint_name(method, route)
+                if self._matcher.match(*key) is not None:
+                    name = self.endpoint_name(*key)
                 if len(names) < 4096:
                     names[key] = name
             if name is not None:
-                self.metrics.seen(name)
-        except Exception:
-            self._internal_error("")
+                totals[name] = totals.get(name, 0) + n
+        return totals
 
     def _release(self) -> None:
         with self._count_lock:

@@ -208,6 +208,9 @@ class AgentMetrics:
         self._scrubbed: dict[str, str] = {}
         self._seen: dict[str, int] = {}
         self._seen_lock = threading.Lock()
+        #: The agent's per-endpoint totals of requests seen (counted without a lock on the
+        #: request path), added to what :meth:`seen` counted.
+        self.seen_source: Optional[Callable[[], dict[str, int]]] = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._inst: Optional[_Instruments] = None
@@ -236,8 +239,16 @@ class AgentMetrics:
 
     def _observe_seen(self) -> Iterator[Observation]:
         with self._seen_lock:
-            counts = list(self._seen.items())
-        for endpoint, count in counts:
+            counts = dict(self._seen)
+        source = self.seen_source
+        if source is not None:
+            try:
+                for endpoint, count in source().items():
+                    key = self._scrub(endpoint)
+                    counts[key] = counts.get(key, 0) + count
+            except Exception:
+                self.errors += 1
+        for endpoint, count in counts.items():
             yield Observation(count, {"runcov.endpoint": endpoint})
 
     def _after_fork_in_child(self) -> None:

@@ -128,6 +128,44 @@ def test_rate_cap_limits_sampled_requests(
     assert capped == 40 - len(measured)
 
 
+def test_requests_seen_are_counted_exactly_per_selected_endpoint(
+    start_agent: AgentFactory, sink: HTTPSink, app_provider: Any
+) -> None:
+    """Every finished request of a selected endpoint counts once in ``runcov.requests.seen``,
+    measured or not, whichever thread served it (threads that ended included); requests of
+    endpoints no selector matches are not counted."""
+    agent = start_agent(
+        sample_rate=0.0, endpoints=["GET /items/*", "POST /orders"], metrics_interval=3600
+    )
+    app = create_app()
+    FlaskInstrumentor().instrument_app(app, tracer_provider=app_provider)
+
+    def send(n_items: int, n_orders: int, n_health: int) -> None:
+        client = app.test_client()
+        for i in range(n_items):
+            client.get(f"/items/{i}")
+        for _ in range(n_orders):
+            client.post("/orders", json={"item": 1})
+        for _ in range(n_health):
+            client.get("/health")
+
+    import threading
+
+    first = threading.Thread(target=send, args=(7, 2, 3))
+    first.start()
+    first.join()  # ended before the metrics are collected: its counts must survive
+    workers = [threading.Thread(target=send, args=(5, 1, 1)) for _ in range(3)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    send(1, 0, 4)
+    assert agent.metrics.flush(10.0)
+    points = sink.wait_for(lambda: sink.metric_points().get("runcov.requests.seen"))
+    latest = {a["runcov.endpoint"]: v for a, v, _ in points}
+    assert latest == {"GET /items/<int:item_id>": 7 + 15 + 1, "POST /orders": 2 + 3}
+
+
 @pytest.fixture
 def fresh_core_after() -> Iterator[None]:
     """Census mode arms first-hit recording process-wide: hand later tests a fresh core."""
