@@ -380,10 +380,11 @@ class CoverageExporter:
             span_limits=limits,
             shutdown_on_exit=False,
         )
+        # The export interval is OpenTelemetry's (OTEL_BSP_SCHEDULE_DELAY, 5 s by default): an
+        # export request per sampled request would cost the service more than the request.
         processor = BatchSpanProcessor(
             _CountingExporter(self._factory(), self),
             max_queue_size=self._bsp_queue_size,
-            schedule_delay_millis=1000,
             max_export_batch_size=256,
             export_timeout_millis=self.config.exporter_timeout * 1000,
         )
