@@ -36,6 +36,10 @@ MAX_IN_FLIGHT = 4096
 #: How long the process exit waits for measured requests to leave.
 EXIT_FLUSH_SECONDS = 5.0
 
+#: Most distinct (method, route) pairs counted as seen per thread; further pairs (a client
+#: sending made-up methods) are counted as ``_OTHER``.
+_MAX_SEEN_KEYS = 4096
+
 _lock = threading.RLock()
 _active: Optional[Agent] = None
 
@@ -312,6 +316,7 @@ class Agent:
         with _lock:
             was_running = self.running
             self.running = False
+            self._count_seen = False
             if _active is self:
                 _active = None
         if not was_running:
@@ -658,6 +663,8 @@ class Agent:
         except AttributeError:
             counts = self._new_seen_counts()
         key = (method, route)
+        if key not in counts and len(counts) >= _MAX_SEEN_KEYS:
+            key = ("_OTHER", None)  # bounded memory whatever methods clients send
         counts[key] = counts.get(key, 0) + 1
 
     def _new_seen_counts(self) -> dict[tuple[Optional[str], Optional[str]], int]:

@@ -164,6 +164,10 @@ def test_requests_seen_are_counted_exactly_per_selected_endpoint(
     points = sink.wait_for(lambda: sink.metric_points().get("runcov.requests.seen"))
     latest = {a["runcov.endpoint"]: v for a, v, _ in points}
     assert latest == {"GET /items/<int:item_id>": 7 + 15 + 1, "POST /orders": 2 + 3}
+    # Made-up methods cannot grow the counts without bound.
+    for i in range(5000):
+        agent.seen(f"M{i}", "/made-up")
+    assert 4096 <= len(agent._seen_local.counts) <= 4097
 
 
 @pytest.fixture

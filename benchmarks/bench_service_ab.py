@@ -1,0 +1,236 @@
+"""The agent's cost on the real Flask service, A/B inside one server process, over HTTP.
+
+``bench_service.py`` starts a fresh server process per configuration and repetition, so every
+comparison carries the difference between two processes (memory layout, CPU placement, what
+else the machine did meanwhile): its ``none-again`` row shows a few per cent of noise on a
+shared 2-CPU machine, as much as the agent costs at 1 %. This benchmark serves the Flask shop
+(OpenTelemetry Flask instrumentation, waitress with 4 threads, runcov started at ``--rate``,
+exporting to a running collector) from ONE process pinned to its own CPU, and switches that
+process between configurations every block, on command from the benchmark:
+
+* ``none``        runcov's span processor detached and its sys.monitoring events off (what is
+                  left of runcov: a wrapper on ``ThreadPoolExecutor.submit``, idle threads)
+* ``none-again``  the same once more: its ratio to ``none`` is the noise of the method
+* ``agent``       runcov as started, sampling ``--rate`` of the requests
+
+``--split`` adds ``processor`` (the span processor only, sys.monitoring events off) and
+``monitoring`` (the events only, processor detached), to tell which part costs what.
+
+``benchmarks/loadgen.py`` (4 keep-alive connections, closed loop, the shop's traffic mix) drives
+each block from the other CPU; each round runs every configuration once, in a random order. Per
+block: throughput, p50/p99 latency and the server's CPU time per request. The table shows
+medians over blocks and the median of per-round ratios to ``none`` (same round, blocks close in
+time).
+
+    python benchmarks/bench_service_ab.py --rate 0.01              # ~6 minutes
+    python benchmarks/bench_service_ab.py --rate 0.01 --rounds 2 --duration 1  # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_service import EXAMPLES, Bench, free_port, stop, wait_ready  # noqa: E402
+
+CONFIGS = ("none", "none-again", "agent")
+#: What each configuration switches on: ``processor`` and ``monitoring`` split the agent in two.
+SWITCHES = ("none", "agent", "processor", "monitoring")
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
+def serve(port: int, rate: float) -> int:
+    """Serve the Flask shop with runcov at ``rate``; switch configurations on stdin commands.
+
+    Commands, one per line: ``none``, ``agent`` (switch) and ``cpu``; each is answered with one
+    line ``ok <process CPU seconds>``.
+    """
+    sys.path.insert(0, str(EXAMPLES))
+    import logging
+
+    import waitress
+    from opentelemetry import trace
+    from shop.serving import ENDPOINTS, SOURCE_ROOT, setup_tracing
+    from shop_flask.app import create_app
+
+    import runcov
+
+    logging.disable(logging.WARNING)
+    setup_tracing()
+    agent = runcov.start(source=[SOURCE_ROOT], endpoints=ENDPOINTS, sample_rate=rate)
+    app = create_app(agent=agent)
+    multi = trace.get_tracer_provider()._active_span_processor  # type: ignore[attr-defined]
+    with_runcov = multi._span_processors
+    without = tuple(p for p in with_runcov if "Runcov" not in type(p).__name__)
+    mon: Any = getattr(sys, "monitoring", None)
+    tool = getattr(agent.core, "tool_id", None)
+    events = mon.get_events(tool) if mon is not None and tool is not None else 0
+
+    def switch(name: str) -> None:
+        multi._span_processors = with_runcov if name in ("agent", "processor") else without
+        if mon is not None and tool is not None:
+            mon.set_events(tool, events if name in ("agent", "monitoring") else 0)
+
+    def control() -> None:
+        for line in sys.stdin:
+            command = line.strip()
+            if command in SWITCHES:
+                switch(command)
+            print(f"ok {time.process_time():.6f}", flush=True)
+        os._exit(0)
+
+    server = waitress.create_server(app, host="127.0.0.1", port=port, threads=4)
+    threading.Thread(target=control, daemon=True).start()
+    server.run()
+    return 0
+
+
+# -- the benchmark ----------------------------------------------------------------------------
+
+
+class Server:
+    """The A/B server process and its control channel."""
+
+    def __init__(self, bench: Bench, rate: float, workdir: Path) -> None:
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("RUNCOV_", "OTEL_", "COVERAGE_"))}
+        env.update({
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "OTEL_SERVICE_NAME": "bench-ab",
+            "OTEL_RESOURCE_ATTRIBUTES": f"service.version=ab-{rate}",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": bench.collector_url,
+            "RUNCOV_MAX_PER_SECOND": "0",
+            "RUNCOV_SATURATION": "0",
+        })
+        log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed right after
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--serve", "--port", str(self.port),
+             "--rate", str(rate)],
+            cwd=EXAMPLES, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+            text=True, preexec_fn=Bench._pin_to(bench.server_cpus))
+        log.close()
+        wait_ready(self.proc, f"http://127.0.0.1:{self.port}/health")  # type: ignore[arg-type]
+
+    def command(self, name: str) -> float:
+        """Send a command; return the server's process CPU seconds when it answered."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(name + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().split()
+        if len(answer) != 2 or answer[0] != "ok":
+            raise RuntimeError(f"the server answered {answer!r} to {name!r}")
+        return float(answer[1])
+
+    def close(self) -> None:
+        stop(self.proc)  # type: ignore[arg-type]
+
+
+def block(server: Server, config: str, settle: float, duration: float,
+          threads: int) -> dict[str, Any]:
+    """Switch the server to ``config``, let it settle under load, measure one block."""
+    import loadgen
+
+    server.command("none" if config == "none-again" else config)
+    # Settling load: code re-instrumented by the switch re-specializes, caches refill.
+    loadgen.run("127.0.0.1", server.port, threads, 0.0, settle)
+    cpu0 = server.command("cpu")
+    result = loadgen.run("127.0.0.1", server.port, threads, 0.0, duration)
+    cpu1 = server.command("cpu")
+    result["cpu_us"] = (cpu1 - cpu0) / max(1, result["all_requests"]) * 1e6
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the benchmark (or, with ``--serve``, the server side of it)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rate", type=float, default=0.01, help="the agent's sampling rate")
+    parser.add_argument("--rounds", type=int, default=20, help="blocks per configuration")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per block")
+    parser.add_argument("--settle", type=float, default=1.5, help="load before each block")
+    parser.add_argument("--threads", type=int, default=4, help="client connections")
+    parser.add_argument("--split", action="store_true",
+                        help="also measure the span processor and the monitoring events alone")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        return serve(args.port, args.rate)
+
+    workdir = Path(tempfile.mkdtemp(prefix="runcov-bench-ab-"))
+    bench = Bench("flask", workdir, 0.0, args.duration, args.threads, pin=True)
+    if bench.other_cpus:
+        os.sched_setaffinity(0, bench.other_cpus)  # the load generator runs here
+    configs = CONFIGS + (("processor", "monitoring") if args.split else ())
+    runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
+    server: Optional[Server] = None
+    try:
+        bench.start_collector()
+        server = Server(bench, args.rate, workdir)
+        for config in ("agent", "none"):  # warm-up: imports, static analysis, specialization
+            block(server, config, args.settle, args.duration / 2, args.threads)
+        order = random.Random(1)
+        for rnd in range(args.rounds):
+            # A fresh random order each round: no configuration keeps the same neighbours or
+            # position (the block after a switch of the monitoring events settles longer).
+            for config in order.sample(configs, len(configs)):
+                result = block(server, config, args.settle, args.duration, args.threads)
+                runs[config].append(result)
+                print(f"round {rnd + 1}/{args.rounds} {config:<10} "
+                      f"{result['throughput']:7.0f} req/s  cpu {result['cpu_us']:5.0f} µs/req  "
+                      f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
+                      f"errors {result['errors']}", file=sys.stderr, flush=True)
+    finally:
+        if server is not None:
+            server.close()
+        if bench.collector is not None:
+            stop(bench.collector)
+
+    base = runs["none"]
+    print(f"Flask shop (waitress, 4 threads), one server process pinned to a CPU of its own, "
+          f"runcov at {args.rate:g}; Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {args.rounds} "
+          f"rounds of {args.duration} s blocks, {args.threads} client connections")
+    print()
+    print("| configuration | req/s | vs none | p50 ms | vs none | p99 ms | vs none "
+          "| server CPU µs/req | vs none | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ratios: dict[str, dict[str, float]] = {}
+    for config, results in runs.items():
+        pairs = list(zip(results, base))
+        r = {key: statistics.median(x[key] / b[key] for x, b in pairs)
+             for key in ("throughput", "p50_ms", "p99_ms", "cpu_us")}
+        ratios[config] = r
+        med = {key: statistics.median(x[key] for x in results)
+               for key in ("throughput", "p50_ms", "p99_ms", "cpu_us")}
+        print(f"| {config} | {med['throughput']:.0f} | {r['throughput']:.3f} "
+              f"| {med['p50_ms']:.2f} | {r['p50_ms']:.3f} | {med['p99_ms']:.2f} "
+              f"| {r['p99_ms']:.3f} | {med['cpu_us']:.0f} | {r['cpu_us']:.3f} "
+              f"| {sum(x['errors'] for x in results)} |")
+    agent = ratios["agent"]
+    noise = ratios["none-again"]
+    print(f"\nagent at {args.rate:g}: throughput cost {1 / agent['throughput']:.3f}x, p99 "
+          f"{agent['p99_ms']:.3f}x, CPU {agent['cpu_us']:.3f}x (noise of the method, "
+          f"none-again: throughput {1 / noise['throughput']:.3f}x, p99 {noise['p99_ms']:.3f}x, "
+          f"CPU {noise['cpu_us']:.3f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
