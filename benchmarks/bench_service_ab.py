@@ -14,7 +14,9 @@ process between configurations every block, on command from the benchmark:
 * ``agent``       runcov as started, sampling ``--rate`` of the requests
 
 ``--split`` adds ``processor`` (the span processor only, sys.monitoring events off) and
-``monitoring`` (the events only, processor detached), to tell which part costs what.
+``monitoring`` (the events only, processor detached); ``--split-sampled`` adds ``no-arming``
+(sampled requests decided and closed, but no events armed, so nothing recorded or exported) and
+``no-export`` (measured, never exported), to tell which part costs what.
 
 ``benchmarks/loadgen.py`` (4 keep-alive connections, closed loop, the shop's traffic mix) drives
 each block from the other CPU; each round runs every configuration once, in a random order. Per
@@ -49,7 +51,7 @@ from bench_service import EXAMPLES, Bench, free_port, stop, wait_ready  # noqa: 
 
 CONFIGS = ("none", "none-again", "agent")
 #: What each configuration switches on: ``processor`` and ``monitoring`` split the agent in two.
-SWITCHES = ("none", "agent", "processor", "monitoring")
+SWITCHES = ("none", "agent", "processor", "monitoring", "no-arming", "no-export")
 
 
 # -- the server -------------------------------------------------------------------------------
@@ -82,10 +84,19 @@ def serve(port: int, rate: float) -> int:
     tool = getattr(agent.core, "tool_id", None)
     events = mon.get_events(tool) if mon is not None and tool is not None else 0
 
+    core: Any = agent.core
+    activate = core._activate
+    submit = agent.exporter.submit
+
     def switch(name: str) -> None:
-        multi._span_processors = with_runcov if name in ("agent", "processor") else without
+        agent_on = name in ("agent", "no-arming", "no-export")
+        multi._span_processors = with_runcov if agent_on or name == "processor" else without
         if mon is not None and tool is not None:
-            mon.set_events(tool, events if name in ("agent", "monitoring") else 0)
+            mon.set_events(tool, events if agent_on or name == "monitoring" else 0)
+        # Diagnostics: sampled requests are decided and closed, but nothing is armed (so they
+        # record nothing and nothing is exported), or they are measured but never exported.
+        core._activate = (lambda scope: False) if name == "no-arming" else activate
+        agent.exporter.submit = (lambda record: True) if name == "no-export" else submit
 
     def control() -> None:
         for line in sys.stdin:
@@ -167,6 +178,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=4, help="client connections")
     parser.add_argument("--split", action="store_true",
                         help="also measure the span processor and the monitoring events alone")
+    parser.add_argument("--split-sampled", action="store_true",
+                        help="also measure the agent without arming, and without export")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -177,7 +190,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bench = Bench("flask", workdir, 0.0, args.duration, args.threads, pin=True)
     if bench.other_cpus:
         os.sched_setaffinity(0, bench.other_cpus)  # the load generator runs here
-    configs = CONFIGS + (("processor", "monitoring") if args.split else ())
+    configs = CONFIGS + (("processor", "monitoring") if args.split else ()) + (
+        ("no-arming", "no-export") if args.split_sampled else ())
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
     server: Optional[Server] = None
     try:
