@@ -60,8 +60,8 @@ SWITCHES = ("none", "agent", "processor", "monitoring", "no-arming", "no-export"
 def serve(port: int, rate: float) -> int:
     """Serve the Flask shop with runcov at ``rate``; switch configurations on stdin commands.
 
-    Commands, one per line: ``none``, ``agent`` (switch) and ``cpu``; each is answered with one
-    line ``ok <process CPU seconds>``.
+    Commands, one per line: a configuration name (switch) or ``cpu``, each answered with one
+    line ``ok <process CPU seconds>``; ``threads`` answers ``ok <native id>=<name>,...``.
     """
     sys.path.insert(0, str(EXAMPLES))
     import logging
@@ -103,6 +103,10 @@ def serve(port: int, rate: float) -> int:
             command = line.strip()
             if command in SWITCHES:
                 switch(command)
+            elif command == "threads":  # diagnostics: which OS thread is which
+                names = {t.native_id: t.name for t in threading.enumerate()}
+                print("ok " + ",".join(f"{k}={v}" for k, v in names.items()), flush=True)
+                continue
             print(f"ok {time.process_time():.6f}", flush=True)
         os._exit(0)
 
