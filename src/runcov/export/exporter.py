@@ -56,8 +56,10 @@ def _agent_version() -> str:
         return ""
 
 
-#: The export worker handles queued records at least this often (seconds)...
-WAKE_INTERVAL = 0.2
+#: The export worker handles queued records at least this often (seconds)... (records handled
+#: in batches cost less each: measured 295 µs per record every 0.2 s, 240-250 µs every 1 s, on the
+#: Flask shop at 1 %; the spans wait for OpenTelemetry's 5 s batch interval anyway)
+WAKE_INTERVAL = 1.0
 #: ...and at once when this many are waiting.
 WAKE_BATCH = 64
 
