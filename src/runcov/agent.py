@@ -299,8 +299,7 @@ class Agent:
             log.exception("runcov could not turn tracing on; nothing will be measured")
             self.core = None
             return
-        source = getattr(self.metrics, "seen_source", False)
-        if source is None and getattr(self.metrics, "enabled", False):
+        if getattr(self.metrics, "enabled", False) and hasattr(self.metrics, "seen_source"):
             self.metrics.seen_source = self._seen_totals
             self._count_seen = True
         self.running = True
@@ -674,9 +673,9 @@ class Agent:
             self._seen_threads.append((weakref.ref(threading.current_thread()), counts))
         # The metrics pipeline (its reader reports the totals) starts with the first count of
         # a process, as with any other metric.
-        ensure = getattr(self.metrics, "_instruments", None)
-        if ensure is not None:
-            ensure()
+        start = getattr(self.metrics, "start", None)
+        if start is not None:
+            start()
         return counts
 
     def _seen_totals(self) -> dict[str, int]:

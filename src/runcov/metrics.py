@@ -206,10 +206,8 @@ class AgentMetrics:
         self._resource = resource
         self._scrubber = Redactor((), (), config.redact).scrub
         self._scrubbed: dict[str, str] = {}
-        self._seen: dict[str, int] = {}
-        self._seen_lock = threading.Lock()
-        #: The agent's per-endpoint totals of requests seen (counted without a lock on the
-        #: request path), added to what :meth:`seen` counted.
+        #: Per-endpoint totals of requests seen since start, read when the metrics are collected
+        #: (the agent counts them without a lock on the request path).
         self.seen_source: Optional[Callable[[], dict[str, int]]] = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -238,8 +236,7 @@ class AgentMetrics:
         return out
 
     def _observe_seen(self) -> Iterator[Observation]:
-        with self._seen_lock:
-            counts = dict(self._seen)
+        counts: dict[str, int] = {}
         source = self.seen_source
         if source is not None:
             try:
@@ -253,8 +250,6 @@ class AgentMetrics:
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
-        self._seen_lock = threading.Lock()
-        self._seen = {}
         self._pid = os.getpid()
         if self._inst is not None:
             self._stale.append(self._inst)
@@ -295,18 +290,11 @@ class AgentMetrics:
         except Exception:
             self.errors += 1
 
-    def seen(
-        self, endpoint: str, *, trace_id: Optional[int] = None, span_id: Optional[int] = None
-    ) -> None:
-        """One request of a selected endpoint finished (measured or not). Carries no exemplar."""
-        if not self.enabled:
-            return
+    def start(self) -> None:
+        """Start the metrics pipeline now (it also starts with the first recorded value);
+        idempotent, a no-op when metrics are disabled, never raises."""
         try:
-            key = self._scrub(endpoint)
-            with self._seen_lock:
-                self._seen[key] = self._seen.get(key, 0) + 1
-            if self._inst is None:
-                self._instruments()
+            self._instruments()
         except Exception:
             self.errors += 1
 

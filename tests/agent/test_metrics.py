@@ -63,8 +63,7 @@ def latest_metrics(sink: Any) -> dict[str, metrics_pb2.Metric]:
 def test_instruments_as_documented(sink: Any, tmp_path: Path) -> None:
     metrics = make(sink, tmp_path)
     try:
-        metrics.seen("GET /items/{id}")
-        metrics.seen("GET /items/{id}")
+        metrics.seen_source = lambda: {"GET /items/{id}": 2}
         metrics.sampled("GET /items/{id}", "exact", trace_id=0xABC, span_id=0xDEF)
         metrics.dropped("GET /items/{id}", "queue_full")
         metrics.dropped("GET /items/{id}", "rate_cap")
@@ -153,7 +152,8 @@ def test_endpoints_are_scrubbed(tmp_path: Path) -> None:
     with HTTPSink() as sink:
         metrics = make(sink, tmp_path, redact=[r"tenant-\d+"])
         try:
-            metrics.seen("GET /tenant-42/items")
+            metrics.seen_source = lambda: {"GET /tenant-42/items": 1}
+            metrics.start()
             assert metrics.flush(10)
             [(attrs, _, _)] = sink.metric_points()["runcov.requests.seen"]
         finally:
@@ -166,7 +166,8 @@ def test_periodic_export(tmp_path: Path) -> None:
     with HTTPSink() as sink:
         metrics = make(sink, tmp_path, metrics_interval=0.2)
         try:
-            metrics.seen("GET /")
+            metrics.seen_source = lambda: {"GET /": 1}
+            metrics.start()
             sink.wait_for(lambda: "runcov.requests.seen" in sink.metric_points())
         finally:
             metrics.shutdown(5)
@@ -179,7 +180,8 @@ def test_disabled_metrics_are_a_no_op(tmp_path: Path) -> None:
             make(sink, tmp_path, enabled=False),
         ):
             assert metrics.enabled is False
-            metrics.seen("GET /")
+            metrics.seen_source = lambda: {"GET /": 1}
+            metrics.start()
             metrics.sampled("GET /", "exact")
             metrics.dropped("GET /", "queue_full")
             metrics.new_coverage("GET /", 1, 1)
