@@ -599,11 +599,16 @@ class Agent:
 
     def _account(self, record: Any, rule_rate: float) -> bool:
         """Count a measured request (exporter thread); False when it recorded nothing."""
+        ids = {"trace_id": record.trace_id, "span_id": record.span_id}
+        if getattr(record, "repeat", False):
+            # The same lines and arcs as an earlier request of this endpoint: nothing new.
+            self.metrics.sampled(record.endpoint, record.mode, **ids)
+            self._note_no_novelty(record.endpoint, rule_rate)
+            return True
         data = record.data
         if data.is_empty():
             # Nothing under the source roots ran (or, in census mode, nothing ran first).
             return False
-        ids = {"trace_id": record.trace_id, "span_id": record.span_id}
         self.metrics.sampled(record.endpoint, record.mode, **ids)
         self._note_novelty(record.endpoint, data, record.mode, rule_rate, ids)
         return True
@@ -646,6 +651,11 @@ class Agent:
         self.metrics.new_coverage(endpoint, new_lines, new_arcs, **ids)
         if mode != "census":
             self._sampler.observe(endpoint, new_arcs)
+        self.metrics.rate(endpoint, self._sampler.effective_rate(endpoint, rule_rate))
+
+    def _note_no_novelty(self, endpoint: str, rule_rate: float) -> None:
+        """:meth:`_note_novelty` for an exact request that covered nothing new."""
+        self._sampler.observe(endpoint, 0)
         self.metrics.rate(endpoint, self._sampler.effective_rate(endpoint, rule_rate))
 
     def seen(self, method: Optional[str], route: Optional[str]) -> None:

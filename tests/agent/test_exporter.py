@@ -495,3 +495,104 @@ def test_forked_child_exports_with_its_own_instance(http_sink: HTTPSink, src: Pa
     assert by_trace[TRACE_ID + 7].resource["service.instance.id"] != parent_instance
     # The child sends the denominators again under its own instance.
     assert len(http_sink.static_spans()) == 2
+
+
+def measured(src: Path, cart: list[int]) -> CoverageData:
+    """What a real scope records for ``checkout(cart)`` in the test's views module."""
+    import importlib.util
+
+    from runcov.tracing import get_core
+
+    path = src / "shop" / "views.py"
+    spec = importlib.util.spec_from_file_location(f"views_{abs(hash(str(path)))}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    scope = get_core().open_scope(roots=[str(src)])
+    try:
+        module.checkout(cart)
+    finally:
+        data = scope.close()
+    return data  # type: ignore[no-any-return]
+
+
+def test_a_request_that_repeats_an_earlier_one_reuses_its_encoding(
+    sink: Any, src: Path
+) -> None:
+    config = make_config(sink, src)
+    exporter = CoverageExporter(config, build_resource(config))
+    carts = [[1, 5], [1, 5], [2], [1, 5], [1, 5]]
+    expected = []
+    try:
+        for i, cart in enumerate(carts):
+            data = measured(src, cart)
+            expected.append((data.lines, data.arcs))  # built here, independently of the cache
+            data = measured(src, cart)  # a fresh record of the same run for the exporter
+            endpoint = "GET /other" if i == 4 else "POST /checkout"
+            assert exporter.submit(record(src, trace_id=TRACE_ID + i, data=data,
+                                          endpoint=endpoint))
+            assert exporter.flush(20)
+        counters = exporter.counters()
+    finally:
+        exporter.shutdown(5)
+    # The 2nd and 4th requests repeat the 1st on the same endpoint; the 3rd differs; the 5th
+    # runs the same code on another endpoint, where it is new.
+    assert counters["repeats"] == 2
+    assert counters["requests_exported"] == 5
+    spans = {s.trace_id: s for s in sink.coverage_spans()}
+    assert sorted(spans) == [TRACE_ID + i for i in range(5)]
+    views = os.path.realpath(src / "shop" / "views.py")
+    for i, (lines, arcs) in enumerate(expected):
+        span = spans[TRACE_ID + i]
+        assert span.parent_span_id == SPAN_ID
+        [entry] = span.payload["files"]
+        assert entry["path"] == "shop/views.py"
+        assert entry["lines"] == sorted(lines[views])
+        assert [tuple(a) for a in entry["arcs"]] == sorted(arcs[views])
+    assert expected[0] != expected[2]
+    assert spans[TRACE_ID + 4].attributes["runcov.endpoint"] == "GET /other"
+    assert len(sink.static_spans()) == 1
+
+
+def test_a_repeat_is_encoded_again_when_its_file_changed(
+    http_sink: HTTPSink, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runcov.static
+
+    config = make_config(http_sink, src)
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        assert exporter.submit(record(src, data=measured(src, [5])))
+        assert exporter.flush(20)
+        data = measured(src, [5])
+        monkeypatch.setattr(runcov.static, "RECHECK_SECONDS", 0.0)
+        (src / "shop" / "views.py").write_text(VIEWS + "\n\nZ = 3\n")
+        assert exporter.submit(record(src, trace_id=TRACE_ID + 1, data=data))
+        assert exporter.flush(20)
+        assert exporter.counters()["repeats"] == 0
+    finally:
+        exporter.shutdown(5)
+    shas = [s.payload["files"][0]["sha"] for s in http_sink.coverage_spans()]
+    assert len(set(shas)) == 2
+    assert {s.payload["files"][0]["sha"] for s in http_sink.static_spans()} == set(shas)
+
+
+def test_a_repeat_whose_denominators_were_lost_sends_them_again(
+    http_sink: HTTPSink, src: Path
+) -> None:
+    http_sink.behaviour = "fail"
+    config = make_config(http_sink, src)
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        assert exporter.submit(record(src, data=measured(src, [5])))
+        assert exporter.flush(20) is False
+        http_sink.behaviour = "ok"
+        assert exporter.submit(record(src, trace_id=TRACE_ID + 1, data=measured(src, [5])))
+        assert exporter.flush(20)
+        assert exporter.submit(record(src, trace_id=TRACE_ID + 2, data=measured(src, [5])))
+        assert exporter.flush(20)
+        assert exporter.counters()["repeats"] == 1
+    finally:
+        exporter.shutdown(5)
+    assert [s.trace_id for s in http_sink.coverage_spans()] == [TRACE_ID + 1, TRACE_ID + 2]
+    assert len(http_sink.static_spans()) == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import os
-from typing import Callable, Iterable
+from typing import Callable, Hashable, Iterable
 
 Arc = tuple[int, int]
 
@@ -22,17 +22,33 @@ class CoverageData:
     (the exporter's thread).
     """
 
-    __slots__ = ("_arcs", "_lines", "_raw")
+    __slots__ = ("_arcs", "_key", "_key_source", "_lines", "_raw")
 
     def __init__(
         self,
         lines: dict[str, set[int]] | None = None,
         arcs: dict[str, set[Arc]] | None = None,
         raw: Callable[[], tuple[dict[str, set[int]], dict[str, set[Arc]]]] | None = None,
+        key: Callable[[], Hashable] | None = None,
     ) -> None:
         self._lines = lines if lines is not None else {}
         self._arcs = arcs if arcs is not None else {}
         self._raw = raw
+        self._key_source = key
+        self._key: Hashable = None
+
+    def fingerprint(self) -> Hashable:
+        """A key equal for two data built from equal raw records (so with equal lines and arcs),
+        or None when the data was not built from raw records. Computed once, without building
+        the per-file sets: the exporter recognises a request that repeats an earlier one by it.
+        """
+        source, self._key_source = self._key_source, None
+        if source is not None:
+            try:
+                self._key = source()
+            except Exception:
+                self._key = None
+        return self._key
 
     def _materialize(self) -> None:
         raw, self._raw = self._raw, None
@@ -57,6 +73,7 @@ class CoverageData:
 
     def update(self, other: CoverageData) -> None:
         """Merge ``other`` into this data (set union)."""
+        self._key_source, self._key = None, None  # no longer the raw records' data
         for path, lines in other.lines.items():
             self.lines.setdefault(path, set()).update(lines)
         for path, arcs in other.arcs.items():

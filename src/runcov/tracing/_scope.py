@@ -7,7 +7,7 @@ import contextvars
 import logging
 import os
 import threading
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Hashable, Iterable, Optional
 
 from runcov.tracing._base import CENSUS, EXACT, Arc, CoverageData, Scope, normalize_root
 
@@ -163,7 +163,10 @@ class ScopeState(Scope):
             files = {name: set(arcs) for name, arcs in list(files.items())}
             census = {name: set(lines) for name, lines in list(census.items())}
             roots = self._roots
-            data = CoverageData(raw=lambda: _collect(triples, files, census, roots))
+            data = CoverageData(
+                raw=lambda: _collect(triples, files, census, roots),
+                key=lambda: _fingerprint(triples, files, census, roots),
+            )
         except Exception:
             log.debug("runcov: could not take a scope's records", exc_info=True)
         self.result = data
@@ -213,6 +216,24 @@ def _collect(
         if path is not None:
             lines_out.setdefault(path, set()).update(lines)
     return lines_out, arcs_out
+
+
+def _fingerprint(
+    triples: set[tuple[str, int, int]],
+    files: dict[str, set[Arc]],
+    census: dict[str, set[int]],
+    roots: tuple[str, ...],
+) -> Hashable:
+    """The raw records as one hashable value: equal records give equal lines and arcs.
+
+    Built in C (frozensets of the records), several times cheaper than :func:`_collect`.
+    """
+    return (
+        roots,
+        frozenset(triples),
+        frozenset((name, frozenset(arcs)) for name, arcs in files.items() if arcs),
+        frozenset((name, frozenset(lines)) for name, lines in census.items() if lines),
+    )
 
 
 _realpaths: dict[str, str] = {}
