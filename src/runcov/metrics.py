@@ -8,6 +8,7 @@ exporting over the same protocol and endpoint as the coverage spans. With
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -216,6 +217,8 @@ class AgentMetrics:
         self._closed = False
         #: Recording errors swallowed (never raised into the application).
         self.errors = 0
+        #: Per thread: the values held back by :meth:`deferred` (None outside it).
+        self._deferral = threading.local()
         if hasattr(os, "register_at_fork"):
             ref = weakref.ref(self)
 
@@ -298,6 +301,29 @@ class AgentMetrics:
         except Exception:
             self.errors += 1
 
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Within the block, this thread's ``sampled`` counts and ``rate`` values are held back
+        and recorded once per endpoint when it ends: one ``sampled`` addition of the summed
+        count (its exemplar the last request counted) and the last rate. The exporter's worker
+        handles its records this way, a batch at a time; totals are exactly the same.
+        """
+        if not self.enabled or getattr(self._deferral, "pending", None) is not None:
+            yield
+            return
+        pending: dict[tuple[str, str, str], list[Any]] = {}
+        self._deferral.pending = pending
+        try:
+            yield
+        finally:
+            self._deferral.pending = None
+            for (kind, endpoint, mode), held in pending.items():
+                if kind == "rate":
+                    self.rate(endpoint, held[0])
+                else:
+                    attrs = {"runcov.endpoint": self._scrub(endpoint), "runcov.mode": mode}
+                    self._add("sampled", held[0], attrs, held[1], held[2])
+
     def sampled(
         self,
         endpoint: str,
@@ -308,6 +334,16 @@ class AgentMetrics:
     ) -> None:
         """One request was measured in ``mode`` (``exact``/``census``)."""
         if self.enabled:
+            pending = getattr(self._deferral, "pending", None)
+            if pending is not None:
+                held = pending.get(("sampled", endpoint, mode))
+                if held is None:
+                    pending[("sampled", endpoint, mode)] = [1, trace_id, span_id]
+                else:
+                    held[0] += 1
+                    if trace_id and span_id:
+                        held[1], held[2] = trace_id, span_id
+                return
             attrs = {"runcov.endpoint": self._scrub(endpoint), "runcov.mode": mode}
             self._add("sampled", 1, attrs, trace_id, span_id)
 
@@ -350,6 +386,10 @@ class AgentMetrics:
     def rate(self, endpoint: str, value: float) -> None:
         """The endpoint's current (saturation-adjusted) sampling rate."""
         if not self.enabled:
+            return
+        pending = getattr(self._deferral, "pending", None)
+        if pending is not None:
+            pending[("rate", endpoint, "")] = [value]
             return
         try:
             inst = self._instruments()

@@ -132,6 +132,44 @@ def test_exemplars_carry_the_sampled_trace(sink: Any, tmp_path: Path) -> None:
     assert none == []
 
 
+def test_deferred_counts_are_recorded_once_per_endpoint_with_the_same_totals(
+    sink: Any, tmp_path: Path
+) -> None:
+    metrics = make(sink, tmp_path)
+    try:
+        with metrics.deferred():
+            for i in range(3):
+                metrics.sampled("POST /pay", "exact", trace_id=0x100 + i, span_id=0x200 + i)
+                metrics.rate("POST /pay", 0.5 - i / 10)
+            metrics.sampled("GET /items", "exact", trace_id=0x300, span_id=0x400)
+            metrics.sampled("GET /items", "census")
+            assert metrics.flush(10)
+            held = sink.metric_points()
+        metrics.sampled("GET /items", "exact", trace_id=0x500, span_id=0x600)  # not deferred
+        assert metrics.flush(10)
+        points = sink.metric_points()
+    finally:
+        metrics.shutdown(5)
+    assert "runcov.requests.sampled" not in held and "runcov.sample_rate" not in held
+    sampled = {
+        (a["runcov.endpoint"], a["runcov.mode"]): (v, ex)
+        for a, v, ex in points["runcov.requests.sampled"]
+    }
+    assert {k: v for k, (v, _) in sampled.items()} == {
+        ("POST /pay", "exact"): 3,
+        ("GET /items", "exact"): 2,
+        ("GET /items", "census"): 1,
+    }
+    # The exemplar of a held-back sum is the last request it counted.
+    [pay] = sampled[("POST /pay", "exact")][1]
+    assert (int.from_bytes(pay.trace_id, "big"), int.from_bytes(pay.span_id, "big")) == (
+        0x102,
+        0x202,
+    )
+    [(_, rate, _)] = points["runcov.sample_rate"]
+    assert rate == pytest.approx(0.3)
+
+
 def test_current_sampled_span_becomes_the_exemplar(tmp_path: Path) -> None:
     with HTTPSink() as sink:
         metrics = make(sink, tmp_path)
