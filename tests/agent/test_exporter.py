@@ -596,3 +596,32 @@ def test_a_repeat_whose_denominators_were_lost_sends_them_again(
         exporter.shutdown(5)
     assert [s.trace_id for s in http_sink.coverage_spans()] == [TRACE_ID + 1, TRACE_ID + 2]
     assert len(http_sink.static_spans()) == 1
+
+
+def test_kept_encodings_are_bounded_in_count_and_bytes(
+    http_sink: HTTPSink, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runcov.export.exporter as exporter_module
+
+    monkeypatch.setattr(exporter_module, "REPEAT_CACHE_SIZE", 2)
+    config = make_config(http_sink, src)
+    exporter = CoverageExporter(config, build_resource(config))
+    carts = [[1], [5], [1, 5], [1], [1, 5]]  # [1] is forgotten by the time it comes again
+    try:
+        for i, cart in enumerate(carts):
+            assert exporter.submit(record(src, trace_id=TRACE_ID + i, data=measured(src, cart)))
+            assert exporter.flush(20)
+        assert exporter.counters()["repeats"] == 1  # the last: [1, 5] was still kept
+        assert len(exporter._repeats) == 2
+        # A byte budget too small for any encoding keeps none.
+        monkeypatch.setattr(exporter_module, "REPEAT_CACHE_BYTES", 64)
+        exporter._repeats.clear()
+        exporter._repeats_bytes = 0
+        for i in range(2):
+            assert exporter.submit(record(src, trace_id=TRACE_ID + 10 + i, data=measured(src, [5])))
+            assert exporter.flush(20)
+        assert exporter.counters()["repeats"] == 1
+        assert not exporter._repeats and exporter._repeats_bytes == 0
+    finally:
+        exporter.shutdown(5)
+    assert len(http_sink.coverage_spans()) == 7

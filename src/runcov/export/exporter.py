@@ -67,6 +67,9 @@ WAKE_BATCH = 64
 #: endpoint (most requests of steady traffic do): a repeat skips building the per-file sets,
 #: the novelty bookkeeping and the encoding, about two thirds of the worker's cost per record.
 REPEAT_CACHE_SIZE = 128
+#: ...and at most this many bytes for them, counted roughly (the records' fingerprints and the
+#: encoded payloads); larger requests are simply not kept.
+REPEAT_CACHE_BYTES = 8 * 1024 * 1024
 
 @dataclass
 class RequestRecord:
@@ -99,6 +102,8 @@ class _Repeat:
     shas: tuple[tuple[str, str], ...]
     #: (relative path, sha) of the files whose static facts the collector needs.
     statics: tuple[tuple[str, str], ...]
+    #: Bytes it and its key hold, roughly.
+    size: int = 0
 
 
 class _Flush:
@@ -250,6 +255,7 @@ class CoverageExporter:
         self._coverage_spans: dict[int, str] = {}
         #: (endpoint, fingerprint of the records) -> encoding; least recently used first.
         self._repeats: OrderedDict[Any, _Repeat] = OrderedDict()
+        self._repeats_bytes = 0
         self._stats: dict[str, int] = {
             "submitted": 0,
             "queue_full": 0,
@@ -434,7 +440,7 @@ class CoverageExporter:
         key = self._repeat_key(record)
         repeat = self._repeats.get(key) if key is not None else None
         if repeat is not None and not self._still_current(repeat):
-            del self._repeats[key]
+            self._forget_repeat(key)
             repeat = None
         if repeat is not None:
             self._repeats.move_to_end(key)
@@ -502,9 +508,27 @@ class CoverageExporter:
         payloads = wire.encode_coverage(files)
         static_payloads = wire.encode_static(statics) if statics else []
         if self._send(record, payloads, static_payloads, new_keys) and key is not None:
-            self._repeats[key] = _Repeat(payloads, tuple(shas), tuple(factual))
-            if len(self._repeats) > REPEAT_CACHE_SIZE:
-                self._repeats.popitem(last=False)
+            self._keep_repeat(key, _Repeat(payloads, tuple(shas), tuple(factual)))
+
+    def _keep_repeat(self, key: Any, repeat: _Repeat) -> None:
+        """Keep an encoding for later repeats, within the cache's count and byte bounds."""
+        # The key's records (a frozenset of tuples) take about ten times the bytes of their
+        # encoding ("[12,13]," per arc).
+        repeat.size = 12 * sum(len(p) for p in repeat.payloads)
+        if repeat.size > REPEAT_CACHE_BYTES // 16:
+            return
+        self._forget_repeat(key)
+        self._repeats[key] = repeat
+        self._repeats_bytes += repeat.size
+        while self._repeats and (
+            len(self._repeats) > REPEAT_CACHE_SIZE or self._repeats_bytes > REPEAT_CACHE_BYTES
+        ):
+            self._forget_repeat(next(iter(self._repeats)))
+
+    def _forget_repeat(self, key: Any) -> None:
+        old = self._repeats.pop(key, None)
+        if old is not None:
+            self._repeats_bytes -= old.size
 
     def _repeat_key(self, record: RequestRecord) -> Any:
         """The key under which ``record`` may repeat an earlier record (None: never)."""
