@@ -13,6 +13,11 @@ process between configurations every block, on command from the benchmark:
 * ``none-again``  the same once more: its ratio to ``none`` is the noise of the method
 * ``agent``       runcov as started, sampling ``--rate`` of the requests
 
+With ``--mode census`` the agent records first hits of the sampled traffic. A census line's
+local event stays set until its first hit in the epoch (then it is disabled), and switching the
+tool's global events off leaves local events alone, so ``none`` differs from ``agent`` by the
+census scopes and the span processor: the census's steady state.
+
 ``--split`` adds ``processor`` (the span processor only, sys.monitoring events off) and
 ``monitoring`` (the events only, processor detached); ``--split-sampled`` adds ``no-arming``
 (sampled requests decided and closed, but no events armed, so nothing recorded or exported) and
@@ -26,6 +31,7 @@ time).
 
     python benchmarks/bench_service_ab.py --rate 0.01              # ~6 minutes
     python benchmarks/bench_service_ab.py --rate 0.01 --rounds 2 --duration 1  # smoke run
+    python benchmarks/bench_service_ab.py --rate 1 --mode census   # census of all traffic
 """
 
 from __future__ import annotations
@@ -122,7 +128,7 @@ def serve(port: int, rate: float) -> int:
 class Server:
     """The A/B server process and its control channel."""
 
-    def __init__(self, bench: Bench, rate: float, workdir: Path) -> None:
+    def __init__(self, bench: Bench, rate: float, workdir: Path, mode: str = "exact") -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("RUNCOV_", "OTEL_", "COVERAGE_"))}
@@ -133,6 +139,7 @@ class Server:
             "OTEL_EXPORTER_OTLP_ENDPOINT": bench.collector_url,
             "RUNCOV_MAX_PER_SECOND": "0",
             "RUNCOV_SATURATION": "0",
+            "RUNCOV_MODE": mode,
         })
         log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed right after
         self.proc = subprocess.Popen(
@@ -176,6 +183,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the benchmark (or, with ``--serve``, the server side of it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rate", type=float, default=0.01, help="the agent's sampling rate")
+    parser.add_argument("--mode", choices=("exact", "census"), default="exact",
+                        help="the agent's mode (census: first hits of all sampled traffic)")
     parser.add_argument("--rounds", type=int, default=20, help="blocks per configuration")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per block")
     parser.add_argument("--settle", type=float, default=1.5, help="load before each block")
@@ -200,7 +209,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     server: Optional[Server] = None
     try:
         bench.start_collector()
-        server = Server(bench, args.rate, workdir)
+        server = Server(bench, args.rate, workdir, args.mode)
         for config in ("agent", "none"):  # warm-up: imports, static analysis, specialization
             block(server, config, args.settle, args.duration / 2, args.threads)
         order = random.Random(1)
@@ -222,7 +231,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     base = runs["none"]
     print(f"Flask shop (waitress, 4 threads), one server process pinned to a CPU of its own, "
-          f"runcov at {args.rate:g}; Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+          f"runcov at {args.rate:g} ({args.mode}); Python {platform.python_version()}, "
+          f"{os.cpu_count()} CPUs, "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {args.rounds} "
           f"rounds of {args.duration} s blocks, {args.threads} client connections")
     print()
