@@ -221,11 +221,15 @@ class Agent:
         self._seen_local = threading.local()
         self._seen_threads: list[tuple[Any, dict[tuple[Optional[str], Optional[str]], int]]] = []
         self._seen_retired: dict[tuple[Optional[str], Optional[str]], int] = {}
+        #: Seconds spent by runcov on request paths: a one-item list per thread, the total of
+        #: threads that ended, and how much of it the metrics were told (by the export worker).
+        self._spent_threads: list[tuple[Any, list[float]]] = []
+        self._spent_retired = 0.0
+        self._spent_reported = 0.0
         #: endpoint -> {path -> arcs seen so far in this process}: what counts as "new".
         self._seen_arcs: dict[str, dict[str, set[tuple[int, int]]]] = {}
         self._seen_lines: dict[str, dict[str, set[int]]] = {}
         self._novelty_lock = threading.Lock()
-        self._overhead = 0.0
         self.internal_errors = 0
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -302,6 +306,9 @@ class Agent:
         if getattr(self.metrics, "enabled", False) and hasattr(self.metrics, "seen_source"):
             self.metrics.seen_source = self._seen_totals
             self._count_seen = True
+            # The export worker tells the metrics, once per round, what the request paths
+            # spent since the last round (an SDK counter addition costs ~10 µs: not per request).
+            self.exporter.on_round = self._report_overhead
         self.running = True
         os.register_at_fork(after_in_child=self._after_fork_in_child)
         # Registered after the exporter's providers, so it runs before their own exit hooks:
@@ -358,6 +365,9 @@ class Agent:
         self._seen_local = threading.local()
         self._seen_threads = []
         self._seen_retired = {}
+        self._spent_threads = []
+        self._spent_retired = 0.0
+        self._spent_reported = 0.0
         if self._sampler is not None:
             from runcov.sampling import Sampler
 
@@ -437,7 +447,7 @@ class Agent:
             self._internal_error("")
             return None
         finally:
-            self._overhead += time.perf_counter() - t0
+            self._spend(time.perf_counter() - t0)
 
     def cannot_sample(self, trace_id: int, tracestate: Any = None) -> bool:
         """True when no selector could sample this trace (a cheap test before :meth:`begin`).
@@ -548,8 +558,7 @@ class Agent:
             return False
         finally:
             self._release()
-            self._overhead += time.perf_counter() - t0
-            self._report_overhead()
+            self._spend(time.perf_counter() - t0)
 
     def _finish(
         self,
@@ -730,11 +739,36 @@ class Agent:
             if self._in_flight > 0:
                 self._in_flight -= 1
 
+    def _spend(self, seconds: float) -> None:
+        """Add time runcov spent on a request path to this thread's total (no lock)."""
+        if not self._count_seen:
+            return
+        try:
+            spent = self._seen_local.spent
+        except AttributeError:
+            spent = self._seen_local.spent = [0.0]
+            with self._count_lock:
+                self._spent_threads.append((weakref.ref(threading.current_thread()), spent))
+        spent[0] += seconds
+
     def _report_overhead(self) -> None:
-        spent, self._overhead = self._overhead, 0.0
-        if spent > 0:
+        """Tell the metrics what the request paths spent since the last report (called by the
+        export worker once per round)."""
+        with self._count_lock:
+            total = self._spent_retired
+            alive = []
+            for ref, spent in self._spent_threads:
+                thread = ref()
+                if thread is None or not thread.is_alive():
+                    self._spent_retired += spent[0]
+                else:
+                    alive.append((ref, spent))
+                total += spent[0]
+            self._spent_threads = alive
+            delta, self._spent_reported = total - self._spent_reported, total
+        if delta > 0:
             try:
-                self.metrics.overhead(spent)
+                self.metrics.overhead(delta)
             except Exception:
                 self.internal_errors += 1
 

@@ -170,6 +170,40 @@ def test_requests_seen_are_counted_exactly_per_selected_endpoint(
     assert 4096 <= len(agent._seen_local.counts) <= 4097
 
 
+def test_request_path_overhead_reaches_the_metrics_once_per_export_round(
+    start_agent: AgentFactory, sink: HTTPSink, app_provider: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Time spent on request paths is summed per thread without a lock and handed to the
+    ``runcov.overhead`` counter by the export worker: every second counted once, threads that
+    ended included."""
+    agent = start_agent(sample_rate=1.0, metrics_interval=3600)
+    assert agent.exporter.on_round == agent._report_overhead
+    told: list[float] = []
+    monkeypatch.setattr(agent.metrics, "overhead", told.append)
+    monkeypatch.setattr(agent.exporter, "on_round", None)  # this test plays the worker
+    import threading
+
+    ended = threading.Thread(target=agent._spend, args=(0.5,))
+    ended.start()
+    ended.join()
+    agent._spend(0.25)
+    agent._report_overhead()
+    agent._spend(0.125)
+    agent._report_overhead()
+    agent._report_overhead()  # nothing new: nothing told
+    assert told == [0.75, 0.125]
+    # Real requests add their begin/finish time; the next report tells exactly that.
+    app = create_app()
+    FlaskInstrumentor().instrument_app(app, tracer_provider=app_provider)
+    client = app.test_client()
+    for i in range(5):
+        client.get("/items/2", headers={"traceparent": traceparent(0x0E4D00 + i)})
+    spent = agent._spent_retired + sum(s[0] for _, s in agent._spent_threads)
+    assert spent > 0.875
+    agent._report_overhead()
+    assert told[2:] == [pytest.approx(spent - 0.875)]
+
+
 @pytest.fixture
 def fresh_core_after() -> Iterator[None]:
     """Census mode arms first-hit recording process-wide: hand later tests a fresh core."""

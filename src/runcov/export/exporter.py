@@ -229,6 +229,9 @@ class CoverageExporter:
         # drops silently when its queue is full, so the worker keeps below that instead.
         self._bsp_queue_size = max(2048, 2 * self._queue_size)
         self._closed = False
+        #: Called by the worker after each round of records (the agent reports its request
+        #: paths' overhead from there).
+        self.on_round: Optional[Callable[[], None]] = None
         self._stale: list[TracerProvider] = []
         self._init_process_state()
         if hasattr(os, "register_at_fork"):
@@ -374,6 +377,12 @@ class CoverageExporter:
             # The worker's CPU is agent overhead too (encoding, static analysis, spans).
             try:
                 self.metrics.overhead(time.thread_time() - cpu)
+            except Exception:
+                pass
+        on_round = self.on_round
+        if on_round is not None:
+            try:
+                on_round()
             except Exception:
                 pass
         if flushes:
