@@ -48,6 +48,19 @@ def test_sync_capture_records_only_the_taken_branch() -> None:
     assert (_line_of('return "zero"'), -first) in cov.arcs[WORK]
 
 
+def test_frames_running_when_the_scope_opens_are_not_measured() -> None:
+    """A scope opened from inside measured code measures what that code calls, not the rest
+    of the frame that opened it (it was running before the scope began)."""
+    work.measures_from_inside(capture_coverage(source=[SAMPLE]))  # the code has run once
+    cov = work.measures_from_inside(capture_coverage(source=[SAMPLE]))
+    first = work.measures_from_inside.__code__.co_firstlineno
+    opened_in = set(range(first, first + 6))
+    assert not (cov.lines[WORK] & opened_in)
+    assert not {arc for arc in cov.arcs[WORK] if set(arc) & (opened_in | {-first})}
+    entry = work.classify.__code__.co_firstlineno
+    assert (-entry, entry + 1) in cov.arcs[WORK]
+
+
 def test_code_outside_the_roots_is_not_recorded(tmp_path: Path) -> None:
     with capture_coverage(source=[str(tmp_path)]) as cov:
         work.classify(5)

@@ -25,3 +25,11 @@ async def handler(n, delay=0):
     if kind == "positive":
         return await asyncio.to_thread(blocking, n)
     return 0
+
+
+def measures_from_inside(capture):
+    before = 1
+    with capture as cov:
+        after = before + 1  # this frame was running when the scope opened: not measured
+        classify(after)
+    return cov

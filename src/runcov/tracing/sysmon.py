@@ -318,9 +318,13 @@ class SysmonCore(Core):
                 return scope
             if mode == EXACT:
                 # Frames already running belong to the code that opened the scope: skipped.
+                # Only those of registered code can see events; holding the others (the
+                # framework's) would make each of them copy its locals out when it returns.
+                codes = self._codes
                 frame: Any = sys._getframe(1)
                 while frame is not None:
-                    scope.last[frame] = SKIP
+                    if id(frame.f_code) in codes:
+                        scope.last[frame] = SKIP
                     frame = frame.f_back
                 scope.stepped = in_asyncio_step()
                 scope.counted = self._activate(scope)
