@@ -100,13 +100,19 @@ class RuncovSpanProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         """Close the span's scope, if it was sampled, and queue its coverage for export."""
-        if span.kind not in _MEASURED_KINDS:
+        kind = span.kind
+        if kind not in _MEASURED_KINDS:
             return
         agent = self._agent
         try:
-            ctx = span.get_span_context()
-            ticket = self._in_flight.pop(ctx.span_id, None) if ctx is not None else None
-            method, route = request_identity(span.kind, span.name, _attributes(span))
+            ctx = None
+            ticket = None
+            in_flight = self._in_flight
+            if in_flight:  # this span's ticket, if any, was added by its own on_start
+                ctx = span.get_span_context()
+                if ctx is not None:
+                    ticket = in_flight.pop(ctx.span_id, None)
+            method, route = request_identity(kind, span.name, _attributes(span))
             agent.seen(method, route)
             if ticket is None or ctx is None:
                 return
