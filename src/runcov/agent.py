@@ -586,6 +586,10 @@ class Agent:
         if not getattr(ticket.scope, "traced", True):
             self.metrics.dropped(endpoint, "tracer_busy", **ids)
             return False
+        if ticket.mode == "census" and data.is_known_empty():
+            # Nothing ran for the first time in this epoch (census traffic, mostly): there is
+            # nothing to send, so the request costs the export worker nothing either.
+            return False
         from runcov.export.exporter import RequestRecord
 
         # Turning the raw records into per-file sets, the metrics and the novelty bookkeeping

@@ -224,8 +224,10 @@ def test_census_mode_sends_first_hits_only(
     for i, url in enumerate(["/items/3", "/items/3", "/items/13"]):
         client.get(url, headers={"traceparent": traceparent(0xCE450 + i)})
     by_trace = exported(agent, sink, [0xCE450, 0xCE452])
-    # The second identical request ran nothing new in this process: it has nothing to send.
+    # The second identical request ran nothing new in this process: it has nothing to send,
+    # and is not even handed to the exporter.
     assert 0xCE451 not in by_trace
+    assert agent.exporter.counters()["submitted"] == 2
     first, sold_out = by_trace[0xCE450], by_trace[0xCE452]
     assert first.mode == sold_out.mode == "census"
     assert not any(first.arcs.values()) and not any(sold_out.arcs.values())

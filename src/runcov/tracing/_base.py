@@ -79,6 +79,13 @@ class CoverageData:
         for path, arcs in other.arcs.items():
             self.arcs.setdefault(path, set()).update(arcs)
 
+    def is_known_empty(self) -> bool:
+        """True when nothing was recorded, as far as known without building the sets (data
+        still holding raw records is never "known" empty)."""
+        return self._raw is None and not any(self._lines.values()) and not any(
+            self._arcs.values()
+        )
+
     def is_empty(self) -> bool:
         """True when nothing was recorded."""
         return not any(self.lines.values()) and not any(self.arcs.values())

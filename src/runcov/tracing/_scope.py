@@ -163,10 +163,11 @@ class ScopeState(Scope):
             files = {name: set(arcs) for name, arcs in list(files.items())}
             census = {name: set(lines) for name, lines in list(census.items())}
             roots = self._roots
-            data = CoverageData(
-                raw=lambda: _collect(triples, files, census, roots),
-                key=lambda: _fingerprint(triples, files, census, roots),
-            )
+            if triples or any(files.values()) or any(census.values()):
+                data = CoverageData(
+                    raw=lambda: _collect(triples, files, census, roots),
+                    key=lambda: _fingerprint(triples, files, census, roots),
+                )
         except Exception:
             log.debug("runcov: could not take a scope's records", exc_info=True)
         self.result = data
