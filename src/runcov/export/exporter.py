@@ -454,17 +454,14 @@ class CoverageExporter:
         if repeat is not None:
             self._repeats.move_to_end(key)
             record.repeat = True
-            if record.before is not None and not record.before(record):
-                self._count("processed")
-                self._count("empty")
-                return
-            self._count("processed")
-            self._count("repeats")
-            self._send(record, repeat.payloads, [], [])
-            return
         if record.before is not None and not record.before(record):
             self._count("processed")
             self._count("empty")
+            return
+        if repeat is not None:
+            self._count("processed")
+            self._count("repeats")
+            self._send(record, repeat.payloads, [], [])
             return
         scrub = self._redactor.scrub
         census = record.mode == "census"
