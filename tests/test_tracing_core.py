@@ -168,6 +168,26 @@ def test_scope_closed_from_another_context_does_not_raise() -> None:
     assert sys.gettrace() is None or core.name != "settrace"
 
 
+def test_settrace_scope_whose_tracer_was_removed_reports_itself_not_traced() -> None:
+    """Something else removing the tracer mid-scope (``sys.settrace(None)`` in the app) leaves
+    the request partly unmeasured: the scope says so instead of passing for a whole one."""
+    core = get_core()
+    if core.name != "settrace":
+        pytest.skip("settrace core not in use")
+    whole = core.open_scope(roots=[SAMPLE])
+    work.classify(1)
+    whole.close()
+    assert whole.traced is True
+    cut = core.open_scope(roots=[SAMPLE])
+    work.classify(1)
+    sys.settrace(None)
+    work.classify(-1)
+    data = cut.close()
+    assert cut.traced is False
+    assert data.lines  # what was measured is still handed over
+    assert sys.gettrace() is None
+
+
 def test_settrace_core_never_replaces_a_foreign_tracer() -> None:
     if get_core().name != "settrace":
         pytest.skip("settrace core not in use")

@@ -81,6 +81,7 @@ class ScopeState(Scope):
         "_roots",
         "_token",
         "census_lines",
+        "checker",
         "closed",
         "counted",
         "files",
@@ -131,6 +132,9 @@ class ScopeState(Scope):
         #: thread traced).
         self.counted = False
         self.result: Optional[CoverageData] = None
+        #: Called by :meth:`close` before anything else (the core checks that the scope was
+        #: measured until its end).
+        self.checker: Optional[Callable[[ScopeState], None]] = None
 
     def bind(self) -> None:
         """Make this the current scope of the calling context."""
@@ -144,6 +148,12 @@ class ScopeState(Scope):
         """
         if self.result is not None:
             return self.result
+        checker = self.checker
+        if checker is not None:
+            try:
+                checker(self)
+            except Exception:
+                log.debug("runcov: could not check a scope", exc_info=True)
         self.closed = True
         for step in (self._unbind, self._close_in_core):
             try:

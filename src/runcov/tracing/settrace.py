@@ -89,6 +89,8 @@ class SettraceCore(Core):
                 return scope
             scope.counted = True
             scope.stepped = in_asyncio_step()
+            if mode == EXACT:
+                scope.checker = self._check_still_traced
             scope.bind()
         except Exception:
             log.debug("runcov: could not open a scope", exc_info=True)
@@ -107,6 +109,21 @@ class SettraceCore(Core):
         tls.installed = True
         opened.append(scope)
         return True
+
+    def _check_still_traced(self, scope: ScopeState) -> None:
+        """At close, in the thread that opened an exact scope: runcov's tracer must still be
+        installed there. If something removed or replaced it meanwhile (``sys.settrace``
+        elsewhere in the app, another tool's tracer object freed by the garbage collector),
+        part of the request ran unmeasured: the scope then reports itself as not traced, so
+        its request is counted as dropped rather than exported with partial coverage."""
+        if (
+            scope.counted
+            and not scope.stepped
+            and scope.owner_thread == threading.get_ident()
+            and sys.gettrace() is not self._global_trace
+        ):
+            scope.traced = False
+            log.debug("runcov: the tracer was removed from a thread while a scope was open")
 
     def _exit_thread(self, scope: ScopeState) -> None:
         tls = self._tls
