@@ -61,6 +61,50 @@ def test_frames_running_when_the_scope_opens_are_not_measured() -> None:
     assert (-entry, entry + 1) in cov.arcs[WORK]
 
 
+def test_module_bodies_are_measured_when_imported_and_never_toggled_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module imported inside a scope has its body's lines measured; a module body is
+    armed only for that one run, never with the arm/disarm cycles of later scopes."""
+    core = get_core()
+    if core.name != "sysmon":
+        pytest.skip("sys.monitoring core not in use")
+    import importlib
+
+    for name in ("runcov_body_inside", "runcov_body_outside"):
+        (tmp_path / f"{name}.py").write_text(
+            "import sys\n"
+            "BODY = sys._getframe().f_code\n"
+            "if len(BODY.co_name) > 100:\n"
+            "    X = 1\n"
+            "else:\n"
+            "    X = 2\n"
+            "def f():\n"
+            "    return X\n"
+        )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(core, "_linger_scale", 0.0)  # each scope's close disarms at once
+    root = [str(tmp_path)]
+    outside = importlib.import_module("runcov_body_outside")  # before any scope: not armed
+    with capture_coverage(source=root) as cov:
+        inside = importlib.import_module("runcov_body_inside")
+        inside.f()
+    path = os.path.realpath(inside.__file__)
+    assert cov.lines[path] == {1, 2, 3, 6, 7, 8}
+    assert (-1, 1) in cov.arcs[path] and (3, 6) in cov.arcs[path]
+    tool = core.tool_id  # type: ignore[attr-defined]
+    mon = sys.monitoring  # type: ignore[attr-defined]
+    with capture_coverage(source=root) as again:
+        inside.f()
+        outside.f()
+        assert mon.get_local_events(tool, inside.BODY) == 0
+        assert mon.get_local_events(tool, outside.BODY) == 0
+        assert mon.get_local_events(tool, inside.f.__code__) != 0
+    assert again.lines[path] == {8}
+    sys.modules.pop("runcov_body_inside", None)
+    sys.modules.pop("runcov_body_outside", None)
+
+
 def test_code_outside_the_roots_is_not_recorded(tmp_path: Path) -> None:
     with capture_coverage(source=[str(tmp_path)]) as cov:
         work.classify(5)
