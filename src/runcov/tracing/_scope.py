@@ -81,7 +81,6 @@ class ScopeState(Scope):
         "_roots",
         "_token",
         "census_lines",
-        "checker",
         "closed",
         "counted",
         "files",
@@ -132,9 +131,6 @@ class ScopeState(Scope):
         #: thread traced).
         self.counted = False
         self.result: Optional[CoverageData] = None
-        #: Called by :meth:`close` before anything else (the core checks that the scope was
-        #: measured until its end).
-        self.checker: Optional[Callable[[ScopeState], None]] = None
 
     def bind(self) -> None:
         """Make this the current scope of the calling context."""
@@ -148,12 +144,6 @@ class ScopeState(Scope):
         """
         if self.result is not None:
             return self.result
-        checker = self.checker
-        if checker is not None:
-            try:
-                checker(self)
-            except Exception:
-                log.debug("runcov: could not check a scope", exc_info=True)
         self.closed = True
         for step in (self._unbind, self._close_in_core):
             try:

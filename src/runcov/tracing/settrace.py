@@ -89,8 +89,6 @@ class SettraceCore(Core):
                 return scope
             scope.counted = True
             scope.stepped = in_asyncio_step()
-            if mode == EXACT:
-                scope.checker = self._check_still_traced
             scope.bind()
         except Exception:
             log.debug("runcov: could not open a scope", exc_info=True)
@@ -109,21 +107,6 @@ class SettraceCore(Core):
         tls.installed = True
         opened.append(scope)
         return True
-
-    def _check_still_traced(self, scope: ScopeState) -> None:
-        """At close, in the thread that opened an exact scope: runcov's tracer must still be
-        installed there. If something removed or replaced it meanwhile (``sys.settrace``
-        elsewhere in the app, another tool's tracer object freed by the garbage collector),
-        part of the request ran unmeasured: the scope then reports itself as not traced, so
-        its request is counted as dropped rather than exported with partial coverage."""
-        if (
-            scope.counted
-            and not scope.stepped
-            and scope.owner_thread == threading.get_ident()
-            and sys.gettrace() is not self._global_trace
-        ):
-            scope.traced = False
-            log.debug("runcov: the tracer was removed from a thread while a scope was open")
 
     def _exit_thread(self, scope: ScopeState) -> None:
         tls = self._tls
@@ -146,8 +129,22 @@ class SettraceCore(Core):
         if scope.counted:
             scope.counted = False
             if scope.stepped or scope.owner_thread == threading.get_ident():
+                if not scope.stepped and not scope.is_census:
+                    self._check_still_traced(scope)
                 self._exit_thread(scope)
         # Closed from another thread: the owner's tracer removes itself at its next call event.
+
+    def _check_still_traced(self, scope: ScopeState) -> None:
+        """Closing an exact scope in the thread that opened it: runcov's tracer must still be
+        there. Normally it is, or it already removed itself (the closing code's own call
+        events see the closed scope), which clears ``installed``. Still marked installed but
+        no longer current means something else removed or replaced it meanwhile
+        (``sys.settrace`` elsewhere in the app, another tool's tracer object freed by the
+        garbage collector): part of the request ran unmeasured, so the scope reports itself
+        as not traced and its request is counted as dropped, not exported partial."""
+        if self._tls.installed and sys.gettrace() is not self._global_trace:
+            scope.traced = False
+            log.debug("runcov: the tracer was removed from a thread while a scope was open")
 
     @property
     def roots(self) -> tuple[str, ...]:
