@@ -168,6 +168,17 @@ class RequestTicket:
 _RANDOMNESS_MASK = (1 << 56) - 1
 
 
+class _ThreadTally:
+    """What one thread's request paths counted: requests seen per (method, route) and seconds
+    spent by runcov. Only that thread writes it (no lock); the metrics read it."""
+
+    __slots__ = ("counts", "spent")
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[Optional[str], Optional[str]], int] = {}
+        self.spent = 0.0
+
+
 def _fast_threshold(matcher: Any, config: Any) -> int:
     """The sampling threshold of the highest rate any request could be sampled at."""
     from runcov.sampling import MAX_BOOST, threshold
@@ -215,16 +226,13 @@ class Agent:
         self._fast_threshold = _fast_threshold(self._matcher, config)
         #: (method, route) -> endpoint name, or None when no selector matches (for ``seen``).
         self._seen_names: dict[tuple[Optional[str], Optional[str]], Optional[str]] = {}
-        #: Requests seen: a dict of (method, route) -> count per thread, and the counts of
+        #: Requests seen and time spent on request paths: a tally per thread, and one for the
         #: threads that ended. Only counted while the metrics are on.
         self._count_seen = False
-        self._seen_local = threading.local()
-        self._seen_threads: list[tuple[Any, dict[tuple[Optional[str], Optional[str]], int]]] = []
-        self._seen_retired: dict[tuple[Optional[str], Optional[str]], int] = {}
-        #: Seconds spent by runcov on request paths: a one-item list per thread, the total of
-        #: threads that ended, and how much of it the metrics were told (by the export worker).
-        self._spent_threads: list[tuple[Any, list[float]]] = []
-        self._spent_retired = 0.0
+        self._tally_local = threading.local()
+        self._tallies: list[tuple[Any, _ThreadTally]] = []
+        self._retired = _ThreadTally()
+        #: How much of the time spent the metrics were told (by the export worker).
         self._spent_reported = 0.0
         #: endpoint -> {path -> arcs seen so far in this process}: what counts as "new".
         self._seen_arcs: dict[str, dict[str, set[tuple[int, int]]]] = {}
@@ -362,11 +370,9 @@ class Agent:
         self._count_lock = threading.Lock()
         self._novelty_lock = threading.Lock()
         # The child's metrics start from zero (a new service instance).
-        self._seen_local = threading.local()
-        self._seen_threads = []
-        self._seen_retired = {}
-        self._spent_threads = []
-        self._spent_retired = 0.0
+        self._tally_local = threading.local()
+        self._tallies = []
+        self._retired = _ThreadTally()
         self._spent_reported = 0.0
         if self._sampler is not None:
             from runcov.sampling import Sampler
@@ -612,18 +618,19 @@ class Agent:
 
     def _account(self, record: Any, rule_rate: float) -> bool:
         """Count a measured request (exporter thread); False when it recorded nothing."""
-        ids = {"trace_id": record.trace_id, "span_id": record.span_id}
-        if getattr(record, "repeat", False):
-            # The same lines and arcs as an earlier request of this endpoint: nothing new.
-            self.metrics.sampled(record.endpoint, record.mode, **ids)
-            self._note_no_novelty(record.endpoint, rule_rate)
-            return True
-        data = record.data
-        if data.is_empty():
+        repeat = getattr(record, "repeat", False)
+        if not repeat and record.data.is_empty():
             # Nothing under the source roots ran (or, in census mode, nothing ran first).
             return False
-        self.metrics.sampled(record.endpoint, record.mode, **ids)
-        self._note_novelty(record.endpoint, data, record.mode, rule_rate, ids)
+        endpoint = record.endpoint
+        ids = {"trace_id": record.trace_id, "span_id": record.span_id}
+        self.metrics.sampled(endpoint, record.mode, **ids)
+        # A repeat ran the same lines and arcs as an earlier request of this endpoint: nothing
+        # new for it, nothing to look up.
+        new_arcs = 0 if repeat else self._note_novelty(endpoint, record.data, ids)
+        if record.mode != "census":
+            self._sampler.observe(endpoint, new_arcs)
+        self.metrics.rate(endpoint, self._sampler.effective_rate(endpoint, rule_rate))
         return True
 
     def _still_sampled(self, ticket: RequestTicket, rule: Any, endpoint: str) -> bool:
@@ -642,10 +649,9 @@ class Agent:
             return True
         return rate > 0.0 and randomness(ticket.trace_id, ticket.tracestate) >= threshold(rate)
 
-    def _note_novelty(
-        self, endpoint: str, data: Any, mode: str, rule_rate: float, ids: dict[str, int]
-    ) -> None:
-        """Count lines and arcs this process sees for the first time on ``endpoint``."""
+    def _note_novelty(self, endpoint: str, data: Any, ids: dict[str, int]) -> int:
+        """Count lines and arcs this process sees for the first time on ``endpoint``; returns
+        the number of new arcs."""
         new_lines = 0
         new_arcs = 0
         with self._novelty_lock:
@@ -662,14 +668,7 @@ class Agent:
                 known_arcs |= arcs
                 new_arcs += len(known_arcs) - before
         self.metrics.new_coverage(endpoint, new_lines, new_arcs, **ids)
-        if mode != "census":
-            self._sampler.observe(endpoint, new_arcs)
-        self.metrics.rate(endpoint, self._sampler.effective_rate(endpoint, rule_rate))
-
-    def _note_no_novelty(self, endpoint: str, rule_rate: float) -> None:
-        """:meth:`_note_novelty` for an exact request that covered nothing new."""
-        self._sampler.observe(endpoint, 0)
-        self.metrics.rate(endpoint, self._sampler.effective_rate(endpoint, rule_rate))
+        return new_arcs
 
     def seen(self, method: Optional[str], route: Optional[str]) -> None:
         """Count a finished request, measured or not. Never raises.
@@ -681,25 +680,47 @@ class Agent:
         if not self._count_seen:
             return
         try:
-            counts = self._seen_local.counts
+            counts = self._tally_local.tally.counts
         except AttributeError:
-            counts = self._new_seen_counts()
+            counts = self._tally().counts
         key = (method, route)
         if key not in counts and len(counts) >= _MAX_SEEN_KEYS:
             key = ("_OTHER", None)  # bounded memory whatever methods clients send
         counts[key] = counts.get(key, 0) + 1
 
-    def _new_seen_counts(self) -> dict[tuple[Optional[str], Optional[str]], int]:
-        counts: dict[tuple[Optional[str], Optional[str]], int] = {}
-        self._seen_local.counts = counts
+    def _tally(self) -> _ThreadTally:
+        """The calling thread's tally (created and registered at its first request)."""
+        try:
+            return self._tally_local.tally
+        except AttributeError:
+            pass
+        tally = self._tally_local.tally = _ThreadTally()
         with self._count_lock:
-            self._seen_threads.append((weakref.ref(threading.current_thread()), counts))
+            self._tallies.append((weakref.ref(threading.current_thread()), tally))
         # The metrics pipeline (its reader reports the totals) starts with the first count of
         # a process, as with any other metric.
         start = getattr(self.metrics, "start", None)
         if start is not None:
             start()
-        return counts
+        return tally
+
+    def _live_tallies(self) -> list[_ThreadTally]:
+        """The tallies of threads alive; those of threads that ended are folded into
+        ``_retired`` first, so the number of tallies stays bounded (caller holds the lock)."""
+        alive = []
+        live = []
+        retired = self._retired
+        for ref, tally in self._tallies:
+            thread = ref()
+            if thread is None or not thread.is_alive():
+                for key, n in list(tally.counts.items()):
+                    retired.counts[key] = retired.counts.get(key, 0) + n
+                retired.spent += tally.spent
+            else:
+                alive.append((ref, tally))
+                live.append(tally)
+        self._tallies = alive
+        return live
 
     def _seen_totals(self) -> dict[str, int]:
         """Requests seen per selected endpoint since start (the metrics' observable counter).
@@ -707,22 +728,12 @@ class Agent:
         Sums every thread's counts; the counts of threads that ended are folded into one
         dict, so the number of dicts stays bounded by the threads alive.
         """
-        raw: dict[tuple[Optional[str], Optional[str]], int] = {}
         with self._count_lock:
-            alive = []
-            for ref, counts in self._seen_threads:
-                thread = ref()
-                snapshot = list(counts.items())  # one C call: atomic under the GIL
-                if thread is None or not thread.is_alive():
-                    for key, n in snapshot:
-                        self._seen_retired[key] = self._seen_retired.get(key, 0) + n
-                    continue
-                alive.append((ref, counts))
-                for key, n in snapshot:
+            live = self._live_tallies()  # first: it folds the tallies of ended threads
+            raw = dict(self._retired.counts)
+            for tally in live:
+                for key, n in list(tally.counts.items()):  # one C call: atomic under the GIL
                     raw[key] = raw.get(key, 0) + n
-            self._seen_threads = alive
-            for key, n in self._seen_retired.items():
-                raw[key] = raw.get(key, 0) + n
         totals: dict[str, int] = {}
         names = self._seen_names
         for key, n in raw.items():
@@ -747,28 +758,14 @@ class Agent:
         """Add time runcov spent on a request path to this thread's total (no lock)."""
         if not self._count_seen:
             return
-        try:
-            spent = self._seen_local.spent
-        except AttributeError:
-            spent = self._seen_local.spent = [0.0]
-            with self._count_lock:
-                self._spent_threads.append((weakref.ref(threading.current_thread()), spent))
-        spent[0] += seconds
+        self._tally().spent += seconds
 
     def _report_overhead(self) -> None:
         """Tell the metrics what the request paths spent since the last report (called by the
         export worker once per round)."""
         with self._count_lock:
-            total = self._spent_retired
-            alive = []
-            for ref, spent in self._spent_threads:
-                thread = ref()
-                if thread is None or not thread.is_alive():
-                    self._spent_retired += spent[0]
-                else:
-                    alive.append((ref, spent))
-                total += spent[0]
-            self._spent_threads = alive
+            live = self._live_tallies()  # first: it folds the tallies of ended threads
+            total = self._retired.spent + sum(tally.spent for tally in live)
             delta, self._spent_reported = total - self._spent_reported, total
         if delta > 0:
             try:

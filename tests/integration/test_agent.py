@@ -167,7 +167,7 @@ def test_requests_seen_are_counted_exactly_per_selected_endpoint(
     # Made-up methods cannot grow the counts without bound.
     for i in range(5000):
         agent.seen(f"M{i}", "/made-up")
-    assert 4096 <= len(agent._seen_local.counts) <= 4097
+    assert 4096 <= len(agent._tally_local.tally.counts) <= 4097
 
 
 def test_request_path_overhead_reaches_the_metrics_once_per_export_round(
@@ -198,7 +198,7 @@ def test_request_path_overhead_reaches_the_metrics_once_per_export_round(
     client = app.test_client()
     for i in range(5):
         client.get("/items/2", headers={"traceparent": traceparent(0x0E4D00 + i)})
-    spent = agent._spent_retired + sum(s[0] for _, s in agent._spent_threads)
+    spent = agent._retired.spent + sum(tally.spent for _, tally in agent._tallies)
     assert spent > 0.875
     agent._report_overhead()
     assert told[2:] == [pytest.approx(spent - 0.875)]
