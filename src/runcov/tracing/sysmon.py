@@ -168,14 +168,12 @@ class SysmonCore(Core):
                                 core._passed_over = None  # too many: re-scan registers all
                     else:
                         events = core._local_events()
-                        if code.co_name == "<module>":
-                            if events:
-                                once[id(code)] = code
-                                mon.set_local_events(tool, code, events)
-                        else:
+                        if code.co_name != "<module>":
                             codes[id(code)] = code
-                            if events:
-                                mon.set_local_events(tool, code, events)
+                        elif events:
+                            once[id(code)] = code  # a module body: armed for this run only
+                        if events:
+                            mon.set_local_events(tool, code, events)
             except Exception:
                 pass
             return DISABLE
