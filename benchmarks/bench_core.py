@@ -8,10 +8,18 @@ and an asyncio one (hundreds of concurrent tasks awaiting between steps). Each r
 * ``runcov-0%``       runcov's core created with the workload as source root, no request sampled
 * ``runcov-1%`` ...   1 %, 10 %, 100 % of requests open an exact scope (every 100th/10th/each
                       request by index: deterministic)
-* ``runcov-census``   every request opens a census scope (first hits only)
+* ``runcov-census``   census (first hits only) of all traffic as the agent runs it: on
+                      sys.monitoring no scope per request, each first hit attributed to the
+                      running request (its context, below) and claimed when it ends; on
+                      settrace a census scope per request
+* ``runcov-census-scoped``  a census scope per request (the WSGI/ASGI middleware's census)
 * ``coverage-line``   coverage.py started for the whole process, lines only
 * ``coverage-branch`` coverage.py with branch=True
 * ``slipcover``       slipcover (lines and branches), workload imported through its import hook
+
+Every request runs in a context of its own in every configuration (a context variable holding
+its index, set and reset around it), as requests do under a web framework and OpenTelemetry's
+instrumentation: runcov's census reads it on a line's first hit.
 
 Every (configuration, repetition) runs in a fresh interpreter, so tools cannot leak into each
 other; repetitions are interleaved (A B C ... A B C ...) so that machine noise spreads over all
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import datetime
 import json
 import os
@@ -49,6 +58,7 @@ CONFIGS = (
     "runcov-10%",
     "runcov-100%",
     "runcov-census",
+    "runcov-census-scoped",
     "coverage-line",
     "coverage-branch",
     "slipcover",
@@ -59,15 +69,21 @@ THREADS = 4
 DISTINCT_REQUESTS = 512
 
 Opener = Optional[Callable[[int], Any]]
+After = Optional[Callable[[int], None]]
+
+#: The running request (its index): the request context every configuration sets.
+REQUEST: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("request", default=None)
 
 
 # -- worker: one configuration in this interpreter ------------------------------------------
 
 
-def _set_up(config: str) -> tuple[Any, Any, Opener, Callable[[], None]]:
-    """Install ``config``'s tool; return the workload modules, a per-request opener and a stop."""
+def _set_up(config: str) -> tuple[Any, Any, Opener, After, Callable[[], None]]:
+    """Install ``config``'s tool; return the workload modules, what runs before and after each
+    request, and a stop."""
     sys.path.insert(0, HERE)
     opener: Opener = None
+    after: After = None
     stop: Callable[[], None] = lambda: None  # noqa: E731
     if config == "slipcover":
         import slipcover
@@ -75,7 +91,7 @@ def _set_up(config: str) -> tuple[Any, Any, Opener, Callable[[], None]]:
         sci = slipcover.Slipcover(branch=True, source=[WORKLOADS])
         with slipcover.ImportManager(sci, slipcover.FileMatcher(sources=[WORKLOADS])):
             from workloads import async_shop, shop
-        return shop, async_shop, None, stop
+        return shop, async_shop, None, None, stop
 
     from workloads import async_shop, shop
 
@@ -84,7 +100,16 @@ def _set_up(config: str) -> tuple[Any, Any, Opener, Callable[[], None]]:
 
         core = get_core()
         core.add_roots([WORKLOADS])
-        if config == "runcov-census":
+        if config == "runcov-census" and core.set_census_owner(REQUEST.get):
+            core.enable_census()
+            pending = core.census_pending
+
+            def after(i: int) -> None:
+                # The span processor's check when a request span ends: claim its first hits.
+                if pending:
+                    core.take_census(i)
+
+        elif config.startswith("runcov-census"):
             opener = lambda i: core.open_scope(mode=CENSUS)  # noqa: E731
         else:
             pct = int(config.split("-")[1].rstrip("%"))
@@ -101,16 +126,19 @@ def _set_up(config: str) -> tuple[Any, Any, Opener, Callable[[], None]]:
         stop = cov.stop
     elif config not in ("none", "none-again"):
         raise SystemExit(f"unknown configuration {config!r}")
-    return shop, async_shop, opener, stop
+    return shop, async_shop, opener, after, stop
 
 
 class _Threaded:
     """``THREADS`` long-lived threads; each batch splits requests among them."""
 
-    def __init__(self, handle: Callable[[str], str], raws: list[str], opener: Opener) -> None:
+    def __init__(
+        self, handle: Callable[[str], str], raws: list[str], opener: Opener, after: After
+    ) -> None:
         self._handle = handle
         self._raws = raws
         self._opener = opener
+        self._after = after
         self._go = threading.Barrier(THREADS + 1)
         self._done = threading.Barrier(THREADS + 1)
         self._base = 0
@@ -123,18 +151,22 @@ class _Threaded:
             t.start()
 
     def _loop(self, k: int) -> None:
-        handle, raws, opener = self._handle, self._raws, self._opener
+        handle, raws, opener, after = self._handle, self._raws, self._opener, self._after
         while True:
             self._go.wait()
             if self._stop:
                 return
             for i in range(self._base + k, self._base + self._n, THREADS):
+                request = REQUEST.set(i)
                 scope = opener(i) if opener is not None else None
                 try:
                     handle(raws[i % len(raws)])
                 finally:
                     if scope is not None:
                         scope.close()
+                    if after is not None:
+                        after(i)
+                    REQUEST.reset(request)
             self._done.wait()
 
     def batch(self, base: int, n: int) -> None:
@@ -185,23 +217,27 @@ async def _measure_async(
 
 def worker(config: str, warmup: int, batches: int, n: int) -> dict:
     """Run both workloads under ``config``; return their per-request costs."""
-    shop, async_shop, opener, stop = _set_up(config)
+    shop, async_shop, opener, after, stop = _set_up(config)
     raws = [shop.make_request(i) for i in range(DISTINCT_REQUESTS)]
     result: dict[str, Any] = {"config": config}
     try:
-        threaded = _Threaded(shop.handle, raws, opener)
+        threaded = _Threaded(shop.handle, raws, opener, after)
         try:
             result["threaded"] = _measure(threaded.batch, warmup, batches, n)
         finally:
             threaded.close()
 
         async def one(i: int) -> None:
+            request = REQUEST.set(i)  # each request is a task: a context of its own
             scope = opener(i) if opener is not None else None
             try:
                 await async_shop.handle(raws[i % len(raws)])
             finally:
                 if scope is not None:
                     scope.close()
+                if after is not None:
+                    after(i)
+                REQUEST.reset(request)
 
         async def batch(base: int, count: int) -> None:
             await asyncio.gather(*(one(i) for i in range(base, base + count)))

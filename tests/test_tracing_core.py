@@ -188,6 +188,78 @@ def _census_sequence(core: Core) -> None:
     assert body in third.lines[WORK]
 
 
+def _coveragepy_lines(run: Any) -> set[int]:
+    """Lines of ``work`` that coverage.py sees ``run()`` execute (the oracle)."""
+    import coverage
+
+    cov = coverage.Coverage(data_file=None, source=[SAMPLE])
+    cov.start()
+    try:
+        run()
+    finally:
+        cov.stop()
+    return set(cov.get_data().lines(WORK) or ())
+
+
+def test_census_attributes_first_hits_outside_scopes_to_their_owner() -> None:
+    """Census without a scope per request: each first hit goes to whoever ``owner()`` names
+    when it happens (the agent: the current trace), and waits there until claimed."""
+    import contextvars
+
+    core = get_core()
+    owner: contextvars.ContextVar[object] = contextvars.ContextVar("request", default=None)
+    if not core.attributes_census:
+        # settrace cannot disable a line once hit: census needs its scope per request there.
+        assert core.set_census_owner(owner.get) is False
+        assert core.take_census("a") is None
+        return
+    core.add_roots([SAMPLE])
+    assert core.set_census_owner(owner.get) is True
+    core.new_epoch()
+    core.enable_census()  # type: ignore[attr-defined]
+    try:
+
+        def request(name: object, run: Any) -> None:
+            token = owner.set(name)
+            try:
+                run()
+            finally:
+                owner.reset(token)
+
+        def first() -> None:
+            work.classify(-1)
+            work.blocking(3)
+
+        def second() -> None:
+            work.classify(-1)
+            work.classify(0)
+
+        request("a", first)
+        thread = threading.Thread(target=request, args=("b", second))
+        thread.start()
+        thread.join()
+        unattributed = core.census_unattributed  # type: ignore[attr-defined]
+        work.classify(5)  # no owner: its one new line is hit, attributed to nobody
+        assert core.census_unattributed == unattributed + 1  # type: ignore[attr-defined]
+
+        a, b = core.take_census("a"), core.take_census("b")
+        assert a is not None and b is not None
+        expected_a = _coveragepy_lines(first)
+        assert a.lines == {WORK: expected_a}
+        assert b.lines == {WORK: _coveragepy_lines(second) - expected_a}
+        assert a.arcs == {} and b.arcs == {}
+        assert core.take_census("a") is None  # claimed once
+        assert core.census_pending == {}
+
+        core.new_epoch()
+        request("c", second)
+        again = core.take_census("c")
+        assert again is not None and again.lines == {WORK: _coveragepy_lines(second)}
+    finally:
+        core.set_census_owner(None)
+        core.disable_census()
+
+
 def test_scope_closed_from_another_context_does_not_raise() -> None:
     core = get_core()
     core.add_roots([SAMPLE])

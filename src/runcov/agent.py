@@ -179,12 +179,26 @@ class _ThreadTally:
         self.spent = 0.0
 
 
-def _fast_threshold(matcher: Any, config: Any) -> int:
-    """The sampling threshold of the highest rate any request could be sampled at."""
+def _current_trace_id() -> Optional[int]:
+    """The trace id of the current OpenTelemetry span, or None outside any (the census owner:
+    called on a line's first hit only)."""
+    from opentelemetry.trace import get_current_span
+
+    ctx = get_current_span().get_span_context()
+    return ctx.trace_id if ctx.is_valid else None
+
+
+def _fast_threshold(matcher: Any, config: Any, census: bool = True) -> int:
+    """The sampling threshold of the highest rate any request could be sampled at
+    (``census=False``: by an exact-mode selector)."""
     from runcov.sampling import MAX_BOOST, threshold
 
-    rates = [config.sample_rate]
-    rates.extend(sel.rate for sel in matcher._selectors if sel.rate is not None)
+    rates = [0.0]
+    if census or config.mode != "census":
+        rates.append(config.sample_rate)
+    for sel in matcher._selectors:
+        if census or (sel.mode or config.mode) != "census":
+            rates.append(config.sample_rate if sel.rate is None else sel.rate)
     highest = max(rates)
     if config.saturation:
         highest = min(1.0, highest * MAX_BOOST)
@@ -224,6 +238,12 @@ class Agent:
         self._count_lock = threading.Lock()
         self._census_epoch = time.monotonic()
         self._fast_threshold = _fast_threshold(self._matcher, config)
+        #: True when census needs no scope per request: the core attributes first hits to the
+        #: current trace, and the span processor claims them when the request span ends.
+        self.census_by_span = False
+        #: The fast threshold for span-processor requests once census goes by span (only
+        #: exact-mode selectors still sample there).
+        self._span_threshold = self._fast_threshold
         #: (method, route) -> endpoint name, or None when no selector matches (for ``seen``).
         self._seen_names: dict[tuple[Optional[str], Optional[str]], Optional[str]] = {}
         #: Requests seen and time spent on request paths: a tally per thread, and one for the
@@ -307,6 +327,7 @@ class Agent:
 
                 self.core = get_core()
             self.core.add_roots(config.source)
+            self._census_by_span()
         except Exception:
             log.exception("runcov could not turn tracing on; nothing will be measured")
             self.core = None
@@ -316,13 +337,30 @@ class Agent:
             self._count_seen = True
             # The export worker tells the metrics, once per round, what the request paths
             # spent since the last round (an SDK counter addition costs ~10 µs: not per request).
-            self.exporter.on_round = self._report_overhead
+        self.exporter.on_round = self._on_round
         self.running = True
         os.register_at_fork(after_in_child=self._after_fork_in_child)
         # Registered after the exporter's providers, so it runs before their own exit hooks:
         # what is still queued reaches them and leaves with their final flush.
         atexit.register(self._at_exit)
         self._attach_to_global_provider()
+
+    def _census_by_span(self) -> None:
+        """Census without a scope per request, where the core can attribute first hits.
+
+        When any selector asks for census, the core records the first hit of each line by all
+        traffic from start on, and names the trace that made it (the current span's trace id:
+        the request's code runs inside its span). The span processor claims a trace's hits when
+        its request span ends. Unsampled requests of census endpoints thus cost nothing; the
+        census rules' rates do not apply (census sees all traffic).
+        """
+        if not self._matcher.uses_mode("census"):
+            return
+        if not self.core.set_census_owner(_current_trace_id):
+            return  # the settrace core: a census scope per sampled request
+        self.census_by_span = True
+        self._span_threshold = _fast_threshold(self._matcher, self.config, census=False)
+        self.core.enable_census()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop measuring, send what was measured (waiting up to ``timeout`` s), release all."""
@@ -331,6 +369,12 @@ class Agent:
             was_running = self.running
             self.running = False
             self._count_seen = False
+            if self.census_by_span:
+                self.census_by_span = False
+                try:
+                    self.core.set_census_owner(None)
+                except Exception:
+                    pass
             if _active is self:
                 _active = None
         if not was_running:
@@ -434,6 +478,7 @@ class Agent:
         tracestate: Any = None,
         *,
         route_known: bool = True,
+        by_span: bool = False,
     ) -> Optional[RequestTicket]:
         """Decide whether to measure a request that is starting; open its scope if so.
 
@@ -441,6 +486,8 @@ class Agent:
         (route = its qualified name) or a consumer span (route = the span name).
         ``route_known=False`` means the route template is learnt only when the request ends:
         the decision is then taken on the method alone and checked again by :meth:`finish`.
+        ``by_span``: the request is a span of the span processor (which claims census hits by
+        span, see :meth:`finish_census`).
         Returns a ticket for :meth:`finish`, or None when the request is not measured.
         Never raises.
         """
@@ -448,21 +495,23 @@ class Agent:
             return None
         t0 = time.perf_counter()
         try:
-            return self._begin(method, route, trace_id, tracestate, route_known)
+            return self._begin(method, route, trace_id, tracestate, route_known, by_span)
         except Exception:
             self._internal_error("")
             return None
         finally:
             self._spend(time.perf_counter() - t0)
 
-    def cannot_sample(self, trace_id: int, tracestate: Any = None) -> bool:
+    def cannot_sample(self, trace_id: int, tracestate: Any = None, by_span: bool = False) -> bool:
         """True when no selector could sample this trace (a cheap test before :meth:`begin`).
 
         The trace's randomness is below the threshold of the highest rate any selector could
         reach (saturation boost included); a tracestate ``ot`` entry (rv / propagated th)
-        always needs the full decision.
+        always needs the full decision. ``by_span``: asked by the span processor, for which
+        census selectors sample nothing once census goes by span.
         """
-        return (trace_id & _RANDOMNESS_MASK) < self._fast_threshold and (
+        threshold = self._span_threshold if by_span else self._fast_threshold
+        return (trace_id & _RANDOMNESS_MASK) < threshold and (
             not tracestate or "ot" not in tracestate
         )
 
@@ -473,9 +522,10 @@ class Agent:
         trace_id: int,
         tracestate: Any,
         route_known: bool,
+        by_span: bool = False,
     ) -> Optional[RequestTicket]:
         # Fast path for the common outcome: no rule can sample this trace.
-        if self.cannot_sample(trace_id, tracestate):
+        if self.cannot_sample(trace_id, tracestate, by_span):
             return None
         core = self.core
         if core.current_scope() is not None:
@@ -488,6 +538,8 @@ class Agent:
             endpoint = self.endpoint_name(method, "*")
         if rule is None:
             return None
+        if by_span and rule.mode == "census" and self.census_by_span:
+            return None  # its first hits are claimed when its span ends
         self._maybe_new_epoch(rule.mode)
         decision = self._sampler.decide(trace_id, tracestate, rule, endpoint)
         if not decision.sampled:
@@ -615,6 +667,46 @@ class Agent:
             before=lambda rec: self._account(rec, rate),
         )
         return bool(self.exporter.submit(record))
+
+    def finish_census(
+        self,
+        trace_id: int,
+        span_id: int,
+        method: Optional[str],
+        route: Optional[str],
+        status: Optional[str],
+        start_ns: int,
+    ) -> bool:
+        """Queue the census first hits that the request span ``span_id`` of ``trace_id`` made
+        (census by span), under the request's endpoint. True when something was queued.
+        Never raises."""
+        t0 = time.perf_counter()
+        try:
+            data = self.core.take_census(trace_id)
+            if data is None:
+                return False
+            from runcov.export.exporter import RequestRecord
+
+            endpoint = self.endpoint_name(method, route)
+            record = RequestRecord(
+                trace_id=trace_id,
+                span_id=span_id,
+                endpoint=endpoint,
+                method=method,
+                route=route,
+                status_class=status or "ok",
+                mode="census",
+                data=data,
+                start_ns=start_ns,
+                end_ns=time.time_ns(),
+                before=lambda rec: self._account(rec, 1.0),
+            )
+            return bool(self.exporter.submit(record))
+        except Exception:
+            self._internal_error("")
+            return False
+        finally:
+            self._spend(time.perf_counter() - t0)
 
     def _account(self, record: Any, rule_rate: float) -> bool:
         """Count a measured request (exporter thread); False when it recorded nothing."""
@@ -759,6 +851,29 @@ class Agent:
         if not self._count_seen:
             return
         self._tally().spent += seconds
+
+    def _on_round(self) -> None:
+        """The export worker's round (about once a second): metrics and census epochs."""
+        if self._count_seen:
+            self._report_overhead()
+        if self.census_by_span:
+            self._census_round()
+
+    def _census_round(self) -> None:
+        now = time.monotonic()
+        if now - self._census_epoch < CENSUS_EPOCH_SECONDS:
+            return
+        self._census_epoch = now
+        core = self.core
+        # First hits no request span claimed (work outside a server or consumer span): they
+        # are forgotten with the epoch; count them.
+        unclaimed = len(core.census_pending) + min(1, getattr(core, "census_unattributed", 0))
+        core.new_epoch()
+        if unclaimed and self.metrics is not None:
+            try:
+                self.metrics.dropped("", "census_unclaimed", count=unclaimed)
+            except Exception:
+                self.internal_errors += 1
 
     def _report_overhead(self) -> None:
         """Tell the metrics what the request paths spent since the last report (called by the

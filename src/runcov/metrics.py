@@ -55,6 +55,7 @@ DROP_REASONS = (
     "export_failed",
     "internal_error",
     "route_mismatch",
+    "census_unclaimed",
 )
 
 
@@ -354,11 +355,12 @@ class AgentMetrics:
         *,
         trace_id: Optional[int] = None,
         span_id: Optional[int] = None,
+        count: int = 1,
     ) -> None:
         """A sampled request's coverage was lost; ``reason`` is one of :data:`DROP_REASONS`."""
         if self.enabled:
             attrs = {"runcov.endpoint": self._scrub(endpoint), "runcov.reason": reason}
-            self._add("dropped", 1, attrs, trace_id, span_id)
+            self._add("dropped", count, attrs, trace_id, span_id)
 
     def new_coverage(
         self,

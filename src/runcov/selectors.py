@@ -191,6 +191,10 @@ class EndpointMatcher:
         self._cache[key] = rule
         return rule
 
+    def uses_mode(self, mode: str) -> bool:
+        """True when some selector applies ``mode``."""
+        return any((sel.mode or self.default_mode) == mode for sel in self._selectors)
+
     def may_match(self, method: Optional[str]) -> bool:
         """True when a selector could match a request with this method once its route is known."""
         return any(

@@ -177,7 +177,7 @@ def test_request_path_overhead_reaches_the_metrics_once_per_export_round(
     ``runcov.overhead`` counter by the export worker: every second counted once, threads that
     ended included."""
     agent = start_agent(sample_rate=1.0, metrics_interval=3600)
-    assert agent.exporter.on_round == agent._report_overhead
+    assert agent.exporter.on_round == agent._on_round
     told: list[float] = []
     monkeypatch.setattr(agent.metrics, "overhead", told.append)
     monkeypatch.setattr(agent.exporter, "on_round", None)  # this test plays the worker
@@ -234,6 +234,89 @@ def test_census_mode_sends_first_hits_only(
     # Item 13 is sold out: only the lines of that branch were hit for the first time.
     assert sold_out.lines == {"shop/logic.py": {25, 33, 34}}
     assert first.lines["shop/logic.py"] >= {12, 13, 14, 15, 24, 26, 31, 32, 35}
+
+
+@pytest.mark.usefixtures("fresh_core_after")
+def test_census_by_span_covers_unsampled_traffic_without_a_scope(
+    start_agent: AgentFactory, sink: HTTPSink, app_provider: Any
+) -> None:
+    """Where the core attributes first hits (sys.monitoring), census needs no scope per
+    request: every request of the process counts, whatever the census rate, and each line goes
+    to the trace that ran it first, as measured by the oracle."""
+    from tests.integration.conftest import oracle
+
+    # Census at a rate that samples none of these traces: it does not matter.
+    agent = start_agent(endpoints=["GET /items/*#census@0.001"])
+    app = create_app()
+    FlaskInstrumentor().instrument_app(app, tracer_provider=app_provider)
+    client = app.test_client()
+    if not agent.core.attributes_census:
+        assert agent.census_by_span is False  # settrace: a census scope per sampled request
+        return
+    assert agent.census_by_span is True
+    ids = [0xCB00 + i for i in range(3)]
+    assert all(randomness(t, None) < threshold(0.001) for t in ids)
+    first_lines, _ = oracle(lambda: client.get("/items/3"))
+    both_lines, _ = oracle(lambda: (client.get("/items/3"), client.get("/items/13")))
+    agent.core.new_epoch()
+    for trace_id, url in zip(ids, ["/items/3", "/items/3", "/items/13"]):
+        client.get(url, headers={"traceparent": traceparent(trace_id)})
+    from tests.integration.apps.shop import logic
+
+    unattributed = agent.core.census_unattributed
+    logic.health()  # outside any span: first hits of nobody, never sent
+    assert agent.core.census_unattributed > unattributed
+    by_trace = exported(agent, sink, [ids[0], ids[2]])
+    assert ids[1] not in by_trace  # it ran nothing for the first time
+    assert agent.exporter.counters()["submitted"] == 2
+    assert agent.processor._in_flight == {}  # no ticket, no scope
+    first, later = by_trace[ids[0]], by_trace[ids[2]]
+    assert first.mode == later.mode == "census"
+    assert first.endpoint == later.endpoint == "GET /items/<int:item_id>"
+    assert first.lines == first_lines
+    expected_later = {
+        path: lines - first_lines.get(path, set()) for path, lines in both_lines.items()
+    }
+    assert later.lines == {path: lines for path, lines in expected_later.items() if lines}
+    assert not any(first.arcs.values()) and not any(later.arcs.values())
+
+
+@pytest.mark.usefixtures("fresh_core_after")
+def test_census_by_span_forgets_unclaimed_hits_at_each_epoch_and_counts_them(
+    start_agent: AgentFactory, sink: HTTPSink, app_provider: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """First hits that no request span claims (work in an internal span, or outside any
+    trace) wait until their epoch ends; then they are forgotten, counted as dropped, and the
+    next epoch records every line again."""
+    import runcov.agent as agent_module
+    from tests.integration.apps.shop import logic
+
+    agent = start_agent(endpoints=["*#census"])
+    if not agent.census_by_span:
+        assert agent.core.name == "settrace"
+        return
+    agent.core.new_epoch()
+    dropped: list[tuple[str, str, int]] = []
+    monkeypatch.setattr(
+        agent.metrics, "dropped", lambda e, r, count=1, **ids: dropped.append((e, r, count))
+    )
+    with app_provider.get_tracer("jobs").start_as_current_span("nightly") as job:
+        logic.check_stock(3)  # an internal span: no request span will claim these
+    logic.health()  # outside any trace
+    assert job.get_span_context().trace_id in agent.core.census_pending
+    agent._census_round()  # the epoch is not over: nothing happens
+    assert dropped == [] and agent.core.census_pending
+    monkeypatch.setattr(agent_module, "CENSUS_EPOCH_SECONDS", 0.0)
+    agent._census_round()
+    assert dropped == [("", "census_unclaimed", 2)]
+    assert agent.core.census_pending == {} and agent.core.census_unattributed == 0
+    # A new epoch: the same lines are first hits again, now claimed by a request.
+    app = create_app()
+    FlaskInstrumentor().instrument_app(app, tracer_provider=app_provider)
+    app.test_client().get("/items/3", headers={"traceparent": traceparent(0xE90C)})
+    by_trace = exported(agent, sink, [0xE90C])
+    first = logic.check_stock.__code__.co_firstlineno
+    assert {first + 2, first + 4} <= by_trace[0xE90C].lines["shop/logic.py"]
 
 
 def test_consumer_spans_are_endpoints_named_after_the_span(

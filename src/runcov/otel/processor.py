@@ -85,13 +85,18 @@ class RuncovSpanProcessor(SpanProcessor):
             if kind not in _MEASURED_KINDS:
                 return
             ctx = span.get_span_context()
-            if ctx is None or agent.cannot_sample(ctx.trace_id, ctx.trace_state):
+            if ctx is None or agent.cannot_sample(ctx.trace_id, ctx.trace_state, by_span=True):
                 return
             if not ctx.is_valid:
                 return
             method, route = request_identity(kind, span.name, _attributes(span))
             ticket = agent.begin(
-                method, route, ctx.trace_id, ctx.trace_state, route_known=route is not None
+                method,
+                route,
+                ctx.trace_id,
+                ctx.trace_state,
+                route_known=route is not None,
+                by_span=True,
             )
             if ticket is not None:
                 self._in_flight[ctx.span_id] = ticket
@@ -114,15 +119,27 @@ class RuncovSpanProcessor(SpanProcessor):
                     ticket = in_flight.pop(ctx.span_id, None)
             method, route = request_identity(kind, span.name, _attributes(span))
             agent.seen(method, route)
-            if ticket is None or ctx is None:
-                return
-            agent.finish(
-                ticket,
-                parent_span_id=ctx.span_id,
-                status=_status(span),
-                method=method,
-                route=route,
-            )
+            if ticket is not None and ctx is not None:
+                agent.finish(
+                    ticket,
+                    parent_span_id=ctx.span_id,
+                    status=_status(span),
+                    method=method,
+                    route=route,
+                )
+            if agent.census_by_span and agent.core.census_pending:
+                # First hits this request's trace made in census mode (no scope: the core
+                # named the trace when they happened).
+                ctx = ctx or span.get_span_context()
+                if ctx is not None:
+                    agent.finish_census(
+                        ctx.trace_id,
+                        ctx.span_id,
+                        method,
+                        route,
+                        _status(span),
+                        span.start_time or 0,
+                    )
         except Exception:
             agent._internal_error("")
 

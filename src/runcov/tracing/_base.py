@@ -124,6 +124,21 @@ class Core(abc.ABC):
 
     #: ``sysmon`` or ``settrace``.
     name: str
+    #: True when census first hits outside any census scope can be attributed to the request
+    #: that runs (:meth:`set_census_owner`), so census needs no scope per request.
+    attributes_census: bool = False
+    #: First hits attributed outside scopes, waiting to be claimed: key -> co_filename -> lines.
+    census_pending: dict[Hashable, dict[str, set[int]]]
+
+    def set_census_owner(self, owner: Callable[[], Hashable] | None) -> bool:
+        """Attribute census first hits made outside census scopes to ``owner()`` (a key such as
+        the current trace id; None: not attributable). False when this core cannot: census
+        then needs a scope per request."""
+        return False
+
+    def take_census(self, key: Hashable) -> CoverageData | None:
+        """Claim the first hits attributed to ``key`` (None when there are none)."""
+        return None
 
     @abc.abstractmethod
     def add_roots(self, roots: Iterable[str]) -> None:

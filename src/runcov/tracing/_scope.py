@@ -187,6 +187,60 @@ class ScopeState(Scope):
                 _current.set(None)
 
 
+class CensusScope(Scope):
+    """A census scope of the sys.monitoring core: only the lines it hit first.
+
+    Census needs no per-scope arming, frame state or arcs, so its scope is a binding of the
+    context and a dict of first hits: opening and closing one costs a fraction of an exact
+    scope (it is opened for every request of a census endpoint).
+    """
+
+    __slots__ = ("_roots", "_token", "census_lines", "closed", "result", "trace_id", "traced")
+
+    mode = CENSUS
+    is_census = True
+    #: Census scopes are never armed, stepped or counted by a core (see :func:`install_hooks`).
+    stepped = False
+    counted = False
+    generation = -1
+
+    def __init__(self, trace_id: Optional[int], roots: tuple[str, ...]) -> None:
+        self.trace_id = trace_id
+        self.traced = True
+        self.closed = False
+        self.result: Optional[CoverageData] = None
+        #: co_filename -> lines first hit by this scope.
+        self.census_lines: dict[str, set[int]] = {}
+        self._roots = roots
+        self._token: Any = _current.set(self)  # type: ignore[arg-type]
+
+    def close(self) -> CoverageData:
+        """Unbind; return the lines this scope hit first. Idempotent; never raises."""
+        if self.result is not None:
+            return self.result
+        self.closed = True
+        token, self._token = self._token, None
+        try:
+            if _current.get() is self:
+                _current.reset(token)
+        except (ValueError, RuntimeError):  # closed in another context than it opened in
+            _current.set(None)
+        self.result = census_data(self.census_lines, self._roots)
+        return self.result
+
+
+def census_data(census: dict[str, set[int]], roots: tuple[str, ...]) -> CoverageData:
+    """Census first hits (co_filename -> lines) as data under ``roots``, built lazily."""
+    if not census:
+        return CoverageData()
+    # A callback on another thread may still add to these sets: copy them now (in C).
+    census = {name: set(lines) for name, lines in list(census.items())}
+    return CoverageData(
+        raw=lambda: _collect(set(), {}, census, roots),
+        key=lambda: _fingerprint(set(), {}, census, roots),
+    )
+
+
 def _collect(
     triples: set[tuple[str, int, int]],
     files: dict[str, set[Arc]],
@@ -380,8 +434,10 @@ __all__ = [
     "CENSUS",
     "EXACT",
     "SKIP",
+    "CensusScope",
     "Roots",
     "ScopeState",
+    "census_data",
     "in_asyncio_step",
     "install_hooks",
     "within",

@@ -48,6 +48,8 @@ class SettraceCore(Core):
     def __init__(self) -> None:
         self._roots = Roots()
         self._lock = threading.Lock()
+        #: Always empty: without per-location disabling, census needs a scope per request.
+        self.census_pending = {}
         self._tls = _ThreadState()
         self._census_enabled = False
         self._census: dict[str, set[int]] = {}

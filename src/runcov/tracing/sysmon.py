@@ -31,14 +31,16 @@ import sys
 import threading
 import time
 from types import CodeType, FunctionType
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Hashable, Iterable, Optional
 
-from runcov.tracing._base import CENSUS, EXACT, Core, Scope
+from runcov.tracing._base import CENSUS, EXACT, Core, CoverageData, Scope
 from runcov.tracing._scope import (
     SKIP,
+    CensusScope,
     Roots,
     ScopeState,
     _current,
+    census_data,
     in_asyncio_step,
     install_hooks,
 )
@@ -68,6 +70,7 @@ class SysmonCore(Core):
     """Tracing core on ``sys.monitoring`` (PEP 669)."""
 
     name = "sysmon"
+    attributes_census = True
 
     def __init__(self) -> None:
         mon = sys.monitoring  # type: ignore[attr-defined]
@@ -118,6 +121,14 @@ class SysmonCore(Core):
         self._census_enabled = False
         #: co_filename -> lines hit in the current census epoch.
         self._census: dict[str, set[int]] = {}
+        #: Census attribution outside scopes: ``owner()`` names the request that runs (the
+        #: agent's: the current trace id), and first hits wait here under that name until
+        #: :meth:`take_census` claims them. Bounded by the lines under the roots (a line is
+        #: first hit once per epoch); a new epoch forgets what was never claimed.
+        self.census_owner: Optional[Callable[[], Hashable]] = None
+        self.census_pending: dict[Hashable, dict[str, set[int]]] = {}
+        #: First hits outside any scope that ``owner()`` could not name (since the epoch began).
+        self.census_unattributed = 0
         self._shut = False
         #: ids of code objects seen outside the roots (their PY_START disabled), or None when
         #: there were too many to keep.
@@ -153,6 +164,7 @@ class SysmonCore(Core):
         get_scope = _current.get
         getframe = sys._getframe
         census = self._census
+        pending = self.census_pending
         core = self
 
         def on_py_start(code: CodeType, offset: int) -> Any:
@@ -199,6 +211,14 @@ class SysmonCore(Core):
                             if mine is None:
                                 mine = scope.census_lines[filename] = set()
                             mine.add(line)
+                        else:
+                            owner = core.census_owner
+                            key = owner() if owner is not None else None
+                            if key is None:
+                                core.census_unattributed += 1
+                            else:
+                                # setdefault: atomic, other threads may run the same trace
+                                pending.setdefault(key, {}).setdefault(filename, set()).add(line)
                 except Exception:
                     return None
                 # DISABLE is process-wide: never while exact-mode events may be needed.
@@ -326,10 +346,17 @@ class SysmonCore(Core):
         roots: Optional[Iterable[str]] = None,
     ) -> Scope:
         """Open a scope bound to the current context."""
+        if mode == CENSUS and not self._shut:
+            try:
+                if not self._census_enabled:
+                    self.enable_census()
+                return CensusScope(trace_id, self._scope_roots(roots))
+            except Exception:
+                log.debug("runcov: could not open a census scope", exc_info=True)
         scope = ScopeState(mode, trace_id, self._scope_roots(roots), self._close_scope)
         scope.generation = self._generation
         try:
-            if self._shut:
+            if self._shut or mode == CENSUS:
                 scope.traced = False
                 return scope
             if mode == EXACT:
@@ -344,12 +371,6 @@ class SysmonCore(Core):
                     frame = frame.f_back
                 scope.stepped = in_asyncio_step()
                 scope.counted = self._activate(scope)
-            elif mode == CENSUS:
-                with self._lock:
-                    if not self._census_enabled:
-                        self._census_enabled = True
-                        if not self._exact_armed:
-                            self._apply(toggle=True)
             else:
                 raise ValueError(f"unknown scope mode {mode!r}")
             scope.bind()
@@ -462,6 +483,7 @@ class SysmonCore(Core):
             if self._census_enabled:
                 self._census_enabled = False
                 self._census.clear()
+                self._forget_pending()
                 self._apply(toggle=False)
 
     def census_lines(self) -> dict[str, set[int]]:
@@ -473,10 +495,27 @@ class SysmonCore(Core):
                 out.setdefault(path, set()).update(lines)
         return out
 
+    def set_census_owner(self, owner: Optional[Callable[[], Hashable]]) -> bool:
+        """Attribute first hits outside census scopes to ``owner()`` (see :meth:`take_census`)."""
+        self.census_owner = owner
+        return True
+
+    def take_census(self, key: Hashable) -> Optional[CoverageData]:
+        """Claim the first hits attributed to ``key`` outside scopes (None when there are none)."""
+        theirs = self.census_pending.pop(key, None)
+        if not theirs:
+            return None
+        return census_data(theirs, self.roots)
+
+    def _forget_pending(self) -> None:
+        self.census_pending.clear()
+        self.census_unattributed = 0
+
     def new_epoch(self) -> None:
         """Forget the epoch's first hits and re-arm census recording."""
         with self._lock:
             self._census.clear()
+            self._forget_pending()
             if self._census_enabled:
                 self._apply(toggle=True)
 
@@ -512,6 +551,7 @@ class SysmonCore(Core):
             self._codes.clear()
             self._once.clear()
             self._census.clear()
+            self._forget_pending()
 
     def _after_fork_in_child(self) -> None:
         # Only the forking thread survives: scopes of other threads will never close, and scopes
@@ -531,6 +571,7 @@ class SysmonCore(Core):
         self._disarmer = None
         self._disarm_pending = False
         self._census.clear()
+        self._forget_pending()  # the parent's requests end in the parent
         self._apply(toggle=self._census_enabled)
 
 
