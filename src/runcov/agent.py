@@ -772,13 +772,16 @@ class Agent:
         if not self._count_seen:
             return
         try:
-            counts = self._tally_local.tally.counts
+            counts = self._tally_local.counts
         except AttributeError:
             counts = self._tally().counts
         key = (method, route)
-        if key not in counts and len(counts) >= _MAX_SEEN_KEYS:
-            key = ("_OTHER", None)  # bounded memory whatever methods clients send
-        counts[key] = counts.get(key, 0) + 1
+        seen = counts.get(key)
+        if seen is None:
+            if len(counts) >= _MAX_SEEN_KEYS:
+                key = ("_OTHER", None)  # bounded memory whatever methods clients send
+            seen = counts.get(key, 0)
+        counts[key] = seen + 1
 
     def _tally(self) -> _ThreadTally:
         """The calling thread's tally (created and registered at its first request)."""
@@ -787,6 +790,7 @@ class Agent:
         except AttributeError:
             pass
         tally = self._tally_local.tally = _ThreadTally()
+        self._tally_local.counts = tally.counts
         with self._count_lock:
             self._tallies.append((weakref.ref(threading.current_thread()), tally))
         # The metrics pipeline (its reader reports the totals) starts with the first count of

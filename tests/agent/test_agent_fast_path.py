@@ -54,3 +54,39 @@ def test_a_propagated_decision_bypasses_the_fast_path(agent: Agent) -> None:
     ticket = agent.begin("GET", "/items/{id}", 0x1000000000000000, state)
     assert ticket is not None
     agent.cancel(ticket)
+
+
+@pytest.mark.parametrize(
+    ("entries", "sampled"),
+    [((), False), ((("vendor", "x"),), False), ((("ot", "th:0"),), True)],
+)
+def test_the_span_processor_fast_path_reads_the_trace_state(
+    agent: Agent, entries: tuple[tuple[str, str], ...], sampled: bool
+) -> None:
+    """The processor's inline "cannot sample" test: randomness 0 is rejected unless the
+    parent's tracestate carries an ``ot`` entry that decides otherwise."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+
+    provider = TracerProvider()
+    assert agent.attach(provider)
+    parent = SpanContext(
+        0x1000000000000000,
+        0x42,
+        is_remote=True,
+        trace_flags=TraceFlags(1),
+        trace_state=TraceState(list(entries)),
+    )
+    context = trace.set_span_in_context(NonRecordingSpan(parent))
+    span = provider.get_tracer("t").start_span(
+        "GET /items/{id}",
+        context=context,
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": "GET", "http.route": "/items/{id}"},
+    )
+    try:
+        assert (span.get_span_context().span_id in agent.processor._in_flight) is sampled
+    finally:
+        span.end()
+    assert agent.processor._in_flight == {}

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
-from runcov.agent import status_class
+from runcov.agent import _RANDOMNESS_MASK, status_class
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -42,7 +43,13 @@ def request_identity(
     attributes = attributes or {}
     method = attributes.get("http.request.method") or attributes.get("http.method")
     if method:
-        return str(method), _normalize_route(attributes.get("http.route"))
+        # Called for every request (on_end): the usual case inline, without helper calls.
+        route = attributes.get("http.route")
+        if route.__class__ is not str or not route:
+            route = _normalize_route(route)
+        elif route[0] != "/":
+            route = "/" + route
+        return (method if method.__class__ is str else str(method)), route
     if kind == SpanKind.CONSUMER:
         return "consumer", name
     return None, name
@@ -55,10 +62,11 @@ def _attributes(span: Any) -> Any:
     mapping methods behind a read-only proxy; its inner dict answers the same lookups several
     times faster. Any other span falls back to the public ``attributes``.
     """
-    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
-    if type(inner) is dict:
-        return inner
-    return span.attributes
+    try:
+        inner = span._attributes._dict
+    except AttributeError:
+        return span.attributes
+    return inner if inner.__class__ is dict else span.attributes
 
 
 class RuncovSpanProcessor(SpanProcessor):
@@ -85,8 +93,15 @@ class RuncovSpanProcessor(SpanProcessor):
             if kind not in _MEASURED_KINDS:
                 return
             ctx = span.get_span_context()
-            if ctx is None or agent.cannot_sample(ctx.trace_id, ctx.trace_state, by_span=True):
+            if ctx is None:
                 return
+            # Agent.cannot_sample(by_span=True), inline: this runs for every request span. A
+            # SpanContext is a tuple (trace_id, span_id, is_remote, flags, trace_state, valid);
+            # spans without a tracestate share the API's default one.
+            if (ctx[0] & _RANDOMNESS_MASK) < agent._span_threshold:
+                tracestate = ctx[4]
+                if tracestate is DEFAULT_TRACE_STATE or not tracestate or "ot" not in tracestate:
+                    return
             if not ctx.is_valid:
                 return
             method, route = request_identity(kind, span.name, _attributes(span))
