@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import logging
 import os
+import random
 import threading
 import time
 import weakref
@@ -21,13 +22,12 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
 from runcov.config import Config
 from runcov.export import wire
@@ -155,6 +155,17 @@ class _CountingExporter(SpanExporter):
         return True
 
 
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+
+def _random_id(bits: int) -> int:
+    """A random non-zero trace (128 bits) or span (64 bits) id, as the SDK makes them."""
+    value = 0
+    while not value:
+        value = random.getrandbits(bits)
+    return value
+
+
 def _payload_size(span: ReadableSpan) -> int:
     value = (span.attributes or {}).get("runcov.payload", "")
     return len(value) if isinstance(value, str) else 0
@@ -251,7 +262,9 @@ class CoverageExporter:
         self._worker: Optional[threading.Thread] = None
         self._stopping = False
         self._provider: Optional[TracerProvider] = None
-        self._tracer: Any = None
+        #: The batch span processor of ``_provider``: runcov's spans are handed to it finished.
+        self._bsp: Optional[BatchSpanProcessor] = None
+        self._scope: Optional[InstrumentationScope] = None
         self._inflight = 0
         self._static_sent: set[tuple[str, str]] = set()
         self._static_spans: dict[int, list[tuple[str, str]]] = {}
@@ -411,9 +424,9 @@ class CoverageExporter:
         except Exception:
             return contextlib.nullcontext()
 
-    def _ensure_provider(self) -> Any:
-        if self._tracer is not None:
-            return self._tracer
+    def _ensure_provider(self) -> BatchSpanProcessor:
+        if self._bsp is not None:
+            return self._bsp
         limits = SpanLimits(
             max_attributes=64,
             max_span_attributes=64,
@@ -440,8 +453,44 @@ class CoverageExporter:
         )
         provider.add_span_processor(processor)
         self._provider = provider
-        self._tracer = provider.get_tracer(SCOPE_NAME, _agent_version())
-        return self._tracer
+        self._scope = InstrumentationScope(SCOPE_NAME, _agent_version())
+        self._bsp = processor
+        return processor
+
+    def _emit(
+        self,
+        name: str,
+        trace_id: int,
+        parent_span_id: int,
+        attributes: dict[str, Any],
+        start: int,
+        end: int,
+        span_id: int,
+    ) -> None:
+        """Hand one finished span to the batch processor (the caller picks the span id, and
+        files it before the span can be exported).
+
+        The spans are built finished, as the SDK's exporters read them: a span started and
+        ended through a tracer would cost the export worker ~3 times as much (context, span
+        processor hooks, validation of attributes runcov itself wrote).
+        """
+        bsp = self._ensure_provider()
+        span = ReadableSpan(
+            name,
+            context=SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED),
+            parent=(
+                SpanContext(trace_id, parent_span_id, is_remote=True, trace_flags=_SAMPLED)
+                if parent_span_id
+                else None
+            ),
+            resource=self._provider.resource if self._provider is not None else None,
+            attributes=attributes,
+            kind=SpanKind.INTERNAL,
+            start_time=start,
+            end_time=end,
+            instrumentation_scope=self._scope,
+        )
+        bsp.on_end(span)
 
     def _process(self, record: RequestRecord) -> None:
         # A request whose records equal an earlier one's on the same endpoint (the common case
@@ -567,7 +616,6 @@ class CoverageExporter:
         """Create the record's spans (and pending static spans); False when dropped."""
         scrub = self._redactor.scrub
         census = record.mode == "census"
-        tracer = self._ensure_provider()
         endpoint = scrub(record.endpoint)
         with self._lock:
             room = self._inflight + len(payloads) + len(static_payloads) <= self._bsp_queue_size
@@ -582,29 +630,19 @@ class CoverageExporter:
             self._static_sent.update(new_keys)
         now = time.time_ns()
         for i, payload in enumerate(static_payloads):
-            span = tracer.start_span(
-                "runcov.static",
-                context=otel_context.Context(),
-                kind=SpanKind.INTERNAL,
-                attributes={
-                    "runcov.wire_version": wire.WIRE_VERSION,
-                    "runcov.part": i,
-                    "runcov.parts": len(static_payloads),
-                    "runcov.payload": payload,
-                },
-                start_time=now,
-            )
+            attributes = {
+                "runcov.wire_version": wire.WIRE_VERSION,
+                "runcov.part": i,
+                "runcov.parts": len(static_payloads),
+                "runcov.payload": payload,
+            }
+            # Denominators belong to no request: a trace of their own. Known by span id before
+            # the batch processor may export them (their outcome is looked up by it).
+            span_id = _random_id(64)
             with self._lock:
-                self._static_spans[span.get_span_context().span_id] = new_keys
-            span.end(end_time=now)
+                self._static_spans[span_id] = new_keys
+            self._emit("runcov.static", _random_id(128), 0, attributes, now, now, span_id)
         self._count("static_files", len(new_keys))
-        parent_ctx = SpanContext(
-            trace_id=record.trace_id,
-            span_id=record.span_id,
-            is_remote=True,
-            trace_flags=TraceFlags(TraceFlags.SAMPLED),
-        )
-        parent = trace.set_span_in_context(NonRecordingSpan(parent_ctx), otel_context.Context())
         base: dict[str, Any] = {
             "runcov.wire_version": wire.WIRE_VERSION,
             "runcov.mode": "census" if census else "exact",
@@ -623,17 +661,13 @@ class CoverageExporter:
             attributes = dict(base)
             attributes["runcov.part"] = i
             attributes["runcov.payload"] = payload
-            span = tracer.start_span(
-                "runcov.coverage",
-                context=parent,
-                kind=SpanKind.INTERNAL,
-                attributes=attributes,
-                start_time=start,
-            )
+            span_id = _random_id(64)
             if i == 0:
                 with self._lock:
-                    self._coverage_spans[span.get_span_context().span_id] = endpoint
-            span.end(end_time=end)
+                    self._coverage_spans[span_id] = endpoint
+            self._emit(
+                "runcov.coverage", record.trace_id, record.span_id, attributes, start, end, span_id
+            )
         return True
 
     def _exported(self, spans: Sequence[ReadableSpan], ok: bool) -> None:
