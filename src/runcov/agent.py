@@ -370,9 +370,11 @@ class Agent:
             self.running = False
             self._count_seen = False
             if self.census_by_span:
+                # Census was turned on for this agent: nothing is measured once it stops.
                 self.census_by_span = False
                 try:
                     self.core.set_census_owner(None)
+                    self.core.disable_census()
                 except Exception:
                     pass
             if _active is self:

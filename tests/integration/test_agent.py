@@ -279,6 +279,12 @@ def test_census_by_span_covers_unsampled_traffic_without_a_scope(
     }
     assert later.lines == {path: lines for path, lines in expected_later.items() if lines}
     assert not any(first.arcs.values()) and not any(later.arcs.values())
+    # Stopping the agent ends the census it turned on.
+    runcov.stop()
+    assert agent.core.census_owner is None
+    assert agent.core.census_lines() == {}
+    client.get("/items/3", headers={"traceparent": traceparent(0xCB10)})
+    assert agent.core.census_pending == {} and agent.core.census_lines() == {}
 
 
 @pytest.mark.usefixtures("fresh_core_after")
