@@ -163,3 +163,13 @@ def app_spans(_app_span_exporter: Any) -> Any:
     """The application's own finished spans during the test (an in-memory exporter)."""
     _app_span_exporter.clear()
     return _app_span_exporter
+
+
+@pytest.fixture
+def fresh_core_after() -> Iterator[None]:
+    """Census mode arms first-hit recording process-wide: hand later tests a fresh core."""
+    yield
+    runcov.stop()
+    from runcov.tracing import reset_core
+
+    reset_core()

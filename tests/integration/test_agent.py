@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,7 +12,6 @@ import runcov
 from runcov.agent import Agent, current_agent
 from runcov.config import load_config
 from runcov.sampling import randomness, threshold
-from runcov.tracing import reset_core
 from tests.agent.otlp_sink import HTTPSink
 from tests.integration.apps.flask_app import create_app
 from tests.integration.conftest import APPS, AgentFactory, exported, traceparent
@@ -202,14 +200,6 @@ def test_request_path_overhead_reaches_the_metrics_once_per_export_round(
     assert spent > 0.875
     agent._report_overhead()
     assert told[2:] == [pytest.approx(spent - 0.875)]
-
-
-@pytest.fixture
-def fresh_core_after() -> Iterator[None]:
-    """Census mode arms first-hit recording process-wide: hand later tests a fresh core."""
-    yield
-    runcov.stop()
-    reset_core()
 
 
 @pytest.mark.usefixtures("fresh_core_after")

@@ -114,6 +114,54 @@ def test_concurrent_requests_keep_their_own_coverage(
         assert (by_trace[trace_id].lines, by_trace[trace_id].arcs) == expected[url], url
 
 
+@pytest.mark.usefixtures("fresh_core_after")
+def test_census_by_span_attributes_each_first_hit_to_the_request_that_made_it(
+    start_agent: AgentFactory, sink: HTTPSink, app: Any
+) -> None:
+    """Census of interleaved requests on one event loop, async and sync (thread pool)
+    endpoints: every line the requests ran is reported exactly once, by a request that ran it
+    (as the oracle measures each request alone)."""
+    from tests.integration.otlp import coverage_by_trace
+
+    agent = start_agent(endpoints=["*#census"])
+    if not agent.census_by_span:
+        assert agent.core.name == "settrace"
+        return
+    urls = ["/items/4?q=12", "/items/13", "/health", SYNC_REQUEST[0]] * 3
+    oracle = {url: _oracle(app, url)[0] for url in set(urls)}
+    everything: dict[str, set[int]] = {}
+    for lines in oracle.values():
+        for path, found in lines.items():
+            everything.setdefault(path, set()).update(found)
+    agent.core.new_epoch()
+    trace_ids = [0xCE0500 + i for i in range(len(urls))]
+
+    async def drive() -> None:
+        results = await asyncio.gather(*(_get(app, url, t) for url, t in zip(urls, trace_ids)))
+        assert results == [200] * len(urls)
+
+    asyncio.run(drive())
+    assert agent.flush(10.0)
+
+    def reported() -> dict[int, Any] | None:
+        by_trace = coverage_by_trace(sink.coverage_spans())
+        union: dict[str, set[int]] = {}
+        for coverage in by_trace.values():
+            for path, lines in coverage.lines.items():
+                union.setdefault(path, set()).update(lines)
+        return by_trace if union == everything else None
+
+    by_trace = sink.wait_for(reported, timeout=30.0)
+    seen: dict[str, set[int]] = {}
+    for trace_id, coverage in by_trace.items():
+        url = urls[trace_ids.index(trace_id)]
+        assert coverage.mode == "census"
+        for path, lines in coverage.lines.items():
+            assert lines <= oracle[url].get(path, set()), (url, path)  # it ran them
+            assert not lines & seen.get(path, set())  # nobody else reported them
+            seen.setdefault(path, set()).update(lines)
+
+
 @pytest.fixture
 def uvicorn_url(app: Any) -> Iterator[str]:
     sock = socket.socket()
