@@ -189,7 +189,16 @@ def _census_sequence(core: Core) -> None:
 
 
 def _coveragepy_lines(run: Any) -> set[int]:
-    """Lines of ``work`` that coverage.py sees ``run()`` execute (the oracle)."""
+    """Lines of ``work`` that coverage.py sees ``run()`` execute (the oracle).
+
+    When the suite itself runs under coverage.py (pytest-cov), a second coverage.py inside it
+    would replace the outer one's tracer: runcov's exact scope, which the differential tests
+    hold equal to coverage.py, is the oracle then.
+    """
+    if sys.gettrace() is not None:
+        with capture_coverage(source=[SAMPLE]) as exact:
+            run()
+        return exact.lines.get(WORK, set())
     import coverage
 
     cov = coverage.Coverage(data_file=None, source=[SAMPLE])
