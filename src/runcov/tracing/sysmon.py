@@ -18,8 +18,10 @@ How it stays cheap (see docs/architecture.md, "Tracing core"):
   unwind the exit arc ``(line, -co_firstlineno)``. A suspended generator keeps its last line, so
   a resumed frame continues from its ``yield``/``await`` line as coverage.py's tracers do.
 * Census mode arms ``LINE`` on every registered code object; each line records its first hit and
-  returns ``DISABLE`` (when no exact scope needs the location), so steady cost is ~zero. A new
-  epoch re-arms with a local toggle. ``restart_events()`` is never called: it would re-arm every
+  returns ``DISABLE`` (when no exact scope needs the location), so steady cost is ~zero. A hit
+  inside a census scope goes to that scope; any other goes to whoever ``census_owner()`` names
+  (the agent: the current trace), to be claimed with :meth:`SysmonCore.take_census`, so
+  census needs no scope per request. A new epoch re-arms with a local toggle. ``restart_events()`` is never called: it would re-arm every
   other tool's locations too.
 """
 
