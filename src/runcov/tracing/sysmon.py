@@ -21,8 +21,8 @@ How it stays cheap (see docs/architecture.md, "Tracing core"):
   returns ``DISABLE`` (when no exact scope needs the location), so steady cost is ~zero. A hit
   inside a census scope goes to that scope; any other goes to whoever ``census_owner()`` names
   (the agent: the current trace), to be claimed with :meth:`SysmonCore.take_census`, so
-  census needs no scope per request. A new epoch re-arms with a local toggle. ``restart_events()`` is never called: it would re-arm every
-  other tool's locations too.
+  census needs no scope per request. A new epoch re-arms with a local toggle.
+  ``restart_events()`` is never called: it would re-arm every other tool's locations too.
 """
 
 from __future__ import annotations
