@@ -313,6 +313,35 @@ def test_settrace_scope_whose_tracer_was_removed_reports_itself_not_traced() -> 
     assert sys.gettrace() is None
 
 
+def test_python_code_run_as_a_scope_opens_never_removes_the_tracer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While a scope opens, before it is bound, the thread may run Python code at any
+    allocation: a garbage-collection callback (hypothesis registers one), a finalizer. The
+    tracer sees no scope there; it must not take itself off a thread that is opening one (the
+    request would be measured empty)."""
+    core = get_core()
+    if core.name != "settrace":
+        pytest.skip("settrace core not in use")
+    ran: list[str] = []
+
+    def collector_callback() -> None:  # what a gc.callbacks entry runs
+        ran.append("gc")
+
+    class ScopesCollectingGarbage(list):  # type: ignore[type-arg]
+        def append(self, scope: Any) -> None:
+            collector_callback()  # a collection triggered by this allocation
+            super().append(scope)
+
+    tls = core._tls  # type: ignore[attr-defined]
+    monkeypatch.setattr(tls, "open", ScopesCollectingGarbage(tls.open))
+    with capture_coverage(source=[SAMPLE]) as cov:
+        work.classify(1)
+    assert ran == ["gc"]
+    assert cov.traced
+    assert _line_of('return "positive"') in cov.lines.get(WORK, set())
+
+
 def test_settrace_core_never_replaces_a_foreign_tracer() -> None:
     if get_core().name != "settrace":
         pytest.skip("settrace core not in use")

@@ -103,11 +103,15 @@ class SettraceCore(Core):
         current = sys.gettrace()
         if current is not None and current is not self._global_trace:
             return False  # never replace someone else's tracer
+        # The scope is registered before the tracer is set. From sys.settrace on, this thread
+        # may run Python code at any allocation (a garbage-collection callback, a finalizer),
+        # before the scope is bound; the tracer sees no scope there, and takes itself off a
+        # thread with no open scope.
+        opened.append(scope)
+        tls.installed = True
         # Installed again even when it is already ours: setting it also refreshes the
         # interpreter's per-thread "tracing on" state, whatever happened to it since.
         sys.settrace(self._global_trace)
-        tls.installed = True
-        opened.append(scope)
         return True
 
     def _exit_thread(self, scope: ScopeState) -> None:
