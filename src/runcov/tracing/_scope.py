@@ -145,46 +145,32 @@ class ScopeState(Scope):
         if self.result is not None:
             return self.result
         self.closed = True
-        for step in (self._unbind, self._close_in_core):
+        for step in (_unbind, self._closer):
             try:
-                step()
+                step(self)
             except Exception:  # the host application never sees an error from runcov
                 log.debug("runcov: could not close a scope cleanly", exc_info=True)
         data = CoverageData()
         try:
             triples, files, census = self.triples, self.files, self.census_lines
             self.triples, self.files, self.census_lines, self.last = set(), {}, {}, {}
-            # Work that outlives the scope may still add to these: the settrace core's frame
-            # tracers hold the per-file sets, a callback on another thread may have looked the
-            # set up just before the swap. The data is built later on the exporter's thread, so
-            # take copies now (each copy runs in C, atomic under the GIL): the data is what ran
-            # until the scope closed.
-            triples = set(triples)
-            files = {name: set(arcs) for name, arcs in list(files.items())}
-            census = {name: set(lines) for name, lines in list(census.items())}
-            roots = self._roots
-            if triples or any(files.values()) or any(census.values()):
-                data = CoverageData(
-                    raw=lambda: _collect(triples, files, census, roots),
-                    key=lambda: _fingerprint(triples, files, census, roots),
-                )
+            data = records_data(triples, files, census, self._roots)
         except Exception:
             log.debug("runcov: could not take a scope's records", exc_info=True)
         self.result = data
         return data
 
-    def _close_in_core(self) -> None:
-        self._closer(self)
 
-    def _unbind(self) -> None:
-        if _current.get() is self:
-            token, self._token = self._token, None
-            try:
-                if token is None:
-                    raise ValueError
-                _current.reset(token)
-            except (ValueError, RuntimeError):  # closed in another context than it opened in
-                _current.set(None)
+def _unbind(scope: ScopeState | CensusScope) -> None:
+    """Unbind ``scope`` from the calling context if it is bound there."""
+    if _current.get() is scope:
+        token, scope._token = scope._token, None
+        try:
+            if token is None:
+                raise ValueError
+            _current.reset(token)
+        except (ValueError, RuntimeError):  # closed in another context than it opened in
+            _current.set(None)
 
 
 class CensusScope(Scope):
@@ -219,25 +205,36 @@ class CensusScope(Scope):
         if self.result is not None:
             return self.result
         self.closed = True
-        token, self._token = self._token, None
-        try:
-            if _current.get() is self:
-                _current.reset(token)
-        except (ValueError, RuntimeError):  # closed in another context than it opened in
-            _current.set(None)
-        self.result = census_data(self.census_lines, self._roots)
+        _unbind(self)
+        census = self.census_lines
+        self.result = records_data(set(), {}, census, self._roots) if census else CoverageData()
         return self.result
 
 
-def census_data(census: dict[str, set[int]], roots: tuple[str, ...]) -> CoverageData:
-    """Census first hits (co_filename -> lines) as data under ``roots``, built lazily."""
-    if not census:
-        return CoverageData()
-    # A callback on another thread may still add to these sets: copy them now (in C).
+def records_data(
+    triples: set[tuple[str, int, int]],
+    files: dict[str, set[Arc]],
+    census: dict[str, set[int]],
+    roots: tuple[str, ...],
+) -> CoverageData:
+    """A scope's raw records as data under ``roots``, turned into per-file sets lazily (on the
+    exporter's thread); empty data when nothing was recorded.
+
+    Work that outlives the scope may still add to the records: the settrace core's frame
+    tracers hold the per-file sets, a callback on another thread may have looked a set up just
+    before the scope let go of it. So they are copied now (each copy runs in C, atomic under
+    the GIL): the data is what ran until the scope closed.
+    """
+    if not (triples or files or census):
+        return CoverageData()  # the common census case: nothing hit first
+    triples = set(triples)
+    files = {name: set(arcs) for name, arcs in list(files.items())}
     census = {name: set(lines) for name, lines in list(census.items())}
+    if not (triples or any(files.values()) or any(census.values())):
+        return CoverageData()
     return CoverageData(
-        raw=lambda: _collect(set(), {}, census, roots),
-        key=lambda: _fingerprint(set(), {}, census, roots),
+        raw=lambda: _collect(triples, files, census, roots),
+        key=lambda: _fingerprint(triples, files, census, roots),
     )
 
 
@@ -437,8 +434,8 @@ __all__ = [
     "CensusScope",
     "Roots",
     "ScopeState",
-    "census_data",
     "in_asyncio_step",
     "install_hooks",
+    "records_data",
     "within",
 ]

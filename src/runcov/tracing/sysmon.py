@@ -42,9 +42,9 @@ from runcov.tracing._scope import (
     Roots,
     ScopeState,
     _current,
-    census_data,
     in_asyncio_step,
     install_hooks,
+    records_data,
 )
 
 log = logging.getLogger("runcov.tracing")
@@ -507,7 +507,7 @@ class SysmonCore(Core):
         theirs = self.census_pending.pop(key, None)
         if not theirs:
             return None
-        return census_data(theirs, self.roots)
+        return records_data(set(), {}, theirs, self.roots)
 
     def _forget_pending(self) -> None:
         self.census_pending.clear()
