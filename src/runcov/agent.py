@@ -650,25 +650,18 @@ class Agent:
             # Nothing ran for the first time in this epoch (census traffic, mostly): there is
             # nothing to send, so the request costs the export worker nothing either.
             return False
-        from runcov.export.exporter import RequestRecord
-
-        # Turning the raw records into per-file sets, the metrics and the novelty bookkeeping
-        # happen on the exporter's thread (``_account``), off the request's path.
-        rate = ticket.rule.rate
-        record = RequestRecord(
-            trace_id=ticket.trace_id,
-            span_id=parent_span_id,
-            endpoint=endpoint,
-            method=ticket.method,
-            route=ticket.route,
-            status_class=status or "ok",
-            mode=ticket.mode,
-            data=data,
-            start_ns=ticket.start_ns,
-            end_ns=time.time_ns(),
-            before=lambda rec: self._account(rec, rate),
+        return self._submit(
+            ticket.trace_id,
+            parent_span_id,
+            endpoint,
+            ticket.method,
+            ticket.route,
+            status,
+            ticket.mode,
+            data,
+            ticket.start_ns,
+            ticket.rule.rate,
         )
-        return bool(self.exporter.submit(record))
 
     def finish_census(
         self,
@@ -687,28 +680,48 @@ class Agent:
             data = self.core.take_census(trace_id)
             if data is None:
                 return False
-            from runcov.export.exporter import RequestRecord
-
             endpoint = self.endpoint_name(method, route)
-            record = RequestRecord(
-                trace_id=trace_id,
-                span_id=span_id,
-                endpoint=endpoint,
-                method=method,
-                route=route,
-                status_class=status or "ok",
-                mode="census",
-                data=data,
-                start_ns=start_ns,
-                end_ns=time.time_ns(),
-                before=lambda rec: self._account(rec, 1.0),
+            return self._submit(
+                trace_id, span_id, endpoint, method, route, status, "census", data, start_ns, 1.0
             )
-            return bool(self.exporter.submit(record))
         except Exception:
             self._internal_error("")
             return False
         finally:
             self._spend(time.perf_counter() - t0)
+
+    def _submit(
+        self,
+        trace_id: int,
+        span_id: int,
+        endpoint: str,
+        method: Optional[str],
+        route: Optional[str],
+        status: Optional[str],
+        mode: str,
+        data: Any,
+        start_ns: int,
+        rule_rate: float,
+    ) -> bool:
+        """Queue a measured request's data for export; True when it was queued."""
+        from runcov.export.exporter import RequestRecord
+
+        # Turning the raw records into per-file sets, the metrics and the novelty bookkeeping
+        # happen on the exporter's thread (``_account``), off the request's path.
+        record = RequestRecord(
+            trace_id=trace_id,
+            span_id=span_id,
+            endpoint=endpoint,
+            method=method,
+            route=route,
+            status_class=status or "ok",
+            mode=mode,
+            data=data,
+            start_ns=start_ns,
+            end_ns=time.time_ns(),
+            before=lambda rec: self._account(rec, rule_rate),
+        )
+        return bool(self.exporter.submit(record))
 
     def _account(self, record: Any, rule_rate: float) -> bool:
         """Count a measured request (exporter thread); False when it recorded nothing."""

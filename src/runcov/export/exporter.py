@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
@@ -282,6 +281,7 @@ class CoverageExporter:
         #: The batch span processor of ``_provider``: runcov's spans are handed to it finished.
         self._bsp: Optional[BatchSpanProcessor] = None
         self._scope: Optional[InstrumentationScope] = None
+        self._span_resource: Optional[Resource] = None
         self._inflight = 0
         self._static_sent: set[tuple[str, str]] = set()
         self._static_spans: dict[int, list[tuple[str, str]]] = {}
@@ -444,22 +444,10 @@ class CoverageExporter:
     def _ensure_provider(self) -> BatchSpanProcessor:
         if self._bsp is not None:
             return self._bsp
-        limits = SpanLimits(
-            max_attributes=64,
-            max_span_attributes=64,
-            max_attribute_length=SpanLimits.UNSET,
-            max_span_attribute_length=SpanLimits.UNSET,
-            max_events=0,
-            max_links=0,
-            max_event_attributes=0,
-            max_link_attributes=0,
-        )
-        provider = TracerProvider(
-            resource=_HashedResource(self._resource.attributes, self._resource.schema_url),
-            sampler=ALWAYS_ON,
-            span_limits=limits,
-            shutdown_on_exit=False,
-        )
+        # The provider only owns the batch processor (its flush and shutdown): runcov's spans
+        # are built finished (:meth:`_emit`), so no sampler or span limits apply to them.
+        resource = _HashedResource(self._resource.attributes, self._resource.schema_url)
+        provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         # The export interval is OpenTelemetry's (OTEL_BSP_SCHEDULE_DELAY, 5 s by default): an
         # export request per sampled request would cost the service more than the request.
         processor = BatchSpanProcessor(
@@ -470,6 +458,7 @@ class CoverageExporter:
         )
         provider.add_span_processor(processor)
         self._provider = provider
+        self._span_resource = resource
         self._scope = InstrumentationScope(SCOPE_NAME, _agent_version())
         self._bsp = processor
         return processor
@@ -500,7 +489,7 @@ class CoverageExporter:
                 if parent_span_id
                 else None
             ),
-            resource=self._provider.resource if self._provider is not None else None,
+            resource=self._span_resource,
             attributes=attributes,
             kind=SpanKind.INTERNAL,
             start_time=start,
