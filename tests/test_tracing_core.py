@@ -467,3 +467,68 @@ def test_a_failure_while_closing_never_loses_the_data(tmp_path: Path) -> None:
         path = os.path.realpath(module.__file__)
         assert data.lines == {path: {2, 3}}
         assert data.arcs == {path: {(-1, 2), (2, 3), (3, -1)}}
+
+
+def _sysmon_core() -> Any:
+    core = get_core()
+    if core.name != "sysmon":
+        pytest.skip("sys.monitoring core not in use")
+    return core
+
+
+def test_sysmon_core_records_with_its_c_callbacks_unless_told_not_to() -> None:
+    """The C recording callbacks are built with runcov and used; ``RUNCOV_ACCEL=0`` keeps the
+    Python ones (the suite runs once each way, against the same coverage.py oracle)."""
+    core = _sysmon_core()
+    expected = os.environ.get("RUNCOV_ACCEL", "").strip() != "0"
+    assert core.accelerated is expected
+    mon = sys.monitoring  # type: ignore[attr-defined]
+    line_callback = mon.register_callback(core.tool_id, mon.events.LINE, None)
+    mon.register_callback(core.tool_id, mon.events.LINE, line_callback)
+    assert (type(line_callback).__name__ == "builtin_function_or_method") is expected
+
+
+def test_exact_arcs_are_the_same_while_census_sends_other_events_to_python() -> None:
+    """With census on, events outside any scope go to the Python callbacks (first hits) while
+    an exact scope's events are recorded by the C ones: the exact sets do not change, and the
+    census still sees the unscoped first hits."""
+    core = _sysmon_core()
+
+    def run() -> None:
+        work.blocking(4)
+        work.classify(-2)
+        work.classify(7)
+
+    with capture_coverage(source=[SAMPLE]) as alone:
+        run()
+    core.new_epoch()
+    try:
+        core.enable_census()
+        with capture_coverage(source=[SAMPLE]) as beside_census:
+            run()
+        assert beside_census.lines == alone.lines
+        assert beside_census.arcs == alone.arcs
+        work.classify(0)  # outside any scope: a census first hit
+        assert _line_of('return "zero"') in core.census_lines()[WORK]
+        assert _line_of('return "negative"') not in core.census_lines().get(WORK, set())
+    finally:
+        core.disable_census()
+
+
+def test_c_callbacks_never_raise_on_unexpected_arguments() -> None:
+    core = _sysmon_core()
+    recorder = core._recorder
+    if recorder is None:
+        pytest.skip("C callbacks not in use")
+    code = work.classify.__code__
+    with capture_coverage(source=[SAMPLE]) as cov:
+        assert recorder.line() is None
+        assert recorder.line(object(), 3) is None
+        assert recorder.line(code, "not a line") is None
+        assert recorder.exit(code) is None
+        assert recorder.exit(object(), 0, None) is None
+        assert work.classify(1) == "positive"
+    with capture_coverage(source=[SAMPLE]) as plain:
+        work.classify(1)
+    assert cov.lines == plain.lines
+    assert cov.arcs == plain.arcs

@@ -62,6 +62,9 @@ _MIN_LINGER_CALLBACKS = 32
 #: Tool ids a runcov core has held in this process.
 _TOOL_IDS_USED: set[int] = set()
 TOOL_NAME = "runcov"
+#: ``RUNCOV_ACCEL=0`` makes the core record with its Python callbacks even when the C ones
+#: (``runcov.tracing._accel``) are built.
+ACCEL_ENV = "RUNCOV_ACCEL"
 
 
 class ToolUnavailable(RuntimeError):
@@ -261,13 +264,25 @@ class SysmonCore(Core):
                 return None
             return on_exit(code, offset, exc, 2)
 
+        # The recording callbacks in C when the extension is built (same arcs, ~4x cheaper per
+        # event); they hand census and linger work to the Python callbacks above.
+        recorder = _c_recorder(on_line, on_exit)
+        self._recorder = recorder
+        self.accelerated = recorder is not None
         mon.register_callback(tool, ev.PY_START, on_py_start)
-        mon.register_callback(tool, ev.LINE, on_line)
-        mon.register_callback(tool, ev.PY_RETURN, on_exit)
+        mon.register_callback(tool, ev.LINE, on_line if recorder is None else recorder.line)
+        mon.register_callback(tool, ev.PY_RETURN, on_exit if recorder is None else recorder.exit)
         # PY_UNWIND's callback is registered only while exact scopes are armed: with no callback
         # CPython skips the tool at once, and swapping callbacks (unlike changing the tool's
         # events) does not re-instrument any code.
         self._on_unwind = on_unwind
+
+    def _sync_divert(self) -> None:
+        # The C callbacks answer unscoped events themselves unless census or a linger budget
+        # needs the Python ones.
+        recorder = self._recorder
+        if recorder is not None:
+            recorder.divert = 1 if (self._lingering or self._census_enabled) else 0
 
     # -- arming -------------------------------------------------------------------------------
 
@@ -394,6 +409,7 @@ class SysmonCore(Core):
             self._active += 1
             if self._lingering:  # still armed: reused, no toggle
                 self._lingering = False
+                self._sync_divert()
                 self._linger_scale = min(1.0, self._linger_scale * 2)
             if not self._exact_armed:
                 self._exact_armed = True
@@ -416,9 +432,10 @@ class SysmonCore(Core):
                     if self._census_enabled or budget < _MIN_LINGER_CALLBACKS:
                         self._disarm_exact()
                     else:
-                        self._lingering = True
                         self._linger_budget = budget
                         self._disarm_at = time.monotonic() + self.linger
+                        self._lingering = True
+                        self._sync_divert()
                         if not self._disarm_pending:
                             self._disarm_pending = True
                             self._start_disarmer()
@@ -434,6 +451,7 @@ class SysmonCore(Core):
     def _disarm_exact(self) -> None:
         """Remove the exact-mode events (caller holds the lock)."""
         self._lingering = False
+        self._sync_divert()
         if self._exact_armed and self._active == 0:
             self._exact_armed = False
             self._apply(toggle=self._census_enabled)
@@ -476,6 +494,7 @@ class SysmonCore(Core):
         with self._lock:
             if not self._census_enabled:
                 self._census_enabled = True
+                self._sync_divert()
                 if not self._exact_armed:
                     self._apply(toggle=True)
 
@@ -484,6 +503,7 @@ class SysmonCore(Core):
         with self._lock:
             if self._census_enabled:
                 self._census_enabled = False
+                self._sync_divert()
                 self._census.clear()
                 self._forget_pending()
                 self._apply(toggle=False)
@@ -532,6 +552,7 @@ class SysmonCore(Core):
             self._exact_armed = False
             self._lingering = False
             self._census_enabled = False
+            self._sync_divert()
             mon, tool = self._mon, self._tool
             for code in [*self._codes.values(), *self._once.values()]:
                 try:
@@ -569,12 +590,26 @@ class SysmonCore(Core):
         self._active = 0
         self._exact_armed = False
         self._lingering = False
+        self._sync_divert()
         self._wake = threading.Event()
         self._disarmer = None
         self._disarm_pending = False
         self._census.clear()
         self._forget_pending()  # the parent's requests end in the parent
         self._apply(toggle=self._census_enabled)
+
+
+def _c_recorder(on_line: Callable[..., Any], on_exit: Callable[..., Any]) -> Any:
+    """The C recording callbacks, or None (not built, or ``RUNCOV_ACCEL=0``)."""
+    if os.environ.get(ACCEL_ENV, "").strip() == "0":
+        return None
+    try:
+        from runcov.tracing import _accel  # type: ignore[attr-defined]
+
+        return _accel.Recorder(_current, ScopeState, on_line, on_exit, SKIP)
+    except Exception as exc:  # not built for this interpreter: the Python callbacks record
+        log.debug("runcov: C recording callbacks unavailable: %s", exc)
+        return None
 
 
 def _code_objects(value: Any, filename: str, depth: int = 0) -> Iterable[CodeType]:

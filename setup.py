@@ -1,0 +1,17 @@
+"""Build of runcov's optional C extension; the project's metadata is in pyproject.toml.
+
+``runcov.tracing._accel`` holds the sys.monitoring core's recording callbacks in C. It is
+optional: where it cannot be compiled, runcov records with the same callbacks in Python.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "runcov.tracing._accel",
+            sources=["src/runcov/tracing/_accel.c"],
+            optional=True,
+        )
+    ]
+)
