@@ -13,6 +13,8 @@ and an asyncio one (hundreds of concurrent tasks awaiting between steps). Each r
                       running request (its context, below) and claimed when it ends; on
                       settrace a census scope per request
 * ``runcov-census-scoped``  a census scope per request (the WSGI/ASGI middleware's census)
+* ``runcov-1%-py``, ``runcov-100%-py``  as ``runcov-1%``/``runcov-100%`` with the sys.monitoring
+                      core's Python recording callbacks (``RUNCOV_ACCEL=0``) instead of its C ones
 * ``coverage-line``   coverage.py started for the whole process, lines only
 * ``coverage-branch`` coverage.py with branch=True
 * ``slipcover``       slipcover (lines and branches), workload imported through its import hook
@@ -59,6 +61,8 @@ CONFIGS = (
     "runcov-100%",
     "runcov-census",
     "runcov-census-scoped",
+    "runcov-1%-py",
+    "runcov-100%-py",
     "coverage-line",
     "coverage-branch",
     "slipcover",
@@ -265,6 +269,8 @@ def _run_one(config: str, args: argparse.Namespace) -> dict:
         str(args.batch_size),
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE_", "COV_CORE_"))}
+    if config.endswith("-py"):
+        env["RUNCOV_ACCEL"] = "0"
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{config} failed:\n{proc.stdout}\n{proc.stderr}")
