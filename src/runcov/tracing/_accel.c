@@ -151,15 +151,10 @@ call_fallback(PyObject *fallback, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
-/* Add (co_filename, prev, to) to the scope's triples. */
+/* Add (co_filename, prev, to) to ``triples`` (a set). */
 static void
-add_arc(PyObject *scope, Py_ssize_t off_triples, PyCodeObject *code, PyObject *prev,
-        PyObject *to)
+add_arc(PyObject *triples, PyCodeObject *code, PyObject *prev, PyObject *to)
 {
-    PyObject *triples = SLOT(scope, off_triples);
-    if (triples == NULL || !PySet_Check(triples)) {
-        return;
-    }
     PyObject *arc = PyTuple_Pack(3, code->co_filename, prev, to);
     if (arc == NULL) {
         PyErr_Clear();
@@ -169,6 +164,24 @@ add_arc(PyObject *scope, Py_ssize_t off_triples, PyCodeObject *code, PyObject *p
         PyErr_Clear();
     }
     Py_DECREF(arc);
+}
+
+/* The scope's ``last`` dict and ``triples`` set, as new references (both NULL when the slots
+ * hold anything else). Owned for the whole callback: an allocation in it may run a finalizer
+ * that closes the scope, which replaces both. */
+static int
+scope_records(Recorder *self, PyObject *scope, PyObject **last, PyObject **triples)
+{
+    PyObject *l = SLOT(scope, self->off_last);
+    PyObject *t = SLOT(scope, self->off_triples);
+    if (l == NULL || t == NULL || !PyDict_CheckExact(l) || !PySet_CheckExact(t)) {
+        return -1;
+    }
+    Py_INCREF(l);
+    Py_INCREF(t);
+    *last = l;
+    *triples = t;
+    return 0;
 }
 
 /* line(code, line): the LINE callback. */
@@ -188,25 +201,26 @@ Recorder_line(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyCodeObject *code = (PyCodeObject *)args[0];
     PyObject *line = args[1];
-    PyObject *last = SLOT(scope, self->off_last);
+    PyObject *last = NULL, *triples = NULL, *prev = NULL;
     PyFrameObject *frame = PyEval_GetFrame(); /* borrowed: the frame the event is about */
-    if (frame == NULL || last == NULL || !PyDict_Check(last)) {
+    if (frame == NULL || scope_records(self, scope, &last, &triples) < 0) {
         goto done;
     }
-    PyObject *prev = PyDict_GetItemWithError(last, (PyObject *)frame); /* borrowed */
+    prev = PyDict_GetItemWithError(last, (PyObject *)frame); /* borrowed */
     if (prev == NULL) {
         if (PyErr_Occurred()) {
             PyErr_Clear();
             goto done;
         }
-        prev = PyLong_FromLong(-(long)code->co_firstlineno);
+        prev = PyLong_FromLong(-(long)code->co_firstlineno); /* the entry arc */
         if (prev == NULL) {
             PyErr_Clear();
             goto done;
         }
     }
     else if (prev == self->skip) {
-        goto done; /* a frame that was running before the scope opened */
+        prev = NULL; /* a frame that was running before the scope opened */
+        goto done;
     }
     else {
         Py_INCREF(prev);
@@ -215,10 +229,12 @@ Recorder_line(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Clear();
     }
     else {
-        add_arc(scope, self->off_triples, code, prev, line);
+        add_arc(triples, code, prev, line);
     }
-    Py_DECREF(prev);
 done:
+    Py_XDECREF(prev);
+    Py_XDECREF(last);
+    Py_XDECREF(triples);
     Py_DECREF(scope);
     Py_RETURN_NONE;
 }
@@ -239,12 +255,12 @@ Recorder_exit(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
         return call_fallback(self->exit_fallback, args, nargs);
     }
     PyCodeObject *code = (PyCodeObject *)args[0];
-    PyObject *last = SLOT(scope, self->off_last);
+    PyObject *last = NULL, *triples = NULL, *prev = NULL;
     PyFrameObject *frame = PyEval_GetFrame();
-    if (frame == NULL || last == NULL || !PyDict_Check(last)) {
+    if (frame == NULL || scope_records(self, scope, &last, &triples) < 0) {
         goto done;
     }
-    PyObject *prev = PyDict_GetItemWithError(last, (PyObject *)frame);
+    prev = PyDict_GetItemWithError(last, (PyObject *)frame);
     if (prev == NULL) {
         PyErr_Clear();
         goto done;
@@ -254,17 +270,19 @@ Recorder_exit(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Clear();
     }
     if (prev != self->skip) {
-        PyObject *to = PyLong_FromLong(-(long)code->co_firstlineno);
+        PyObject *to = PyLong_FromLong(-(long)code->co_firstlineno); /* the exit arc */
         if (to == NULL) {
             PyErr_Clear();
         }
         else {
-            add_arc(scope, self->off_triples, code, prev, to);
+            add_arc(triples, code, prev, to);
             Py_DECREF(to);
         }
     }
-    Py_DECREF(prev);
 done:
+    Py_XDECREF(prev);
+    Py_XDECREF(last);
+    Py_XDECREF(triples);
     Py_DECREF(scope);
     Py_RETURN_NONE;
 }
