@@ -166,22 +166,52 @@ add_arc(PyObject *triples, PyCodeObject *code, PyObject *prev, PyObject *to)
     Py_DECREF(arc);
 }
 
-/* The scope's ``last`` dict and ``triples`` set, as new references (both NULL when the slots
- * hold anything else). Owned for the whole callback: an allocation in it may run a finalizer
- * that closes the scope, which replaces both. */
-static int
-scope_records(Recorder *self, PyObject *scope, PyObject **last, PyObject **triples)
+/* What one event is recorded into. */
+typedef struct {
+    PyObject *scope;       /* the current exact scope */
+    PyObject *last;        /* its ``last`` dict: frame -> previous line */
+    PyObject *triples;     /* its ``triples`` set */
+    PyFrameObject *frame;  /* borrowed: the frame the event is about */
+} Event;
+
+/* Start of both callbacks. NULL: the event is to be recorded here, into ``ev`` (release it
+ * with event_done). Otherwise the callback's result: the event is not for this recorder or
+ * went to the Python fallback.
+ *
+ * The scope's dict and set are held for the whole callback: an allocation in it may run a
+ * finalizer that closes the scope, which replaces both. */
+static PyObject *
+event_start(Recorder *self, PyObject *fallback, PyObject *const *args, Py_ssize_t nargs,
+            Event *ev)
 {
-    PyObject *l = SLOT(scope, self->off_last);
-    PyObject *t = SLOT(scope, self->off_triples);
-    if (l == NULL || t == NULL || !PyDict_CheckExact(l) || !PySet_CheckExact(t)) {
-        return -1;
+    int kind = current_scope(self, &ev->scope);
+    if (kind != SCOPE_EXACT) {
+        if (kind == SCOPE_NONE && !self->divert) {
+            Py_RETURN_NONE;
+        }
+        return call_fallback(fallback, args, nargs);
     }
-    Py_INCREF(l);
-    Py_INCREF(t);
-    *last = l;
-    *triples = t;
-    return 0;
+    PyObject *last = SLOT(ev->scope, self->off_last);
+    PyObject *triples = SLOT(ev->scope, self->off_triples);
+    ev->frame = PyEval_GetFrame();
+    if (ev->frame == NULL || last == NULL || triples == NULL || !PyDict_CheckExact(last) ||
+        !PySet_CheckExact(triples)) {
+        Py_DECREF(ev->scope);
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(last);
+    Py_INCREF(triples);
+    ev->last = last;
+    ev->triples = triples;
+    return NULL;
+}
+
+static void
+event_done(Event *ev)
+{
+    Py_DECREF(ev->last);
+    Py_DECREF(ev->triples);
+    Py_DECREF(ev->scope);
 }
 
 /* line(code, line): the LINE callback. */
@@ -191,51 +221,30 @@ Recorder_line(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     if (nargs != 2 || !PyCode_Check(args[0]) || !PyLong_CheckExact(args[1])) {
         Py_RETURN_NONE;
     }
-    PyObject *scope = NULL;
-    int kind = current_scope(self, &scope);
-    if (kind != SCOPE_EXACT) {
-        if (kind == SCOPE_NONE && !self->divert) {
-            Py_RETURN_NONE;
-        }
-        return call_fallback(self->line_fallback, args, nargs);
+    Event ev;
+    PyObject *result = event_start(self, self->line_fallback, args, nargs, &ev);
+    if (result != NULL) {
+        return result;
     }
     PyCodeObject *code = (PyCodeObject *)args[0];
     PyObject *line = args[1];
-    PyObject *last = NULL, *triples = NULL, *prev = NULL;
-    PyFrameObject *frame = PyEval_GetFrame(); /* borrowed: the frame the event is about */
-    if (frame == NULL || scope_records(self, scope, &last, &triples) < 0) {
-        goto done;
-    }
-    prev = PyDict_GetItemWithError(last, (PyObject *)frame); /* borrowed */
+    PyObject *prev = PyDict_GetItemWithError(ev.last, (PyObject *)ev.frame); /* borrowed */
     if (prev == NULL) {
-        if (PyErr_Occurred()) {
-            PyErr_Clear();
-            goto done;
-        }
-        prev = PyLong_FromLong(-(long)code->co_firstlineno); /* the entry arc */
-        if (prev == NULL) {
-            PyErr_Clear();
-            goto done;
-        }
+        /* the frame's first line: the entry arc */
+        prev = PyErr_Occurred() ? NULL : PyLong_FromLong(-(long)code->co_firstlineno);
     }
     else if (prev == self->skip) {
         prev = NULL; /* a frame that was running before the scope opened */
-        goto done;
     }
     else {
         Py_INCREF(prev);
     }
-    if (PyDict_SetItem(last, (PyObject *)frame, line) < 0) {
-        PyErr_Clear();
+    if (prev != NULL && PyDict_SetItem(ev.last, (PyObject *)ev.frame, line) == 0) {
+        add_arc(ev.triples, code, prev, line);
     }
-    else {
-        add_arc(triples, code, prev, line);
-    }
-done:
+    PyErr_Clear();
     Py_XDECREF(prev);
-    Py_XDECREF(last);
-    Py_XDECREF(triples);
-    Py_DECREF(scope);
+    event_done(&ev);
     Py_RETURN_NONE;
 }
 
@@ -246,44 +255,26 @@ Recorder_exit(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     if (nargs != 3 || !PyCode_Check(args[0])) {
         Py_RETURN_NONE;
     }
-    PyObject *scope = NULL;
-    int kind = current_scope(self, &scope);
-    if (kind != SCOPE_EXACT) {
-        if (kind == SCOPE_NONE && !self->divert) {
-            Py_RETURN_NONE;
-        }
-        return call_fallback(self->exit_fallback, args, nargs);
+    Event ev;
+    PyObject *result = event_start(self, self->exit_fallback, args, nargs, &ev);
+    if (result != NULL) {
+        return result;
     }
     PyCodeObject *code = (PyCodeObject *)args[0];
-    PyObject *last = NULL, *triples = NULL, *prev = NULL;
-    PyFrameObject *frame = PyEval_GetFrame();
-    if (frame == NULL || scope_records(self, scope, &last, &triples) < 0) {
-        goto done;
-    }
-    prev = PyDict_GetItemWithError(last, (PyObject *)frame);
-    if (prev == NULL) {
-        PyErr_Clear();
-        goto done;
-    }
-    Py_INCREF(prev);
-    if (PyDict_DelItem(last, (PyObject *)frame) < 0) {
-        PyErr_Clear();
-    }
-    if (prev != self->skip) {
-        PyObject *to = PyLong_FromLong(-(long)code->co_firstlineno); /* the exit arc */
-        if (to == NULL) {
-            PyErr_Clear();
+    PyObject *prev = PyDict_GetItemWithError(ev.last, (PyObject *)ev.frame);
+    if (prev != NULL) {
+        Py_INCREF(prev);
+        if (PyDict_DelItem(ev.last, (PyObject *)ev.frame) == 0 && prev != self->skip) {
+            PyObject *to = PyLong_FromLong(-(long)code->co_firstlineno); /* the exit arc */
+            if (to != NULL) {
+                add_arc(ev.triples, code, prev, to);
+                Py_DECREF(to);
+            }
         }
-        else {
-            add_arc(triples, code, prev, to);
-            Py_DECREF(to);
-        }
+        Py_DECREF(prev);
     }
-done:
-    Py_XDECREF(prev);
-    Py_XDECREF(last);
-    Py_XDECREF(triples);
-    Py_DECREF(scope);
+    PyErr_Clear();
+    event_done(&ev);
     Py_RETURN_NONE;
 }
 
