@@ -44,8 +44,10 @@ def _choose() -> Core:
             log.warning("runcov: using the settrace core: %s", exc)
         else:
             log.info(
-                "runcov: using the sys.monitoring core (tool id %d) on Python %s",
+                "runcov: using the sys.monitoring core (tool id %d, %s recording callbacks) on "
+                "Python %s",
                 core.tool_id,
+                "C" if core.accelerated else "Python",
                 sys.version.split()[0],
             )
             return core
