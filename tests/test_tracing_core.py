@@ -532,3 +532,51 @@ def test_c_callbacks_never_raise_on_unexpected_arguments() -> None:
         work.classify(1)
     assert cov.lines == plain.lines
     assert cov.arcs == plain.arcs
+
+
+def _settrace_core() -> Any:
+    core = get_core()
+    if core.name != "settrace":
+        pytest.skip("settrace core not in use")
+    return core
+
+
+def test_settrace_core_traces_with_its_c_trace_function_unless_told_not_to() -> None:
+    """With the C extension the settrace core installs a C-level trace function (no copy of
+    each frame's locals around every event); ``RUNCOV_ACCEL=0`` keeps ``sys.settrace``."""
+    core = _settrace_core()
+    expected = os.environ.get("RUNCOV_ACCEL", "").strip() != "0"
+    assert core.accelerated is expected
+    with capture_coverage(source=[SAMPLE]) as cov:
+        installed = sys.gettrace()
+        work.classify(1)
+    assert (type(installed).__name__ == "Dispatcher") is expected
+    assert _line_of('return "positive"') in cov.lines[WORK]
+
+
+def test_a_tracer_installed_over_runcovs_mid_scope_keeps_working() -> None:
+    """A debugger or profiler that calls ``sys.settrace`` inside a measured request replaces
+    runcov's tracer; the frames runcov was tracing keep their local tracers, which the new
+    tracer's trampoline then calls: they must neither fail nor take the new tracer down."""
+    core = _settrace_core()
+    seen: list[str] = []
+
+    def foreign(frame: Any, event: str, arg: Any) -> Any:
+        seen.append(event)
+        return foreign
+
+    scope = core.open_scope(roots=[SAMPLE])
+    try:
+        assert work.replaces_tracer(foreign, 3) == 3
+        assert sys.gettrace() is foreign
+        work.classify(1)  # a new frame: only the other tracer sees it
+        data = scope.close()
+        assert sys.gettrace() is foreign
+    finally:
+        sys.settrace(None)
+    assert "call" in seen
+    assert scope.traced is False  # part of the request ran under the other tracer
+    assert _line_of("sys.settrace(tracer)") in data.lines[WORK]
+    # the old frame's local tracer went on under the other tracer
+    assert _line_of("total += i - i + 1") in data.lines[WORK]
+    assert _line_of('return "positive"') not in data.lines[WORK]

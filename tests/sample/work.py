@@ -33,3 +33,13 @@ def measures_from_inside(capture):
         after = before + 1  # this frame was running when the scope opened: not measured
         classify(after)
     return cov
+
+
+def replaces_tracer(tracer, n):
+    import sys
+
+    sys.settrace(tracer)
+    total = 0
+    for i in range(n):
+        total += i - i + 1
+    return total

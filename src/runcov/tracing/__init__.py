@@ -55,14 +55,17 @@ def _choose() -> Core:
         raise ValueError(f"{CORE_ENV}=sysmon needs Python 3.12+, this is {sys.version.split()[0]}")
     from runcov.tracing.settrace import SettraceCore
 
+    core = SettraceCore()
+    how = "C" if core.accelerated else "Python"
     if wanted != "settrace" and sys.version_info < (3, 12):
         log.info(
-            "runcov: using the settrace core: Python %s has no sys.monitoring",
+            "runcov: using the settrace core (%s trace function): Python %s has no sys.monitoring",
+            how,
             sys.version.split()[0],
         )
     elif wanted == "settrace":
-        log.info("runcov: using the settrace core: %s=settrace", CORE_ENV)
-    return SettraceCore()
+        log.info("runcov: using the settrace core (%s trace function): %s=settrace", how, CORE_ENV)
+    return core
 
 
 def reset_core() -> None:

@@ -1,4 +1,4 @@
-/* runcov.tracing._accel: the sys.monitoring core's recording callbacks in C.
+/* runcov.tracing._accel: the tracing cores' hot paths in C.
  *
  * The sys.monitoring core (sysmon.py) records, for each LINE and PY_RETURN event of armed code
  * that runs inside an exact scope, one arc (co_filename, previous line, line) into the scope's
@@ -18,8 +18,17 @@
  * The scope's slots are read at the offsets of ScopeState's member descriptors, found once when
  * the recorder is created; the scope's type is checked exactly before they are read.
  */
+/* The settrace core (settrace.py, CPython 3.11) gets a C-level trace function, ``Dispatcher``:
+ * installed with PyEval_SetTrace instead of sys.settrace, it calls the core's Python call
+ * handler and the frames' local tracers as sys.settrace's trampoline would, without copying
+ * every frame's fast locals into a dict and back around each event (PyFrame_FastToLocals,
+ * which the trampoline does for every line). An ordinary function's frame in an exact scope
+ * gets a ``FunctionArcs`` as its local tracer, whose line and return events are recorded here
+ * without calling into Python.
+ */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <frameobject.h>
 #include <structmember.h>
 
 typedef struct {
@@ -307,17 +316,355 @@ static PyTypeObject RecorderType = {
     .tp_members = Recorder_members,
 };
 
+/* -- the settrace core ----------------------------------------------------------------------- */
+
+/* An ordinary function frame's local tracer in an exact scope: the arcs it adds to and the
+ * frame's previous line. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *arcs; /* the scope's set of (from, to) for the frame's file */
+    long last;
+    long first; /* co_firstlineno */
+} FunctionArcs;
+
+static PyTypeObject FunctionArcsType;
+
+static PyObject *name_call, *name_exception, *name_line, *name_return, *name_opcode, *name_f_trace;
+
+static void
+function_arcs_add(FunctionArcs *self, long from, long to)
+{
+    PyObject *a = PyLong_FromLong(from);
+    PyObject *b = a != NULL ? PyLong_FromLong(to) : NULL;
+    PyObject *arc = b != NULL ? PyTuple_Pack(2, a, b) : NULL;
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    if (arc == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    if (PySet_Add(self->arcs, arc) < 0) {
+        PyErr_Clear();
+    }
+    Py_DECREF(arc);
+}
+
+/* A line or return event of the frame (other events are ignored). */
+static void
+function_arcs_event(FunctionArcs *self, PyFrameObject *frame, int what)
+{
+    if (what == PyTrace_LINE) {
+        long line = PyFrame_GetLineNumber(frame);
+        function_arcs_add(self, self->last, line);
+        self->last = line;
+    }
+    else if (what == PyTrace_RETURN) {
+        function_arcs_add(self, self->last, -self->first);
+    }
+}
+
+static int
+FunctionArcs_init(FunctionArcs *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *arcs;
+    long last, first;
+    if (!PyArg_ParseTuple(args, "O!ll", &PySet_Type, &arcs, &last, &first)) {
+        return -1;
+    }
+    Py_INCREF(arcs);
+    Py_XSETREF(self->arcs, arcs);
+    self->last = last;
+    self->first = first;
+    return 0;
+}
+
+/* Called as a Python local tracer, (frame, event, arg): by sys.settrace's trampoline when
+ * another tool's tracer replaced runcov's in this thread (it keeps calling the frames' local
+ * tracers). Records as the dispatcher would; returns itself. */
+static PyObject *
+FunctionArcs_call(FunctionArcs *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *frame, *event, *arg;
+    if (PyArg_ParseTuple(args, "OOO", &frame, &event, &arg) && PyFrame_Check(frame) &&
+        PyUnicode_Check(event) && self->arcs != NULL) {
+        if (PyUnicode_Compare(event, name_line) == 0) {
+            function_arcs_event(self, (PyFrameObject *)frame, PyTrace_LINE);
+        }
+        else if (PyUnicode_Compare(event, name_return) == 0) {
+            function_arcs_event(self, (PyFrameObject *)frame, PyTrace_RETURN);
+        }
+    }
+    PyErr_Clear();
+    Py_INCREF(self);
+    return (PyObject *)self;
+}
+
+/* Not tracked by the garbage collector: it refers only to a set of int pairs, so it can be
+ * part of no reference cycle, and a frame's local tracer is created for every call. */
+static void
+FunctionArcs_dealloc(FunctionArcs *self)
+{
+    Py_CLEAR(self->arcs);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* function_arcs(arcs, last, first): a FunctionArcs, without the class's argument parsing. */
+static PyObject *
+function_arcs_new(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PySet_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "function_arcs(arcs: set, last: int, first: int)");
+        return NULL;
+    }
+    long last = PyLong_AsLong(args[1]);
+    long first = last == -1 && PyErr_Occurred() ? -1 : PyLong_AsLong(args[2]);
+    if (first == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    FunctionArcs *self = PyObject_New(FunctionArcs, &FunctionArcsType);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_INCREF(args[0]);
+    self->arcs = args[0];
+    self->last = last;
+    self->first = first;
+    return (PyObject *)self;
+}
+
+static PyTypeObject FunctionArcsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runcov.tracing._accel.FunctionArcs",
+    .tp_basicsize = sizeof(FunctionArcs),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "FunctionArcs(arcs, last, first): an ordinary function frame's local tracer.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)FunctionArcs_init,
+    .tp_call = (ternaryfunc)FunctionArcs_call,
+    .tp_dealloc = (destructor)FunctionArcs_dealloc,
+};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *call_handler; /* the core's global_trace(frame, "call", arg) */
+    /* The local tracer of the frame that had the last event (both held, so the frame's
+     * address cannot be reused while cached): consecutive events of one frame skip the
+     * frame's f_trace attribute lookup. Set when a call gets its local tracer, dropped when
+     * the frame returns. */
+    PyObject *cached_frame;
+    PyObject *cached_local;
+} Dispatcher;
+
+static void
+forget_cached(Dispatcher *self)
+{
+    Py_CLEAR(self->cached_frame);
+    Py_CLEAR(self->cached_local);
+}
+
+static void
+remember_local(Dispatcher *self, PyFrameObject *frame, PyObject *local)
+{
+    Py_INCREF(frame);
+    Py_INCREF(local);
+    forget_cached(self);
+    self->cached_frame = (PyObject *)frame;
+    self->cached_local = local;
+}
+
+/* Call a Python tracer as sys.settrace's trampoline does (minus the locals copies): a result
+ * other than None becomes the frame's local tracer. Errors are swallowed: tracing goes on and
+ * the application never sees them. */
+static void
+call_python_tracer(Dispatcher *self, PyObject *tracer, PyFrameObject *frame, PyObject *name,
+                   PyObject *arg)
+{
+    PyObject *args[3] = {(PyObject *)frame, name, arg != NULL ? arg : Py_None};
+    PyObject *result = PyObject_Vectorcall(tracer, args, 3, NULL);
+    if (result == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    if (result != Py_None && result != tracer) {
+        if (PyObject_SetAttr((PyObject *)frame, name_f_trace, result) < 0) {
+            PyErr_Clear();
+        }
+        else {
+            remember_local(self, frame, result);
+        }
+    }
+    Py_DECREF(result);
+}
+
+/* The C-level trace function (Py_tracefunc). */
+static int
+dispatch(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg)
+{
+    Dispatcher *self = (Dispatcher *)obj;
+    if (what == PyTrace_CALL) {
+        if (self->call_handler != NULL) {
+            call_python_tracer(self, self->call_handler, frame, name_call, arg);
+        }
+        return 0;
+    }
+    PyObject *name;
+    switch (what) {
+    case PyTrace_LINE:
+        name = name_line;
+        break;
+    case PyTrace_RETURN:
+        name = name_return;
+        break;
+    case PyTrace_EXCEPTION:
+        name = name_exception;
+        break;
+    case PyTrace_OPCODE:
+        name = name_opcode;
+        break;
+    default:
+        return 0;
+    }
+    PyObject *local;
+    if ((PyObject *)frame == self->cached_frame) {
+        local = self->cached_local;
+        Py_INCREF(local);
+    }
+    else {
+        local = PyObject_GetAttr((PyObject *)frame, name_f_trace); /* None when unset */
+        if (local == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        if (local != Py_None && what != PyTrace_RETURN) {
+            remember_local(self, frame, local);
+        }
+    }
+    if (Py_TYPE(local) == &FunctionArcsType) {
+        if (((FunctionArcs *)local)->arcs != NULL) {
+            function_arcs_event((FunctionArcs *)local, frame, what);
+        }
+    }
+    else if (local != Py_None) {
+        call_python_tracer(self, local, frame, name, arg);
+    }
+    if (what == PyTrace_RETURN && (PyObject *)frame == self->cached_frame) {
+        forget_cached(self); /* the frame is done (or suspended: a new call event follows) */
+    }
+    Py_DECREF(local);
+    return 0;
+}
+
+static int
+Dispatcher_init(Dispatcher *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *handler;
+    if (!PyArg_ParseTuple(args, "O", &handler)) {
+        return -1;
+    }
+    Py_INCREF(handler);
+    Py_XSETREF(self->call_handler, handler);
+    return 0;
+}
+
+/* install(): make this the calling thread's trace function (what sys.gettrace() returns). */
+static PyObject *
+Dispatcher_install(Dispatcher *self, PyObject *Py_UNUSED(ignored))
+{
+    PyEval_SetTrace(dispatch, (PyObject *)self);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Called from Python (sys.settrace(dispatcher) or a trampoline): as the call handler. */
+static PyObject *
+Dispatcher_call(Dispatcher *self, PyObject *args, PyObject *kwds)
+{
+    if (self->call_handler == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyObject_Call(self->call_handler, args, kwds);
+}
+
+static int
+Dispatcher_traverse(Dispatcher *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->call_handler);
+    Py_VISIT(self->cached_frame);
+    Py_VISIT(self->cached_local);
+    return 0;
+}
+
+static int
+Dispatcher_clear(Dispatcher *self)
+{
+    Py_CLEAR(self->call_handler);
+    forget_cached(self);
+    return 0;
+}
+
+static void
+Dispatcher_dealloc(Dispatcher *self)
+{
+    PyObject_GC_UnTrack(self);
+    Dispatcher_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Dispatcher_methods[] = {
+    {"install", (PyCFunction)Dispatcher_install, METH_NOARGS,
+     "install(): make this the calling thread's trace function."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject DispatcherType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runcov.tracing._accel.Dispatcher",
+    .tp_basicsize = sizeof(Dispatcher),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Dispatcher(call_handler): the settrace core's C-level trace function.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Dispatcher_init,
+    .tp_call = (ternaryfunc)Dispatcher_call,
+    .tp_dealloc = (destructor)Dispatcher_dealloc,
+    .tp_traverse = (traverseproc)Dispatcher_traverse,
+    .tp_clear = (inquiry)Dispatcher_clear,
+    .tp_methods = Dispatcher_methods,
+};
+
+static int
+intern_names(void)
+{
+    name_call = PyUnicode_InternFromString("call");
+    name_exception = PyUnicode_InternFromString("exception");
+    name_line = PyUnicode_InternFromString("line");
+    name_return = PyUnicode_InternFromString("return");
+    name_opcode = PyUnicode_InternFromString("opcode");
+    name_f_trace = PyUnicode_InternFromString("f_trace");
+    return (name_call && name_exception && name_line && name_return && name_opcode &&
+            name_f_trace) ? 0 : -1;
+}
+
+static PyMethodDef accel_functions[] = {
+    {"function_arcs", (PyCFunction)(void (*)(void))function_arcs_new, METH_FASTCALL,
+     "function_arcs(arcs, last, first): an ordinary function frame's local tracer."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef accel_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "runcov.tracing._accel",
-    .m_doc = "The sys.monitoring core's recording callbacks in C.",
+    .m_methods = accel_functions,
+    .m_doc = "The tracing cores' recording callbacks in C.",
     .m_size = -1,
 };
 
 PyMODINIT_FUNC
 PyInit__accel(void)
 {
-    if (PyType_Ready(&RecorderType) < 0) {
+    if (PyType_Ready(&RecorderType) < 0 || PyType_Ready(&FunctionArcsType) < 0 ||
+        PyType_Ready(&DispatcherType) < 0 || intern_names() < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&accel_module);
@@ -327,6 +674,18 @@ PyInit__accel(void)
     Py_INCREF(&RecorderType);
     if (PyModule_AddObject(module, "Recorder", (PyObject *)&RecorderType) < 0) {
         Py_DECREF(&RecorderType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&FunctionArcsType);
+    if (PyModule_AddObject(module, "FunctionArcs", (PyObject *)&FunctionArcsType) < 0) {
+        Py_DECREF(&FunctionArcsType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&DispatcherType);
+    if (PyModule_AddObject(module, "Dispatcher", (PyObject *)&DispatcherType) < 0) {
+        Py_DECREF(&DispatcherType);
         Py_DECREF(module);
         return NULL;
     }

@@ -19,6 +19,27 @@ _current: contextvars.ContextVar[Optional[ScopeState]] = contextvars.ContextVar(
     "runcov_scope", default=None
 )
 
+#: ``RUNCOV_ACCEL=0`` makes both cores record with their Python callbacks even where the C ones
+#: (``runcov.tracing._accel``) are built.
+ACCEL_ENV = "RUNCOV_ACCEL"
+
+
+def load_accel() -> Any:
+    """The cores' C extension (``runcov.tracing._accel``), or None: not built for this
+    interpreter, or turned off with ``RUNCOV_ACCEL=0``."""
+    if os.environ.get(ACCEL_ENV, "").strip() == "0":
+        return None
+    try:
+        from runcov.tracing import _accel  # type: ignore[attr-defined]
+    except ImportError as exc:  # not built: the Python callbacks record
+        log.debug("runcov: C tracing callbacks unavailable: %s", exc)
+        return None
+    if not all(hasattr(_accel, name) for name in ("Recorder", "Dispatcher", "function_arcs")):
+        log.debug("runcov: C tracing callbacks unavailable: %s is out of date", _accel.__file__)
+        return None
+    return _accel
+
+
 #: Sentinel stored as a frame's last line for frames that were already running when the scope
 #: opened: their lines belong to the code that opened the scope, not to the measured work.
 SKIP = 0
@@ -428,6 +449,7 @@ def in_asyncio_step() -> bool:
 
 
 __all__ = [
+    "ACCEL_ENV",
     "CENSUS",
     "EXACT",
     "SKIP",
@@ -436,6 +458,7 @@ __all__ = [
     "ScopeState",
     "in_asyncio_step",
     "install_hooks",
+    "load_accel",
     "records_data",
     "within",
 ]

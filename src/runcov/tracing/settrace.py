@@ -19,7 +19,14 @@ from types import CodeType, FrameType
 from typing import Any, Callable, Iterable, Optional
 
 from runcov.tracing._base import CENSUS, EXACT, Arc, Core, Scope
-from runcov.tracing._scope import Roots, ScopeState, _current, in_asyncio_step, install_hooks
+from runcov.tracing._scope import (
+    Roots,
+    ScopeState,
+    _current,
+    in_asyncio_step,
+    install_hooks,
+    load_accel,
+)
 
 log = logging.getLogger("runcov.tracing")
 
@@ -60,7 +67,18 @@ class SettraceCore(Core):
         #: id(code) -> (code, co_code) for generator-like code: tells a yield from a return.
         self._gen_code: dict[int, tuple[CodeType, bytes]] = {}
         self._shut = False
-        self._global_trace = self._make_global_trace()
+        # With the C extension, the tracer a thread gets is a C-level trace function that calls
+        # the same Python handlers without sys.settrace's copies of every frame's locals around
+        # each event, and records ordinary function frames of exact scopes itself.
+        accel = load_accel()
+        self.accelerated = accel is not None
+        self._global_trace = self._make_global_trace(
+            _function_tracer if accel is None else accel.function_arcs
+        )
+        #: What this core installs in a thread (and what ``sys.gettrace()`` then returns).
+        self._tracer: Any = self._global_trace if accel is None else accel.Dispatcher(
+            self._global_trace
+        )
         install_hooks(self._enter_thread, self._exit_thread)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
 
@@ -101,7 +119,7 @@ class SettraceCore(Core):
         tls = self._tls
         opened = tls.open  # initialise this thread's local state before any tracer runs
         current = sys.gettrace()
-        if current is not None and current is not self._global_trace:
+        if current is not None and current is not self._tracer:
             return False  # never replace someone else's tracer
         # The scope is registered before the tracer is set. From sys.settrace on, this thread
         # may run Python code at any allocation (a garbage-collection callback, a finalizer),
@@ -111,7 +129,10 @@ class SettraceCore(Core):
         tls.installed = True
         # Installed again even when it is already ours: setting it also refreshes the
         # interpreter's per-thread "tracing on" state, whatever happened to it since.
-        sys.settrace(self._global_trace)
+        if self.accelerated:
+            self._tracer.install()
+        else:
+            sys.settrace(self._global_trace)
         return True
 
     def _exit_thread(self, scope: ScopeState) -> None:
@@ -128,7 +149,7 @@ class SettraceCore(Core):
         tls.open.clear()
         if tls.installed:
             tls.installed = False
-            if sys.gettrace() is self._global_trace:
+            if sys.gettrace() is self._tracer:
                 sys.settrace(None)
 
     def _close_scope(self, scope: ScopeState) -> None:
@@ -148,7 +169,7 @@ class SettraceCore(Core):
         (``sys.settrace`` elsewhere in the app, another tool's tracer object freed by the
         garbage collector): part of the request ran unmeasured, so the scope reports itself
         as not traced and its request is counted as dropped, not exported partial."""
-        if self._tls.installed and sys.gettrace() is not self._global_trace:
+        if self._tls.installed and sys.gettrace() is not self._tracer:
             scope.traced = False
             log.debug("runcov: the tracer was removed from a thread while a scope was open")
 
@@ -184,7 +205,7 @@ class SettraceCore(Core):
     def shutdown(self) -> None:
         """Stop tracing in this thread; other threads stop at their next call event."""
         self._shut = True
-        if sys.gettrace() is self._global_trace:
+        if sys.gettrace() is self._tracer:
             sys.settrace(None)
         self._tls.open.clear()
         self._tls.installed = False
@@ -199,7 +220,7 @@ class SettraceCore(Core):
 
     # -- the tracer ---------------------------------------------------------------------------
 
-    def _make_global_trace(self) -> TraceFn:
+    def _make_global_trace(self, function_tracer: Callable[[set[Arc], int, int], Any]) -> TraceFn:
         get_scope = _current.get
         classify = self._roots.classify
         core = self
@@ -237,7 +258,7 @@ class SettraceCore(Core):
                     arcs = scope.files[filename] = set()
                 if code.co_flags & _GEN_FLAGS:
                     return core._generator_tracer(arcs, last, first, code)
-                return _function_tracer(arcs, last, first)
+                return function_tracer(arcs, last, first)
             except Exception:
                 return None
 

@@ -44,6 +44,7 @@ from runcov.tracing._scope import (
     _current,
     in_asyncio_step,
     install_hooks,
+    load_accel,
     records_data,
 )
 
@@ -62,9 +63,6 @@ _MIN_LINGER_CALLBACKS = 32
 #: Tool ids a runcov core has held in this process.
 _TOOL_IDS_USED: set[int] = set()
 TOOL_NAME = "runcov"
-#: ``RUNCOV_ACCEL=0`` makes the core record with its Python callbacks even when the C ones
-#: (``runcov.tracing._accel``) are built.
-ACCEL_ENV = "RUNCOV_ACCEL"
 
 
 class ToolUnavailable(RuntimeError):
@@ -601,13 +599,12 @@ class SysmonCore(Core):
 
 def _c_recorder(on_line: Callable[..., Any], on_exit: Callable[..., Any]) -> Any:
     """The C recording callbacks, or None (not built, or ``RUNCOV_ACCEL=0``)."""
-    if os.environ.get(ACCEL_ENV, "").strip() == "0":
+    accel = load_accel()
+    if accel is None:
         return None
     try:
-        from runcov.tracing import _accel  # type: ignore[attr-defined]
-
-        return _accel.Recorder(_current, ScopeState, on_line, on_exit, SKIP)
-    except Exception as exc:  # not built for this interpreter: the Python callbacks record
+        return accel.Recorder(_current, ScopeState, on_line, on_exit, SKIP)
+    except Exception as exc:
         log.debug("runcov: C recording callbacks unavailable: %s", exc)
         return None
 
