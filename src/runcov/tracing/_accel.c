@@ -444,9 +444,142 @@ static PyTypeObject FunctionArcsType = {
     .tp_dealloc = (destructor)FunctionArcs_dealloc,
 };
 
+/* A frame's local tracer in a census scope: first hits of its code's lines in the epoch. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *hits;       /* the core's set of lines of this file hit in the epoch */
+    PyObject *mine;       /* the scope's census_lines dict: co_filename -> set of lines */
+    PyObject *filename;
+    PyObject *code_lines; /* frozenset of the lines of this code that produce line events */
+    PyObject *saturated;  /* the core's dict: id(code) -> code, whose lines were all hit */
+    PyObject *key;        /* id(code) */
+    PyObject *code;
+} CensusLines;
+
+static PyTypeObject CensusLinesType;
+
+/* A line event: a first hit goes to the epoch and the scope; a code object whose lines were
+ * all hit is not traced again in this epoch. */
+static void
+census_lines_line(CensusLines *self, PyFrameObject *frame)
+{
+    PyObject *line = PyLong_FromLong(PyFrame_GetLineNumber(frame));
+    if (line == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    int known = PySet_Contains(self->hits, line);
+    if (known == 0 && PySet_Add(self->hits, line) == 0) {
+        PyObject *mine = PyDict_GetItemWithError(self->mine, self->filename);
+        if (mine == NULL && !PyErr_Occurred()) {
+            mine = PySet_New(NULL);
+            if (mine != NULL && PyDict_SetItem(self->mine, self->filename, mine) < 0) {
+                Py_CLEAR(mine);
+            }
+            Py_XDECREF(mine); /* the dict holds it */
+        }
+        if (mine != NULL && PySet_Add(mine, line) == 0 &&
+            PyObject_RichCompareBool(self->code_lines, self->hits, Py_LE) == 1) {
+            PyDict_SetItem(self->saturated, self->key, self->code);
+        }
+    }
+    PyErr_Clear();
+    Py_DECREF(line);
+}
+
+/* census_lines(hits, mine, filename, code_lines, saturated, key, code) */
+static PyObject *
+census_lines_new(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7 || !PySet_CheckExact(args[0]) || !PyDict_CheckExact(args[1]) ||
+        !PyAnySet_Check(args[3]) || !PyDict_CheckExact(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "census_lines(hits: set, mine: dict, filename, "
+                                         "code_lines: frozenset, saturated: dict, key, code)");
+        return NULL;
+    }
+    CensusLines *self = PyObject_GC_New(CensusLines, &CensusLinesType);
+    if (self == NULL) {
+        return NULL;
+    }
+    PyObject **fields[7] = {&self->hits, &self->mine, &self->filename, &self->code_lines,
+                            &self->saturated, &self->key, &self->code};
+    for (int i = 0; i < 7; i++) {
+        Py_INCREF(args[i]);
+        *fields[i] = args[i];
+    }
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+/* As a Python local tracer (another tool's trampoline calling it): records, returns itself. */
+static PyObject *
+CensusLines_call(CensusLines *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *frame, *event, *arg;
+    if (PyArg_ParseTuple(args, "OOO", &frame, &event, &arg) && PyFrame_Check(frame) &&
+        PyUnicode_Check(event) && PyUnicode_Compare(event, name_line) == 0) {
+        census_lines_line(self, (PyFrameObject *)frame);
+    }
+    PyErr_Clear();
+    Py_INCREF(self);
+    return (PyObject *)self;
+}
+
+static int
+CensusLines_traverse(CensusLines *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->hits);
+    Py_VISIT(self->mine);
+    Py_VISIT(self->filename);
+    Py_VISIT(self->code_lines);
+    Py_VISIT(self->saturated);
+    Py_VISIT(self->key);
+    Py_VISIT(self->code);
+    return 0;
+}
+
+static int
+CensusLines_clear(CensusLines *self)
+{
+    Py_CLEAR(self->hits);
+    Py_CLEAR(self->mine);
+    Py_CLEAR(self->filename);
+    Py_CLEAR(self->code_lines);
+    Py_CLEAR(self->saturated);
+    Py_CLEAR(self->key);
+    Py_CLEAR(self->code);
+    return 0;
+}
+
+static void
+CensusLines_dealloc(CensusLines *self)
+{
+    PyObject_GC_UnTrack(self);
+    CensusLines_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject CensusLinesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runcov.tracing._accel.CensusLines",
+    .tp_basicsize = sizeof(CensusLines),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A frame's local tracer in a census scope (made by census_lines()).",
+    .tp_call = (ternaryfunc)CensusLines_call,
+    .tp_dealloc = (destructor)CensusLines_dealloc,
+    .tp_traverse = (traverseproc)CensusLines_traverse,
+    .tp_clear = (inquiry)CensusLines_clear,
+};
+
 typedef struct {
     PyObject_HEAD
     PyObject *call_handler; /* the core's global_trace(frame, "call", arg) */
+    /* For call events decided here (an exact scope is current; see handle_call): */
+    PyObject *var;            /* the ContextVar holding the current scope */
+    PyTypeObject *scope_type; /* ScopeState */
+    Py_ssize_t off_closed, off_is_census, off_files;
+    PyObject *classify;       /* Roots.classify(filename) -> path or None */
+    PyObject *under_roots;    /* co_filename -> True / False (classify's answer), this side */
     /* The local tracer of the frame that had the last event (both held, so the frame's
      * address cannot be reused while cached): consecutive events of one frame skip the
      * frame's f_trace attribute lookup. Set when a call gets its local tracer, dropped when
@@ -496,13 +629,114 @@ call_python_tracer(Dispatcher *self, PyObject *tracer, PyFrameObject *frame, PyO
     Py_DECREF(result);
 }
 
+#define GENERATOR_LIKE (CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR)
+
+/* Whether ``filename`` lies under the core's roots: Py_True, Py_False (borrowed), or NULL. */
+static PyObject *
+under_roots(Dispatcher *self, PyObject *filename)
+{
+    PyObject *under = PyDict_GetItemWithError(self->under_roots, filename);
+    if (under != NULL || PyErr_Occurred()) {
+        return under;
+    }
+    PyObject *path = PyObject_CallOneArg(self->classify, filename);
+    if (path == NULL) {
+        return NULL;
+    }
+    under = path == Py_None ? Py_False : Py_True;
+    Py_DECREF(path);
+    if (PyDict_SetItem(self->under_roots, filename, under) < 0) {
+        return NULL;
+    }
+    return under;
+}
+
+/* A call event while an exact scope is current, the common case in a measured request: a
+ * frame outside the roots gets no local tracer, an ordinary function's frame gets a
+ * FunctionArcs. 0: decided here; -1: the core's Python call handler decides (no or another
+ * scope, generator-like code, anything unexpected). */
+static int
+handle_call(Dispatcher *self, PyFrameObject *frame)
+{
+    if (self->var == NULL) {
+        return -1;
+    }
+    PyObject *scope = NULL;
+    if (PyContextVar_Get(self->var, Py_None, &scope) < 0) {
+        PyErr_Clear();
+        return -1;
+    }
+    int decided = -1;
+    PyCodeObject *code = NULL;
+    if (Py_TYPE(scope) != self->scope_type || SLOT(scope, self->off_closed) != Py_False ||
+        SLOT(scope, self->off_is_census) != Py_False) {
+        goto done; /* None, closed, census: Python (it also takes the tracer off) */
+    }
+    code = PyFrame_GetCode(frame);
+    PyObject *filename = code->co_filename;
+    PyObject *under = under_roots(self, filename);
+    if (under == NULL) {
+        PyErr_Clear();
+        goto done;
+    }
+    if (under == Py_False) {
+        decided = 0; /* outside the roots: no line events wanted */
+        goto done;
+    }
+    if (code->co_flags & GENERATOR_LIKE) {
+        goto done; /* a resumed frame continues from its line: Python's generator tracer */
+    }
+    PyObject *files = SLOT(scope, self->off_files);
+    if (files == NULL || !PyDict_CheckExact(files)) {
+        goto done;
+    }
+    PyObject *arcs = PyDict_GetItemWithError(files, filename);
+    if (arcs == NULL) {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            goto done;
+        }
+        arcs = PySet_New(NULL);
+        if (arcs == NULL || PyDict_SetItem(files, filename, arcs) < 0) {
+            Py_XDECREF(arcs);
+            PyErr_Clear();
+            goto done;
+        }
+        Py_DECREF(arcs); /* the dict holds it */
+    }
+    if (!PySet_CheckExact(arcs)) {
+        goto done;
+    }
+    FunctionArcs *local = PyObject_New(FunctionArcs, &FunctionArcsType);
+    if (local == NULL) {
+        PyErr_Clear();
+        goto done;
+    }
+    Py_INCREF(arcs);
+    local->arcs = arcs;
+    local->first = code->co_firstlineno;
+    local->last = -local->first; /* an ordinary function's call event is always its entry */
+    if (PyObject_SetAttr((PyObject *)frame, name_f_trace, (PyObject *)local) < 0) {
+        PyErr_Clear();
+    }
+    else {
+        remember_local(self, frame, (PyObject *)local);
+    }
+    Py_DECREF(local);
+    decided = 0;
+done:
+    Py_XDECREF(code);
+    Py_DECREF(scope);
+    return decided;
+}
+
 /* The C-level trace function (Py_tracefunc). */
 static int
 dispatch(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg)
 {
     Dispatcher *self = (Dispatcher *)obj;
     if (what == PyTrace_CALL) {
-        if (self->call_handler != NULL) {
+        if (handle_call(self, frame) < 0 && self->call_handler != NULL) {
             call_python_tracer(self, self->call_handler, frame, name_call, arg);
         }
         return 0;
@@ -544,6 +778,11 @@ dispatch(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg)
             function_arcs_event((FunctionArcs *)local, frame, what);
         }
     }
+    else if (Py_TYPE(local) == &CensusLinesType) {
+        if (what == PyTrace_LINE && ((CensusLines *)local)->hits != NULL) {
+            census_lines_line((CensusLines *)local, frame);
+        }
+    }
     else if (local != Py_None) {
         call_python_tracer(self, local, frame, name, arg);
     }
@@ -557,13 +796,46 @@ dispatch(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg)
 static int
 Dispatcher_init(Dispatcher *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *handler;
-    if (!PyArg_ParseTuple(args, "O", &handler)) {
+    static char *kwlist[] = {"call_handler", "var", "scope_type", "classify", NULL};
+    PyObject *handler, *var, *scope_type, *classify;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O", kwlist, &handler, &PyContextVar_Type,
+                                     &var, &PyType_Type, &scope_type, &classify)) {
         return -1;
     }
+    PyTypeObject *type = (PyTypeObject *)scope_type;
+    Py_ssize_t closed = slot_offset(type, "closed");
+    Py_ssize_t census = closed < 0 ? -1 : slot_offset(type, "is_census");
+    Py_ssize_t files = census < 0 ? -1 : slot_offset(type, "files");
+    if (files < 0) {
+        return -1;
+    }
+    PyObject *cache = PyDict_New();
+    if (cache == NULL) {
+        return -1;
+    }
+    self->off_closed = closed;
+    self->off_is_census = census;
+    self->off_files = files;
     Py_INCREF(handler);
     Py_XSETREF(self->call_handler, handler);
+    Py_INCREF(var);
+    Py_XSETREF(self->var, var);
+    Py_INCREF(scope_type);
+    Py_XSETREF(self->scope_type, type);
+    Py_INCREF(classify);
+    Py_XSETREF(self->classify, classify);
+    Py_XSETREF(self->under_roots, cache);
     return 0;
+}
+
+/* forget_roots(): the core's roots changed; ask classify again. */
+static PyObject *
+Dispatcher_forget_roots(Dispatcher *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->under_roots != NULL) {
+        PyDict_Clear(self->under_roots);
+    }
+    Py_RETURN_NONE;
 }
 
 /* install(): make this the calling thread's trace function (what sys.gettrace() returns). */
@@ -591,6 +863,10 @@ static int
 Dispatcher_traverse(Dispatcher *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->call_handler);
+    Py_VISIT(self->var);
+    Py_VISIT(self->scope_type);
+    Py_VISIT(self->classify);
+    Py_VISIT(self->under_roots);
     Py_VISIT(self->cached_frame);
     Py_VISIT(self->cached_local);
     return 0;
@@ -600,6 +876,10 @@ static int
 Dispatcher_clear(Dispatcher *self)
 {
     Py_CLEAR(self->call_handler);
+    Py_CLEAR(self->var);
+    Py_CLEAR(self->scope_type);
+    Py_CLEAR(self->classify);
+    Py_CLEAR(self->under_roots);
     forget_cached(self);
     return 0;
 }
@@ -615,6 +895,8 @@ Dispatcher_dealloc(Dispatcher *self)
 static PyMethodDef Dispatcher_methods[] = {
     {"install", (PyCFunction)Dispatcher_install, METH_NOARGS,
      "install(): make this the calling thread's trace function."},
+    {"forget_roots", (PyCFunction)Dispatcher_forget_roots, METH_NOARGS,
+     "forget_roots(): the core's roots changed."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -623,7 +905,8 @@ static PyTypeObject DispatcherType = {
     .tp_name = "runcov.tracing._accel.Dispatcher",
     .tp_basicsize = sizeof(Dispatcher),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Dispatcher(call_handler): the settrace core's C-level trace function.",
+    .tp_doc = "Dispatcher(call_handler, var, scope_type, classify): the settrace core's C-level "
+               "trace function.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Dispatcher_init,
     .tp_call = (ternaryfunc)Dispatcher_call,
@@ -649,6 +932,9 @@ intern_names(void)
 static PyMethodDef accel_functions[] = {
     {"function_arcs", (PyCFunction)(void (*)(void))function_arcs_new, METH_FASTCALL,
      "function_arcs(arcs, last, first): an ordinary function frame's local tracer."},
+    {"census_lines", (PyCFunction)(void (*)(void))census_lines_new, METH_FASTCALL,
+     "census_lines(hits, mine, filename, code_lines, saturated, key, code): a frame's local "
+     "tracer in a census scope."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -664,6 +950,7 @@ PyMODINIT_FUNC
 PyInit__accel(void)
 {
     if (PyType_Ready(&RecorderType) < 0 || PyType_Ready(&FunctionArcsType) < 0 ||
+        PyType_Ready(&CensusLinesType) < 0 ||
         PyType_Ready(&DispatcherType) < 0 || intern_names() < 0) {
         return NULL;
     }

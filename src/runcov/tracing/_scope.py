@@ -22,6 +22,8 @@ _current: contextvars.ContextVar[Optional[ScopeState]] = contextvars.ContextVar(
 #: ``RUNCOV_ACCEL=0`` makes both cores record with their Python callbacks even where the C ones
 #: (``runcov.tracing._accel``) are built.
 ACCEL_ENV = "RUNCOV_ACCEL"
+#: What the cores use from the extension (an older build in a working tree lacks some).
+_ACCEL_NAMES = ("Recorder", "Dispatcher", "function_arcs", "census_lines")
 
 
 def load_accel() -> Any:
@@ -34,7 +36,7 @@ def load_accel() -> Any:
     except ImportError as exc:  # not built: the Python callbacks record
         log.debug("runcov: C tracing callbacks unavailable: %s", exc)
         return None
-    if not all(hasattr(_accel, name) for name in ("Recorder", "Dispatcher", "function_arcs")):
+    if not all(hasattr(_accel, name) for name in _ACCEL_NAMES):
         log.debug("runcov: C tracing callbacks unavailable: %s is out of date", _accel.__file__)
         return None
     return _accel

@@ -72,12 +72,17 @@ class SettraceCore(Core):
         # each event, and records ordinary function frames of exact scopes itself.
         accel = load_accel()
         self.accelerated = accel is not None
+        self._census_lines: Optional[Callable[..., Any]] = (
+            None if accel is None else accel.census_lines
+        )
         self._global_trace = self._make_global_trace(
             _function_tracer if accel is None else accel.function_arcs
         )
         #: What this core installs in a thread (and what ``sys.gettrace()`` then returns).
-        self._tracer: Any = self._global_trace if accel is None else accel.Dispatcher(
+        self._tracer: Any = (
             self._global_trace
+            if accel is None
+            else accel.Dispatcher(self._global_trace, _current, ScopeState, self._roots.classify)
         )
         install_hooks(self._enter_thread, self._exit_thread)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
@@ -86,7 +91,8 @@ class SettraceCore(Core):
 
     def add_roots(self, roots: Iterable[str]) -> None:
         """Add source roots."""
-        self._roots.add(roots)
+        if self._roots.add(roots) and self.accelerated:
+            self._tracer.forget_roots()
 
     def open_scope(
         self,
@@ -300,6 +306,10 @@ class SettraceCore(Core):
             own = self._code_lines[key] = (code, _event_lines(code))
         code_lines = own[1]
         saturated = self._saturated
+        if self._census_lines is not None:  # the same, recorded in C
+            return self._census_lines(  # type: ignore[no-any-return]
+                hits, scope.census_lines, filename, code_lines, saturated, key, code
+            )
 
         def local(frame: FrameType, event: str, arg: Any) -> Any:
             if event == "line":
