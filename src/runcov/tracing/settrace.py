@@ -307,7 +307,7 @@ class SettraceCore(Core):
         code_lines = own[1]
         saturated = self._saturated
         if self._census_lines is not None:  # the same, recorded in C
-            return self._census_lines(  # type: ignore[no-any-return]
+            return self._census_lines(
                 hits, scope.census_lines, filename, code_lines, saturated, key, code
             )
 
