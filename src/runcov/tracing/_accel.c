@@ -29,7 +29,17 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <frameobject.h>
+#include <opcode.h>
 #include <structmember.h>
+
+/* Generator-like frames are recorded in C where frames expose their RESUME instructions
+ * (3.11+): a call event at a RESUME with oparg 0 is the frame's start, any other a resumption;
+ * a return event followed by a RESUME is a yield or await, not the frame's end. */
+#if PY_VERSION_HEX >= 0x030B0000
+#define RESUMES_IN_C 1
+#else
+#define RESUMES_IN_C 0
+#endif
 
 typedef struct {
     PyObject_HEAD
@@ -325,6 +335,8 @@ typedef struct {
     PyObject *arcs; /* the scope's set of (from, to) for the frame's file */
     long last;
     long first; /* co_firstlineno */
+    /* Generator-like code: its bytecode (co_code), to tell a yield from a return; else NULL. */
+    PyObject *co_code;
 } FunctionArcs;
 
 static PyTypeObject FunctionArcsType;
@@ -359,6 +371,15 @@ function_arcs_event(FunctionArcs *self, PyFrameObject *frame, int what)
         self->last = line;
     }
     else if (what == PyTrace_RETURN) {
+#if RESUMES_IN_C
+        if (self->co_code != NULL) {
+            Py_ssize_t next = (Py_ssize_t)PyFrame_GetLasti(frame) + 2;
+            if (next < PyBytes_GET_SIZE(self->co_code) &&
+                (unsigned char)PyBytes_AS_STRING(self->co_code)[next] == RESUME) {
+                return; /* suspended at a yield or await: it resumes from this line */
+            }
+        }
+#endif
         function_arcs_add(self, self->last, -self->first);
     }
 }
@@ -373,6 +394,7 @@ FunctionArcs_init(FunctionArcs *self, PyObject *args, PyObject *kwds)
     }
     Py_INCREF(arcs);
     Py_XSETREF(self->arcs, arcs);
+    Py_CLEAR(self->co_code);
     self->last = last;
     self->first = first;
     return 0;
@@ -405,6 +427,7 @@ static void
 FunctionArcs_dealloc(FunctionArcs *self)
 {
     Py_CLEAR(self->arcs);
+    Py_CLEAR(self->co_code);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -429,6 +452,7 @@ function_arcs_new(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     self->arcs = args[0];
     self->last = last;
     self->first = first;
+    self->co_code = NULL;
     return (PyObject *)self;
 }
 
@@ -683,39 +707,52 @@ handle_call(Dispatcher *self, PyFrameObject *frame)
         decided = 0; /* outside the roots: no line events wanted */
         goto done;
     }
+    PyObject *co_code = NULL;
+    long last = -code->co_firstlineno; /* an ordinary function's call event is its entry */
     if (code->co_flags & GENERATOR_LIKE) {
-        goto done; /* a resumed frame continues from its line: Python's generator tracer */
+#if RESUMES_IN_C
+        co_code = PyCode_GetCode(code);
+        if (co_code == NULL || !PyBytes_Check(co_code)) {
+            Py_XDECREF(co_code);
+            PyErr_Clear();
+            goto done;
+        }
+        Py_ssize_t at = (Py_ssize_t)PyFrame_GetLasti(frame) + 1;
+        if (at < 1 || at >= PyBytes_GET_SIZE(co_code)) {
+            Py_DECREF(co_code);
+            goto done;
+        }
+        if (PyBytes_AS_STRING(co_code)[at] != 0) {
+            last = PyFrame_GetLineNumber(frame); /* resumed: continues from its line */
+        }
+#else
+        goto done; /* Python's generator tracer */
+#endif
     }
     PyObject *files = SLOT(scope, self->off_files);
-    if (files == NULL || !PyDict_CheckExact(files)) {
-        goto done;
-    }
-    PyObject *arcs = PyDict_GetItemWithError(files, filename);
-    if (arcs == NULL) {
-        if (PyErr_Occurred()) {
-            PyErr_Clear();
-            goto done;
+    PyObject *arcs = NULL;
+    if (files != NULL && PyDict_CheckExact(files)) {
+        arcs = PyDict_GetItemWithError(files, filename);
+        if (arcs == NULL && !PyErr_Occurred()) {
+            arcs = PySet_New(NULL);
+            if (arcs != NULL && PyDict_SetItem(files, filename, arcs) < 0) {
+                Py_CLEAR(arcs);
+            }
+            Py_XDECREF(arcs); /* the dict holds it */
         }
-        arcs = PySet_New(NULL);
-        if (arcs == NULL || PyDict_SetItem(files, filename, arcs) < 0) {
-            Py_XDECREF(arcs);
-            PyErr_Clear();
-            goto done;
-        }
-        Py_DECREF(arcs); /* the dict holds it */
     }
-    if (!PySet_CheckExact(arcs)) {
-        goto done;
-    }
-    FunctionArcs *local = PyObject_New(FunctionArcs, &FunctionArcsType);
-    if (local == NULL) {
+    FunctionArcs *local = NULL;
+    if (arcs == NULL || !PySet_CheckExact(arcs) ||
+        (local = PyObject_New(FunctionArcs, &FunctionArcsType)) == NULL) {
+        Py_XDECREF(co_code);
         PyErr_Clear();
         goto done;
     }
     Py_INCREF(arcs);
     local->arcs = arcs;
     local->first = code->co_firstlineno;
-    local->last = -local->first; /* an ordinary function's call event is always its entry */
+    local->last = last;
+    local->co_code = co_code; /* the reference is the local's */
     if (PyObject_SetAttr((PyObject *)frame, name_f_trace, (PyObject *)local) < 0) {
         PyErr_Clear();
     }
