@@ -601,9 +601,12 @@ typedef struct {
     /* For call events decided here (an exact scope is current; see handle_call): */
     PyObject *var;            /* the ContextVar holding the current scope */
     PyTypeObject *scope_type; /* ScopeState */
-    Py_ssize_t off_closed, off_is_census, off_files;
+    Py_ssize_t off_closed, off_is_census, off_files, off_census_lines;
     PyObject *classify;       /* Roots.classify(filename) -> path or None */
     PyObject *under_roots;    /* co_filename -> True / False (classify's answer), this side */
+    /* Census (the core's, kept in place): co_filename -> lines hit in the epoch; id(code) ->
+     * code whose lines were all hit; id(code) -> (code, frozenset of its event lines). */
+    PyObject *census, *saturated, *code_lines;
     /* The local tracer of the frame that had the last event (both held, so the frame's
      * address cannot be reused while cached): consecutive events of one frame skip the
      * frame's f_trace attribute lookup. Set when a call gets its local tracer, dropped when
@@ -675,6 +678,64 @@ under_roots(Dispatcher *self, PyObject *filename)
     return under;
 }
 
+/* A call event in a census scope, under the roots: a code object whose lines were all hit in
+ * the epoch is not traced; any other frame gets a CensusLines. 0: decided here; -1: Python
+ * decides (the code's event lines are not known yet, anything unexpected). */
+static int
+census_call(Dispatcher *self, PyObject *scope, PyFrameObject *frame, PyCodeObject *code)
+{
+    if (self->census == NULL) {
+        return -1;
+    }
+    int decided = -1;
+    PyObject *key = PyLong_FromVoidPtr(code);
+    if (key == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    int saturated = PyDict_Contains(self->saturated, key);
+    if (saturated != 0) {
+        decided = saturated > 0 ? 0 : -1; /* every line already hit in this epoch */
+        goto done;
+    }
+    PyObject *own = PyDict_GetItemWithError(self->code_lines, key); /* (code, lines) */
+    if (own == NULL || !PyTuple_CheckExact(own) || PyTuple_GET_SIZE(own) != 2 ||
+        PyTuple_GET_ITEM(own, 0) != (PyObject *)code) {
+        goto done; /* Python computes the code's lines once */
+    }
+    PyObject *filename = code->co_filename;
+    PyObject *hits = PyDict_GetItemWithError(self->census, filename);
+    if (hits == NULL) {
+        if (PyErr_Occurred()) {
+            goto done;
+        }
+        hits = PySet_New(NULL);
+        if (hits != NULL && PyDict_SetItem(self->census, filename, hits) < 0) {
+            Py_CLEAR(hits);
+        }
+        Py_XDECREF(hits); /* the dict holds it */
+    }
+    PyObject *mine = SLOT(scope, self->off_census_lines);
+    if (hits == NULL || !PySet_CheckExact(hits) || mine == NULL || !PyDict_CheckExact(mine)) {
+        goto done;
+    }
+    PyObject *args[7] = {hits, mine, filename, PyTuple_GET_ITEM(own, 1), self->saturated, key,
+                         (PyObject *)code};
+    PyObject *local = census_lines_new(NULL, args, 7);
+    if (local == NULL) {
+        goto done;
+    }
+    if (PyObject_SetAttr((PyObject *)frame, name_f_trace, local) == 0) {
+        remember_local(self, frame, local);
+        decided = 0;
+    }
+    Py_DECREF(local);
+done:
+    PyErr_Clear();
+    Py_DECREF(key);
+    return decided;
+}
+
 /* A call event while an exact scope is current, the common case in a measured request: a
  * frame outside the roots gets no local tracer, an ordinary function's frame gets a
  * FunctionArcs. 0: decided here; -1: the core's Python call handler decides (no or another
@@ -692,9 +753,8 @@ handle_call(Dispatcher *self, PyFrameObject *frame)
     }
     int decided = -1;
     PyCodeObject *code = NULL;
-    if (Py_TYPE(scope) != self->scope_type || SLOT(scope, self->off_closed) != Py_False ||
-        SLOT(scope, self->off_is_census) != Py_False) {
-        goto done; /* None, closed, census: Python (it also takes the tracer off) */
+    if (Py_TYPE(scope) != self->scope_type || SLOT(scope, self->off_closed) != Py_False) {
+        goto done; /* None, closed, another kind: Python (it also takes the tracer off) */
     }
     code = PyFrame_GetCode(frame);
     PyObject *filename = code->co_filename;
@@ -705,6 +765,14 @@ handle_call(Dispatcher *self, PyFrameObject *frame)
     }
     if (under == Py_False) {
         decided = 0; /* outside the roots: no line events wanted */
+        goto done;
+    }
+    PyObject *is_census = SLOT(scope, self->off_is_census);
+    if (is_census == Py_True) {
+        decided = census_call(self, scope, frame, code);
+        goto done;
+    }
+    if (is_census != Py_False) {
         goto done;
     }
     PyObject *co_code = NULL;
@@ -833,19 +901,30 @@ dispatch(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg)
 static int
 Dispatcher_init(Dispatcher *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"call_handler", "var", "scope_type", "classify", NULL};
-    PyObject *handler, *var, *scope_type, *classify;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!O", kwlist, &handler, &PyContextVar_Type,
-                                     &var, &PyType_Type, &scope_type, &classify)) {
+    static char *kwlist[] = {"call_handler", "var",       "scope_type", "classify",
+                             "census",       "saturated", "code_lines", NULL};
+    PyObject *handler, *var, *scope_type, *classify, *census_dict, *saturated, *code_lines;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!OO!O!O!", kwlist, &handler,
+                                     &PyContextVar_Type, &var, &PyType_Type, &scope_type,
+                                     &classify, &PyDict_Type, &census_dict, &PyDict_Type,
+                                     &saturated, &PyDict_Type, &code_lines)) {
         return -1;
     }
     PyTypeObject *type = (PyTypeObject *)scope_type;
     Py_ssize_t closed = slot_offset(type, "closed");
     Py_ssize_t census = closed < 0 ? -1 : slot_offset(type, "is_census");
     Py_ssize_t files = census < 0 ? -1 : slot_offset(type, "files");
-    if (files < 0) {
+    Py_ssize_t census_lines = files < 0 ? -1 : slot_offset(type, "census_lines");
+    if (census_lines < 0) {
         return -1;
     }
+    self->off_census_lines = census_lines;
+    Py_INCREF(census_dict);
+    Py_XSETREF(self->census, census_dict);
+    Py_INCREF(saturated);
+    Py_XSETREF(self->saturated, saturated);
+    Py_INCREF(code_lines);
+    Py_XSETREF(self->code_lines, code_lines);
     PyObject *cache = PyDict_New();
     if (cache == NULL) {
         return -1;
@@ -904,6 +983,9 @@ Dispatcher_traverse(Dispatcher *self, visitproc visit, void *arg)
     Py_VISIT(self->scope_type);
     Py_VISIT(self->classify);
     Py_VISIT(self->under_roots);
+    Py_VISIT(self->census);
+    Py_VISIT(self->saturated);
+    Py_VISIT(self->code_lines);
     Py_VISIT(self->cached_frame);
     Py_VISIT(self->cached_local);
     return 0;
@@ -917,6 +999,9 @@ Dispatcher_clear(Dispatcher *self)
     Py_CLEAR(self->scope_type);
     Py_CLEAR(self->classify);
     Py_CLEAR(self->under_roots);
+    Py_CLEAR(self->census);
+    Py_CLEAR(self->saturated);
+    Py_CLEAR(self->code_lines);
     forget_cached(self);
     return 0;
 }
@@ -942,8 +1027,8 @@ static PyTypeObject DispatcherType = {
     .tp_name = "runcov.tracing._accel.Dispatcher",
     .tp_basicsize = sizeof(Dispatcher),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Dispatcher(call_handler, var, scope_type, classify): the settrace core's C-level "
-               "trace function.",
+    .tp_doc = "Dispatcher(call_handler, var, scope_type, classify, census, saturated, code_lines): "
+               "the settrace core's C-level trace function.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Dispatcher_init,
     .tp_call = (ternaryfunc)Dispatcher_call,

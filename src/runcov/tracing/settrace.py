@@ -82,7 +82,15 @@ class SettraceCore(Core):
         self._tracer: Any = (
             self._global_trace
             if accel is None
-            else accel.Dispatcher(self._global_trace, _current, ScopeState, self._roots.classify)
+            else accel.Dispatcher(
+                self._global_trace,
+                _current,
+                ScopeState,
+                self._roots.classify,
+                self._census,
+                self._saturated,
+                self._code_lines,
+            )
         )
         install_hooks(self._enter_thread, self._exit_thread)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
