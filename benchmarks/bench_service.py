@@ -10,6 +10,8 @@ connections, closed loop, the shop's traffic mix) drives it over loopback:
 * ``runcov-0%`` ...   runcov started at 0 %, 1 %, 10 %, 100 % sampling, exporting to a running
                       collector (no per-second cap and no saturation adjustment, so the rate
                       is exactly what the name says)
+* ``runcov-100%-py``  100 % with the tracing core's Python callbacks (``RUNCOV_ACCEL=0``)
+                      instead of its C ones (not in the default set)
 * ``coverage``        the whole process under ``coverage run --branch`` (C tracer forced)
 * ``slipcover``       the whole process under ``python -m slipcover --branch``
 
@@ -66,7 +68,13 @@ CONFIGS = (
 #: Targets from the design: the cost in throughput, p99 latency and server CPU per request
 #: (ratios to ``none``) must all stay under them.
 TARGETS = {"runcov-1%": 1.02}
-RATES = {"runcov-0%": "0", "runcov-1%": "0.01", "runcov-10%": "0.1", "runcov-100%": "1"}
+RATES = {
+    "runcov-0%": "0",
+    "runcov-1%": "0.01",
+    "runcov-10%": "0.1",
+    "runcov-100%": "1",
+    "runcov-100%-py": "1",  # with RUNCOV_ACCEL=0: the tracing core's Python callbacks
+}
 
 
 def free_port() -> int:
@@ -185,6 +193,8 @@ class Bench:
             "RUNCOV_SATURATION": "0",
         })
         if config in RATES:
+            if config.endswith("-py"):  # the tracing core's Python callbacks, not its C ones
+                env["RUNCOV_ACCEL"] = "0"
             return [sys.executable, *server, "--sample-rate", RATES[config]], env
         server.append("--no-agent")
         if config == "coverage":
@@ -324,7 +334,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.quick:
         args.repetitions, args.warmup, args.duration = 1, 0.5, 1.0
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    unknown = set(configs) - set(CONFIGS)
+    unknown = set(configs) - set(CONFIGS) - set(RATES)
     if unknown or "none" not in configs:
         parser.error(f"unknown configurations {sorted(unknown)}" if unknown
                      else "the configurations must include 'none'")
