@@ -43,3 +43,8 @@ def replaces_tracer(tracer, n):
     for i in range(n):
         total += i - i + 1
     return total
+
+
+def squares(n):
+    for i in range(n):
+        yield i * i
