@@ -50,6 +50,7 @@ typedef struct {
     PyObject *exit_fallback;  /* Python on_exit(code, offset, value) */
     PyObject *skip;           /* the SKIP sentinel stored for frames running before the scope */
     int divert;               /* nonzero: unscoped events go to the fallback */
+    PyObject *codes, *once;   /* the core's registered code objects (by id): unwind()'s filter */
 } Recorder;
 
 static Py_ssize_t
@@ -71,12 +72,18 @@ slot_offset(PyTypeObject *type, const char *name)
 static int
 Recorder_init(Recorder *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"var", "scope_type", "line_fallback", "exit_fallback", "skip", NULL};
-    PyObject *var, *scope_type, *line_fb, *exit_fb, *skip;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OOO", kwlist, &PyContextVar_Type, &var,
-                                     &PyType_Type, &scope_type, &line_fb, &exit_fb, &skip)) {
+    static char *kwlist[] = {"var",  "scope_type", "line_fallback", "exit_fallback",
+                             "skip", "codes",      "once",          NULL};
+    PyObject *var, *scope_type, *line_fb, *exit_fb, *skip, *codes, *once;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OOOO!O!", kwlist, &PyContextVar_Type, &var,
+                                     &PyType_Type, &scope_type, &line_fb, &exit_fb, &skip,
+                                     &PyDict_Type, &codes, &PyDict_Type, &once)) {
         return -1;
     }
+    Py_INCREF(codes);
+    Py_XSETREF(self->codes, codes);
+    Py_INCREF(once);
+    Py_XSETREF(self->once, once);
     PyTypeObject *type = (PyTypeObject *)scope_type;
     Py_ssize_t census = slot_offset(type, "is_census");
     Py_ssize_t last = census < 0 ? -1 : slot_offset(type, "last");
@@ -108,6 +115,8 @@ Recorder_traverse(Recorder *self, visitproc visit, void *arg)
     Py_VISIT(self->line_fallback);
     Py_VISIT(self->exit_fallback);
     Py_VISIT(self->skip);
+    Py_VISIT(self->codes);
+    Py_VISIT(self->once);
     return 0;
 }
 
@@ -119,6 +128,8 @@ Recorder_clear(Recorder *self)
     Py_CLEAR(self->line_fallback);
     Py_CLEAR(self->exit_fallback);
     Py_CLEAR(self->skip);
+    Py_CLEAR(self->codes);
+    Py_CLEAR(self->once);
     return 0;
 }
 
@@ -297,11 +308,39 @@ Recorder_exit(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* unwind(code, offset, exception): the PY_UNWIND callback. A global event (it fires for every
+ * frame an exception leaves, in any code): code the core has not registered returns at once;
+ * registered code records its exit arc as exit() does. */
+static PyObject *
+Recorder_unwind(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyCode_Check(args[0]) || self->codes == NULL || self->once == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *key = PyLong_FromVoidPtr(args[0]);
+    if (key == NULL) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    int known = PyDict_Contains(self->codes, key);
+    if (known == 0) {
+        known = PyDict_Contains(self->once, key);
+    }
+    Py_DECREF(key);
+    if (known <= 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return Recorder_exit(self, args, nargs);
+}
+
 static PyMethodDef Recorder_methods[] = {
     {"line", (PyCFunction)(void (*)(void))Recorder_line, METH_FASTCALL,
      "line(code, line): the LINE callback."},
     {"exit", (PyCFunction)(void (*)(void))Recorder_exit, METH_FASTCALL,
      "exit(code, offset, value): the PY_RETURN callback."},
+    {"unwind", (PyCFunction)(void (*)(void))Recorder_unwind, METH_FASTCALL,
+     "unwind(code, offset, exception): the PY_UNWIND callback."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -264,7 +264,7 @@ class SysmonCore(Core):
 
         # The recording callbacks in C when the extension is built (same arcs, ~4x cheaper per
         # event); they hand census and linger work to the Python callbacks above.
-        recorder = _c_recorder(on_line, on_exit)
+        recorder = _c_recorder(on_line, on_exit, codes, once)
         self._recorder = recorder
         self.accelerated = recorder is not None
         mon.register_callback(tool, ev.PY_START, on_py_start)
@@ -273,7 +273,7 @@ class SysmonCore(Core):
         # PY_UNWIND's callback is registered only while exact scopes are armed: with no callback
         # CPython skips the tool at once, and swapping callbacks (unlike changing the tool's
         # events) does not re-instrument any code.
-        self._on_unwind = on_unwind
+        self._on_unwind = on_unwind if recorder is None else recorder.unwind
 
     def _sync_divert(self) -> None:
         # The C callbacks answer unscoped events themselves unless census or a linger budget
@@ -597,13 +597,18 @@ class SysmonCore(Core):
         self._apply(toggle=self._census_enabled)
 
 
-def _c_recorder(on_line: Callable[..., Any], on_exit: Callable[..., Any]) -> Any:
+def _c_recorder(
+    on_line: Callable[..., Any],
+    on_exit: Callable[..., Any],
+    codes: dict[int, CodeType],
+    once: dict[int, CodeType],
+) -> Any:
     """The C recording callbacks, or None (not built, or ``RUNCOV_ACCEL=0``)."""
     accel = load_accel()
     if accel is None:
         return None
     try:
-        return accel.Recorder(_current, ScopeState, on_line, on_exit, SKIP)
+        return accel.Recorder(_current, ScopeState, on_line, on_exit, SKIP, codes, once)
     except Exception as exc:
         log.debug("runcov: C recording callbacks unavailable: %s", exc)
         return None
