@@ -1,10 +1,10 @@
 /* runcov.tracing._accel: the tracing cores' hot paths in C.
  *
- * The sys.monitoring core (sysmon.py) records, for each LINE and PY_RETURN event of armed code
- * that runs inside an exact scope, one arc (co_filename, previous line, line) into the scope's
- * ``triples`` set, keeping the previous line per frame in the scope's ``last`` dict. The Python
- * callbacks that do this cost ~0.4 us per event; these do the same work in ~0.1 us. They handle
- * only two cases themselves:
+ * The sys.monitoring core (sysmon.py) records, for each LINE, PY_RETURN and PY_UNWIND event of
+ * armed code that runs inside an exact scope, one arc (co_filename, previous line, line) into
+ * the scope's ``triples`` set, keeping the previous line per frame in the scope's ``last`` dict.
+ * The Python callbacks that do this cost ~0.4 us per event; these (``Recorder``) do the same
+ * work in ~0.15 us. They handle only two cases themselves:
  *
  *   - the current scope is an exact ScopeState: record the arc (the hot path of a sampled
  *     request);
@@ -18,13 +18,15 @@
  * The scope's slots are read at the offsets of ScopeState's member descriptors, found once when
  * the recorder is created; the scope's type is checked exactly before they are read.
  */
-/* The settrace core (settrace.py, CPython 3.11) gets a C-level trace function, ``Dispatcher``:
- * installed with PyEval_SetTrace instead of sys.settrace, it calls the core's Python call
- * handler and the frames' local tracers as sys.settrace's trampoline would, without copying
- * every frame's fast locals into a dict and back around each event (PyFrame_FastToLocals,
- * which the trampoline does for every line). An ordinary function's frame in an exact scope
- * gets a ``FunctionArcs`` as its local tracer, whose line and return events are recorded here
- * without calling into Python.
+/* The settrace core (settrace.py, CPython 3.11) gets a C-level trace function, ``Dispatcher``,
+ * installed with PyEval_SetTrace instead of sys.settrace. Call events while an open exact or
+ * census scope is current are decided here: no local tracer outside the roots or for saturated
+ * census code, else a C one (``FunctionArcs`` for functions, generators and coroutines of exact
+ * scopes, ``CensusLines`` for census) whose events are recorded without calling into Python.
+ * The rest goes to the core's Python call handler and Python local tracers, called as
+ * sys.settrace's trampoline would but without its copies of every frame's fast locals into a
+ * dict and back around each event (PyFrame_FastToLocals, before 3.13). The Python handlers
+ * stay the reference implementation: both must record the same arcs.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -367,8 +369,8 @@ static PyTypeObject RecorderType = {
 
 /* -- the settrace core ----------------------------------------------------------------------- */
 
-/* An ordinary function frame's local tracer in an exact scope: the arcs it adds to and the
- * frame's previous line. */
+/* A frame's local tracer in an exact scope (a function's, or on 3.11+ a generator's or
+ * coroutine's): the arcs it adds to and the frame's previous line. */
 typedef struct {
     PyObject_HEAD
     PyObject *arcs; /* the scope's set of (from, to) for the frame's file */
@@ -500,7 +502,7 @@ static PyTypeObject FunctionArcsType = {
     .tp_name = "runcov.tracing._accel.FunctionArcs",
     .tp_basicsize = sizeof(FunctionArcs),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "FunctionArcs(arcs, last, first): an ordinary function frame's local tracer.",
+    .tp_doc = "FunctionArcs(arcs, last, first): a frame's local tracer in an exact scope.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)FunctionArcs_init,
     .tp_call = (ternaryfunc)FunctionArcs_call,
@@ -664,11 +666,15 @@ forget_cached(Dispatcher *self)
 static void
 remember_local(Dispatcher *self, PyFrameObject *frame, PyObject *local)
 {
+    /* Replaced before the old ones are released: releasing a frame may run a finalizer. */
+    PyObject *old_frame = self->cached_frame;
+    PyObject *old_local = self->cached_local;
     Py_INCREF(frame);
     Py_INCREF(local);
-    forget_cached(self);
     self->cached_frame = (PyObject *)frame;
     self->cached_local = local;
+    Py_XDECREF(old_frame);
+    Py_XDECREF(old_local);
 }
 
 /* Call a Python tracer as sys.settrace's trampoline does (minus the locals copies): a result
@@ -1092,7 +1098,8 @@ intern_names(void)
 
 static PyMethodDef accel_functions[] = {
     {"function_arcs", (PyCFunction)(void (*)(void))function_arcs_new, METH_FASTCALL,
-     "function_arcs(arcs, last, first): an ordinary function frame's local tracer."},
+     "function_arcs(arcs, last, first): an ordinary function frame's local tracer in an exact "
+     "scope."},
     {"census_lines", (PyCFunction)(void (*)(void))census_lines_new, METH_FASTCALL,
      "census_lines(hits, mine, filename, code_lines, saturated, key, code): a frame's local "
      "tracer in a census scope."},
