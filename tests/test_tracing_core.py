@@ -469,17 +469,18 @@ def test_a_failure_while_closing_never_loses_the_data(tmp_path: Path) -> None:
         assert data.arcs == {path: {(-1, 2), (2, 3), (3, -1)}}
 
 
-def _sysmon_core() -> Any:
+def _core_in_use(name: str) -> Any:
+    """The process's core when it is ``name`` (the test is skipped otherwise)."""
     core = get_core()
-    if core.name != "sysmon":
-        pytest.skip("sys.monitoring core not in use")
+    if core.name != name:
+        pytest.skip(f"{name} core not in use")
     return core
 
 
 def test_sysmon_core_records_with_its_c_callbacks_unless_told_not_to() -> None:
     """The C recording callbacks are built with runcov and used; ``RUNCOV_ACCEL=0`` keeps the
     Python ones (the suite runs once each way, against the same coverage.py oracle)."""
-    core = _sysmon_core()
+    core = _core_in_use("sysmon")
     expected = os.environ.get("RUNCOV_ACCEL", "").strip() != "0"
     assert core.accelerated is expected
     mon = sys.monitoring  # type: ignore[attr-defined]
@@ -492,7 +493,7 @@ def test_exact_arcs_are_the_same_while_census_sends_other_events_to_python() -> 
     """With census on, events outside any scope go to the Python callbacks (first hits) while
     an exact scope's events are recorded by the C ones: the exact sets do not change, and the
     census still sees the unscoped first hits."""
-    core = _sysmon_core()
+    core = _core_in_use("sysmon")
 
     def run() -> None:
         work.blocking(4)
@@ -516,7 +517,7 @@ def test_exact_arcs_are_the_same_while_census_sends_other_events_to_python() -> 
 
 
 def test_c_callbacks_never_raise_on_unexpected_arguments() -> None:
-    core = _sysmon_core()
+    core = _core_in_use("sysmon")
     recorder = core._recorder
     if recorder is None:
         pytest.skip("C callbacks not in use")
@@ -534,17 +535,10 @@ def test_c_callbacks_never_raise_on_unexpected_arguments() -> None:
     assert cov.arcs == plain.arcs
 
 
-def _settrace_core() -> Any:
-    core = get_core()
-    if core.name != "settrace":
-        pytest.skip("settrace core not in use")
-    return core
-
-
 def test_settrace_core_traces_with_its_c_trace_function_unless_told_not_to() -> None:
     """With the C extension the settrace core installs a C-level trace function (no copy of
     each frame's locals around every event); ``RUNCOV_ACCEL=0`` keeps ``sys.settrace``."""
-    core = _settrace_core()
+    core = _core_in_use("settrace")
     expected = os.environ.get("RUNCOV_ACCEL", "").strip() != "0"
     assert core.accelerated is expected
     with capture_coverage(source=[SAMPLE]) as cov:
@@ -558,7 +552,7 @@ def test_a_tracer_installed_over_runcovs_mid_scope_keeps_working() -> None:
     """A debugger or profiler that calls ``sys.settrace`` inside a measured request replaces
     runcov's tracer; the frames runcov was tracing keep their local tracers, which the new
     tracer's trampoline then calls: they must neither fail nor take the new tracer down."""
-    core = _settrace_core()
+    core = _core_in_use("settrace")
     seen: list[str] = []
 
     def foreign(frame: Any, event: str, arg: Any) -> Any:
