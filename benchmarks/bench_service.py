@@ -379,6 +379,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             worst = max(1 / s["throughput_ratio"], s["p99_ratio"])
             verdict = "meets" if worst <= target else "MISSES"
             noise = summary.get("none-again")
+            if noise:
+                # A run whose noise row is further from 1.00 than the margin the target leaves
+                # cannot tell a pass from a miss.
+                spread_worst = max(
+                    abs(1 / noise["throughput_ratio"] - 1), abs(noise["p99_ratio"] - 1)
+                )
+                if spread_worst > target - 1:
+                    verdict = f"CANNOT TELL (noise {spread_worst:.1%} > margin) whether it meets"
             spread = (f" (none-again, the noise: throughput {noise['throughput_ratio']:.3f}, "
                       f"p99 {noise['p99_ratio']:.3f}, steady CPU "
                       f"{noise['steady_cpu_ratio']:.3f})" if noise else "")
