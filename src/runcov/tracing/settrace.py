@@ -67,31 +67,34 @@ class SettraceCore(Core):
         #: id(code) -> (code, co_code) for generator-like code: tells a yield from a return.
         self._gen_code: dict[int, tuple[CodeType, bytes]] = {}
         self._shut = False
-        # With the C extension, the tracer a thread gets is a C-level trace function that calls
-        # the same Python handlers without sys.settrace's copies of every frame's locals around
-        # each event, and records ordinary function frames of exact scopes itself.
-        accel = load_accel()
-        self.accelerated = accel is not None
-        self._census_lines: Optional[Callable[..., Any]] = (
-            None if accel is None else accel.census_lines
-        )
-        self._global_trace = self._make_global_trace(
-            _function_tracer if accel is None else accel.function_arcs
-        )
+        #: A frame's C census tracer (see :meth:`_census_tracer`), with the C extension.
+        self._census_lines: Optional[Callable[..., Any]] = None
+        self._global_trace = self._make_global_trace(_function_tracer)
         #: What this core installs in a thread (and what ``sys.gettrace()`` then returns).
-        self._tracer: Any = (
-            self._global_trace
-            if accel is None
-            else accel.Dispatcher(
-                self._global_trace,
-                _current,
-                ScopeState,
-                self._roots.classify,
-                self._census,
-                self._saturated,
-                self._code_lines,
-            )
-        )
+        self._tracer: Any = self._global_trace
+        self.accelerated = False
+        # With the C extension, the tracer a thread gets is a C-level trace function that
+        # decides most call events and records most frames itself, calling the same Python
+        # handlers for the rest without sys.settrace's copies of every frame's locals.
+        accel = load_accel()
+        if accel is not None:
+            try:
+                global_trace = self._make_global_trace(accel.function_arcs)
+                dispatcher = accel.Dispatcher(
+                    global_trace,
+                    _current,
+                    ScopeState,
+                    self._roots.classify,
+                    self._census,
+                    self._saturated,
+                    self._code_lines,
+                )
+            except Exception as exc:  # as if not built: the Python tracer records
+                log.debug("runcov: C trace function unavailable: %s", exc)
+            else:
+                self._global_trace, self._tracer = global_trace, dispatcher
+                self._census_lines = accel.census_lines
+                self.accelerated = True
         install_hooks(self._enter_thread, self._exit_thread)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
 
