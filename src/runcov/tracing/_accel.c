@@ -71,6 +71,31 @@ slot_offset(PyTypeObject *type, const char *name)
     return def->offset;
 }
 
+/* Store a new reference to ``value`` in ``*field`` (releasing what was there). */
+static void
+hold(PyObject **field, PyObject *value)
+{
+    Py_INCREF(value);
+    Py_XSETREF(*field, value);
+}
+
+/* ``dict[key]``, a set, created empty when missing (borrowed; NULL with an error set). */
+static PyObject *
+set_in(PyObject *dict, PyObject *key)
+{
+    PyObject *found = PyDict_GetItemWithError(dict, key);
+    if (found != NULL || PyErr_Occurred()) {
+        return found;
+    }
+    found = PySet_New(NULL);
+    if (found == NULL) {
+        return NULL;
+    }
+    int stored = PyDict_SetItem(dict, key, found);
+    Py_DECREF(found); /* the dict holds it */
+    return stored < 0 ? NULL : found;
+}
+
 static int
 Recorder_init(Recorder *self, PyObject *args, PyObject *kwds)
 {
@@ -82,10 +107,6 @@ Recorder_init(Recorder *self, PyObject *args, PyObject *kwds)
                                      &PyDict_Type, &codes, &PyDict_Type, &once)) {
         return -1;
     }
-    Py_INCREF(codes);
-    Py_XSETREF(self->codes, codes);
-    Py_INCREF(once);
-    Py_XSETREF(self->once, once);
     PyTypeObject *type = (PyTypeObject *)scope_type;
     Py_ssize_t census = slot_offset(type, "is_census");
     Py_ssize_t last = census < 0 ? -1 : slot_offset(type, "last");
@@ -96,16 +117,13 @@ Recorder_init(Recorder *self, PyObject *args, PyObject *kwds)
     self->off_is_census = census;
     self->off_last = last;
     self->off_triples = triples;
-    Py_INCREF(var);
-    Py_XSETREF(self->var, var);
-    Py_INCREF(scope_type);
-    Py_XSETREF(self->scope_type, type);
-    Py_INCREF(line_fb);
-    Py_XSETREF(self->line_fallback, line_fb);
-    Py_INCREF(exit_fb);
-    Py_XSETREF(self->exit_fallback, exit_fb);
-    Py_INCREF(skip);
-    Py_XSETREF(self->skip, skip);
+    hold(&self->var, var);
+    hold((PyObject **)&self->scope_type, scope_type);
+    hold(&self->line_fallback, line_fb);
+    hold(&self->exit_fallback, exit_fb);
+    hold(&self->skip, skip);
+    hold(&self->codes, codes);
+    hold(&self->once, once);
     return 0;
 }
 
@@ -425,22 +443,6 @@ function_arcs_event(FunctionArcs *self, PyFrameObject *frame, int what)
     }
 }
 
-static int
-FunctionArcs_init(FunctionArcs *self, PyObject *args, PyObject *kwds)
-{
-    PyObject *arcs;
-    long last, first;
-    if (!PyArg_ParseTuple(args, "O!ll", &PySet_Type, &arcs, &last, &first)) {
-        return -1;
-    }
-    Py_INCREF(arcs);
-    Py_XSETREF(self->arcs, arcs);
-    Py_CLEAR(self->co_code);
-    self->last = last;
-    self->first = first;
-    return 0;
-}
-
 /* Called as a Python local tracer, (frame, event, arg): by sys.settrace's trampoline when
  * another tool's tracer replaced runcov's in this thread (it keeps calling the frames' local
  * tracers). Records as the dispatcher would; returns itself. */
@@ -472,7 +474,25 @@ FunctionArcs_dealloc(FunctionArcs *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* function_arcs(arcs, last, first): a FunctionArcs, without the class's argument parsing. */
+/* A FunctionArcs adding to ``arcs`` (a set), from ``last``; it takes over ``co_code`` (a
+ * generator-like code's bytecode, or NULL). */
+static PyObject *
+new_function_arcs(PyObject *arcs, long last, long first, PyObject *co_code)
+{
+    FunctionArcs *self = PyObject_New(FunctionArcs, &FunctionArcsType);
+    if (self == NULL) {
+        Py_XDECREF(co_code);
+        return NULL;
+    }
+    Py_INCREF(arcs);
+    self->arcs = arcs;
+    self->last = last;
+    self->first = first;
+    self->co_code = co_code;
+    return (PyObject *)self;
+}
+
+/* function_arcs(arcs, last, first): an ordinary function frame's FunctionArcs (from Python). */
 static PyObject *
 function_arcs_new(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -485,16 +505,7 @@ function_arcs_new(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (first == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    FunctionArcs *self = PyObject_New(FunctionArcs, &FunctionArcsType);
-    if (self == NULL) {
-        return NULL;
-    }
-    Py_INCREF(args[0]);
-    self->arcs = args[0];
-    self->last = last;
-    self->first = first;
-    self->co_code = NULL;
-    return (PyObject *)self;
+    return new_function_arcs(args[0], last, first, NULL);
 }
 
 static PyTypeObject FunctionArcsType = {
@@ -502,9 +513,7 @@ static PyTypeObject FunctionArcsType = {
     .tp_name = "runcov.tracing._accel.FunctionArcs",
     .tp_basicsize = sizeof(FunctionArcs),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "FunctionArcs(arcs, last, first): a frame's local tracer in an exact scope.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)FunctionArcs_init,
+    .tp_doc = "A frame's local tracer in an exact scope (made by function_arcs()).",
     .tp_call = (ternaryfunc)FunctionArcs_call,
     .tp_dealloc = (destructor)FunctionArcs_dealloc,
 };
@@ -535,14 +544,7 @@ census_lines_line(CensusLines *self, PyFrameObject *frame)
     }
     int known = PySet_Contains(self->hits, line);
     if (known == 0 && PySet_Add(self->hits, line) == 0) {
-        PyObject *mine = PyDict_GetItemWithError(self->mine, self->filename);
-        if (mine == NULL && !PyErr_Occurred()) {
-            mine = PySet_New(NULL);
-            if (mine != NULL && PyDict_SetItem(self->mine, self->filename, mine) < 0) {
-                Py_CLEAR(mine);
-            }
-            Py_XDECREF(mine); /* the dict holds it */
-        }
+        PyObject *mine = set_in(self->mine, self->filename);
         if (mine != NULL && PySet_Add(mine, line) == 0 &&
             PyObject_RichCompareBool(self->code_lines, self->hits, Py_LE) == 1) {
             PyDict_SetItem(self->saturated, self->key, self->code);
@@ -749,17 +751,7 @@ census_call(Dispatcher *self, PyObject *scope, PyFrameObject *frame, PyCodeObjec
         goto done; /* Python computes the code's lines once */
     }
     PyObject *filename = code->co_filename;
-    PyObject *hits = PyDict_GetItemWithError(self->census, filename);
-    if (hits == NULL) {
-        if (PyErr_Occurred()) {
-            goto done;
-        }
-        hits = PySet_New(NULL);
-        if (hits != NULL && PyDict_SetItem(self->census, filename, hits) < 0) {
-            Py_CLEAR(hits);
-        }
-        Py_XDECREF(hits); /* the dict holds it */
-    }
+    PyObject *hits = set_in(self->census, filename);
     PyObject *mine = SLOT(scope, self->off_census_lines);
     if (hits == NULL || !PySet_CheckExact(hits) || mine == NULL || !PyDict_CheckExact(mine)) {
         goto done;
@@ -843,34 +835,23 @@ handle_call(Dispatcher *self, PyFrameObject *frame)
 #endif
     }
     PyObject *files = SLOT(scope, self->off_files);
-    PyObject *arcs = NULL;
-    if (files != NULL && PyDict_CheckExact(files)) {
-        arcs = PyDict_GetItemWithError(files, filename);
-        if (arcs == NULL && !PyErr_Occurred()) {
-            arcs = PySet_New(NULL);
-            if (arcs != NULL && PyDict_SetItem(files, filename, arcs) < 0) {
-                Py_CLEAR(arcs);
-            }
-            Py_XDECREF(arcs); /* the dict holds it */
-        }
-    }
-    FunctionArcs *local = NULL;
-    if (arcs == NULL || !PySet_CheckExact(arcs) ||
-        (local = PyObject_New(FunctionArcs, &FunctionArcsType)) == NULL) {
+    PyObject *arcs = files != NULL && PyDict_CheckExact(files) ? set_in(files, filename) : NULL;
+    PyObject *local = NULL;
+    if (arcs == NULL || !PySet_CheckExact(arcs)) {
         Py_XDECREF(co_code);
+    }
+    else {
+        local = new_function_arcs(arcs, last, code->co_firstlineno, co_code);
+    }
+    if (local == NULL) {
         PyErr_Clear();
         goto done;
     }
-    Py_INCREF(arcs);
-    local->arcs = arcs;
-    local->first = code->co_firstlineno;
-    local->last = last;
-    local->co_code = co_code; /* the reference is the local's */
-    if (PyObject_SetAttr((PyObject *)frame, name_f_trace, (PyObject *)local) < 0) {
+    if (PyObject_SetAttr((PyObject *)frame, name_f_trace, local) < 0) {
         PyErr_Clear();
     }
     else {
-        remember_local(self, frame, (PyObject *)local);
+        remember_local(self, frame, local);
     }
     Py_DECREF(local);
     decided = 0;
@@ -964,12 +945,9 @@ Dispatcher_init(Dispatcher *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     self->off_census_lines = census_lines;
-    Py_INCREF(census_dict);
-    Py_XSETREF(self->census, census_dict);
-    Py_INCREF(saturated);
-    Py_XSETREF(self->saturated, saturated);
-    Py_INCREF(code_lines);
-    Py_XSETREF(self->code_lines, code_lines);
+    hold(&self->census, census_dict);
+    hold(&self->saturated, saturated);
+    hold(&self->code_lines, code_lines);
     PyObject *cache = PyDict_New();
     if (cache == NULL) {
         return -1;
@@ -977,15 +955,11 @@ Dispatcher_init(Dispatcher *self, PyObject *args, PyObject *kwds)
     self->off_closed = closed;
     self->off_is_census = census;
     self->off_files = files;
-    Py_INCREF(handler);
-    Py_XSETREF(self->call_handler, handler);
-    Py_INCREF(var);
-    Py_XSETREF(self->var, var);
-    Py_INCREF(scope_type);
-    Py_XSETREF(self->scope_type, type);
-    Py_INCREF(classify);
-    Py_XSETREF(self->classify, classify);
-    Py_XSETREF(self->under_roots, cache);
+    hold(&self->call_handler, handler);
+    hold(&self->var, var);
+    hold((PyObject **)&self->scope_type, scope_type);
+    hold(&self->classify, classify);
+    Py_XSETREF(self->under_roots, cache); /* new */
     return 0;
 }
 
