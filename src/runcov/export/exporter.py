@@ -14,7 +14,6 @@ import atexit
 import contextlib
 import logging
 import os
-import random
 import threading
 import time
 import weakref
@@ -25,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
@@ -155,6 +155,8 @@ class _CountingExporter(SpanExporter):
 
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+#: Ids of runcov's spans (and of the denominators' own traces), made as the SDK makes them.
+_IDS = RandomIdGenerator()
 
 
 class _HashedResource(Resource):
@@ -172,14 +174,6 @@ class _HashedResource(Resource):
         if value is None:
             value = self._hash = super().__hash__()
         return value
-
-
-def _random_id(bits: int) -> int:
-    """A random non-zero trace (128 bits) or span (64 bits) id, as the SDK makes them."""
-    value = 0
-    while not value:
-        value = random.getrandbits(bits)
-    return value
 
 
 def _payload_size(span: ReadableSpan) -> int:
@@ -644,10 +638,12 @@ class CoverageExporter:
             }
             # Denominators belong to no request: a trace of their own. Known by span id before
             # the batch processor may export them (their outcome is looked up by it).
-            span_id = _random_id(64)
+            span_id = _IDS.generate_span_id()
             with self._lock:
                 self._static_spans[span_id] = new_keys
-            self._emit("runcov.static", _random_id(128), 0, attributes, now, now, span_id)
+            self._emit(
+                "runcov.static", _IDS.generate_trace_id(), 0, attributes, now, now, span_id
+            )
         self._count("static_files", len(new_keys))
         base: dict[str, Any] = {
             "runcov.wire_version": wire.WIRE_VERSION,
@@ -667,7 +663,7 @@ class CoverageExporter:
             attributes = dict(base)
             attributes["runcov.part"] = i
             attributes["runcov.payload"] = payload
-            span_id = _random_id(64)
+            span_id = _IDS.generate_span_id()
             if i == 0:
                 with self._lock:
                     self._coverage_spans[span_id] = endpoint
