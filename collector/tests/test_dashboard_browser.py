@@ -204,7 +204,8 @@ def test_annotated_source(browser: Any, site: tuple[Running, dict]) -> None:
 
 def test_diff_view(browser: Any, site: tuple[Running, dict]) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     running, _ = site
     browser.get(running.url + "/ui/service?service=shop")
@@ -215,6 +216,9 @@ def test_diff_view(browser: Any, site: tuple[Running, dict]) -> None:
     Select(browser.find_element(By.ID, "b-role")).select_by_value("canary")
     Select(browser.find_element(By.ID, "diff-environment")).select_by_value("prod")
     browser.find_element(By.ID, "diff-submit").click()
+    # The form is a GET to /ui/diff: the page with the result replaces this one.
+    WebDriverWait(browser, 30).until(ec.url_contains("b_role=canary"))
+    WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.ID, "diff-files")))
     api = running.api("/api/v1/diff?service=shop&environment=prod&a_version=1.0"
                       "&a_role=baseline&b_version=1.1&b_role=canary")
     changed = [f for f in api["files"] if f["newly_covered_lines"]
