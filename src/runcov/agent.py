@@ -313,7 +313,7 @@ class Agent:
                 self.exporter = CoverageExporter(config, self._resource, metrics=self.metrics)
                 # Set the exporter's pipeline up now: a short-lived process (a script, a job)
                 # may otherwise first need it at interpreter exit, when no thread can start.
-                warm = getattr(self.exporter, "_ensure_provider", None)
+                warm = getattr(self.exporter, "prepare", None)
                 if warm is not None:
                     warm()
         except RuncovError:

@@ -76,6 +76,9 @@ class _Sink:
         self.metric_requests: list[metrics_service_pb2.ExportMetricsServiceRequest] = []
         #: ``ok``, ``fail`` (reject every export) or ``hang`` (block until :meth:`release`).
         self.behaviour = "ok"
+        #: Answer this many export requests "busy, retry" (HTTP 429 with ``Retry-After: 0``,
+        #: gRPC UNAVAILABLE) before the behaviour above applies.
+        self.throttle = 0
         self.release_event = threading.Event()
         self.attempts = 0
 
@@ -185,6 +188,14 @@ class _Handler(BaseHTTPRequestHandler):
         with sink.lock:
             sink.attempts += 1
             sink.headers.append(dict(self.headers))
+            throttled = sink.throttle > 0
+            sink.throttle -= throttled
+        if throttled:
+            self.send_response(429)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if sink.behaviour == "hang":
             sink.release_event.wait(60)
             self._answer(503, b"")
@@ -263,6 +274,10 @@ class GRPCSink(_Sink):
         def handle(request: Any, context: Any, signal: str) -> bool:
             with sink.lock:
                 sink.attempts += 1
+                throttled = sink.throttle > 0
+                sink.throttle -= throttled
+            if throttled:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "busy")
             if sink.behaviour == "hang":
                 sink.release_event.wait(60)
                 context.abort(grpc.StatusCode.UNAVAILABLE, "released")

@@ -430,6 +430,37 @@ def test_rejected_export_is_counted_and_denominators_are_sent_again(
     assert len(http_sink.static_spans()) == 1
 
 
+def test_a_busy_receiver_is_retried_until_it_accepts(sink: Any, src: Path) -> None:
+    # OTLP's throttling answers (HTTP 429 with Retry-After, gRPC UNAVAILABLE) are retried
+    # within the export timeout; the spans arrive once.
+    sink.throttle = 2
+    config = make_config(sink, src, exporter_timeout=10)
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        assert exporter.submit(record(src))
+        assert exporter.flush(20)
+    finally:
+        exporter.shutdown(5)
+    assert sink.attempts >= 3
+    assert [s.trace_id for s in sink.coverage_spans()] == [TRACE_ID]
+    counters = exporter.counters()
+    assert counters["requests_exported"] == 1 and counters["export_failed"] == 0
+
+
+def test_a_receiver_busy_past_the_timeout_fails_the_export(http_sink: HTTPSink, src: Path) -> None:
+    http_sink.throttle = 10**6
+    config = make_config(http_sink, src, exporter_timeout=1)
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        assert exporter.submit(record(src))
+        assert exporter.flush(20) is False
+        assert exporter.counters()["export_failed"] == 1
+        assert http_sink.attempts >= 2  # retried, then given up at the timeout
+    finally:
+        exporter.shutdown(5)
+    assert http_sink.coverage_spans() == []
+
+
 def test_submit_never_raises_and_bad_records_are_counted(http_sink: HTTPSink, src: Path) -> None:
     config = make_config(http_sink, src)
     metrics = RecordingMetrics()

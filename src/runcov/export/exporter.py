@@ -1,11 +1,13 @@
 """Turns measured requests into ``runcov.coverage``/``runcov.static`` spans and sends them.
 
-The exporter owns its own ``TracerProvider`` and ``BatchSpanProcessor`` (so the application's
-span limits, sampler and processors never touch runcov's data) with an OTLP HTTP or gRPC exporter
-chosen by the configuration. :meth:`CoverageExporter.submit` only appends to a bounded queue; a
-daemon worker does everything else — relativizing and redacting paths, static analysis, encoding,
-span creation — so a request never waits for runcov and an OTLP endpoint that is down or hangs
-costs requests nothing: when the queue is full the record is dropped and counted.
+runcov's spans never pass through the application's tracer provider, so its span limits,
+sampler and processors never touch them: the exporter encodes them to OTLP itself
+(:mod:`runcov.export.spans`) and batches and sends them itself over HTTP or gRPC
+(:mod:`runcov.export.transport`), as chosen by the configuration. :meth:`CoverageExporter.submit`
+only appends to a bounded queue; a daemon worker does everything else — relativizing and
+redacting paths, static analysis, encoding, batching, sending — so a request never waits for
+runcov and an OTLP endpoint that is down or hangs costs requests nothing: when a queue is full
+the record is dropped and counted.
 """
 
 from __future__ import annotations
@@ -22,15 +24,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
 from runcov.config import Config
 from runcov.export import wire
-from runcov.export.otlp import otlp_exporter_options
+from runcov.export.spans import SpanEncoder
+from runcov.export.transport import Transport, make_transport
 from runcov.redaction import Redactor
 from runcov.resource import with_new_instance
 from runcov.static import StaticAnalyzer
@@ -113,120 +112,38 @@ class _Flush:
         self.ok = False
 
 
-class _CountingExporter(SpanExporter):
-    """Wraps the OTLP exporter: bounded request sizes, outcome accounting, never raises.
-
-    Bound to the process that created it: in a forked child it sends nothing (the child builds
-    its own provider and exporter).
-    """
-
-    def __init__(self, inner: SpanExporter, owner: CoverageExporter) -> None:
-        self._inner = inner
-        self._owner = weakref.ref(owner)
-        self._pid = os.getpid()
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if os.getpid() != self._pid:
-            return SpanExportResult.SUCCESS
-        result = SpanExportResult.SUCCESS
-        for chunk in _chunks(spans, MAX_EXPORT_BYTES):
-            try:
-                outcome = self._inner.export(chunk)
-            except Exception:
-                log.debug("runcov: span export raised", exc_info=True)
-                outcome = SpanExportResult.FAILURE
-            owner = self._owner()
-            if owner is not None:
-                owner._exported(chunk, outcome is SpanExportResult.SUCCESS)
-            if outcome is not SpanExportResult.SUCCESS:
-                result = SpanExportResult.FAILURE
-        return result
-
-    def shutdown(self) -> None:
-        if os.getpid() != self._pid:
-            return
-        try:
-            self._inner.shutdown()
-        except Exception:
-            log.debug("runcov: span exporter shutdown raised", exc_info=True)
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
-
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 #: Ids of runcov's spans (and of the denominators' own traces), made as the SDK makes them.
 _IDS = RandomIdGenerator()
+#: Spans in one export request at most (and MAX_EXPORT_BYTES of them).
+MAX_EXPORT_SPANS = 512
+#: OpenTelemetry's batch interval, in milliseconds, when ``OTEL_BSP_SCHEDULE_DELAY`` is unset.
+DEFAULT_SCHEDULE_DELAY_MS = 5000
 
 
-class _HashedResource(Resource):
-    """A resource that computes its hash once.
-
-    OTLP encoding groups spans by resource, hashing the resource of every span, and
-    ``Resource.__hash__`` serialises all its attributes each time (~4 µs per span). A resource's
-    attributes never change, so neither does its hash.
-    """
-
-    _hash: Optional[int] = None
-
-    def __hash__(self) -> int:
-        value = self._hash
-        if value is None:
-            value = self._hash = super().__hash__()
-        return value
-
-
-def _payload_size(span: ReadableSpan) -> int:
-    value = (span.attributes or {}).get("runcov.payload", "")
-    return len(value) if isinstance(value, str) else 0
-
-
-def _chunks(spans: Sequence[ReadableSpan], limit: int) -> list[list[ReadableSpan]]:
-    chunks: list[list[ReadableSpan]] = []
-    current: list[ReadableSpan] = []
-    size = 0
-    for span in spans:
-        n = _payload_size(span) + 512
-        if current and size + n > limit:
-            chunks.append(current)
-            current, size = [], 0
-        current.append(span)
-        size += n
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def _shutdown_all(providers: list[TracerProvider]) -> None:
-    for provider in providers:
+def _schedule_delay() -> float:
+    """Seconds between sends: ``OTEL_BSP_SCHEDULE_DELAY`` (milliseconds), as the SDK reads it."""
+    text = os.environ.get("OTEL_BSP_SCHEDULE_DELAY", "").strip()
+    if text:
         try:
-            provider.shutdown()
-        except Exception:
-            log.debug("runcov: could not shut an inherited provider down", exc_info=True)
-
-
-def _make_span_exporter(config: Config) -> SpanExporter:
-    """The OTLP span exporter for the configured protocol, endpoint, headers and timeout."""
-    options = otlp_exporter_options(config, "traces")
-    if config.exporter_protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcSpanExporter,
+            value = float(text)
+            if value >= 0:
+                return value / 1000.0
+        except ValueError:
+            pass
+        log.warning(
+            "runcov: OTEL_BSP_SCHEDULE_DELAY=%r is not a number of milliseconds; using %d",
+            text,
+            DEFAULT_SCHEDULE_DELAY_MS,
         )
-
-        return GrpcSpanExporter(**options)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HttpSpanExporter,
-    )
-
-    return HttpSpanExporter(**options)
+    return DEFAULT_SCHEDULE_DELAY_MS / 1000.0
 
 
 class CoverageExporter:
     """Sends measured requests as OTLP spans without ever blocking or raising into the app.
 
     ``metrics`` (an :class:`~runcov.metrics.AgentMetrics`, optional, may also be set later as the
-    ``metrics`` attribute) is told about drops. ``span_exporter_factory`` replaces the OTLP
-    exporter (it is called once per process, lazily, in the worker thread).
+    ``metrics`` attribute) is told about drops. ``transport_factory`` replaces the OTLP
+    transport (it is called once per process, lazily, in the worker thread).
     """
 
     def __init__(
@@ -237,23 +154,22 @@ class CoverageExporter:
         metrics: Any = None,
         redactor: Optional[Redactor] = None,
         static: Optional[StaticAnalyzer] = None,
-        span_exporter_factory: Optional[Callable[[], SpanExporter]] = None,
+        transport_factory: Optional[Callable[[], Transport]] = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
         self._resource = resource
         self._redactor = redactor or Redactor(config.source, config.exclude, config.redact)
         self._static = static or StaticAnalyzer()
-        self._factory = span_exporter_factory or (lambda: _make_span_exporter(config))
+        self._factory = transport_factory or (lambda: make_transport(config))
         self._queue_size = int(config.queue_size)
-        # Spans handed to the BatchSpanProcessor and not yet exported or failed. The processor
-        # drops silently when its queue is full, so the worker keeps below that instead.
-        self._bsp_queue_size = max(2048, 2 * self._queue_size)
+        #: Encoded spans waiting for the next send, at most this many (more are dropped).
+        self._outbox_limit = max(2048, 2 * self._queue_size)
+        self._schedule_delay = _schedule_delay()
         self._closed = False
         #: Called by the worker after each round of records (the agent reports its request
         #: paths' overhead from there).
         self.on_round: Optional[Callable[[], None]] = None
-        self._stale: list[TracerProvider] = []
         self._init_process_state()
         if hasattr(os, "register_at_fork"):
             ref = weakref.WeakMethod(self._after_fork_in_child)
@@ -271,11 +187,14 @@ class CoverageExporter:
         self._flushes: list[_Flush] = []
         self._worker: Optional[threading.Thread] = None
         self._stopping = False
-        self._provider: Optional[TracerProvider] = None
-        #: The batch span processor of ``_provider``: runcov's spans are handed to it finished.
-        self._bsp: Optional[BatchSpanProcessor] = None
-        self._scope: Optional[InstrumentationScope] = None
-        self._span_resource: Optional[Resource] = None
+        #: Encoder and transport, made by the worker at its first span in this process.
+        self._encoder: Optional[SpanEncoder] = None
+        self._transport: Optional[Transport] = None
+        #: (encoded span, span id) waiting for the next send; only the worker touches it.
+        self._outbox: list[tuple[bytes, int]] = []
+        self._outbox_bytes = 0
+        self._last_send = time.monotonic()
+        #: Spans encoded and not yet delivered or failed.
         self._inflight = 0
         self._static_sent: set[tuple[str, str]] = set()
         self._static_spans: dict[int, list[tuple[str, str]]] = {}
@@ -300,8 +219,7 @@ class CoverageExporter:
         }
 
     def _after_fork_in_child(self) -> None:
-        if self._provider is not None:
-            self._stale.append(self._provider)
+        # The parent's transport (its connections) is left alone: the child makes its own.
         self._init_process_state()
         self._resource = with_new_instance(self._resource)
 
@@ -359,6 +277,16 @@ class CoverageExporter:
             self._count("internal_error")
             return False
 
+    def prepare(self) -> None:
+        """Start the worker now: a short-lived process (a script, a job) may otherwise first
+        need it at interpreter exit, when no thread can start any more."""
+        try:
+            if self._pid != os.getpid():
+                self._after_fork_in_child()
+            self._start_worker()
+        except Exception:
+            self._count("internal_error")
+
     def _start_worker(self) -> None:
         with self._lock:
             if self._worker is not None:
@@ -369,9 +297,6 @@ class CoverageExporter:
     # -- worker ---------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        stale, self._stale = self._stale, []
-        if stale:  # providers inherited from the parent process: stop their threads here
-            threading.Thread(target=_shutdown_all, args=(stale,), daemon=True).start()
         while True:
             try:
                 if self._step():
@@ -409,20 +334,21 @@ class CoverageExporter:
                 on_round()
             except Exception:
                 pass
-        if flushes:
-            ok = True
+        if flushes or stopping:
             with self._lock:
                 failed_before = self._stats["spans_failed"]
-            try:
-                if self._provider is not None:
-                    ok = bool(self._provider.force_flush())
-            except Exception:
-                ok = False
+            self._send_outbox()
             with self._lock:
-                ok = ok and self._inflight == 0 and self._stats["spans_failed"] == failed_before
+                ok = self._inflight == 0 and self._stats["spans_failed"] == failed_before
             for f in flushes:
                 f.ok = ok
                 f.done.set()
+        elif self._outbox and (
+            time.monotonic() - self._last_send >= self._schedule_delay
+            or len(self._outbox) >= MAX_EXPORT_SPANS
+            or self._outbox_bytes >= MAX_EXPORT_BYTES
+        ):
+            self._send_outbox()
         return stopping
 
     def _deferred_metrics(self) -> Any:
@@ -435,62 +361,63 @@ class CoverageExporter:
         except Exception:
             return contextlib.nullcontext()
 
-    def _ensure_provider(self) -> BatchSpanProcessor:
-        if self._bsp is not None:
-            return self._bsp
-        # The provider only owns the batch processor (its flush and shutdown): runcov's spans
-        # are built finished (:meth:`_emit`), so no sampler or span limits apply to them.
-        resource = _HashedResource(self._resource.attributes, self._resource.schema_url)
-        provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-        # The export interval is OpenTelemetry's (OTEL_BSP_SCHEDULE_DELAY, 5 s by default): an
-        # export request per sampled request would cost the service more than the request.
-        processor = BatchSpanProcessor(
-            _CountingExporter(self._factory(), self),
-            max_queue_size=self._bsp_queue_size,
-            max_export_batch_size=256,
-            export_timeout_millis=self.config.exporter_timeout * 1000,
-        )
-        provider.add_span_processor(processor)
-        self._provider = provider
-        self._span_resource = resource
-        self._scope = InstrumentationScope(SCOPE_NAME, _agent_version())
-        self._bsp = processor
-        return processor
+    def _ensure_encoder(self) -> SpanEncoder:
+        encoder = self._encoder
+        if encoder is None:
+            encoder = self._encoder = SpanEncoder(
+                self._resource.attributes,
+                SCOPE_NAME,
+                _agent_version(),
+                self._resource.schema_url or "",
+            )
+        return encoder
 
     def _emit(
         self,
         name: str,
         trace_id: int,
         parent_span_id: int,
+        base: bytes,
         attributes: dict[str, Any],
         start: int,
         end: int,
         span_id: int,
     ) -> None:
-        """Hand one finished span to the batch processor (the caller picks the span id, and
-        files it before the span can be exported).
-
-        The spans are built finished, as the SDK's exporters read them: a span started and
-        ended through a tracer would cost the export worker ~3 times as much (context, span
-        processor hooks, validation of attributes runcov itself wrote).
-        """
-        bsp = self._ensure_provider()
-        span = ReadableSpan(
-            name,
-            context=SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED),
-            parent=(
-                SpanContext(trace_id, parent_span_id, is_remote=True, trace_flags=_SAMPLED)
-                if parent_span_id
-                else None
-            ),
-            resource=self._span_resource,
-            attributes=attributes,
-            kind=SpanKind.INTERNAL,
-            start_time=start,
-            end_time=end,
-            instrumentation_scope=self._scope,
+        """Encode one span into the outbox (the caller picks the span id, and files it
+        before the span can be sent). ``base`` holds attributes encoded once for several
+        spans (:meth:`SpanEncoder.attributes`), ``attributes`` this span's own."""
+        encoded = self._ensure_encoder().span(
+            name, trace_id, span_id, parent_span_id, start, end, base, attributes
         )
-        bsp.on_end(span)
+        self._outbox.append((encoded, span_id))
+        self._outbox_bytes += len(encoded)
+
+    def _send_outbox(self) -> None:
+        """Send every span in the outbox, in requests of bounded size."""
+        outbox, self._outbox = self._outbox, []
+        self._outbox_bytes = 0
+        self._last_send = time.monotonic()
+        start = 0
+        while start < len(outbox):
+            end, size = start, 0
+            while end < len(outbox) and end - start < MAX_EXPORT_SPANS:
+                n = len(outbox[end][0])
+                if end > start and size + n > MAX_EXPORT_BYTES:
+                    break
+                size += n
+                end += 1
+            chunk = outbox[start:end]
+            start = end
+            ok = False
+            try:
+                transport = self._transport
+                if transport is None:
+                    transport = self._transport = self._factory()
+                body = self._ensure_encoder().request(span for span, _ in chunk)
+                ok = bool(transport.send(body))
+            except Exception:
+                log.debug("runcov: span export raised", exc_info=True)
+            self._exported([span_id for _, span_id in chunk], ok)
 
     def _process(self, record: RequestRecord) -> None:
         # A request whose records equal an earlier one's on the same endpoint (the common case
@@ -618,7 +545,7 @@ class CoverageExporter:
         census = record.mode == "census"
         endpoint = scrub(record.endpoint)
         with self._lock:
-            room = self._inflight + len(payloads) + len(static_payloads) <= self._bsp_queue_size
+            room = self._inflight + len(payloads) + len(static_payloads) <= self._outbox_limit
             if room:
                 self._inflight += len(payloads) + len(static_payloads)
             else:
@@ -637,12 +564,12 @@ class CoverageExporter:
                 "runcov.payload": payload,
             }
             # Denominators belong to no request: a trace of their own. Known by span id before
-            # the batch processor may export them (their outcome is looked up by it).
+            # they are sent (their outcome is looked up by it).
             span_id = _IDS.generate_span_id()
             with self._lock:
                 self._static_spans[span_id] = new_keys
             self._emit(
-                "runcov.static", _IDS.generate_trace_id(), 0, attributes, now, now, span_id
+                "runcov.static", _IDS.generate_trace_id(), 0, b"", attributes, now, now, span_id
             )
         self._count("static_files", len(new_keys))
         base: dict[str, Any] = {
@@ -659,28 +586,31 @@ class CoverageExporter:
                 base["http.route"] = scrub(record.route)
         start = record.start_ns or now
         end = max(record.end_ns or now, start)
+        encoded_base = self._ensure_encoder().attributes(base)
         for i, payload in enumerate(payloads):
-            attributes = dict(base)
-            attributes["runcov.part"] = i
-            attributes["runcov.payload"] = payload
             span_id = _IDS.generate_span_id()
             if i == 0:
                 with self._lock:
                     self._coverage_spans[span_id] = endpoint
             self._emit(
-                "runcov.coverage", record.trace_id, record.span_id, attributes, start, end, span_id
+                "runcov.coverage",
+                record.trace_id,
+                record.span_id,
+                encoded_base,
+                {"runcov.part": i, "runcov.payload": payload},
+                start,
+                end,
+                span_id,
             )
         return True
 
-    def _exported(self, spans: Sequence[ReadableSpan], ok: bool) -> None:
-        """Called by the wrapped exporter with the outcome of one export request."""
+    def _exported(self, span_ids: Sequence[int], ok: bool) -> None:
+        """The outcome of one export request of the spans ``span_ids``."""
         failed_endpoints: list[str] = []
         with self._lock:
-            self._inflight = max(0, self._inflight - len(spans))
-            self._stats["spans_exported" if ok else "spans_failed"] += len(spans)
-            for span in spans:
-                ctx = span.get_span_context()
-                span_id = ctx.span_id if ctx is not None else 0
+            self._inflight = max(0, self._inflight - len(span_ids))
+            self._stats["spans_exported" if ok else "spans_failed"] += len(span_ids)
+            for span_id in span_ids:
                 endpoint = self._coverage_spans.pop(span_id, None)
                 keys = self._static_spans.pop(span_id, None)
                 if endpoint is not None:
@@ -727,11 +657,12 @@ class CoverageExporter:
         self._wake.set()
         if worker is not None:
             worker.join(max(0.0, deadline - time.monotonic()))
-        provider = self._provider
-        if provider is not None:
-            closer = threading.Thread(target=provider.shutdown, daemon=True)
-            closer.start()
-            closer.join(max(0.0, deadline - time.monotonic()))
+        transport = self._transport
+        if transport is not None:
+            try:
+                transport.close()
+            except Exception:
+                log.debug("runcov: closing the span transport raised", exc_info=True)
         return ok
 
     def _at_exit(self) -> None:
