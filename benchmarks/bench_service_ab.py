@@ -1,4 +1,4 @@
-"""The agent's cost on the real Flask service, A/B inside one server process, over HTTP.
+"""The agent's cost on a real service, A/B inside one server process, over HTTP.
 
 ``bench_service.py`` starts a fresh server process per configuration and repetition, so every
 comparison carries the difference between two processes (memory layout, CPU placement, what
@@ -32,6 +32,7 @@ time).
     python benchmarks/bench_service_ab.py --rate 0.01              # ~6 minutes
     python benchmarks/bench_service_ab.py --rate 0.01 --rounds 2 --duration 1  # smoke run
     python benchmarks/bench_service_ab.py --rate 1 --mode census   # census of all traffic
+    python benchmarks/bench_service_ab.py --app fastapi            # the FastAPI shop, uvicorn
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ SWITCHES = ("none", "agent", "processor", "monitoring", "no-arming", "no-export"
 # -- the server -------------------------------------------------------------------------------
 
 
-def serve(port: int, rate: float) -> int:
-    """Serve the Flask shop with runcov at ``rate``; switch configurations on stdin commands.
+def serve(port: int, rate: float, app_name: str = "flask") -> int:
+    """Serve the Flask shop (waitress, 4 threads) or the FastAPI shop (uvicorn) with runcov at
+    ``rate``; switch configurations on stdin commands.
 
     Commands, one per line: a configuration name (switch) or ``cpu``, each answered with one
     line ``ok <process CPU seconds>``; ``threads`` answers ``ok <native id>=<name>,...``.
@@ -72,12 +74,15 @@ def serve(port: int, rate: float) -> int:
     sys.path.insert(0, str(EXAMPLES))
     import logging
 
-    import waitress
     from opentelemetry import trace
     from shop.serving import ENDPOINTS, SOURCE_ROOT, setup_tracing
-    from shop_flask.app import create_app
 
     import runcov
+
+    if app_name == "fastapi":
+        from shop_fastapi.app import create_app
+    else:
+        from shop_flask.app import create_app
 
     logging.disable(logging.WARNING)
     setup_tracing()
@@ -116,9 +121,15 @@ def serve(port: int, rate: float) -> int:
             print(f"ok {time.process_time():.6f}", flush=True)
         os._exit(0)
 
-    server = waitress.create_server(app, host="127.0.0.1", port=port, threads=4)
     threading.Thread(target=control, daemon=True).start()
-    server.run()
+    if app_name == "fastapi":
+        import uvicorn
+
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    else:
+        import waitress
+
+        waitress.create_server(app, host="127.0.0.1", port=port, threads=4).run()
     return 0
 
 
@@ -128,7 +139,8 @@ def serve(port: int, rate: float) -> int:
 class Server:
     """The A/B server process and its control channel."""
 
-    def __init__(self, bench: Bench, rate: float, workdir: Path, mode: str = "exact") -> None:
+    def __init__(self, bench: Bench, rate: float, workdir: Path, mode: str = "exact",
+                 app: str = "flask") -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("RUNCOV_", "OTEL_", "COVERAGE_"))}
@@ -144,7 +156,7 @@ class Server:
         log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed right after
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--serve", "--port", str(self.port),
-             "--rate", str(rate)],
+             "--rate", str(rate), "--app", app],
             cwd=EXAMPLES, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
             text=True, preexec_fn=Bench._pin_to(bench.server_cpus))
         log.close()
@@ -193,14 +205,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="also measure the span processor and the monitoring events alone")
     parser.add_argument("--split-sampled", action="store_true",
                         help="also measure the agent without arming, and without export")
+    parser.add_argument("--app", choices=("flask", "fastapi"), default="flask",
+                        help="the Flask shop under waitress, or the FastAPI shop under uvicorn")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        return serve(args.port, args.rate)
+        return serve(args.port, args.rate, args.app)
 
     workdir = Path(tempfile.mkdtemp(prefix="runcov-bench-ab-"))
-    bench = Bench("flask", workdir, 0.0, args.duration, args.threads, pin=True)
+    bench = Bench(args.app, workdir, 0.0, args.duration, args.threads, pin=True)
     if bench.other_cpus:
         os.sched_setaffinity(0, bench.other_cpus)  # the load generator runs here
     configs = CONFIGS + (("processor", "monitoring") if args.split else ()) + (
@@ -209,7 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     server: Optional[Server] = None
     try:
         bench.start_collector()
-        server = Server(bench, args.rate, workdir, args.mode)
+        server = Server(bench, args.rate, workdir, args.mode, args.app)
         for config in ("agent", "none"):  # warm-up: imports, static analysis, specialization
             block(server, config, args.settle, args.duration / 2, args.threads)
         order = random.Random(1)
@@ -230,7 +244,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             stop(bench.collector)
 
     base = runs["none"]
-    print(f"Flask shop (waitress, 4 threads), one server process pinned to a CPU of its own, "
+    shop = "Flask shop (waitress, 4 threads)" if args.app == "flask" else "FastAPI shop (uvicorn)"
+    print(f"{shop}, one server process pinned to a CPU of its own, "
           f"runcov at {args.rate:g} ({args.mode}); Python {platform.python_version()}, "
           f"{os.cpu_count()} CPUs, "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {args.rounds} "
