@@ -128,7 +128,23 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
         return None  # an HTTP date: fall back to the backoff
 
 
-class HttpTransport:
+class _Sender:
+    """What both transports share: the retry loop, and closing."""
+
+    _retry: _Retrying
+
+    def _release(self) -> None:
+        """Close the connection (session, channel)."""
+
+    def close(self) -> None:
+        self._retry.stop()
+        try:
+            self._release()
+        except Exception:
+            pass
+
+
+class HttpTransport(_Sender):
     """OTLP/HTTP (protobuf) with ``requests``, one keep-alive session."""
 
     def __init__(self, config: Config) -> None:
@@ -182,15 +198,11 @@ class HttpTransport:
 
         return self._retry.run(attempt)
 
-    def close(self) -> None:
-        self._retry.stop()
-        try:
-            self._session.close()
-        except Exception:
-            pass
+    def _release(self) -> None:
+        self._session.close()
 
 
-class GrpcTransport:
+class GrpcTransport(_Sender):
     """OTLP/gRPC: the trace service's Export method, fed the encoded bytes unchanged."""
 
     def __init__(self, config: Config) -> None:
@@ -249,12 +261,8 @@ class GrpcTransport:
 
         return self._retry.run(attempt)
 
-    def close(self) -> None:
-        self._retry.stop()
-        try:
-            self._channel.close()
-        except Exception:
-            pass
+    def _release(self) -> None:
+        self._channel.close()
 
 
 def _grpc_credentials(grpc: Any) -> Any:
