@@ -81,6 +81,8 @@ class _Sink:
         self.throttle = 0
         self.release_event = threading.Event()
         self.attempts = 0
+        #: Request headers (HTTP) or metadata (gRPC) of each export request, in order.
+        self.headers: list[dict[str, str]] = []
 
     def release(self) -> None:
         """Let hanging requests finish (and fail) and answer normally from now on."""
@@ -235,7 +237,6 @@ class HTTPSink(_Sink):
 
     def __init__(self) -> None:
         super().__init__()
-        self.headers: list[dict[str, str]] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self._server.sink = self  # type: ignore[attr-defined]
@@ -274,6 +275,7 @@ class GRPCSink(_Sink):
         def handle(request: Any, context: Any, signal: str) -> bool:
             with sink.lock:
                 sink.attempts += 1
+                sink.headers.append(dict(context.invocation_metadata()))
                 throttled = sink.throttle > 0
                 sink.throttle -= throttled
             if throttled:

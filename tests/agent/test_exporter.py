@@ -356,6 +356,35 @@ def test_headers_reach_the_receiver(http_sink: HTTPSink, src: Path) -> None:
     assert any(h.get("authorization") == "Bearer t0k" for h in http_sink.headers)
 
 
+def test_signal_headers_variable_applies_when_none_are_configured(
+    sink: Any, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # OTEL_EXPORTER_OTLP_TRACES_HEADERS, as the SDK's exporters read it, over HTTP and gRPC.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-tenant=blue%20team")
+    config = make_config(sink, src)
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        assert exporter.submit(record(src))
+        assert exporter.flush(20)
+    finally:
+        exporter.shutdown(5)
+    assert any(h.get("x-tenant") == "blue team" for h in sink.headers)
+
+
+def test_a_refused_export_is_not_retried(sink: Any, src: Path) -> None:
+    # HTTP 400 / gRPC INVALID_ARGUMENT are final: one attempt, the spans counted as failed.
+    sink.behaviour = "fail"
+    config = make_config(sink, src, exporter_timeout=10)
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        assert exporter.submit(record(src))
+        assert exporter.flush(20) is False
+    finally:
+        exporter.shutdown(5)
+    assert sink.attempts == 1
+    assert exporter.counters()["spans_failed"] >= 1
+
+
 def test_files_nothing_reportable_sends_nothing(http_sink: HTTPSink, src: Path) -> None:
     config = make_config(http_sink, src)
     exporter = CoverageExporter(config, build_resource(config))
