@@ -54,7 +54,9 @@ span_specs = st.fixed_dictionaries(
 def _sdk_request(resource: Resource, scope: InstrumentationScope, specs: list[Any]) -> Any:
     spans = []
     for spec in specs:
-        attributes = dict(spec["base"])
+        # A span's own attributes override base ones of the same key; runcov sends the rest
+        # of the base first, then its own, and the SDK encodes a dict in insertion order.
+        attributes = {k: v for k, v in spec["base"].items() if k not in spec["own"]}
         attributes.update(spec["own"])
         end = min(spec["start"] + spec["duration"], 2**64 - 1)
         spans.append(
@@ -80,7 +82,7 @@ def _sdk_request(resource: Resource, scope: InstrumentationScope, specs: list[An
 def _runcov_request(encoder: SpanEncoder, specs: list[Any]) -> Any:
     spans = []
     for spec in specs:
-        # Attributes given twice (encoded base, then own) as the SDK's dict merge sees them.
+        # The base encoded once (without the keys the span overrides), then the span's own.
         own = dict(spec["own"])
         base = {k: v for k, v in spec["base"].items() if k not in own}
         end = min(spec["start"] + spec["duration"], 2**64 - 1)
