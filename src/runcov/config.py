@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 from runcov.errors import ConfigError
 from runcov.selectors import MODES, parse_selector
 
-__all__ = ["COMPRESSIONS", "PROTOCOLS", "ROLES", "Config", "load_config"]
+__all__ = ["COMPRESSIONS", "PROTOCOLS", "ROLES", "Config", "header_pairs", "load_config"]
 
 #: Deployment roles; the collector keeps each role's coverage apart.
 ROLES = ("baseline", "canary", "shadow", "game-day")
@@ -151,15 +151,26 @@ def split_list(text: str, *, regex: bool = False) -> list[str]:
     return [item.strip() for item in items if item.strip()]
 
 
-def _parse_headers(option: str, text: str) -> dict[str, str]:
+def header_pairs(text: str) -> tuple[dict[str, str], list[str]]:
+    """The headers of an OTLP ``name=value,...`` string (names lower-cased, %-escapes
+    decoded), and the non-empty items that are not ``name=value``."""
     headers: dict[str, str] = {}
+    bad: list[str] = []
     for item in text.split(","):
         if not item.strip():
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise _bad(option, text, f"header {item.strip()!r} is not 'name=value'")
+            bad.append(item.strip())
+            continue
         headers[unquote(key.strip()).lower()] = unquote(value.strip())
+    return headers, bad
+
+
+def _parse_headers(option: str, text: str) -> dict[str, str]:
+    headers, bad = header_pairs(text)
+    if bad:
+        raise _bad(option, text, f"header {bad[0]!r} is not 'name=value'")
     return headers
 
 

@@ -39,7 +39,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from runcov.config import Config
-from runcov.export.otlp import otlp_exporter_options
+from runcov.export.otlp import otlp_metric_exporter_options
 from runcov.redaction import Redactor
 from runcov.resource import with_new_instance
 
@@ -117,7 +117,7 @@ class _ProcessBoundExporter(MetricExporter):
 
 
 def _make_metric_exporter(config: Config) -> MetricExporter:
-    options = otlp_exporter_options(config, "metrics")
+    options = otlp_metric_exporter_options(config)
     options["preferred_temporality"] = _cumulative()
     if config.exporter_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (

@@ -114,14 +114,21 @@ def record(src: Path, **kw: Any) -> RequestRecord:
     return RequestRecord(**fields)
 
 
-def test_coverage_span_is_a_child_of_the_request_span(sink: Any, src: Path) -> None:
-    config = make_config(sink, src)
-    exporter = CoverageExporter(config, build_resource(config))
+def export_once(config: Config, rec: RequestRecord, **kw: Any) -> tuple[CoverageExporter, bool]:
+    """Submit ``rec`` to a new exporter, flush and shut it down: (the exporter, flushed)."""
+    exporter = CoverageExporter(config, build_resource(config), **kw)
     try:
-        assert exporter.submit(record(src))
-        assert exporter.flush(20)
+        assert exporter.submit(rec)
+        flushed = exporter.flush(20)
     finally:
         exporter.shutdown(5)
+    return exporter, flushed
+
+
+def test_coverage_span_is_a_child_of_the_request_span(sink: Any, src: Path) -> None:
+    config = make_config(sink, src)
+    exporter, flushed = export_once(config, record(src))
+    assert flushed
     [cov] = sink.coverage_spans()
     assert cov.trace_id == TRACE_ID
     assert cov.parent_span_id == SPAN_ID
@@ -241,12 +248,8 @@ def test_only_relative_paths_under_roots_leave_the_process(http_sink: HTTPSink, 
 
 def test_census_mode_sends_lines_without_arcs(http_sink: HTTPSink, src: Path) -> None:
     config = make_config(http_sink, src)
-    exporter = CoverageExporter(config, build_resource(config))
-    try:
-        assert exporter.submit(record(src, mode="census"))
-        assert exporter.flush(20)
-    finally:
-        exporter.shutdown(5)
+    _, flushed = export_once(config, record(src, mode="census"))
+    assert flushed
     [cov] = http_sink.coverage_spans()
     assert cov.attributes["runcov.mode"] == "census"
     assert cov.payload["files"][0]["lines"] == [1, 2, 3, 4, 5, 6]
@@ -255,14 +258,10 @@ def test_census_mode_sends_lines_without_arcs(http_sink: HTTPSink, src: Path) ->
 
 def test_job_endpoints_carry_no_http_attributes(http_sink: HTTPSink, src: Path) -> None:
     config = make_config(http_sink, src)
-    exporter = CoverageExporter(config, build_resource(config))
-    try:
-        assert exporter.submit(
-            record(src, endpoint="job billing.run", method=None, route=None, status_class="ok")
-        )
-        assert exporter.flush(20)
-    finally:
-        exporter.shutdown(5)
+    _, flushed = export_once(
+        config, record(src, endpoint="job billing.run", method=None, route=None, status_class="ok")
+    )
+    assert flushed
     [cov] = http_sink.coverage_spans()
     assert cov.attributes["runcov.endpoint"] == "job billing.run"
     assert cov.attributes["runcov.status_class"] == "ok"
@@ -306,12 +305,8 @@ def test_application_span_limits_and_sampler_do_not_apply(
     monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "2")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
     config = make_config(http_sink, src)
-    exporter = CoverageExporter(config, build_resource(config))
-    try:
-        assert exporter.submit(record(src))
-        assert exporter.flush(20)
-    finally:
-        exporter.shutdown(5)
+    _, flushed = export_once(config, record(src))
+    assert flushed
     [cov] = http_sink.coverage_spans()
     assert len(cov.attributes) == 9
     assert cov.payload["files"][0]["lines"] == [1, 2, 3, 4, 5, 6]
@@ -322,12 +317,8 @@ def test_requests_are_gzip_compressed_by_default(
     http_sink: HTTPSink, src: Path, compression: str, encoding: object
 ) -> None:
     config = make_config(http_sink, src, exporter_compression=compression)
-    exporter = CoverageExporter(config, build_resource(config))
-    try:
-        assert exporter.submit(record(src))
-        assert exporter.flush(20)
-    finally:
-        exporter.shutdown(5)
+    _, flushed = export_once(config, record(src))
+    assert flushed
     assert {h.get("Content-Encoding") for h in http_sink.headers} == {encoding}
     assert len(http_sink.coverage_spans()) == 1
 
@@ -335,24 +326,16 @@ def test_requests_are_gzip_compressed_by_default(
 def test_worker_cpu_is_reported_as_overhead(http_sink: HTTPSink, src: Path) -> None:
     config = make_config(http_sink, src)
     metrics = RecordingMetrics()
-    exporter = CoverageExporter(config, build_resource(config), metrics=metrics)
-    try:
-        assert exporter.submit(record(src))
-        assert exporter.flush(20)
-    finally:
-        exporter.shutdown(5)
+    _, flushed = export_once(config, record(src), metrics=metrics)
+    assert flushed
     assert metrics.overheads and all(s >= 0 for s in metrics.overheads)
     assert sum(metrics.overheads) > 0
 
 
 def test_headers_reach_the_receiver(http_sink: HTTPSink, src: Path) -> None:
     config = make_config(http_sink, src, exporter_headers={"Authorization": "Bearer t0k"})
-    exporter = CoverageExporter(config, build_resource(config))
-    try:
-        assert exporter.submit(record(src))
-        assert exporter.flush(20)
-    finally:
-        exporter.shutdown(5)
+    _, flushed = export_once(config, record(src))
+    assert flushed
     assert any(h.get("authorization") == "Bearer t0k" for h in http_sink.headers)
 
 
@@ -362,12 +345,8 @@ def test_signal_headers_variable_applies_when_none_are_configured(
     # OTEL_EXPORTER_OTLP_TRACES_HEADERS, as the SDK's exporters read it, over HTTP and gRPC.
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-tenant=blue%20team")
     config = make_config(sink, src)
-    exporter = CoverageExporter(config, build_resource(config))
-    try:
-        assert exporter.submit(record(src))
-        assert exporter.flush(20)
-    finally:
-        exporter.shutdown(5)
+    _, flushed = export_once(config, record(src))
+    assert flushed
     assert any(h.get("x-tenant") == "blue team" for h in sink.headers)
 
 
@@ -375,12 +354,8 @@ def test_a_refused_export_is_not_retried(sink: Any, src: Path) -> None:
     # HTTP 400 / gRPC INVALID_ARGUMENT are final: one attempt, the spans counted as failed.
     sink.behaviour = "fail"
     config = make_config(sink, src, exporter_timeout=10)
-    exporter = CoverageExporter(config, build_resource(config))
-    try:
-        assert exporter.submit(record(src))
-        assert exporter.flush(20) is False
-    finally:
-        exporter.shutdown(5)
+    exporter, flushed = export_once(config, record(src))
+    assert flushed is False
     assert sink.attempts == 1
     assert exporter.counters()["spans_failed"] >= 1
 
@@ -464,12 +439,8 @@ def test_a_busy_receiver_is_retried_until_it_accepts(sink: Any, src: Path) -> No
     # within the export timeout; the spans arrive once.
     sink.throttle = 2
     config = make_config(sink, src, exporter_timeout=10)
-    exporter = CoverageExporter(config, build_resource(config))
-    try:
-        assert exporter.submit(record(src))
-        assert exporter.flush(20)
-    finally:
-        exporter.shutdown(5)
+    exporter, flushed = export_once(config, record(src))
+    assert flushed
     assert sink.attempts >= 3
     assert [s.trace_id for s in sink.coverage_spans()] == [TRACE_ID]
     counters = exporter.counters()

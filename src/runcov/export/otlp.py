@@ -1,4 +1,7 @@
-"""Keyword arguments of the OTLP exporters (spans and metrics), from the agent's configuration."""
+"""Keyword arguments of the SDK's OTLP metric exporter, from the agent's configuration.
+
+(Coverage spans are encoded and sent by runcov itself: :mod:`runcov.export.transport`.)
+"""
 
 from __future__ import annotations
 
@@ -7,16 +10,16 @@ from typing import Any
 from runcov.config import Config
 
 
-def otlp_exporter_options(config: Config, signal: str) -> dict[str, Any]:
+def otlp_metric_exporter_options(config: Config) -> dict[str, Any]:
     """Endpoint, headers, timeout, compression (and, for gRPC, transport security) of the OTLP
-    exporter of ``signal`` (``"traces"`` or ``"metrics"``) for the configured protocol."""
+    metric exporter for the configured protocol."""
     grpc = config.exporter_protocol == "grpc"
     if grpc:
         from opentelemetry.exporter.otlp.proto.grpc.exporter import Compression
     else:
         from opentelemetry.exporter.otlp.proto.http import Compression
     options: dict[str, Any] = {
-        "endpoint": config.traces_endpoint() if signal == "traces" else config.metrics_endpoint(),
+        "endpoint": config.metrics_endpoint(),
         "headers": dict(config.exporter_headers) or None,
         "timeout": config.exporter_timeout,
         "compression": Compression.Gzip

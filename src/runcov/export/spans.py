@@ -70,7 +70,6 @@ _T_PARENT_ID = _tag(4, _LEN) + bytes((8,))
 _T_KIND = _tag(6, _VARINT) + _varint(_KIND_INTERNAL)
 _T_START = _tag(7, _I64)
 _T_END = _tag(8, _I64)
-_T_ATTRIBUTE = _tag(9, _LEN)
 _FLAGS = _tag(16, _I32) + _pack_fixed32(_FLAGS_SAMPLED | _FLAGS_HAS_IS_REMOTE)
 
 
@@ -112,20 +111,20 @@ def encode_attributes(attributes: Mapping[str, Any], field: int) -> bytes:
         if value is None:
             continue
         kind = value.__class__
-        if kind is str and len(value) > _CACHE_VALUE_LIMIT:
-            out.append(_field(field, _key_value(key, value)))
-            continue
-        try:
+        ident: Optional[tuple[int, str, type, Any]] = None
+        encoded = None
+        if kind is not str or len(value) <= _CACHE_VALUE_LIMIT:
             ident = (field, key, kind, value)
-            encoded = cache.get(ident)
-        except TypeError:  # unhashable (a list)
-            out.append(_field(field, _key_value(key, value)))
-            continue
+            try:
+                encoded = cache.get(ident)
+            except TypeError:  # unhashable (a list): encoded each time
+                ident = None
         if encoded is None:
             encoded = _field(field, _key_value(key, value))
-            if len(cache) >= _CACHE_SIZE:
-                cache.clear()
-            cache[ident] = encoded
+            if ident is not None:
+                if len(cache) >= _CACHE_SIZE:
+                    cache.clear()
+                cache[ident] = encoded
         out.append(encoded)
     return b"".join(out)
 

@@ -28,9 +28,9 @@ import random
 import threading
 import time
 from typing import Any, Callable, Optional, Protocol
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
-from runcov.config import Config
+from runcov.config import Config, header_pairs
 
 __all__ = ["GrpcTransport", "HttpTransport", "Transport", "make_transport"]
 
@@ -80,13 +80,8 @@ def _env(name: str) -> Optional[str]:
 def _headers(config: Config) -> dict[str, str]:
     if config.exporter_headers:
         return dict(config.exporter_headers)
-    text = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "")
-    headers: dict[str, str] = {}
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        if sep and key.strip():
-            headers[unquote(key.strip()).lower()] = unquote(value.strip())
-    return headers
+    # As the SDK's exporters read it: items that are not name=value are left out.
+    return header_pairs(os.environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS", ""))[0]
 
 
 class _Retrying:
