@@ -93,9 +93,10 @@ class Config:
         """Where agent metrics go: the URL (HTTP) or target (gRPC)."""
         return self._signal_endpoint("metrics")
 
-    def exporter_insecure(self) -> Optional[bool]:
-        """gRPC security: plaintext for ``http://``, TLS for ``https://``, else the default."""
-        endpoint = self.traces_endpoint()
+    def exporter_insecure(self, signal: str = "traces") -> Optional[bool]:
+        """gRPC security of ``signal``'s endpoint (``"traces"`` or ``"metrics"``): plaintext
+        for ``http://``, TLS for ``https://``, else None (the exporter's own default)."""
+        endpoint = self._signal_endpoint(signal)
         if endpoint.startswith("http://"):
             return True
         if endpoint.startswith("https://"):

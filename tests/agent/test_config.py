@@ -8,6 +8,7 @@ import pytest
 
 from runcov.config import Config, load_config, split_list
 from runcov.errors import ConfigError, RuncovError
+from runcov.export.otlp import otlp_metric_exporter_options
 
 
 def test_defaults_without_environment() -> None:
@@ -194,6 +195,18 @@ def test_grpc_security_follows_the_scheme() -> None:
     assert insecure("http://collector:4317") is True
     assert insecure("https://collector:4317") is False
     assert insecure("collector:4317") is None
+    # Each signal follows its own endpoint: metrics sent in plaintext to a local receiver
+    # while spans go over TLS (and the other way round).
+    split = load_config(
+        environ={},
+        exporter_protocol="grpc",
+        exporter_traces_endpoint="https://traces:4317",
+        exporter_metrics_endpoint="http://metrics:4317",
+    )
+    assert split.exporter_insecure("traces") is False
+    assert split.exporter_insecure("metrics") is True
+    assert otlp_metric_exporter_options(split)["insecure"] is True
+    assert otlp_metric_exporter_options(split)["endpoint"] == "http://metrics:4317"
 
 
 def test_compression() -> None:

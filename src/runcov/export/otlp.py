@@ -27,5 +27,5 @@ def otlp_metric_exporter_options(config: Config) -> dict[str, Any]:
         else Compression.NoCompression,
     }
     if grpc:
-        options["insecure"] = config.exporter_insecure()
+        options["insecure"] = config.exporter_insecure("metrics")
     return options
