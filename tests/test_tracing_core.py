@@ -162,6 +162,40 @@ def test_interleaved_tasks_get_their_own_sets() -> None:
         assert (_line_of("total += i") in lines) == (n > 0)
 
 
+def test_an_asyncio_scope_stays_armed_between_its_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-step arming keeps a task's events armed from one step to its next (on a linger
+    budget) instead of toggling every code object at each await, even when lingering after
+    a scope closes has stopped paying (low sampling rates): one arm, one disarm per scope."""
+    core = get_core()
+    if core.name != "sysmon":
+        pytest.skip("sys.monitoring core not in use")
+    monkeypatch.setattr(core, "_linger_scale", 0.0)  # closes disarm at once
+    # A costly toggle (1 ms): a budget worth lingering on, whatever this machine's speed.
+    monkeypatch.setattr(core, "_toggle_cost", 1e-3)
+    with capture_coverage(source=[SAMPLE]):
+        pass  # ends what an earlier scope left lingering: the events start disarmed
+    applied: list[bool] = []
+    real_apply = core._apply  # type: ignore[attr-defined]
+
+    def apply(toggle: bool) -> None:
+        applied.append(core._exact_armed)  # type: ignore[attr-defined]
+        real_apply(toggle)
+
+    monkeypatch.setattr(core, "_apply", apply)
+    monkeypatch.setattr(core, "linger", 5.0)  # the budget, not the clock, ends a linger here
+
+    async def main() -> capture_coverage:
+        async with capture_coverage(source=[SAMPLE]) as cov:
+            for _ in range(5):
+                await work.handler(0, delay=0.001)
+        return cov
+
+    cov = asyncio.run(main())
+    assert applied == [True, False]
+    assert _line_of('return "zero"') in cov.lines[WORK]
+    assert _line_of('return "negative"') not in cov.lines[WORK]
+
+
 def test_census_records_each_line_once_for_the_first_request() -> None:
     core = get_core()
     core.new_epoch()

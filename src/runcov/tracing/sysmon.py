@@ -111,11 +111,15 @@ class SysmonCore(Core):
         #: costs (the toggles plus the re-specialization of the toggled code), or until
         #: ``linger`` seconds passed. A scope opened meanwhile reuses the armed state for free.
         #: ``_linger_scale`` adapts the budget: doubled when a linger is reused, halved when it
-        #: runs out (low sampling rates soon linger very little).
+        #: runs out (low sampling rates soon linger very little). A linger between two steps of
+        #: an asyncio scope that is still open (``_linger_step``) always gets the whole budget
+        #: and leaves the scale alone: the scope's next step comes, usually soon, whatever the
+        #: sampling rate.
         self.linger = 0.05
         self._lingering = False
         self._linger_budget = 0
         self._linger_scale = 1.0
+        self._linger_step = False
         self._toggle_cost = 0.0
         self._disarm_at = 0.0
         self._disarm_pending = False
@@ -408,7 +412,8 @@ class SysmonCore(Core):
             if self._lingering:  # still armed: reused, no toggle
                 self._lingering = False
                 self._sync_divert()
-                self._linger_scale = min(1.0, self._linger_scale * 2)
+                if not self._linger_step:
+                    self._linger_scale = min(1.0, self._linger_scale * 2)
             if not self._exact_armed:
                 self._exact_armed = True
                 self._apply(toggle=self._census_enabled)
@@ -424,15 +429,18 @@ class SysmonCore(Core):
                 if self._active == 0 and not self._shut:
                     # A cycle costs about 2.5 toggles (measured: the re-specialization of the
                     # toggled code after a disarm costs more than the toggle itself).
-                    budget = int(
-                        self._linger_scale * 2.5 * self._toggle_cost / _FILTERED_CALLBACK_COST
-                    )
+                    # A step of a scope that stays open (asyncio, between awaits) lingers on the
+                    # whole budget: its next step needs the events again.
+                    step = not scope.closed
+                    scale = 1.0 if step else self._linger_scale
+                    budget = int(scale * 2.5 * self._toggle_cost / _FILTERED_CALLBACK_COST)
                     if self._census_enabled or budget < _MIN_LINGER_CALLBACKS:
                         self._disarm_exact()
                     else:
                         self._linger_budget = budget
                         self._disarm_at = time.monotonic() + self.linger
                         self._lingering = True
+                        self._linger_step = step
                         self._sync_divert()
                         if not self._disarm_pending:
                             self._disarm_pending = True
@@ -443,7 +451,8 @@ class SysmonCore(Core):
         """Unsampled work used up the linger budget: disarm now (called from a callback)."""
         with self._lock:
             if self._lingering and self._active == 0:
-                self._linger_scale = max(1 / 64, self._linger_scale / 2)
+                if not self._linger_step:
+                    self._linger_scale = max(1 / 64, self._linger_scale / 2)
                 self._disarm_exact()
 
     def _disarm_exact(self) -> None:
