@@ -196,6 +196,30 @@ def test_an_asyncio_scope_stays_armed_between_its_steps(monkeypatch: pytest.Monk
     assert _line_of('return "negative"') not in cov.lines[WORK]
 
 
+def test_unsampled_work_spends_the_linger_budget_and_disarms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the last scope closes the code stays armed (ski rental) until unsampled work has
+    paid, in filtered events, about what a disarm and re-arm would cost: then it disarms."""
+    core = get_core()
+    if core.name != "sysmon":
+        pytest.skip("sys.monitoring core not in use")
+    monkeypatch.setattr(core, "_linger_scale", 1.0)
+    monkeypatch.setattr(core, "_toggle_cost", 1e-5)  # a budget of ~70-190 filtered events
+    monkeypatch.setattr(core, "linger", 30.0)  # the budget, not the clock, ends the linger
+    with capture_coverage(source=[SAMPLE]):
+        work.classify(1)
+    assert core._lingering and core._exact_armed  # type: ignore[attr-defined]
+    work.classify(1)  # a few filtered events: still lingering
+    assert core._lingering and core._exact_armed  # type: ignore[attr-defined]
+    for n in range(300):
+        work.classify(n)
+    assert not core._lingering and not core._exact_armed  # type: ignore[attr-defined]
+    with capture_coverage(source=[SAMPLE]) as cov:  # and arms again for the next scope
+        work.classify(-1)
+    assert _line_of('return "negative"') in cov.lines[WORK]
+
+
 def test_census_records_each_line_once_for_the_first_request() -> None:
     core = get_core()
     core.new_epoch()

@@ -8,8 +8,10 @@
  *
  *   - the current scope is an exact ScopeState: record the arc (the hot path of a sampled
  *     request);
- *   - there is no current scope and ``divert`` is 0 (no census, no linger budget to count):
- *     return None (unsampled work running while another request keeps the code armed).
+ *   - there is no current scope and ``divert`` is 0 (no census): return None (unsampled work
+ *     running while another request keeps the code armed). While the core lingers armed, such
+ *     an event also spends one unit of ``budget``; the one that spends the last unit calls
+ *     ``on_spent`` (the core disarms), so lingering costs no more per event than this return.
  *
  * Everything else (census, lingering, any other scope type) goes to the Python callback given
  * as ``fallback``, which stays the reference implementation: both must record the same arcs.
@@ -52,6 +54,8 @@ typedef struct {
     PyObject *exit_fallback;  /* Python on_exit(code, offset, value) */
     PyObject *skip;           /* the SKIP sentinel stored for frames running before the scope */
     int divert;               /* nonzero: unscoped events go to the fallback */
+    Py_ssize_t budget;        /* linger budget: unscoped events until on_spent is called */
+    PyObject *on_spent;       /* Python callable: the linger budget ran out (or NULL) */
     PyObject *codes, *once;   /* the core's registered code objects (by id): unwind()'s filter */
 } Recorder;
 
@@ -137,6 +141,7 @@ Recorder_traverse(Recorder *self, visitproc visit, void *arg)
     Py_VISIT(self->skip);
     Py_VISIT(self->codes);
     Py_VISIT(self->once);
+    Py_VISIT(self->on_spent);
     return 0;
 }
 
@@ -150,6 +155,7 @@ Recorder_clear(Recorder *self)
     Py_CLEAR(self->skip);
     Py_CLEAR(self->codes);
     Py_CLEAR(self->once);
+    Py_CLEAR(self->on_spent);
     return 0;
 }
 
@@ -237,6 +243,16 @@ event_start(Recorder *self, PyObject *fallback, PyObject *const *args, Py_ssize_
     int kind = current_scope(self, &ev->scope);
     if (kind != SCOPE_EXACT) {
         if (kind == SCOPE_NONE && !self->divert) {
+            if (self->budget > 0 && --self->budget == 0 && self->on_spent != NULL) {
+                PyObject *spent = self->on_spent;
+                Py_INCREF(spent);
+                PyObject *result = PyObject_CallNoArgs(spent);
+                Py_DECREF(spent);
+                if (result == NULL) {
+                    PyErr_Clear();
+                }
+                Py_XDECREF(result);
+            }
             Py_RETURN_NONE;
         }
         return call_fallback(fallback, args, nargs);
@@ -366,7 +382,11 @@ static PyMethodDef Recorder_methods[] = {
 
 static PyMemberDef Recorder_members[] = {
     {"divert", T_INT, offsetof(Recorder, divert), 0,
-     "Nonzero while events outside any scope need the Python callbacks (census, linger)."},
+     "Nonzero while events outside any scope need the Python callbacks (census)."},
+    {"budget", T_PYSSIZET, offsetof(Recorder, budget), 0,
+     "Events outside any scope left before on_spent is called (0: not counting)."},
+    {"on_spent", T_OBJECT, offsetof(Recorder, on_spent), 0,
+     "Called with no arguments by the event that spends the last unit of budget."},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -56,8 +56,11 @@ CANDIDATE_TOOL_IDS = (3, 4)
 #: registers every code object of the modules under it.
 _PASSED_OVER_LIMIT = 100_000
 #: Cost of one callback that finds no scope and returns (seconds; measured 0.13-0.14 µs on the
-#: project's machines): the unit of the linger budget.
+#: project's machines with the C callbacks, which count the linger budget themselves): the unit
+#: of the linger budget.
 _FILTERED_CALLBACK_COST = 0.13e-6
+#: The same with the Python callbacks (``RUNCOV_ACCEL=0``), which also count the budget.
+_FILTERED_CALLBACK_COST_PY = 0.35e-6
 #: Budgets below this many callbacks are not worth a linger: disarm at once.
 _MIN_LINGER_CALLBACKS = 32
 #: Tool ids a runcov core has held in this process.
@@ -271,6 +274,8 @@ class SysmonCore(Core):
         recorder = _c_recorder(on_line, on_exit, codes, once)
         self._recorder = recorder
         self.accelerated = recorder is not None
+        if recorder is not None:
+            recorder.on_spent = self._linger_ran_out
         mon.register_callback(tool, ev.PY_START, on_py_start)
         mon.register_callback(tool, ev.LINE, on_line if recorder is None else recorder.line)
         mon.register_callback(tool, ev.PY_RETURN, on_exit if recorder is None else recorder.exit)
@@ -280,11 +285,16 @@ class SysmonCore(Core):
         self._on_unwind = on_unwind if recorder is None else recorder.unwind
 
     def _sync_divert(self) -> None:
-        # The C callbacks answer unscoped events themselves unless census or a linger budget
-        # needs the Python ones.
+        # The C callbacks answer unscoped events themselves unless census needs the Python
+        # ones; while lingering they count the linger budget down themselves.
         recorder = self._recorder
         if recorder is not None:
-            recorder.divert = 1 if (self._lingering or self._census_enabled) else 0
+            recorder.divert = 1 if self._census_enabled else 0
+            recorder.budget = (
+                max(1, self._linger_budget)
+                if self._lingering and not self._census_enabled
+                else 0
+            )
 
     # -- arming -------------------------------------------------------------------------------
 
@@ -433,7 +443,12 @@ class SysmonCore(Core):
                     # whole budget: its next step needs the events again.
                     step = not scope.closed
                     scale = 1.0 if step else self._linger_scale
-                    budget = int(scale * 2.5 * self._toggle_cost / _FILTERED_CALLBACK_COST)
+                    unit = (
+                        _FILTERED_CALLBACK_COST
+                        if self._recorder is not None
+                        else _FILTERED_CALLBACK_COST_PY
+                    )
+                    budget = int(scale * 2.5 * self._toggle_cost / unit)
                     if self._census_enabled or budget < _MIN_LINGER_CALLBACKS:
                         self._disarm_exact()
                     else:
