@@ -220,6 +220,57 @@ def test_unsampled_work_spends_the_linger_budget_and_disarms(
     assert _line_of('return "negative"') in cov.lines[WORK]
 
 
+def test_the_step_gate_is_in_only_while_scopes_opened_in_tasks_are_open() -> None:
+    """asyncio's Handle._run runs every step of every task: runcov wraps it only while a scope
+    opened in a task is open, so a loop with no measured request runs it unwrapped."""
+    import asyncio.events
+
+    original = asyncio.events.Handle.__dict__["_run"]
+    seen: list[bool] = []
+
+    async def measured(n: int) -> capture_coverage:
+        async with capture_coverage(source=[SAMPLE]) as cov:
+            seen.append(asyncio.events.Handle.__dict__["_run"] is not original)
+            await work.handler(n, delay=0.001)
+            seen.append(asyncio.events.Handle.__dict__["_run"] is not original)
+        return cov
+
+    async def main() -> list[capture_coverage]:
+        return await asyncio.gather(*(measured(n) for n in (-1, 0, 2)))
+
+    results = asyncio.run(main())
+    assert seen and all(seen)
+    assert asyncio.events.Handle.__dict__["_run"] is original
+    assert _line_of('return "negative"') in results[0].lines[WORK]
+    assert _line_of('return "negative"') not in results[1].lines[WORK]
+    assert _line_of("total += i") in results[2].lines[WORK]
+
+
+def test_the_step_gate_never_undoes_another_librarys_patch() -> None:
+    import asyncio.events
+
+    original = asyncio.events.Handle.__dict__["_run"]
+    calls: list[int] = []
+
+    async def main() -> None:
+        async with capture_coverage(source=[SAMPLE]):
+            gated = asyncio.events.Handle._run
+
+            def theirs(self: Any) -> None:  # another library wraps what it finds
+                calls.append(1)
+                return gated(self)
+
+            asyncio.events.Handle._run = theirs  # type: ignore[method-assign]
+            await asyncio.sleep(0)
+
+    try:
+        asyncio.run(main())
+        assert asyncio.events.Handle.__dict__["_run"].__name__ == "theirs"
+        assert calls
+    finally:
+        asyncio.events.Handle._run = original  # type: ignore[method-assign]
+
+
 def test_census_records_each_line_once_for_the_first_request() -> None:
     core = get_core()
     core.new_epoch()

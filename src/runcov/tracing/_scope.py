@@ -168,6 +168,8 @@ class ScopeState(Scope):
         if self.result is not None:
             return self.result
         self.closed = True
+        if self.stepped:
+            _step_gate.leave()
         for step in (_unbind, self._closer):
             try:
                 step(self)
@@ -361,7 +363,6 @@ class _Handoff:
 #: (``activate`` returns False when it could not) and stop counting it.
 _hooks: list[tuple[Callable[[ScopeState], bool], Callable[[ScopeState], None]]] = []
 _submit_patched = False
-_step_gate_installed = False
 
 
 def install_hooks(
@@ -403,15 +404,57 @@ def install_hooks(
         _submit_patched = True
 
 
-def _install_step_gate() -> None:
-    """Wrap asyncio's ``Handle._run`` (installed on first use by a scope opened in a task)."""
-    global _step_gate_installed
-    if _step_gate_installed:
-        return
-    _step_gate_installed = True
-    import asyncio.events
+class _StepGate:
+    """asyncio's ``Handle._run`` wrapped while scopes opened in tasks are open, and only then.
 
-    handle_run = asyncio.events.Handle._run
+    The wrapper runs around every task step and callback of every loop, so it is installed
+    when the first such scope opens and removed when the last one closes: at low sampling
+    rates the loop runs unwrapped nearly all the time. A scope opened inside a step that ran
+    unwrapped is deactivated at the end of its next step instead (it stays armed across its
+    first ``await``, like a linger). Another library's patch of ``Handle._run`` made while
+    the gate is in is never undone: the gate then stays in.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.users = 0
+        self._inner: Any = None
+        self._wrapper: Any = None
+
+    def enter(self) -> None:
+        import asyncio.events
+
+        with self._lock:
+            self.users += 1
+            handle = asyncio.events.Handle
+            if self._wrapper is not None and handle.__dict__.get("_run") is not self._inner:
+                return  # in (or inside another library's wrapper)
+            inner = handle._run
+            wrapper = _gated(inner)
+            handle._run = wrapper  # type: ignore[method-assign,assignment]
+            self._inner, self._wrapper = inner, wrapper
+
+    def leave(self) -> None:
+        import asyncio.events
+
+        with self._lock:
+            if self.users > 0:
+                self.users -= 1
+            if self.users or self._wrapper is None:
+                return
+            handle = asyncio.events.Handle
+            if handle.__dict__.get("_run") is self._wrapper:
+                handle._run = self._inner  # type: ignore[method-assign]
+                self._inner = self._wrapper = None
+
+    def after_fork_in_child(self) -> None:
+        # Scopes of the parent's other threads never close in the child.
+        self._lock = threading.Lock()
+        self.users = 0
+
+
+def _gated(handle_run: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``Handle._run`` activating a task's scope around each of its steps."""
 
     def _run(self: Any) -> None:
         ctx = self._context
@@ -435,18 +478,23 @@ def _install_step_gate() -> None:
                     pass
 
     _run.__doc__ = handle_run.__doc__
-    asyncio.events.Handle._run = _run  # type: ignore[method-assign]
+    return _run
+
+
+_step_gate = _StepGate()
+os.register_at_fork(after_in_child=_step_gate.after_fork_in_child)
 
 
 def in_asyncio_step() -> bool:
     """True when called inside a running asyncio event loop whose steps the step gate sees
-    (asyncio's own loops, not uvloop's); installs the gate on first use."""
+    (asyncio's own loops, not uvloop's). A True answer puts the gate in for the scope about
+    to open, which :meth:`ScopeState.close` takes out again."""
     import asyncio
 
     loop = asyncio.events._get_running_loop()
     if loop is None or not isinstance(loop, asyncio.BaseEventLoop):
         return False
-    _install_step_gate()
+    _step_gate.enter()
     return True
 
 
