@@ -19,9 +19,10 @@ tool's global events off leaves local events alone, so ``none`` differs from ``a
 census scopes and the span processor: the census's steady state.
 
 ``--split`` adds ``processor`` (the span processor only, sys.monitoring events off) and
-``monitoring`` (the events only, processor detached); ``--split-sampled`` adds ``no-arming``
-(sampled requests decided and closed, but no events armed, so nothing recorded or exported) and
-``no-export`` (measured, never exported), to tell which part costs what.
+``monitoring`` (the events only, processor detached); ``--split-sampled`` adds ``zero`` (the
+agent sampling nothing: its 0 % path), ``no-arming`` (sampled requests decided and closed, but
+no events armed, so nothing recorded or exported) and ``no-export`` (measured, never
+exported), to tell which part costs what.
 
 ``benchmarks/loadgen.py`` (4 keep-alive connections, closed loop, the shop's traffic mix) drives
 each block from the other CPU; each round runs every configuration once, in a random order. Per
@@ -58,7 +59,7 @@ from bench_service import EXAMPLES, Bench, free_port, stop, wait_ready  # noqa: 
 
 CONFIGS = ("none", "none-again", "agent")
 #: What each configuration switches on: ``processor`` and ``monitoring`` split the agent in two.
-SWITCHES = ("none", "agent", "processor", "monitoring", "no-arming", "no-export")
+SWITCHES = ("none", "agent", "processor", "monitoring", "no-arming", "no-export", "zero")
 
 
 # -- the server -------------------------------------------------------------------------------
@@ -98,16 +99,26 @@ def serve(port: int, rate: float, app_name: str = "flask") -> int:
     core: Any = agent.core
     activate = core._activate
     submit = agent.exporter.submit
+    threshold = agent._span_threshold
+    from runcov.tracing import _scope
+
+    hooks = list(_scope._hooks)
 
     def switch(name: str) -> None:
-        agent_on = name in ("agent", "no-arming", "no-export")
+        agent_on = name in ("agent", "no-arming", "no-export", "zero")
         multi._span_processors = with_runcov if agent_on or name == "processor" else without
         if mon is not None and tool is not None:
             mon.set_events(tool, events if agent_on or name == "monitoring" else 0)
         # Diagnostics: sampled requests are decided and closed, but nothing is armed (so they
-        # record nothing and nothing is exported), or they are measured but never exported.
+        # record nothing and nothing is exported; neither when the scope opens nor at an
+        # asyncio task's steps), or they are measured but never exported; or no request is
+        # sampled (the agent at 0 %, in the same process).
         core._activate = (lambda scope: False) if name == "no-arming" else activate
+        _scope._hooks[:] = (
+            [(lambda scope: False, hooks[0][1])] if name == "no-arming" and hooks else hooks
+        )
         agent.exporter.submit = (lambda record: True) if name == "no-export" else submit
+        agent._span_threshold = (1 << 56) if name == "zero" else threshold
 
     def control() -> None:
         for line in sys.stdin:
@@ -218,7 +229,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if bench.other_cpus:
         os.sched_setaffinity(0, bench.other_cpus)  # the load generator runs here
     configs = CONFIGS + (("processor", "monitoring") if args.split else ()) + (
-        ("no-arming", "no-export") if args.split_sampled else ())
+        ("zero", "no-arming", "no-export") if args.split_sampled else ())
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
     server: Optional[Server] = None
     try:
