@@ -164,12 +164,14 @@ def test_interleaved_tasks_get_their_own_sets() -> None:
 
 def test_an_asyncio_scope_stays_armed_between_its_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     """Per-step arming keeps a task's events armed from one step to its next (on a linger
-    budget) instead of toggling every code object at each await, even when lingering after
-    a scope closes has stopped paying (low sampling rates): one arm, one disarm per scope."""
+    budget of its own) instead of toggling every code object at each await, even when
+    lingering after a scope closes has stopped paying (low sampling rates): one arm, one
+    disarm per scope."""
     core = get_core()
     if core.name != "sysmon":
         pytest.skip("sys.monitoring core not in use")
     monkeypatch.setattr(core, "_linger_scale", 0.0)  # closes disarm at once
+    monkeypatch.setattr(core, "_step_scale", 1.0)  # between steps: the whole budget
     # A costly toggle (1 ms): a budget worth lingering on, whatever this machine's speed.
     monkeypatch.setattr(core, "_toggle_cost", 1e-3)
     with capture_coverage(source=[SAMPLE]):
@@ -244,6 +246,33 @@ def test_the_step_gate_is_in_only_while_scopes_opened_in_tasks_are_open() -> Non
     assert _line_of('return "negative"') in results[0].lines[WORK]
     assert _line_of('return "negative"') not in results[1].lines[WORK]
     assert _line_of("total += i") in results[2].lines[WORK]
+
+
+def test_a_scope_opened_before_the_step_gate_was_in_is_inactive_between_its_steps() -> None:
+    """The step that puts the gate in runs unwrapped: its scope is deactivated right after
+    that step, so other tasks that run before the scope's next step run disarmed."""
+    from runcov.tracing import _scope
+
+    assert _scope._step_gate.users == 0  # no scope opened in a task is open
+    core = get_core()
+    seen: list[bool] = []
+    scopes: list[Any] = []
+
+    async def measured() -> None:
+        async with capture_coverage(source=[SAMPLE]):
+            scopes.append(core.current_scope())
+            await asyncio.sleep(0.01)
+            work.classify(1)
+
+    async def other() -> None:
+        await asyncio.sleep(0.001)
+        seen.append(scopes[0].counted)
+
+    async def main() -> None:
+        await asyncio.gather(measured(), other())
+
+    asyncio.run(main())
+    assert seen == [False]
 
 
 def test_the_step_gate_never_undoes_another_librarys_patch() -> None:

@@ -421,18 +421,20 @@ class _StepGate:
         self._inner: Any = None
         self._wrapper: Any = None
 
-    def enter(self) -> None:
+    def enter(self) -> bool:
+        """Count a scope in; True when this put the gate in (the running step is not gated)."""
         import asyncio.events
 
         with self._lock:
             self.users += 1
             handle = asyncio.events.Handle
             if self._wrapper is not None and handle.__dict__.get("_run") is not self._inner:
-                return  # in (or inside another library's wrapper)
+                return False  # in (or inside another library's wrapper)
             inner = handle._run
             wrapper = _gated(inner)
             handle._run = wrapper  # type: ignore[method-assign,assignment]
             self._inner, self._wrapper = inner, wrapper
+            return True
 
     def leave(self) -> None:
         import asyncio.events
@@ -485,17 +487,41 @@ _step_gate = _StepGate()
 os.register_at_fork(after_in_child=_step_gate.after_fork_in_child)
 
 
-def in_asyncio_step() -> bool:
+def in_asyncio_step(scope: Optional[ScopeState] = None) -> bool:
     """True when called inside a running asyncio event loop whose steps the step gate sees
-    (asyncio's own loops, not uvloop's). A True answer puts the gate in for the scope about
-    to open, which :meth:`ScopeState.close` takes out again."""
+    (asyncio's own loops, not uvloop's). A True answer puts the gate in for ``scope``, about
+    to open, which :meth:`ScopeState.close` takes out again.
+
+    When this puts the gate in, the step running now is not gated: ``scope`` is then made
+    inactive right after it, by a callback placed first in the loop's queue (else every task
+    that runs before the scope's next step would run with its events armed)."""
     import asyncio
 
     loop = asyncio.events._get_running_loop()
     if loop is None or not isinstance(loop, asyncio.BaseEventLoop):
         return False
-    _step_gate.enter()
+    if _step_gate.enter() and scope is not None:
+        _after_this_step(loop, scope)
     return True
+
+
+def _after_this_step(loop: Any, scope: ScopeState) -> None:
+    """Deactivate ``scope`` as soon as the step running now ends (unless it closed)."""
+    import asyncio.events
+
+    def end_step() -> None:
+        if scope.stepped and scope.counted and not scope.closed and _hooks:
+            scope.counted = False
+            try:
+                _hooks[0][1](scope)
+            except Exception:
+                pass
+
+    handle = asyncio.events.Handle(end_step, (), loop, contextvars.Context())
+    try:
+        loop._ready.appendleft(handle)  # next, ahead of the tasks already waiting
+    except Exception:
+        loop.call_soon(end_step, context=contextvars.Context())
 
 
 __all__ = [

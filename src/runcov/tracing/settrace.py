@@ -125,7 +125,7 @@ class SettraceCore(Core):
                 scope.traced = False
                 return scope
             scope.counted = True
-            scope.stepped = in_asyncio_step()
+            scope.stepped = in_asyncio_step(scope)
             scope.bind()
         except Exception:
             log.debug("runcov: could not open a scope", exc_info=True)

@@ -115,14 +115,15 @@ class SysmonCore(Core):
         #: ``linger`` seconds passed. A scope opened meanwhile reuses the armed state for free.
         #: ``_linger_scale`` adapts the budget: doubled when a linger is reused, halved when it
         #: runs out (low sampling rates soon linger very little). A linger between two steps of
-        #: an asyncio scope that is still open (``_linger_step``) always gets the whole budget
-        #: and leaves the scale alone: the scope's next step comes, usually soon, whatever the
-        #: sampling rate.
+        #: an asyncio scope that is still open (``_linger_step``) adapts its own scale,
+        #: ``_step_scale``, the same way: the scope's next step comes whatever the sampling
+        #: rate, soon on a loop with few tasks, after many others' steps on a busy one.
         self.linger = 0.05
         self._lingering = False
         self._linger_budget = 0
         self._linger_scale = 1.0
         self._linger_step = False
+        self._step_scale = 1.0
         self._toggle_cost = 0.0
         self._disarm_at = 0.0
         self._disarm_pending = False
@@ -398,7 +399,7 @@ class SysmonCore(Core):
                     if id(frame.f_code) in codes:
                         scope.last[frame] = SKIP
                     frame = frame.f_back
-                scope.stepped = in_asyncio_step()
+                scope.stepped = in_asyncio_step(scope)
                 scope.counted = self._activate(scope)
             else:
                 raise ValueError(f"unknown scope mode {mode!r}")
@@ -422,7 +423,9 @@ class SysmonCore(Core):
             if self._lingering:  # still armed: reused, no toggle
                 self._lingering = False
                 self._sync_divert()
-                if not self._linger_step:
+                if self._linger_step:
+                    self._step_scale = min(1.0, self._step_scale * 2)
+                else:
                     self._linger_scale = min(1.0, self._linger_scale * 2)
             if not self._exact_armed:
                 self._exact_armed = True
@@ -439,10 +442,10 @@ class SysmonCore(Core):
                 if self._active == 0 and not self._shut:
                     # A cycle costs about 2.5 toggles (measured: the re-specialization of the
                     # toggled code after a disarm costs more than the toggle itself).
-                    # A step of a scope that stays open (asyncio, between awaits) lingers on the
-                    # whole budget: its next step needs the events again.
+                    # A step of a scope that stays open (asyncio, between awaits) lingers on its
+                    # own scale: its next step needs the events again.
                     step = not scope.closed
-                    scale = 1.0 if step else self._linger_scale
+                    scale = self._step_scale if step else self._linger_scale
                     unit = (
                         _FILTERED_CALLBACK_COST
                         if self._recorder is not None
@@ -466,7 +469,9 @@ class SysmonCore(Core):
         """Unsampled work used up the linger budget: disarm now (called from a callback)."""
         with self._lock:
             if self._lingering and self._active == 0:
-                if not self._linger_step:
+                if self._linger_step:
+                    self._step_scale = max(1 / 64, self._step_scale / 2)
+                else:
                     self._linger_scale = max(1 / 64, self._linger_scale / 2)
                 self._disarm_exact()
 
