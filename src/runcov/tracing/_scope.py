@@ -409,10 +409,10 @@ class _StepGate:
 
     The wrapper runs around every task step and callback of every loop, so it is installed
     when the first such scope opens and removed when the last one closes: at low sampling
-    rates the loop runs unwrapped nearly all the time. A scope opened inside a step that ran
-    unwrapped is deactivated at the end of its next step instead (it stays armed across its
-    first ``await``, like a linger). Another library's patch of ``Handle._run`` made while
-    the gate is in is never undone: the gate then stays in.
+    rates the loop runs unwrapped nearly all the time. The step that puts the gate in ran
+    unwrapped, so its scope is deactivated by a callback run right after that step (see
+    :func:`in_asyncio_step`). Another library's patch of ``Handle._run`` made while the gate
+    is in is never undone: the gate then stays in.
     """
 
     def __init__(self) -> None:
