@@ -455,6 +455,17 @@ class _StepGate:
         self.users = 0
 
 
+def _end_step(scope: ScopeState) -> None:
+    """A step of ``scope``'s task is over: stop counting the scope as active (a closed scope
+    is no longer counted: its core's closer saw to it)."""
+    if scope.stepped and scope.counted and _hooks:
+        scope.counted = False
+        try:
+            _hooks[0][1](scope)
+        except Exception:
+            pass
+
+
 def _gated(handle_run: Callable[[Any], None]) -> Callable[[Any], None]:
     """``Handle._run`` activating a task's scope around each of its steps."""
 
@@ -472,12 +483,8 @@ def _gated(handle_run: Callable[[Any], None]) -> Callable[[Any], None]:
             return handle_run(self)
         finally:
             scope = ctx.get(_current)
-            if scope is not None and scope.stepped and scope.counted:
-                scope.counted = False
-                try:
-                    _hooks[0][1](scope)
-                except Exception:
-                    pass
+            if scope is not None:
+                _end_step(scope)
 
     _run.__doc__ = handle_run.__doc__
     return _run
@@ -509,19 +516,11 @@ def _after_this_step(loop: Any, scope: ScopeState) -> None:
     """Deactivate ``scope`` as soon as the step running now ends (unless it closed)."""
     import asyncio.events
 
-    def end_step() -> None:
-        if scope.stepped and scope.counted and not scope.closed and _hooks:
-            scope.counted = False
-            try:
-                _hooks[0][1](scope)
-            except Exception:
-                pass
-
-    handle = asyncio.events.Handle(end_step, (), loop, contextvars.Context())
+    handle = asyncio.events.Handle(_end_step, (scope,), loop, contextvars.Context())
     try:
         loop._ready.appendleft(handle)  # next, ahead of the tasks already waiting
     except Exception:
-        loop.call_soon(end_step, context=contextvars.Context())
+        loop.call_soon(_end_step, scope, context=contextvars.Context())
 
 
 __all__ = [
