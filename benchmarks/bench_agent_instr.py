@@ -1,0 +1,244 @@
+"""The agent's cost on the Flask shop in CPU instructions per request, counted by Valgrind.
+
+Timed benchmarks on a shared 2-CPU machine move by a point or two between runs, as much as the
+agent costs at 1 %. An instruction count does not move: the same process doing the same work
+executes the same instructions, whatever else the machine does. This benchmark runs the Flask
+shop (OpenTelemetry Flask instrumentation, runcov started) through Flask's test client, in one
+thread, under ``valgrind --tool=cachegrind``, and reports the instructions each request costs:
+
+* ``none``        runcov started, its span processor detached and its sys.monitoring events off
+* ``0%``          runcov as started with ``sample_rate=0``: the path every request takes
+* ``1%`` ...      runcov at 1 %, 10 %, 100 % (``--rates``)
+* ``processor``, ``monitoring`` (``--split``)  the 0 % path's two parts alone: the span processor
+                  (sys.monitoring events off), the sys.monitoring events (processor detached)
+
+Each configuration runs twice, with ``--warmup`` requests and then ``--small`` or ``--large``
+measured ones; the difference of the two counts divided by the difference in requests is the
+cost of one request in the steady state (start-up, imports, warm-up and shutdown cancel out).
+Everything the process does counts, the export thread included: at the end of each run the agent
+flushes, so the records of the measured requests are processed and sent within the count.
+
+Deterministic by construction: ``PYTHONHASHSEED=0``, the request sequence seeded, trace ids drawn
+from a seeded ``random`` (so the same requests are sampled in every run). What runcov decides by
+the clock is pinned, since Valgrind runs the program ~50x slower:
+
+* the toggle cost the linger budget is scaled by is set, after each arm or disarm, to the value
+  measured natively on the same workload first (``--toggle-cost`` to give one);
+* coverage is sent once, at the final flush (``OTEL_BSP_SCHEDULE_DELAY`` of an hour), and metrics
+  are not exported during the run (``RUNCOV_METRICS_INTERVAL`` of an hour);
+* coverage goes to a real collector (started natively on loopback, SQLite), so the static facts
+  of each file are sent once, as in production.
+
+Instructions are not time: a cold cache or a mispredicted branch costs time no instruction count
+shows, so a sampled request at 1 % costs more time per instruction than the handler around it.
+Use this benchmark to see what a change does to the agent's own work, precisely; use
+``bench_service_ab.py`` for what a service's throughput and latency show.
+
+    python benchmarks/bench_agent_instr.py                 # none, 0 %, 1 %, 10 % (~6 minutes)
+    python benchmarks/bench_agent_instr.py --rates 0.01,1 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import platform
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_service import BIN, EXAMPLES, free_port, stop, wait_ready  # noqa: E402
+
+_IR = re.compile(r"I\s+refs:\s+([\d,]+)")
+
+
+# -- child: one run of the shop, under Valgrind or natively -----------------------------------
+
+
+def child(
+    config: str, rate: float, warmup: int, measured: int, toggle_cost: float, keep_gc: bool
+) -> int:
+    """Serve ``warmup`` then ``measured`` requests of the shop's traffic through the test client;
+    print the core's toggle cost when asked to measure it (``toggle_cost`` < 0)."""
+    random.seed(0)  # OpenTelemetry draws trace ids from the random module: same ids every run
+    import logging
+
+    sys.path.insert(0, str(EXAMPLES))
+    logging.disable(logging.WARNING)
+    from opentelemetry import trace
+    from shop.serving import ENDPOINTS, SOURCE_ROOT, setup_tracing
+    from shop_flask.app import create_app
+    from traffic import next_request
+
+    import runcov
+
+    setup_tracing()
+    agent = runcov.start(source=[SOURCE_ROOT], endpoints=ENDPOINTS, sample_rate=rate)
+    app = create_app(agent=agent)
+    core = agent.core
+    if toggle_cost > 0 and hasattr(core, "_apply"):
+        apply = core._apply
+
+        def pinned(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return apply(*args, **kwargs)
+            finally:
+                core._toggle_cost = toggle_cost
+
+        core._apply = pinned
+    if config in ("none", "monitoring"):
+        multi = trace.get_tracer_provider()._active_span_processor  # type: ignore[attr-defined]
+        multi._span_processors = tuple(
+            p for p in multi._span_processors if type(p).__name__ != "RuncovSpanProcessor"
+        )
+    if config in ("none", "processor") and hasattr(sys, "monitoring"):
+        sys.monitoring.set_events(core.tool_id, 0)
+    rng = random.Random(1)
+    orders: list[Any] = []
+    requests = [next_request(rng, orders) for _ in range(300)]
+    client = app.test_client()
+    for i in range(warmup + measured):
+        if i == warmup and not keep_gc:
+            gc.collect()
+            gc.disable()
+        r = requests[i % len(requests)]
+        client.open(r.path, method=r.method, json=r.body)
+    agent.flush()
+    if toggle_cost < 0:
+        print(f"toggle_cost {getattr(core, '_toggle_cost', 0.0)!r}")
+    agent.stop()
+    return 0
+
+
+# -- parent ---------------------------------------------------------------------------------
+
+
+def _env(collector_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RUNCOV_", "OTEL_", "COVERAGE_"))}
+    env.update({
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "OTEL_SERVICE_NAME": "bench-agent-instr",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector_url,
+        "OTEL_BSP_SCHEDULE_DELAY": "3600000",
+        "RUNCOV_METRICS_INTERVAL": "3600",
+        "RUNCOV_MAX_PER_SECOND": "0",
+        "RUNCOV_SATURATION": "0",
+    })
+    return env
+
+
+def _args(
+    config: str, rate: float, warmup: int, measured: int, toggle: float, keep_gc: bool = False
+) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--child", config, str(rate),
+            str(warmup), str(measured), repr(toggle), "gc" if keep_gc else "nogc"]
+
+
+def native_toggle_cost(env: dict[str, str], warmup: int) -> float:
+    """The toggle cost the core measures natively on this workload at 10 %."""
+    out = subprocess.run(_args("agent", 0.1, warmup, 1000, -1.0), env=env, check=True,
+                         capture_output=True, text=True).stdout
+    match = re.search(r"toggle_cost (\S+)", out)
+    if match is None:
+        raise SystemExit(f"no toggle cost in the native run's output: {out!r}")
+    return float(match.group(1))
+
+
+def count(env: dict[str, str], args: list[str]) -> int:
+    """Instructions executed by ``args`` under cachegrind."""
+    proc = subprocess.run(
+        ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+         *args], env=env, capture_output=True, text=True)
+    match = _IR.search(proc.stderr)
+    if proc.returncode != 0 or match is None:
+        raise SystemExit(f"cachegrind run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return int(match.group(1).replace(",", ""))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rates", default="0.01,0.1",
+                        help="sampling rates measured besides none and 0 (comma-separated)")
+    parser.add_argument("--warmup", type=int, default=3000, help="requests before counting")
+    parser.add_argument("--small", type=int, default=500, help="measured requests, short run")
+    parser.add_argument("--large", type=int, default=4500, help="measured requests, long run")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="Valgrind runs at once")
+    parser.add_argument("--toggle-cost", type=float, default=0.0,
+                        help="seconds per arm/disarm to pin (default: measured natively first)")
+    parser.add_argument("--split", action="store_true",
+                        help="also count the span processor alone and the events alone")
+    parser.add_argument("--gc", action="store_true",
+                        help="leave the garbage collector on while counting (see above)")
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        config, rate, warmup, measured, toggle, collect = args.child
+        return child(config, float(rate), int(warmup), int(measured), float(toggle),
+                     collect == "gc")
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
+
+    rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    configs = [("none", 0.0), ("0%", 0.0)] + [(f"{r * 100:g}%", r) for r in rates if r > 0]
+    if args.split:
+        configs += [("processor", 0.0), ("monitoring", 0.0)]
+    started = datetime.datetime.now(datetime.timezone.utc)
+    with tempfile.TemporaryDirectory(prefix="runcov-instr-") as tmp:
+        port = free_port()
+        collector = subprocess.Popen(
+            [str(BIN / "runcov-collector"), "serve", "--http-port", str(port), "--grpc-port",
+             "-1", "--store", f"sqlite:///{tmp}/collector.db", "--no-auth", "--log-level",
+             "WARNING"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(collector, url + "/readyz")
+            env = _env(url)
+            toggle = args.toggle_cost or native_toggle_cost(env, args.warmup)
+            print(f"toggle cost pinned at {toggle * 1e6:.1f} µs", file=sys.stderr)
+            jobs = {
+                (name, n): _args(name if name in ("none", "processor", "monitoring") else "agent",
+                                 rate, args.warmup, n, toggle, args.gc)
+                for name, rate in configs for n in (args.small, args.large)
+            }
+            with ThreadPoolExecutor(args.jobs) as pool:
+                counts = dict(zip(jobs, pool.map(lambda a: count(env, a), jobs.values())))
+        finally:
+            stop(collector)
+
+    per_request = {
+        name: (counts[(name, args.large)] - counts[(name, args.small)])
+        / (args.large - args.small)
+        for name, _ in configs
+    }
+    base = per_request["none"]
+    zero = per_request["0%"]
+    print(f"\n**Python {platform.python_version()} · {platform.machine()} · "
+          f"{started:%Y-%m-%d %H:%M} UTC**  ")
+    print(f"cachegrind instruction counts · {args.warmup} warm-up requests, then "
+          f"{args.small} and {args.large} measured · garbage collector "
+          f"{'on' if args.gc else 'off while counting'} · toggle cost pinned at "
+          f"{toggle * 1e6:.1f} µs\n")
+    print("| configuration | instructions / request | vs none | per sampled request, beyond 0 % |")
+    print("|---|---:|---:|---:|")
+    for name, rate in configs:
+        extra = f"{(per_request[name] - zero) / rate:,.0f}" if rate > 0 else ""
+        print(f"| {name} | {per_request[name]:,.0f} | {per_request[name] / base:.4f}x | {extra} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
