@@ -18,9 +18,11 @@ cost of one request in the steady state (start-up, imports, warm-up and shutdown
 Everything the process does counts, the export thread included: at the end of each run the agent
 flushes, so the records of the measured requests are processed and sent within the count.
 
-Deterministic by construction: ``PYTHONHASHSEED=0``, the request sequence seeded, trace ids drawn
-from a seeded ``random`` (so the same requests are sampled in every run). What runcov decides by
-the clock is pinned, since Valgrind runs the program ~50x slower:
+The inputs are fixed: ``PYTHONHASHSEED=0``, the request sequence seeded, trace ids drawn from a
+seeded ``random`` (so the same requests are sampled in every run). The garbage collector is off
+while counting (after a full collection; ``--gc`` keeps it on), since where its full collections
+fall would move a count by up to 1 %. What runcov decides by the clock is pinned, since Valgrind
+runs the program ~50x slower:
 
 * the toggle cost the linger budget is scaled by is set, after each arm or disarm, to the value
   measured natively on the same workload first (``--toggle-cost`` to give one), and the linger's
@@ -29,6 +31,10 @@ the clock is pinned, since Valgrind runs the program ~50x slower:
   are not exported during the run (``RUNCOV_METRICS_INTERVAL`` of an hour);
 * coverage goes to a real collector (started natively on loopback, SQLite), so the static facts
   of each file are sent once, as in production.
+
+``none`` and ``0%`` then repeat within ~0.3 % (background threads still wake on timeouts). The
+sampled rates vary more: what a sampled request costs depends on when the export worker and the
+disarm thread run next to it (under Valgrind, threads take turns by blocks executed).
 
 Instructions are not time: a cold cache or a mispredicted branch costs time no instruction count
 shows, so a sampled request at 1 % costs more time per instruction than the handler around it.
