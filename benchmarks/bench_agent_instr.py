@@ -65,7 +65,7 @@ from typing import Any, Optional, Sequence
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_service import BIN, EXAMPLES, free_port, stop, wait_ready  # noqa: E402
+from bench_service import EXAMPLES, Bench, stop  # noqa: E402
 
 _IR = re.compile(r"I\s+refs:\s+([\d,]+)")
 
@@ -208,15 +208,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         configs += [("processor", 0.0), ("monitoring", 0.0)]
     started = datetime.datetime.now(datetime.timezone.utc)
     with tempfile.TemporaryDirectory(prefix="runcov-instr-") as tmp:
-        port = free_port()
-        collector = subprocess.Popen(
-            [str(BIN / "runcov-collector"), "serve", "--http-port", str(port), "--grpc-port",
-             "-1", "--store", f"sqlite:///{tmp}/collector.db", "--no-auth", "--log-level",
-             "WARNING"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        bench = Bench("flask", Path(tmp), 0.0, 0.0, 1)  # for its collector
         try:
-            url = f"http://127.0.0.1:{port}"
-            wait_ready(collector, url + "/readyz")
-            env = _env(url)
+            bench.start_collector()
+            env = _env(bench.collector_url)
             toggle = args.toggle_cost or native_toggle_cost(env, args.warmup)
             print(f"toggle cost pinned at {toggle * 1e6:.1f} µs", file=sys.stderr)
             jobs = {
@@ -227,7 +222,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             with ThreadPoolExecutor(args.jobs) as pool:
                 counts = dict(zip(jobs, pool.map(lambda a: count(env, a), jobs.values())))
         finally:
-            stop(collector)
+            if bench.collector is not None:
+                stop(bench.collector)
 
     per_request = {
         name: (counts[(name, args.large)] - counts[(name, args.small)])
