@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from types import MethodType
 from typing import TYPE_CHECKING, Any, Optional
 
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -78,10 +79,36 @@ class RuncovSpanProcessor(SpanProcessor):
     again at ``on_end``. The request span itself is never written to.
     """
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, *, accel: Any = True) -> None:
         self._agent = agent
         #: span id -> ticket of the sampled spans in flight.
         self._in_flight: dict[int, RequestTicket] = {}
+        self._gate = None
+        if accel is True:
+            from runcov.tracing._scope import load_accel
+
+            accel = load_accel()
+        gate_type = getattr(accel, "SpanGate", None)
+        if gate_type is not None:
+            # The per-request path in C: it returns at once where these methods would do
+            # nothing (not a request span, not sampled) or only count the request as seen,
+            # and calls them for everything else. Set on the instance, so that the SDK's
+            # calls reach it without a Python frame.
+            cls = type(self)
+            self._gate = gate_type(
+                self,
+                agent,
+                MethodType(cls.on_start, self),
+                MethodType(cls.on_end, self),
+                SpanKind.SERVER,
+                SpanKind.CONSUMER,
+                DEFAULT_TRACE_STATE,
+            )
+            self.__dict__["on_start"] = self._gate.on_start
+            self.__dict__["on_end"] = self._gate.on_end
+            hook = getattr(SpanProcessor, "_on_ending", None)  # the SDK's, which does nothing
+            if hook is not None and getattr(cls, "_on_ending", None) is hook:
+                self.__dict__["_on_ending"] = self._gate.on_ending
 
     def on_start(self, span: Span, parent_context: Optional[Context] = None) -> None:
         """Decide on a SERVER/CONSUMER span and open its scope when it is sampled."""

@@ -30,6 +30,8 @@
  * dict and back around each event (PyFrame_FastToLocals, before 3.13). The Python handlers
  * stay the reference implementation: both must record the same arcs.
  */
+/* The OpenTelemetry span processor (otel/processor.py) gets its per-request path, ``SpanGate``:
+ * the "not sampled" decision at a span's start and the "seen" count at its end, in C. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <frameobject.h>
@@ -1077,6 +1079,323 @@ static PyTypeObject DispatcherType = {
     .tp_methods = Dispatcher_methods,
 };
 
+/* -- the span processor's gate --------------------------------------------------------------- */
+
+/* The OpenTelemetry SDK calls every span processor's on_start and on_end for every span. For
+ * most request spans runcov has nothing to do beyond deciding so: the span is of another kind,
+ * or its trace id is below the sampling threshold; and at its end, counting the request as
+ * seen. ``SpanGate`` does exactly that in C and hands every other case to the processor's
+ * Python methods (``start_fallback``, ``end_fallback``), which stay the reference
+ * implementation and decide the same cases the same way. It reads only what those methods
+ * read: the SDK span's ``_kind``, ``_context`` and ``_attributes._dict``, and the agent's and
+ * the processor's attributes. Anything unexpected (another span class, an attribute of another
+ * type, an error) goes to the Python methods, never raises from here. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *processor;      /* RuncovSpanProcessor */
+    PyObject *agent;          /* its Agent */
+    PyObject *start_fallback; /* the processor's Python on_start(span, parent_context=None) */
+    PyObject *end_fallback;   /* the processor's Python on_end(span) */
+    PyObject *server, *consumer; /* the SpanKind members measured */
+    PyObject *default_state;  /* the API's DEFAULT_TRACE_STATE */
+} SpanGate;
+
+static PyObject *name_running, *name_kind, *name_context, *name_span_threshold, *name_in_flight,
+    *name_census_by_span, *name_attributes, *name_dict, *name_count_seen, *name_tally_local,
+    *name_counts, *key_ot_entry, *key_method, *key_old_method, *key_route, *one;
+
+/* The low 56 bits of a trace id: the randomness the sampling threshold is compared with. */
+#define RANDOMNESS_MASK ((1ULL << 56) - 1)
+
+static int
+SpanGate_init(SpanGate *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"processor", "agent",    "start_fallback", "end_fallback",
+                             "server",    "consumer", "default_state",  NULL};
+    PyObject *processor, *agent, *start, *end, *server, *consumer, *state;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOO", kwlist, &processor, &agent, &start,
+                                     &end, &server, &consumer, &state)) {
+        return -1;
+    }
+    hold(&self->processor, processor);
+    hold(&self->agent, agent);
+    hold(&self->start_fallback, start);
+    hold(&self->end_fallback, end);
+    hold(&self->server, server);
+    hold(&self->consumer, consumer);
+    hold(&self->default_state, state);
+    return 0;
+}
+
+/* 1: ``kind`` is measured (SERVER or CONSUMER); 0: another SpanKind member; -1: not a SpanKind
+ * (the Python methods decide). */
+static int
+measured_kind(SpanGate *self, PyObject *kind)
+{
+    if (kind == self->server || kind == self->consumer) {
+        return 1;
+    }
+    return Py_TYPE(kind) == Py_TYPE(self->server) ? 0 : -1;
+}
+
+/* Whether ``obj.name`` is true; -1 on error. */
+static int
+attr_true(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) {
+        return -1;
+    }
+    int truth = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return truth;
+}
+
+/* 1 when on_start has nothing to do for ``span``: the agent is stopped, the span is not a
+ * request span, or its trace cannot be sampled (below the threshold, no ``ot`` tracestate that
+ * could decide otherwise). 0: the Python on_start decides. */
+static int
+start_decided(SpanGate *self, PyObject *span)
+{
+    int decided = 0;
+    PyObject *kind = NULL, *ctx = NULL, *threshold = NULL;
+    int running = attr_true(self->agent, name_running);
+    if (running <= 0) {
+        decided = running == 0;
+        goto done;
+    }
+    kind = PyObject_GetAttr(span, name_kind);
+    if (kind == NULL) {
+        goto done;
+    }
+    int measured = measured_kind(self, kind);
+    if (measured <= 0) {
+        decided = measured == 0;
+        goto done;
+    }
+    ctx = PyObject_GetAttr(span, name_context);
+    /* A SpanContext is a tuple (trace_id, span_id, is_remote, flags, trace_state, valid). */
+    if (ctx == NULL || !PyTuple_Check(ctx) || PyTuple_GET_SIZE(ctx) < 6 ||
+        !PyLong_CheckExact(PyTuple_GET_ITEM(ctx, 0))) {
+        goto done;
+    }
+    unsigned long long randomness = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(ctx, 0));
+    if (randomness == (unsigned long long)-1 && PyErr_Occurred()) {
+        goto done;
+    }
+    threshold = PyObject_GetAttr(self->agent, name_span_threshold);
+    if (threshold == NULL || !PyLong_CheckExact(threshold)) {
+        goto done;
+    }
+    unsigned long long limit = PyLong_AsUnsignedLongLong(threshold);
+    if (limit == (unsigned long long)-1 && PyErr_Occurred()) {
+        goto done;
+    }
+    if ((randomness & RANDOMNESS_MASK) < limit) {
+        /* Unless the tracestate's ``ot`` entry could decide otherwise. */
+        PyObject *state = PyTuple_GET_ITEM(ctx, 4);
+        if (state == self->default_state || state == Py_None) {
+            decided = 1;
+        }
+        else {
+            Py_ssize_t entries = PyObject_Size(state);
+            decided = entries == 0 ||
+                      (entries > 0 && PySequence_Contains(state, key_ot_entry) == 0);
+        }
+    }
+done:
+    if (!decided) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(kind);
+    Py_XDECREF(ctx);
+    Py_XDECREF(threshold);
+    return decided;
+}
+
+/* An HTTP method attribute usable as is: a non-empty str. */
+static int
+plain_text(PyObject *value)
+{
+    return value != NULL && PyUnicode_CheckExact(value) && PyUnicode_GET_LENGTH(value) > 0;
+}
+
+/* 1 when on_end has nothing to do for ``span`` beyond what this did: the span is not a request
+ * span, or it is an HTTP request span of no sampled request while census does not go by span,
+ * and its request was counted as seen. 0: the Python on_end does all of it. */
+static int
+end_decided(SpanGate *self, PyObject *span)
+{
+    int decided = 0;
+    PyObject *kind = NULL, *in_flight = NULL, *holder = NULL, *attrs = NULL, *key = NULL;
+    PyObject *local = NULL, *counts = NULL, *more = NULL;
+    kind = PyObject_GetAttr(span, name_kind);
+    if (kind == NULL) {
+        goto done;
+    }
+    int measured = measured_kind(self, kind);
+    if (measured <= 0) {
+        decided = measured == 0;
+        goto done;
+    }
+    /* A sampled span in flight (this one, perhaps) or census by span: Python. */
+    in_flight = PyObject_GetAttr(self->processor, name_in_flight);
+    if (in_flight == NULL || !PyDict_CheckExact(in_flight) || PyDict_GET_SIZE(in_flight) != 0 ||
+        attr_true(self->agent, name_census_by_span) != 0) {
+        goto done;
+    }
+    holder = PyObject_GetAttr(span, name_attributes);
+    attrs = holder == NULL ? NULL : PyObject_GetAttr(holder, name_dict);
+    if (attrs == NULL || !PyDict_CheckExact(attrs)) {
+        goto done;
+    }
+    /* request_identity(): (method, route) of an HTTP span with a plain method and a route that
+     * is missing or already starts with "/"; any other case is Python's. */
+    PyObject *method = PyDict_GetItemWithError(attrs, key_method);
+    if (method == NULL && !PyErr_Occurred()) {
+        method = PyDict_GetItemWithError(attrs, key_old_method);
+    }
+    if (!plain_text(method)) {
+        goto done;
+    }
+    PyObject *route = PyDict_GetItemWithError(attrs, key_route);
+    if (route == NULL) {
+        if (PyErr_Occurred()) {
+            goto done;
+        }
+        route = Py_None;
+    }
+    else if (!plain_text(route) || PyUnicode_READ_CHAR(route, 0) != '/') {
+        goto done;
+    }
+    /* Agent.seen(method, route): one more in the calling thread's count of an endpoint it has
+     * counted before (a new one, and the bound on their number, are Python's). */
+    int counting = attr_true(self->agent, name_count_seen);
+    if (counting <= 0) {
+        decided = counting == 0;
+        goto done;
+    }
+    local = PyObject_GetAttr(self->agent, name_tally_local);
+    counts = local == NULL ? NULL : PyObject_GetAttr(local, name_counts);
+    if (counts == NULL || !PyDict_CheckExact(counts)) {
+        goto done;
+    }
+    key = PyTuple_Pack(2, method, route);
+    if (key == NULL) {
+        goto done;
+    }
+    PyObject *seen = PyDict_GetItemWithError(counts, key);
+    if (seen == NULL || !PyLong_CheckExact(seen)) {
+        goto done;
+    }
+    more = PyNumber_Add(seen, one);
+    decided = more != NULL && PyDict_SetItem(counts, key, more) == 0;
+done:
+    if (!decided) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(kind);
+    Py_XDECREF(in_flight);
+    Py_XDECREF(holder);
+    Py_XDECREF(attrs);
+    Py_XDECREF(local);
+    Py_XDECREF(counts);
+    Py_XDECREF(key);
+    Py_XDECREF(more);
+    return decided;
+}
+
+static PyObject *
+SpanGate_on_start(SpanGate *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (self->start_fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "SpanGate used before __init__");
+        return NULL;
+    }
+    if (nargs >= 1 && start_decided(self, args[0])) {
+        Py_RETURN_NONE;
+    }
+    return PyObject_Vectorcall(self->start_fallback, args, nargs, kwnames);
+}
+
+static PyObject *
+SpanGate_on_end(SpanGate *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (self->end_fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "SpanGate used before __init__");
+        return NULL;
+    }
+    if (nargs == 1 && kwnames == NULL && end_decided(self, args[0])) {
+        Py_RETURN_NONE;
+    }
+    return PyObject_Vectorcall(self->end_fallback, args, nargs, kwnames);
+}
+
+static PyObject *
+SpanGate_on_ending(SpanGate *self, PyObject *span)
+{
+    Py_RETURN_NONE;
+}
+
+static int
+SpanGate_traverse(SpanGate *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->processor);
+    Py_VISIT(self->agent);
+    Py_VISIT(self->start_fallback);
+    Py_VISIT(self->end_fallback);
+    Py_VISIT(self->server);
+    Py_VISIT(self->consumer);
+    Py_VISIT(self->default_state);
+    return 0;
+}
+
+static int
+SpanGate_clear(SpanGate *self)
+{
+    Py_CLEAR(self->processor);
+    Py_CLEAR(self->agent);
+    Py_CLEAR(self->start_fallback);
+    Py_CLEAR(self->end_fallback);
+    Py_CLEAR(self->server);
+    Py_CLEAR(self->consumer);
+    Py_CLEAR(self->default_state);
+    return 0;
+}
+
+static void
+SpanGate_dealloc(SpanGate *self)
+{
+    PyObject_GC_UnTrack(self);
+    SpanGate_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef SpanGate_methods[] = {
+    {"on_start", (PyCFunction)(void (*)(void))SpanGate_on_start, METH_FASTCALL | METH_KEYWORDS,
+     "on_start(span, parent_context=None): the processor's on_start."},
+    {"on_end", (PyCFunction)(void (*)(void))SpanGate_on_end, METH_FASTCALL | METH_KEYWORDS,
+     "on_end(span): the processor's on_end."},
+    {"on_ending", (PyCFunction)SpanGate_on_ending, METH_O,
+     "on_ending(span): nothing (the SDK's hook before a span ends)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SpanGateType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runcov.tracing._accel.SpanGate",
+    .tp_basicsize = sizeof(SpanGate),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "SpanGate(processor, agent, start_fallback, end_fallback, server, consumer, "
+              "default_state): the span processor's per-request path.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)SpanGate_init,
+    .tp_dealloc = (destructor)SpanGate_dealloc,
+    .tp_traverse = (traverseproc)SpanGate_traverse,
+    .tp_clear = (inquiry)SpanGate_clear,
+    .tp_methods = SpanGate_methods,
+};
+
 static int
 intern_names(void)
 {
@@ -1086,8 +1405,27 @@ intern_names(void)
     name_return = PyUnicode_InternFromString("return");
     name_opcode = PyUnicode_InternFromString("opcode");
     name_f_trace = PyUnicode_InternFromString("f_trace");
+    name_running = PyUnicode_InternFromString("running");
+    name_kind = PyUnicode_InternFromString("_kind");
+    name_context = PyUnicode_InternFromString("_context");
+    name_span_threshold = PyUnicode_InternFromString("_span_threshold");
+    name_in_flight = PyUnicode_InternFromString("_in_flight");
+    name_census_by_span = PyUnicode_InternFromString("census_by_span");
+    name_attributes = PyUnicode_InternFromString("_attributes");
+    name_dict = PyUnicode_InternFromString("_dict");
+    name_count_seen = PyUnicode_InternFromString("_count_seen");
+    name_tally_local = PyUnicode_InternFromString("_tally_local");
+    name_counts = PyUnicode_InternFromString("counts");
+    key_ot_entry = PyUnicode_InternFromString("ot");
+    key_method = PyUnicode_InternFromString("http.request.method");
+    key_old_method = PyUnicode_InternFromString("http.method");
+    key_route = PyUnicode_InternFromString("http.route");
+    one = PyLong_FromLong(1);
     return (name_call && name_exception && name_line && name_return && name_opcode &&
-            name_f_trace) ? 0 : -1;
+            name_f_trace && name_running && name_kind && name_context && name_span_threshold &&
+            name_in_flight && name_census_by_span && name_attributes && name_dict &&
+            name_count_seen && name_tally_local && name_counts && key_ot_entry && key_method &&
+            key_old_method && key_route && one) ? 0 : -1;
 }
 
 static PyMethodDef accel_functions[] = {
@@ -1113,7 +1451,8 @@ PyInit__accel(void)
 {
     if (PyType_Ready(&RecorderType) < 0 || PyType_Ready(&FunctionArcsType) < 0 ||
         PyType_Ready(&CensusLinesType) < 0 ||
-        PyType_Ready(&DispatcherType) < 0 || intern_names() < 0) {
+        PyType_Ready(&DispatcherType) < 0 || PyType_Ready(&SpanGateType) < 0 ||
+        intern_names() < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&accel_module);
@@ -1135,6 +1474,12 @@ PyInit__accel(void)
     Py_INCREF(&DispatcherType);
     if (PyModule_AddObject(module, "Dispatcher", (PyObject *)&DispatcherType) < 0) {
         Py_DECREF(&DispatcherType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&SpanGateType);
+    if (PyModule_AddObject(module, "SpanGate", (PyObject *)&SpanGateType) < 0) {
+        Py_DECREF(&SpanGateType);
         Py_DECREF(module);
         return NULL;
     }
