@@ -69,6 +69,28 @@ def _agent(agent: Optional[Agent]) -> Optional[Agent]:
     return current_agent()
 
 
+def _not_measured(
+    agent: Agent,
+    method: Optional[str],
+    route: Optional[str],
+    trace_id: int,
+    tracestate: Optional[str],
+    final: bool,
+) -> bool:
+    """True when a request cannot be sampled and its endpoint is ``final`` (known now): it is
+    counted as seen here and needs nothing else, so the middleware steps aside (no wrapped
+    ``start_response``, no response wrapper). Never raises."""
+    if not final:
+        return False
+    try:
+        if not agent.cannot_sample(trace_id, tracestate):
+            return False
+    except Exception:
+        return False
+    agent.seen(method, route)
+    return True
+
+
 class _Measurement:
     """One request going through a middleware: decide, measure, emit. Never raises."""
 
@@ -79,7 +101,7 @@ class _Measurement:
         agent: Agent,
         method: Optional[str],
         route: Optional[str],
-        traceparent: Optional[str],
+        trace: tuple[int, int],
         tracestate: Optional[str],
         route_late: bool,
     ) -> None:
@@ -88,7 +110,7 @@ class _Measurement:
         self.route = route
         self.status: Optional[str] = None
         self.ended = False
-        trace_id, self.parent = _trace_of(traceparent)
+        trace_id, self.parent = trace
         known = route is not None or not route_late
         self.ticket = agent.begin(method, route, trace_id, tracestate, route_known=known)
 
@@ -186,14 +208,14 @@ class RuncovWSGIMiddleware:
         if stale is not None:
             _wsgi_open.measurement = None
             stale.end()
-        m = _Measurement(
-            agent,
-            environ.get("REQUEST_METHOD"),
-            self._resolve(environ),
-            environ.get("HTTP_TRACEPARENT"),
-            environ.get("HTTP_TRACESTATE"),
-            route_late=self._route is not None,
-        )
+        method = environ.get("REQUEST_METHOD")
+        route = self._resolve(environ)
+        trace = _trace_of(environ.get("HTTP_TRACEPARENT"))
+        tracestate = environ.get("HTTP_TRACESTATE")
+        late = self._route is not None
+        if _not_measured(agent, method, route, trace[0], tracestate, route is not None or not late):
+            return self.app(environ, start_response)
+        m = _Measurement(agent, method, route, trace, tracestate, route_late=late)
 
         def record_status(status: str, headers: Any, exc_info: Any = None) -> Any:
             m.status = status_class(status.split(" ", 1)[0])
@@ -259,16 +281,15 @@ class RuncovASGIMiddleware:
             await self.app(scope, receive, send)
             return
         headers = _asgi_headers(scope)
+        method = scope.get("method")
         route = self._resolve(scope)
+        trace = _trace_of(headers.get("traceparent"))
+        tracestate = headers.get("tracestate")
+        if _not_measured(agent, method, route, trace[0], tracestate, route is not None):
+            await self.app(scope, receive, send)
+            return
         # Decided inside this coroutine, so the scope is bound to the request's task.
-        m = _Measurement(
-            agent,
-            scope.get("method"),
-            route,
-            headers.get("traceparent"),
-            headers.get("tracestate"),
-            route_late=True,
-        )
+        m = _Measurement(agent, method, route, trace, tracestate, route_late=True)
 
         async def record_status(message: dict[str, Any]) -> None:
             if message.get("type") == "http.response.start":
@@ -304,14 +325,11 @@ def _flask_full_dispatch(wrapped: Any, instance: Any, args: Any, kwargs: Any) ->
 
     rule = getattr(request, "url_rule", None)
     route = getattr(rule, "rule", None)
-    m = _Measurement(
-        agent,
-        request.method,
-        route,
-        request.headers.get("traceparent"),
-        request.headers.get("tracestate"),
-        route_late=False,
-    )
+    trace = _trace_of(request.headers.get("traceparent"))
+    tracestate = request.headers.get("tracestate")
+    if _not_measured(agent, request.method, route, trace[0], tracestate, True):
+        return wrapped(*args, **kwargs)
+    m = _Measurement(agent, request.method, route, trace, tracestate, route_late=False)
     failed = True
     try:
         response = wrapped(*args, **kwargs)
@@ -333,7 +351,7 @@ def _django_get_response(wrapped: Any, instance: Any, args: Any, kwargs: Any) ->
         agent,
         getattr(request, "method", None),
         None,
-        meta.get("HTTP_TRACEPARENT"),
+        _trace_of(meta.get("HTTP_TRACEPARENT")),
         meta.get("HTTP_TRACESTATE"),
         route_late=True,
     )

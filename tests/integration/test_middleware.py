@@ -121,3 +121,59 @@ def test_a_response_never_closed_does_not_stop_later_requests_being_measured(
     assert by_trace[0xC105E2].lines == oracle(lambda: Client(wsgi_app).get("/items/2").data)[0]
     assert by_trace[0xC105E1].endpoint == "GET /items/{item_id}"
     first.close()
+
+
+#: Trace ids whose randomness (low 56 bits) is below / above the threshold of any rate < 1.
+UNSAMPLED = 0x5EED0000000000000000000000000001
+SAMPLED = 0x5EED00000000000000FFFFFFFFFFFFFF
+
+
+def test_requests_not_measured_are_counted_and_pass_through_untouched(
+    start_agent: AgentFactory, sink: HTTPSink
+) -> None:
+    """A request that cannot be sampled and whose route is known when it starts is counted
+    as seen, and the middleware steps aside: the application gets the server's own
+    ``start_response`` / ``send`` and its response is not wrapped. Sampled requests and
+    requests whose route is learnt late go through the full path, as before."""
+    agent = start_agent(sample_rate=0.5, metrics_interval=3600)
+    given: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        given.append(start_response)
+        return wsgi_app(environ, start_response)
+
+    client = Client(RuncovWSGIMiddleware(app, route=_wsgi_route))
+    for trace_id in (UNSAMPLED, UNSAMPLED + 2, SAMPLED):
+        response = client.get("/items/7", headers={"traceparent": traceparent(trace_id)})
+        assert response.json["item"] == 7
+        response.close()
+    assert [f.__name__ for f in given] != ["record_status"] * 3
+    assert [f.__name__ == "record_status" for f in given] == [False, False, True]
+    # No resolver and no raw path: the endpoint is the method alone, final at the start.
+    plain = Client(RuncovWSGIMiddleware(wsgi_app))
+    assert plain.get("/health", headers={"traceparent": traceparent(UNSAMPLED)}).json
+
+    sends: list[Any] = []
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        sends.append(send)
+        await asgi_app(scope, receive, send)
+
+    async def drive() -> None:
+        resolved = RuncovASGIMiddleware(asgi, route=lambda scope: route_of(scope["path"]))
+        late = RuncovASGIMiddleware(asgi)  # no Starlette route in the scope: learnt at the end
+        for app_ in (resolved, late):
+            transport = httpx.ASGITransport(app=app_)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                headers = {"traceparent": traceparent(UNSAMPLED)}
+                assert (await c.get("/items/8", headers=headers)).status_code == 200
+
+    asyncio.run(drive())
+    assert [s.__name__ == "record_status" for s in sends] == [False, True]
+
+    assert agent._seen_totals() == {
+        "GET /items/{item_id}": 4,  # three WSGI requests, one ASGI with a resolver
+        "GET": 2,  # the WSGI request without a resolver, the ASGI one without a route
+    }
+    by_trace = exported(agent, sink, [SAMPLED])
+    assert set(by_trace) == {SAMPLED}
