@@ -69,26 +69,14 @@ def _agent(agent: Optional[Agent]) -> Optional[Agent]:
     return current_agent()
 
 
-def _not_measured(
-    agent: Agent,
-    method: Optional[str],
-    route: Optional[str],
-    trace_id: int,
-    tracestate: Optional[str],
-    final: bool,
-) -> bool:
-    """True when a request cannot be sampled and its endpoint is ``final`` (known now): it is
-    counted as seen here and needs nothing else, so the middleware steps aside (no wrapped
-    ``start_response``, no response wrapper). Never raises."""
-    if not final:
-        return False
+def _cannot_sample(agent: Agent, trace_id: int, tracestate: Optional[str]) -> bool:
+    """True when no selector could sample the request's trace: it will not be measured, so
+    the middleware only counts it as seen and otherwise steps aside (no wrapped
+    ``start_response`` or ``send``, no response wrapper). Never raises."""
     try:
-        if not agent.cannot_sample(trace_id, tracestate):
-            return False
+        return agent.cannot_sample(trace_id, tracestate)
     except Exception:
         return False
-    agent.seen(method, route)
-    return True
 
 
 class _Measurement:
@@ -213,7 +201,8 @@ class RuncovWSGIMiddleware:
         trace = _trace_of(environ.get("HTTP_TRACEPARENT"))
         tracestate = environ.get("HTTP_TRACESTATE")
         late = self._route is not None
-        if _not_measured(agent, method, route, trace[0], tracestate, route is not None or not late):
+        if (route is not None or not late) and _cannot_sample(agent, trace[0], tracestate):
+            agent.seen(method, route)
             return self.app(environ, start_response)
         m = _Measurement(agent, method, route, trace, tracestate, route_late=late)
 
@@ -285,8 +274,11 @@ class RuncovASGIMiddleware:
         route = self._resolve(scope)
         trace = _trace_of(headers.get("traceparent"))
         tracestate = headers.get("tracestate")
-        if _not_measured(agent, method, route, trace[0], tracestate, route is not None):
-            await self.app(scope, receive, send)
+        if _cannot_sample(agent, trace[0], tracestate):
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                agent.seen(method, self._resolve(scope) if route is None else route)
             return
         # Decided inside this coroutine, so the scope is bound to the request's task.
         m = _Measurement(agent, method, route, trace, tracestate, route_late=True)
@@ -327,7 +319,8 @@ def _flask_full_dispatch(wrapped: Any, instance: Any, args: Any, kwargs: Any) ->
     route = getattr(rule, "rule", None)
     trace = _trace_of(request.headers.get("traceparent"))
     tracestate = request.headers.get("tracestate")
-    if _not_measured(agent, request.method, route, trace[0], tracestate, True):
+    if _cannot_sample(agent, trace[0], tracestate):
+        agent.seen(request.method, route)
         return wrapped(*args, **kwargs)
     m = _Measurement(agent, request.method, route, trace, tracestate, route_late=False)
     failed = True

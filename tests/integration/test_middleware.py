@@ -131,10 +131,10 @@ SAMPLED = 0x5EED00000000000000FFFFFFFFFFFFFF
 def test_requests_not_measured_are_counted_and_pass_through_untouched(
     start_agent: AgentFactory, sink: HTTPSink
 ) -> None:
-    """A request that cannot be sampled and whose route is known when it starts is counted
-    as seen, and the middleware steps aside: the application gets the server's own
-    ``start_response`` / ``send`` and its response is not wrapped. Sampled requests and
-    requests whose route is learnt late go through the full path, as before."""
+    """A request that cannot be sampled is counted as seen, and the middleware steps aside:
+    the application gets the server's own ``start_response`` / ``send`` and its response is
+    not wrapped (ASGI: also when the route is learnt at the end). Sampled requests, and WSGI
+    requests whose route is learnt at their end, go through the full path."""
     agent = start_agent(sample_rate=0.5, metrics_interval=3600)
     given: list[Any] = []
 
@@ -153,6 +153,18 @@ def test_requests_not_measured_are_counted_and_pass_through_untouched(
     plain = Client(RuncovWSGIMiddleware(wsgi_app))
     assert plain.get("/health", headers={"traceparent": traceparent(UNSAMPLED)}).json
 
+    # A route the application itself finds (None when the request starts): the full path,
+    # and the request is counted under that route at its end.
+    def routing_app(environ: dict[str, Any], start_response: Any) -> Any:
+        environ["app.route"] = "/routed/{x}"
+        return app(environ, start_response)
+
+    routed = Client(RuncovWSGIMiddleware(routing_app, route=lambda env: env.get("app.route")))
+    response = routed.get("/items/9", headers={"traceparent": traceparent(UNSAMPLED)})
+    assert response.json["item"] == 9
+    response.close()
+    assert given[-1].__name__ == "record_status"
+
     sends: list[Any] = []
 
     async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -161,7 +173,7 @@ def test_requests_not_measured_are_counted_and_pass_through_untouched(
 
     async def drive() -> None:
         resolved = RuncovASGIMiddleware(asgi, route=lambda scope: route_of(scope["path"]))
-        late = RuncovASGIMiddleware(asgi)  # no Starlette route in the scope: learnt at the end
+        late = RuncovASGIMiddleware(asgi)  # the route is read at the end (none here)
         for app_ in (resolved, late):
             transport = httpx.ASGITransport(app=app_)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
@@ -169,11 +181,12 @@ def test_requests_not_measured_are_counted_and_pass_through_untouched(
                 assert (await c.get("/items/8", headers=headers)).status_code == 200
 
     asyncio.run(drive())
-    assert [s.__name__ == "record_status" for s in sends] == [False, True]
+    assert [s.__name__ == "record_status" for s in sends] == [False, False]
 
     assert agent._seen_totals() == {
         "GET /items/{item_id}": 4,  # three WSGI requests, one ASGI with a resolver
         "GET": 2,  # the WSGI request without a resolver, the ASGI one without a route
+        "GET /routed/{x}": 1,
     }
     by_trace = exported(agent, sink, [SAMPLED])
     assert set(by_trace) == {SAMPLED}
