@@ -434,6 +434,12 @@ class AgentMetrics:
                 result.append(False)
 
         thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        thread.join(max(0.0, timeout))
+        try:
+            thread.start()
+        except RuntimeError:
+            # The interpreter is exiting (an atexit hook on 3.12+ cannot start a thread): run
+            # here, bounded only by the exporter's own timeout, rather than lose the last values.
+            run()
+        else:
+            thread.join(max(0.0, timeout))
         return bool(result and result[0] is not False)
