@@ -340,14 +340,15 @@ def _django_get_response(wrapped: Any, instance: Any, args: Any, kwargs: Any) ->
         return wrapped(*args, **kwargs)
     request = args[0]
     meta = getattr(request, "META", {})
-    m = _Measurement(
-        agent,
-        getattr(request, "method", None),
-        None,
-        _trace_of(meta.get("HTTP_TRACEPARENT")),
-        meta.get("HTTP_TRACESTATE"),
-        route_late=True,
-    )
+    method = getattr(request, "method", None)
+    trace = _trace_of(meta.get("HTTP_TRACEPARENT"))
+    tracestate = meta.get("HTTP_TRACESTATE")
+    if _cannot_sample(agent, trace[0], tracestate):
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            agent.seen(method, _django_route(request))
+    m = _Measurement(agent, method, None, trace, tracestate, route_late=True)
     failed = True
     try:
         response = wrapped(*args, **kwargs)
@@ -355,11 +356,16 @@ def _django_get_response(wrapped: Any, instance: Any, args: Any, kwargs: Any) ->
         failed = False
         return response
     finally:
-        match = getattr(request, "resolver_match", None)
-        route = getattr(match, "route", None)
-        if route and not route.startswith("/"):
-            route = "/" + route
-        m.end(route or None, failed)
+        m.end(_django_route(request), failed)
+
+
+def _django_route(request: Any) -> Optional[str]:
+    """The route template Django resolved for ``request`` (``/items/<int:id>``), or None."""
+    match = getattr(request, "resolver_match", None)
+    route = getattr(match, "route", None)
+    if route and not route.startswith("/"):
+        route = "/" + route
+    return route or None
 
 
 def _starlette_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:

@@ -268,3 +268,45 @@ def test_runcov_run_hooks_django_and_starlette(
         # Items 12 and 14 are priced; 13 is sold out: each trace has its own branch.
         assert (25 in got.lines["shop/logic.py"]) == (n == 1)
         assert (17 in got.lines["shop/logic.py"]) == (n != 1)
+
+
+@pytest.mark.parametrize(
+    ("framework", "endpoint"),
+    [("django", "GET /items/<int:item_id>"), ("starlette", "GET /items/{item_id}")],
+)
+def test_hooked_requests_not_sampled_are_counted_as_seen(
+    sink: HTTPSink, service_dir: Path, framework: str, endpoint: str
+) -> None:
+    """The hooks count a request that cannot be sampled (under the route the framework
+    resolved during it) without measuring it; the sampled one is measured as usual."""
+    shutil.copy(APPS / "hooked_apps.py", service_dir / "hooked_apps.py")
+    low = 0x4007ED10000000000000000000000001  # randomness 1: not sampled at 50 %
+    high = 0x4007ED100000000000FFFFFFFFFFFFFF  # randomness 2**56 - 1: sampled
+    trace_ids = [low, high, low + 2]
+    command = [
+        sys.executable, "-m", "runcov", "run", "--",
+        sys.executable, "hooked_apps.py", framework, *[f"{t:x}" for t in trace_ids],
+    ]
+    env = _env(
+        sink,
+        service_dir,
+        RUNCOV_SAMPLE_RATE="0.5",
+        RUNCOV_METRICS_INTERVAL="3600",  # sent once, when the process exits
+        OTEL_METRICS_EXPORTER="otlp",
+    )
+    proc = subprocess.run(
+        command, env=env, cwd=service_dir, capture_output=True, text=True, timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = sink.wait_for(
+        lambda: [p for p in sink.metric_points().get("runcov.requests.seen", [])
+                 if p[0].get("runcov.endpoint") == endpoint],
+        timeout=30,
+    )
+    assert sum(value for _, value, _ in seen) == 3
+    by_trace = sink.wait_for(
+        lambda: (t := coverage_by_trace(sink.coverage_spans())) and high in t and t, timeout=30
+    )
+    assert set(by_trace) == {high}
+    assert by_trace[high].endpoint == endpoint
