@@ -90,20 +90,25 @@ CASES = [
 ]
 
 
-class Counting(RuncovSpanProcessor):
-    """Notes which spans reached the Python methods."""
+@pytest.fixture
+def python_calls(monkeypatch: pytest.MonkeyPatch) -> dict[int, list[tuple[str, str]]]:
+    """Which spans reached the processor's Python methods, per processor (by id)."""
+    calls: dict[int, list[tuple[str, str]]] = {}
+    on_start, on_end = RuncovSpanProcessor.on_start, RuncovSpanProcessor.on_end
 
-    def __init__(self, agent: Agent, **kw: Any) -> None:
-        self.python: list[tuple[str, str]] = []
-        super().__init__(agent, **kw)
+    def counted_start(
+        self: RuncovSpanProcessor, span: Any, parent_context: Optional[Context] = None
+    ) -> None:
+        calls.setdefault(id(self), []).append(("start", span.name))
+        on_start(self, span, parent_context)
 
-    def on_start(self, span: Any, parent_context: Optional[Context] = None) -> None:
-        self.python.append(("start", span.name))
-        super().on_start(span, parent_context)
+    def counted_end(self: RuncovSpanProcessor, span: Any) -> None:
+        calls.setdefault(id(self), []).append(("end", span.name))
+        on_end(self, span)
 
-    def on_end(self, span: Any) -> None:
-        self.python.append(("end", span.name))
-        super().on_end(span)
+    monkeypatch.setattr(RuncovSpanProcessor, "on_start", counted_start)
+    monkeypatch.setattr(RuncovSpanProcessor, "on_end", counted_end)
+    return calls
 
 
 @pytest.fixture
@@ -179,8 +184,24 @@ def test_the_gate_is_used_unless_told_not_to(agent: Agent) -> None:
     assert type(python.on_start).__name__ == "method"
 
 
+def test_a_subclass_that_overrides_the_methods_sees_every_span(agent: Agent) -> None:
+    class Seeing(RuncovSpanProcessor):
+        def __init__(self, agent: Agent) -> None:
+            self.names: list[str] = []
+            super().__init__(agent)
+
+        def on_end(self, span: Any) -> None:
+            self.names.append(span.name)
+            super().on_end(span)
+
+    seeing = Seeing(agent)
+    assert "on_end" not in seeing.__dict__ and "on_start" not in seeing.__dict__
+    _run(agent, seeing, [])
+    assert seeing.names == [case.name for case in CASES]
+
+
 def test_gate_decides_and_counts_as_the_python_methods_do(
-    agent: Agent, monkeypatch: pytest.MonkeyPatch
+    agent: Agent, monkeypatch: pytest.MonkeyPatch, python_calls: dict[int, list[Any]]
 ) -> None:
     if not _gate_on():
         pytest.skip("the gate is turned off (RUNCOV_ACCEL=0)")
@@ -190,9 +211,9 @@ def test_gate_decides_and_counts_as_the_python_methods_do(
     _run(agent, RuncovSpanProcessor(agent, accel=None), calls)
     calls.clear()
 
-    python = Counting(agent, accel=None)
+    python = RuncovSpanProcessor(agent, accel=None)
     seen_python = _run(agent, python, calls)
-    gated = Counting(agent)
+    gated = RuncovSpanProcessor(agent)
     seen_gated = _run(agent, gated, calls)
 
     # The same requests counted, the same requests begun (and sampled), the same finished.
@@ -204,10 +225,10 @@ def test_gate_decides_and_counts_as_the_python_methods_do(
     assert [c[4] for c in first if c[0] == "begin"] == [True, True]  # sampled, propagated
     assert len([c for c in first if c[0] == "finish"]) == 2
     # The gate called the Python methods for exactly the cases it leaves to them.
-    assert [c for c in python.python if c[0] == "start"] == [
+    assert [c for c in python_calls[id(python)] if c[0] == "start"] == [
         ("start", case.name) for case in CASES
     ]
-    assert gated.python == [
+    assert python_calls.get(id(gated), []) == [
         (part, case.name)
         for case in CASES
         for part, needed in (("start", case.python_start), ("end", case.python_end))
@@ -216,18 +237,18 @@ def test_gate_decides_and_counts_as_the_python_methods_do(
 
 
 def test_a_stopped_agent_is_decided_in_c_as_in_python(
-    agent: Agent, monkeypatch: pytest.MonkeyPatch
+    agent: Agent, monkeypatch: pytest.MonkeyPatch, python_calls: dict[int, list[Any]]
 ) -> None:
     calls = _recording(agent, monkeypatch)
     _run(agent, RuncovSpanProcessor(agent, accel=None), calls)  # meets every endpoint
     agent.stop(timeout=1.0)
     calls.clear()
-    python = Counting(agent, accel=None)
-    gated = Counting(agent)
+    python = RuncovSpanProcessor(agent, accel=None)
+    gated = RuncovSpanProcessor(agent)
     assert _run(agent, python, calls) == {} == _run(agent, gated, calls)
     assert calls == ["--", "--"]
     if _gate_on():
         # Nothing reached Python but the ends of spans that are not plain HTTP requests.
-        assert gated.python == [
+        assert python_calls[id(gated)] == [
             ("end", name) for name in ("django", "consumer", "grpc", "int method", "empty method")
         ]

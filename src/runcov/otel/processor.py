@@ -89,12 +89,16 @@ class RuncovSpanProcessor(SpanProcessor):
 
             accel = load_accel()
         gate_type = getattr(accel, "SpanGate", None)
-        if gate_type is not None:
+        cls = type(self)
+        own = cls.on_start is RuncovSpanProcessor.on_start and (
+            cls.on_end is RuncovSpanProcessor.on_end
+        )
+        if gate_type is not None and own:
             # The per-request path in C: it returns at once where these methods would do
             # nothing (not a request span, not sampled) or only count the request as seen,
             # and calls them for everything else. Set on the instance, so that the SDK's
-            # calls reach it without a Python frame.
-            cls = type(self)
+            # calls reach it without a Python frame. (A subclass that overrides them sees
+            # every span, through them.)
             self._gate = gate_type(
                 self,
                 agent,
