@@ -1446,6 +1446,18 @@ static struct PyModuleDef accel_module = {
     .m_size = -1,
 };
 
+/* Add ``type`` to ``module`` as ``name``; -1 on error. */
+static int
+add_type(PyObject *module, const char *name, PyTypeObject *type)
+{
+    Py_INCREF(type);
+    if (PyModule_AddObject(module, name, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
+
 PyMODINIT_FUNC
 PyInit__accel(void)
 {
@@ -1459,27 +1471,10 @@ PyInit__accel(void)
     if (module == NULL) {
         return NULL;
     }
-    Py_INCREF(&RecorderType);
-    if (PyModule_AddObject(module, "Recorder", (PyObject *)&RecorderType) < 0) {
-        Py_DECREF(&RecorderType);
-        Py_DECREF(module);
-        return NULL;
-    }
-    Py_INCREF(&FunctionArcsType);
-    if (PyModule_AddObject(module, "FunctionArcs", (PyObject *)&FunctionArcsType) < 0) {
-        Py_DECREF(&FunctionArcsType);
-        Py_DECREF(module);
-        return NULL;
-    }
-    Py_INCREF(&DispatcherType);
-    if (PyModule_AddObject(module, "Dispatcher", (PyObject *)&DispatcherType) < 0) {
-        Py_DECREF(&DispatcherType);
-        Py_DECREF(module);
-        return NULL;
-    }
-    Py_INCREF(&SpanGateType);
-    if (PyModule_AddObject(module, "SpanGate", (PyObject *)&SpanGateType) < 0) {
-        Py_DECREF(&SpanGateType);
+    if (add_type(module, "Recorder", &RecorderType) < 0 ||
+        add_type(module, "FunctionArcs", &FunctionArcsType) < 0 ||
+        add_type(module, "Dispatcher", &DispatcherType) < 0 ||
+        add_type(module, "SpanGate", &SpanGateType) < 0) {
         Py_DECREF(module);
         return NULL;
     }
