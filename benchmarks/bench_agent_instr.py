@@ -1,11 +1,14 @@
-"""The agent's cost on the Flask shop in CPU instructions per request, counted by Valgrind.
+"""The agent's cost on the example shop in CPU instructions per request, counted by Valgrind.
 
 Timed benchmarks on a shared 2-CPU machine move by a point or two between runs, as much as the
 agent costs at 1 %. An instruction count does not move: the same process doing the same work
 executes the same instructions, whatever else the machine does. This benchmark runs the Flask
 shop (OpenTelemetry Flask instrumentation, runcov started) through Flask's test client, in one
-thread, under ``valgrind --tool=cachegrind``, and reports the instructions each request costs:
+thread, or with ``--app fastapi`` the FastAPI shop (OpenTelemetry FastAPI instrumentation), its
+ASGI app called directly on one asyncio loop, one request at a time, under
+``valgrind --tool=cachegrind``, and reports the instructions each request costs:
 
+* ``absent``      (``--absent``) the shop without runcov: not imported, not started
 * ``none``        runcov started, its span processor detached and its sys.monitoring events off
 * ``0%``          runcov as started with ``sample_rate=0``: the path every request takes
 * ``1%`` ...      runcov at 1 %, 10 %, 100 % (``--rates``)
@@ -43,13 +46,16 @@ Use this benchmark to see what a change does to the agent's own work, precisely;
 
     python benchmarks/bench_agent_instr.py                 # none, 0 %, 1 %, 10 % (~6 minutes)
     python benchmarks/bench_agent_instr.py --rates 0.01,1 --jobs 2
+    python benchmarks/bench_agent_instr.py --app fastapi --absent --split
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import gc
+import json
 import os
 import platform
 import random
@@ -68,16 +74,23 @@ sys.path.insert(0, str(HERE))
 from bench_service import EXAMPLES, Bench, stop  # noqa: E402
 
 _IR = re.compile(r"I\s+refs:\s+([\d,]+)")
+_APP_NAMES = {"flask": "Flask", "fastapi": "FastAPI"}
 
 
 # -- child: one run of the shop, under Valgrind or natively -----------------------------------
 
 
 def child(
-    config: str, rate: float, warmup: int, measured: int, toggle_cost: float, keep_gc: bool
+    config: str,
+    rate: float,
+    warmup: int,
+    measured: int,
+    toggle_cost: float,
+    keep_gc: bool,
+    app_name: str = "flask",
 ) -> int:
-    """Serve ``warmup`` then ``measured`` requests of the shop's traffic through the test client;
-    print the core's toggle cost when asked to measure it (``toggle_cost`` < 0)."""
+    """Serve ``warmup`` then ``measured`` requests of the shop's traffic, one at a time; print
+    the core's toggle cost when asked to measure it (``toggle_cost`` < 0)."""
     random.seed(0)  # OpenTelemetry draws trace ids from the random module: same ids every run
     import logging
 
@@ -85,14 +98,26 @@ def child(
     logging.disable(logging.WARNING)
     from opentelemetry import trace
     from shop.serving import ENDPOINTS, SOURCE_ROOT, setup_tracing
-    from shop_flask.app import create_app
     from traffic import next_request
+
+    if app_name == "fastapi":
+        from shop_fastapi.app import create_app
+    else:
+        from shop_flask.app import create_app
+
+    setup_tracing()
+    rng = random.Random(1)
+    orders: list[Any] = []
+    requests = [next_request(rng, orders) for _ in range(300)]
+    if config == "absent":
+        serve = _server(app_name, create_app(agent=None))
+        _serve_all(serve, requests, warmup, measured, keep_gc)
+        return 0
 
     import runcov
 
-    setup_tracing()
     agent = runcov.start(source=[SOURCE_ROOT], endpoints=ENDPOINTS, sample_rate=rate)
-    app = create_app(agent=agent)
+    serve = _server(app_name, create_app(agent=agent))
     core = agent.core
     if toggle_cost > 0 and hasattr(core, "_apply"):
         apply = core._apply
@@ -114,21 +139,57 @@ def child(
         )
     if config in ("none", "processor") and hasattr(sys, "monitoring"):
         sys.monitoring.set_events(core.tool_id, 0)
-    rng = random.Random(1)
-    orders: list[Any] = []
-    requests = [next_request(rng, orders) for _ in range(300)]
-    client = app.test_client()
-    for i in range(warmup + measured):
-        if i == warmup and not keep_gc:
-            gc.collect()
-            gc.disable()
-        r = requests[i % len(requests)]
-        client.open(r.path, method=r.method, json=r.body)
+    _serve_all(serve, requests, warmup, measured, keep_gc)
     agent.flush()
     if toggle_cost < 0:
         print(f"toggle_cost {getattr(core, '_toggle_cost', 0.0)!r}")
     agent.stop()
     return 0
+
+
+def _serve_all(serve: Any, requests: list[Any], warmup: int, measured: int, keep_gc: bool) -> None:
+    for i in range(warmup + measured):
+        if i == warmup and not keep_gc:
+            gc.collect()
+            gc.disable()
+        serve(requests[i % len(requests)])
+
+
+def _server(app_name: str, app: Any) -> Any:
+    """A function serving one request of the traffic mix in this thread: Flask's test client,
+    or for FastAPI the ASGI app called on one event loop with the request's messages."""
+    if app_name != "fastapi":
+        client = app.test_client()
+        return lambda r: client.open(r.path, method=r.method, json=r.body)
+    loop = asyncio.new_event_loop()
+
+    async def one(r: Any) -> None:
+        body = json.dumps(r.body).encode() if r.body is not None else b""
+        path, _, query = r.path.partition("?")
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": r.method, "scheme": "http", "path": path, "raw_path": path.encode(),
+            "query_string": query.encode(), "root_path": "",
+            "headers": [(b"host", b"shop"), (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000),
+        }
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.sleep(3600)  # the client never disconnects
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        await app(scope, receive, send)
+
+    return lambda r: loop.run_until_complete(one(r))
 
 
 # -- parent ---------------------------------------------------------------------------------
@@ -151,15 +212,21 @@ def _env(collector_url: str) -> dict[str, str]:
 
 
 def _args(
-    config: str, rate: float, warmup: int, measured: int, toggle: float, keep_gc: bool = False
+    config: str,
+    rate: float,
+    warmup: int,
+    measured: int,
+    toggle: float,
+    keep_gc: bool = False,
+    app: str = "flask",
 ) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--child", config, str(rate),
-            str(warmup), str(measured), repr(toggle), "gc" if keep_gc else "nogc"]
+            str(warmup), str(measured), repr(toggle), "gc" if keep_gc else "nogc", app]
 
 
-def native_toggle_cost(env: dict[str, str], warmup: int) -> float:
+def native_toggle_cost(env: dict[str, str], warmup: int, app: str = "flask") -> float:
     """The toggle cost the core measures natively on this workload at 10 %."""
-    out = subprocess.run(_args("agent", 0.1, warmup, 1000, -1.0), env=env, check=True,
+    out = subprocess.run(_args("agent", 0.1, warmup, 1000, -1.0, app=app), env=env, check=True,
                          capture_output=True, text=True).stdout
     match = re.search(r"toggle_cost (\S+)", out)
     if match is None:
@@ -193,30 +260,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="also count the span processor alone and the events alone")
     parser.add_argument("--gc", action="store_true",
                         help="leave the garbage collector on while counting (see above)")
-    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--app", choices=("flask", "fastapi"), default="flask",
+                        help="the example shop served")
+    parser.add_argument("--absent", action="store_true",
+                        help="also count the shop without runcov at all")
+    parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        config, rate, warmup, measured, toggle, collect = args.child
+        config, rate, warmup, measured, toggle, collect, app = args.child
         return child(config, float(rate), int(warmup), int(measured), float(toggle),
-                     collect == "gc")
+                     collect == "gc", app)
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
 
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     configs = [("none", 0.0), ("0%", 0.0)] + [(f"{r * 100:g}%", r) for r in rates if r > 0]
+    if args.absent:
+        configs.insert(0, ("absent", 0.0))
     if args.split:
         configs += [("processor", 0.0), ("monitoring", 0.0)]
     started = datetime.datetime.now(datetime.timezone.utc)
     with tempfile.TemporaryDirectory(prefix="runcov-instr-") as tmp:
-        bench = Bench("flask", Path(tmp), 0.0, 0.0, 1)  # for its collector
+        bench = Bench(args.app, Path(tmp), 0.0, 0.0, 1)  # for its collector
         try:
             bench.start_collector()
             env = _env(bench.collector_url)
-            toggle = args.toggle_cost or native_toggle_cost(env, args.warmup)
+            toggle = args.toggle_cost or native_toggle_cost(env, args.warmup, args.app)
             print(f"toggle cost pinned at {toggle * 1e6:.1f} µs", file=sys.stderr)
             jobs = {
-                (name, n): _args(name if name in ("none", "processor", "monitoring") else "agent",
-                                 rate, args.warmup, n, toggle, args.gc)
+                (name, n): _args(
+                    name if name in ("absent", "none", "processor", "monitoring") else "agent",
+                    rate, args.warmup, n, toggle, args.gc, args.app,
+                )
                 for name, rate in configs for n in (args.small, args.large)
             }
             with ThreadPoolExecutor(args.jobs) as pool:
@@ -232,7 +307,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     base = per_request["none"]
     zero = per_request["0%"]
-    print(f"\n**Python {platform.python_version()} · {platform.machine()} · "
+    print(f"\n**{_APP_NAMES[args.app]} shop · Python {platform.python_version()} · "
+          f"{platform.machine()} · "
           f"{started:%Y-%m-%d %H:%M} UTC**  ")
     print(f"cachegrind instruction counts · {args.warmup} warm-up requests, then "
           f"{args.small} and {args.large} measured · garbage collector "
