@@ -1151,19 +1151,15 @@ attr_true(PyObject *obj, PyObject *name)
     return truth;
 }
 
-/* 1 when on_start has nothing to do for ``span``: the agent is stopped, the span is not a
- * request span, or its trace cannot be sampled (below the threshold, no ``ot`` tracestate that
- * could decide otherwise). 0: the Python on_start decides. */
+/* 1 when on_start has nothing to do for ``span``: the span is not a request span, the agent
+ * is stopped, or its trace cannot be sampled (below the threshold, no ``ot`` tracestate that
+ * could decide otherwise). 0: the Python on_start decides. The kind is read first: most spans
+ * (a framework's internal ones) are decided by it alone. */
 static int
 start_decided(SpanGate *self, PyObject *span)
 {
     int decided = 0;
     PyObject *kind = NULL, *ctx = NULL, *threshold = NULL;
-    int running = attr_true(self->agent, name_running);
-    if (running <= 0) {
-        decided = running == 0;
-        goto done;
-    }
     kind = PyObject_GetAttr(span, name_kind);
     if (kind == NULL) {
         goto done;
@@ -1171,6 +1167,11 @@ start_decided(SpanGate *self, PyObject *span)
     int measured = measured_kind(self, kind);
     if (measured <= 0) {
         decided = measured == 0;
+        goto done;
+    }
+    int running = attr_true(self->agent, name_running);
+    if (running <= 0) {
+        decided = running == 0;
         goto done;
     }
     ctx = PyObject_GetAttr(span, name_context);
