@@ -1,7 +1,20 @@
 """Cost of runcov's tracing core next to no agent, coverage.py and slipcover, on one machine.
 
-Two workloads from ``benchmarks/workloads/``: a threaded one (4 threads handling shop requests)
-and an asyncio one (hundreds of concurrent tasks awaiting between steps). Each runs under:
+Two workloads, a threaded one (4 threads handling requests) and an asyncio one (hundreds of
+concurrent tasks awaiting between steps), from one of two services (``--workload``):
+
+* ``handler`` (the default): the tight pure-Python shop handler of ``benchmarks/workloads/``,
+  every line of it under the source root, 6-7 µs of CPU per request: the worst case for a line
+  tracer, where nothing dilutes its per-line and per-request costs.
+* ``service``: the example shop as its users run it, ``examples/shop_flask`` (threaded: the
+  Flask app's WSGI callable called by 4 threads, one fresh environ per request, as a WSGI
+  server does) and ``examples/shop_fastapi`` (asyncio: the FastAPI app's ASGI callable called
+  with the request's messages, hundreds of requests at once on one loop; orders are placed on
+  worker threads), both instrumented with OpenTelemetry (no SDK configured), the traffic mix of
+  ``examples/traffic.py``. The source root is ``examples/``, the service's own code, and the
+  framework runs outside it: what the issue's targets are stated for.
+
+Each workload runs under:
 
 * ``none``            no coverage tool at all
 * ``none-again``      the same once more: its ratio to ``none`` shows the noise of the machine
@@ -29,8 +42,9 @@ configurations. Within a run, batches of requests are timed after a warm-up; a r
 the median batch cost per request (process CPU time, all threads, and wall time). The table shows
 the median over repetitions and the median of the per-repetition ratios to ``none``.
 
-    python benchmarks/bench_core.py            # full run (about 3 minutes)
-    python benchmarks/bench_core.py --quick    # smoke run (seconds)
+    python benchmarks/bench_core.py                      # full run (about 3 minutes)
+    python benchmarks/bench_core.py --workload service   # the example services (about 6 minutes)
+    python benchmarks/bench_core.py --quick              # smoke run (seconds)
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ import argparse
 import asyncio
 import contextvars
 import datetime
+import io
 import json
 import os
 import platform
@@ -51,6 +66,7 @@ from typing import Any, Callable, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKLOADS = os.path.realpath(os.path.join(HERE, "workloads"))
+EXAMPLES = os.path.realpath(os.path.join(HERE, os.pardir, "examples"))
 
 CONFIGS = (
     "none",
@@ -82,28 +98,123 @@ REQUEST: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("request
 # -- worker: one configuration in this interpreter ------------------------------------------
 
 
-def _set_up(config: str) -> tuple[Any, Any, Opener, After, Callable[[], None]]:
-    """Install ``config``'s tool; return the workload modules, what runs before and after each
-    request, and a stop."""
-    sys.path.insert(0, HERE)
+#: A loaded workload: the threaded handler, the asyncio one, and the inputs they take.
+Loaded = tuple[Callable[[Any], Any], Callable[[Any], Any], list[Any]]
+
+
+def _load_handler() -> Loaded:
+    from workloads import async_shop, shop
+
+    raws = [shop.make_request(i) for i in range(DISTINCT_REQUESTS)]
+    return shop.handle, async_shop.handle, raws
+
+
+def _load_service() -> Loaded:
+    """The example shop's Flask and FastAPI apps and the traffic mix, as prepared requests."""
+    import logging
+    import random
+
+    logging.disable(logging.WARNING)  # the shop logs every declined payment
+    from shop.orders import Shop
+    from shop_fastapi.app import create_app as create_fastapi
+    from shop_flask.app import create_app as create_flask
+    from traffic import next_request
+    from werkzeug.test import EnvironBuilder
+
+    def shop() -> Shop:
+        # Stock that never runs out: the mix of work stays the same over the whole run.
+        s = Shop()
+        for product_id in range(1, 13):
+            s.inventory.set_level(product_id, 10**9)
+        return s
+
+    rng = random.Random(1)
+    orders = [f"o-{k:06d}" for k in range(1, 41)]  # placed during the warm-up
+    requests = [next_request(rng, orders) for _ in range(DISTINCT_REQUESTS)]
+    bodies = [json.dumps(r.body).encode() if r.body is not None else b"" for r in requests]
+
+    wsgi = create_flask(shop())
+    environs = []
+    for r, body in zip(requests, bodies):
+        environ = EnvironBuilder(
+            path=r.path, method=r.method, data=body, content_type="application/json"
+        ).get_environ()
+        environ.pop("wsgi.input")
+        environs.append(environ)
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        return lambda data: None
+
+    def handle_wsgi(k: int) -> None:
+        environ = dict(environs[k])
+        environ["wsgi.input"] = io.BytesIO(bodies[k])
+        result = wsgi(environ, start_response)
+        try:
+            for _ in result:
+                pass
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+    asgi = create_fastapi(shop())
+    scopes = []
+    for r, body in zip(requests, bodies):
+        path, _, query = r.path.partition("?")
+        scopes.append({
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": r.method, "scheme": "http", "path": path, "raw_path": path.encode(),
+            "query_string": query.encode(), "root_path": "",
+            "headers": [(b"host", b"shop"), (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000),
+        })
+
+    async def handle_asgi(k: int) -> None:
+        body = bodies[k]
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.sleep(3600)  # the client never disconnects
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        await asgi(dict(scopes[k]), receive, send)
+
+    return handle_wsgi, handle_asgi, list(range(DISTINCT_REQUESTS))
+
+
+def _set_up(config: str, workload: str) -> tuple[Loaded, Opener, After, Callable[[], None]]:
+    """Install ``config``'s tool and load ``workload``; return it, what runs before and after
+    each request, and a stop."""
+    if workload == "service":
+        root, load = EXAMPLES, _load_service
+        sys.path.insert(0, EXAMPLES)
+    else:
+        root, load = WORKLOADS, _load_handler
+        sys.path.insert(0, HERE)
     opener: Opener = None
     after: After = None
     stop: Callable[[], None] = lambda: None  # noqa: E731
     if config == "slipcover":
         import slipcover
 
-        sci = slipcover.Slipcover(branch=True, source=[WORKLOADS])
-        with slipcover.ImportManager(sci, slipcover.FileMatcher(sources=[WORKLOADS])):
-            from workloads import async_shop, shop
-        return shop, async_shop, None, None, stop
-
-    from workloads import async_shop, shop
+        sci = slipcover.Slipcover(branch=True, source=[root])
+        with slipcover.ImportManager(sci, slipcover.FileMatcher(sources=[root])):
+            loaded = load()
+        return loaded, None, None, stop
 
     if config.startswith("runcov"):
         from runcov.tracing import CENSUS, EXACT, get_core
 
         core = get_core()
-        core.add_roots([WORKLOADS])
+        core.add_roots([root])
         if config == "runcov-census" and core.set_census_owner(REQUEST.get):
             core.enable_census()
             pending = core.census_pending
@@ -124,20 +235,20 @@ def _set_up(config: str) -> tuple[Any, Any, Opener, After, Callable[[], None]]:
         import coverage
 
         cov = coverage.Coverage(
-            data_file=None, branch=config == "coverage-branch", source=[WORKLOADS]
+            data_file=None, branch=config == "coverage-branch", source=[root]
         )
         cov.start()
         stop = cov.stop
     elif config not in ("none", "none-again"):
         raise SystemExit(f"unknown configuration {config!r}")
-    return shop, async_shop, opener, after, stop
+    return load(), opener, after, stop
 
 
 class _Threaded:
     """``THREADS`` long-lived threads; each batch splits requests among them."""
 
     def __init__(
-        self, handle: Callable[[str], str], raws: list[str], opener: Opener, after: After
+        self, handle: Callable[[Any], Any], raws: list[Any], opener: Opener, after: After
     ) -> None:
         self._handle = handle
         self._raws = raws
@@ -219,13 +330,12 @@ async def _measure_async(
     return {"cpu_us": statistics.median(cpu), "wall_us": statistics.median(wall)}
 
 
-def worker(config: str, warmup: int, batches: int, n: int) -> dict:
-    """Run both workloads under ``config``; return their per-request costs."""
-    shop, async_shop, opener, after, stop = _set_up(config)
-    raws = [shop.make_request(i) for i in range(DISTINCT_REQUESTS)]
+def worker(config: str, warmup: int, batches: int, n: int, workload: str = "handler") -> dict:
+    """Run both parts of ``workload`` under ``config``; return their per-request costs."""
+    (handle, handle_async, raws), opener, after, stop = _set_up(config, workload)
     result: dict[str, Any] = {"config": config}
     try:
-        threaded = _Threaded(shop.handle, raws, opener, after)
+        threaded = _Threaded(handle, raws, opener, after)
         try:
             result["threaded"] = _measure(threaded.batch, warmup, batches, n)
         finally:
@@ -235,7 +345,7 @@ def worker(config: str, warmup: int, batches: int, n: int) -> dict:
             request = REQUEST.set(i)  # each request is a task: a context of its own
             scope = opener(i) if opener is not None else None
             try:
-                await async_shop.handle(raws[i % len(raws)])
+                await handle_async(raws[i % len(raws)])
             finally:
                 if scope is not None:
                     scope.close()
@@ -267,6 +377,8 @@ def _run_one(config: str, args: argparse.Namespace) -> dict:
         str(args.batches),
         "--batch-size",
         str(args.batch_size),
+        "--workload",
+        args.workload,
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE_", "COV_CORE_"))}
     if config.endswith("-py"):
@@ -290,11 +402,12 @@ def _machine() -> str:
     return f"{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
 
 
-def _table(runs: dict[str, list[dict]], configs: list[str]) -> str:
+def _table(runs: dict[str, list[dict]], configs: list[str], workload: str = "handler") -> str:
     base = runs["none"]
+    threaded, aio = ("Flask", "FastAPI") if workload == "service" else ("threaded", "asyncio")
     head = (
-        "| configuration | threaded CPU µs/req | ratio | wall ratio "
-        "| asyncio CPU µs/req | ratio | wall ratio | target |"
+        f"| configuration | {threaded} CPU µs/req | ratio | wall ratio "
+        f"| {aio} CPU µs/req | ratio | wall ratio | target |"
     )
     rows = [head, "|---|---:|---:|---:|---:|---:|---:|---|"]
     for config in configs:
@@ -330,12 +443,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--batches", type=int, default=25, help="timed batches per workload")
     parser.add_argument("--batch-size", type=int, default=400, help="requests per batch")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
+    parser.add_argument(
+        "--workload", choices=("handler", "service"), default="handler",
+        help="the tight shop handler (default) or the example Flask and FastAPI services",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the raw results here")
     parser.add_argument("--worker", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
-        print(json.dumps(worker(args.worker, args.warmup, args.batches, args.batch_size)))
+        print(json.dumps(
+            worker(args.worker, args.warmup, args.batches, args.batch_size, args.workload)
+        ))
         return 0
     if args.quick:
         args.reps, args.warmup, args.batches, args.batch_size = 2, 1, 3, 100
@@ -353,17 +472,18 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"rep {rep + 1}/{args.reps} {config}", file=sys.stderr, flush=True)
 
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"Python {platform.python_version()} · {_machine()} · {when}")
+    print(f"Python {platform.python_version()} · {_machine()} · {when} · {args.workload}")
     print(
         f"{args.reps} interleaved repetitions · {THREADS} threads / {args.batch_size} concurrent "
         f"tasks · {args.batches} timed batches of {args.batch_size} requests after "
         f"{args.warmup} warm-up · {time.perf_counter() - started:.0f} s"
     )
     print()
-    print(_table(runs, configs))
+    print(_table(runs, configs, args.workload))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"python": platform.python_version(), "when": when, "runs": runs}, f)
+            json.dump({"python": platform.python_version(), "when": when,
+                       "workload": args.workload, "runs": runs}, f)
     return 0
 
 
