@@ -151,6 +151,21 @@ def fork_and_run(child: Callable[[], Any]) -> Any:
     return value
 
 
+def _global_events() -> int:
+    """The global events runcov's tool keeps for its lifetime (3.12+)."""
+    from runcov.tracing.sysmon import LOCAL_DISCOVERY
+
+    ev = sys.monitoring.events
+    return ev.PY_UNWIND if LOCAL_DISCOVERY else ev.PY_START | ev.PY_UNWIND
+
+
+def _watch_events() -> int:
+    """The local events of code under the roots that has not run yet (3.12: its PY_START)."""
+    from runcov.tracing.sysmon import LOCAL_DISCOVERY
+
+    return sys.monitoring.events.PY_START if LOCAL_DISCOVERY else 0
+
+
 def leftovers() -> dict[str, Any]:
     """Tracing state runcov leaves in this thread/process when no capture is open."""
     state: dict[str, Any] = {"gettrace": repr(sys.gettrace())}
@@ -169,23 +184,22 @@ def leftovers() -> dict[str, Any]:
                     objects.factorial,
                 ):
                     events = mon.get_local_events(tool, fn.__code__)
-                    if events:
+                    if events & ~_watch_events():  # a PY_START watch is not armed code
                         armed[fn.__name__] = events
                 state["armed"] = armed
     return state
 
 
 def is_idle(state: dict[str, Any]) -> bool:
-    """No tracer installed; on 3.12+ runcov's tool keeps its fixed global events (PY_START and
-    PY_UNWIND) and arms no code object."""
+    """No tracer installed; on 3.12+ runcov's tool keeps its fixed global events (PY_UNWIND, and
+    PY_START on 3.13+) and arms no code object."""
     if state["gettrace"] != "None":
         return False
     if runcov_sysmon():
         owned = [t for t, name in state["tools"].items() if name == "runcov"]
         return (
             len(owned) == 1
-            and state["global_events"]
-            == sys.monitoring.events.PY_START | sys.monitoring.events.PY_UNWIND
+            and state["global_events"] == _global_events()
             and state["armed"] == {}
         )
     return True
@@ -405,7 +419,7 @@ def idle_before() -> Iterator[None]:
 
 
 def test_capture_leaves_nothing_armed(idle_before: None) -> None:
-    """After a capture: no tracer, and (3.12+) runcov's tool holds only its PY_START watch."""
+    """After a capture: no tracer, and (3.12+) runcov's tool holds only its fixed global events."""
     with capture_coverage(source=[CORPUS_DIR]) as cov:
         during = leftovers()
         work_a()
@@ -414,7 +428,7 @@ def test_capture_leaves_nothing_armed(idle_before: None) -> None:
     assert_idle(settled())
     if runcov_sysmon():
         assert during["gettrace"] == "None"  # the sys.monitoring core never uses settrace
-        assert during["global_events"] & sys.monitoring.events.PY_START
+        assert during["global_events"] == _global_events()
     else:
         assert during["gettrace"] != "None"  # the settrace core traces this thread meanwhile
 

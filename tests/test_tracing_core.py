@@ -746,3 +746,120 @@ def test_measured_requests_leave_no_memory_behind() -> None:
         core.disable_census()  # census scopes turned it on for the process
     growth = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert growth < 64 * 1024, growth
+
+
+# -- finding the code under the roots (on 3.12: local PY_START, no global one) ---------------
+
+
+@pytest.mark.skipif(
+    sys.version_info[:2] != (3, 12) or get_core().name != "sysmon",
+    reason="3.12's superinstructions: formed once at compile time, undone by instrumentation",
+)
+def test_code_outside_the_roots_keeps_its_superinstructions(tmp_path: Path) -> None:
+    """On 3.12 CPython undoes the superinstructions of every code object it instruments, for
+    good: a global PY_START would cost the framework's and the standard library's code its
+    fused instructions. Code outside the roots that runs while runcov is started keeps them."""
+    import dis
+
+    core = get_core()
+    core.add_roots([str(tmp_path)])
+    namespace: dict[str, Any] = {}
+    source = "def outside(a, b):\n    c = a + b\n    d = c * a\n    return c, d\n"
+    exec(compile(source, "/nonexistent/outside_roots.py", "exec"), namespace)
+    outside = namespace["outside"]
+
+    def fused() -> list[str]:
+        return [
+            i.opname for i in dis.get_instructions(outside, adaptive=True) if "__" in i.opname
+        ]
+
+    before = fused()
+    assert before, "the compiler formed no superinstruction here"
+    for _ in range(10):
+        outside(2, 3)
+    with capture_coverage(source=[str(tmp_path)]):
+        outside(4, 5)
+    assert fused() == before
+
+
+def test_a_module_imported_while_a_scope_is_open_is_measured(tmp_path: Path) -> None:
+    """Code under the roots first loaded inside a request (a lazy import) is measured in it:
+    the module's body and the functions it calls."""
+    (tmp_path / "lazy_mod.py").write_text(
+        "SIZE = 3\n"
+        "def grow(x):\n"
+        "    if x < SIZE:\n"
+        "        return x + 1\n"
+        "    return x\n"
+        "START = grow(0)\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        get_core().add_roots([str(tmp_path)])  # the root is known before the import
+        with capture_coverage(source=[str(tmp_path)]) as cov:
+            import lazy_mod
+
+            lazy_mod.grow(7)
+        path = os.path.realpath(str(tmp_path / "lazy_mod.py"))
+        assert cov.lines[path] == {1, 2, 3, 4, 5, 6}
+        assert {(-2, 3), (3, 4), (3, 5), (4, -2), (5, -2)} <= cov.arcs[path]
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("lazy_mod", None)
+
+
+def test_a_module_loaded_without_the_import_system_is_measured(tmp_path: Path) -> None:
+    """A module whose code is compiled and run by other means (a loader of its own, as test
+    runners that rewrite modules have) and put in ``sys.modules`` is found when a scope opens."""
+    import types
+
+    source = tmp_path / "handmade_mod.py"
+    source.write_text("def pick(x):\n    if x:\n        return 1\n    return 2\n")
+    get_core().add_roots([str(tmp_path)])
+    module = types.ModuleType("handmade_mod")
+    module.__file__ = str(source)
+    exec(compile(source.read_text(), str(source), "exec"), module.__dict__)
+    sys.modules["handmade_mod"] = module
+    try:
+        with capture_coverage(source=[str(tmp_path)]) as cov:
+            assert module.pick(0) == 2
+        path = os.path.realpath(str(source))
+        assert cov.lines == {path: {2, 4}}
+        assert cov.arcs[path] == {(-1, 2), (2, 4), (4, -1)}
+    finally:
+        del sys.modules["handmade_mod"]
+
+
+def test_a_script_run_as_main_is_measured(tmp_path: Path) -> None:
+    """A script run as ``__main__`` after the core started (``python app.py`` under zero-code
+    activation) is compiled by the interpreter, not loaded by the import system: its code is
+    found on the stack and in its namespace when a scope opens."""
+    import subprocess
+
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "from runcov.testing import capture_coverage\n"
+        "def handle(x):\n"
+        "    def inner(y):\n"
+        "        return y * 2\n"
+        "    if x > 1:\n"
+        "        return inner(x)\n"
+        "    return 0\n"
+        "with capture_coverage(source=[os.path.dirname(os.path.abspath(__file__))]) as cov:\n"
+        "    handle(5)\n"
+        "print(json.dumps({p: sorted(v) for p, v in cov.lines.items()}))\n"
+    )
+    starter = (
+        "import runpy, sys\n"
+        "from runcov.tracing import get_core\n"
+        f"get_core().add_roots([{str(tmp_path)!r}])\n"
+        f"runpy.run_path({str(script)!r}, run_name='__main__')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", starter], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    import json
+
+    lines = json.loads(out.strip().splitlines()[-1])
+    assert lines == {os.path.realpath(str(script)): [4, 5, 6, 7]}
