@@ -152,18 +152,13 @@ def fork_and_run(child: Callable[[], Any]) -> Any:
 
 
 def _global_events() -> int:
-    """The global events runcov's tool keeps for its lifetime (3.12+)."""
-    from runcov.tracing.sysmon import LOCAL_DISCOVERY
-
-    ev = sys.monitoring.events
-    return ev.PY_UNWIND if LOCAL_DISCOVERY else ev.PY_START | ev.PY_UNWIND
+    """The global event runcov's tool keeps for its lifetime (3.12+): PY_UNWIND only."""
+    return sys.monitoring.events.PY_UNWIND
 
 
 def _watch_events() -> int:
-    """The local events of code under the roots that has not run yet (3.12: its PY_START)."""
-    from runcov.tracing.sysmon import LOCAL_DISCOVERY
-
-    return sys.monitoring.events.PY_START if LOCAL_DISCOVERY else 0
+    """The local event of code under the roots that has not run yet (3.12+): PY_START."""
+    return sys.monitoring.events.PY_START
 
 
 def leftovers() -> dict[str, Any]:
@@ -191,8 +186,8 @@ def leftovers() -> dict[str, Any]:
 
 
 def is_idle(state: dict[str, Any]) -> bool:
-    """No tracer installed; on 3.12+ runcov's tool keeps its fixed global events (PY_UNWIND, and
-    PY_START on 3.13+) and arms no code object."""
+    """No tracer installed; on 3.12+ runcov's tool keeps its fixed global event (PY_UNWIND) and
+    arms no code object."""
     if state["gettrace"] != "None":
         return False
     if runcov_sysmon():

@@ -758,28 +758,40 @@ def test_measured_requests_leave_no_memory_behind() -> None:
 def test_code_outside_the_roots_keeps_its_superinstructions(tmp_path: Path) -> None:
     """On 3.12 CPython undoes the superinstructions of every code object it instruments, for
     good: a global PY_START would cost the framework's and the standard library's code its
-    fused instructions. Code outside the roots that runs while runcov is started keeps them."""
-    import dis
+    fused instructions. Code outside the roots that runs while runcov is started keeps them.
 
-    core = get_core()
-    core.add_roots([str(tmp_path)])
-    namespace: dict[str, Any] = {}
-    source = "def outside(a, b):\n    c = a + b\n    d = c * a\n    return c, d\n"
-    exec(compile(source, "/nonexistent/outside_roots.py", "exec"), namespace)
-    outside = namespace["outside"]
+    Runs in a fresh interpreter: a tracer of the test run's own (pytest-cov: settrace is built
+    on the same instrumentation in 3.12) would undo them itself."""
+    import subprocess
 
-    def fused() -> list[str]:
-        return [
-            i.opname for i in dis.get_instructions(outside, adaptive=True) if "__" in i.opname
-        ]
-
-    before = fused()
-    assert before, "the compiler formed no superinstruction here"
-    for _ in range(10):
-        outside(2, 3)
-    with capture_coverage(source=[str(tmp_path)]):
-        outside(4, 5)
-    assert fused() == before
+    script = (
+        "import dis, sys\n"
+        "from runcov.testing import capture_coverage\n"
+        "from runcov.tracing import get_core\n"
+        f"root = {str(tmp_path)!r}\n"
+        "get_core().add_roots([root])\n"
+        "namespace = {}\n"
+        "source = 'def outside(a, b):\\n    c = a + b\\n    d = c * a\\n    return c, d\\n'\n"
+        "exec(compile(source, '/nonexistent/outside_roots.py', 'exec'), namespace)\n"
+        "outside = namespace['outside']\n"
+        "def fused():\n"
+        "    ops = dis.get_instructions(outside, adaptive=True)\n"
+        "    return [i.opname for i in ops if '__' in i.opname]\n"
+        "before = fused()\n"
+        "for _ in range(10):\n"
+        "    outside(2, 3)\n"
+        "with capture_coverage(source=[root]):\n"
+        "    outside(4, 5)\n"
+        "print(before, fused())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COV_CORE_", "COVERAGE_"))}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env,
+        timeout=60,
+    ).stdout
+    before, after = out.strip().splitlines()[-1].split("] [")
+    assert "LOAD_FAST__LOAD_FAST" in before, "the compiler formed no superinstruction here"
+    assert before + "]" == "[" + after
 
 
 def test_a_module_imported_while_a_scope_is_open_is_measured(tmp_path: Path) -> None:
@@ -863,3 +875,24 @@ def test_a_script_run_as_main_is_measured(tmp_path: Path) -> None:
 
     lines = json.loads(out.strip().splitlines()[-1])
     assert lines == {os.path.realpath(str(script)): [4, 5, 6, 7]}
+
+
+@pytest.mark.skipif(get_core().name != "sysmon", reason="sys.monitoring core only")
+def test_only_the_code_a_scope_runs_carries_line_events() -> None:
+    """While a scope is open, code that has run but is not called in it only carries the cheap
+    watch on its entry (PY_START, PY_RESUME); the code the scope calls carries LINE and
+    PY_RETURN from its first call on, in that very frame. Nothing is left armed after."""
+    core: Any = get_core()
+    mon, ev, tool = sys.monitoring, sys.monitoring.events, core.tool_id
+    core.add_roots([SAMPLE])
+    work.classify(1)
+    list(work.squares(2))  # both have run: registered
+    with capture_coverage(source=[SAMPLE]) as cov:
+        assert work.classify(0) == "zero"
+        called = mon.get_local_events(tool, work.classify.__code__)
+        other = mon.get_local_events(tool, work.squares.__code__)
+    assert called == ev.LINE | ev.PY_RETURN
+    assert other == ev.PY_START | ev.PY_RESUME
+    assert _line_of('return "zero"') in cov.lines[WORK]
+    first = work.squares.__code__.co_firstlineno
+    assert not any(first <= line < first + 3 for line in cov.lines[WORK])

@@ -2,20 +2,19 @@
 
 How it stays cheap (see docs/architecture.md, "Tracing core"):
 
-* A ``PY_START`` callback sees each code object once: code outside the source roots is
-  disabled for good; code inside is registered. Either way the callback returns ``DISABLE``, so
-  steady-state unsampled traffic pays nothing. On 3.13+ ``PY_START`` is a permanent global
-  event. On 3.12 it is set locally, on the code objects under the roots only (found in the
-  modules already imported, at import for later ones, and on the running threads' stacks):
-  there a global ``PY_START`` would cost every code object that ran while it was set its
-  superinstructions for good, framework and standard library included (~0.7 % more
-  instructions per request of a Flask service, measured).
+* Code under the source roots carries a local ``PY_START`` until its first call, which
+  registers it. It is found when a root is added (live functions, running stacks), at import
+  (the loaders report each module's code) and, when a scope opens, in modules that appeared by
+  other means. There is no global ``PY_START``: on 3.12 it would cost every code object that
+  ran while it was set its superinstructions for good, framework and standard library included
+  (~0.7 % more instructions per request of a Flask service, measured).
 * While at least one exact scope is open, the registered code objects (those that have run)
-  are armed with *local* ``LINE`` and ``PY_RETURN`` events; code that first runs while armed is
-  armed from its own ``PY_START`` callback, which takes effect in that very frame. Callbacks for
-  work outside any scope return after one ContextVar lookup. When the last scope closes, the code
-  objects are disarmed again. The tool's global events (``PY_START`` and ``PY_UNWIND``) never
-  change after start: changing them would make CPython re-instrument every code object of the
+  are *watched* with local ``PY_START`` and ``PY_RESUME`` events. A call or resumption that
+  belongs to an exact scope promotes its code to local ``LINE`` and ``PY_RETURN`` events, which
+  take effect in that very frame; code that first runs while armed is treated the same way.
+  Callbacks for work outside any scope return after one ContextVar lookup. When the last scope
+  closes, the code objects are disarmed again. The tool's global event (``PY_UNWIND``) never
+  changes after start: changing it would make CPython re-instrument every code object of the
   process at its next call. Instead, ``PY_UNWIND`` has no callback while nothing is armed,
   which CPython skips without calling into Python.
 * Arcs follow coverage.py: the previous line is kept per frame (keyed by ``id(frame)`` inside the
@@ -59,9 +58,6 @@ log = logging.getLogger("runcov.tracing")
 
 #: Tool ids runcov may use: 0-2 and 5 belong to debuggers, coverage.py, profilers, optimizers.
 CANDIDATE_TOOL_IDS = (3, 4)
-#: Most code objects remembered as seen outside the roots (ids only); beyond it, adding a root
-#: registers every code object of the modules under it.
-_PASSED_OVER_LIMIT = 100_000
 #: Cost of one callback that finds no scope and returns (seconds; measured 0.13-0.14 µs on the
 #: project's machines with the C callbacks, which count the linger budget themselves): the unit
 #: of the linger budget.
@@ -70,13 +66,7 @@ _FILTERED_CALLBACK_COST = 0.13e-6
 _FILTERED_CALLBACK_COST_PY = 0.35e-6
 #: Budgets below this many callbacks are not worth a linger: disarm at once.
 _MIN_LINGER_CALLBACKS = 32
-#: Tool ids a runcov core has held in this process.
-_TOOL_IDS_USED: set[int] = set()
 TOOL_NAME = "runcov"
-#: Whether ``PY_START`` is set locally, on code under the roots (see the module docstring):
-#: CPython 3.12 replaces the superinstructions of every code object it instruments, and never
-#: builds them again; 3.13's fused instructions come from the compiler and survive.
-LOCAL_DISCOVERY = sys.version_info < (3, 13)
 
 
 class ToolUnavailable(RuntimeError):
@@ -96,19 +86,18 @@ class SysmonCore(Core):
         self._DISABLE = mon.DISABLE
         self._LINE = ev.LINE
         self._EXACT_LOCAL = ev.LINE | ev.PY_RETURN
+        #: While exact scopes are armed (and census is off), registered code carries
+        #: only these: a call or resumption that belongs to an exact scope promotes its code
+        #: to ``_EXACT_LOCAL`` (in that very frame), so only the code those requests run pays
+        #: for line events, and the rest only for a cheap toggle of its entry instructions.
+        self._WATCH = ev.PY_START | ev.PY_RESUME
         # Both global events stay set for the tool's lifetime: changing a tool's global events
         # bumps the interpreter's instrumentation version, and every code object in the process
         # (framework, stdlib) is then re-instrumented at its next call. PY_START disables itself
         # per code object; PY_UNWIND has a callback only while exact scopes are armed.
-        self._local_discovery = LOCAL_DISCOVERY
-        self._GLOBAL = ev.PY_UNWIND if self._local_discovery else ev.PY_START | ev.PY_UNWIND
+        self._GLOBAL = ev.PY_UNWIND
         self._PY_START = ev.PY_START
         self._tool = self._claim_tool_id()
-        # A tool id that runcov held before in this process still has PY_START disabled on the
-        # code that ran then: such code never announces itself again, so adding a root
-        # registers every code object found under it.
-        reused = self._tool in _TOOL_IDS_USED
-        _TOOL_IDS_USED.add(self._tool)
         self._lock = threading.RLock()
         self._roots = Roots()
         #: id(code) -> code for code objects under the roots (kept alive: ids stay unique).
@@ -154,20 +143,18 @@ class SysmonCore(Core):
         #: First hits outside any scope that ``owner()`` could not name (since the epoch began).
         self.census_unattributed = 0
         self._shut = False
-        #: ids of code objects seen outside the roots (their PY_START disabled), or None when
-        #: there were too many to keep.
-        self._passed_over: Optional[set[int]] = None if reused else set()
-        #: Local discovery: id(code) -> code under the roots that carries a local PY_START
-        #: until its first call (then it is registered in ``_codes``).
+        #: id(code) -> code under the roots that carries a local PY_START until its first call
+        #: (then it is registered in ``_codes``).
         self._pending: dict[int, CodeType] = {}
         #: ids of the modules whose namespaces were scanned, and what, at the last scan, told
         #: whether another one is due (the number of modules, ``__main__``'s file and size).
         self._scanned: set[int] = set()
         self._scan_mark: tuple[int, Any, int] = (-1, None, -1)
+        #: Registered code promoted to the exact-mode events since the last arm (id -> code).
+        self._promoted: dict[int, CodeType] = {}
         self._register_callbacks()
         mon.set_events(self._tool, self._GLOBAL)
-        if self._local_discovery:
-            _listen_to_imports(self._code_loaded)
+        _listen_to_imports(self._code_loaded)
         install_hooks(self._activate, self._deactivate)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
 
@@ -201,33 +188,63 @@ class SysmonCore(Core):
         core = self
 
         waiting = self._pending
-        local_discovery = self._local_discovery
+        promoted = self._promoted
+        EXACT_LOCAL, WATCH = self._EXACT_LOCAL, self._WATCH
+        lock = self._lock
 
-        def on_py_start(code: CodeType, offset: int) -> Any:
-            # First call of a code object since it was created (or since the tool started), or
-            # with local discovery, of code found under the roots since.
+        def promote(code: CodeType) -> Any:
+            # A watched code object starts or resumes: arm it for good (until the disarm) if
+            # this frame belongs to an exact scope.
+            scope = get_scope()
+            if scope is None or scope.is_census:
+                if core._lingering:
+                    core._linger_budget -= 2  # a Python callback: about two filtered C ones
+                    if core._linger_budget <= 0:
+                        core._linger_ran_out()
+                return None
             try:
-                if id(code) not in codes:
-                    if local_discovery:
-                        waiting.pop(id(code), None)
-                    if roots.classify(code.co_filename) is None:
-                        passed = core._passed_over
-                        if passed is not None:
-                            if len(passed) < _PASSED_OVER_LIMIT:
-                                passed.add(id(code))
-                            else:
-                                core._passed_over = None  # too many: re-scan registers all
-                    else:
-                        events = core._local_events()
-                        if code.co_name != "<module>":
-                            codes[id(code)] = code
-                        elif events:
-                            once[id(code)] = code  # a module body: armed for this run only
-                        if events:
-                            mon.set_local_events(tool, code, events)
+                with lock:
+                    if core._exact_armed and id(code) not in promoted and id(code) in codes:
+                        promoted[id(code)] = code
+                        mon.set_local_events(tool, code, EXACT_LOCAL)
             except Exception:
                 pass
-            return DISABLE
+            return None
+
+        def on_py_start(code: CodeType, offset: int) -> Any:
+            # The first call of code found under the roots, or a call of watched code while
+            # exact scopes are armed.
+            try:
+                if id(code) in codes:
+                    return promote(code)
+                waiting.pop(id(code), None)
+                if roots.classify(code.co_filename) is None:
+                    return DISABLE  # (not set on such code: defensive)
+                with lock:
+                    events = core._local_events()
+                    if events == WATCH:
+                        scope = get_scope()
+                        if scope is not None and not scope.is_census:
+                            events = EXACT_LOCAL
+                    if code.co_name != "<module>":
+                        codes[id(code)] = code
+                        if events == EXACT_LOCAL:
+                            promoted[id(code)] = code
+                    elif events == EXACT_LOCAL or (events and events != WATCH):
+                        once[id(code)] = code  # a module body: armed for this run only
+                    else:
+                        events = 0
+                    # Also when 0: the discovery's PY_START goes. It is never DISABLEd, so that
+                    # a later watch (PY_START again) arms the location.
+                    mon.set_local_events(tool, code, events)
+            except Exception:
+                pass
+            return None
+
+        def on_py_resume(code: CodeType, offset: int) -> Any:
+            if id(code) in codes:
+                return promote(code)
+            return None
 
         def on_line(code: CodeType, line: int) -> Any:
             scope = get_scope()
@@ -306,6 +323,7 @@ class SysmonCore(Core):
         if recorder is not None:
             recorder.on_spent = self._linger_ran_out
         mon.register_callback(tool, ev.PY_START, on_py_start)
+        mon.register_callback(tool, ev.PY_RESUME, on_py_resume)
         mon.register_callback(tool, ev.LINE, on_line if recorder is None else recorder.line)
         mon.register_callback(tool, ev.PY_RETURN, on_exit if recorder is None else recorder.exit)
         # PY_UNWIND's callback is registered only while exact scopes are armed: with no callback
@@ -329,6 +347,8 @@ class SysmonCore(Core):
 
     def _local_events(self) -> int:
         if self._exact_armed:
+            if not self._census_enabled:
+                return self._WATCH
             return self._EXACT_LOCAL
         if self._census_enabled:
             return self._LINE
@@ -340,6 +360,7 @@ class SysmonCore(Core):
         events = self._local_events()
         set_local = self._mon.set_local_events
         tool = self._tool
+        self._promoted.clear()
         for code in list(self._codes.values()):
             try:
                 if toggle and events:
@@ -368,27 +389,21 @@ class SysmonCore(Core):
     # -- Core API -----------------------------------------------------------------------------
 
     def add_roots(self, roots: Iterable[str]) -> None:
-        """Add source roots; code of modules already imported under them is registered."""
+        """Add source roots; the code already loaded under them is watched for its first call."""
         if self._roots.add(roots):
             with self._lock:
-                # Code that ran while outside every root had its PY_START disabled and will not
-                # announce itself again: find it in the modules under the new roots. Any other
-                # code registers itself when it first runs, so only code that has run is armed.
-                # With local discovery, every code object found gets a local PY_START instead.
+                # Code that exists now under the new roots gets a local PY_START: in modules,
+                # in live functions, on running stacks. Code loaded later is reported at import.
                 self._scanned.clear()
                 self._scan_modules()
-                if self._local_discovery:
-                    self._scan_functions()
-                    self._scan_frames()
+                self._scan_functions()
+                self._scan_frames()
                 if self._local_events():
                     self._apply(toggle=False)
 
     def _scan_modules(self) -> None:
-        # Register the code objects of modules under the roots (functions, methods, nested code in
-        # co_consts) that ran before their root was added (their PY_START was disabled then).
-        # With local discovery, watch those not registered yet for their first call.
-        passed = self._passed_over
-        local = self._local_discovery
+        # Watch the code objects of modules under the roots (functions, methods, nested code in
+        # co_consts) that are not registered yet, for their first call.
         scanned = self._scanned
         for module in list(sys.modules.values()):
             try:
@@ -401,14 +416,7 @@ class SysmonCore(Core):
                 if not isinstance(filename, str) or self._roots.classify(filename) is None:
                     continue
                 for value in list(namespace.values()):
-                    if local:
-                        self._watch(_code_objects(value, filename))
-                        continue
-                    for code in _code_objects(value, filename):
-                        if (passed is None or id(code) in passed) and self._roots.classify(
-                            code.co_filename
-                        ) is not None:
-                            self._codes[id(code)] = code
+                    self._watch(_code_objects(value, filename))
             except Exception:  # an exotic module object: its code is found at first call
                 continue
         main = sys.modules.get("__main__")
@@ -416,7 +424,7 @@ class SysmonCore(Core):
         self._scan_mark = (len(sys.modules), namespace.get("__file__"), len(namespace))
 
     def _scan_functions(self) -> None:
-        """Local discovery, when roots are added: every live function under them (and the code
+        """When roots are added: every live function under them (and the code
         nested in it) is watched, wherever it is kept: a module that is not in ``sys.modules``,
         a registry, a closure. Modules loaded from now on are reported by the import system."""
         classify = self._roots.classify
@@ -433,7 +441,7 @@ class SysmonCore(Core):
             self._watch(_nested(code))
 
     def _scan_frames(self) -> None:
-        """Local discovery: code under the roots running on any thread now (a script's module
+        """code under the roots running on any thread now (a script's module
         body, say, started before runcov) is registered, and the code nested in it watched."""
         try:
             frames: list[Any] = list(sys._current_frames().values())
@@ -451,7 +459,7 @@ class SysmonCore(Core):
                 frame = frame.f_back
 
     def _watch(self, found: Iterable[CodeType], skip: Optional[CodeType] = None) -> None:
-        """Local discovery: set PY_START on the code under the roots not known yet."""
+        """set PY_START on the code under the roots not known yet."""
         codes, pending, once = self._codes, self._pending, self._once
         classify = self._roots.classify
         set_local, tool, event = self._mon.set_local_events, self._tool, self._PY_START
@@ -475,7 +483,7 @@ class SysmonCore(Core):
             self._watch(_nested(code))
 
     def _scan_late(self) -> None:
-        """Local discovery, when a scope opens: scan the modules the import system did not
+        """When a scope opens: scan the modules the import system did not
         report (a script run as ``__main__``, modules loaded by other loaders)."""
         main = sys.modules.get("__main__")
         namespace = getattr(main, "__dict__", {})
@@ -506,8 +514,7 @@ class SysmonCore(Core):
                 scope.traced = False
                 return scope
             if mode == EXACT:
-                if self._local_discovery:
-                    self._scan_late()
+                self._scan_late()
                 # Frames already running belong to the code that opened the scope: skipped.
                 # Only those of registered code can see events; holding the others (the
                 # framework's) would make each of them copy its locals out when it returns.
@@ -640,8 +647,8 @@ class SysmonCore(Core):
             if not self._census_enabled:
                 self._census_enabled = True
                 self._sync_divert()
-                if not self._exact_armed:
-                    self._apply(toggle=True)
+                # (armed exact scopes only watch calls; census needs LINE on all code)
+                self._apply(toggle=True)
 
     def disable_census(self) -> None:
         """Stop census recording and forget the epoch's first hits."""
@@ -699,8 +706,7 @@ class SysmonCore(Core):
             self._census_enabled = False
             self._sync_divert()
             mon, tool = self._mon, self._tool
-            if self._local_discovery:
-                _stop_listening(self._code_loaded)
+            _stop_listening(self._code_loaded)
             for code in [*self._codes.values(), *self._once.values(), *self._pending.values()]:
                 try:
                     mon.set_local_events(tool, code, 0)
@@ -710,6 +716,7 @@ class SysmonCore(Core):
                 mon.set_events(tool, 0)
                 for event in (
                     mon.events.PY_START,
+                    mon.events.PY_RESUME,
                     mon.events.LINE,
                     mon.events.PY_RETURN,
                     mon.events.PY_UNWIND,
@@ -797,7 +804,7 @@ def _code_objects(value: Any, filename: str, depth: int = 0) -> Iterable[CodeTyp
                 yield from _code_objects(attr, filename, depth + 1)
 
 
-#: Local discovery: what the import system's loaders tell about the code they load.
+#: What the import system's loaders tell about the code they load.
 _IMPORT_LISTENERS: list[Callable[[CodeType], None]] = []
 #: The loader methods replaced while someone listens: (class, the original ``get_code``).
 _PATCHED: list[tuple[Any, Any]] = []
