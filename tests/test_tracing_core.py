@@ -896,3 +896,17 @@ def test_only_the_code_a_scope_runs_carries_line_events() -> None:
     assert _line_of('return "zero"') in cov.lines[WORK]
     first = work.squares.__code__.co_firstlineno
     assert not any(first <= line < first + 3 for line in cov.lines[WORK])
+
+
+def test_a_root_added_while_a_scope_runs_loses_none_of_its_lines(tmp_path: Path) -> None:
+    """Adding a root re-applies the events of all registered code: code promoted in an open
+    scope keeps its line events, so a frame of it that is running goes on being measured."""
+    text = "def work(callback):\n    a = 1\n    callback()\n    b = a + 1\n    return b\n"
+    other = tmp_path / "other"
+    other.mkdir()
+    with _module_from(tmp_path, "mid_root_mod", text) as module:
+        with capture_coverage(source=[str(tmp_path)]) as cov:
+            module.work(lambda: get_core().add_roots([str(other)]))
+        path = os.path.realpath(module.__file__)
+        assert cov.lines[path] == {2, 3, 4, 5}
+        assert cov.arcs[path] == {(-1, 2), (2, 3), (3, 4), (4, 5), (5, -1)}

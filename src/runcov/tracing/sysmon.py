@@ -150,8 +150,10 @@ class SysmonCore(Core):
         #: whether another one is due (the number of modules, ``__main__``'s file and size).
         self._scanned: set[int] = set()
         self._scan_mark: tuple[int, Any, int] = (-1, None, -1)
-        #: Registered code promoted to the exact-mode events since the last arm (id -> code).
+        #: Registered code promoted to the exact-mode events since the last arm (id -> code),
+        #: and the time those promotions took (seconds).
         self._promoted: dict[int, CodeType] = {}
+        self._promote_cost = 0.0
         self._register_callbacks()
         mon.set_events(self._tool, self._GLOBAL)
         _listen_to_imports(self._code_loaded)
@@ -191,6 +193,7 @@ class SysmonCore(Core):
         promoted = self._promoted
         EXACT_LOCAL, WATCH = self._EXACT_LOCAL, self._WATCH
         lock = self._lock
+        perf_counter = time.perf_counter
 
         def promote(code: CodeType) -> Any:
             # A watched code object starts or resumes: arm it for good (until the disarm) if
@@ -203,10 +206,13 @@ class SysmonCore(Core):
                         core._linger_ran_out()
                 return None
             try:
+                started = perf_counter()
                 with lock:
                     if core._exact_armed and id(code) not in promoted and id(code) in codes:
                         promoted[id(code)] = code
                         mon.set_local_events(tool, code, EXACT_LOCAL)
+                        # what a disarm would throw away: the linger budget counts it
+                        core._promote_cost += perf_counter() - started
             except Exception:
                 pass
             return None
@@ -360,12 +366,21 @@ class SysmonCore(Core):
         events = self._local_events()
         set_local = self._mon.set_local_events
         tool = self._tool
-        self._promoted.clear()
+        # Code promoted while scopes stay armed keeps its events (a root added, census turned
+        # off): frames of it may be running in a scope, and would lose their next lines.
+        promoted = self._promoted
+        watch, exact = self._WATCH, self._EXACT_LOCAL
+        if events == exact:  # census and exact scopes: all of it
+            promoted.update(self._codes)
+        elif events != watch:
+            promoted.clear()
+            self._promote_cost = 0.0
         for code in list(self._codes.values()):
+            want = exact if events == watch and id(code) in promoted else events
             try:
-                if toggle and events:
+                if toggle and want:
                     set_local(tool, code, 0)  # re-arms locations we DISABLEd
-                set_local(tool, code, events)
+                set_local(tool, code, want)
             except Exception:
                 pass
         if not events and self._once:
@@ -566,7 +581,8 @@ class SysmonCore(Core):
                 self._active -= 1
                 if self._active == 0 and not self._shut:
                     # A cycle costs about 2.5 toggles (measured: the re-specialization of the
-                    # toggled code after a disarm costs more than the toggle itself).
+                    # toggled code after a disarm costs more than the toggle itself); the
+                    # toggles are the watch's and the promotions since the arm.
                     # A step of a scope that stays open (asyncio, between awaits) lingers on its
                     # own scale: its next step needs the events again.
                     step = not scope.closed
@@ -576,7 +592,7 @@ class SysmonCore(Core):
                         if self._recorder is not None
                         else _FILTERED_CALLBACK_COST_PY
                     )
-                    budget = int(scale * 2.5 * self._toggle_cost / unit)
+                    budget = int(scale * 2.5 * (self._toggle_cost + self._promote_cost) / unit)
                     if self._census_enabled or budget < _MIN_LINGER_CALLBACKS:
                         self._disarm_exact()
                     else:
