@@ -115,6 +115,7 @@ def _load_service() -> Loaded:
     import random
 
     logging.disable(logging.WARNING)  # the shop logs every declined payment
+    from asgi_direct import call, http_scope
     from shop.orders import Shop
     from shop_fastapi.app import create_app as create_fastapi
     from shop_flask.app import create_app as create_flask
@@ -158,34 +159,10 @@ def _load_service() -> Loaded:
                 close()
 
     asgi = create_fastapi(shop())
-    scopes = []
-    for r, body in zip(requests, bodies):
-        path, _, query = r.path.partition("?")
-        scopes.append({
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-            "method": r.method, "scheme": "http", "path": path, "raw_path": path.encode(),
-            "query_string": query.encode(), "root_path": "",
-            "headers": [(b"host", b"shop"), (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode())],
-            "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000),
-        })
+    scopes = [http_scope(r.method, r.path, body) for r, body in zip(requests, bodies)]
 
     async def handle_asgi(k: int) -> None:
-        body = bodies[k]
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.sleep(3600)  # the client never disconnects
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            pass
-
-        await asgi(dict(scopes[k]), receive, send)
+        await call(asgi, scopes[k], bodies[k])
 
     return handle_wsgi, handle_asgi, list(range(DISTINCT_REQUESTS))
 
