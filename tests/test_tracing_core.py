@@ -910,3 +910,26 @@ def test_a_root_added_while_a_scope_runs_loses_none_of_its_lines(tmp_path: Path)
         path = os.path.realpath(module.__file__)
         assert cov.lines[path] == {2, 3, 4, 5}
         assert cov.arcs[path] == {(-1, 2), (2, 3), (3, 4), (4, 5), (5, -1)}
+
+
+@pytest.mark.skipif(get_core().name != "sysmon", reason="sys.monitoring core only")
+def test_code_running_when_its_root_is_added_carries_no_watch(tmp_path: Path) -> None:
+    """Code found running on a thread when its root is added is registered (it ran) and carries
+    what all registered code carries now (nothing once no scope is armed), not the PY_START
+    that watches code for its first call: its later calls cost nothing more."""
+    text = "def serve(started, stop):\n    started.set()\n    stop.wait(30)\n"
+    with _module_from(tmp_path, "running_mod", text) as module:
+        core: Any = get_core()
+        started, stop = threading.Event(), threading.Event()
+        thread = threading.Thread(target=module.serve, args=(started, stop))
+        thread.start()
+        try:
+            assert started.wait(30)
+            core.add_roots([str(tmp_path)])
+            events = sys.monitoring.get_local_events(core.tool_id, module.serve.__code__)
+            now = core._local_events()
+        finally:
+            stop.set()
+            thread.join()
+        assert id(module.serve.__code__) in core._codes
+        assert events == now

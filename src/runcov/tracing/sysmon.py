@@ -439,9 +439,9 @@ class SysmonCore(Core):
         self._scan_mark = (len(sys.modules), namespace.get("__file__"), len(namespace))
 
     def _scan_functions(self) -> None:
-        """When roots are added: every live function under them (and the code
-        nested in it) is watched, wherever it is kept: a module that is not in ``sys.modules``,
-        a registry, a closure. Modules loaded from now on are reported by the import system."""
+        """When roots are added: every live function under them (and the code nested in it) is
+        watched, wherever it is kept: a module that is not in ``sys.modules``, a registry, a
+        closure. Modules loaded from now on are reported by the import system."""
         classify = self._roots.classify
         found = []
         try:
@@ -456,8 +456,8 @@ class SysmonCore(Core):
             self._watch(_nested(code))
 
     def _scan_frames(self) -> None:
-        """code under the roots running on any thread now (a script's module
-        body, say, started before runcov) is registered, and the code nested in it watched."""
+        """Code under the roots running on any thread now (a script's module body, say, started
+        before runcov) is registered, and the code nested in it watched."""
         try:
             frames: list[Any] = list(sys._current_frames().values())
         except Exception:
@@ -471,10 +471,14 @@ class SysmonCore(Core):
                     if code.co_name != "<module>":
                         self._pending.pop(id(code), None)
                         codes[id(code)] = code
+                        try:  # what registered code carries now (a watch's PY_START goes)
+                            self._mon.set_local_events(self._tool, code, self._local_events())
+                        except Exception:
+                            pass
                 frame = frame.f_back
 
     def _watch(self, found: Iterable[CodeType], skip: Optional[CodeType] = None) -> None:
-        """set PY_START on the code under the roots not known yet."""
+        """Set PY_START on the code under the roots not known yet."""
         codes, pending, once = self._codes, self._pending, self._once
         classify = self._roots.classify
         set_local, tool, event = self._mon.set_local_events, self._tool, self._PY_START
@@ -498,8 +502,8 @@ class SysmonCore(Core):
             self._watch(_nested(code))
 
     def _scan_late(self) -> None:
-        """When a scope opens: scan the modules the import system did not
-        report (a script run as ``__main__``, modules loaded by other loaders)."""
+        """When a scope opens: scan the modules the import system did not report (a script run
+        as ``__main__``, modules loaded by other loaders)."""
         main = sys.modules.get("__main__")
         namespace = getattr(main, "__dict__", {})
         if self._scan_mark == (len(sys.modules), namespace.get("__file__"), len(namespace)):
