@@ -91,10 +91,10 @@ class SysmonCore(Core):
         #: to ``_EXACT_LOCAL`` (in that very frame), so only the code those requests run pays
         #: for line events, and the rest only for a cheap toggle of its entry instructions.
         self._WATCH = ev.PY_START | ev.PY_RESUME
-        # Both global events stay set for the tool's lifetime: changing a tool's global events
+        # The global event stays set for the tool's lifetime: changing a tool's global events
         # bumps the interpreter's instrumentation version, and every code object in the process
-        # (framework, stdlib) is then re-instrumented at its next call. PY_START disables itself
-        # per code object; PY_UNWIND has a callback only while exact scopes are armed.
+        # (framework, stdlib) is then re-instrumented at its next call. PY_UNWIND has a
+        # callback only while exact scopes are armed; PY_START is local (module docstring).
         self._GLOBAL = ev.PY_UNWIND
         self._PY_START = ev.PY_START
         self._tool = self._claim_tool_id()
@@ -236,7 +236,7 @@ class SysmonCore(Core):
                         codes[id(code)] = code
                         if events == EXACT_LOCAL:
                             promoted[id(code)] = code
-                    elif events == EXACT_LOCAL or (events and events != WATCH):
+                    elif events and events != WATCH:
                         once[id(code)] = code  # a module body: armed for this run only
                     else:
                         events = 0
@@ -407,18 +407,20 @@ class SysmonCore(Core):
         """Add source roots; the code already loaded under them is watched for its first call."""
         if self._roots.add(roots):
             with self._lock:
-                # Code that exists now under the new roots gets a local PY_START: in modules,
-                # in live functions, on running stacks. Code loaded later is reported at import.
+                # Code that exists now under the new roots gets a local PY_START: in live
+                # functions (all that modules hold, and more), on running stacks. Code loaded
+                # later is reported at import.
                 self._scanned.clear()
-                self._scan_modules()
                 self._scan_functions()
+                self._scan_modules(watch=False)
                 self._scan_frames()
                 if self._local_events():
                     self._apply(toggle=False)
 
-    def _scan_modules(self) -> None:
-        # Watch the code objects of modules under the roots (functions, methods, nested code in
-        # co_consts) that are not registered yet, for their first call.
+    def _scan_modules(self, watch: bool = True) -> None:
+        """Watch the code objects of modules under the roots not scanned yet (functions,
+        methods, nested code in co_consts) for their first call; with ``watch`` False only
+        note the modules as scanned (their functions were found in the live ones)."""
         scanned = self._scanned
         for module in list(sys.modules.values()):
             try:
@@ -428,15 +430,15 @@ class SysmonCore(Core):
                 filename = namespace.get("__file__")
                 if namespace.get("__name__") != "__main__":
                     scanned.add(id(module))  # __main__ fills its namespace as the script runs
-                if not isinstance(filename, str) or self._roots.classify(filename) is None:
+                if not watch or not isinstance(filename, str):
+                    continue
+                if self._roots.classify(filename) is None:
                     continue
                 for value in list(namespace.values()):
                     self._watch(_code_objects(value, filename))
             except Exception:  # an exotic module object: its code is found at first call
                 continue
-        main = sys.modules.get("__main__")
-        namespace = getattr(main, "__dict__", {})
-        self._scan_mark = (len(sys.modules), namespace.get("__file__"), len(namespace))
+        self._scan_mark = _modules_mark()
 
     def _scan_functions(self) -> None:
         """When roots are added: every live function under them (and the code nested in it) is
@@ -504,9 +506,7 @@ class SysmonCore(Core):
     def _scan_late(self) -> None:
         """When a scope opens: scan the modules the import system did not report (a script run
         as ``__main__``, modules loaded by other loaders)."""
-        main = sys.modules.get("__main__")
-        namespace = getattr(main, "__dict__", {})
-        if self._scan_mark == (len(sys.modules), namespace.get("__file__"), len(namespace)):
+        if self._scan_mark == _modules_mark():
             return
         with self._lock:
             self._scan_modules()
@@ -822,6 +822,13 @@ def _code_objects(value: Any, filename: str, depth: int = 0) -> Iterable[CodeTyp
         if module is not None and module.__dict__.get("__file__") == filename:
             for attr in list(value.__dict__.values()):
                 yield from _code_objects(attr, filename, depth + 1)
+
+
+def _modules_mark() -> tuple[int, Any, int]:
+    """What tells whether modules appeared since a scan: their number, ``__main__``'s file and
+    the size of its namespace (a script fills it as it runs)."""
+    namespace = getattr(sys.modules.get("__main__"), "__dict__", {})
+    return len(sys.modules), namespace.get("__file__"), len(namespace)
 
 
 #: What the import system's loaders tell about the code they load.
