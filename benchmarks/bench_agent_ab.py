@@ -10,6 +10,8 @@ from ``--threads`` threads, and switches between configurations every block of r
 * ``agent``      everything on, as started (the rate given by ``--rate``)
 * ``processor``  the span processor only (sys.monitoring events off)
 * ``monitoring`` the sys.monitoring events only (span processor detached)
+* ``zero``       everything on, but no request sampled (the agent's 0 % path, in a process
+                 whose agent samples at ``--rate``)
 
 Blocks alternate (A B C D, D C B A, ...), each timed by process CPU time (all threads, so the
 agent's export thread counts), and the table shows the median per-request CPU of each
@@ -82,6 +84,7 @@ def main() -> int:
         "agent": (with_processor, events),
         "processor": (with_processor, 0),
         "monitoring": (without, events),
+        "zero": (with_processor, events),
     }
     chosen = [c.strip() for c in args.configs.split(",") if c.strip()]
     if any(c not in configs for c in chosen) or not chosen:
@@ -120,9 +123,12 @@ def main() -> int:
         for t in threads:
             t.join()
 
+    threshold = agent._span_threshold
+
     def switch(name: str) -> None:
         processors, ev = configs[name]
         multi._span_processors = processors
+        agent._span_threshold = (1 << 56) if name == "zero" else threshold
         if mon is not None and tool is not None:
             mon.set_events(tool, ev)
 

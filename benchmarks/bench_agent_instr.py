@@ -14,6 +14,13 @@ ASGI app called directly on one asyncio loop, one request at a time, under
 * ``1%`` ...      runcov at 1 %, 10 %, 100 % (``--rates``)
 * ``processor``, ``monitoring`` (``--split``)  the 0 % path's two parts alone: the span processor
                   (sys.monitoring events off), the sys.monitoring events (processor detached)
+* ``zero``        (``--zero``) runcov started at the first of ``--rates``, warmed up sampling at
+                  that rate, then sampling nothing while counted: the 0 % path in a process
+                  whose agent has sampled (to compare with ``0%``, a process that never did)
+
+With ``--cache-sim`` cachegrind also simulates the caches (the host's I1, D1 and last-level
+geometry) and the table adds first-level and last-level misses per request: where a sampled
+request's time goes beyond its instructions (cold caches) shows there.
 
 Each configuration runs twice, with ``--warmup`` requests and then ``--small`` or ``--large``
 measured ones; the difference of the two counts divided by the difference in requests is the
@@ -67,7 +74,7 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -76,6 +83,13 @@ from asgi_direct import call, http_scope  # noqa: E402
 from bench_service import EXAMPLES, Bench, stop  # noqa: E402
 
 _IR = re.compile(r"I\s+refs:\s+([\d,]+)")
+#: Cachegrind's summary lines of misses (with ``--cache-sim=yes``).
+_MISSES = {
+    "I1": re.compile(r"I1\s+misses:\s+([\d,]+)"),
+    "D1": re.compile(r"D1\s+misses:\s+([\d,]+)"),
+    "LLi": re.compile(r"LLi misses:\s+([\d,]+)"),
+    "LLd": re.compile(r"LLd misses:\s+([\d,]+)"),
+}
 _APP_NAMES = {"flask": "Flask", "fastapi": "FastAPI"}
 
 
@@ -158,7 +172,13 @@ def child(
         )
     if config in ("none", "processor") and hasattr(sys, "monitoring"):
         sys.monitoring.set_events(core.tool_id, 0)
-    _serve_all(serve, requests, warmup, measured, keep_gc)
+    at_measure = None
+    if config == "zero":
+        # Sampled at ``rate`` through the warm-up; nothing is sampled while counting.
+        def at_measure() -> None:
+            agent._span_threshold = 1 << 56
+
+    _serve_all(serve, requests, warmup, measured, keep_gc, at_measure)
     agent.flush()
     if toggle_cost < 0:
         cycle = getattr(core, "_toggle_cost", 0.0)
@@ -169,11 +189,21 @@ def child(
     return 0
 
 
-def _serve_all(serve: Any, requests: list[Any], warmup: int, measured: int, keep_gc: bool) -> None:
+def _serve_all(
+    serve: Any,
+    requests: list[Any],
+    warmup: int,
+    measured: int,
+    keep_gc: bool,
+    at_measure: Optional[Callable[[], None]] = None,
+) -> None:
     for i in range(warmup + measured):
-        if i == warmup and not keep_gc:
-            gc.collect()
-            gc.disable()
+        if i == warmup:
+            if at_measure is not None:
+                at_measure()
+            if not keep_gc:
+                gc.collect()
+                gc.disable()
         serve(requests[i % len(requests)])
 
 
@@ -234,15 +264,27 @@ def native_toggle_cost(env: dict[str, str], warmup: int, app: str = "flask") -> 
     return float(match.group(1))
 
 
-def count(env: dict[str, str], args: list[str]) -> int:
-    """Instructions executed by ``args`` under cachegrind."""
+def count(env: dict[str, str], args: list[str], cache_sim: bool = False) -> dict[str, int]:
+    """Instructions executed by ``args`` under cachegrind (``"Ir"``), and with ``cache_sim``
+    the simulated first-level (``"L1"``, instruction and data) and last-level (``"LL"``)
+    misses."""
     proc = subprocess.run(
-        ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-         *args], env=env, capture_output=True, text=True)
+        ["valgrind", "--tool=cachegrind", f"--cache-sim={'yes' if cache_sim else 'no'}",
+         "--cachegrind-out-file=/dev/null", *args], env=env, capture_output=True, text=True)
     match = _IR.search(proc.stderr)
     if proc.returncode != 0 or match is None:
         raise SystemExit(f"cachegrind run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return int(match.group(1).replace(",", ""))
+    counts = {"Ir": int(match.group(1).replace(",", ""))}
+    if cache_sim:
+        found = {}
+        for name, pattern in _MISSES.items():
+            m = pattern.search(proc.stderr)
+            if m is None:
+                raise SystemExit(f"no {name} misses in cachegrind's output:\n{proc.stderr[-3000:]}")
+            found[name] = int(m.group(1).replace(",", ""))
+        counts["L1"] = found["I1"] + found["D1"]
+        counts["LL"] = found["LLi"] + found["LLd"]
+    return counts
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -264,6 +306,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="the example shop served")
     parser.add_argument("--absent", action="store_true",
                         help="also count the shop without runcov at all")
+    parser.add_argument("--zero", action="store_true",
+                        help="also count the 0 %% path in a process that sampled at the first rate")
+    parser.add_argument("--cache-sim", action="store_true",
+                        help="also simulate the caches and report misses per request")
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -279,6 +325,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         configs.insert(0, ("absent", 0.0))
     if args.split:
         configs += [("processor", 0.0), ("monitoring", 0.0)]
+    if args.zero and rates:
+        configs.append(("zero", rates[0]))
     started = datetime.datetime.now(datetime.timezone.utc)
     with tempfile.TemporaryDirectory(prefix="runcov-instr-") as tmp:
         bench = Bench(args.app, Path(tmp), 0.0, 0.0, 1)  # for its collector
@@ -289,24 +337,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"toggle cost pinned at {toggle * 1e6:.1f} µs", file=sys.stderr)
             jobs = {
                 (name, n): _args(
-                    name if name in ("absent", "none", "processor", "monitoring") else "agent",
+                    name if name in ("absent", "none", "processor", "monitoring", "zero")
+                    else "agent",
                     rate, args.warmup, n, toggle, args.gc, args.app,
                 )
                 for name, rate in configs for n in (args.small, args.large)
             }
             with ThreadPoolExecutor(args.jobs) as pool:
-                counts = dict(zip(jobs, pool.map(lambda a: count(env, a), jobs.values())))
+                counts = dict(zip(jobs, pool.map(lambda a: count(env, a, args.cache_sim),
+                                                 jobs.values())))
         finally:
             if bench.collector is not None:
                 stop(bench.collector)
 
-    per_request = {
-        name: (counts[(name, args.large)] - counts[(name, args.small)])
-        / (args.large - args.small)
-        for name, _ in configs
-    }
-    base = per_request["none"]
-    zero = per_request["0%"]
+    def per_request(name: str, key: str = "Ir") -> float:
+        large, small = counts[(name, args.large)], counts[(name, args.small)]
+        return (large[key] - small[key]) / (args.large - args.small)
+
+    base = per_request("none")
+    zero = per_request("0%")
     print(f"\n**{_APP_NAMES[args.app]} shop · Python {platform.python_version()} · "
           f"{platform.machine()} · "
           f"{started:%Y-%m-%d %H:%M} UTC**  ")
@@ -314,11 +363,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{args.small} and {args.large} measured · garbage collector "
           f"{'on' if args.gc else 'off while counting'} · toggle cost pinned at "
           f"{toggle * 1e6:.1f} µs\n")
-    print("| configuration | instructions / request | vs none | per sampled request, beyond 0 % |")
-    print("|---|---:|---:|---:|")
+    head = "| configuration | instructions / request | vs none | per sampled request, beyond 0 % |"
+    rule = "|---|---:|---:|---:|"
+    if args.cache_sim:
+        head += " L1 misses / request | vs none | LL misses / request | vs none |"
+        rule += "---:|---:|---:|---:|"
+    print(head)
+    print(rule)
     for name, rate in configs:
-        extra = f"{(per_request[name] - zero) / rate:,.0f}" if rate > 0 else ""
-        print(f"| {name} | {per_request[name]:,.0f} | {per_request[name] / base:.4f}x | {extra} |")
+        ir = per_request(name)
+        extra = f"{(ir - zero) / rate:,.0f}" if rate > 0 and name != "zero" else ""
+        row = f"| {name} | {ir:,.0f} | {ir / base:.4f}x | {extra} |"
+        if args.cache_sim:
+            for key in ("L1", "LL"):
+                misses, none = per_request(name, key), per_request("none", key)
+                row += f" {misses:,.0f} | {misses / none:.3f}x |" if none else f" {misses:,.0f} | |"
+        print(row)
     return 0
 
 

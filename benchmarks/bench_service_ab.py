@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import random
@@ -60,6 +61,25 @@ from bench_service import EXAMPLES, Bench, free_port, stop, wait_ready  # noqa: 
 CONFIGS = ("none", "none-again", "agent")
 #: What each configuration switches on: ``processor`` and ``monitoring`` split the agent in two.
 SWITCHES = ("none", "agent", "processor", "monitoring", "no-arming", "no-export", "zero")
+
+
+def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval for the median of ``values``: the order
+    statistics ``(k, n + 1 - k)`` with the largest ``k`` whose binomial coverage
+    (``1 - 2 P(Bin(n, 1/2) < k)``) is still at least ``level``. With fewer than 6 values no
+    such ``k`` exists at 95 %: the interval is then the whole range."""
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("no values")
+    k, below = 1, 1 / 2**n  # below = P(Bin(n, 1/2) < k)
+    while k < (n + 1) // 2:
+        nxt = below + math.comb(n, k) / 2**n  # P(Bin < k + 1)
+        if 1 - 2 * nxt < level:
+            break
+        below = nxt
+        k += 1
+    return ordered[k - 1], ordered[n - k]
 
 
 # -- the server -------------------------------------------------------------------------------
@@ -279,10 +299,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"| {sum(x['errors'] for x in results)} |")
     agent = ratios["agent"]
     noise = ratios["none-again"]
+
+    def interval(config: str, key: str, invert: bool = False) -> str:
+        values = [x[key] / b[key] for x, b in zip(runs[config], base)]
+        low, high = median_interval(values)
+        if invert:
+            low, high = 1 / high, 1 / low
+        return f"{low:.3f}-{high:.3f}"
+
     print(f"\nagent at {args.rate:g}: throughput cost {1 / agent['throughput']:.3f}x, p99 "
           f"{agent['p99_ms']:.3f}x, CPU {agent['cpu_us']:.3f}x (noise of the method, "
           f"none-again: throughput {1 / noise['throughput']:.3f}x, p99 {noise['p99_ms']:.3f}x, "
           f"CPU {noise['cpu_us']:.3f}x)")
+    print("95 % confidence intervals of the median per-round ratios (order statistics): "
+          f"agent throughput cost {interval('agent', 'throughput', True)}, "
+          f"p99 {interval('agent', 'p99_ms')}, CPU {interval('agent', 'cpu_us')}; "
+          f"none-again throughput {interval('none-again', 'throughput', True)}, "
+          f"p99 {interval('none-again', 'p99_ms')}, CPU {interval('none-again', 'cpu_us')}")
     return 0
 
 
