@@ -157,8 +157,10 @@ def _global_events() -> int:
 
 
 def _watch_events() -> int:
-    """The local event of code under the roots that has not run yet (3.12+): PY_START."""
-    return sys.monitoring.events.PY_START
+    """Local events that are not armed code (3.12+): the PY_START of code under the roots
+    that has not run yet, and the PY_START | PY_RESUME watch a disarm leaves on registered code
+    that was not promoted (its next call outside a scope takes it off)."""
+    return sys.monitoring.events.PY_START | sys.monitoring.events.PY_RESUME
 
 
 def leftovers() -> dict[str, Any]:
@@ -179,7 +181,7 @@ def leftovers() -> dict[str, Any]:
                     objects.factorial,
                 ):
                     events = mon.get_local_events(tool, fn.__code__)
-                    if events & ~_watch_events():  # a PY_START watch is not armed code
+                    if events & ~_watch_events():  # a watch is not armed code
                         armed[fn.__name__] = events
                 state["armed"] = armed
     return state

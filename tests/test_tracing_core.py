@@ -179,9 +179,9 @@ def test_an_asyncio_scope_stays_armed_between_its_steps(monkeypatch: pytest.Monk
     applied: list[bool] = []
     real_apply = core._apply  # type: ignore[attr-defined]
 
-    def apply(toggle: bool) -> None:
+    def apply(toggle: bool, **kwargs: bool) -> None:
         applied.append(core._exact_armed)  # type: ignore[attr-defined]
-        real_apply(toggle)
+        real_apply(toggle, **kwargs)
 
     monkeypatch.setattr(core, "_apply", apply)
     monkeypatch.setattr(core, "linger", 5.0)  # the budget, not the clock, ends a linger here
@@ -933,3 +933,62 @@ def test_code_running_when_its_root_is_added_carries_no_watch(tmp_path: Path) ->
             thread.join()
         assert id(module.serve.__code__) in core._codes
         assert events == now
+
+
+@pytest.mark.skipif(get_core().name != "sysmon", reason="sys.monitoring core only")
+def test_arming_toggles_only_the_code_that_ran_since_the_last_disarm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disarm takes the exact-mode events off the code the scope ran and leaves the watch on
+    the rest; a call outside any scope takes a watch off. The next arm toggles only the code
+    that carries nothing then: code not called between two scopes is not toggled at all."""
+    text = (
+        "def a():\n    return 1\n\n"
+        "def b():\n    return 2\n\n"
+        "def c(x):\n    if x:\n        return 3\n    return 4\n"
+    )
+    core: Any = get_core()
+    mon, ev, tool = sys.monitoring, sys.monitoring.events, core.tool_id
+    monkeypatch.setattr(core, "_linger_scale", 0.0)  # a close disarms at once
+    with capture_coverage(source=[SAMPLE]):
+        pass  # ends what an earlier scope left lingering
+    with _module_from(tmp_path, "toggled_mod", text) as module:
+        core.add_roots([str(tmp_path)])
+        module.a(), module.b(), module.c(1)  # all three registered
+        names = {id(f.__code__): f.__name__ for f in (module.a, module.b, module.c)}
+
+        def events() -> dict[str, int]:
+            return {f.__name__: mon.get_local_events(tool, f.__code__)
+                    for f in (module.a, module.b, module.c)}
+
+        assert events() == {"a": 0, "b": 0, "c": 0}
+        with capture_coverage(source=[str(tmp_path)]):
+            assert events() == {"a": ev.PY_START | ev.PY_RESUME,
+                                "b": ev.PY_START | ev.PY_RESUME,
+                                "c": ev.PY_START | ev.PY_RESUME}
+            module.a()
+        watch = ev.PY_START | ev.PY_RESUME
+        assert events() == {"a": 0, "b": watch, "c": watch}
+        module.b()  # outside any scope: its watch goes
+        assert events() == {"a": 0, "b": 0, "c": watch}
+
+        toggled: list[str] = []
+
+        class Recording:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(mon, name)
+
+            def set_local_events(self, tool_id: int, code: Any, event_set: int) -> None:
+                if id(code) in names:
+                    toggled.append(names[id(code)])
+                mon.set_local_events(tool_id, code, event_set)
+
+        monkeypatch.setattr(core, "_mon", Recording())
+        with capture_coverage(source=[str(tmp_path)]) as cov:
+            assert module.c(0) == 4
+        assert sorted(toggled[:2]) == ["a", "b"]  # the arm: not c, which kept its watch
+        assert toggled[2:] == ["c"]  # the disarm: the promoted code only
+        assert events() == {"a": watch, "b": watch, "c": 0}
+        path = os.path.realpath(module.__file__)
+        assert cov.lines[path] == {8, 10}
+        assert cov.arcs[path] == {(-7, 8), (8, 10), (10, -7)}

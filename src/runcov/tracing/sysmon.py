@@ -13,7 +13,11 @@ How it stays cheap (see docs/architecture.md, "Tracing core"):
   belongs to an exact scope promotes its code to local ``LINE`` and ``PY_RETURN`` events, which
   take effect in that very frame; code that first runs while armed is treated the same way.
   Callbacks for work outside any scope return after one ContextVar lookup. When the last scope
-  closes, the code objects are disarmed again. The tool's global event (``PY_UNWIND``) never
+  closes, the promoted code is disarmed at once; watched code that was not promoted keeps its
+  watch until its next call outside any scope takes it off. So an arm and a disarm toggle the
+  code that runs between two sampled requests (the promoted code, and what unsampled requests
+  call meanwhile), not every registered code object: code that is rarely called is not
+  toggled at all. The tool's global event (``PY_UNWIND``) never
   changes after start: changing it would make CPython re-instrument every code object of the
   process at its next call. Instead, ``PY_UNWIND`` has no callback while nothing is armed,
   which CPython skips without calling into Python.
@@ -154,6 +158,16 @@ class SysmonCore(Core):
         #: and the time those promotions took (seconds).
         self._promoted: dict[int, CodeType] = {}
         self._promote_cost = 0.0
+        #: ids of the registered code objects that carry the watch (``_WATCH``) now. While
+        #: census is off, a disarm leaves the watch on code that was not promoted, and the next
+        #: call of that code outside any scope takes it off (``_unwatch_cost``: their time since
+        #: the last arm, a part of the cycle the linger budget weighs); an arm watches the rest.
+        self._watching: set[int] = set()
+        self._unwatch_cost = 0.0
+        #: ids of the registered code objects that carry nothing, while census is off: what
+        #: the next arm watches. Each registered code object is in ``_watching``, in
+        #: ``_promoted`` or here, so an arm and a disarm never walk all registered code.
+        self._bare: set[int] = set()
         self._register_callbacks()
         mon.set_events(self._tool, self._GLOBAL)
         _listen_to_imports(self._code_loaded)
@@ -191,8 +205,9 @@ class SysmonCore(Core):
 
         waiting = self._pending
         promoted = self._promoted
+        watching = self._watching
+        bare = self._bare
         EXACT_LOCAL, WATCH = self._EXACT_LOCAL, self._WATCH
-        lock = self._lock
         perf_counter = time.perf_counter
 
         def promote(code: CodeType) -> Any:
@@ -200,6 +215,9 @@ class SysmonCore(Core):
             # this frame belongs to an exact scope.
             scope = get_scope()
             if scope is None or scope.is_census:
+                if not core._exact_armed:
+                    # A watch the last disarm left on: this code runs outside any scope now.
+                    return unwatch(code)
                 if core._lingering:
                     core._linger_budget -= 2  # a Python callback: about two filtered C ones
                     if core._linger_budget <= 0:
@@ -207,12 +225,26 @@ class SysmonCore(Core):
                 return None
             try:
                 started = perf_counter()
-                with lock:
+                with core._lock:
                     if core._exact_armed and id(code) not in promoted and id(code) in codes:
                         promoted[id(code)] = code
+                        watching.discard(id(code))
                         mon.set_local_events(tool, code, EXACT_LOCAL)
                         # what a disarm would throw away: the linger budget counts it
                         core._promote_cost += perf_counter() - started
+            except Exception:
+                pass
+            return None
+
+        def unwatch(code: CodeType) -> Any:
+            try:
+                started = perf_counter()
+                with core._lock:
+                    if not core._exact_armed and id(code) in watching:
+                        watching.discard(id(code))
+                        bare.add(id(code))
+                        mon.set_local_events(tool, code, 0)
+                        core._unwatch_cost += perf_counter() - started
             except Exception:
                 pass
             return None
@@ -226,7 +258,7 @@ class SysmonCore(Core):
                 waiting.pop(id(code), None)
                 if roots.classify(code.co_filename) is None:
                     return DISABLE  # (not set on such code: defensive)
-                with lock:
+                with core._lock:
                     events = core._local_events()
                     if events == WATCH:
                         scope = get_scope()
@@ -236,6 +268,10 @@ class SysmonCore(Core):
                         codes[id(code)] = code
                         if events == EXACT_LOCAL:
                             promoted[id(code)] = code
+                        elif events == WATCH:
+                            watching.add(id(code))
+                        elif not events:
+                            bare.add(id(code))
                     elif events and events != WATCH:
                         once[id(code)] = code  # a module body: armed for this run only
                     else:
@@ -360,8 +396,15 @@ class SysmonCore(Core):
             return self._LINE
         return 0
 
-    def _apply(self, toggle: bool) -> None:
-        """Set every registered code object's local events to the current need."""
+    def _apply(self, toggle: bool, exact_only: bool = False) -> None:
+        """Set every registered code object's local events to the current need.
+
+        ``exact_only``: exact scopes were armed or disarmed while census is off, and every
+        registered code object carries the watch (``_watching``), the exact-mode events
+        (``_promoted``) or nothing (``_bare``). An arm then watches the code that carries
+        nothing, and a disarm takes the exact-mode events off the promoted code and leaves the
+        watch where it is (its next call outside a scope takes it off).
+        """
         started = time.perf_counter()
         events = self._local_events()
         set_local = self._mon.set_local_events
@@ -369,20 +412,37 @@ class SysmonCore(Core):
         # Code promoted while scopes stay armed keeps its events (a root added, census turned
         # off): frames of it may be running in a scope, and would lose their next lines.
         promoted = self._promoted
+        watching = self._watching
         watch, exact = self._WATCH, self._EXACT_LOCAL
+        bare = self._bare
+        codes = self._codes
+        lazy = exact_only and not toggle and events in (0, watch)
+        if lazy and events == watch:  # arm
+            targets = [codes[key] for key in bare if key in codes]
+            bare.clear()
+        elif lazy:  # disarm
+            targets = list(promoted.values())
+        else:
+            targets = list(codes.values())
+            watching.clear()
+            bare.clear()
         if events == exact:  # census and exact scopes: all of it
             promoted.update(self._codes)
         elif events != watch:
             promoted.clear()
             self._promote_cost = 0.0
-        for code in list(self._codes.values()):
+        for code in targets:
             want = exact if events == watch and id(code) in promoted else events
             try:
                 if toggle and want:
                     set_local(tool, code, 0)  # re-arms locations we DISABLEd
                 set_local(tool, code, want)
             except Exception:
-                pass
+                want = 0  # (unknown: the next arm sets it again)
+            if want == watch:
+                watching.add(id(code))
+            elif not want:
+                bare.add(id(code))
         if not events and self._once:
             for code in list(self._once.values()):  # module bodies that ran while armed
                 try:
@@ -397,6 +457,10 @@ class SysmonCore(Core):
         except Exception:
             pass
         elapsed = time.perf_counter() - started
+        if events == watch:
+            # The watches taken off one by one since the last arm belong to that cycle's disarm.
+            elapsed += self._unwatch_cost
+            self._unwatch_cost = 0.0
         self._toggle_cost = (
             elapsed if not self._toggle_cost else 0.8 * self._toggle_cost + 0.2 * elapsed
         )
@@ -473,10 +537,15 @@ class SysmonCore(Core):
                     if code.co_name != "<module>":
                         self._pending.pop(id(code), None)
                         codes[id(code)] = code
+                        events = self._local_events()
                         try:  # what registered code carries now (a watch's PY_START goes)
-                            self._mon.set_local_events(self._tool, code, self._local_events())
+                            self._mon.set_local_events(self._tool, code, events)
                         except Exception:
-                            pass
+                            continue
+                        if events == self._WATCH:
+                            self._watching.add(id(code))
+                        elif not events:
+                            self._bare.add(id(code))
                 frame = frame.f_back
 
     def _watch(self, found: Iterable[CodeType], skip: Optional[CodeType] = None) -> None:
@@ -573,7 +642,7 @@ class SysmonCore(Core):
                     self._linger_scale = min(1.0, self._linger_scale * 2)
             if not self._exact_armed:
                 self._exact_armed = True
-                self._apply(toggle=self._census_enabled)
+                self._apply(toggle=self._census_enabled, exact_only=True)
         return True
 
     def _deactivate(self, scope: ScopeState) -> None:
@@ -626,7 +695,7 @@ class SysmonCore(Core):
         self._sync_divert()
         if self._exact_armed and self._active == 0:
             self._exact_armed = False
-            self._apply(toggle=self._census_enabled)
+            self._apply(toggle=self._census_enabled, exact_only=True)
 
     def _start_disarmer(self) -> None:
         thread = self._disarmer
@@ -748,6 +817,8 @@ class SysmonCore(Core):
             self._codes.clear()
             self._once.clear()
             self._pending.clear()
+            self._watching.clear()
+            self._bare.clear()
             self._census.clear()
             self._forget_pending()
 
