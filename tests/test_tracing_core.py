@@ -992,3 +992,40 @@ def test_arming_toggles_only_the_code_that_ran_since_the_last_disarm(
         path = os.path.realpath(module.__file__)
         assert cov.lines[path] == {8, 10}
         assert cov.arcs[path] == {(-7, 8), (8, 10), (10, -7)}
+
+
+@pytest.mark.skipif(get_core().name != "sysmon", reason="sys.monitoring core only")
+def test_watched_calls_outside_scopes_are_answered_in_c_while_armed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While an exact scope is armed, a call of watched code on another thread (outside any
+    scope) is answered by the C callback without calling into Python; once disarmed, the next
+    such call goes to Python, which takes the watch off."""
+    core: Any = get_core()
+    if core._recorder is None:
+        pytest.skip("C extension not built (or RUNCOV_ACCEL=0)")
+    text = "def pick(x):\n    if x:\n        return 1\n    return 2\n\ndef other():\n    return 3\n"
+    monkeypatch.setattr(core, "_linger_scale", 0.0)  # a close disarms at once
+    with _module_from(tmp_path, "watched_mod", text) as module:
+        core.add_roots([str(tmp_path)])
+        module.pick(1), module.other()  # registered
+        fallback = core._recorder.watch_fallback
+        seen: list[str] = []
+
+        def counting(code: Any, offset: int) -> Any:
+            seen.append(code.co_name)
+            return fallback(code, offset)
+
+        monkeypatch.setattr(core._recorder, "watch_fallback", counting)
+        with capture_coverage(source=[str(tmp_path)]) as cov:
+            assert module.pick(0) == 2  # in the scope: promoted (Python)
+            thread = threading.Thread(target=module.other)  # outside any scope: C
+            thread.start()
+            thread.join()
+        assert seen == ["pick"]
+        module.other()  # disarmed: Python takes the watch off
+        assert seen == ["pick", "other"]
+        tool = core.tool_id
+        assert sys.monitoring.get_local_events(tool, module.other.__code__) == 0
+        path = os.path.realpath(module.__file__)
+        assert cov.lines[path] == {2, 4}

@@ -59,6 +59,8 @@ typedef struct {
     Py_ssize_t budget;        /* linger budget: unscoped events until on_spent is called */
     PyObject *on_spent;       /* Python callable: the linger budget ran out (or NULL) */
     PyObject *codes, *once;   /* the core's registered code objects (by id): unwind()'s filter */
+    int armed;                /* nonzero while exact scopes are armed (watch() answers calls) */
+    PyObject *watch_fallback; /* Python on_py_start(code, offset) (or NULL) */
 } Recorder;
 
 static Py_ssize_t
@@ -144,6 +146,7 @@ Recorder_traverse(Recorder *self, visitproc visit, void *arg)
     Py_VISIT(self->codes);
     Py_VISIT(self->once);
     Py_VISIT(self->on_spent);
+    Py_VISIT(self->watch_fallback);
     return 0;
 }
 
@@ -158,6 +161,7 @@ Recorder_clear(Recorder *self)
     Py_CLEAR(self->codes);
     Py_CLEAR(self->once);
     Py_CLEAR(self->on_spent);
+    Py_CLEAR(self->watch_fallback);
     return 0;
 }
 
@@ -238,6 +242,23 @@ typedef struct {
  *
  * The scope's dict and set are held for the whole callback: an allocation in it may run a
  * finalizer that closes the scope, which replaces both. */
+/* An event outside any scope while the core lingers armed: one unit of the linger budget;
+ * the event that spends the last calls on_spent (the core disarms). */
+static void
+spend_budget(Recorder *self)
+{
+    if (self->budget > 0 && --self->budget == 0 && self->on_spent != NULL) {
+        PyObject *spent = self->on_spent;
+        Py_INCREF(spent);
+        PyObject *result = PyObject_CallNoArgs(spent);
+        Py_DECREF(spent);
+        if (result == NULL) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(result);
+    }
+}
+
 static PyObject *
 event_start(Recorder *self, PyObject *fallback, PyObject *const *args, Py_ssize_t nargs,
             Event *ev)
@@ -245,16 +266,7 @@ event_start(Recorder *self, PyObject *fallback, PyObject *const *args, Py_ssize_
     int kind = current_scope(self, &ev->scope);
     if (kind != SCOPE_EXACT) {
         if (kind == SCOPE_NONE && !self->divert) {
-            if (self->budget > 0 && --self->budget == 0 && self->on_spent != NULL) {
-                PyObject *spent = self->on_spent;
-                Py_INCREF(spent);
-                PyObject *result = PyObject_CallNoArgs(spent);
-                Py_DECREF(spent);
-                if (result == NULL) {
-                    PyErr_Clear();
-                }
-                Py_XDECREF(result);
-            }
+            spend_budget(self);
             Py_RETURN_NONE;
         }
         return call_fallback(fallback, args, nargs);
@@ -372,7 +384,40 @@ Recorder_unwind(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     return Recorder_exit(self, args, nargs);
 }
 
+/* watch(code, offset): the PY_START and PY_RESUME callback. A call or resumption of
+ * registered code outside any scope while exact scopes are armed (unsampled work next to a
+ * sampled request, or while the core lingers) returns here, spending one unit of budget.
+ * Everything else goes to ``watch_fallback``: code not registered yet (its first call), a call
+ * in a scope (a promotion), a watch a disarm left on (taken off), census. */
+static PyObject *
+Recorder_watch(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyCode_Check(args[0])) {
+        Py_RETURN_NONE;
+    }
+    if (!self->armed || self->divert || self->codes == NULL) {
+        return call_fallback(self->watch_fallback, args, nargs);
+    }
+    PyObject *key = PyLong_FromVoidPtr(args[0]);
+    int known = key == NULL ? -1 : PyDict_Contains(self->codes, key);
+    Py_XDECREF(key);
+    if (known <= 0) {
+        PyErr_Clear();
+        return call_fallback(self->watch_fallback, args, nargs);
+    }
+    PyObject *scope = NULL;
+    int kind = current_scope(self, &scope);
+    if (kind != SCOPE_NONE) {
+        Py_XDECREF(scope);
+        return call_fallback(self->watch_fallback, args, nargs);
+    }
+    spend_budget(self);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Recorder_methods[] = {
+    {"watch", (PyCFunction)(void (*)(void))Recorder_watch, METH_FASTCALL,
+     "watch(code, offset): the PY_START and PY_RESUME callback."},
     {"line", (PyCFunction)(void (*)(void))Recorder_line, METH_FASTCALL,
      "line(code, line): the LINE callback."},
     {"exit", (PyCFunction)(void (*)(void))Recorder_exit, METH_FASTCALL,
@@ -389,6 +434,10 @@ static PyMemberDef Recorder_members[] = {
      "Events outside any scope left before on_spent is called (0: not counting)."},
     {"on_spent", T_OBJECT, offsetof(Recorder, on_spent), 0,
      "Called with no arguments by the event that spends the last unit of budget."},
+    {"armed", T_INT, offsetof(Recorder, armed), 0,
+     "Nonzero while exact scopes are armed: watch() answers unscoped calls itself."},
+    {"watch_fallback", T_OBJECT, offsetof(Recorder, watch_fallback), 0,
+     "The Python PY_START callback, for every call watch() does not answer itself."},
     {NULL, 0, 0, 0, NULL},
 };
 

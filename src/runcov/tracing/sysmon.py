@@ -364,8 +364,13 @@ class SysmonCore(Core):
         self.accelerated = recorder is not None
         if recorder is not None:
             recorder.on_spent = self._linger_ran_out
-        mon.register_callback(tool, ev.PY_START, on_py_start)
-        mon.register_callback(tool, ev.PY_RESUME, on_py_resume)
+            recorder.watch_fallback = on_py_start  # (it handles resumptions the same way)
+        mon.register_callback(
+            tool, ev.PY_START, on_py_start if recorder is None else recorder.watch
+        )
+        mon.register_callback(
+            tool, ev.PY_RESUME, on_py_resume if recorder is None else recorder.watch
+        )
         mon.register_callback(tool, ev.LINE, on_line if recorder is None else recorder.line)
         mon.register_callback(tool, ev.PY_RETURN, on_exit if recorder is None else recorder.exit)
         # PY_UNWIND's callback is registered only while exact scopes are armed: with no callback
@@ -378,6 +383,7 @@ class SysmonCore(Core):
         # ones; while lingering they count the linger budget down themselves.
         recorder = self._recorder
         if recorder is not None:
+            recorder.armed = 1 if self._exact_armed else 0
             recorder.divert = 1 if self._census_enabled else 0
             recorder.budget = (
                 max(1, self._linger_budget)
@@ -406,6 +412,8 @@ class SysmonCore(Core):
         watch where it is (its next call outside a scope takes it off).
         """
         started = time.perf_counter()
+        if self._recorder is not None:
+            self._recorder.armed = 1 if self._exact_armed else 0
         events = self._local_events()
         set_local = self._mon.set_local_events
         tool = self._tool
