@@ -940,8 +940,9 @@ def test_arming_toggles_only_the_code_that_ran_since_the_last_disarm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A disarm takes the exact-mode events off the code the scope ran and leaves the watch on
-    the rest; a call outside any scope takes a watch off. The next arm toggles only the code
-    that carries nothing then: code not called between two scopes is not toggled at all."""
+    the rest; a call outside any scope takes a watch off, and marks that code as called by
+    unsampled work, so later disarms take its watch off at once. The next arm toggles only the
+    code that carries nothing then: code not called between two scopes is not toggled at all."""
     text = (
         "def a():\n    return 1\n\n"
         "def b():\n    return 2\n\n"
@@ -984,11 +985,22 @@ def test_arming_toggles_only_the_code_that_ran_since_the_last_disarm(
                 mon.set_local_events(tool_id, code, event_set)
 
         monkeypatch.setattr(core, "_mon", Recording())
+        monkeypatch.setattr(core, "_disarms", 0)  # the next disarm is no probe
         with capture_coverage(source=[str(tmp_path)]) as cov:
             assert module.c(0) == 4
         assert sorted(toggled[:2]) == ["a", "b"]  # the arm: not c, which kept its watch
-        assert toggled[2:] == ["c"]  # the disarm: the promoted code only
-        assert events() == {"a": watch, "b": watch, "c": 0}
+        # The disarm: the promoted code, and b (unsampled work called it); a keeps its watch.
+        assert toggled[2:] == ["c", "b"]
+        assert events() == {"a": watch, "b": 0, "c": 0}
+        # A probing disarm leaves every watch on and forgets which code unsampled work called:
+        # b, no longer called, is not toggled again.
+        from runcov.tracing import sysmon
+
+        monkeypatch.setattr(core, "_disarms", sysmon._PROBE_EVERY - 1)
+        with capture_coverage(source=[str(tmp_path)]):
+            pass
+        assert events() == {"a": watch, "b": watch, "c": watch}
+        assert id(module.b.__code__) not in core._hot
         path = os.path.realpath(module.__file__)
         assert cov.lines[path] == {8, 10}
         assert cov.arcs[path] == {(-7, 8), (8, 10), (10, -7)}

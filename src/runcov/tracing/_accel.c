@@ -15,6 +15,9 @@
  *
  * Everything else (census, lingering, any other scope type) goes to the Python callback given
  * as ``fallback``, which stays the reference implementation: both must record the same arcs.
+ * The PY_START and PY_RESUME callback of watched code (``watch``) answers only calls outside
+ * any scope while exact scopes are armed; promotions, first calls and the watches a disarm
+ * left on are the Python callback's.
  * Any error is swallowed: a callback never raises into the host application.
  *
  * The scope's slots are read at the offsets of ScopeState's member descriptors, found once when

@@ -70,6 +70,8 @@ _FILTERED_CALLBACK_COST = 0.13e-6
 _FILTERED_CALLBACK_COST_PY = 0.35e-6
 #: Budgets below this many callbacks are not worth a linger: disarm at once.
 _MIN_LINGER_CALLBACKS = 32
+#: One disarm in so many leaves all watched code watched (see ``SysmonCore._hot``).
+_PROBE_EVERY = 8
 TOOL_NAME = "runcov"
 
 
@@ -168,6 +170,13 @@ class SysmonCore(Core):
         #: the next arm watches. Each registered code object is in ``_watching``, in
         #: ``_promoted`` or here, so an arm and a disarm never walk all registered code.
         self._bare: set[int] = set()
+        #: ids of watched code whose watch a call outside any scope took off: code that
+        #: unsampled requests call. Later disarms take its watch off at once, with the promoted
+        #: code (cheaper than the callback), and leave only the rest watched. Every
+        #: ``_PROBE_EVERY``-th disarm leaves all of it watched and starts the set afresh, so
+        #: code no longer called stops being toggled.
+        self._hot: set[int] = set()
+        self._disarms = 0
         self._register_callbacks()
         mon.set_events(self._tool, self._GLOBAL)
         _listen_to_imports(self._code_loaded)
@@ -207,6 +216,7 @@ class SysmonCore(Core):
         promoted = self._promoted
         watching = self._watching
         bare = self._bare
+        hot = self._hot
         EXACT_LOCAL, WATCH = self._EXACT_LOCAL, self._WATCH
         perf_counter = time.perf_counter
 
@@ -243,6 +253,7 @@ class SysmonCore(Core):
                     if not core._exact_armed and id(code) in watching:
                         watching.discard(id(code))
                         bare.add(id(code))
+                        hot.add(id(code))
                         mon.set_local_events(tool, code, 0)
                         core._unwatch_cost += perf_counter() - started
             except Exception:
@@ -408,8 +419,9 @@ class SysmonCore(Core):
         ``exact_only``: exact scopes were armed or disarmed while census is off, and every
         registered code object carries the watch (``_watching``), the exact-mode events
         (``_promoted``) or nothing (``_bare``). An arm then watches the code that carries
-        nothing, and a disarm takes the exact-mode events off the promoted code and leaves the
-        watch where it is (its next call outside a scope takes it off).
+        nothing, and a disarm takes the exact-mode events off the promoted code and the watch
+        off the code that unsampled work called before (``_hot``), and leaves the watch on the
+        rest (its next call outside a scope takes it off).
         """
         started = time.perf_counter()
         if self._recorder is not None:
@@ -428,8 +440,13 @@ class SysmonCore(Core):
         if lazy and events == watch:  # arm
             targets = [codes[key] for key in bare if key in codes]
             bare.clear()
-        elif lazy:  # disarm
+        elif lazy:  # disarm: the promoted code, and the watched code unsampled work calls
             targets = list(promoted.values())
+            self._disarms += 1
+            if self._disarms % _PROBE_EVERY:
+                targets += [codes[key] for key in watching & self._hot if key in codes]
+            else:
+                self._hot.clear()
         else:
             targets = list(codes.values())
             watching.clear()
@@ -449,7 +466,9 @@ class SysmonCore(Core):
                 want = 0  # (unknown: the next arm sets it again)
             if want == watch:
                 watching.add(id(code))
-            elif not want:
+                continue
+            watching.discard(id(code))
+            if not want:
                 bare.add(id(code))
         if not events and self._once:
             for code in list(self._once.values()):  # module bodies that ran while armed
@@ -827,6 +846,7 @@ class SysmonCore(Core):
             self._pending.clear()
             self._watching.clear()
             self._bare.clear()
+            self._hot.clear()
             self._census.clear()
             self._forget_pending()
 
