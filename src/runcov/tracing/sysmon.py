@@ -568,7 +568,7 @@ class SysmonCore(Core):
                         try:  # what registered code carries now (a watch's PY_START goes)
                             self._mon.set_local_events(self._tool, code, events)
                         except Exception:
-                            continue
+                            events = 0  # (unknown: the next arm sets it again)
                         if events == self._WATCH:
                             self._watching.add(id(code))
                         elif not events:
