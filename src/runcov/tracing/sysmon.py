@@ -276,13 +276,7 @@ class SysmonCore(Core):
                         if scope is not None and not scope.is_census:
                             events = EXACT_LOCAL
                     if code.co_name != "<module>":
-                        codes[id(code)] = code
-                        if events == EXACT_LOCAL:
-                            promoted[id(code)] = code
-                        elif events == WATCH:
-                            watching.add(id(code))
-                        elif not events:
-                            bare.add(id(code))
+                        core._register(code, events)
                     elif events and events != WATCH:
                         once[id(code)] = code  # a module body: armed for this run only
                     else:
@@ -394,7 +388,6 @@ class SysmonCore(Core):
         # ones; while lingering they count the linger budget down themselves.
         recorder = self._recorder
         if recorder is not None:
-            recorder.armed = 1 if self._exact_armed else 0
             recorder.divert = 1 if self._census_enabled else 0
             recorder.budget = (
                 max(1, self._linger_budget)
@@ -424,7 +417,7 @@ class SysmonCore(Core):
         rest (its next call outside a scope takes it off).
         """
         started = time.perf_counter()
-        if self._recorder is not None:
+        if self._recorder is not None:  # every arm and disarm comes through here
             self._recorder.armed = 1 if self._exact_armed else 0
         events = self._local_events()
         set_local = self._mon.set_local_events
@@ -563,17 +556,25 @@ class SysmonCore(Core):
                     self._watch(_nested(code), skip=code)
                     if code.co_name != "<module>":
                         self._pending.pop(id(code), None)
-                        codes[id(code)] = code
                         events = self._local_events()
                         try:  # what registered code carries now (a watch's PY_START goes)
                             self._mon.set_local_events(self._tool, code, events)
                         except Exception:
                             events = 0  # (unknown: the next arm sets it again)
-                        if events == self._WATCH:
-                            self._watching.add(id(code))
-                        elif not events:
-                            self._bare.add(id(code))
+                        self._register(code, events)
                 frame = frame.f_back
+
+    def _register(self, code: CodeType, events: int) -> None:
+        """Register code that has run, carrying ``events`` (caller holds the lock), in the set
+        that tells what a later arm or disarm does with it."""
+        key = id(code)
+        self._codes[key] = code
+        if events == self._EXACT_LOCAL:
+            self._promoted[key] = code
+        elif events == self._WATCH:
+            self._watching.add(key)
+        elif not events:
+            self._bare.add(key)
 
     def _watch(self, found: Iterable[CodeType], skip: Optional[CodeType] = None) -> None:
         """Set PY_START on the code under the roots not known yet."""
