@@ -285,11 +285,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("| configuration | req/s | vs none | p50 ms | vs none | p99 ms | vs none "
           "| server CPU µs/req | vs none | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    #: per configuration and measure: the per-round ratios to ``none``
+    per_round: dict[str, dict[str, list[float]]] = {}
     ratios: dict[str, dict[str, float]] = {}
     for config, results in runs.items():
-        pairs = list(zip(results, base))
-        r = {key: statistics.median(x[key] / b[key] for x, b in pairs)
-             for key in ("throughput", "p50_ms", "p99_ms", "cpu_us")}
+        per_round[config] = {key: [x[key] / b[key] for x, b in zip(results, base)]
+                             for key in ("throughput", "p50_ms", "p99_ms", "cpu_us")}
+        r = {key: statistics.median(values) for key, values in per_round[config].items()}
         ratios[config] = r
         med = {key: statistics.median(x[key] for x in results)
                for key in ("throughput", "p50_ms", "p99_ms", "cpu_us")}
@@ -301,8 +303,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     noise = ratios["none-again"]
 
     def interval(config: str, key: str, invert: bool = False) -> str:
-        values = [x[key] / b[key] for x, b in zip(runs[config], base)]
-        low, high = median_interval(values)
+        low, high = median_interval(per_round[config][key])
         if invert:
             low, high = 1 / high, 1 / low
         return f"{low:.3f}-{high:.3f}"
