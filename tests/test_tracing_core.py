@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
@@ -975,22 +976,36 @@ def test_arming_toggles_only_the_code_that_ran_since_the_last_disarm(
 
         toggled: list[str] = []
 
-        class Recording:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(mon, name)
+        def recording(tool_id: int, code: Any, event_set: int) -> None:
+            if id(code) in names:
+                toggled.append(names[id(code)])
+            mon.set_local_events(tool_id, code, event_set)
 
-            def set_local_events(self, tool_id: int, code: Any, event_set: int) -> None:
-                if id(code) in names:
-                    toggled.append(names[id(code)])
-                mon.set_local_events(tool_id, code, event_set)
-
-        monkeypatch.setattr(core, "_mon", Recording())
+        # Every set_local_events of the core goes through ``recording``: the arm and disarm
+        # loop's and, where the C callbacks are built, their promotions.
+        in_c = core._recorder is not None
+        monkeypatch.setattr(core, "_mon", SimpleNamespace(**{
+            **{n: getattr(mon, n) for n in dir(mon) if not n.startswith("_")},
+            "set_local_events": recording,
+        }))
         monkeypatch.setattr(core, "_disarms", 0)  # the next disarm is no probe
-        with capture_coverage(source=[str(tmp_path)]) as cov:
-            assert module.c(0) == 4
+
+        def attach(set_local: Any) -> None:
+            core._recorder.attach_watch(core._lock, core._promoted, core._watching, core._bare,
+                                        core._hot, set_local, tool, core._EXACT_LOCAL)
+
+        if in_c:
+            attach(recording)
+        try:
+            with capture_coverage(source=[str(tmp_path)]) as cov:
+                assert module.c(0) == 4
+        finally:
+            if in_c:
+                attach(mon.set_local_events)
         assert sorted(toggled[:2]) == ["a", "b"]  # the arm: not c, which kept its watch
-        # The disarm: the promoted code, and b (unsampled work called it); a keeps its watch.
-        assert toggled[2:] == ["c", "b"]
+        # (The promotion of c, in C.) The disarm: the promoted code, and b (unsampled work
+        # called it); a keeps its watch.
+        assert toggled[2:] == (["c", "c", "b"] if in_c else ["c", "b"])
         assert events() == {"a": watch, "b": 0, "c": 0}
         # A probing disarm leaves every watch on and forgets which code unsampled work called:
         # b, no longer called, is not toggled again.
@@ -1007,20 +1022,30 @@ def test_arming_toggles_only_the_code_that_ran_since_the_last_disarm(
 
 
 @pytest.mark.skipif(get_core().name != "sysmon", reason="sys.monitoring core only")
-def test_watched_calls_outside_scopes_are_answered_in_c_while_armed(
+def test_calls_of_watched_code_are_answered_in_c(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While an exact scope is armed, a call of watched code on another thread (outside any
-    scope) is answered by the C callback without calling into Python; once disarmed, the next
-    such call goes to Python, which takes the watch off."""
+    """The C callback answers every call of registered code while census is off, without
+    calling into Python: in an exact scope it promotes the code (in that very frame), outside
+    any scope while armed it returns, and outside any scope once disarmed it takes the watch
+    off and marks the code as called by unsampled work. Only a first call (registration)
+    goes to Python, or a call while another thread holds the core's lock."""
     core: Any = get_core()
     if core._recorder is None:
         pytest.skip("C extension not built (or RUNCOV_ACCEL=0)")
-    text = "def pick(x):\n    if x:\n        return 1\n    return 2\n\ndef other():\n    return 3\n"
+    mon, ev, tool = sys.monitoring, sys.monitoring.events, core.tool_id
+    watch = ev.PY_START | ev.PY_RESUME
+    text = (
+        "def pick(x):\n    if x:\n        return 1\n    return 2\n\n"
+        "def other():\n    return 3\n\n"
+        "def third():\n    return 4\n"
+    )
     monkeypatch.setattr(core, "_linger_scale", 0.0)  # a close disarms at once
+    with capture_coverage(source=[SAMPLE]):
+        pass  # ends what an earlier scope left lingering
     with _module_from(tmp_path, "watched_mod", text) as module:
         core.add_roots([str(tmp_path)])
-        module.pick(1), module.other()  # registered
+        module.pick(1), module.other(), module.third()  # registered
         fallback = core._recorder.watch_fallback
         seen: list[str] = []
 
@@ -1030,14 +1055,43 @@ def test_watched_calls_outside_scopes_are_answered_in_c_while_armed(
 
         monkeypatch.setattr(core._recorder, "watch_fallback", counting)
         with capture_coverage(source=[str(tmp_path)]) as cov:
-            assert module.pick(0) == 2  # in the scope: promoted (Python)
-            thread = threading.Thread(target=module.other)  # outside any scope: C
+            assert mon.get_local_events(tool, module.pick.__code__) == watch
+            assert module.pick(0) == 2  # in the scope: promoted in C
+            assert id(module.pick.__code__) in core._promoted
+            assert id(module.pick.__code__) not in core._watching
+            assert mon.get_local_events(tool, module.pick.__code__) == ev.LINE | ev.PY_RETURN
+            assert core._recorder.promote_cost > 0.0  # timed, for the linger budget
+            thread = threading.Thread(target=module.other)  # outside any scope: returns in C
             thread.start()
             thread.join()
-        assert seen == ["pick"]
-        module.other()  # disarmed: Python takes the watch off
-        assert seen == ["pick", "other"]
-        tool = core.tool_id
-        assert sys.monitoring.get_local_events(tool, module.other.__code__) == 0
+            assert mon.get_local_events(tool, module.other.__code__) == watch
+        assert seen == []
+        assert core._recorder.promote_cost == 0.0  # taken by the core when the scope closed
+        assert mon.get_local_events(tool, module.other.__code__) == watch  # left on
+        module.other()  # disarmed, outside any scope: C takes the watch off
+        assert seen == []
+        assert mon.get_local_events(tool, module.other.__code__) == 0
+        key = id(module.other.__code__)
+        assert key in core._bare and key in core._hot and key not in core._watching
+        assert core._recorder.unwatch_cost > 0.0
+        # Another thread holds the core's lock: the callback does not wait for it in C, the
+        # Python callback does (after the holder lets go).
+        assert mon.get_local_events(tool, module.third.__code__) == watch
+        held, release = threading.Event(), threading.Event()
+
+        def holder() -> None:
+            with core._lock:
+                held.set()
+                release.wait(10)
+
+        thread = threading.Thread(target=holder)
+        thread.start()
+        held.wait(10)
+        threading.Timer(0.05, release.set).start()
+        module.third()
+        thread.join()
+        assert seen == ["third"]
+        assert mon.get_local_events(tool, module.third.__code__) == 0
         path = os.path.realpath(module.__file__)
         assert cov.lines[path] == {2, 4}
+        assert cov.arcs[path] == {(-1, 2), (2, 4), (4, -1)}

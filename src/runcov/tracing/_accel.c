@@ -15,9 +15,12 @@
  *
  * Everything else (census, lingering, any other scope type) goes to the Python callback given
  * as ``fallback``, which stays the reference implementation: both must record the same arcs.
- * The PY_START and PY_RESUME callback of watched code (``watch``) answers only calls outside
- * any scope while exact scopes are armed; promotions, first calls and the watches a disarm
- * left on are the Python callback's.
+ * The PY_START and PY_RESUME callback of watched code (``watch``) answers the calls of
+ * registered code: outside any scope while exact scopes are armed (returns), in an exact scope
+ * while armed (promotes the code to the exact-mode events), and outside any scope while
+ * disarmed (takes off the watch a disarm left on), each under the core's lock as the Python
+ * callback does it. First calls (registration), census and any other scope type, and a lock
+ * another thread holds, are the Python callback's.
  * Any error is swallowed: a callback never raises into the host application.
  *
  * The scope's slots are read at the offsets of ScopeState's member descriptors, found once when
@@ -50,6 +53,9 @@
 #define RESUMES_IN_C 0
 #endif
 
+/* Interned names and constants (made by intern_names at import). */
+static PyObject *name_acquire, *name_release, *zero;
+
 typedef struct {
     PyObject_HEAD
     PyObject *var;            /* the ContextVar holding the current scope */
@@ -64,6 +70,17 @@ typedef struct {
     PyObject *codes, *once;   /* the core's registered code objects (by id): unwind()'s filter */
     int armed;                /* nonzero while exact scopes are armed (watch() answers calls) */
     PyObject *watch_fallback; /* Python on_py_start(code, offset) (or NULL) */
+    /* What watch() promotes and unwatches with (set by attach_watch; NULL: Python does it). */
+    PyObject *lock;           /* the core's lock (an RLock) */
+    PyObject *promoted;       /* dict: id(code) -> code promoted since the last arm */
+    PyObject *watching;       /* set of ids: registered code carrying the watch */
+    PyObject *bare;           /* set of ids: registered code carrying nothing */
+    PyObject *hot;            /* set of ids: watched code that unsampled work called */
+    PyObject *set_local;      /* sys.monitoring.set_local_events */
+    PyObject *tool;           /* the tool id */
+    PyObject *exact_events;   /* LINE | PY_RETURN */
+    double promote_cost;      /* seconds spent promoting, since the core last took it */
+    double unwatch_cost;      /* seconds spent taking watches off, likewise */
 } Recorder;
 
 static Py_ssize_t
@@ -150,6 +167,14 @@ Recorder_traverse(Recorder *self, visitproc visit, void *arg)
     Py_VISIT(self->once);
     Py_VISIT(self->on_spent);
     Py_VISIT(self->watch_fallback);
+    Py_VISIT(self->lock);
+    Py_VISIT(self->promoted);
+    Py_VISIT(self->watching);
+    Py_VISIT(self->bare);
+    Py_VISIT(self->hot);
+    Py_VISIT(self->set_local);
+    Py_VISIT(self->tool);
+    Py_VISIT(self->exact_events);
     return 0;
 }
 
@@ -165,6 +190,14 @@ Recorder_clear(Recorder *self)
     Py_CLEAR(self->once);
     Py_CLEAR(self->on_spent);
     Py_CLEAR(self->watch_fallback);
+    Py_CLEAR(self->lock);
+    Py_CLEAR(self->promoted);
+    Py_CLEAR(self->watching);
+    Py_CLEAR(self->bare);
+    Py_CLEAR(self->hot);
+    Py_CLEAR(self->set_local);
+    Py_CLEAR(self->tool);
+    Py_CLEAR(self->exact_events);
     return 0;
 }
 
@@ -387,40 +420,184 @@ Recorder_unwind(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     return Recorder_exit(self, args, nargs);
 }
 
-/* watch(code, offset): the PY_START and PY_RESUME callback. A call or resumption of
- * registered code outside any scope while exact scopes are armed (unsampled work next to a
- * sampled request, or while the core lingers) returns here, spending one unit of budget.
- * Everything else goes to ``watch_fallback``: code not registered yet (its first call), a call
- * in a scope (a promotion), a watch a disarm left on (taken off), census. */
+/* Seconds of a monotonic clock (perf_counter's). */
+static double
+now_seconds(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t;
+    if (PyTime_PerfCounterRaw(&t) < 0) {
+        return 0.0;
+    }
+    return PyTime_AsSecondsDouble(t);
+#else
+    return _PyTime_AsSecondsDouble(_PyTime_GetPerfCounter());
+#endif
+}
+
+/* Take ``lock`` (the core's RLock) without waiting: 1 when taken. */
+static int
+try_lock(PyObject *lock)
+{
+    PyObject *got = PyObject_CallMethodOneArg(lock, name_acquire, Py_False);
+    if (got == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int taken = got == Py_True;
+    Py_DECREF(got);
+    return taken;
+}
+
+static void
+unlock(PyObject *lock)
+{
+    PyObject *done = PyObject_CallMethodNoArgs(lock, name_release);
+    if (done == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(done);
+}
+
+/* set_local_events(tool, code, events), errors swallowed. */
+static void
+set_local(Recorder *self, PyObject *code, PyObject *events)
+{
+    PyObject *call[3] = {self->tool, code, events};
+    PyObject *result = PyObject_Vectorcall(self->set_local, call, 3, NULL);
+    if (result == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(result);
+}
+
+/* A call of registered code (``key`` = its id) in an exact scope while armed: promote the code
+ * to the exact-mode events, in this very frame (the Python callback's ``promote``). */
+static PyObject *
+watch_promote(Recorder *self, PyObject *const *args, Py_ssize_t nargs, PyObject *key)
+{
+    double started = now_seconds();
+    PyObject *lock = Py_NewRef(self->lock);
+    if (!try_lock(lock)) { /* another thread holds it: Python waits for it */
+        Py_DECREF(lock);
+        return call_fallback(self->watch_fallback, args, nargs);
+    }
+    if (self->armed && PyDict_Contains(self->promoted, key) == 0 &&
+        PyDict_Contains(self->codes, key) == 1 &&
+        PyDict_SetItem(self->promoted, key, args[0]) == 0) {
+        if (PySet_Discard(self->watching, key) < 0) {
+            PyErr_Clear();
+        }
+        set_local(self, args[0], self->exact_events);
+        self->promote_cost += now_seconds() - started;
+    }
+    PyErr_Clear();
+    unlock(lock);
+    Py_DECREF(lock);
+    Py_RETURN_NONE;
+}
+
+/* A call of watched code outside any scope while disarmed: take off the watch a disarm left
+ * on, and remember the code as called by unsampled work (the Python callback's ``unwatch``). */
+static PyObject *
+watch_unwatch(Recorder *self, PyObject *const *args, Py_ssize_t nargs, PyObject *key)
+{
+    double started = now_seconds();
+    PyObject *lock = Py_NewRef(self->lock);
+    if (!try_lock(lock)) {
+        Py_DECREF(lock);
+        return call_fallback(self->watch_fallback, args, nargs);
+    }
+    if (!self->armed && PySet_Contains(self->watching, key) == 1 &&
+        PySet_Discard(self->watching, key) == 1) {
+        if (PySet_Add(self->bare, key) < 0 || PySet_Add(self->hot, key) < 0) {
+            PyErr_Clear();
+        }
+        set_local(self, args[0], zero);
+        self->unwatch_cost += now_seconds() - started;
+    }
+    PyErr_Clear();
+    unlock(lock);
+    Py_DECREF(lock);
+    Py_RETURN_NONE;
+}
+
+/* watch(code, offset): the PY_START and PY_RESUME callback. For registered code, while census
+ * is off: a call outside any scope while exact scopes are armed (unsampled work next to a
+ * sampled request, or while the core lingers) returns here, spending one unit of budget; a
+ * call in an exact scope while armed promotes the code; a call outside any scope while
+ * disarmed takes the watch off. Everything else goes to ``watch_fallback``: code not
+ * registered yet (its first call), census, other scope types. */
 static PyObject *
 Recorder_watch(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2 || !PyCode_Check(args[0])) {
         Py_RETURN_NONE;
     }
-    if (!self->armed || self->divert || self->codes == NULL) {
+    if (self->divert || self->codes == NULL) {
         return call_fallback(self->watch_fallback, args, nargs);
     }
     PyObject *key = PyLong_FromVoidPtr(args[0]);
     int known = key == NULL ? -1 : PyDict_Contains(self->codes, key);
-    Py_XDECREF(key);
     if (known <= 0) {
+        Py_XDECREF(key);
         PyErr_Clear();
         return call_fallback(self->watch_fallback, args, nargs);
     }
     PyObject *scope = NULL;
     int kind = current_scope(self, &scope);
-    if (kind != SCOPE_NONE) {
-        Py_XDECREF(scope);
-        return call_fallback(self->watch_fallback, args, nargs);
+    Py_XDECREF(scope);
+    int attached = self->lock != NULL && self->promoted != NULL && self->watching != NULL &&
+                   self->bare != NULL && self->hot != NULL && self->set_local != NULL &&
+                   self->tool != NULL && self->exact_events != NULL;
+    PyObject *result;
+    if (self->armed && kind == SCOPE_NONE) {
+        spend_budget(self);
+        result = Py_NewRef(Py_None);
     }
-    spend_budget(self);
+    else if (self->armed && kind == SCOPE_EXACT && attached) {
+        result = watch_promote(self, args, nargs, key);
+    }
+    else if (!self->armed && kind == SCOPE_NONE && attached) {
+        result = watch_unwatch(self, args, nargs, key);
+    }
+    else {
+        result = call_fallback(self->watch_fallback, args, nargs);
+    }
+    Py_DECREF(key);
+    return result;
+}
+
+/* attach_watch(lock, promoted, watching, bare, hot, set_local_events, tool, exact_events):
+ * what watch() promotes and unwatches with. */
+static PyObject *
+Recorder_attach_watch(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8 || !PyDict_CheckExact(args[1]) || !PySet_CheckExact(args[2]) ||
+        !PySet_CheckExact(args[3]) || !PySet_CheckExact(args[4]) || !PyCallable_Check(args[5]) ||
+        !PyLong_CheckExact(args[6]) || !PyLong_CheckExact(args[7])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "attach_watch(lock, promoted: dict, watching: set, bare: set, hot: set, "
+                        "set_local_events, tool: int, exact_events: int)");
+        return NULL;
+    }
+    hold(&self->lock, args[0]);
+    hold(&self->promoted, args[1]);
+    hold(&self->watching, args[2]);
+    hold(&self->bare, args[3]);
+    hold(&self->hot, args[4]);
+    hold(&self->set_local, args[5]);
+    hold(&self->tool, args[6]);
+    hold(&self->exact_events, args[7]);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef Recorder_methods[] = {
     {"watch", (PyCFunction)(void (*)(void))Recorder_watch, METH_FASTCALL,
      "watch(code, offset): the PY_START and PY_RESUME callback."},
+    {"attach_watch", (PyCFunction)(void (*)(void))Recorder_attach_watch, METH_FASTCALL,
+     "attach_watch(lock, promoted, watching, bare, hot, set_local_events, tool, exact_events): "
+     "what watch() promotes code and takes watches off with."},
     {"line", (PyCFunction)(void (*)(void))Recorder_line, METH_FASTCALL,
      "line(code, line): the LINE callback."},
     {"exit", (PyCFunction)(void (*)(void))Recorder_exit, METH_FASTCALL,
@@ -441,6 +618,12 @@ static PyMemberDef Recorder_members[] = {
      "Nonzero while exact scopes are armed: watch() answers unscoped calls itself."},
     {"watch_fallback", T_OBJECT, offsetof(Recorder, watch_fallback), 0,
      "The Python PY_START callback, for every call watch() does not answer itself."},
+    {"lock", T_OBJECT, offsetof(Recorder, lock), 0,
+     "The core's lock, taken by watch() to promote and unwatch (replaced after a fork)."},
+    {"promote_cost", T_DOUBLE, offsetof(Recorder, promote_cost), 0,
+     "Seconds watch() spent promoting code since the core last took (and zeroed) it."},
+    {"unwatch_cost", T_DOUBLE, offsetof(Recorder, unwatch_cost), 0,
+     "Seconds watch() spent taking watches off since the core last took (and zeroed) it."},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1474,11 +1657,15 @@ intern_names(void)
     key_old_method = PyUnicode_InternFromString("http.method");
     key_route = PyUnicode_InternFromString("http.route");
     one = PyLong_FromLong(1);
+    zero = PyLong_FromLong(0);
+    name_acquire = PyUnicode_InternFromString("acquire");
+    name_release = PyUnicode_InternFromString("release");
     return (name_call && name_exception && name_line && name_return && name_opcode &&
             name_f_trace && name_running && name_kind && name_context && name_span_threshold &&
             name_in_flight && name_census_by_span && name_attributes && name_dict &&
             name_count_seen && name_tally_local && name_counts && key_ot_entry && key_method &&
-            key_old_method && key_route && one) ? 0 : -1;
+            key_old_method && key_route && one && zero && name_acquire &&
+            name_release) ? 0 : -1;
 }
 
 static PyMethodDef accel_functions[] = {

@@ -14,7 +14,9 @@ How it stays cheap (see docs/architecture.md, "Tracing core"):
   take effect in that very frame; code that first runs while armed is treated the same way.
   Callbacks for work outside any scope return after one ContextVar lookup. When the last scope
   closes, the promoted code is disarmed at once; watched code that was not promoted keeps its
-  watch until its next call outside any scope takes it off. So an arm and a disarm toggle the
+  watch until its next call outside any scope takes it off. (With the C extension, the
+  callback of watched code promotes and takes watches off in C; the Python ``promote`` and
+  ``unwatch`` below are the reference, and run where C cannot take the core's lock at once.) So an arm and a disarm toggle the
   code that runs between two sampled requests (the promoted code, and what unsampled requests
   call meanwhile), not every registered code object: code that is rarely called is not
   toggled at all. The tool's global event (``PY_UNWIND``) never
@@ -370,6 +372,15 @@ class SysmonCore(Core):
         if recorder is not None:
             recorder.on_spent = self._linger_ran_out
             recorder.watch_fallback = on_py_start  # (it handles resumptions the same way)
+            try:
+                # Promotions, and the watches a disarm left on, done in C as promote() and
+                # unwatch() do them (the same sets, under the same lock).
+                recorder.attach_watch(
+                    self._lock, promoted, watching, bare, hot, mon.set_local_events, tool,
+                    EXACT_LOCAL,
+                )
+            except Exception as exc:  # an older build: the Python callbacks do it
+                log.debug("runcov: promotions stay in Python: %s", exc)
         mon.register_callback(
             tool, ev.PY_START, on_py_start if recorder is None else recorder.watch
         )
@@ -406,6 +417,23 @@ class SysmonCore(Core):
             return self._LINE
         return 0
 
+    def _take_c_costs(self) -> None:
+        """Add the time the C callback spent promoting and taking watches off to the core's
+        totals (caller holds the lock)."""
+        recorder = self._recorder
+        if recorder is None:
+            return
+        try:
+            promote, unwatch = recorder.promote_cost, recorder.unwatch_cost
+            if promote:
+                recorder.promote_cost = 0.0
+                self._promote_cost += promote
+            if unwatch:
+                recorder.unwatch_cost = 0.0
+                self._unwatch_cost += unwatch
+        except AttributeError:  # an older build
+            pass
+
     def _apply(self, toggle: bool, exact_only: bool = False) -> None:
         """Set every registered code object's local events to the current need.
 
@@ -417,6 +445,7 @@ class SysmonCore(Core):
         rest (its next call outside a scope takes it off).
         """
         started = time.perf_counter()
+        self._take_c_costs()
         if self._recorder is not None:  # every arm and disarm comes through here
             self._recorder.armed = 1 if self._exact_armed else 0
         events = self._local_events()
@@ -693,6 +722,7 @@ class SysmonCore(Core):
                         if self._recorder is not None
                         else _FILTERED_CALLBACK_COST_PY
                     )
+                    self._take_c_costs()
                     budget = int(scale * 2.5 * (self._toggle_cost + self._promote_cost) / unit)
                     if self._census_enabled or budget < _MIN_LINGER_CALLBACKS:
                         self._disarm_exact()
@@ -855,6 +885,11 @@ class SysmonCore(Core):
         # Only the forking thread survives: scopes of other threads will never close, and scopes
         # inherited from the parent must not be counted when the child closes them.
         self._lock = threading.RLock()
+        if self._recorder is not None:
+            try:
+                self._recorder.lock = self._lock
+            except AttributeError:  # an older build
+                pass
         self._generation += 1
         if self._shut:
             return
