@@ -22,6 +22,16 @@ With ``--cache-sim`` cachegrind also simulates the caches (the host's I1, D1 and
 geometry) and the table adds first-level and last-level misses per request: where a sampled
 request's time goes beyond its instructions (cold caches) shows there.
 
+With ``--threads`` the runs are counted by callgrind with a count per thread instead, and the
+table adds what the request thread executed (per request, and per sampled request beyond 0 %):
+the figure a change to the request path moves, without the export worker, whose rounds under
+Valgrind (it wakes by the clock, and Valgrind runs ~50x slower) hold one or two records each
+instead of dozens natively, so its share of a sampled request is far larger than natively.
+
+"Per sampled request" divides by the requests actually sampled among the measured ones (the
+child reports them), not by the nominal rate: with a fixed sequence of trace ids the count in a
+window of a few thousand requests differs from rate x requests by a few.
+
 Each configuration runs twice, with ``--warmup`` requests and then ``--small`` or ``--large``
 measured ones; the difference of the two counts divided by the difference in requests is the
 cost of one request in the steady state (start-up, imports, warm-up and shutdown cancel out).
@@ -145,6 +155,7 @@ def child(
     if config == "absent":
         serve = _server(app_name, create_app(agent=None))
         _serve_all(serve, requests, warmup, measured, keep_gc)
+        print("sampled 0")
         return 0
 
     import runcov
@@ -189,13 +200,16 @@ def child(
         )
     if config in ("none", "processor") and hasattr(sys, "monitoring"):
         sys.monitoring.set_events(core.tool_id, 0)
-    at_measure = None
-    if config == "zero":
-        # Sampled at ``rate`` through the warm-up; nothing is sampled while counting.
-        def at_measure() -> None:
+    submitted = [0]
+
+    def measuring_starts() -> None:
+        submitted[0] = agent.exporter.counters()["submitted"]
+        if config == "zero":
+            # Sampled at ``rate`` through the warm-up; nothing is sampled while counting.
             agent._span_threshold = 1 << 56
 
-    _serve_all(serve, requests, warmup, measured, keep_gc, at_measure)
+    _serve_all(serve, requests, warmup, measured, keep_gc, measuring_starts)
+    print(f"sampled {agent.exporter.counters()['submitted'] - submitted[0]}")
     agent.flush()
     if toggle_cost < 0:
         cycle = getattr(core, "_toggle_cost", 0.0)
@@ -281,10 +295,19 @@ def native_toggle_cost(env: dict[str, str], warmup: int, app: str = "flask") -> 
     return float(match.group(1))
 
 
-def count(env: dict[str, str], args: list[str], cache_sim: bool = False) -> dict[str, int]:
+_SAMPLED = re.compile(r"^sampled (\d+)$", re.MULTILINE)
+_SUMMARY = re.compile(r"^summary:\s+(\d+)", re.MULTILINE)
+
+
+def count(
+    env: dict[str, str], args: list[str], cache_sim: bool = False, threads: bool = False
+) -> dict[str, int]:
     """Instructions executed by ``args`` under cachegrind (``"Ir"``), and with ``cache_sim``
     the simulated first-level (``"L1"``, instruction and data) and last-level (``"LL"``)
-    misses."""
+    misses; with ``threads``, under callgrind, also the request (main) thread's instructions
+    (``"main"``). ``"sampled"``: requests sampled while counted, as the child reported."""
+    if threads:
+        return _count_threads(env, args)
     proc = subprocess.run(
         ["valgrind", "--tool=cachegrind", f"--cache-sim={'yes' if cache_sim else 'no'}",
          "--cachegrind-out-file=/dev/null", *args], env=env, capture_output=True, text=True)
@@ -301,7 +324,37 @@ def count(env: dict[str, str], args: list[str], cache_sim: bool = False) -> dict
             found[name] = int(m.group(1).replace(",", ""))
         counts["L1"] = found["I1"] + found["D1"]
         counts["LL"] = found["LLi"] + found["LLd"]
+    counts["sampled"] = _sampled(proc.stdout)
     return counts
+
+
+def _sampled(stdout: str) -> int:
+    match = _SAMPLED.search(stdout)
+    if match is None:
+        raise SystemExit(f"the child did not report its sampled requests:\n{stdout[-2000:]}")
+    return int(match.group(1))
+
+
+def _count_threads(env: dict[str, str], args: list[str]) -> dict[str, int]:
+    """``count`` by thread: callgrind writes one profile per thread (``out-01`` is the main
+    thread, the one serving the requests)."""
+    with tempfile.TemporaryDirectory(prefix="runcov-callgrind-") as tmp:
+        out = Path(tmp) / "cg.out"
+        proc = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--separate-threads=yes",
+             f"--callgrind-out-file={out}", *args],
+            env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"callgrind run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        per_thread = {}
+        for path in sorted(Path(tmp).glob("cg.out-*")):
+            match = _SUMMARY.search(path.read_text(errors="replace"))
+            if match is not None:
+                per_thread[path.name] = int(match.group(1))
+    if "cg.out-01" not in per_thread:
+        raise SystemExit(f"no main-thread profile from callgrind:\n{proc.stderr[-3000:]}")
+    return {"Ir": sum(per_thread.values()), "main": per_thread["cg.out-01"],
+            "sampled": _sampled(proc.stdout)}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -327,8 +380,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="also count the 0 %% path in a process that sampled at the first rate")
     parser.add_argument("--cache-sim", action="store_true",
                         help="also simulate the caches and report misses per request")
+    parser.add_argument("--threads", action="store_true",
+                        help="count by thread with callgrind: adds the request thread's share")
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.cache_sim and args.threads:
+        parser.error("--cache-sim and --threads are different Valgrind tools: pick one")
     if args.child:
         config, rate, warmup, measured, toggle, collect, app = args.child
         return child(config, float(rate), int(warmup), int(measured), float(toggle),
@@ -361,8 +418,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 for name, rate in configs for n in (args.small, args.large)
             }
             with ThreadPoolExecutor(args.jobs) as pool:
-                counts = dict(zip(jobs, pool.map(lambda a: count(env, a, args.cache_sim),
-                                                 jobs.values())))
+                counts = dict(zip(jobs, pool.map(
+                    lambda a: count(env, a, args.cache_sim, args.threads), jobs.values())))
         finally:
             if bench.collector is not None:
                 stop(bench.collector)
@@ -371,26 +428,47 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         large, small = counts[(name, args.large)], counts[(name, args.small)]
         return (large[key] - small[key]) / (args.large - args.small)
 
+    def per_sampled(name: str, key: str = "Ir") -> Optional[float]:
+        """Instructions per request sampled while counted, beyond the 0 % path's."""
+        large, small = counts[(name, args.large)], counts[(name, args.small)]
+        sampled = large["sampled"] - small["sampled"]
+        if sampled <= 0:
+            return None
+        zero_large, zero_small = counts[("0%", args.large)], counts[("0%", args.small)]
+        return ((large[key] - small[key]) - (zero_large[key] - zero_small[key])) / sampled
+
     base = per_request("none")
-    zero = per_request("0%")
     print(f"\n**{_APP_NAMES[args.app]} shop · Python {platform.python_version()} · "
           f"{platform.machine()} · "
           f"{started:%Y-%m-%d %H:%M} UTC**  ")
-    print(f"cachegrind instruction counts · {args.warmup} warm-up requests, then "
+    print(f"{'callgrind (by thread)' if args.threads else 'cachegrind'} instruction counts · "
+          f"{args.warmup} warm-up requests, then "
           f"{args.small} and {args.large} measured · garbage collector "
           f"{'on' if args.gc else 'off while counting'} · toggle cost pinned at "
           f"{toggle * 1e6:.1f} µs\n")
-    head = "| configuration | instructions / request | vs none | per sampled request, beyond 0 % |"
-    rule = "|---|---:|---:|---:|"
+    head = ("| configuration | instructions / request | vs none | sampled while counted "
+            "| per sampled request, beyond 0 % |")
+    rule = "|---|---:|---:|---:|---:|"
+    if args.threads:
+        head += " request thread / request | vs none | request thread per sampled request |"
+        rule += "---:|---:|---:|"
     if args.cache_sim:
         head += " L1 misses / request | vs none | LL misses / request | vs none |"
         rule += "---:|---:|---:|---:|"
     print(head)
     print(rule)
+    def shown(value: Optional[float]) -> str:
+        return "" if value is None else f"{value:,.0f}"
+
     for name, rate in configs:
         ir = per_request(name)
-        extra = f"{(ir - zero) / rate:,.0f}" if rate > 0 and name != "zero" else ""
-        row = f"| {name} | {ir:,.0f} | {ir / base:.4f}x | {extra} |"
+        sampled = counts[(name, args.large)]["sampled"] - counts[(name, args.small)]["sampled"]
+        extra = shown(per_sampled(name)) if rate > 0 and name != "zero" else ""
+        row = f"| {name} | {ir:,.0f} | {ir / base:.4f}x | {sampled} | {extra} |"
+        if args.threads:
+            main_ir, main_base = per_request(name, "main"), per_request("none", "main")
+            main_extra = shown(per_sampled(name, "main")) if rate > 0 and name != "zero" else ""
+            row += f" {main_ir:,.0f} | {main_ir / main_base:.4f}x | {main_extra} |"
         if args.cache_sim:
             for key in ("L1", "LL"):
                 misses, none = per_request(name, key), per_request("none", key)

@@ -208,8 +208,10 @@ class RuncovSpanProcessor(SpanProcessor):
 
 
 def _status(span: ReadableSpan) -> str:
-    attributes = span.attributes or {}
-    code = attributes.get("http.response.status_code", attributes.get("http.status_code"))
+    attributes = _attributes(span) or {}
+    code = attributes.get("http.response.status_code")
+    if code is None:
+        code = attributes.get("http.status_code")
     klass = status_class(code)
     if klass is not None:
         return klass

@@ -16,13 +16,13 @@ How it stays cheap (see docs/architecture.md, "Tracing core"):
   closes, the promoted code is disarmed at once; watched code that was not promoted keeps its
   watch until its next call outside any scope takes it off. (With the C extension, the
   callback of watched code promotes and takes watches off in C; the Python ``promote`` and
-  ``unwatch`` below are the reference, and run where C cannot take the core's lock at once.) So an arm and a disarm toggle the
-  code that runs between two sampled requests (the promoted code, and what unsampled requests
-  call meanwhile), not every registered code object: code that is rarely called is not
-  toggled at all. The tool's global event (``PY_UNWIND``) never
-  changes after start: changing it would make CPython re-instrument every code object of the
-  process at its next call. Instead, ``PY_UNWIND`` has no callback while nothing is armed,
-  which CPython skips without calling into Python.
+  ``unwatch`` below are the reference, and run where C cannot take the core's lock at once.)
+  So an arm and a disarm toggle the code that runs between two sampled requests (the
+  promoted code, and what unsampled requests call meanwhile), not every registered code
+  object: code that is rarely called is not toggled at all. The tool's global event
+  (``PY_UNWIND``) never changes after start: changing it would make CPython re-instrument
+  every code object of the process at its next call. Instead, ``PY_UNWIND`` has no callback
+  while nothing is armed, which CPython skips without calling into Python.
 * Arcs follow coverage.py: the previous line is kept per frame (keyed by ``id(frame)`` inside the
   scope), a frame's first line gets the entry arc ``(-co_firstlineno, line)`` and a return or
   unwind the exit arc ``(line, -co_firstlineno)``. A suspended generator keeps its last line, so
