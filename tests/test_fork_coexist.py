@@ -331,6 +331,49 @@ def test_fork_while_another_thread_captures() -> None:
     assert got_thread == want_thread, describe(got_thread, want_thread)
 
 
+def test_fork_while_another_thread_holds_the_cores_lock() -> None:
+    """The core's lock, held by another thread at fork time, is replaced in the child, for the
+    C callback too: the child's promotions are made in C (never waiting on the parent's
+    lock, nor falling back to Python for it) and the child measures exactly."""
+    core: Any = get_core()
+    if getattr(core, "_recorder", None) is None:
+        pytest.skip("sys.monitoring core with the C extension only")
+    want_child = runcov_alone(work_b)  # (registers work_b's code in the parent)
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with core._lock:
+            held.set()
+            release.wait(WAIT)
+
+    def child() -> tuple[Snapshot, bool, list[str]]:
+        recorder = core._recorder
+        fallback = recorder.watch_fallback
+        python: list[str] = []
+
+        def counting(code: Any, offset: int) -> Any:
+            python.append(code.co_name)
+            return fallback(code, offset)
+
+        recorder.watch_fallback = counting
+        with capture_coverage(source=[CORPUS_DIR]) as cov:
+            work_b()
+        recorder.watch_fallback = fallback
+        return snapshot(cov.lines, cov.arcs), recorder.lock is core._lock, python
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        assert held.wait(WAIT)
+        got, same_lock, python = fork_and_run(child)
+    finally:
+        release.set()
+        t.join(WAIT)
+    assert same_lock
+    assert python == []  # every call of work_b's (registered) code answered in C
+    assert got == want_child, describe(got, want_child)
+
+
 # -- coexistence with coverage.py --------------------------------------------------------------
 
 

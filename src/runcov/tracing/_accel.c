@@ -68,7 +68,7 @@ typedef struct {
     Py_ssize_t budget;        /* linger budget: unscoped events until on_spent is called */
     PyObject *on_spent;       /* Python callable: the linger budget ran out (or NULL) */
     PyObject *codes, *once;   /* the core's registered code objects (by id): unwind()'s filter */
-    int armed;                /* nonzero while exact scopes are armed (watch() answers calls) */
+    int armed;                /* nonzero while exact scopes are armed (see watch()) */
     PyObject *watch_fallback; /* Python on_py_start(code, offset) (or NULL) */
     /* What watch() promotes and unwatches with (set by attach_watch; NULL: Python does it). */
     PyObject *lock;           /* the core's lock (an RLock) */
@@ -615,7 +615,8 @@ static PyMemberDef Recorder_members[] = {
     {"on_spent", T_OBJECT, offsetof(Recorder, on_spent), 0,
      "Called with no arguments by the event that spends the last unit of budget."},
     {"armed", T_INT, offsetof(Recorder, armed), 0,
-     "Nonzero while exact scopes are armed: watch() answers unscoped calls itself."},
+     "Nonzero while exact scopes are armed: watch() returns for unscoped calls and promotes "
+     "code called in an exact scope; zero: it takes off the watches a disarm left on."},
     {"watch_fallback", T_OBJECT, offsetof(Recorder, watch_fallback), 0,
      "The Python PY_START callback, for every call watch() does not answer itself."},
     {"lock", T_OBJECT, offsetof(Recorder, lock), 0,
