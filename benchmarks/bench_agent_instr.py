@@ -66,6 +66,7 @@ Use this benchmark to see what a change does to the agent's own work, precisely;
     python benchmarks/bench_agent_instr.py                 # none, 0 %, 1 %, 10 % (~6 minutes)
     python benchmarks/bench_agent_instr.py --rates 0.01,1 --jobs 2
     python benchmarks/bench_agent_instr.py --app fastapi --absent --split
+    python benchmarks/bench_agent_instr.py --rates 0.01 --threads   # the request thread's share
 """
 
 from __future__ import annotations
