@@ -429,10 +429,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         large, small = counts[(name, args.large)], counts[(name, args.small)]
         return (large[key] - small[key]) / (args.large - args.small)
 
+    def sampled_while_counted(name: str) -> int:
+        return counts[(name, args.large)]["sampled"] - counts[(name, args.small)]["sampled"]
+
     def per_sampled(name: str, key: str = "Ir") -> Optional[float]:
         """Instructions per request sampled while counted, beyond the 0 % path's."""
         large, small = counts[(name, args.large)], counts[(name, args.small)]
-        sampled = large["sampled"] - small["sampled"]
+        sampled = sampled_while_counted(name)
         if sampled <= 0:
             return None
         zero_large, zero_small = counts[("0%", args.large)], counts[("0%", args.small)]
@@ -463,7 +466,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     for name, rate in configs:
         ir = per_request(name)
-        sampled = counts[(name, args.large)]["sampled"] - counts[(name, args.small)]["sampled"]
+        sampled = sampled_while_counted(name)
         extra = shown(per_sampled(name)) if rate > 0 and name != "zero" else ""
         row = f"| {name} | {ir:,.0f} | {ir / base:.4f}x | {sampled} | {extra} |"
         if args.threads:

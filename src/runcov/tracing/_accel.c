@@ -471,36 +471,15 @@ set_local(Recorder *self, PyObject *code, PyObject *events)
     Py_XDECREF(result);
 }
 
-/* A call of registered code (``key`` = its id) in an exact scope while armed: promote the code
- * to the exact-mode events, in this very frame (the Python callback's ``promote``). */
-static PyObject *
-watch_promote(Recorder *self, PyObject *const *args, Py_ssize_t nargs, PyObject *key)
-{
-    double started = now_seconds();
-    PyObject *lock = Py_NewRef(self->lock);
-    if (!try_lock(lock)) { /* another thread holds it: Python waits for it */
-        Py_DECREF(lock);
-        return call_fallback(self->watch_fallback, args, nargs);
-    }
-    if (self->armed && PyDict_Contains(self->promoted, key) == 0 &&
-        PyDict_Contains(self->codes, key) == 1 &&
-        PyDict_SetItem(self->promoted, key, args[0]) == 0) {
-        if (PySet_Discard(self->watching, key) < 0) {
-            PyErr_Clear();
-        }
-        set_local(self, args[0], self->exact_events);
-        self->promote_cost += now_seconds() - started;
-    }
-    PyErr_Clear();
-    unlock(lock);
-    Py_DECREF(lock);
-    Py_RETURN_NONE;
-}
+/* Work watch() does on the core's sets for one call of registered code (``key`` = its id),
+ * under the core's lock; ``started``: when the callback began (its time is the work's). */
+typedef void (*LockedWork)(Recorder *self, PyObject *code, PyObject *key, double started);
 
-/* A call of watched code outside any scope while disarmed: take off the watch a disarm left
- * on, and remember the code as called by unsampled work (the Python callback's ``unwatch``). */
+/* Run ``work`` under the core's lock, taken without waiting: when another thread holds it, the
+ * call goes to the Python callback, which waits for it. */
 static PyObject *
-watch_unwatch(Recorder *self, PyObject *const *args, Py_ssize_t nargs, PyObject *key)
+under_core_lock(Recorder *self, PyObject *const *args, Py_ssize_t nargs, PyObject *key,
+                LockedWork work)
 {
     double started = now_seconds();
     PyObject *lock = Py_NewRef(self->lock);
@@ -508,18 +487,50 @@ watch_unwatch(Recorder *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
         Py_DECREF(lock);
         return call_fallback(self->watch_fallback, args, nargs);
     }
+    work(self, args[0], key, started);
+    PyErr_Clear();
+    unlock(lock);
+    Py_DECREF(lock);
+    Py_RETURN_NONE;
+}
+
+/* A call in an exact scope while armed: promote the code to the exact-mode events, in this
+ * very frame (the Python callback's ``promote``). */
+static void
+promote(Recorder *self, PyObject *code, PyObject *key, double started)
+{
+    if (self->armed && PyDict_Contains(self->promoted, key) == 0 &&
+        PyDict_Contains(self->codes, key) == 1 && PyDict_SetItem(self->promoted, key, code) == 0) {
+        if (PySet_Discard(self->watching, key) < 0) {
+            PyErr_Clear();
+        }
+        set_local(self, code, self->exact_events);
+        self->promote_cost += now_seconds() - started;
+    }
+}
+
+/* A call outside any scope while disarmed: take off the watch a disarm left on, and remember
+ * the code as called by unsampled work (the Python callback's ``unwatch``). */
+static void
+unwatch(Recorder *self, PyObject *code, PyObject *key, double started)
+{
     if (!self->armed && PySet_Contains(self->watching, key) == 1 &&
         PySet_Discard(self->watching, key) == 1) {
         if (PySet_Add(self->bare, key) < 0 || PySet_Add(self->hot, key) < 0) {
             PyErr_Clear();
         }
-        set_local(self, args[0], zero);
+        set_local(self, code, zero);
         self->unwatch_cost += now_seconds() - started;
     }
-    PyErr_Clear();
-    unlock(lock);
-    Py_DECREF(lock);
-    Py_RETURN_NONE;
+}
+
+/* Whether attach_watch gave watch() what promote() and unwatch() need. */
+static int
+watch_attached(Recorder *self)
+{
+    return self->lock != NULL && self->promoted != NULL && self->watching != NULL &&
+           self->bare != NULL && self->hot != NULL && self->set_local != NULL &&
+           self->tool != NULL && self->exact_events != NULL;
 }
 
 /* watch(code, offset): the PY_START and PY_RESUME callback. For registered code, while census
@@ -547,19 +558,16 @@ Recorder_watch(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *scope = NULL;
     int kind = current_scope(self, &scope);
     Py_XDECREF(scope);
-    int attached = self->lock != NULL && self->promoted != NULL && self->watching != NULL &&
-                   self->bare != NULL && self->hot != NULL && self->set_local != NULL &&
-                   self->tool != NULL && self->exact_events != NULL;
     PyObject *result;
     if (self->armed && kind == SCOPE_NONE) {
         spend_budget(self);
         result = Py_NewRef(Py_None);
     }
-    else if (self->armed && kind == SCOPE_EXACT && attached) {
-        result = watch_promote(self, args, nargs, key);
+    else if (self->armed && kind == SCOPE_EXACT && watch_attached(self)) {
+        result = under_core_lock(self, args, nargs, key, promote);
     }
-    else if (!self->armed && kind == SCOPE_NONE && attached) {
-        result = watch_unwatch(self, args, nargs, key);
+    else if (!self->armed && kind == SCOPE_NONE && watch_attached(self)) {
+        result = under_core_lock(self, args, nargs, key, unwatch);
     }
     else {
         result = call_fallback(self->watch_fallback, args, nargs);

@@ -372,15 +372,11 @@ class SysmonCore(Core):
         if recorder is not None:
             recorder.on_spent = self._linger_ran_out
             recorder.watch_fallback = on_py_start  # (it handles resumptions the same way)
-            try:
-                # Promotions, and the watches a disarm left on, done in C as promote() and
-                # unwatch() do them (the same sets, under the same lock).
-                recorder.attach_watch(
-                    self._lock, promoted, watching, bare, hot, mon.set_local_events, tool,
-                    EXACT_LOCAL,
-                )
-            except Exception as exc:  # an older build: the Python callbacks do it
-                log.debug("runcov: promotions stay in Python: %s", exc)
+            # Promotions, and the watches a disarm left on, done in C as promote() and
+            # unwatch() do them (the same sets, under the same lock).
+            recorder.attach_watch(
+                self._lock, promoted, watching, bare, hot, mon.set_local_events, tool, EXACT_LOCAL
+            )
         mon.register_callback(
             tool, ev.PY_START, on_py_start if recorder is None else recorder.watch
         )
@@ -423,16 +419,12 @@ class SysmonCore(Core):
         recorder = self._recorder
         if recorder is None:
             return
-        try:
-            promote, unwatch = recorder.promote_cost, recorder.unwatch_cost
-            if promote:
-                recorder.promote_cost = 0.0
-                self._promote_cost += promote
-            if unwatch:
-                recorder.unwatch_cost = 0.0
-                self._unwatch_cost += unwatch
-        except AttributeError:  # an older build
-            pass
+        if recorder.promote_cost:
+            self._promote_cost += recorder.promote_cost
+            recorder.promote_cost = 0.0
+        if recorder.unwatch_cost:
+            self._unwatch_cost += recorder.unwatch_cost
+            recorder.unwatch_cost = 0.0
 
     def _apply(self, toggle: bool, exact_only: bool = False) -> None:
         """Set every registered code object's local events to the current need.
@@ -886,10 +878,7 @@ class SysmonCore(Core):
         # inherited from the parent must not be counted when the child closes them.
         self._lock = threading.RLock()
         if self._recorder is not None:
-            try:
-                self._recorder.lock = self._lock
-            except AttributeError:  # an older build
-                pass
+            self._recorder.lock = self._lock  # the C callback takes it too
         self._generation += 1
         if self._shut:
             return
