@@ -13,6 +13,10 @@ process between configurations every block, on command from the benchmark:
 * ``none-again``  the same once more: its ratio to ``none`` is the noise of the method
 * ``agent``       runcov as started, sampling ``--rate`` of the requests
 
+The agent runs without its rate cap and saturation boost, so that it samples ``--rate`` of the
+requests; ``--defaults`` keeps them as a service gets them out of the box (at most 10 sampled
+requests per second, a rate boosted up to 10x while an endpoint still finds new arcs).
+
 With ``--mode census`` the agent records first hits of the sampled traffic. A census line's
 local event stays set until its first hit in the epoch (then it is disabled), and switching the
 tool's global events off leaves local events alone, so ``none`` differs from ``agent`` by the
@@ -34,6 +38,7 @@ time).
     python benchmarks/bench_service_ab.py --rate 0.01 --rounds 2 --duration 1  # smoke run
     python benchmarks/bench_service_ab.py --rate 1 --mode census   # census of all traffic
     python benchmarks/bench_service_ab.py --app fastapi            # the FastAPI shop, uvicorn
+    python benchmarks/bench_service_ab.py --defaults   # with the default rate cap and saturation
 """
 
 from __future__ import annotations
@@ -171,7 +176,7 @@ class Server:
     """The A/B server process and its control channel."""
 
     def __init__(self, bench: Bench, rate: float, workdir: Path, mode: str = "exact",
-                 app: str = "flask") -> None:
+                 app: str = "flask", defaults: bool = False) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("RUNCOV_", "OTEL_", "COVERAGE_"))}
@@ -180,10 +185,10 @@ class Server:
             "OTEL_SERVICE_NAME": "bench-ab",
             "OTEL_RESOURCE_ATTRIBUTES": f"service.version=ab-{rate}",
             "OTEL_EXPORTER_OTLP_ENDPOINT": bench.collector_url,
-            "RUNCOV_MAX_PER_SECOND": "0",
-            "RUNCOV_SATURATION": "0",
             "RUNCOV_MODE": mode,
         })
+        if not defaults:
+            env.update({"RUNCOV_MAX_PER_SECOND": "0", "RUNCOV_SATURATION": "0"})
         log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed right after
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--serve", "--port", str(self.port),
@@ -238,6 +243,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="also measure the agent without arming, and without export")
     parser.add_argument("--app", choices=("flask", "fastapi"), default="flask",
                         help="the Flask shop under waitress, or the FastAPI shop under uvicorn")
+    parser.add_argument("--defaults", action="store_true",
+                        help="keep the agent's default rate cap (10/s) and saturation boost "
+                             "(the rate then is what they make of --rate, as out of the box)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -254,7 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     server: Optional[Server] = None
     try:
         bench.start_collector()
-        server = Server(bench, args.rate, workdir, args.mode, args.app)
+        server = Server(bench, args.rate, workdir, args.mode, args.app, args.defaults)
         for config in ("agent", "none"):  # warm-up: imports, static analysis, specialization
             block(server, config, args.settle, args.duration / 2, args.threads)
         order = random.Random(1)
@@ -277,7 +285,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     base = runs["none"]
     shop = "Flask shop (waitress, 4 threads)" if args.app == "flask" else "FastAPI shop (uvicorn)"
     print(f"{shop}, one server process pinned to a CPU of its own, "
-          f"runcov at {args.rate:g} ({args.mode}); Python {platform.python_version()}, "
+          f"runcov at {args.rate:g} ({args.mode}"
+          f"{', default cap and saturation' if args.defaults else ''}); "
+          f"Python {platform.python_version()}, "
           f"{os.cpu_count()} CPUs, "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {args.rounds} "
           f"rounds of {args.duration} s blocks, {args.threads} client connections")

@@ -169,13 +169,15 @@ _RANDOMNESS_MASK = (1 << 56) - 1
 
 
 class _ThreadTally:
-    """What one thread's request paths counted: requests seen per (method, route) and seconds
-    spent by runcov. Only that thread writes it (no lock); the metrics read it."""
+    """What one thread's request paths counted: requests seen per (method, route), requests
+    the rate cap turned away per endpoint, and seconds spent by runcov. Only that thread writes
+    it (no lock); the metrics read it."""
 
-    __slots__ = ("counts", "spent")
+    __slots__ = ("capped", "counts", "spent")
 
     def __init__(self) -> None:
         self.counts: dict[tuple[Optional[str], Optional[str]], int] = {}
+        self.capped: dict[str, int] = {}
         self.spent = 0.0
 
 
@@ -254,6 +256,8 @@ class Agent:
         self._retired = _ThreadTally()
         #: How much of the time spent the metrics were told (by the export worker).
         self._spent_reported = 0.0
+        #: How many requests turned away by the rate cap they were told, per endpoint.
+        self._capped_reported: dict[str, int] = {}
         #: endpoint -> {path -> arcs seen so far in this process}: what counts as "new".
         self._seen_arcs: dict[str, dict[str, set[tuple[int, int]]]] = {}
         self._seen_lines: dict[str, dict[str, set[int]]] = {}
@@ -420,6 +424,7 @@ class Agent:
         self._tallies = []
         self._retired = _ThreadTally()
         self._spent_reported = 0.0
+        self._capped_reported = {}
         if self._sampler is not None:
             from runcov.sampling import Sampler
 
@@ -546,7 +551,7 @@ class Agent:
         decision = self._sampler.decide(trace_id, tracestate, rule, endpoint)
         if not decision.sampled:
             if decision.reason == "rate_cap":
-                self.metrics.dropped(endpoint, "rate_cap")
+                self._count_capped(endpoint)
             return None
         with self._count_lock:
             if self._in_flight >= MAX_IN_FLIGHT:
@@ -798,6 +803,22 @@ class Agent:
             seen = counts.get(key, 0)
         counts[key] = seen + 1
 
+    def _count_capped(self, endpoint: str) -> None:
+        """Count a request the rate cap turned away. Under a cap most requests the probability
+        rule picks are turned away (a busy endpoint, boosted by saturation), so this only bumps
+        a count of the calling thread: the export worker adds the counts to
+        ``runcov.requests.dropped`` once per round (a metric addition on the request path
+        costs ~20 µs)."""
+        if not self._count_seen:
+            self.metrics.dropped(endpoint, "rate_cap")
+            return
+        capped = self._tally().capped
+        count = capped.get(endpoint)
+        if count is None and len(capped) >= _MAX_SEEN_KEYS:
+            self.metrics.dropped(endpoint, "rate_cap")  # (bounded memory)
+            return
+        capped[endpoint] = (count or 0) + 1
+
     def _tally(self) -> _ThreadTally:
         """The calling thread's tally (created and registered at its first request)."""
         try:
@@ -826,6 +847,8 @@ class Agent:
             if thread is None or not thread.is_alive():
                 for key, n in list(tally.counts.items()):
                     retired.counts[key] = retired.counts.get(key, 0) + n
+                for endpoint, n in list(tally.capped.items()):
+                    retired.capped[endpoint] = retired.capped.get(endpoint, 0) + n
                 retired.spent += tally.spent
             else:
                 alive.append((ref, tally))
@@ -875,6 +898,7 @@ class Agent:
         """The export worker's round (about once a second): metrics and census epochs."""
         if self._count_seen:
             self._report_overhead()
+        self._report_capped()
         if self.census_by_span:
             self._census_round()
 
@@ -906,6 +930,25 @@ class Agent:
                 self.metrics.overhead(delta)
             except Exception:
                 self.internal_errors += 1
+
+    def _report_capped(self) -> None:
+        """Add the requests the rate cap turned away since the last report to the metrics
+        (called by the export worker once per round, and at the last one when stopping)."""
+        with self._count_lock:
+            live = self._live_tallies()  # first: it folds the tallies of ended threads
+            totals = dict(self._retired.capped)
+            for tally in live:
+                for endpoint, n in list(tally.capped.items()):  # one C call: atomic
+                    totals[endpoint] = totals.get(endpoint, 0) + n
+            reported = self._capped_reported
+            deltas = {e: n - reported.get(e, 0) for e, n in totals.items()}
+            self._capped_reported = totals
+        for endpoint, delta in deltas.items():
+            if delta > 0:
+                try:
+                    self.metrics.dropped(endpoint, "rate_cap", count=delta)
+                except Exception:
+                    self.internal_errors += 1
 
     def _internal_error(self, endpoint: str) -> None:
         self.internal_errors += 1

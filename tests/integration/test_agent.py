@@ -126,6 +126,49 @@ def test_rate_cap_limits_sampled_requests(
     assert capped == 40 - len(measured)
 
 
+def test_capped_requests_are_counted_off_the_request_path(
+    start_agent: AgentFactory, sink: HTTPSink, app_provider: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request the rate cap turns away adds nothing to the metrics on its own path (under a
+    cap most requests the rate picks are turned away); the export worker adds the counts of
+    every thread, ended ones included, once per round: each request counted once."""
+    import threading
+
+    agent = start_agent(max_per_second=1, metrics_interval=3600)
+    app = create_app()
+    FlaskInstrumentor().instrument_app(app, tracer_provider=app_provider)
+    on_request_path: list[str] = []
+    real_dropped = agent.metrics.dropped
+
+    def dropped(endpoint: str, reason: str, **kw: Any) -> None:
+        if threading.current_thread().name != "runcov-exporter":
+            on_request_path.append(reason)
+        real_dropped(endpoint, reason, **kw)
+
+    monkeypatch.setattr(agent.metrics, "dropped", dropped)
+
+    def send(first: int) -> None:
+        client = app.test_client()
+        for i in range(30):
+            client.get("/health", headers={"traceparent": traceparent(0xCA9000 + first + i)})
+
+    ended = threading.Thread(target=send, args=(0,))
+    ended.start()
+    ended.join()
+    workers = [threading.Thread(target=send, args=(100 * (k + 1),)) for k in range(3)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert agent.flush(10.0)
+    measured = coverage_by_trace(sink.coverage_spans())
+    assert 1 <= len(measured) < 20
+    assert "rate_cap" not in on_request_path
+    points = sink.wait_for(lambda: sink.metric_points().get("runcov.requests.dropped"))
+    capped = sum(v for a, v, _ in points if a["runcov.reason"] == "rate_cap")
+    assert capped == 4 * 30 - len(measured)
+
+
 def test_requests_seen_are_counted_exactly_per_selected_endpoint(
     start_agent: AgentFactory, sink: HTTPSink, app_provider: Any
 ) -> None:
