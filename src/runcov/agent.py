@@ -246,6 +246,17 @@ class Agent:
         #: The fast threshold for span-processor requests once census goes by span (only
         #: exact-mode selectors still sample there).
         self._span_threshold = self._fast_threshold
+        #: The two thresholds at the highest rates any request could reach (every endpoint
+        #: boosted). With saturation, the export worker lowers them to the highest rate an
+        #: endpoint seen so far can be sampled at now (``_follow_saturation``), and they go back
+        #: up at once when an endpoint may be boosted again: new arcs found, a request of an
+        #: endpoint not seen before, a decision taken before the route was known.
+        self._highest_fast = self._fast_threshold
+        self._highest_span = self._span_threshold
+        #: Bumped whenever the thresholds go back up (the worker lowers them only if unchanged).
+        self._raised = 0
+        #: Once set, the thresholds stay at the highest rates (see ``_raise_thresholds``).
+        self._keep_highest = not config.saturation
         #: (method, route) -> endpoint name, or None when no selector matches (for ``seen``).
         self._seen_names: dict[tuple[Optional[str], Optional[str]], Optional[str]] = {}
         #: Requests seen and time spent on request paths: a tally per thread, and one for the
@@ -364,6 +375,7 @@ class Agent:
             return  # the settrace core: a census scope per sampled request
         self.census_by_span = True
         self._span_threshold = _fast_threshold(self._matcher, self.config, census=False)
+        self._highest_span = self._span_threshold
         self.core.enable_census()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -429,6 +441,7 @@ class Agent:
             from runcov.sampling import Sampler
 
             self._sampler = Sampler(self.config, time.monotonic)
+        self._raise_thresholds()  # a new sampler: every endpoint starts boosted again
         if self._processor is not None:
             self._processor._after_fork_in_child()
 
@@ -543,6 +556,10 @@ class Agent:
         else:
             rule = self._provisional_rule(method)
             endpoint = self.endpoint_name(method, "*")
+            if not self._keep_highest:
+                # Decided on the highest rate the request's selectors can reach, whatever
+                # endpoint it turns out to be: the thresholds cannot follow saturation.
+                self._raise_thresholds(keep=True)
         if rule is None:
             return None
         if by_span and rule.mode == "census" and self.census_by_span:
@@ -742,6 +759,8 @@ class Agent:
         new_arcs = 0 if repeat else self._note_novelty(endpoint, record.data, ids)
         if record.mode != "census":
             self._sampler.observe(endpoint, new_arcs)
+            if new_arcs and not self._keep_highest:
+                self._raise_thresholds()  # the endpoint is boosted again
         self.metrics.rate(endpoint, self._sampler.effective_rate(endpoint, rule_rate))
         return True
 
@@ -798,7 +817,12 @@ class Agent:
         key = (method, route)
         seen = counts.get(key)
         if seen is None:
-            if len(counts) >= _MAX_SEEN_KEYS:
+            full = len(counts) >= _MAX_SEEN_KEYS
+            if not self._keep_highest:
+                # A request this thread had not seen: its endpoint may be new, and a new
+                # endpoint starts boosted (past the bound, endpoints can no longer be told).
+                self._raise_thresholds(keep=full)
+            if full:
                 key = ("_OTHER", None)  # bounded memory whatever methods clients send
             seen = counts.get(key, 0)
         counts[key] = seen + 1
@@ -898,6 +922,7 @@ class Agent:
         """The export worker's round (about once a second): metrics and census epochs."""
         if self._count_seen:
             self._report_overhead()
+            self._follow_saturation()
         self._report_capped()
         if self.census_by_span:
             self._census_round()
@@ -930,6 +955,56 @@ class Agent:
                 self.metrics.overhead(delta)
             except Exception:
                 self.internal_errors += 1
+
+    def _raise_thresholds(self, keep: bool = False) -> None:
+        """Put the fast thresholds back at the highest rates any request could reach (``keep``:
+        for good, the worker no longer lowers them)."""
+        if keep:
+            self._keep_highest = True
+        self._raised += 1
+        self._fast_threshold = self._highest_fast
+        self._span_threshold = self._highest_span
+
+    def _follow_saturation(self) -> None:
+        """Lower the fast thresholds to the highest rate at which an endpoint seen so far can
+        be sampled now (called by the export worker once per round).
+
+        With saturation a busy endpoint's rate decays to a tenth of its selector's once it
+        stops finding new arcs, while the fixed thresholds allow for ten times the selector's
+        rate: most requests that pass them would take the full decision only to be told no.
+        Every request is counted as seen when it ends, so the endpoints seen are all the
+        endpoints that can be decided; one that has not been sampled yet counts as boosted,
+        and an endpoint seen for the first time puts the thresholds back up at once (its first
+        request, decided before it was counted, is decided on the lower threshold).
+        """
+        if self._keep_highest or self._sampler is None:
+            return
+        raised = self._raised
+        with self._count_lock:
+            live = self._live_tallies()
+            keys = set(self._retired.counts)
+            for tally in live:
+                keys.update(list(tally.counts))  # one C call: atomic under the GIL
+        if not keys:
+            return  # nothing seen yet: every endpoint is new
+        highest = highest_exact = 0.0
+        census_by_span = self.census_by_span
+        for method, route in keys:
+            rule = self._matcher.match(method, route)
+            if rule is None or rule.rate <= 0.0:
+                continue
+            rate = self._sampler.effective_rate(self.endpoint_name(method, route), rule.rate)
+            highest = max(highest, rate)
+            if not census_by_span or rule.mode != "census":
+                highest_exact = max(highest_exact, rate)
+        from runcov.sampling import threshold
+
+        fast = 0 if highest >= 1.0 else threshold(highest)
+        span = 0 if highest_exact >= 1.0 else threshold(highest_exact)
+        if raised == self._raised and not self._keep_highest:
+            # (max: never more requests decided in full than at the highest rates)
+            self._fast_threshold = max(fast, self._highest_fast)
+            self._span_threshold = max(span, self._highest_span)
 
     def _report_capped(self) -> None:
         """Add the requests the rate cap turned away since the last report to the metrics

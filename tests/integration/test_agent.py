@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -380,3 +381,64 @@ def test_consumer_spans_are_endpoints_named_after_the_span(
     points = sink.wait_for(lambda: sink.metric_points().get("runcov.requests.sampled"))
     exemplars = [e for _, _, ex in points for e in ex]
     assert any(int.from_bytes(e.trace_id, "big") == ctx.trace_id for e in exemplars)
+
+
+def test_fast_threshold_follows_saturation(
+    start_agent: AgentFactory, sink: HTTPSink, app_provider: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once an endpoint stops finding new arcs its rate decays to a tenth of its selector's,
+    and the span processor's fast threshold follows it down (at the export worker's round): a
+    request takes the full decision only if the endpoint's current rate could sample it, and
+    the requests sampled are exactly those that rate picks. A request of an endpoint not seen
+    before puts the threshold back at the highest rate at once."""
+    from runcov.sampling import MAX_BOOST
+
+    agent = start_agent(sample_rate=0.05, saturation=True, metrics_interval=3600)
+    app = create_app()
+    FlaskInstrumentor().instrument_app(app, tracer_provider=app_provider)
+    client = app.test_client()
+    highest = agent._span_threshold
+    assert highest == threshold(0.05 * MAX_BOOST)
+    endpoint = "GET /health"
+
+    def health(trace_id: int) -> None:
+        headers = {"traceparent": traceparent(trace_id)}
+        assert client.get("/health", headers=headers).status_code == 200
+
+    rng = random.Random(7)
+    # Quiet sampled requests until the endpoint's rate is at its floor (0.05 / 10).
+    for n in range(20_000):
+        if agent._sampler.effective_rate(endpoint, 0.05) <= 0.005 + 1e-12:
+            break
+        health(rng.getrandbits(128))
+        if n % 50 == 49:
+            assert agent.flush(10.0)  # the worker observes the sampled requests
+    else:
+        raise AssertionError("the endpoint's rate never decayed")
+    assert agent.flush(10.0)  # a round of the worker: the threshold follows
+    lowered = agent._span_threshold
+    assert lowered == threshold(0.005) > highest
+
+    decided: list[int] = []
+    real_decide = agent._sampler.decide
+
+    def decide(trace_id: int, *args: Any) -> Any:
+        decided.append(trace_id)
+        return real_decide(trace_id, *args)
+
+    monkeypatch.setattr(agent._sampler, "decide", decide)
+    ids = [rng.getrandbits(128) for _ in range(3000)]
+    first = len(sink.coverage_spans())
+    for t in ids:
+        health(t)
+    assert agent.flush(10.0)
+    picked = [t for t in ids if randomness(t) >= lowered]
+    assert decided == picked  # the full decision only where the rate could sample
+    assert 0 < len(picked) < 60
+    by_trace = coverage_by_trace(sink.coverage_spans()[first:])
+    assert set(by_trace) == set(picked)
+    # A request of another endpoint: the threshold goes back up before the next request.
+    assert client.get("/items/1").status_code == 200
+    assert agent._span_threshold == highest
+    assert agent.flush(10.0)  # and it stays there while that endpoint has not been sampled
+    assert agent._span_threshold == highest
