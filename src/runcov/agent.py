@@ -250,7 +250,7 @@ class Agent:
         #: boosted). With saturation, the export worker lowers them to the highest rate an
         #: endpoint seen so far can be sampled at now (``_follow_saturation``), and they go back
         #: up at once when an endpoint may be boosted again: new arcs found, a request of an
-        #: endpoint not seen before, a decision taken before the route was known.
+        #: endpoint not seen before.
         self._highest_fast = self._fast_threshold
         self._highest_span = self._span_threshold
         #: Bumped whenever the thresholds go back up (the worker lowers them only if unchanged).
@@ -556,10 +556,9 @@ class Agent:
         else:
             rule = self._provisional_rule(method)
             endpoint = self.endpoint_name(method, "*")
-            if not self._keep_highest:
-                # Decided on the highest rate the request's selectors can reach, whatever
-                # endpoint it turns out to be: the thresholds cannot follow saturation.
-                self._raise_thresholds(keep=True)
+            # (Decided on the highest rate the request's selectors can reach, and kept at the
+            # end only if its final endpoint's rate picks it: the fast thresholds, which follow
+            # the final endpoints' rates, never turn away a request that would be kept.)
         if rule is None:
             return None
         if by_span and rule.mode == "census" and self.census_by_span:
@@ -972,10 +971,12 @@ class Agent:
         With saturation a busy endpoint's rate decays to a tenth of its selector's once it
         stops finding new arcs, while the fixed thresholds allow for ten times the selector's
         rate: most requests that pass them would take the full decision only to be told no.
-        Every request is counted as seen when it ends, so the endpoints seen are all the
-        endpoints that can be decided; one that has not been sampled yet counts as boosted,
-        and an endpoint seen for the first time puts the thresholds back up at once (its first
-        request, decided before it was counted, is decided on the lower threshold).
+        Every request is counted as seen when it ends, under its final route, so the endpoints
+        seen are all the endpoints that can be decided; one that has not been sampled yet
+        counts as boosted, and an endpoint seen for the first time puts the thresholds back up
+        at once (its first request, decided before it was counted, is decided on the lower
+        threshold). A request decided before its route is known is kept at its end only if
+        its final endpoint's rate picks it, so the lower thresholds hold for it too.
         """
         if self._keep_highest or self._sampler is None:
             return

@@ -437,7 +437,16 @@ def test_fast_threshold_follows_saturation(
     assert 0 < len(picked) < 60
     by_trace = coverage_by_trace(sink.coverage_spans()[first:])
     assert set(by_trace) == set(picked)
-    # A request of another endpoint: the threshold goes back up before the next request.
+    # A request without a route (decided before its route is known, kept at its end only if
+    # its final endpoint's rate picks it) does not stop the threshold from following; as a
+    # request this thread had not seen, it puts it back up before the next request.
+    candidates = (rng.getrandbits(128) for _ in range(10_000))
+    stray = next(t for t in candidates if randomness(t) >= lowered)
+    before = len(decided)
+    headers = {"traceparent": traceparent(stray)}
+    assert client.get("/no/such/page", headers=headers).status_code == 404
+    assert decided[before:] == [stray]
+    assert agent._span_threshold == highest and not agent._keep_highest
     assert client.get("/items/1").status_code == 200
     assert agent._span_threshold == highest
     assert agent.flush(10.0)  # and it stays there while that endpoint has not been sampled
