@@ -168,6 +168,12 @@ class RequestTicket:
 _RANDOMNESS_MASK = (1 << 56) - 1
 
 
+def _add_counts(into: dict[Any, int], counts: dict[Any, int]) -> None:
+    """Add ``counts`` to ``into``, key by key."""
+    for key, n in list(counts.items()):  # one C call: atomic under the GIL
+        into[key] = into.get(key, 0) + n
+
+
 class _ThreadTally:
     """What one thread's request paths counted: requests seen per (method, route), requests
     the rate cap turned away per endpoint, and seconds spent by runcov. Only that thread writes
@@ -868,10 +874,8 @@ class Agent:
         for ref, tally in self._tallies:
             thread = ref()
             if thread is None or not thread.is_alive():
-                for key, n in list(tally.counts.items()):
-                    retired.counts[key] = retired.counts.get(key, 0) + n
-                for endpoint, n in list(tally.capped.items()):
-                    retired.capped[endpoint] = retired.capped.get(endpoint, 0) + n
+                _add_counts(retired.counts, tally.counts)
+                _add_counts(retired.capped, tally.capped)
                 retired.spent += tally.spent
             else:
                 alive.append((ref, tally))
@@ -879,18 +883,20 @@ class Agent:
         self._tallies = alive
         return live
 
-    def _seen_totals(self) -> dict[str, int]:
-        """Requests seen per selected endpoint since start (the metrics' observable counter).
+    def _summed(self, field: str) -> dict[Any, int]:
+        """One of the tallies' counts (``counts`` or ``capped``) summed over every thread;
+        those of threads that ended are folded into one dict first, so the number of dicts
+        stays bounded by the threads alive (caller holds the lock)."""
+        live = self._live_tallies()  # first: it folds the tallies of ended threads
+        total = dict(getattr(self._retired, field))
+        for tally in live:
+            _add_counts(total, getattr(tally, field))
+        return total
 
-        Sums every thread's counts; the counts of threads that ended are folded into one
-        dict, so the number of dicts stays bounded by the threads alive.
-        """
+    def _seen_totals(self) -> dict[str, int]:
+        """Requests seen per selected endpoint since start (the metrics' observable counter)."""
         with self._count_lock:
-            live = self._live_tallies()  # first: it folds the tallies of ended threads
-            raw = dict(self._retired.counts)
-            for tally in live:
-                for key, n in list(tally.counts.items()):  # one C call: atomic under the GIL
-                    raw[key] = raw.get(key, 0) + n
+            raw = self._summed("counts")
         totals: dict[str, int] = {}
         names = self._seen_names
         for key, n in raw.items():
@@ -982,10 +988,7 @@ class Agent:
             return
         raised = self._raised
         with self._count_lock:
-            live = self._live_tallies()
-            keys = set(self._retired.counts)
-            for tally in live:
-                keys.update(list(tally.counts))  # one C call: atomic under the GIL
+            keys = self._summed("counts")
         if not keys:
             return  # nothing seen yet: every endpoint is new
         highest = highest_exact = 0.0
@@ -1000,8 +1003,7 @@ class Agent:
                 highest_exact = max(highest_exact, rate)
         from runcov.sampling import threshold
 
-        fast = 0 if highest >= 1.0 else threshold(highest)
-        span = 0 if highest_exact >= 1.0 else threshold(highest_exact)
+        fast, span = threshold(highest), threshold(highest_exact)  # (0 at a rate of 1)
         if raised == self._raised and not self._keep_highest:
             # (max: never more requests decided in full than at the highest rates)
             self._fast_threshold = max(fast, self._highest_fast)
@@ -1011,14 +1013,9 @@ class Agent:
         """Add the requests the rate cap turned away since the last report to the metrics
         (called by the export worker once per round, and at the last one when stopping)."""
         with self._count_lock:
-            live = self._live_tallies()  # first: it folds the tallies of ended threads
-            totals = dict(self._retired.capped)
-            for tally in live:
-                for endpoint, n in list(tally.capped.items()):  # one C call: atomic
-                    totals[endpoint] = totals.get(endpoint, 0) + n
-            reported = self._capped_reported
-            deltas = {e: n - reported.get(e, 0) for e, n in totals.items()}
-            self._capped_reported = totals
+            totals = self._summed("capped")
+            reported, self._capped_reported = self._capped_reported, totals
+        deltas = {e: n - reported.get(e, 0) for e, n in totals.items()}
         for endpoint, delta in deltas.items():
             if delta > 0:
                 try:
