@@ -600,12 +600,156 @@ Recorder_attach_watch(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* set_local_events(tool, code, events): 0 when set, -1 when it raised (error cleared). */
+static int
+set_local_ok(Recorder *self, PyObject *code, PyObject *events)
+{
+    PyObject *call[3] = {self->tool, code, events};
+    PyObject *result = PyObject_Vectorcall(self->set_local, call, 3, NULL);
+    if (result == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+/* The registered code object of ``key`` (a new reference), or NULL (an error set only when
+ * the lookup itself failed). */
+static PyObject *
+registered(Recorder *self, PyObject *key)
+{
+    PyObject *code = PyDict_GetItemWithError(self->codes, key);
+    return code == NULL ? NULL : Py_NewRef(code);
+}
+
+/* lazy_arm(watch_events): the arm of exact scopes while census is off (the core's ``_apply``
+ * with ``exact_only``): the registered code that carries nothing gets the watch (or the
+ * exact-mode events, if it was promoted). The caller holds the core's lock. Returns the
+ * number of code objects toggled. */
+static PyObject *
+Recorder_lazy_arm(Recorder *self, PyObject *watch_events)
+{
+    if (!watch_attached(self) || self->codes == NULL || !PyLong_CheckExact(watch_events)) {
+        PyErr_SetString(PyExc_TypeError, "lazy_arm(watch_events: int) needs attach_watch()");
+        return NULL;
+    }
+    PyObject *keys = PySequence_List(self->bare);
+    if (keys == NULL || PySet_Clear(self->bare) < 0) {
+        Py_XDECREF(keys);
+        return NULL;
+    }
+    Py_ssize_t toggled = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+        PyObject *key = PyList_GET_ITEM(keys, i);
+        PyObject *code = registered(self, key);
+        if (code == NULL) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(keys);
+                return NULL;
+            }
+            continue;
+        }
+        int promoted = PyDict_Contains(self->promoted, key);
+        PyObject *want = promoted == 1 ? self->exact_events : watch_events;
+        int ok = promoted >= 0 && set_local_ok(self, code, want) == 0;
+        PyErr_Clear();
+        Py_DECREF(code);
+        toggled++;
+        int stored;
+        if (ok && want == watch_events) {
+            stored = PySet_Add(self->watching, key);
+        }
+        else {
+            stored = PySet_Discard(self->watching, key) < 0 ? -1 : 0;
+            if (!ok && stored == 0) {
+                stored = PySet_Add(self->bare, key); /* unknown: the next arm sets it again */
+            }
+        }
+        if (stored < 0) {
+            Py_DECREF(keys);
+            return NULL;
+        }
+    }
+    Py_DECREF(keys);
+    return PyLong_FromSsize_t(toggled);
+}
+
+/* Append the registered code of each key of ``keys`` that is also in ``also`` (NULL: all of
+ * them) to ``targets``. */
+static int
+add_registered(Recorder *self, PyObject *targets, PyObject *keys, PyObject *also)
+{
+    PyObject *iter = PyObject_GetIter(keys);
+    if (iter == NULL) {
+        return -1;
+    }
+    PyObject *key;
+    int failed = 0;
+    while (!failed && (key = PyIter_Next(iter)) != NULL) {
+        int wanted = also == NULL ? 1 : PySet_Contains(also, key);
+        PyObject *code = wanted == 1 ? registered(self, key) : NULL;
+        failed = wanted < 0 || (code == NULL && PyErr_Occurred()) ||
+                 (code != NULL && PyList_Append(targets, code) < 0);
+        Py_XDECREF(code);
+        Py_DECREF(key);
+    }
+    Py_DECREF(iter);
+    return failed || PyErr_Occurred() ? -1 : 0;
+}
+
+/* lazy_disarm(take_hot): the disarm of exact scopes while census is off (the core's ``_apply``
+ * with ``exact_only``): the promoted code loses the exact-mode events and, with ``take_hot``,
+ * the watched code that unsampled work called loses its watch; the rest keeps its watch. The
+ * caller holds the core's lock. Returns the number of code objects toggled. */
+static PyObject *
+Recorder_lazy_disarm(Recorder *self, PyObject *take_hot)
+{
+    if (!watch_attached(self) || self->codes == NULL) {
+        PyErr_SetString(PyExc_TypeError, "lazy_disarm(take_hot) needs attach_watch()");
+        return NULL;
+    }
+    int hot = PyObject_IsTrue(take_hot);
+    PyObject *targets = hot < 0 ? NULL : PyDict_Values(self->promoted);
+    if (targets == NULL) {
+        return NULL;
+    }
+    /* The intersection of the watched and the hot code, walked from the smaller set. */
+    int small_hot = PySet_GET_SIZE(self->hot) <= PySet_GET_SIZE(self->watching);
+    if (hot && add_registered(self, targets, small_hot ? self->hot : self->watching,
+                              small_hot ? self->watching : self->hot) < 0) {
+        Py_DECREF(targets);
+        return NULL;
+    }
+    PyDict_Clear(self->promoted);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(targets); i++) {
+        PyObject *code = PyList_GET_ITEM(targets, i);
+        set_local_ok(self, code, zero);
+        PyObject *key = PyLong_FromVoidPtr(code);
+        if (key == NULL || PySet_Discard(self->watching, key) < 0 ||
+            PySet_Add(self->bare, key) < 0) {
+            Py_XDECREF(key);
+            Py_DECREF(targets);
+            return NULL;
+        }
+        Py_DECREF(key);
+    }
+    Py_ssize_t toggled = PyList_GET_SIZE(targets);
+    Py_DECREF(targets);
+    return PyLong_FromSsize_t(toggled);
+}
+
 static PyMethodDef Recorder_methods[] = {
     {"watch", (PyCFunction)(void (*)(void))Recorder_watch, METH_FASTCALL,
      "watch(code, offset): the PY_START and PY_RESUME callback."},
     {"attach_watch", (PyCFunction)(void (*)(void))Recorder_attach_watch, METH_FASTCALL,
      "attach_watch(lock, promoted, watching, bare, hot, set_local_events, tool, exact_events): "
      "what watch() promotes code and takes watches off with."},
+    {"lazy_arm", (PyCFunction)Recorder_lazy_arm, METH_O,
+     "lazy_arm(watch_events): watch the registered code that carries nothing (lock held)."},
+    {"lazy_disarm", (PyCFunction)Recorder_lazy_disarm, METH_O,
+     "lazy_disarm(take_hot): take the exact-mode events off the promoted code, and with "
+     "take_hot the watch off the watched code unsampled work called (lock held)."},
     {"line", (PyCFunction)(void (*)(void))Recorder_line, METH_FASTCALL,
      "line(code, line): the LINE callback."},
     {"exit", (PyCFunction)(void (*)(void))Recorder_exit, METH_FASTCALL,

@@ -15,8 +15,9 @@ How it stays cheap (see docs/architecture.md, "Tracing core"):
   Callbacks for work outside any scope return after one ContextVar lookup. When the last scope
   closes, the promoted code is disarmed at once; watched code that was not promoted keeps its
   watch until its next call outside any scope takes it off. (With the C extension, the
-  callback of watched code promotes and takes watches off in C; the Python ``promote`` and
-  ``unwatch`` below are the reference, and run where C cannot take the core's lock at once.)
+  callback of watched code promotes and takes watches off in C, and the arm and disarm
+  toggle in C; the Python ``promote``, ``unwatch`` and ``_apply`` loops are the reference,
+  and the callbacks' run where C cannot take the core's lock at once.)
   So an arm and a disarm toggle the code that runs between two sampled requests (the
   promoted code, and what unsampled requests call meanwhile), not every registered code
   object: code that is rarely called is not toggled at all. The tool's global event
@@ -451,7 +452,19 @@ class SysmonCore(Core):
         bare = self._bare
         codes = self._codes
         lazy = exact_only and not toggle and events in (0, watch)
-        if lazy and events == watch:  # arm
+        recorder = self._recorder
+        if lazy and recorder is not None:
+            # The two cases below, in C (the Python ones are their reference).
+            targets = []
+            if events == watch:
+                recorder.lazy_arm(watch)
+            else:
+                self._disarms += 1
+                probe = not self._disarms % _PROBE_EVERY
+                recorder.lazy_disarm(not probe)
+                if probe:
+                    self._hot.clear()
+        elif lazy and events == watch:  # arm
             targets = [codes[key] for key in bare if key in codes]
             bare.clear()
         elif lazy:  # disarm: the promoted code, and the watched code unsampled work calls
