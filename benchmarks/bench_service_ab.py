@@ -39,6 +39,7 @@ time).
     python benchmarks/bench_service_ab.py --rate 1 --mode census   # census of all traffic
     python benchmarks/bench_service_ab.py --app fastapi            # the FastAPI shop, uvicorn
     python benchmarks/bench_service_ab.py --defaults   # with the default rate cap and saturation
+    python benchmarks/bench_service_ab.py --rounds 30 --processes 3   # three server processes
 """
 
 from __future__ import annotations
@@ -246,6 +247,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--defaults", action="store_true",
                         help="keep the agent's default rate cap (10/s) and saturation boost "
                              "(the rate then is what they make of --rate, as out of the box)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="spread the rounds over this many server processes, one after "
+                             "another (each its own memory layout and trace ids; a single "
+                             "process's figure moves by a point or two from one to the next)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -259,14 +264,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configs = CONFIGS + (("processor", "monitoring") if args.split else ()) + (
         ("zero", "no-arming", "no-export") if args.split_sampled else ())
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
+    #: the server process of each round (``--processes``)
+    process_of: list[int] = []
     server: Optional[Server] = None
+    processes = max(1, min(args.processes, args.rounds))
     try:
         bench.start_collector()
-        server = Server(bench, args.rate, workdir, args.mode, args.app, args.defaults)
-        for config in ("agent", "none"):  # warm-up: imports, static analysis, specialization
-            block(server, config, args.settle, args.duration / 2, args.threads)
         order = random.Random(1)
         for rnd in range(args.rounds):
+            process = rnd * processes // args.rounds
+            if server is None or process != process_of[-1]:
+                if server is not None:
+                    server.close()
+                server = Server(bench, args.rate, workdir, args.mode, args.app, args.defaults)
+                for config in ("agent", "none"):  # warm-up: imports, analysis, specialization
+                    block(server, config, args.settle, args.duration / 2, args.threads)
+            process_of.append(process)
             # A fresh random order each round: no configuration keeps the same neighbours or
             # position (the block after a switch of the monitoring events settles longer).
             for config in order.sample(configs, len(configs)):
@@ -327,6 +340,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"p99 {interval('agent', 'p99_ms')}, CPU {interval('agent', 'cpu_us')}; "
           f"none-again throughput {interval('none-again', 'throughput', True)}, "
           f"p99 {interval('none-again', 'p99_ms')}, CPU {interval('none-again', 'cpu_us')}")
+    if processes > 1:
+        costs = []
+        for process in range(processes):
+            rounds = [i for i, p in enumerate(process_of) if p == process]
+            costs.append(1 / statistics.median(per_round["agent"]["throughput"][i] for i in rounds))
+        print(f"throughput cost by server process ({processes} processes, "
+              f"{args.rounds // processes}-{-(-args.rounds // processes)} rounds each): "
+              + ", ".join(f"{c:.3f}x" for c in costs))
     return 0
 
 
