@@ -459,16 +459,25 @@ unlock(PyObject *lock)
     Py_XDECREF(done);
 }
 
-/* set_local_events(tool, code, events), errors swallowed. */
-static void
-set_local(Recorder *self, PyObject *code, PyObject *events)
+/* set_local_events(tool, code, events): 0 when set, -1 when it raised (error cleared). */
+static int
+set_local_ok(Recorder *self, PyObject *code, PyObject *events)
 {
     PyObject *call[3] = {self->tool, code, events};
     PyObject *result = PyObject_Vectorcall(self->set_local, call, 3, NULL);
     if (result == NULL) {
         PyErr_Clear();
+        return -1;
     }
-    Py_XDECREF(result);
+    Py_DECREF(result);
+    return 0;
+}
+
+/* set_local_events(tool, code, events), errors swallowed. */
+static void
+set_local(Recorder *self, PyObject *code, PyObject *events)
+{
+    (void)set_local_ok(self, code, events);
 }
 
 /* Work watch() does on the core's sets for one call of registered code (``key`` = its id),
@@ -600,20 +609,6 @@ Recorder_attach_watch(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* set_local_events(tool, code, events): 0 when set, -1 when it raised (error cleared). */
-static int
-set_local_ok(Recorder *self, PyObject *code, PyObject *events)
-{
-    PyObject *call[3] = {self->tool, code, events};
-    PyObject *result = PyObject_Vectorcall(self->set_local, call, 3, NULL);
-    if (result == NULL) {
-        PyErr_Clear();
-        return -1;
-    }
-    Py_DECREF(result);
-    return 0;
-}
-
 /* The registered code object of ``key`` (a new reference), or NULL (an error set only when
  * the lookup itself failed). */
 static PyObject *
@@ -724,7 +719,7 @@ Recorder_lazy_disarm(Recorder *self, PyObject *take_hot)
     PyDict_Clear(self->promoted);
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(targets); i++) {
         PyObject *code = PyList_GET_ITEM(targets, i);
-        set_local_ok(self, code, zero);
+        set_local(self, code, zero);
         PyObject *key = PyLong_FromVoidPtr(code);
         if (key == NULL || PySet_Discard(self->watching, key) < 0 ||
             PySet_Add(self->bare, key) < 0) {
