@@ -210,7 +210,7 @@ def _fast_threshold(matcher: Any, config: Any, census: bool = True) -> int:
     highest = max(rates)
     if config.saturation:
         highest = min(1.0, highest * MAX_BOOST)
-    return 0 if highest >= 1.0 else threshold(highest)
+    return threshold(highest)  # (0 at a rate of 1)
 
 
 class Agent:

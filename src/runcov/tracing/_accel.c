@@ -670,8 +670,8 @@ Recorder_lazy_arm(Recorder *self, PyObject *watch_events)
     return PyLong_FromSsize_t(toggled);
 }
 
-/* Append the registered code of each key of ``keys`` that is also in ``also`` (NULL: all of
- * them) to ``targets``. */
+/* Append the registered code of each key of ``keys`` that is also in ``also`` to
+ * ``targets``. */
 static int
 add_registered(Recorder *self, PyObject *targets, PyObject *keys, PyObject *also)
 {
@@ -682,7 +682,7 @@ add_registered(Recorder *self, PyObject *targets, PyObject *keys, PyObject *also
     PyObject *key;
     int failed = 0;
     while (!failed && (key = PyIter_Next(iter)) != NULL) {
-        int wanted = also == NULL ? 1 : PySet_Contains(also, key);
+        int wanted = PySet_Contains(also, key);
         PyObject *code = wanted == 1 ? registered(self, key) : NULL;
         failed = wanted < 0 || (code == NULL && PyErr_Occurred()) ||
                  (code != NULL && PyList_Append(targets, code) < 0);

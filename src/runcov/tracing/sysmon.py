@@ -452,6 +452,14 @@ class SysmonCore(Core):
         bare = self._bare
         codes = self._codes
         lazy = exact_only and not toggle and events in (0, watch)
+        take_hot = False
+        if lazy and events != watch:
+            # A disarm takes the watch off the code unsampled work calls, except one in
+            # _PROBE_EVERY, which leaves every watch on and forgets which code that was.
+            self._disarms += 1
+            take_hot = bool(self._disarms % _PROBE_EVERY)
+            if not take_hot:
+                self._hot.clear()
         recorder = self._recorder
         if lazy and recorder is not None:
             # The two cases below, in C (the Python ones are their reference).
@@ -459,21 +467,14 @@ class SysmonCore(Core):
             if events == watch:
                 recorder.lazy_arm(watch)
             else:
-                self._disarms += 1
-                probe = not self._disarms % _PROBE_EVERY
-                recorder.lazy_disarm(not probe)
-                if probe:
-                    self._hot.clear()
+                recorder.lazy_disarm(take_hot)
         elif lazy and events == watch:  # arm
             targets = [codes[key] for key in bare if key in codes]
             bare.clear()
         elif lazy:  # disarm: the promoted code, and the watched code unsampled work calls
             targets = list(promoted.values())
-            self._disarms += 1
-            if self._disarms % _PROBE_EVERY:
+            if take_hot:
                 targets += [codes[key] for key in watching & self._hot if key in codes]
-            else:
-                self._hot.clear()
         else:
             targets = list(codes.values())
             watching.clear()
