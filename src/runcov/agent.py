@@ -245,6 +245,9 @@ class Agent:
         self._in_flight = 0
         self._count_lock = threading.Lock()
         self._census_epoch = time.monotonic()
+        #: When census probes next look for unprobed functions, and the wait after that.
+        self._census_refresh_at = self._census_epoch
+        self._census_refresh_wait = 0.5
         self._fast_threshold = _fast_threshold(self._matcher, config)
         #: True when census needs no scope per request: the core attributes first hits to the
         #: current trace, and the span processor claims them when the request span ends.
@@ -934,6 +937,16 @@ class Agent:
 
     def _census_round(self) -> None:
         now = time.monotonic()
+        refresh = getattr(self.core, "refresh_census", None)
+        if refresh is not None and now >= self._census_refresh_at:
+            # Census probes (3.11): functions made by code that was not probed (a __main__
+            # script's, defined after start) are probed here, looked for less and less often.
+            self._census_refresh_wait = min(2 * self._census_refresh_wait, CENSUS_EPOCH_SECONDS)
+            self._census_refresh_at = now + self._census_refresh_wait
+            try:
+                refresh()
+            except Exception:
+                self.internal_errors += 1
         if now - self._census_epoch < CENSUS_EPOCH_SECONDS:
             return
         self._census_epoch = now

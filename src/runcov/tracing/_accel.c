@@ -1816,6 +1816,37 @@ intern_names(void)
             name_release) ? 0 : -1;
 }
 
+
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+/* set_unit(code, index, unit): write the two bytes ``unit`` (an opcode and its argument, as in
+ * ``co_code``) over code unit ``index`` of the bytecode that ``code`` runs (3.11: the code
+ * object's own adaptive copy, which every frame of it executes). The census probes use it to
+ * turn a probe's head into a jump over the probe once its line was hit, and back at a new epoch.
+ * Only the probe heads that runcov wrote are ever passed here; the GIL makes the write atomic
+ * for every thread. */
+static PyObject *
+set_unit(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyCode_Check(args[0]) || !PyBytes_Check(args[2]) ||
+        PyBytes_GET_SIZE(args[2]) != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_unit(code, index, unit: 2 bytes)");
+        return NULL;
+    }
+    PyCodeObject *code = (PyCodeObject *)args[0];
+    Py_ssize_t index = PyLong_AsSsize_t(args[1]);
+    if (index == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (index < 0 || index >= Py_SIZE(code)) {
+        PyErr_SetString(PyExc_IndexError, "set_unit: index outside the code");
+        return NULL;
+    }
+    memcpy((char *)_PyCode_CODE(code) + index * sizeof(_Py_CODEUNIT),
+           PyBytes_AS_STRING(args[2]), sizeof(_Py_CODEUNIT));
+    Py_RETURN_NONE;
+}
+#endif
+
 static PyMethodDef accel_functions[] = {
     {"function_arcs", (PyCFunction)(void (*)(void))function_arcs_new, METH_FASTCALL,
      "function_arcs(arcs, last, first): an ordinary function frame's local tracer in an exact "
@@ -1823,6 +1854,10 @@ static PyMethodDef accel_functions[] = {
     {"census_lines", (PyCFunction)(void (*)(void))census_lines_new, METH_FASTCALL,
      "census_lines(hits, mine, filename, code_lines, saturated, key, code): a frame's local "
      "tracer in a census scope."},
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+    {"set_unit", (PyCFunction)(void (*)(void))set_unit, METH_FASTCALL,
+     "set_unit(code, index, unit): write one code unit of a 3.11 code object's bytecode."},
+#endif
     {NULL, NULL, 0, NULL},
 };
 

@@ -16,9 +16,10 @@ import os
 import sys
 import threading
 from types import CodeType, FrameType
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Hashable, Iterable, Optional
 
-from runcov.tracing._base import CENSUS, EXACT, Arc, Core, Scope
+from runcov.tracing import probes
+from runcov.tracing._base import CENSUS, EXACT, Arc, Core, CoverageData, Scope
 from runcov.tracing._scope import (
     Roots,
     ScopeState,
@@ -26,7 +27,9 @@ from runcov.tracing._scope import (
     in_asyncio_step,
     install_hooks,
     load_accel,
+    records_data,
 )
+from runcov.tracing.probes import Probes
 
 log = logging.getLogger("runcov.tracing")
 
@@ -55,8 +58,13 @@ class SettraceCore(Core):
     def __init__(self) -> None:
         self._roots = Roots()
         self._lock = threading.Lock()
-        #: Always empty: without per-location disabling, census needs a scope per request.
-        self.census_pending = {}
+        #: Census first hits attributed outside scopes (by the probes), waiting to be claimed.
+        self.census_pending: dict[Hashable, dict[str, set[int]]] = {}
+        self.census_unattributed = 0
+        self.census_owner: Optional[Callable[[], Hashable]] = None
+        #: Census probes in the bytecode (3.11 with the C extension), else None: census then
+        #: needs a scope per request.
+        self._probes: Optional[Probes] = None
         self._tls = _ThreadState()
         self._census_enabled = False
         self._census: dict[str, set[int]] = {}
@@ -95,6 +103,10 @@ class SettraceCore(Core):
                 self._global_trace, self._tracer = global_trace, dispatcher
                 self._census_lines = accel.census_lines
                 self.accelerated = True
+            set_unit = getattr(accel, "set_unit", None)
+            if probes.SUPPORTED and set_unit is not None:
+                self._probes = Probes(self._roots.classify, self._probe_hit, set_unit)
+                self.attributes_census = True
         install_hooks(self._enter_thread, self._exit_thread)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
 
@@ -200,15 +212,88 @@ class SettraceCore(Core):
         return _current.get()
 
     def new_epoch(self) -> None:
-        """Forget the census epoch's first hits."""
-        self._census.clear()
-        self._saturated.clear()
+        """Forget the census epoch's first hits (and arm the census probes again)."""
+        with self._lock:
+            self._census.clear()
+            self._saturated.clear()
+            self._forget_pending()
+            if self._probes is not None and self._probes.enabled:
+                self._probes.rearm()
+        if self._probes is not None and self._probes.enabled:
+            self._probes.probe_functions()
 
     def disable_census(self) -> None:
         """Stop census recording and forget the epoch's first hits."""
-        self._census_enabled = False
-        self._census.clear()
-        self._saturated.clear()
+        with self._lock:
+            self._census_enabled = False
+            self._census.clear()
+            self._saturated.clear()
+            self._forget_pending()
+            if self._probes is not None:
+                self._probes.disable()
+
+    # -- census by probes (3.11) --------------------------------------------------------------
+
+    def set_census_owner(self, owner: Optional[Callable[[], Hashable]]) -> bool:
+        """Attribute first hits outside census scopes to ``owner()`` (see :meth:`take_census`).
+        False without census probes: census then needs a scope per request."""
+        if self._probes is None:
+            return False
+        self.census_owner = owner
+        return True
+
+    def enable_census(self) -> None:
+        """Record first hits of all traffic from now on, by census probes (see
+        :mod:`runcov.tracing.probes`): the code under the roots that functions hold now is
+        probed at once, modules imported later as they load, and functions made since by
+        code that was not probed (a ``__main__`` script's) at :meth:`refresh_census`."""
+        if self._probes is None:
+            raise RuntimeError("census without a scope needs the census probes (3.11)")
+        with self._lock:
+            self._census_enabled = True
+        self._probes.enable()
+
+    def refresh_census(self) -> int:
+        """Probe the functions made since the last look by code that was not probed; how many
+        (called by the agent's export worker, on a schedule that thins out)."""
+        if self._probes is None or not self._probes.enabled:
+            return 0
+        return self._probes.probe_functions()
+
+    def take_census(self, key: Hashable) -> Optional[CoverageData]:
+        """Claim the first hits attributed to ``key`` outside scopes (None when there are none)."""
+        theirs = self.census_pending.pop(key, None)
+        if not theirs:
+            return None
+        return records_data(set(), {}, theirs, self.roots)
+
+    def _forget_pending(self) -> None:
+        self.census_pending.clear()
+        self.census_unattributed = 0
+
+    def _probe_hit(self, filename: str, line: int) -> bool:
+        """A census probe's first hit: record it; True when the probe may go quiet."""
+        scope = _current.get()
+        if scope is not None and not scope.closed and not scope.is_census:
+            return False  # an exact scope runs: the probe stays for later traffic
+        if not self._census_enabled:
+            return True
+        hits = self._census.get(filename)
+        if hits is None:
+            hits = self._census.setdefault(filename, set())
+        if line in hits:
+            return True
+        hits.add(line)
+        if scope is not None and not scope.closed:
+            scope.census_lines.setdefault(filename, set()).add(line)
+            return True
+        key = probes.owner_key(self.census_owner)
+        if key is None:
+            self.census_unattributed += 1
+        else:
+            # setdefault: atomic, other threads may run the same trace
+            self.census_pending.setdefault(key, {}).setdefault(filename, set()).add(line)
+        return True
 
     def census_lines(self) -> dict[str, set[int]]:
         """Lines hit in the current epoch, by absolute path (a copy)."""
@@ -222,6 +307,8 @@ class SettraceCore(Core):
     def shutdown(self) -> None:
         """Stop tracing in this thread; other threads stop at their next call event."""
         self._shut = True
+        if self._probes is not None:
+            self._probes.disable()
         if sys.gettrace() is self._tracer:
             sys.settrace(None)
         self._tls.open.clear()
@@ -234,6 +321,7 @@ class SettraceCore(Core):
         if scope is not None:
             scope.closed = True
         self._census.clear()
+        self._forget_pending()
 
     # -- the tracer ---------------------------------------------------------------------------
 

@@ -1,0 +1,609 @@
+"""Census probes for CPython 3.11: first-hit line recording with no tracer.
+
+On 3.11 a thread traced with ``sys.settrace`` runs every frame in the interpreter's tracing
+mode, so a tracer cannot record first hits at ~zero steady cost. Census there inserts a probe
+into the bytecode of the code under the source roots instead: at the first instruction of each
+line (and at each jump or handler target), a call ``hit(key)`` that records the line under the
+trace that is current and then turns its own first code unit into a ``JUMP_FORWARD`` over the
+probe. A probe that has fired costs one jump; a new census epoch writes the call back.
+
+:func:`instrument` builds the probed copy of a code object (nested code objects included),
+re-encoding jumps, the exception table and the location table; :class:`Probes` keeps the
+probes, arms and disarms them, puts probed code into live functions and, through an import
+hook, into modules imported later.
+"""
+
+from __future__ import annotations
+
+import dis
+import gc
+import importlib.machinery
+import logging
+import opcode
+import sys
+import threading
+import weakref
+from types import CodeType, FunctionType
+from typing import Any, Callable, Hashable, Iterator, Optional
+
+log = logging.getLogger("runcov.tracing")
+
+#: Probes need 3.11's bytecode: its cache layout, relative jumps and table formats.
+SUPPORTED = sys.version_info[:2] == (3, 11)
+
+_OP = dis.opmap
+_EXTENDED_ARG = _OP["EXTENDED_ARG"]
+_CACHES: list[int] = list(getattr(opcode, "_inline_cache_entries", [0] * 256))
+_JREL = frozenset(dis.hasjrel)
+_BACKWARD = frozenset(op for op in dis.hasjrel if "BACKWARD" in dis.opname[op])
+#: Instructions a probe must never precede: the interpreter reads them together with the one
+#: before (``KW_NAMES``/``PRECALL``/``CALL``, ``SEND``/``YIELD_VALUE``/``RESUME``).
+_NO_PROBE_BEFORE = frozenset(
+    _OP[name] for name in ("RESUME", "PRECALL", "CALL", "YIELD_VALUE") if name in _OP
+)
+_RESUME = _OP.get("RESUME", -1)
+#: ``SEND`` is the target of its own loop's backward jump, which a line tracer does not see as
+#: a new line event only while it lands on the ``SEND`` itself: never probed (the line was
+#: entered before it).
+_SEND = _OP.get("SEND", -1)
+#: The stack a probe needs on top of the code's own: NULL, ``hit`` and the key.
+_PROBE_STACK = 3
+
+
+class _Instr:
+    __slots__ = (
+        "arg",
+        "caches",
+        "ext",
+        "line",
+        "new_arg",
+        "new_op",
+        "new_start",
+        "op",
+        "probe",
+    )
+
+    def __init__(self, op: int, arg: int, line: Optional[int]) -> None:
+        self.op = op
+        self.arg = arg
+        self.caches = _CACHES[op]
+        self.line = line
+        self.probe: Optional[int] = None  # the line its probe records
+        self.new_start = 0  # where its probe (if any), else it, starts in the new code
+        self.new_op = 0  # where the op itself lands in the new code
+        self.ext = 0  # EXTENDED_ARG units it needs in the new code
+        self.new_arg = arg  # its argument in the new code (jumps: re-aimed)
+
+
+def _ext_units(arg: int) -> int:
+    n = 0
+    while arg > 0xFF:
+        arg >>= 8
+        n += 1
+    return n
+
+
+def _decode(code: CodeType) -> tuple[list[_Instr], dict[int, _Instr]]:
+    raw = code.co_code
+    positions = list(code.co_positions())
+    instrs: list[_Instr] = []
+    at: dict[int, _Instr] = {}  # code unit of the op -> instruction
+    ext = 0
+    unit = 0
+    count = len(raw) // 2
+    while unit < count:
+        op, arg = raw[2 * unit], raw[2 * unit + 1]
+        if op == _EXTENDED_ARG:
+            ext = (ext | arg) << 8
+            unit += 1
+            continue
+        instr = _Instr(op, ext | arg, positions[unit][0])
+        instrs.append(instr)
+        at[unit] = instr
+        ext = 0
+        unit += 1 + instr.caches
+    return instrs, at
+
+
+def _jump_target(instr: _Instr, op_unit: int) -> int:
+    if instr.op in _BACKWARD:
+        return op_unit + 1 - instr.arg
+    return op_unit + 1 + instr.arg
+
+
+def _varint(value: int, out: bytearray) -> None:
+    while value >= 64:
+        out.append(64 | (value & 63))
+        value >>= 6
+    out.append(value)
+
+
+def _svarint(value: int, out: bytearray) -> None:
+    _varint(((-value) << 1) | 1 if value < 0 else value << 1, out)
+
+
+def _parse_exception_table(table: bytes) -> list[tuple[int, int, int, int]]:
+    """(start, end, target, depth_lasti) in code units."""
+
+    def varint(it: Iterator[int]) -> int:
+        b = next(it)
+        value = b & 63
+        while b & 64:
+            b = next(it)
+            value = (value << 6) | (b & 63)
+        return value
+
+    entries: list[tuple[int, int, int, int]] = []
+    it = iter(table)
+    while True:
+        try:
+            start = varint(it)
+        except StopIteration:
+            return entries
+        length = varint(it)
+        target = varint(it)
+        dl = varint(it)
+        entries.append((start, start + length, target, dl))
+
+
+def _exception_varint(value: int, out: bytearray, first: bool) -> None:
+    groups = [value & 63]
+    value >>= 6
+    while value:
+        groups.append(value & 63)
+        value >>= 6
+    groups.reverse()
+    for i, group in enumerate(groups):
+        if i < len(groups) - 1:
+            group |= 64
+        if i == 0 and first:
+            group |= 128
+        out.append(group)
+
+
+def _location_table(
+    positions: list[tuple[Optional[int], Optional[int], Optional[int], Optional[int]]],
+    firstlineno: int,
+) -> bytes:
+    """3.11's location table for one position per code unit (long and no-location forms)."""
+    out = bytearray()
+    previous = firstlineno
+    i = 0
+    count = len(positions)
+    while i < count:
+        position = positions[i]
+        length = 1
+        while length < 8 and i + length < count and positions[i + length] == position:
+            length += 1
+        line, end_line, col, end_col = position
+        if line is None:
+            out.append(0x80 | (15 << 3) | (length - 1))
+        else:
+            out.append(0x80 | (14 << 3) | (length - 1))
+            _svarint(line - previous, out)
+            _varint((end_line if end_line is not None else line) - line, out)
+            _varint(0 if col is None else col + 1, out)
+            _varint(0 if end_col is None else end_col + 1, out)
+            previous = line
+        i += length
+    return bytes(out)
+
+
+class Probe:
+    """One probe: where its head is, and the line it records."""
+
+    __slots__ = ("armed", "code", "filename", "head", "jump", "line", "unit")
+
+    def __init__(self, filename: str, line: int) -> None:
+        self.filename = filename
+        self.line = line
+        self.code: Optional[CodeType] = None  # the probed code, once built
+        self.unit = 0  # its head's code unit in that code
+        self.head = bytes((_OP["PUSH_NULL"], 0))
+        self.jump = b""  # JUMP_FORWARD over the probe
+        self.armed = True
+
+
+def instrument(
+    code: CodeType,
+    hit: Callable[[int], None],
+    new_probe: Callable[[str, int], int],
+    probes: list[Probe],
+    wanted: Callable[[CodeType], bool],
+    done: Callable[[CodeType, CodeType], None],
+) -> CodeType:
+    """The probed copy of ``code`` and of the nested code objects ``wanted`` accepts.
+
+    ``new_probe(filename, line)`` registers a probe and returns its key (an index into
+    ``probes``, whose entries are then told where their head is); ``done(probed, original)``
+    is told of every code object probed.
+    """
+    consts = list(code.co_consts)
+    for i, const in enumerate(consts):
+        if isinstance(const, CodeType) and wanted(const):
+            consts[i] = instrument(const, hit, new_probe, probes, wanted, done)
+    instrs, at = _decode(code)
+    if not instrs:
+        return code.replace(co_consts=tuple(consts))
+    # Where probes go: after RESUME, at the first instruction of each line and at each jump
+    # and exception handler target (control can enter a line there), moved past instructions
+    # that must follow the one before.
+    targets: set[int] = set()
+    for unit, instr in at.items():
+        if instr.op in _JREL:
+            targets.add(_jump_target(instr, unit))
+    table = _parse_exception_table(code.co_exceptiontable)
+    targets.update(target for _, _, target, _ in table)
+    resume = next((i for i, instr in enumerate(instrs) if instr.op == _RESUME), -1)
+    ops = sorted(at)
+    previous_line: Optional[int] = None
+    pending: Optional[int] = None  # a line whose probe moves to the next instruction
+    for index, (unit, instr) in enumerate(zip(ops, instrs)):
+        line = instr.line
+        if index <= resume:
+            previous_line = line
+            continue
+        start = line is not None and line > 0 and (
+            index == resume + 1 or line != previous_line or unit in targets
+        )
+        if pending is not None and line != pending:
+            pending = None  # the line left before a probe could go in (not seen in practice)
+        if instr.op == _SEND and line == previous_line:
+            start = False
+        if start or pending is not None:
+            if instr.op in _NO_PROBE_BEFORE:
+                pending = line
+            else:
+                instr.probe = line
+                pending = None
+        previous_line = line
+    filename = code.co_filename
+    base = len(consts)
+    consts.append(hit)
+    keys: list[int] = []
+    for instr in instrs:
+        if instr.probe is not None:
+            keys.append(new_probe(filename, instr.probe))
+            consts.append(keys[-1])
+    hit_arg = base
+    # Probe: PUSH_NULL, LOAD_CONST hit, LOAD_CONST key, PRECALL 1 (+cache), CALL 1 (+caches),
+    # POP_TOP.
+    precall, call = _OP["PRECALL"], _OP["CALL"]
+
+    def probe_units(key_arg: int) -> int:
+        return 1 + (1 + _ext_units(hit_arg)) + (1 + _ext_units(key_arg)) + 2 + 5 + 1
+
+    key_args: dict[int, int] = {}
+    k = 0
+    for i, instr in enumerate(instrs):
+        if instr.probe is not None:
+            key_args[i] = base + 1 + k
+            k += 1
+        instr.ext = _ext_units(instr.arg)
+    units = len(code.co_code) // 2
+    total = 0
+
+    def new_position(old_unit: int) -> int:
+        """Where the instruction at ``old_unit`` (its probe first) starts in the new code."""
+        if old_unit >= units:
+            return total
+        return instrs[unit_to_index[old_unit]].new_start
+
+    unit_to_index = {unit: i for i, unit in enumerate(ops)}
+    # Lay out, growing EXTENDED_ARG prefixes of jumps until every argument fits.
+    while True:
+        position = 0
+        for i, instr in enumerate(instrs):
+            instr.new_start = position
+            if instr.probe is not None:
+                position += probe_units(key_args[i])
+            position += instr.ext
+            instr.new_op = position
+            position += 1 + instr.caches
+        total = position
+
+        grown = False
+        for unit, instr in zip(ops, instrs):
+            if instr.op in _JREL:
+                target = new_position(_jump_target(instr, unit))
+                after = instr.new_op + 1
+                arg = after - target if instr.op in _BACKWARD else target - after
+                if arg < 0:
+                    raise ValueError(f"jump direction changed at unit {unit}")
+                need = _ext_units(arg)
+                if need > instr.ext:
+                    instr.ext = need
+                    grown = True
+                instr.new_arg = arg
+        if not grown:
+            break
+    old_positions = list(code.co_positions())
+    out = bytearray()
+    positions: list[Any] = []
+
+    def emit(op: int, arg: int, ext: int, caches: int, where: Any) -> None:
+        for shift in range(ext, 0, -1):
+            out.extend((_EXTENDED_ARG, (arg >> (8 * shift)) & 0xFF))
+            positions.append(where)
+        out.extend((op, arg & 0xFF))
+        positions.append(where)
+        for _ in range(caches):
+            out.extend((0, 0))
+            positions.append(where)
+
+    for i, (unit, instr) in enumerate(zip(ops, instrs)):
+        where = old_positions[unit]
+        if instr.probe is not None:
+            head = len(out) // 2
+            emit(_OP["PUSH_NULL"], 0, 0, 0, where)
+            emit(_OP["LOAD_CONST"], hit_arg, _ext_units(hit_arg), 0, where)
+            key_arg = key_args[i]
+            emit(_OP["LOAD_CONST"], key_arg, _ext_units(key_arg), 0, where)
+            emit(precall, 1, 0, _CACHES[precall], where)
+            emit(call, 1, 0, _CACHES[call], where)
+            emit(_OP["POP_TOP"], 0, 0, 0, where)
+            probe = probes[consts[key_arg]]
+            probe.unit = head
+            skip = len(out) // 2 - head - 1
+            probe.jump = bytes((_OP["JUMP_FORWARD"], skip))
+        arg = instr.new_arg
+        emit(instr.op, arg, instr.ext, instr.caches, where)
+    assert len(out) // 2 == total
+    exceptions = bytearray()
+    for first, end, target, dl in table:
+        new_start, new_end = new_position(first), new_position(end)
+        _exception_varint(new_start, exceptions, True)
+        _exception_varint(new_end - new_start, exceptions, False)
+        _exception_varint(new_position(target), exceptions, False)
+        _exception_varint(dl, exceptions, False)
+    probed = code.replace(
+        co_code=bytes(out),
+        co_consts=tuple(consts),
+        co_stacksize=code.co_stacksize + _PROBE_STACK,
+        co_linetable=_location_table(positions, code.co_firstlineno),
+        co_exceptiontable=bytes(exceptions),
+    )
+    for key in keys:
+        probes[key].code = probed
+    done(probed, code)
+    return probed
+
+
+#: Every probed code object of the process -> (a weak reference to it, its original), so
+#: that code probed by an earlier :class:`Probes` (a core that was shut down) is probed again
+#: from its original, not layered.
+_ORIGINALS: dict[int, tuple[weakref.ref[CodeType], CodeType]] = {}
+
+
+def _remember(probed: CodeType, original: CodeType) -> None:
+    key = id(probed)
+
+    def forget(_: object) -> None:
+        entry = _ORIGINALS.get(key)
+        if entry is not None and entry[0]() is None:
+            _ORIGINALS.pop(key, None)
+
+    _ORIGINALS[key] = (weakref.ref(probed, forget), original)
+
+
+def original_of(code: CodeType) -> CodeType:
+    """The code ``code`` was probed from (``code`` itself when it is not probed)."""
+    entry = _ORIGINALS.get(id(code))
+    if entry is not None and entry[0]() is code:
+        return entry[1]
+    return code
+
+
+class Probes:
+    """The census probes of one process: which code is probed, and which probes are armed.
+
+    ``record(filename, line)`` is called on each probe's first hit (per epoch) and returns
+    whether the probe may be disarmed (False: keep it, e.g. while an exact scope runs).
+    """
+
+    def __init__(
+        self,
+        classify: Callable[[str], Optional[str]],
+        record: Callable[[str, int], bool],
+        set_unit: Callable[[CodeType, int, bytes], None],
+    ) -> None:
+        self._classify = classify
+        self._record = record
+        self._set_unit = set_unit
+        self._lock = threading.RLock()
+        self.probes: list[Probe] = []
+        #: id(original code) -> probed code (the originals are kept alive by ``_originals``).
+        self._probed: dict[int, CodeType] = {}
+        self._originals: dict[int, CodeType] = {}
+        #: ids of probed code objects (never probed twice).
+        self._probed_ids: set[int] = set()
+        self.enabled = False
+        self._finder: Optional[_ProbingFinder] = None
+        self.failed = 0  # code objects left unprobed because probing failed
+
+        probes = self.probes
+        record_line = record
+        unit_writer = set_unit
+
+        def hit(key: int) -> None:
+            try:
+                probe = probes[key]
+                if not probe.armed:
+                    return
+                if record_line(probe.filename, probe.line):
+                    probe.armed = False
+                    unit_writer(probe.code, probe.unit, probe.jump)  # type: ignore[arg-type]
+            except Exception:
+                pass
+
+        self.hit = hit
+
+    def _new_probe(self, filename: str, line: int) -> int:
+        self.probes.append(Probe(filename, line))
+        return len(self.probes) - 1
+
+    def _done(self, probed: CodeType, original: CodeType) -> None:
+        self._probed_ids.add(id(probed))
+        _remember(probed, original)
+
+    def _wanted(self, code: CodeType) -> bool:
+        return id(code) not in self._probed_ids and self._classify(code.co_filename) is not None
+
+    def probed(self, code: CodeType) -> CodeType:
+        """The probed copy of ``code`` (``code`` itself when it is not under the roots, already
+        probed, or cannot be probed)."""
+        if id(code) in self._probed_ids:
+            return code
+        code = original_of(code)
+        if not self._wanted(code):
+            return code
+        with self._lock:
+            done = self._probed.get(id(code))
+            if done is not None:
+                return done
+            mark = len(self.probes)
+            try:
+                new = instrument(
+                    code, self.hit, self._new_probe, self.probes, self._wanted, self._done
+                )
+            except Exception:
+                del self.probes[mark:]
+                self.failed += 1
+                log.debug("runcov: could not probe %s", code.co_name, exc_info=True)
+                return code
+            self._probed[id(code)] = new
+            self._originals[id(code)] = code
+            return new
+
+    def probe_functions(self) -> int:
+        """Put probed code into every live function under the roots; how many changed."""
+        changed = 0
+        for obj in gc.get_objects():
+            if type(obj) is not FunctionType:
+                continue
+            try:
+                code = obj.__code__
+                if id(code) in self._probed_ids:
+                    continue
+                new = self.probed(code)
+                if new is not code:
+                    obj.__code__ = new
+                    changed += 1
+            except Exception:
+                continue
+        return changed
+
+    def enable(self) -> None:
+        """Probe the code under the roots (live functions now, modules as they are imported)."""
+        with self._lock:
+            if not self.enabled:
+                self.enabled = True
+                self.rearm()
+            if self._finder is None:
+                self._finder = _ProbingFinder(self)
+                sys.meta_path.insert(0, self._finder)
+        self.probe_functions()
+
+    def disable(self) -> None:
+        """Disarm every probe and stop probing imports (probed code stays, costing a jump per
+        line)."""
+        with self._lock:
+            self.enabled = False
+            finder, self._finder = self._finder, None
+            if finder is not None:
+                try:
+                    sys.meta_path.remove(finder)
+                except ValueError:
+                    pass
+            for probe in self.probes:
+                if probe.armed:
+                    probe.armed = False
+                    if probe.code is not None:
+                        self._set_unit(probe.code, probe.unit, probe.jump)
+
+    def restore(self) -> int:
+        """Put the original code back into every live function this holds probed; how many."""
+        restored = 0
+        for obj in gc.get_objects():
+            if type(obj) is not FunctionType:
+                continue
+            try:
+                code = obj.__code__
+                if id(code) in self._probed_ids:
+                    obj.__code__ = original_of(code)
+                    restored += 1
+            except Exception:
+                continue
+        return restored
+
+    def rearm(self) -> None:
+        """Arm every probe again (a new census epoch)."""
+        with self._lock:
+            for probe in self.probes:
+                if not probe.armed and probe.code is not None:
+                    self._set_unit(probe.code, probe.unit, probe.head)
+                    probe.armed = True
+
+
+class _ProbingLoader(importlib.machinery.SourceFileLoader):
+    """A source loader whose modules run probed code (the bytecode cache stays unprobed)."""
+
+    probes: Optional[Probes] = None
+
+    def get_code(self, fullname: str) -> Any:
+        code = super().get_code(fullname)
+        probes = self.probes
+        if code is not None and probes is not None and probes.enabled:
+            code = probes.probed(code)
+        return code
+
+
+class _ProbingFinder:
+    """A meta path finder that asks the others, and hands source modules under the roots to a
+    probing loader."""
+
+    def __init__(self, probes: Probes) -> None:
+        self._probes = probes
+        self._busy = threading.local()
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if getattr(self._busy, "on", False):
+            return None
+        self._busy.on = True
+        try:
+            spec = None
+            for finder in sys.meta_path:
+                if finder is self:
+                    continue
+                find_spec = getattr(finder, "find_spec", None)
+                if find_spec is None:
+                    continue
+                spec = find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+            if spec is None:
+                return None
+            loader = spec.loader
+            if (
+                type(loader) is importlib.machinery.SourceFileLoader
+                and spec.origin
+                and self._probes._classify(spec.origin) is not None
+            ):
+                probing = _ProbingLoader(loader.name, loader.path)
+                probing.probes = self._probes
+                spec.loader = probing
+            return spec
+        except Exception:
+            return None
+        finally:
+            self._busy.on = False
+
+
+def owner_key(owner: Optional[Callable[[], Hashable]]) -> Optional[Hashable]:
+    """``owner()``, or None when there is none or it fails."""
+    if owner is None:
+        return None
+    try:
+        return owner()
+    except Exception:
+        return None
