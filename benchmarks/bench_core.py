@@ -21,10 +21,11 @@ Each workload runs under:
 * ``runcov-0%``       runcov's core created with the workload as source root, no request sampled
 * ``runcov-1%`` ...   1 %, 10 %, 100 % of requests open an exact scope (every 100th/10th/each
                       request by index: deterministic)
-* ``runcov-census``   census (first hits only) of all traffic as the agent runs it: on
-                      sys.monitoring no scope per request, each first hit attributed to the
-                      running request (its context, below) and claimed when it ends; on
-                      settrace a census scope per request
+* ``runcov-census``   census (first hits only) of all traffic as the agent runs it: no scope
+                      per request, each first hit attributed to the running request (its
+                      context, below) and claimed when it ends (sys.monitoring on 3.12+, the
+                      census probes on 3.11); a census scope per request where neither exists
+                      (the settrace core without its C extension, or forced on 3.12+)
 * ``runcov-census-scoped``  a census scope per request (the WSGI/ASGI middleware's census)
 * ``runcov-1%-py``, ``runcov-100%-py``  as ``runcov-1%``/``runcov-100%`` with the sys.monitoring
                       core's Python recording callbacks (``RUNCOV_ACCEL=0``) instead of its C ones

@@ -216,9 +216,14 @@ def test_modules_imported_later_are_probed_and_their_bytecode_cache_is_not(
     recorder = Recorder()
     probes = Probes(_under(root), recorder, _accel.set_unit)
     sys.path.insert(0, root)
+    import wrapt
+
+    hooked: list[str] = []  # a post-import hook (runcov.watch's kind) puts a proxy loader first
+    wrapt.register_post_import_hook(lambda module: hooked.append(module.__name__), "probedpkg.mod")
     probes.enable()
     try:
         mod = importlib.import_module("probedpkg.mod")
+        assert hooked == ["probedpkg.mod"]
         path = os.path.realpath(mod.__file__)
         assert recorder.lines == {mod.__file__: {1, 6, 2, 4}}
         assert mod.f(1) == 1
@@ -265,3 +270,38 @@ def test_threads_hitting_the_same_probes_record_each_line_once(
         assert recorder.lines == lines
     # Each probe went quiet after its first hits: at most one per thread that raced into it.
     assert recorder.calls <= 8 * sum(map(len, recorder.lines.values()))
+
+
+def test_the_core_probes_functions_made_later_by_unprobed_code() -> None:
+    """A ``__main__`` script's functions are made by code that no import probed: the core's
+    census finds them at its next look (the agent's export worker looks on a thinning
+    schedule), and their first hits go to the trace that runs them."""
+    import contextvars
+
+    from runcov.tracing import get_core
+
+    core = get_core()
+    core.add_roots([CORPUS_DIR])
+    owner: contextvars.ContextVar[object] = contextvars.ContextVar("request", default=None)
+    assert core.set_census_owner(owner.get) is True
+    core.new_epoch()
+    core.enable_census()  # type: ignore[attr-defined]
+    try:
+        source = "def made_later(x):\n    if x > 1:\n        return 'big'\n    return 'small'\n"
+        namespace: dict[str, Any] = {}
+        exec(compile(source, os.path.join(CORPUS_DIR, "script.py"), "exec"), namespace)
+        made_later = namespace["made_later"]
+        token = owner.set("before")
+        made_later(5)
+        owner.reset(token)
+        assert core.take_census("before") is None  # not probed yet: nothing recorded
+        assert core.refresh_census() >= 1  # type: ignore[attr-defined]
+        token = owner.set("after")
+        made_later(5)
+        owner.reset(token)
+        after = core.take_census("after")
+        assert after is not None
+        assert after.lines == {os.path.join(CORPUS_DIR, "script.py"): {2, 3}}
+    finally:
+        core.set_census_owner(None)
+        core.disable_census()

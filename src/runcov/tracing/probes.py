@@ -521,6 +521,11 @@ class Probes:
                     if probe.code is not None:
                         self._set_unit(probe.code, probe.unit, probe.jump)
 
+    def after_fork_in_child(self) -> None:
+        """A forked child keeps the probes and their state (its own copy); only the lock, which
+        another thread of the parent may have held, is new."""
+        self._lock = threading.RLock()
+
     def restore(self) -> int:
         """Put the original code back into every live function this holds probed; how many."""
         restored = 0
@@ -566,6 +571,11 @@ class _ProbingFinder:
         self._probes = probes
         self._busy = threading.local()
 
+    def _probing(self, loader: importlib.machinery.SourceFileLoader) -> _ProbingLoader:
+        probing = _ProbingLoader(loader.name, loader.path)
+        probing.probes = self._probes
+        return probing
+
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         if getattr(self._busy, "on", False):
             return None
@@ -583,15 +593,17 @@ class _ProbingFinder:
                     break
             if spec is None:
                 return None
+            if not spec.origin or self._probes._classify(spec.origin) is None:
+                return spec
             loader = spec.loader
-            if (
-                type(loader) is importlib.machinery.SourceFileLoader
-                and spec.origin
-                and self._probes._classify(spec.origin) is not None
-            ):
-                probing = _ProbingLoader(loader.name, loader.path)
-                probing.probes = self._probes
-                spec.loader = probing
+            if type(loader) is importlib.machinery.SourceFileLoader:
+                spec.loader = self._probing(loader)
+            else:
+                # A proxy around the source loader (wrapt's post-import hooks, which
+                # runcov.watch uses): probe behind the proxy.
+                inner = getattr(loader, "__wrapped__", None)
+                if type(inner) is importlib.machinery.SourceFileLoader:
+                    loader.__wrapped__ = self._probing(inner)
             return spec
         except Exception:
             return None

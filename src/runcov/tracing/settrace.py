@@ -21,6 +21,7 @@ from typing import Any, Callable, Hashable, Iterable, Optional
 from runcov.tracing import probes
 from runcov.tracing._base import CENSUS, EXACT, Arc, Core, CoverageData, Scope
 from runcov.tracing._scope import (
+    CensusScope,
     Roots,
     ScopeState,
     _current,
@@ -114,8 +115,11 @@ class SettraceCore(Core):
 
     def add_roots(self, roots: Iterable[str]) -> None:
         """Add source roots."""
-        if self._roots.add(roots) and self.accelerated:
-            self._tracer.forget_roots()
+        if self._roots.add(roots):
+            if self.accelerated:
+                self._tracer.forget_roots()
+            if self._probes is not None and self._probes.enabled:
+                self._probes.probe_functions()  # the code already loaded under the new roots
 
     def open_scope(
         self,
@@ -123,7 +127,16 @@ class SettraceCore(Core):
         trace_id: Optional[int] = None,
         roots: Optional[Iterable[str]] = None,
     ) -> Scope:
-        """Open a scope bound to the current context and trace this thread while it is open."""
+        """Open a scope bound to the current context and trace this thread while it is open
+        (a census scope, where the census probes exist: only the binding, the probes record)."""
+        if mode == CENSUS and self._probes is not None and not self._shut:
+            try:
+                scope_roots = self._scope_roots(roots)
+                if not self._probes.enabled:
+                    self.enable_census()
+                return CensusScope(trace_id, scope_roots)
+            except Exception:
+                log.debug("runcov: could not open a census scope", exc_info=True)
         scope = ScopeState(mode, trace_id, self._scope_roots(roots), self._close_scope)
         try:
             if mode not in (EXACT, CENSUS):
@@ -316,6 +329,8 @@ class SettraceCore(Core):
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
+        if self._probes is not None:
+            self._probes.after_fork_in_child()
         scope = _current.get()
         _current.set(None)
         if scope is not None:
