@@ -12,6 +12,8 @@ connections, closed loop, the shop's traffic mix) drives it over loopback:
                       is exactly what the name says)
 * ``runcov-100%-py``  100 % with the tracing core's Python callbacks (``RUNCOV_ACCEL=0``)
                       instead of its C ones (not in the default set)
+* ``runcov-census``   census of all traffic (``RUNCOV_MODE=census``): first hits only, each
+                      tied to the request that made it (not in the default set)
 * ``coverage``        the whole process under ``coverage run --branch`` (C tracer forced)
 * ``slipcover``       the whole process under ``python -m slipcover --branch``
 
@@ -74,6 +76,7 @@ RATES = {
     "runcov-10%": "0.1",
     "runcov-100%": "1",
     "runcov-100%-py": "1",  # with RUNCOV_ACCEL=0: the tracing core's Python callbacks
+    "runcov-census": "1",  # with RUNCOV_MODE=census: census sees all traffic
 }
 
 
@@ -195,6 +198,8 @@ class Bench:
         if config in RATES:
             if config.endswith("-py"):  # the tracing core's Python callbacks, not its C ones
                 env["RUNCOV_ACCEL"] = "0"
+            if config == "runcov-census":
+                env["RUNCOV_MODE"] = "census"
             return [sys.executable, *server, "--sample-rate", RATES[config]], env
         server.append("--no-agent")
         if config == "coverage":

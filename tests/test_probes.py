@@ -56,7 +56,7 @@ def probes() -> Iterator[tuple[Any, Recorder]]:
     for case in CASES:
         case.load()  # imported before the probes: live functions are probed in place
     recorder = Recorder()
-    probes = Probes(_under(CORPUS_DIR), recorder, _accel.set_unit)
+    probes = Probes(_under(CORPUS_DIR), recorder, _accel.set_unit, _accel.Quiet)
     probes.enable()
     try:
         yield probes, recorder
@@ -281,6 +281,8 @@ def test_the_core_probes_functions_made_later_by_unprobed_code() -> None:
     from runcov.tracing import get_core
 
     core = get_core()
+    if not core.attributes_census:
+        pytest.skip("the core's census probes need runcov's C extension (RUNCOV_ACCEL=0 here)")
     core.add_roots([CORPUS_DIR])
     owner: contextvars.ContextVar[object] = contextvars.ContextVar("request", default=None)
     assert core.set_census_owner(owner.get) is True
@@ -305,3 +307,175 @@ def test_the_core_probes_functions_made_later_by_unprobed_code() -> None:
     finally:
         core.set_census_owner(None)
         core.disable_census()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_records_its_own_first_hits_and_the_parent_keeps_its_probes() -> None:
+    import contextvars
+    import json
+
+    from runcov.tracing import get_core
+    from tests.corpus import branches
+
+    core = get_core()
+    if not core.attributes_census:
+        pytest.skip("the core's census probes need runcov's C extension (RUNCOV_ACCEL=0 here)")
+    core.add_roots([CORPUS_DIR])
+    owner: contextvars.ContextVar[object] = contextvars.ContextVar("request", default=None)
+    assert core.set_census_owner(owner.get) is True
+    core.new_epoch()
+    core.enable_census()  # type: ignore[attr-defined]
+
+    def request(name: str) -> Any:
+        token = owner.set(name)
+        try:
+            branches.classify(-5)
+        finally:
+            owner.reset(token)
+        data = core.take_census(name)
+        return data.lines if data is not None else {}
+
+    try:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report what its request hit first, and leave
+            try:
+                lines = request("child")
+                os.write(write, json.dumps({k: sorted(v) for k, v in lines.items()}).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as fh:
+            child = json.loads(fh.read() or "{}")
+        os.waitpid(pid, 0)
+        parent = request("parent")  # the child's hits quieted only the child's probes
+        assert child and {k: set(v) for k, v in child.items()} == parent
+        assert request("again") == {}
+    finally:
+        core.set_census_owner(None)
+        core.disable_census()
+
+
+def _big_source() -> str:
+    """A function whose probed jumps and constants need EXTENDED_ARG: a loop over 120 branches
+    with distinct constants, inside try/except and a with block."""
+    body = []
+    for i in range(120):
+        body.append(f"            if x % {i + 7} == {i % 5}:")
+        body.append(f"                total += {i * 1000 + 17}")
+    lines = [
+        "import contextlib",
+        "def big(n):",
+        "    total = 0",
+        "    with contextlib.suppress(KeyError):",
+        "        for x in range(n):",
+        "          try:",
+        *body,
+        "            if x == 57:",
+        "                raise ValueError(x)",
+        "          except ValueError:",
+        "            total -= 1",
+        "    return total",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@needs_no_tracer
+def test_a_big_function_needing_extended_args_runs_and_records_as_coveragepy() -> None:
+    from runcov.tracing import _accel  # type: ignore[attr-defined]
+    from runcov.tracing.probes import Probes
+
+    filename = os.path.join(CORPUS_DIR, "big_synthetic.py")
+    code = compile(_big_source(), filename, "exec")
+    plain: dict[str, Any] = {}
+    exec(code, plain)
+    expected = plain["big"](200)
+    recorder = Recorder()
+    probes = Probes(_under(CORPUS_DIR), recorder, _accel.set_unit)
+    probes.enabled = True
+    probed_code = probes.probed(code)
+    big = next(const for const in probed_code.co_consts if isinstance(const, CodeType))
+    assert len(big.co_consts) > 256 and len(big.co_code) > 2 * 256 * 4
+    namespace: dict[str, Any] = {}
+    exec(probed_code, namespace)
+    assert namespace["big"](200) == expected
+    cov = coverage.Coverage(data_file=None, source=[CORPUS_DIR])
+    again: dict[str, Any] = {}
+    cov.start()
+    try:
+        exec(code, again)
+        again["big"](200)
+    finally:
+        cov.stop()
+    assert recorder.lines == {filename: set(cov.get_data().lines(filename) or ())}
+    for _ in range(30):  # specialized, then re-armed while specialized
+        assert namespace["big"](200) == expected
+    probes.rearm()
+    assert namespace["big"](200) == expected
+
+
+def test_tracers_and_profilers_never_see_a_probe_fire(probes: tuple[Any, Recorder]) -> None:
+    """The probes call runcov through a C object that suspends tracing and profiling: a
+    profiler and a tracer of the application see the events of the original code only."""
+    from runcov.tracing.probes import original_of
+    from tests.corpus import branches
+
+    def events(run: Callable[[], Any]) -> list[tuple[str, str, int]]:
+        seen: list[tuple[str, str, int]] = []
+
+        def profile(frame: Any, event: str, arg: Any) -> None:
+            seen.append((frame.f_code.co_name, event, 0))
+
+        def trace(frame: Any, event: str, arg: Any) -> Any:
+            seen.append((frame.f_code.co_name, event, frame.f_lineno))
+            return trace
+
+        old_trace = sys.gettrace()
+        sys.setprofile(profile)
+        sys.settrace(trace)
+        try:
+            run()
+        finally:
+            sys.settrace(old_trace)
+            sys.setprofile(None)
+        # What happens from the call of the measured function to its return (the profiler's
+        # events included): nothing of runcov's may appear in between.
+        start = next(i for i, event in enumerate(seen) if event[:2] == ("classify", "call"))
+        end = max(i for i, event in enumerate(seen) if event[:2] == ("classify", "return"))
+        return seen[start : end + 1]
+
+    _, recorder = probes
+    probed_code = branches.classify.__code__
+    armed = events(lambda: branches.classify(-5))
+    assert recorder.calls > 0  # the probes fired, unseen
+    quiet = events(lambda: branches.classify(-5))
+    branches.classify.__code__ = original_of(probed_code)
+    try:
+        original = events(lambda: branches.classify(-5))
+    finally:
+        branches.classify.__code__ = probed_code
+    assert armed == quiet == original
+    assert any(event == "line" for _, event, _ in original)
+    assert {name for name, _, _ in original} == {"classify"}
+
+
+def test_cpythons_own_tests_pass_with_probes_in_them() -> None:
+    """CPython's tests of tracing, generators, coroutines, exceptions, pattern matching and
+    more, with their own code probed, and its tests of several library modules against the
+    probed modules, run in a fresh interpreter: all pass (tracers see nothing of the probes)."""
+    import subprocess
+
+    try:
+        import test.test_sys_settrace  # noqa: F401
+    except ImportError:
+        pytest.skip("this CPython was installed without its test package")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.cpython_under_probes"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "not probed 0" in done.stderr

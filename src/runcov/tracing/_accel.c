@@ -1818,6 +1818,92 @@ intern_names(void)
 
 
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+/* Quiet(fn): a callable that calls ``fn`` with the thread's tracing and profiling suspended
+ * (as CPython does while it runs a trace function), and returns None. The census probes call
+ * it from the code they are in: being a C object, the call itself raises no trace or profile
+ * event, and nothing ``fn`` runs does either, so a tracer or profiler of the application never
+ * sees runcov's probes. An exception from ``fn`` is dropped unless it is not an Exception
+ * (KeyboardInterrupt, SystemExit), which goes on. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *fn;
+    vectorcallfunc vectorcall;
+} Quiet;
+
+static PyObject *
+Quiet_vectorcall(Quiet *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyThreadState *tstate = PyThreadState_Get();
+    PyThreadState_EnterTracing(tstate);
+    PyObject *result = PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
+    PyThreadState_LeaveTracing(tstate);
+    if (result == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            return NULL;
+        }
+        PyErr_Clear();
+    }
+    else {
+        Py_DECREF(result);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Quiet_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *fn;
+    if (!PyArg_ParseTuple(args, "O:Quiet", &fn)) {
+        return NULL;
+    }
+    Quiet *self = (Quiet *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_INCREF(fn);
+    self->fn = fn;
+    self->vectorcall = (vectorcallfunc)Quiet_vectorcall;
+    return (PyObject *)self;
+}
+
+static int
+Quiet_traverse(Quiet *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fn);
+    return 0;
+}
+
+static int
+Quiet_clear(Quiet *self)
+{
+    Py_CLEAR(self->fn);
+    return 0;
+}
+
+static void
+Quiet_dealloc(Quiet *self)
+{
+    PyObject_GC_UnTrack(self);
+    Quiet_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject QuietType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runcov.tracing._accel.Quiet",
+    .tp_basicsize = sizeof(Quiet),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Quiet(fn): calls fn with tracing and profiling suspended; returns None.",
+    .tp_vectorcall_offset = offsetof(Quiet, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = Quiet_new,
+    .tp_dealloc = (destructor)Quiet_dealloc,
+    .tp_traverse = (traverseproc)Quiet_traverse,
+    .tp_clear = (inquiry)Quiet_clear,
+};
+#endif
+
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
 /* set_unit(code, index, unit): write the two bytes ``unit`` (an opcode and its argument, as in
  * ``co_code``) over code unit ``index`` of the bytecode that ``code`` runs (3.11: the code
  * object's own adaptive copy, which every frame of it executes). The census probes use it to
@@ -1894,6 +1980,12 @@ PyInit__accel(void)
     if (module == NULL) {
         return NULL;
     }
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+    if (PyType_Ready(&QuietType) < 0 || add_type(module, "Quiet", &QuietType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+#endif
     if (add_type(module, "Recorder", &RecorderType) < 0 ||
         add_type(module, "FunctionArcs", &FunctionArcsType) < 0 ||
         add_type(module, "Dispatcher", &DispatcherType) < 0 ||

@@ -88,21 +88,34 @@ def _decode(code: CodeType) -> tuple[list[_Instr], dict[int, _Instr]]:
     positions = list(code.co_positions())
     instrs: list[_Instr] = []
     at: dict[int, _Instr] = {}  # code unit of the op -> instruction
-    ext = 0
+    ext = prefixes = 0
     unit = 0
     count = len(raw) // 2
     while unit < count:
         op, arg = raw[2 * unit], raw[2 * unit + 1]
         if op == _EXTENDED_ARG:
             ext = (ext | arg) << 8
+            prefixes += 1
             unit += 1
             continue
         instr = _Instr(op, ext | arg, positions[unit][0])
+        instr.ext = prefixes  # as found (the layout sets what the new code needs)
         instrs.append(instr)
         at[unit] = instr
-        ext = 0
+        ext = prefixes = 0
         unit += 1 + instr.caches
     return instrs, at
+
+
+def _starts(at: dict[int, _Instr]) -> dict[int, int]:
+    """Every code unit where an instruction can be entered (its op, or the first of its
+    ``EXTENDED_ARG`` prefixes: jumps land there) -> the instruction's index."""
+    index: dict[int, int] = {}
+    for i, (unit, instr) in enumerate(sorted(at.items())):
+        index[unit] = i
+        for k in range(1, instr.ext + 1):
+            index[unit - k] = i
+    return index
 
 
 def _jump_target(instr: _Instr, op_unit: int) -> int:
@@ -236,15 +249,17 @@ def instrument(
     targets.update(target for _, _, target, _ in table)
     resume = next((i for i, instr in enumerate(instrs) if instr.op == _RESUME), -1)
     ops = sorted(at)
+    unit_to_index = _starts(at)
+    entered = {unit_to_index[target] for target in targets if target in unit_to_index}
     previous_line: Optional[int] = None
     pending: Optional[int] = None  # a line whose probe moves to the next instruction
-    for index, (unit, instr) in enumerate(zip(ops, instrs)):
+    for index, instr in enumerate(instrs):
         line = instr.line
         if index <= resume:
             previous_line = line
             continue
         start = line is not None and line > 0 and (
-            index == resume + 1 or line != previous_line or unit in targets
+            index == resume + 1 or line != previous_line or index in entered
         )
         if pending is not None and line != pending:
             pending = None  # the line left before a probe could go in (not seen in practice)
@@ -289,7 +304,6 @@ def instrument(
             return total
         return instrs[unit_to_index[old_unit]].new_start
 
-    unit_to_index = {unit: i for i, unit in enumerate(ops)}
     # Lay out, growing EXTENDED_ARG prefixes of jumps until every argument fits.
     while True:
         position = 0
@@ -399,6 +413,7 @@ class Probes:
 
     ``record(filename, line)`` is called on each probe's first hit (per epoch) and returns
     whether the probe may be disarmed (False: keep it, e.g. while an exact scope runs).
+    ``set_unit`` is the C extension's writer of one code unit; ``quiet`` its ``Quiet``.
     """
 
     def __init__(
@@ -406,6 +421,7 @@ class Probes:
         classify: Callable[[str], Optional[str]],
         record: Callable[[str, int], bool],
         set_unit: Callable[[CodeType, int, bytes], None],
+        quiet: Optional[Callable[[Callable[[int], None]], Callable[[int], None]]] = None,
     ) -> None:
         self._classify = classify
         self._record = record
@@ -436,7 +452,10 @@ class Probes:
             except Exception:
                 pass
 
-        self.hit = hit
+        #: What the probes call: ``hit`` behind ``quiet`` (the C extension's ``Quiet``, which
+        #: suspends tracing and profiling around it, so that the application's tracers and
+        #: profilers never see a probe fire).
+        self.hit: Callable[[int], None] = quiet(hit) if quiet is not None else hit
 
     def _new_probe(self, filename: str, line: int) -> int:
         self.probes.append(Probe(filename, line))

@@ -106,7 +106,9 @@ class SettraceCore(Core):
                 self.accelerated = True
             set_unit = getattr(accel, "set_unit", None)
             if probes.SUPPORTED and set_unit is not None:
-                self._probes = Probes(self._roots.classify, self._probe_hit, set_unit)
+                self._probes = Probes(
+                    self._roots.classify, self._probe_hit, set_unit, getattr(accel, "Quiet", None)
+                )
                 self.attributes_census = True
         install_hooks(self._enter_thread, self._exit_thread)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
@@ -232,8 +234,6 @@ class SettraceCore(Core):
             self._forget_pending()
             if self._probes is not None and self._probes.enabled:
                 self._probes.rearm()
-        if self._probes is not None and self._probes.enabled:
-            self._probes.probe_functions()
 
     def disable_census(self) -> None:
         """Stop census recording and forget the epoch's first hits."""

@@ -1,0 +1,79 @@
+"""Run some of CPython's own test modules with census probes in them and in the standard
+library modules they test (``python -m tests.cpython_under_probes``; used by
+``tests/test_probes.py``). Exits non-zero when a test fails or no probe fired."""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+import unittest
+
+#: Test modules whose own code is probed: the compiler's constructs, and the tracing tests.
+PROBED_TESTS = (
+    "test_sys_settrace",
+    "test_generators",
+    "test_coroutines",
+    "test_asyncgen",
+    "test_exceptions",
+    "test_exception_group",
+    "test_with",
+    "test_contextlib_async",
+    "test_patma",
+    "test_grammar",
+    "test_scope",
+    "test_raise",
+    "test_listcomps",
+    "test_traceback",
+)
+#: Test modules run against probed standard-library modules.
+LIBRARY_TESTS = {
+    "test_json": "json",
+    "test_argparse": "argparse.py",
+    "test_textwrap": "textwrap.py",
+    "test_difflib": "difflib.py",
+    "test_dataclasses": "dataclasses.py",
+    "test_enum": "enum.py",
+    "test_contextlib": "contextlib.py",
+    "test_fractions": "fractions.py",
+    "test_tomllib": "tomllib",
+}
+
+
+def main() -> int:
+    from runcov.tracing import _accel  # type: ignore[attr-defined]
+    from runcov.tracing.probes import Probes
+
+    stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])
+    roots = [os.path.join(stdlib, "test", name + ".py") for name in PROBED_TESTS]
+    roots += [os.path.join(stdlib, path) for path in LIBRARY_TESTS.values()]
+
+    def classify(filename: str) -> str | None:
+        path = os.path.realpath(filename)
+        for root in roots:
+            if path == root or path.startswith(root + os.sep):
+                return path
+        return None
+
+    hits: dict[str, set[int]] = {}
+
+    def record(filename: str, line: int) -> bool:
+        hits.setdefault(filename, set()).add(line)
+        return True
+
+    probes = Probes(classify, record, _accel.set_unit, _accel.Quiet)
+    probes.enable()  # before the test modules are imported: they load probed
+    names = [f"test.{name}" for name in (*PROBED_TESTS, *LIBRARY_TESTS)]
+    suite = unittest.defaultTestLoader.loadTestsFromNames(names)
+    result = unittest.TextTestRunner(verbosity=0, stream=sys.stderr).run(suite)
+    print(
+        f"probes {len(probes.probes)}, not probed {probes.failed}, files hit {len(hits)}, "
+        f"lines {sum(map(len, hits.values()))}, tests {result.testsRun}",
+        file=sys.stderr,
+    )
+    ok = result.wasSuccessful() and probes.failed == 0 and len(hits) >= len(roots) // 2
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
