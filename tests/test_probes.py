@@ -479,3 +479,75 @@ def test_cpythons_own_tests_pass_with_probes_in_them() -> None:
     )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "not probed 0" in done.stderr
+
+
+def test_compaction_takes_fired_probes_out_and_a_new_epoch_puts_them_back(
+    probes: tuple[Any, Recorder],
+) -> None:
+    """Functions whose probes fired get code with only the probes still armed (the original
+    once all fired): later first hits still record, a new epoch gives them every probe back."""
+    from runcov.tracing.probes import original_of
+    from tests.corpus import branches, loops
+
+    probed, recorder = probes
+    full_classify = branches.classify.__code__
+    full_nested = loops.nested.__code__
+    branches.classify(-5)
+    for args in ((3, 3), (0, 3)):
+        loops.nested(*args)
+    first = {k: set(v) for k, v in recorder.lines.items()}
+    assert probed.compact() >= 2
+    variant = branches.classify.__code__
+    assert variant is not full_classify and original_of(variant) is original_of(full_classify)
+    assert len(variant.co_code) < len(full_classify.co_code)
+    calls = recorder.calls
+    branches.classify(-5)
+    assert recorder.calls == calls  # its probes are gone, not just quiet
+    from types import FunctionType
+
+    unprobed = FunctionType(original_of(full_classify), vars(branches))
+    inputs = (-5, 0, 3, 50, 1000)
+    assert [branches.classify(x) for x in inputs] == [unprobed(x) for x in inputs]
+    _, lines, _ = _coverage(lambda: [branches.classify(x) for x in inputs])
+    # The variant's probes record the lines that had not run yet, and only those.
+    assert recorder.lines == {**first, **{k: first.get(k, set()) | v for k, v in lines.items()}}
+    probed.compact()
+    assert branches.classify.__code__ is original_of(full_classify)  # all its lines ran
+    calls = recorder.calls
+    branches.classify(0)
+    assert recorder.calls == calls
+    recorder.lines.clear()
+    probed.rearm()
+    assert branches.classify.__code__ is full_classify
+    assert loops.nested.__code__ is full_nested
+    branches.classify(-5)
+    assert recorder.lines == {k: v for k, v in first.items() if k == full_classify.co_filename}
+
+
+def test_compaction_keeps_the_code_a_function_makes_probed() -> None:
+    """A function whose own lines all ran but whose nested function has lines left keeps
+    making probed nested functions after compaction: their first hits still record."""
+    from runcov.tracing import _accel  # type: ignore[attr-defined]
+    from runcov.tracing.probes import Probes, original_of
+
+    filename = os.path.join(CORPUS_DIR, "nested_synthetic.py")
+    source = (
+        "def outer(flag):\n"
+        "    def inner(x):\n"
+        "        if x:\n"
+        "            return 1\n"
+        "        return 2\n"
+        "    return inner(flag)\n"
+    )
+    recorder = Recorder()
+    probes = Probes(_under(CORPUS_DIR), recorder, _accel.set_unit, _accel.Quiet)
+    probes.enabled = True
+    namespace: dict[str, Any] = {}
+    exec(probes.probed(compile(source, filename, "exec")), namespace)
+    outer = namespace["outer"]
+    assert outer(1) == 1
+    assert recorder.lines == {filename: {1, 2, 3, 4, 6}}
+    assert probes.compact() == 1
+    assert outer.__code__ is not original_of(outer.__code__)  # no probe left, nested ones kept
+    assert outer(0) == 2
+    assert recorder.lines == {filename: {1, 2, 3, 4, 5, 6}}

@@ -940,7 +940,8 @@ class Agent:
         refresh = getattr(self.core, "refresh_census", None)
         if refresh is not None and now >= self._census_refresh_at:
             # Census probes (3.11): functions made by code that was not probed (a __main__
-            # script's, defined after start) are probed here, looked for less and less often.
+            # script's, defined after start) are probed here, and the probes that fired are
+            # taken out of the functions' code, less and less often after each epoch starts.
             self._census_refresh_wait = min(2 * self._census_refresh_wait, CENSUS_EPOCH_SECONDS)
             self._census_refresh_at = now + self._census_refresh_wait
             try:
@@ -955,6 +956,8 @@ class Agent:
         # are forgotten with the epoch; count them.
         unclaimed = len(core.census_pending) + min(1, getattr(core, "census_unattributed", 0))
         core.new_epoch()
+        self._census_refresh_wait = 0.5
+        self._census_refresh_at = now + self._census_refresh_wait
         if unclaimed and self.metrics is not None:
             try:
                 self.metrics.dropped("", "census_unclaimed", count=unclaimed)

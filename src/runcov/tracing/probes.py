@@ -205,11 +205,12 @@ def _location_table(
 class Probe:
     """One probe: where its head is, and the line it records."""
 
-    __slots__ = ("armed", "code", "filename", "head", "jump", "line", "unit")
+    __slots__ = ("armed", "code", "filename", "head", "index", "jump", "line", "unit")
 
     def __init__(self, filename: str, line: int) -> None:
         self.filename = filename
         self.line = line
+        self.index = -1  # the instruction it precedes, counted in the original code
         self.code: Optional[CodeType] = None  # the probed code, once built
         self.unit = 0  # its head's code unit in that code
         self.head = bytes((_OP["PUSH_NULL"], 0))
@@ -221,20 +222,27 @@ def instrument(
     code: CodeType,
     hit: Callable[[int], None],
     new_probe: Callable[[str, int], int],
-    probes: list[Probe],
+    probes: dict[int, Probe],
     wanted: Callable[[CodeType], bool],
     done: Callable[[CodeType, CodeType], None],
+    keep: Optional[Callable[[int], bool]] = None,
+    nested: Optional[tuple[Any, ...]] = None,
 ) -> CodeType:
     """The probed copy of ``code`` and of the nested code objects ``wanted`` accepts.
 
-    ``new_probe(filename, line)`` registers a probe and returns its key (an index into
-    ``probes``, whose entries are then told where their head is); ``done(probed, original)``
-    is told of every code object probed.
+    ``new_probe(filename, line)`` registers a probe and returns its key (in ``probes``, whose
+    entries are then told where their head is); ``done(probed, original)`` is told of every
+    code object probed. ``keep(index)`` (a variant): probe only before the instructions it
+    accepts, and take the nested code objects from ``nested`` (``code``'s constants as another
+    probed copy has them) instead of probing them again.
     """
     consts = list(code.co_consts)
-    for i, const in enumerate(consts):
-        if isinstance(const, CodeType) and wanted(const):
-            consts[i] = instrument(const, hit, new_probe, probes, wanted, done)
+    if nested is not None:
+        consts = list(nested[: len(consts)])
+    else:
+        for i, const in enumerate(consts):
+            if isinstance(const, CodeType) and wanted(const):
+                consts[i] = instrument(const, hit, new_probe, probes, wanted, done)
     instrs, at = _decode(code)
     if not instrs:
         return code.replace(co_consts=tuple(consts))
@@ -269,16 +277,18 @@ def instrument(
             if instr.op in _NO_PROBE_BEFORE:
                 pending = line
             else:
-                instr.probe = line
+                if keep is None or keep(index):
+                    instr.probe = line
                 pending = None
         previous_line = line
     filename = code.co_filename
     base = len(consts)
     consts.append(hit)
     keys: list[int] = []
-    for instr in instrs:
+    for index, instr in enumerate(instrs):
         if instr.probe is not None:
             keys.append(new_probe(filename, instr.probe))
+            probes[keys[-1]].index = index
             consts.append(keys[-1])
     hit_arg = base
     # Probe: PUSH_NULL, LOAD_CONST hit, LOAD_CONST key, PRECALL 1 (+cache), CALL 1 (+caches),
@@ -414,6 +424,11 @@ class Probes:
     ``record(filename, line)`` is called on each probe's first hit (per epoch) and returns
     whether the probe may be disarmed (False: keep it, e.g. while an exact scope runs).
     ``set_unit`` is the C extension's writer of one code unit; ``quiet`` its ``Quiet``.
+
+    A probe that has fired costs a jump per line. :meth:`compact` takes even that away: the
+    functions whose code has fired probes get a variant of the original with only the probes
+    still armed (or the original itself, once all fired), until the next epoch puts the fully
+    probed code back (:meth:`rearm`).
     """
 
     def __init__(
@@ -427,12 +442,21 @@ class Probes:
         self._record = record
         self._set_unit = set_unit
         self._lock = threading.RLock()
-        self.probes: list[Probe] = []
+        #: key -> probe (the key is the constant the probe passes to ``hit``).
+        self.probes: dict[int, Probe] = {}
+        self._next_key = 0
         #: id(original code) -> probed code (the originals are kept alive by ``_originals``).
         self._probed: dict[int, CodeType] = {}
         self._originals: dict[int, CodeType] = {}
-        #: ids of probed code objects (never probed twice).
+        #: ids of probed code objects, variants included (never probed twice).
         self._probed_ids: set[int] = set()
+        #: This epoch's variants: id(code) -> (code, its variant); id(variant) -> (variant,
+        #: the fully probed code it stands in for); keys of the variants' probes; originals put
+        #: into functions because all their probes fired: id -> (original, fully probed code).
+        self._variants: dict[int, tuple[CodeType, CodeType]] = {}
+        self._full: dict[int, tuple[CodeType, CodeType]] = {}
+        self._variant_keys: list[int] = []
+        self._quiet: dict[int, tuple[CodeType, CodeType]] = {}
         self.enabled = False
         self._finder: Optional[_ProbingFinder] = None
         self.failed = 0  # code objects left unprobed because probing failed
@@ -458,8 +482,10 @@ class Probes:
         self.hit: Callable[[int], None] = quiet(hit) if quiet is not None else hit
 
     def _new_probe(self, filename: str, line: int) -> int:
-        self.probes.append(Probe(filename, line))
-        return len(self.probes) - 1
+        key = self._next_key
+        self._next_key += 1
+        self.probes[key] = Probe(filename, line)
+        return key
 
     def _done(self, probed: CodeType, original: CodeType) -> None:
         self._probed_ids.add(id(probed))
@@ -471,7 +497,7 @@ class Probes:
     def probed(self, code: CodeType) -> CodeType:
         """The probed copy of ``code`` (``code`` itself when it is not under the roots, already
         probed, or cannot be probed)."""
-        if id(code) in self._probed_ids:
+        if id(code) in self._probed_ids or id(code) in self._quiet:
             return code
         code = original_of(code)
         if not self._wanted(code):
@@ -480,13 +506,14 @@ class Probes:
             done = self._probed.get(id(code))
             if done is not None:
                 return done
-            mark = len(self.probes)
+            mark = self._next_key
             try:
                 new = instrument(
                     code, self.hit, self._new_probe, self.probes, self._wanted, self._done
                 )
             except Exception:
-                del self.probes[mark:]
+                for key in range(mark, self._next_key):
+                    self.probes.pop(key, None)
                 self.failed += 1
                 log.debug("runcov: could not probe %s", code.co_name, exc_info=True)
                 return code
@@ -502,7 +529,7 @@ class Probes:
                 continue
             try:
                 code = obj.__code__
-                if id(code) in self._probed_ids:
+                if id(code) in self._probed_ids or id(code) in self._quiet:
                     continue
                 new = self.probed(code)
                 if new is not code:
@@ -511,6 +538,77 @@ class Probes:
             except Exception:
                 continue
         return changed
+
+    def compact(self) -> int:
+        """Give every live function whose probed code has fired probes the variant of its code
+        that keeps only the probes still armed (the original, once none is); how many changed.
+        """
+        with self._lock:
+            by_code: dict[int, list[Probe]] = {}
+            for probe in self.probes.values():
+                if probe.code is not None:
+                    by_code.setdefault(id(probe.code), []).append(probe)
+            changed = 0
+            for obj in gc.get_objects():
+                if type(obj) is not FunctionType:
+                    continue
+                try:
+                    code = obj.__code__
+                    if id(code) not in self._probed_ids:
+                        continue
+                    known = self._variants.get(id(code))
+                    if known is not None and known[0] is code:
+                        variant = known[1]
+                    else:
+                        made = self._variant(code, by_code.get(id(code), []))
+                        if made is None:
+                            continue
+                        variant = made
+                    obj.__code__ = variant
+                    changed += 1
+                except Exception:
+                    continue
+            return changed
+
+    def _variant(self, code: CodeType, mine: list[Probe]) -> Optional[CodeType]:
+        """The variant of ``code`` without its fired probes (None: none fired, or it failed)."""
+        armed = {probe.index for probe in mine if probe.armed}
+        if len(armed) == len(mine):
+            return None
+        original = original_of(code)
+        if original is code:
+            return None
+        entry = self._full.get(id(code))
+        full = entry[1] if entry is not None and entry[0] is code else code
+        holds_probed = any(
+            isinstance(const, CodeType) and id(const) in self._probed_ids
+            for const in code.co_consts
+        )
+        if not armed and not holds_probed:
+            variant = original
+            self._quiet[id(original)] = (original, full)
+        else:  # (with no probe left but nested code: functions it makes stay probed)
+            mark = self._next_key
+            try:
+                variant = instrument(
+                    original,
+                    self.hit,
+                    self._new_probe,
+                    self.probes,
+                    self._wanted,
+                    self._done,
+                    keep=armed.__contains__,
+                    nested=code.co_consts,
+                )
+            except Exception:
+                for key in range(mark, self._next_key):
+                    self.probes.pop(key, None)
+                log.debug("runcov: could not compact %s", code.co_name, exc_info=True)
+                return None
+            self._variant_keys.extend(range(mark, self._next_key))
+            self._full[id(variant)] = (variant, full)
+        self._variants[id(code)] = (code, variant)
+        return variant
 
     def enable(self) -> None:
         """Probe the code under the roots (live functions now, modules as they are imported)."""
@@ -534,7 +632,7 @@ class Probes:
                     sys.meta_path.remove(finder)
                 except ValueError:
                     pass
-            for probe in self.probes:
+            for probe in self.probes.values():
                 if probe.armed:
                     probe.armed = False
                     if probe.code is not None:
@@ -561,12 +659,38 @@ class Probes:
         return restored
 
     def rearm(self) -> None:
-        """Arm every probe again (a new census epoch)."""
+        """Arm every probe again (a new census epoch): functions given a variant get their
+        fully probed code back."""
         with self._lock:
-            for probe in self.probes:
+            if self._variants:
+                self._uncompact()
+            for probe in self.probes.values():
                 if not probe.armed and probe.code is not None:
                     self._set_unit(probe.code, probe.unit, probe.head)
                     probe.armed = True
+
+    def _uncompact(self) -> None:
+        full_of = {key: entry for key, entry in self._full.items()}
+        full_of.update(self._quiet)
+        for obj in gc.get_objects():
+            if type(obj) is not FunctionType:
+                continue
+            try:
+                entry = full_of.get(id(obj.__code__))
+                if entry is not None and entry[0] is obj.__code__:
+                    obj.__code__ = entry[1]
+            except Exception:
+                continue
+        # A frame still running a variant keeps it; its probes, gone from the table, no
+        # longer record.
+        for key in self._variant_keys:
+            self.probes.pop(key, None)
+        for variant, _ in self._full.values():
+            self._probed_ids.discard(id(variant))
+        self._variant_keys.clear()
+        self._variants.clear()
+        self._full.clear()
+        self._quiet.clear()
 
 
 class _ProbingLoader(importlib.machinery.SourceFileLoader):

@@ -267,11 +267,13 @@ class SettraceCore(Core):
         self._probes.enable()
 
     def refresh_census(self) -> int:
-        """Probe the functions made since the last look by code that was not probed; how many
-        (called by the agent's export worker, on a schedule that thins out)."""
+        """Probe the functions made since the last look by code that was not probed, and take
+        the probes that fired out of the functions' code (see ``Probes.compact``); how many
+        functions changed. Called by the agent's export worker, on a schedule that thins out
+        and starts again at each epoch."""
         if self._probes is None or not self._probes.enabled:
             return 0
-        return self._probes.probe_functions()
+        return self._probes.probe_functions() + self._probes.compact()
 
     def take_census(self, key: Hashable) -> Optional[CoverageData]:
         """Claim the first hits attributed to ``key`` outside scopes (None when there are none)."""
