@@ -27,6 +27,8 @@ Each workload runs under:
                       census probes on 3.11); a census scope per request where neither exists
                       (the settrace core without its C extension, or forced on 3.12+)
 * ``runcov-census-scoped``  a census scope per request (the WSGI/ASGI middleware's census)
+* ``runcov-census-uncompacted``  3.11: as ``runcov-census``, the fired probes left in place
+                      (a jump per line) instead of compacted away after the warm-up
 * ``runcov-1%-py``, ``runcov-100%-py``  as ``runcov-1%``/``runcov-100%`` with the sys.monitoring
                       core's Python recording callbacks (``RUNCOV_ACCEL=0``) instead of its C ones
 * ``coverage-line``   coverage.py started for the whole process, lines only
@@ -78,6 +80,7 @@ CONFIGS = (
     "runcov-100%",
     "runcov-census",
     "runcov-census-scoped",
+    "runcov-census-uncompacted",
     "runcov-1%-py",
     "runcov-100%-py",
     "coverage-line",
@@ -193,11 +196,13 @@ def _set_up(config: str, workload: str) -> tuple[Loaded, Opener, After, Callable
 
         core = get_core()
         core.add_roots([root])
-        if config == "runcov-census" and core.set_census_owner(REQUEST.get):
+        if config.startswith("runcov-census") and config != "runcov-census-scoped" and (
+            core.set_census_owner(REQUEST.get)
+        ):
             core.enable_census()
             pending = core.census_pending
             refresh = getattr(core, "refresh_census", None)
-            if refresh is not None:
+            if refresh is not None and config != "runcov-census-uncompacted":
                 # What the agent's export worker does for the census probes (3.11) in a
                 # service's first seconds (0.5 s, 1 s, 2 s, ...): take the probes that fired
                 # out of the functions' code. Here: once each workload part is warm.
