@@ -65,6 +65,28 @@ def probes() -> Iterator[tuple[Any, Recorder]]:
         probes.restore()
 
 
+@pytest.fixture
+def census_core() -> Iterator[tuple[Any, Any]]:
+    """The process's core with census by owner on (a context variable names the request)."""
+    import contextvars
+
+    from runcov.tracing import get_core
+
+    core = get_core()
+    if not core.attributes_census:
+        pytest.skip("the core's census probes need runcov's C extension (RUNCOV_ACCEL=0 here)")
+    core.add_roots([CORPUS_DIR])
+    owner: contextvars.ContextVar[object] = contextvars.ContextVar("request", default=None)
+    assert core.set_census_owner(owner.get) is True
+    core.new_epoch()
+    core.enable_census()
+    try:
+        yield core, owner
+    finally:
+        core.set_census_owner(None)
+        core.disable_census()
+
+
 def _run(case: Case) -> list[tuple[str, str]]:
     fn = case.load()
     outcomes = []
@@ -272,59 +294,39 @@ def test_threads_hitting_the_same_probes_record_each_line_once(
     assert recorder.calls <= 8 * sum(map(len, recorder.lines.values()))
 
 
-def test_the_core_probes_functions_made_later_by_unprobed_code() -> None:
+def test_the_core_probes_functions_made_later_by_unprobed_code(
+    census_core: tuple[Any, Any],
+) -> None:
     """A ``__main__`` script's functions are made by code that no import probed: the core's
     census finds them at its next look (the agent's export worker looks on a thinning
     schedule), and their first hits go to the trace that runs them."""
-    import contextvars
-
-    from runcov.tracing import get_core
-
-    core = get_core()
-    if not core.attributes_census:
-        pytest.skip("the core's census probes need runcov's C extension (RUNCOV_ACCEL=0 here)")
-    core.add_roots([CORPUS_DIR])
-    owner: contextvars.ContextVar[object] = contextvars.ContextVar("request", default=None)
-    assert core.set_census_owner(owner.get) is True
-    core.new_epoch()
-    core.enable_census()  # type: ignore[attr-defined]
-    try:
-        source = "def made_later(x):\n    if x > 1:\n        return 'big'\n    return 'small'\n"
-        namespace: dict[str, Any] = {}
-        exec(compile(source, os.path.join(CORPUS_DIR, "script.py"), "exec"), namespace)
-        made_later = namespace["made_later"]
-        token = owner.set("before")
-        made_later(5)
-        owner.reset(token)
-        assert core.take_census("before") is None  # not probed yet: nothing recorded
-        assert core.refresh_census() >= 1  # type: ignore[attr-defined]
-        token = owner.set("after")
-        made_later(5)
-        owner.reset(token)
-        after = core.take_census("after")
-        assert after is not None
-        assert after.lines == {os.path.join(CORPUS_DIR, "script.py"): {2, 3}}
-    finally:
-        core.set_census_owner(None)
-        core.disable_census()
+    core, owner = census_core
+    source = "def made_later(x):\n    if x > 1:\n        return 'big'\n    return 'small'\n"
+    namespace: dict[str, Any] = {}
+    exec(compile(source, os.path.join(CORPUS_DIR, "script.py"), "exec"), namespace)
+    made_later = namespace["made_later"]
+    token = owner.set("before")
+    made_later(5)
+    owner.reset(token)
+    assert core.take_census("before") is None  # not probed yet: nothing recorded
+    assert core.refresh_census() >= 1
+    token = owner.set("after")
+    made_later(5)
+    owner.reset(token)
+    after = core.take_census("after")
+    assert after is not None
+    assert after.lines == {os.path.join(CORPUS_DIR, "script.py"): {2, 3}}
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_records_its_own_first_hits_and_the_parent_keeps_its_probes() -> None:
-    import contextvars
+def test_a_forked_child_records_its_own_first_hits_and_the_parent_keeps_its_probes(
+    census_core: tuple[Any, Any],
+) -> None:
     import json
 
-    from runcov.tracing import get_core
     from tests.corpus import branches
 
-    core = get_core()
-    if not core.attributes_census:
-        pytest.skip("the core's census probes need runcov's C extension (RUNCOV_ACCEL=0 here)")
-    core.add_roots([CORPUS_DIR])
-    owner: contextvars.ContextVar[object] = contextvars.ContextVar("request", default=None)
-    assert core.set_census_owner(owner.get) is True
-    core.new_epoch()
-    core.enable_census()  # type: ignore[attr-defined]
+    core, owner = census_core
 
     def request(name: str) -> Any:
         token = owner.set(name)
@@ -335,25 +337,21 @@ def test_a_forked_child_records_its_own_first_hits_and_the_parent_keeps_its_prob
         data = core.take_census(name)
         return data.lines if data is not None else {}
 
-    try:
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: report what its request hit first, and leave
-            try:
-                lines = request("child")
-                os.write(write, json.dumps({k: sorted(v) for k, v in lines.items()}).encode())
-            finally:
-                os._exit(0)
-        os.close(write)
-        with os.fdopen(read) as fh:
-            child = json.loads(fh.read() or "{}")
-        os.waitpid(pid, 0)
-        parent = request("parent")  # the child's hits quieted only the child's probes
-        assert child and {k: set(v) for k, v in child.items()} == parent
-        assert request("again") == {}
-    finally:
-        core.set_census_owner(None)
-        core.disable_census()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what its request hit first, and leave
+        try:
+            lines = request("child")
+            os.write(write, json.dumps({k: sorted(v) for k, v in lines.items()}).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        child = json.loads(fh.read() or "{}")
+    os.waitpid(pid, 0)
+    parent = request("parent")  # the child's hits quieted only the child's probes
+    assert child and {k: set(v) for k, v in child.items()} == parent
+    assert request("again") == {}
 
 
 def _big_source() -> str:

@@ -236,6 +236,17 @@ class CensusScope(Scope):
         return self.result
 
 
+def claim_census(
+    pending: dict[Hashable, dict[str, set[int]]], key: Hashable, roots: tuple[str, ...]
+) -> Optional[CoverageData]:
+    """Take the census first hits filed under ``key`` out of ``pending``, as coverage data
+    (None when there are none)."""
+    theirs = pending.pop(key, None)
+    if not theirs:
+        return None
+    return records_data(set(), {}, theirs, roots)
+
+
 def records_data(
     triples: set[tuple[str, int, int]],
     files: dict[str, set[Arc]],
@@ -531,6 +542,7 @@ __all__ = [
     "CensusScope",
     "Roots",
     "ScopeState",
+    "claim_census",
     "in_asyncio_step",
     "install_hooks",
     "load_accel",

@@ -521,23 +521,32 @@ class Probes:
             self._originals[id(code)] = code
             return new
 
-    def probe_functions(self) -> int:
-        """Put probed code into every live function under the roots; how many changed."""
+    def _swap(self, replace: Callable[[CodeType], Optional[CodeType]]) -> int:
+        """Give every live function the code ``replace(its code)`` names (None: keep it); how
+        many changed."""
         changed = 0
         for obj in gc.get_objects():
             if type(obj) is not FunctionType:
                 continue
             try:
                 code = obj.__code__
-                if id(code) in self._probed_ids or id(code) in self._quiet:
-                    continue
-                new = self.probed(code)
-                if new is not code:
+                new = replace(code)
+                if new is not None and new is not code:
                     obj.__code__ = new
                     changed += 1
             except Exception:
                 continue
         return changed
+
+    def probe_functions(self) -> int:
+        """Put probed code into every live function under the roots; how many changed."""
+
+        def probed(code: CodeType) -> Optional[CodeType]:
+            if id(code) in self._probed_ids or id(code) in self._quiet:
+                return None
+            return self.probed(code)
+
+        return self._swap(probed)
 
     def compact(self) -> int:
         """Give every live function whose probed code has fired probes the variant of its code
@@ -548,27 +557,16 @@ class Probes:
             for probe in self.probes.values():
                 if probe.code is not None:
                     by_code.setdefault(id(probe.code), []).append(probe)
-            changed = 0
-            for obj in gc.get_objects():
-                if type(obj) is not FunctionType:
-                    continue
-                try:
-                    code = obj.__code__
-                    if id(code) not in self._probed_ids:
-                        continue
-                    known = self._variants.get(id(code))
-                    if known is not None and known[0] is code:
-                        variant = known[1]
-                    else:
-                        made = self._variant(code, by_code.get(id(code), []))
-                        if made is None:
-                            continue
-                        variant = made
-                    obj.__code__ = variant
-                    changed += 1
-                except Exception:
-                    continue
-            return changed
+
+            def compacted(code: CodeType) -> Optional[CodeType]:
+                if id(code) not in self._probed_ids:
+                    return None
+                known = self._variants.get(id(code))
+                if known is not None and known[0] is code:
+                    return known[1]
+                return self._variant(code, by_code.get(id(code), []))
+
+            return self._swap(compacted)
 
     def _variant(self, code: CodeType, mine: list[Probe]) -> Optional[CodeType]:
         """The variant of ``code`` without its fired probes (None: none fired, or it failed)."""
@@ -645,18 +643,9 @@ class Probes:
 
     def restore(self) -> int:
         """Put the original code back into every live function this holds probed; how many."""
-        restored = 0
-        for obj in gc.get_objects():
-            if type(obj) is not FunctionType:
-                continue
-            try:
-                code = obj.__code__
-                if id(code) in self._probed_ids:
-                    obj.__code__ = original_of(code)
-                    restored += 1
-            except Exception:
-                continue
-        return restored
+        return self._swap(
+            lambda code: original_of(code) if id(code) in self._probed_ids else None
+        )
 
     def rearm(self) -> None:
         """Arm every probe again (a new census epoch): functions given a variant get their
@@ -670,17 +659,14 @@ class Probes:
                     probe.armed = True
 
     def _uncompact(self) -> None:
-        full_of = {key: entry for key, entry in self._full.items()}
+        full_of = dict(self._full)
         full_of.update(self._quiet)
-        for obj in gc.get_objects():
-            if type(obj) is not FunctionType:
-                continue
-            try:
-                entry = full_of.get(id(obj.__code__))
-                if entry is not None and entry[0] is obj.__code__:
-                    obj.__code__ = entry[1]
-            except Exception:
-                continue
+
+        def full(code: CodeType) -> Optional[CodeType]:
+            entry = full_of.get(id(code))
+            return entry[1] if entry is not None and entry[0] is code else None
+
+        self._swap(full)
         # A frame still running a variant keeps it; its probes, gone from the table, no
         # longer record.
         for key in self._variant_keys:

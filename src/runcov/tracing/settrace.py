@@ -25,10 +25,10 @@ from runcov.tracing._scope import (
     Roots,
     ScopeState,
     _current,
+    claim_census,
     in_asyncio_step,
     install_hooks,
     load_accel,
-    records_data,
 )
 from runcov.tracing.probes import Probes
 
@@ -277,10 +277,7 @@ class SettraceCore(Core):
 
     def take_census(self, key: Hashable) -> Optional[CoverageData]:
         """Claim the first hits attributed to ``key`` outside scopes (None when there are none)."""
-        theirs = self.census_pending.pop(key, None)
-        if not theirs:
-            return None
-        return records_data(set(), {}, theirs, self.roots)
+        return claim_census(self.census_pending, key, self.roots)
 
     def _forget_pending(self) -> None:
         self.census_pending.clear()

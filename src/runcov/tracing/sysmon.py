@@ -55,10 +55,10 @@ from runcov.tracing._scope import (
     Roots,
     ScopeState,
     _current,
+    claim_census,
     in_asyncio_step,
     install_hooks,
     load_accel,
-    records_data,
 )
 
 log = logging.getLogger("runcov.tracing")
@@ -829,10 +829,7 @@ class SysmonCore(Core):
 
     def take_census(self, key: Hashable) -> Optional[CoverageData]:
         """Claim the first hits attributed to ``key`` outside scopes (None when there are none)."""
-        theirs = self.census_pending.pop(key, None)
-        if not theirs:
-            return None
-        return records_data(set(), {}, theirs, self.roots)
+        return claim_census(self.census_pending, key, self.roots)
 
     def _forget_pending(self) -> None:
         self.census_pending.clear()
