@@ -5,12 +5,13 @@ mode, so a tracer cannot record first hits at ~zero steady cost. Census there in
 into the bytecode of the code under the source roots instead: at the first instruction of each
 line (and at each jump or handler target), a call ``hit(key)`` that records the line under the
 trace that is current and then turns its own first code unit into a ``JUMP_FORWARD`` over the
-probe. A probe that has fired costs one jump; a new census epoch writes the call back.
+probe. A probe that has fired costs one jump, until compaction gives the function code
+without it; a new census epoch puts every probe back.
 
 :func:`instrument` builds the probed copy of a code object (nested code objects included),
 re-encoding jumps, the exception table and the location table; :class:`Probes` keeps the
 probes, arms and disarms them, puts probed code into live functions and, through an import
-hook, into modules imported later.
+hook, into modules imported later, and compacts.
 """
 
 from __future__ import annotations
