@@ -196,8 +196,8 @@ def _set_up(config: str, workload: str) -> tuple[Loaded, Opener, After, Callable
 
         core = get_core()
         core.add_roots([root])
-        if config.startswith("runcov-census") and config != "runcov-census-scoped" and (
-            core.set_census_owner(REQUEST.get)
+        if config in ("runcov-census", "runcov-census-uncompacted") and core.set_census_owner(
+            REQUEST.get
         ):
             core.enable_census()
             pending = core.census_pending

@@ -195,11 +195,12 @@ def test_a_probe_kept_armed_fires_again(probes: tuple[Any, Recorder]) -> None:
 
 
 def test_tracebacks_and_frames_keep_their_line_numbers(probes: tuple[Any, Recorder]) -> None:
+    from runcov.tracing.probes import original_of
     from tests.corpus import exceptions
 
     fn = exceptions.caught
     assert fn.__code__.co_consts[-1] is not None  # probed: the probe keys are its last consts
-    original = importlib.import_module("runcov.tracing.probes").original_of(fn.__code__)
+    original = original_of(fn.__code__)
     assert original is not fn.__code__
     assert list(original.co_lines())[-1][2] == list(fn.__code__.co_lines())[-1][2]
     assert {line for _, _, line in original.co_lines()} == {

@@ -28,6 +28,9 @@ __all__ = [
 #: Census mode re-arms first-hit recording this often, so that lines keep being tied to recent
 #: traces and a long-running process still reports what current traffic executes.
 CENSUS_EPOCH_SECONDS = 600.0
+#: Census probes (3.11): the export worker's first look for unprobed functions and fired
+#: probes after start and after each new epoch; the wait doubles after each look.
+CENSUS_REFRESH_FIRST_SECONDS = 0.5
 
 #: Most requests the agent tracks as in flight at once; beyond it new requests are not sampled
 #: (a span that never ends must not make the agent grow without bound).
@@ -247,7 +250,7 @@ class Agent:
         self._census_epoch = time.monotonic()
         #: When census probes next look for unprobed functions, and the wait after that.
         self._census_refresh_at = self._census_epoch
-        self._census_refresh_wait = 0.5
+        self._census_refresh_wait = CENSUS_REFRESH_FIRST_SECONDS
         self._fast_threshold = _fast_threshold(self._matcher, config)
         #: True when census needs no scope per request: the core attributes first hits to the
         #: current trace, and the span processor claims them when the request span ends.
@@ -956,7 +959,7 @@ class Agent:
         # are forgotten with the epoch; count them.
         unclaimed = len(core.census_pending) + min(1, getattr(core, "census_unattributed", 0))
         core.new_epoch()
-        self._census_refresh_wait = 0.5
+        self._census_refresh_wait = CENSUS_REFRESH_FIRST_SECONDS
         self._census_refresh_at = now + self._census_refresh_wait
         if unclaimed and self.metrics is not None:
             try:

@@ -236,6 +236,25 @@ class CensusScope(Scope):
         return self.result
 
 
+def file_first_hit(core: Any, scope: Any, filename: str, line: int) -> None:
+    """File a census line's first hit: under ``scope`` (the census scope that runs), else under
+    the key ``core.census_owner()`` names, in ``core.census_pending`` (counted in
+    ``core.census_unattributed`` when there is none)."""
+    if scope is not None:
+        mine = scope.census_lines.get(filename)
+        if mine is None:
+            mine = scope.census_lines[filename] = set()
+        mine.add(line)
+        return
+    owner = core.census_owner
+    key = owner() if owner is not None else None
+    if key is None:
+        core.census_unattributed += 1
+    else:
+        # setdefault: atomic, other threads may run the same trace
+        core.census_pending.setdefault(key, {}).setdefault(filename, set()).add(line)
+
+
 def claim_census(
     pending: dict[Hashable, dict[str, set[int]]], key: Hashable, roots: tuple[str, ...]
 ) -> Optional[CoverageData]:
@@ -543,6 +562,7 @@ __all__ = [
     "Roots",
     "ScopeState",
     "claim_census",
+    "file_first_hit",
     "in_asyncio_step",
     "install_hooks",
     "load_accel",

@@ -25,7 +25,7 @@ import sys
 import threading
 import weakref
 from types import CodeType, FunctionType
-from typing import Any, Callable, Hashable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 log = logging.getLogger("runcov.tracing")
 
@@ -49,6 +49,8 @@ _RESUME = _OP.get("RESUME", -1)
 _SEND = _OP.get("SEND", -1)
 #: The stack a probe needs on top of the code's own: NULL, ``hit`` and the key.
 _PROBE_STACK = 3
+#: An armed probe's first code unit (a fired one's is a ``JUMP_FORWARD`` over the probe).
+_ARMED_HEAD = bytes((_OP["PUSH_NULL"], 0))
 
 
 class _Instr:
@@ -206,7 +208,7 @@ def _location_table(
 class Probe:
     """One probe: where its head is, and the line it records."""
 
-    __slots__ = ("armed", "code", "filename", "head", "index", "jump", "line", "unit")
+    __slots__ = ("armed", "code", "filename", "index", "jump", "line", "unit")
 
     def __init__(self, filename: str, line: int) -> None:
         self.filename = filename
@@ -214,7 +216,6 @@ class Probe:
         self.index = -1  # the instruction it precedes, counted in the original code
         self.code: Optional[CodeType] = None  # the probed code, once built
         self.unit = 0  # its head's code unit in that code
-        self.head = bytes((_OP["PUSH_NULL"], 0))
         self.jump = b""  # JUMP_FORWARD over the probe
         self.armed = True
 
@@ -283,29 +284,25 @@ def instrument(
                 pending = None
         previous_line = line
     filename = code.co_filename
-    base = len(consts)
+    hit_arg = len(consts)
     consts.append(hit)
     keys: list[int] = []
+    key_args: dict[int, int] = {}  # instruction index -> the constant slot of its probe's key
     for index, instr in enumerate(instrs):
         if instr.probe is not None:
             keys.append(new_probe(filename, instr.probe))
             probes[keys[-1]].index = index
+            key_args[index] = len(consts)
             consts.append(keys[-1])
-    hit_arg = base
+        instr.ext = _ext_units(instr.arg)
     # Probe: PUSH_NULL, LOAD_CONST hit, LOAD_CONST key, PRECALL 1 (+cache), CALL 1 (+caches),
     # POP_TOP.
     precall, call = _OP["PRECALL"], _OP["CALL"]
+    # PUSH_NULL, the two LOAD_CONSTs (without their EXTENDED_ARGs), PRECALL, CALL, POP_TOP.
+    fixed_units = 1 + 2 + (1 + _CACHES[precall]) + (1 + _CACHES[call]) + 1
 
     def probe_units(key_arg: int) -> int:
-        return 1 + (1 + _ext_units(hit_arg)) + (1 + _ext_units(key_arg)) + 2 + 5 + 1
-
-    key_args: dict[int, int] = {}
-    k = 0
-    for i, instr in enumerate(instrs):
-        if instr.probe is not None:
-            key_args[i] = base + 1 + k
-            k += 1
-        instr.ext = _ext_units(instr.arg)
+        return fixed_units + _ext_units(hit_arg) + _ext_units(key_arg)
     units = len(code.co_code) // 2
     total = 0
 
@@ -440,15 +437,13 @@ class Probes:
         quiet: Optional[Callable[[Callable[[int], None]], Callable[[int], None]]] = None,
     ) -> None:
         self._classify = classify
-        self._record = record
         self._set_unit = set_unit
         self._lock = threading.RLock()
         #: key -> probe (the key is the constant the probe passes to ``hit``).
         self.probes: dict[int, Probe] = {}
         self._next_key = 0
-        #: id(original code) -> probed code (the originals are kept alive by ``_originals``).
-        self._probed: dict[int, CodeType] = {}
-        self._originals: dict[int, CodeType] = {}
+        #: id(original code) -> (original code, its probed copy).
+        self._probed: dict[int, tuple[CodeType, CodeType]] = {}
         #: ids of probed code objects, variants included (never probed twice).
         self._probed_ids: set[int] = set()
         #: This epoch's variants: id(code) -> (code, its variant); id(variant) -> (variant,
@@ -505,8 +500,8 @@ class Probes:
             return code
         with self._lock:
             done = self._probed.get(id(code))
-            if done is not None:
-                return done
+            if done is not None and done[0] is code:
+                return done[1]
             mark = self._next_key
             try:
                 new = instrument(
@@ -518,8 +513,7 @@ class Probes:
                 self.failed += 1
                 log.debug("runcov: could not probe %s", code.co_name, exc_info=True)
                 return code
-            self._probed[id(code)] = new
-            self._originals[id(code)] = code
+            self._probed[id(code)] = (code, new)
             return new
 
     def _swap(self, replace: Callable[[CodeType], Optional[CodeType]]) -> int:
@@ -541,13 +535,7 @@ class Probes:
 
     def probe_functions(self) -> int:
         """Put probed code into every live function under the roots; how many changed."""
-
-        def probed(code: CodeType) -> Optional[CodeType]:
-            if id(code) in self._probed_ids or id(code) in self._quiet:
-                return None
-            return self.probed(code)
-
-        return self._swap(probed)
+        return self._swap(self.probed)
 
     def compact(self) -> int:
         """Give every live function whose probed code has fired probes the variant of its code
@@ -656,7 +644,7 @@ class Probes:
                 self._uncompact()
             for probe in self.probes.values():
                 if not probe.armed and probe.code is not None:
-                    self._set_unit(probe.code, probe.unit, probe.head)
+                    self._set_unit(probe.code, probe.unit, _ARMED_HEAD)
                     probe.armed = True
 
     def _uncompact(self) -> None:
@@ -740,12 +728,3 @@ class _ProbingFinder:
         finally:
             self._busy.on = False
 
-
-def owner_key(owner: Optional[Callable[[], Hashable]]) -> Optional[Hashable]:
-    """``owner()``, or None when there is none or it fails."""
-    if owner is None:
-        return None
-    try:
-        return owner()
-    except Exception:
-        return None

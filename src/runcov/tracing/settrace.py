@@ -26,6 +26,7 @@ from runcov.tracing._scope import (
     ScopeState,
     _current,
     claim_census,
+    file_first_hit,
     in_asyncio_step,
     install_hooks,
     load_accel,
@@ -296,15 +297,7 @@ class SettraceCore(Core):
         if line in hits:
             return True
         hits.add(line)
-        if scope is not None and not scope.closed:
-            scope.census_lines.setdefault(filename, set()).add(line)
-            return True
-        key = probes.owner_key(self.census_owner)
-        if key is None:
-            self.census_unattributed += 1
-        else:
-            # setdefault: atomic, other threads may run the same trace
-            self.census_pending.setdefault(key, {}).setdefault(filename, set()).add(line)
+        file_first_hit(self, None if scope is None or scope.closed else scope, filename, line)
         return True
 
     def census_lines(self) -> dict[str, set[int]]:

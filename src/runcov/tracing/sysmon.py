@@ -56,6 +56,7 @@ from runcov.tracing._scope import (
     ScopeState,
     _current,
     claim_census,
+    file_first_hit,
     in_asyncio_step,
     install_hooks,
     load_accel,
@@ -212,7 +213,6 @@ class SysmonCore(Core):
         get_scope = _current.get
         getframe = sys._getframe
         census = self._census
-        pending = self.census_pending
         core = self
 
         waiting = self._pending
@@ -312,19 +312,7 @@ class SysmonCore(Core):
                         hits = census[filename] = set()
                     if line not in hits:
                         hits.add(line)
-                        if scope is not None:
-                            mine = scope.census_lines.get(filename)
-                            if mine is None:
-                                mine = scope.census_lines[filename] = set()
-                            mine.add(line)
-                        else:
-                            owner = core.census_owner
-                            key = owner() if owner is not None else None
-                            if key is None:
-                                core.census_unattributed += 1
-                            else:
-                                # setdefault: atomic, other threads may run the same trace
-                                pending.setdefault(key, {}).setdefault(filename, set()).add(line)
+                        file_first_hit(core, scope, filename, line)
                 except Exception:
                     return None
                 # DISABLE is process-wide: never while exact-mode events may be needed.
