@@ -83,6 +83,9 @@ CONFIGS = (
     "runcov-census-uncompacted",
     "runcov-1%-py",
     "runcov-100%-py",
+    "runcov-0%-traced",
+    "runcov-1%-traced",
+    "runcov-100%-traced",
     "coverage-line",
     "coverage-branch",
     "slipcover",
@@ -380,6 +383,8 @@ def _run_one(config: str, args: argparse.Namespace) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE_", "COV_CORE_"))}
     if config.endswith("-py"):
         env["RUNCOV_ACCEL"] = "0"
+    if config.endswith("-traced"):
+        env["RUNCOV_EXACT_PROBES"] = "0"  # 3.11: exact scopes trace their threads
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{config} failed:\n{proc.stdout}\n{proc.stderr}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dis
 import functools
 import os
 import pickle
@@ -34,6 +35,29 @@ def runcov_sysmon() -> bool:
     the core is gone).
     """
     return get_core().name == "sysmon"
+
+
+def runcov_traces() -> bool:
+    """True when runcov's exact scopes trace their threads with ``sys.settrace`` (the settrace
+    core without exact probes: 3.12+ with ``RUNCOV_CORE=settrace``, or no C extension)."""
+    core = get_core()
+    return core.name == "settrace" and not getattr(core, "exact_by_probes", False)
+
+
+def armed_probes() -> int:
+    """Probe heads armed in the bytecode (3.11's exact probes; census is off in these tests).
+    Looks at the running core without making one (the shutdown test looks after it is gone)."""
+    import runcov.tracing
+
+    core = runcov.tracing._core
+    probes = getattr(core, "_probes", None)
+    if probes is None or not getattr(core, "exact_by_probes", False):
+        return 0
+    armed = 0
+    for code, unit, _ in list(probes._heads):
+        if code._co_code_adaptive[2 * unit] == dis.opmap["PUSH_NULL"]:
+            armed += 1
+    return armed
 
 
 Snapshot = tuple[dict[str, frozenset[int]], dict[str, frozenset[tuple[int, int]]]]
@@ -165,7 +189,7 @@ def _watch_events() -> int:
 
 def leftovers() -> dict[str, Any]:
     """Tracing state runcov leaves in this thread/process when no capture is open."""
-    state: dict[str, Any] = {"gettrace": repr(sys.gettrace())}
+    state: dict[str, Any] = {"gettrace": repr(sys.gettrace()), "armed_probes": armed_probes()}
     if runcov_sysmon():
         mon = sys.monitoring
         tools = {t: mon.get_tool(t) for t in (3, 4)}
@@ -190,7 +214,7 @@ def leftovers() -> dict[str, Any]:
 def is_idle(state: dict[str, Any]) -> bool:
     """No tracer installed; on 3.12+ runcov's tool keeps its fixed global event (PY_UNWIND) and
     arms no code object."""
-    if state["gettrace"] != "None":
+    if state["gettrace"] != "None" or state["armed_probes"]:
         return False
     if runcov_sysmon():
         owned = [t for t, name in state["tools"].items() if name == "runcov"]
@@ -407,8 +431,9 @@ def test_coverage_running_while_a_capture_measures(coveragepy_options: dict[str,
 
     assert got_cov == want_cov, "coverage.py's data changed: " + describe(got_cov, want_cov)
     assert tracer_after is tracer_before  # runcov never replaces or removes coverage.py's tracer
-    if tracer_before is not None and not runcov_sysmon():
-        # The settrace core (3.11): the thread's only tracer is coverage.py's, so runcov declines.
+    if tracer_before is not None and runcov_traces():
+        # The settrace core tracing: the thread's only tracer is coverage.py's, so runcov
+        # declines. (On 3.11 exact probes record beside any tracer.)
         assert not ours.traced
         assert got_runcov == ({}, {})
     else:
@@ -439,7 +464,7 @@ def test_coverage_started_inside_a_capture(coveragepy_options: dict[str, Any]) -
     got_cov = coveragepy_data(cov)
     got_runcov = snapshot(ours.lines, ours.arcs)
     assert got_cov == want_cov, describe(got_cov, want_cov)
-    if runcov_sysmon() or not took_the_tracer:
+    if not runcov_traces() or not took_the_tracer:
         assert got_runcov == want_runcov, describe(got_runcov, want_runcov)
     else:
         for path, lines in got_runcov[0].items():
@@ -469,8 +494,11 @@ def test_capture_leaves_nothing_armed(idle_before: None) -> None:
     if runcov_sysmon():
         assert during["gettrace"] == "None"  # the sys.monitoring core never uses settrace
         assert during["global_events"] == _global_events()
-    else:
+    elif runcov_traces():
         assert during["gettrace"] != "None"  # the settrace core traces this thread meanwhile
+    else:
+        assert during["gettrace"] == "None"  # exact probes (3.11): no tracer, probes armed
+        assert during["armed_probes"] > 0
 
 
 def test_shutdown_frees_the_tool_id() -> None:

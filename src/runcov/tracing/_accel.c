@@ -1933,6 +1933,485 @@ set_unit(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 }
 #endif
 
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+/* ExactProbes(var, scope_type, table, census): what the exact-mode probes of CPython 3.11 call
+ * (probes.py places them; settrace.py arms them while exact scopes are open). A probe passes
+ * its key, an index into ``table``, whose entry is (kind, co_filename, line, co_firstlineno,
+ * generator-like: 1, or 2 for a LINE probe at an exception handler of such code). Kinds:
+ *
+ *   LINE    at each instruction where a line tracer could see a line event: the arc
+ *           (previous line, line) when the line differs from the frame's previous one, or a
+ *           backward jump (BACK) led here;
+ *   ENTRY   after a frame's first RESUME: the frame starts, its previous line -co_firstlineno;
+ *   RESUME  after any other RESUME: a generator or coroutine resumes at the yield's line;
+ *   EXIT    before RETURN_VALUE: the arc (previous line, -co_firstlineno);
+ *   BACK    before a backward jump to the same line.
+ *
+ * These are the events coverage.py's tracer turns into arcs (a call, a line, a return that is
+ * not a yield), recorded the same way: into the current exact scope's ``files[co_filename]``.
+ * Each thread keeps a stack of the frames entered inside exact scopes (the interpreter frame's
+ * address, its previous line, its file's arc set and scope). A frame left without an EXIT
+ * probe stays on it until a probe of a frame below it, a frame starting at the same address,
+ * or the end of its scope finds it: a generator suspended at a yield or await records
+ * nothing, any other frame was left by an exception and records its exit arc, as
+ * coverage.py's tracer does at such a return event. Outside exact scopes a LINE probe goes to
+ * ``census`` (the census probes' recorder), the others return at once. Nothing here runs
+ * Python code or raises: a tracer or profiler of the application sees no probe. */
+#define Py_BUILD_CORE 1
+#include "internal/pycore_frame.h"
+#undef Py_BUILD_CORE
+
+enum { PROBE_LINE, PROBE_ENTRY, PROBE_RESUME, PROBE_EXIT, PROBE_BACK };
+/* The table's last field: 0 ordinary code, 1 generator-like code, 2 a LINE probe of
+ * generator-like code at an exception handler. */
+enum { PROBE_PLAIN, PROBE_GENERATOR, PROBE_AT_HANDLER };
+
+typedef struct {
+    _PyInterpreterFrame *frame;
+    PyObject *arcs;  /* the scope's set of arcs for the frame's file */
+    PyObject *scope; /* the exact scope the frame runs in */
+    PyObject *gen;   /* the generator-like object owning the frame, or NULL */
+    long last;
+    long first;
+    int force; /* a backward jump: the next LINE probe is an event even on the same line */
+} ProbeFrame;
+
+typedef struct {
+    ProbeFrame *frames;
+    Py_ssize_t depth, cap;
+} ProbeStack;
+
+static _Thread_local ProbeStack probe_stack;
+
+/* Deeper than this, frames are not followed (their events are lost, never misattributed). */
+#define PROBE_STACK_MAX 4096
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *var;
+    PyTypeObject *scope_type;
+    Py_ssize_t off_is_census, off_files, off_closed;
+    PyObject *table;
+    PyObject *census;
+} ExactProbes;
+
+static void
+probe_arc(PyObject *arcs, long from, long to)
+{
+    PyObject *a = PyLong_FromLong(from);
+    PyObject *b = a != NULL ? PyLong_FromLong(to) : NULL;
+    PyObject *arc = b != NULL ? PyTuple_Pack(2, a, b) : NULL;
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    if (arc == NULL || PySet_Add(arcs, arc) < 0) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(arc);
+}
+
+/* A frame found on the stack above the one running (or at the end of its scope): record its
+ * exit arc if it was left by an exception, then forget it. ``record`` 0: only forget; 1: record
+ * while its scope is open; 2: record (the scope closing, its records not yet taken). */
+static void
+probe_frame_drop(ExactProbes *self, ProbeFrame *f, int record)
+{
+    if (record == 2 || (record == 1 && SLOT(f->scope, self->off_closed) == Py_False)) {
+        int left = 1;
+        if (f->gen != NULL) {
+            PyGenObject *gen = (PyGenObject *)f->gen;
+            if (gen->gi_frame_state < FRAME_EXECUTING) {
+                left = 0; /* suspended: it resumes from its yield */
+            }
+            else if (gen->gi_frame_state == FRAME_EXECUTING) {
+                left = 0;
+            }
+            else {
+                /* finished: by an exception thrown in at a yield (no exit arc, as a return
+                 * event at a yield has none), or raised elsewhere */
+                _PyInterpreterFrame *frame = (_PyInterpreterFrame *)gen->gi_iframe;
+                if (frame->prev_instr != NULL &&
+                    _Py_OPCODE(*frame->prev_instr) == YIELD_VALUE) {
+                    left = 0;
+                }
+            }
+        }
+        if (left) {
+            probe_arc(f->arcs, f->last, -f->first);
+        }
+    }
+    Py_CLEAR(f->arcs);
+    Py_CLEAR(f->scope);
+    Py_CLEAR(f->gen);
+}
+
+/* The index of ``frame`` on this thread's stack (from the top), or -1. */
+static Py_ssize_t
+probe_find(_PyInterpreterFrame *frame)
+{
+    ProbeStack *s = &probe_stack;
+    for (Py_ssize_t i = s->depth - 1; i >= 0; i--) {
+        if (s->frames[i].frame == frame) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* Drop the frames above index ``i`` (left by an exception, or suspended). */
+static void
+probe_unwind_to(ExactProbes *self, Py_ssize_t i)
+{
+    ProbeStack *s = &probe_stack;
+    while (s->depth - 1 > i) {
+        s->depth--;
+        probe_frame_drop(self, &s->frames[s->depth], 1);
+    }
+}
+
+/* Remove the entry at ``i`` (a frame starting or resuming again at its address). */
+static void
+probe_splice(ExactProbes *self, Py_ssize_t i, int record)
+{
+    ProbeStack *s = &probe_stack;
+    ProbeFrame gone = s->frames[i];
+    memmove(&s->frames[i], &s->frames[i + 1], (s->depth - i - 1) * sizeof(ProbeFrame));
+    s->depth--;
+    probe_frame_drop(self, &gone, record);
+}
+
+static void
+probe_push(ExactProbes *self, _PyInterpreterFrame *frame, PyObject *scope, PyObject *rec,
+           long last, int resumed)
+{
+    PyObject *filename = PyTuple_GET_ITEM(rec, 1);
+    long first = PyLong_AsLong(PyTuple_GET_ITEM(rec, 3));
+    int is_gen = PyLong_AsLong(PyTuple_GET_ITEM(rec, 4)) != PROBE_PLAIN;
+    ProbeStack *s = &probe_stack;
+    Py_ssize_t old = probe_find(frame);
+    if (old >= 0) {
+        /* the same address: a generator resuming (nothing to record: it was suspended), or a
+         * new frame where one left by an exception was */
+        probe_splice(self, old, !resumed);
+    }
+    if (s->depth >= PROBE_STACK_MAX) {
+        return;
+    }
+    if (s->depth == s->cap) {
+        Py_ssize_t cap = s->cap ? 2 * s->cap : 32;
+        ProbeFrame *grown = PyMem_RawRealloc(s->frames, cap * sizeof(ProbeFrame));
+        if (grown == NULL) {
+            return;
+        }
+        s->frames = grown;
+        s->cap = cap;
+    }
+    PyObject *files = SLOT(scope, self->off_files);
+    if (files == NULL || !PyDict_Check(files)) {
+        return;
+    }
+    PyObject *arcs = set_in(files, filename);
+    if (arcs == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    ProbeFrame *f = &s->frames[s->depth++];
+    f->frame = frame;
+    Py_INCREF(arcs);
+    f->arcs = arcs;
+    Py_INCREF(scope);
+    f->scope = scope;
+    f->gen = NULL;
+    if (is_gen > 0 && frame->owner == FRAME_OWNED_BY_GENERATOR) {
+        f->gen = (PyObject *)((char *)frame - offsetof(PyGenObject, gi_iframe));
+        Py_INCREF(f->gen);
+    }
+    f->last = last;
+    f->first = first;
+    f->force = 0;
+}
+
+/* The entry of the running frame (dropping those above it), or NULL. */
+static ProbeFrame *
+probe_top(ExactProbes *self, _PyInterpreterFrame *frame)
+{
+    ProbeStack *s = &probe_stack;
+    if (s->depth > 0 && s->frames[s->depth - 1].frame == frame) {
+        return &s->frames[s->depth - 1];
+    }
+    Py_ssize_t i = probe_find(frame);
+    if (i < 0) {
+        return NULL; /* a frame that started before any exact scope of this thread */
+    }
+    probe_unwind_to(self, i);
+    return &s->frames[i];
+}
+
+static PyObject *
+ExactProbes_vectorcall(ExactProbes *self, PyObject *const *args, size_t nargsf,
+                       PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 1 || self->table == NULL) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t key = PyLong_AsSsize_t(args[0]);
+    if (key < 0 || key >= PyList_GET_SIZE(self->table)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *rec = PyList_GET_ITEM(self->table, key);
+    if (!PyTuple_Check(rec) || PyTuple_GET_SIZE(rec) != 5) {
+        Py_RETURN_NONE;
+    }
+    long kind = PyLong_AsLong(PyTuple_GET_ITEM(rec, 0));
+    PyObject *scope = NULL;
+    if (PyContextVar_Get(self->var, Py_None, &scope) < 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (Py_TYPE(scope) != self->scope_type || SLOT(scope, self->off_is_census) != Py_False ||
+        SLOT(scope, self->off_closed) != Py_False) {
+        Py_DECREF(scope);
+        if (kind == PROBE_LINE && self->census != NULL && self->census != Py_None) {
+            /* census on (the Python side sets ``census`` only then) */
+            PyObject *result = PyObject_Vectorcall(self->census, args, 1, NULL);
+            if (result == NULL) {
+                return NULL; /* only what Quiet lets through (KeyboardInterrupt) */
+            }
+            Py_DECREF(result);
+        }
+        Py_RETURN_NONE;
+    }
+    _PyInterpreterFrame *frame = PyThreadState_Get()->cframe->current_frame;
+    if (frame == NULL) {
+        Py_DECREF(scope);
+        Py_RETURN_NONE;
+    }
+    long line = PyLong_AsLong(PyTuple_GET_ITEM(rec, 2));
+    ProbeFrame *f;
+    switch (kind) {
+    case PROBE_ENTRY:
+        probe_push(self, frame, scope, rec, -PyLong_AsLong(PyTuple_GET_ITEM(rec, 3)), 0);
+        break;
+    case PROBE_RESUME:
+        probe_push(self, frame, scope, rec, line, 1);
+        break;
+    case PROBE_LINE:
+        f = probe_top(self, frame);
+        if (f == NULL && frame->owner == FRAME_OWNED_BY_GENERATOR &&
+            PyLong_AsLong(PyTuple_GET_ITEM(rec, 4)) == PROBE_AT_HANDLER) {
+            /* a generator resumed by throw() into one of its handlers, which runs no RESUME:
+             * a tracer's call event there reads as a frame's start (the yield's argument is
+             * 0) */
+            probe_push(self, frame, scope, rec, -PyLong_AsLong(PyTuple_GET_ITEM(rec, 3)), 1);
+            f = probe_top(self, frame);
+        }
+        if (f != NULL && (line != f->last || f->force)) {
+            probe_arc(f->arcs, f->last, line);
+            f->last = line;
+            f->force = 0;
+        }
+        break;
+    case PROBE_BACK:
+        f = probe_top(self, frame);
+        if (f != NULL) {
+            f->force = 1;
+        }
+        break;
+    case PROBE_EXIT:
+        f = probe_top(self, frame);
+        if (f != NULL) {
+            probe_arc(f->arcs, f->last, -f->first);
+            ProbeStack *s = &probe_stack;
+            s->depth--;
+            probe_frame_drop(self, &s->frames[s->depth], 0);
+        }
+        break;
+    }
+    PyErr_Clear();
+    Py_DECREF(scope);
+    Py_RETURN_NONE;
+}
+
+/* Whether ``frame`` is running in this thread (the frame that closes a scope, or one below). */
+static int
+probe_frame_running(_PyInterpreterFrame *frame)
+{
+    for (_PyInterpreterFrame *f = PyThreadState_Get()->cframe->current_frame; f != NULL;
+         f = f->previous) {
+        if (f == frame) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* forget(scope): drop this thread's frames of ``scope`` (its end, or the end of work handed
+ * to this thread in it), recording the exit arcs of those left by an exception (not of those
+ * still running: what runs after the scope closes is not its). */
+static PyObject *
+ExactProbes_forget(ExactProbes *self, PyObject *scope)
+{
+    ProbeStack *s = &probe_stack;
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < s->depth; i++) {
+        ProbeFrame *f = &s->frames[i];
+        if (f->scope == scope) {
+            /* as at a close: the scope is marked closed already, its records not yet taken */
+            probe_frame_drop(self, f, probe_frame_running(f->frame) ? 0 : 2);
+        }
+        else {
+            s->frames[kept++] = *f;
+        }
+    }
+    s->depth = kept;
+    if (kept == 0 && s->frames != NULL) {
+        PyMem_RawFree(s->frames);
+        s->frames = NULL;
+        s->cap = 0;
+    }
+    Py_RETURN_NONE;
+}
+
+/* depth(): how many frames this thread's stack holds (for tests). */
+static PyObject *
+ExactProbes_depth(ExactProbes *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromSsize_t(probe_stack.depth);
+}
+
+static PyObject *
+ExactProbes_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *var, *scope_type, *table, *census;
+    if (!PyArg_ParseTuple(args, "O!O!O!O:ExactProbes", &PyContextVar_Type, &var, &PyType_Type,
+                          &scope_type, &PyList_Type, &table, &census)) {
+        return NULL;
+    }
+    PyTypeObject *st = (PyTypeObject *)scope_type;
+    Py_ssize_t is_census = slot_offset(st, "is_census");
+    Py_ssize_t files = is_census < 0 ? -1 : slot_offset(st, "files");
+    Py_ssize_t closed = files < 0 ? -1 : slot_offset(st, "closed");
+    if (closed < 0) {
+        return NULL;
+    }
+    ExactProbes *self = (ExactProbes *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)ExactProbes_vectorcall;
+    self->off_is_census = is_census;
+    self->off_files = files;
+    self->off_closed = closed;
+    Py_INCREF(var);
+    self->var = var;
+    Py_INCREF(scope_type);
+    self->scope_type = st;
+    Py_INCREF(table);
+    self->table = table;
+    Py_INCREF(census);
+    self->census = census;
+    return (PyObject *)self;
+}
+
+static int
+ExactProbes_traverse(ExactProbes *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->var);
+    Py_VISIT(self->scope_type);
+    Py_VISIT(self->table);
+    Py_VISIT(self->census);
+    return 0;
+}
+
+static int
+ExactProbes_clear(ExactProbes *self)
+{
+    Py_CLEAR(self->var);
+    Py_CLEAR(self->scope_type);
+    Py_CLEAR(self->table);
+    Py_CLEAR(self->census);
+    return 0;
+}
+
+static void
+ExactProbes_dealloc(ExactProbes *self)
+{
+    PyObject_GC_UnTrack(self);
+    ExactProbes_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef ExactProbes_members[] = {
+    {"census", T_OBJECT, offsetof(ExactProbes, census), 0,
+     "What LINE probes outside exact scopes call (None: census is off)."},
+    {NULL},
+};
+
+static PyMethodDef ExactProbes_methods[] = {
+    {"forget", (PyCFunction)ExactProbes_forget, METH_O,
+     "Drop this thread's frames of a scope, recording exits by exception."},
+    {"depth", (PyCFunction)ExactProbes_depth, METH_NOARGS,
+     "How many frames this thread's stack holds."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ExactProbesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "runcov.tracing._accel.ExactProbes",
+    .tp_basicsize = sizeof(ExactProbes),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "ExactProbes(var, scope_type, table, census): what exact-mode probes call.",
+    .tp_vectorcall_offset = offsetof(ExactProbes, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = ExactProbes_new,
+    .tp_methods = ExactProbes_methods,
+    .tp_members = ExactProbes_members,
+    .tp_dealloc = (destructor)ExactProbes_dealloc,
+    .tp_traverse = (traverseproc)ExactProbes_traverse,
+    .tp_clear = (inquiry)ExactProbes_clear,
+};
+
+/* set_units(heads, unit): write ``unit`` (2 bytes) over each (code, index) of ``heads``, or,
+ * when ``unit`` is None, each (code, index, unit) its own unit (see set_unit). */
+static PyObject *
+set_units(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_Check(args[0]) ||
+        (args[1] != Py_None && (!PyBytes_Check(args[1]) || PyBytes_GET_SIZE(args[1]) != 2))) {
+        PyErr_SetString(PyExc_TypeError, "set_units(heads: list, unit: 2 bytes | None)");
+        return NULL;
+    }
+    PyObject *heads = args[0];
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(heads); i++) {
+        PyObject *head = PyList_GET_ITEM(heads, i);
+        if (!PyTuple_Check(head) || PyTuple_GET_SIZE(head) < 2 ||
+            !PyCode_Check(PyTuple_GET_ITEM(head, 0))) {
+            continue;
+        }
+        PyObject *unit = args[1];
+        if (unit == Py_None) {
+            if (PyTuple_GET_SIZE(head) < 3) {
+                continue;
+            }
+            unit = PyTuple_GET_ITEM(head, 2);
+            if (!PyBytes_Check(unit) || PyBytes_GET_SIZE(unit) != 2) {
+                continue;
+            }
+        }
+        PyCodeObject *code = (PyCodeObject *)PyTuple_GET_ITEM(head, 0);
+        Py_ssize_t index = PyLong_AsSsize_t(PyTuple_GET_ITEM(head, 1));
+        if (index < 0 || index >= Py_SIZE(code)) {
+            PyErr_Clear();
+            continue;
+        }
+        memcpy((char *)_PyCode_CODE(code) + index * sizeof(_Py_CODEUNIT),
+               PyBytes_AS_STRING(unit), sizeof(_Py_CODEUNIT));
+    }
+    Py_RETURN_NONE;
+}
+#endif
+
 static PyMethodDef accel_functions[] = {
     {"function_arcs", (PyCFunction)(void (*)(void))function_arcs_new, METH_FASTCALL,
      "function_arcs(arcs, last, first): an ordinary function frame's local tracer in an exact "
@@ -1941,6 +2420,8 @@ static PyMethodDef accel_functions[] = {
      "census_lines(hits, mine, filename, code_lines, saturated, key, code): a frame's local "
      "tracer in a census scope."},
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+    {"set_units", (PyCFunction)(void (*)(void))set_units, METH_FASTCALL,
+     "Write one code unit over many probe heads."},
     {"set_unit", (PyCFunction)(void (*)(void))set_unit, METH_FASTCALL,
      "set_unit(code, index, unit): write one code unit of a 3.11 code object's bytecode."},
 #endif
@@ -1981,7 +2462,9 @@ PyInit__accel(void)
         return NULL;
     }
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
-    if (PyType_Ready(&QuietType) < 0 || add_type(module, "Quiet", &QuietType) < 0) {
+    if (PyType_Ready(&QuietType) < 0 || add_type(module, "Quiet", &QuietType) < 0 ||
+        PyType_Ready(&ExactProbesType) < 0 ||
+        add_type(module, "ExactProbes", &ExactProbesType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

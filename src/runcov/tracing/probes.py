@@ -51,11 +51,23 @@ _SEND = _OP.get("SEND", -1)
 _PROBE_STACK = 3
 #: An armed probe's first code unit (a fired one's is a ``JUMP_FORWARD`` over the probe).
 _ARMED_HEAD = bytes((_OP["PUSH_NULL"], 0))
+_RETURN_VALUE = _OP["RETURN_VALUE"]
+#: Backward jumps a line tracer sees as a new line event even on the same line (not the
+#: ``yield from`` loop's).
+_BACK_EVENT = frozenset(op for op in _BACKWARD if dis.opname[op] != "JUMP_BACKWARD_NO_INTERRUPT")
+_GENERATOR_LIKE = 0x20 | 0x80 | 0x100 | 0x200
+
+#: Probe kinds (the C extension's ExactProbes reads them): a line; a frame's start after its
+#: first RESUME; a resumption after any other RESUME; a return (before RETURN_VALUE); a
+#: backward jump to the same line. Census uses only LINE probes; exact scopes all of them.
+LINE, ENTRY, RESUME, EXIT, BACK = range(5)
 
 
 class _Instr:
     __slots__ = (
+        "after",
         "arg",
+        "before",
         "caches",
         "ext",
         "line",
@@ -76,6 +88,10 @@ class _Instr:
         self.new_op = 0  # where the op itself lands in the new code
         self.ext = 0  # EXTENDED_ARG units it needs in the new code
         self.new_arg = arg  # its argument in the new code (jumps: re-aimed)
+        #: Probes around it, as (kind, line, constant slot of the key): before it (after the
+        #: jump target, so jumps run them) and after it (RESUME's).
+        self.before: list[tuple[int, int, int]] = []
+        self.after: list[tuple[int, int, int]] = []
 
 
 def _ext_units(arg: int) -> int:
@@ -125,6 +141,16 @@ def _jump_target(instr: _Instr, op_unit: int) -> int:
     if instr.op in _BACKWARD:
         return op_unit + 1 - instr.arg
     return op_unit + 1 + instr.arg
+
+
+def modules_mark() -> tuple[Any, ...]:
+    """What tells whether modules appeared since a look: their number, the last one added,
+    ``__main__``'s file and the size of its namespace (a script fills it as it runs)."""
+    modules = sys.modules
+    namespace = getattr(modules.get("__main__"), "__dict__", {})
+    last = next(reversed(modules), None)
+    module = modules.get(last) if last is not None else None
+    return len(modules), last, id(module), namespace.get("__file__"), len(namespace)
 
 
 def _varint(value: int, out: bytearray) -> None:
@@ -208,22 +234,23 @@ def _location_table(
 class Probe:
     """One probe: where its head is, and the line it records."""
 
-    __slots__ = ("armed", "code", "filename", "index", "jump", "line", "unit")
+    __slots__ = ("armed", "code", "filename", "index", "jump", "kind", "line", "unit")
 
-    def __init__(self, filename: str, line: int) -> None:
+    def __init__(self, filename: str, line: int, kind: int = LINE) -> None:
         self.filename = filename
         self.line = line
+        self.kind = kind
         self.index = -1  # the instruction it precedes, counted in the original code
         self.code: Optional[CodeType] = None  # the probed code, once built
         self.unit = 0  # its head's code unit in that code
         self.jump = b""  # JUMP_FORWARD over the probe
-        self.armed = True
+        self.armed = kind == LINE  # (a census probe's state)
 
 
 def instrument(
     code: CodeType,
     hit: Callable[[int], None],
-    new_probe: Callable[[str, int], int],
+    new_probe: Callable[[CodeType, int, int, bool], int],
     probes: dict[int, Probe],
     wanted: Callable[[CodeType], bool],
     done: Callable[[CodeType, CodeType], None],
@@ -232,11 +259,13 @@ def instrument(
 ) -> CodeType:
     """The probed copy of ``code`` and of the nested code objects ``wanted`` accepts.
 
-    ``new_probe(filename, line)`` registers a probe and returns its key (in ``probes``, whose
-    entries are then told where their head is); ``done(probed, original)`` is told of every
-    code object probed. ``keep(index)`` (a variant): probe only before the instructions it
-    accepts, and take the nested code objects from ``nested`` (``code``'s constants as another
-    probed copy has them) instead of probing them again.
+    ``new_probe(code, line, kind, at_handler)`` registers a probe and returns its key (in
+    ``probes``, whose entries are then told where their head is); ``done(probed, original)``
+    is told of every code object probed. Besides the LINE probes, the exact-mode probes go
+    in: ENTRY and RESUME after each RESUME, EXIT before each RETURN_VALUE, BACK before each
+    backward jump to the same line. ``keep(index)`` (a census variant): only LINE probes, before the
+    instructions it accepts, and the nested code objects from ``nested`` (``code``'s constants
+    as another probed copy has them) instead of probing them again.
     """
     consts = list(code.co_consts)
     if nested is not None:
@@ -256,7 +285,8 @@ def instrument(
         if instr.op in _JREL:
             targets.add(_jump_target(instr, unit))
     table = _parse_exception_table(code.co_exceptiontable)
-    targets.update(target for _, _, target, _ in table)
+    handlers = {target for _, _, target, _ in table}
+    targets.update(handlers)
     resume = next((i for i, instr in enumerate(instrs) if instr.op == _RESUME), -1)
     ops = sorted(at)
     unit_to_index = _starts(at)
@@ -283,17 +313,34 @@ def instrument(
                     instr.probe = line
                 pending = None
         previous_line = line
-    filename = code.co_filename
+    # The first LINE probe a handler runs (its first instructions may have no line).
+    at_handler: set[int] = set()
+    for target in handlers:
+        for index in range(unit_to_index.get(target, len(instrs)), len(instrs)):
+            if instrs[index].probe is not None:
+                at_handler.add(index)
+                break
+    if keep is None:
+        exact_probes(instrs, ops, unit_to_index, resume)
     hit_arg = len(consts)
     consts.append(hit)
     keys: list[int] = []
-    key_args: dict[int, int] = {}  # instruction index -> the constant slot of its probe's key
+
+    def key_slot(kind: int, line: int, index: int) -> int:
+        keys.append(new_probe(code, line, kind, index in at_handler))
+        probes[keys[-1]].index = index
+        consts.append(keys[-1])
+        return len(consts) - 1
+
     for index, instr in enumerate(instrs):
+        marked_before, marked_after = instr.before, instr.after
+        instr.before, instr.after = [], []
         if instr.probe is not None:
-            keys.append(new_probe(filename, instr.probe))
-            probes[keys[-1]].index = index
-            key_args[index] = len(consts)
-            consts.append(keys[-1])
+            instr.before.append((LINE, instr.probe, key_slot(LINE, instr.probe, index)))
+        for kind, line, _ in marked_before:
+            instr.before.append((kind, line, key_slot(kind, line, -1)))
+        for kind, line, _ in marked_after:
+            instr.after.append((kind, line, key_slot(kind, line, -1)))
         instr.ext = _ext_units(instr.arg)
     # Probe: PUSH_NULL, LOAD_CONST hit, LOAD_CONST key, PRECALL 1 (+cache), CALL 1 (+caches),
     # POP_TOP.
@@ -315,13 +362,15 @@ def instrument(
     # Lay out, growing EXTENDED_ARG prefixes of jumps until every argument fits.
     while True:
         position = 0
-        for i, instr in enumerate(instrs):
+        for instr in instrs:
             instr.new_start = position
-            if instr.probe is not None:
-                position += probe_units(key_args[i])
+            for _, _, slot in instr.before:
+                position += probe_units(slot)
             position += instr.ext
             instr.new_op = position
             position += 1 + instr.caches
+            for _, _, slot in instr.after:
+                position += probe_units(slot)
         total = position
 
         grown = False
@@ -353,23 +402,31 @@ def instrument(
             out.extend((0, 0))
             positions.append(where)
 
+    def emit_probe(key_arg: int, where: Any) -> None:
+        head = len(out) // 2
+        emit(_OP["PUSH_NULL"], 0, 0, 0, where)
+        emit(_OP["LOAD_CONST"], hit_arg, _ext_units(hit_arg), 0, where)
+        emit(_OP["LOAD_CONST"], key_arg, _ext_units(key_arg), 0, where)
+        emit(precall, 1, 0, _CACHES[precall], where)
+        emit(call, 1, 0, _CACHES[call], where)
+        emit(_OP["POP_TOP"], 0, 0, 0, where)
+        probe = probes[consts[key_arg]]
+        probe.unit = head
+        skip = len(out) // 2 - head - 1
+        probe.jump = bytes((_OP["JUMP_FORWARD"], skip))
+
     for i, (unit, instr) in enumerate(zip(ops, instrs)):
         where = old_positions[unit]
-        if instr.probe is not None:
-            head = len(out) // 2
-            emit(_OP["PUSH_NULL"], 0, 0, 0, where)
-            emit(_OP["LOAD_CONST"], hit_arg, _ext_units(hit_arg), 0, where)
-            key_arg = key_args[i]
-            emit(_OP["LOAD_CONST"], key_arg, _ext_units(key_arg), 0, where)
-            emit(precall, 1, 0, _CACHES[precall], where)
-            emit(call, 1, 0, _CACHES[call], where)
-            emit(_OP["POP_TOP"], 0, 0, 0, where)
-            probe = probes[consts[key_arg]]
-            probe.unit = head
-            skip = len(out) // 2 - head - 1
-            probe.jump = bytes((_OP["JUMP_FORWARD"], skip))
-        arg = instr.new_arg
-        emit(instr.op, arg, instr.ext, instr.caches, where)
+        for _, _, slot in instr.before:
+            emit_probe(slot, where)
+        emit(instr.op, instr.new_arg, instr.ext, instr.caches, where)
+        for kind, _, slot in instr.after:
+            # A frame's first instruction after its RESUME is always a line event for a
+            # tracer: the ENTRY probe takes that instruction's position.
+            position_after = where
+            if kind == ENTRY and i + 1 < len(ops):
+                position_after = old_positions[ops[i + 1]]
+            emit_probe(slot, position_after)
     assert len(out) // 2 == total
     exceptions = bytearray()
     for first, end, target, dl in table:
@@ -389,6 +446,25 @@ def instrument(
         probes[key].code = probed
     done(probed, code)
     return probed
+
+
+def exact_probes(
+    instrs: list[_Instr], ops: list[int], unit_to_index: dict[int, int], resume: int
+) -> None:
+    """Mark where the exact-mode probes go (``before`` / ``after`` of the instructions)."""
+    for index, (unit, instr) in enumerate(zip(ops, instrs)):
+        line = instr.line if instr.line is not None and instr.line > 0 else 0
+        if instr.op == _RESUME:
+            if index == resume:
+                instr.after.append((ENTRY, line, 0))
+            else:
+                instr.after.append((RESUME, line, 0))
+        elif instr.op == _RETURN_VALUE:
+            instr.before.append((EXIT, line, 0))
+        elif instr.op in _BACK_EVENT and line:
+            target = unit_to_index.get(_jump_target(instr, unit))
+            if target is not None and instrs[target].line == instr.line:
+                instr.before.append((BACK, line, 0))
 
 
 #: Every probed code object of the process -> (a weak reference to it, its original), so
@@ -435,9 +511,12 @@ class Probes:
         record: Callable[[str, int], bool],
         set_unit: Callable[[CodeType, int, bytes], None],
         quiet: Optional[Callable[[Callable[[int], None]], Callable[[int], None]]] = None,
+        exact: Optional[Callable[[list[Any], Optional[Callable[[int], None]]], Any]] = None,
+        set_units: Optional[Callable[[list[Any], Optional[bytes]], None]] = None,
     ) -> None:
         self._classify = classify
         self._set_unit = set_unit
+        self._set_units = set_units
         self._lock = threading.RLock()
         #: key -> probe (the key is the constant the probe passes to ``hit``).
         self.probes: dict[int, Probe] = {}
@@ -453,13 +532,28 @@ class Probes:
         self._full: dict[int, tuple[CodeType, CodeType]] = {}
         self._variant_keys: list[int] = []
         self._quiet: dict[int, tuple[CodeType, CodeType]] = {}
+        #: Census on: LINE probes that did not fire in this epoch are armed.
         self.enabled = False
+        #: Code under the roots is probed (live functions, and imports by the finder).
+        self.probing = False
+        #: Exact scopes that keep every probe armed (see :meth:`arm_exact`); once any did,
+        #: census no longer compacts (exact scopes need every probe in place).
+        self.exact_armed = 0
+        self.exact_used = False
+        self.exact = exact is not None and set_units is not None
+        #: key -> (kind, co_filename, line, co_firstlineno, generator-like), for ExactProbes.
+        self.table: list[Any] = []
+        #: (code, unit, jump) of every probe in fully probed code: what arm_exact arms.
+        self._heads: list[tuple[CodeType, int, bytes]] = []
         self._finder: Optional[_ProbingFinder] = None
+        #: ids of modules whose namespaces :meth:`probe_namespaces` looked at.
+        self._scanned: set[int] = set()
         self.failed = 0  # code objects left unprobed because probing failed
 
         probes = self.probes
         record_line = record
         unit_writer = set_unit
+        state = self
 
         def hit(key: int) -> None:
             try:
@@ -468,20 +562,46 @@ class Probes:
                     return
                 if record_line(probe.filename, probe.line):
                     probe.armed = False
-                    unit_writer(probe.code, probe.unit, probe.jump)  # type: ignore[arg-type]
+                    if not state.exact_armed:
+                        unit_writer(probe.code, probe.unit, probe.jump)  # type: ignore[arg-type]
             except Exception:
                 pass
 
         #: What the probes call: ``hit`` behind ``quiet`` (the C extension's ``Quiet``, which
         #: suspends tracing and profiling around it, so that the application's tracers and
-        #: profilers never see a probe fire).
-        self.hit: Callable[[int], None] = quiet(hit) if quiet is not None else hit
+        #: profilers never see a probe fire); with exact scopes, the C extension's
+        #: ``ExactProbes``, which records exact scopes' arcs and hands LINE probes outside
+        #: them to that.
+        census_hit: Callable[[int], None] = quiet(hit) if quiet is not None else hit
+        self._census_hit = census_hit
+        self.hit: Callable[[int], None] = census_hit
+        if exact is not None and set_units is not None:
+            # ExactProbes calls the census only while census is on (see enable / disable).
+            self.hit = exact(self.table, None)
 
-    def _new_probe(self, filename: str, line: int) -> int:
+    def _new_probe(self, code: CodeType, line: int, kind: int = LINE, handler: bool = False) -> int:
         key = self._next_key
         self._next_key += 1
-        self.probes[key] = Probe(filename, line)
+        self.probes[key] = Probe(code.co_filename, line, kind)
+        # 1: generator-like code; 2: its LINE probe at an exception handler (where throw()
+        # resumes a generator without a RESUME)
+        generator = 0 if not code.co_flags & _GENERATOR_LIKE else 2 if handler else 1
+        self.table.append((kind, code.co_filename, line, code.co_firstlineno, generator))
         return key
+
+    def _settle(self, keys: range, full: bool) -> None:
+        """Set the heads of new probes to what the state asks (armed for exact scopes, LINE
+        probes for census), and keep the heads of fully probed code for :meth:`arm_exact`."""
+        for key in keys:
+            probe = self.probes.get(key)
+            if probe is None or probe.code is None:
+                continue
+            if full:
+                self._heads.append((probe.code, probe.unit, probe.jump))
+            census = probe.kind == LINE and self.enabled
+            probe.armed = census
+            if not census and not self.exact_armed:
+                self._set_unit(probe.code, probe.unit, probe.jump)
 
     def _done(self, probed: CodeType, original: CodeType) -> None:
         self._probed_ids.add(id(probed))
@@ -513,6 +633,7 @@ class Probes:
                 self.failed += 1
                 log.debug("runcov: could not probe %s", code.co_name, exc_info=True)
                 return code
+            self._settle(range(mark, self._next_key), True)
             self._probed[id(code)] = (code, new)
             return new
 
@@ -533,6 +654,47 @@ class Probes:
                 continue
         return changed
 
+    def probe_namespaces(self) -> int:
+        """Put probed code into the functions (and methods of classes) that modules under the
+        roots hold, in modules not looked at yet (``__main__`` each time: a script fills its
+        namespace as it runs); how many changed. Finds the functions of modules made without
+        the import system since probing started, at a fraction of :meth:`probe_functions`."""
+        changed = 0
+        scanned = self._scanned
+        for module in list(sys.modules.values()):
+            try:
+                if id(module) in scanned:
+                    continue
+                namespace = module.__dict__
+                if namespace.get("__name__") != "__main__":
+                    scanned.add(id(module))
+                filename = namespace.get("__file__")
+                if not isinstance(filename, str) or self._classify(filename) is None:
+                    continue
+                for value in list(namespace.values()):
+                    if isinstance(value, type) and value.__module__ == namespace.get("__name__"):
+                        for attr in list(value.__dict__.values()):
+                            changed += self._probe_function(attr)
+                    else:
+                        changed += self._probe_function(value)
+            except Exception:
+                continue
+        return changed
+
+    def _probe_function(self, value: Any) -> int:
+        if isinstance(value, (staticmethod, classmethod)):
+            value = value.__func__
+        elif isinstance(value, property):
+            return sum(self._probe_function(fn) for fn in (value.fget, value.fset, value.fdel))
+        if type(value) is not FunctionType:
+            return 0
+        code = value.__code__
+        new = self.probed(code)
+        if new is code:
+            return 0
+        value.__code__ = new
+        return 1
+
     def probe_functions(self) -> int:
         """Put probed code into every live function under the roots; how many changed."""
         return self._swap(self.probed)
@@ -540,11 +702,14 @@ class Probes:
     def compact(self) -> int:
         """Give every live function whose probed code has fired probes the variant of its code
         that keeps only the probes still armed (the original, once none is); how many changed.
+        Not once exact scopes used the probes: they need every probe in place.
         """
         with self._lock:
+            if self.exact_used:
+                return 0
             by_code: dict[int, list[Probe]] = {}
             for probe in self.probes.values():
-                if probe.code is not None:
+                if probe.code is not None and probe.kind == LINE:
                     by_code.setdefault(id(probe.code), []).append(probe)
 
             def compacted(code: CodeType) -> Optional[CodeType]:
@@ -592,43 +757,105 @@ class Probes:
                     self.probes.pop(key, None)
                 log.debug("runcov: could not compact %s", code.co_name, exc_info=True)
                 return None
+            self._settle(range(mark, self._next_key), False)
             self._variant_keys.extend(range(mark, self._next_key))
             self._full[id(variant)] = (variant, full)
         self._variants[id(code)] = (code, variant)
         return variant
 
     def enable(self) -> None:
-        """Probe the code under the roots (live functions now, modules as they are imported)."""
+        """Census on: probe the code under the roots (live functions now, modules as they are
+        imported) and arm the LINE probes."""
         with self._lock:
             if not self.enabled:
                 self.enabled = True
+                if self.exact:
+                    self.hit.census = self._census_hit  # type: ignore[attr-defined]
                 self.rearm()
+        self.start_probing()
+
+    def start_probing(self) -> None:
+        """Probe the code under the roots: live functions now, modules as they are imported."""
+        with self._lock:
+            self.probing = True
             if self._finder is None:
                 self._finder = _ProbingFinder(self)
                 sys.meta_path.insert(0, self._finder)
+            _probe_loaded_code(self)
+        self._scanned.clear()
         self.probe_functions()
+        self._scanned.update(
+            id(module)
+            for module in list(sys.modules.values())
+            if getattr(module, "__name__", None) != "__main__"
+        )
 
     def disable(self) -> None:
-        """Disarm every probe and stop probing imports (probed code stays, costing a jump per
-        line)."""
+        """Census off: disarm the census probes; stop probing imports unless exact scopes use
+        the probes (probed code stays, costing a jump per line)."""
         with self._lock:
             self.enabled = False
-            finder, self._finder = self._finder, None
-            if finder is not None:
-                try:
-                    sys.meta_path.remove(finder)
-                except ValueError:
-                    pass
+            if self.exact:
+                self.hit.census = None  # type: ignore[attr-defined]
+            else:
+                self.probing = False
+                _stop_probing_loaded_code(self)
+                finder, self._finder = self._finder, None
+                if finder is not None:
+                    try:
+                        sys.meta_path.remove(finder)
+                    except ValueError:
+                        pass
             for probe in self.probes.values():
                 if probe.armed:
                     probe.armed = False
-                    if probe.code is not None:
+                    if probe.code is not None and not self.exact_armed:
                         self._set_unit(probe.code, probe.unit, probe.jump)
+
+    def stop(self) -> None:
+        """Disarm every probe and stop probing imports (the core shuts down)."""
+        with self._lock:
+            self.exact = False
+            self.disable()
+            self.exact_armed = 0
+            if self._set_units is not None:
+                self._set_units(self._heads, None)
+
+    def arm_exact(self) -> None:
+        """An exact scope opens: every probe records while any is open."""
+        with self._lock:
+            self.exact_armed += 1
+            if self.exact_armed > 1:
+                return
+            if not self.exact_used:
+                self.exact_used = True
+                if self._variants:
+                    self._uncompact()
+            self._set_units(self._heads, _ARMED_HEAD)  # type: ignore[misc]
+
+    def disarm_exact(self) -> None:
+        """An exact scope closes: the last one puts the jumps back (census probes that did not
+        fire stay armed)."""
+        with self._lock:
+            if self.exact_armed <= 0:
+                return
+            self.exact_armed -= 1
+            if self.exact_armed:
+                return
+            self._set_units(self._heads, None)  # type: ignore[misc]
+            if self.enabled:
+                for probe in self.probes.values():
+                    if probe.armed and probe.code is not None:
+                        self._set_unit(probe.code, probe.unit, _ARMED_HEAD)
 
     def after_fork_in_child(self) -> None:
         """A forked child keeps the probes and their state (its own copy); only the lock, which
-        another thread of the parent may have held, is new."""
+        another thread of the parent may have held, is new. The parent's exact scopes do not
+        run in the child: their probes are disarmed."""
         self._lock = threading.RLock()
+        if self.exact_armed:
+            self.exact_armed = 1
+            self.disarm_exact()
 
     def restore(self) -> int:
         """Put the original code back into every live function this holds probed; how many."""
@@ -643,7 +870,7 @@ class Probes:
             if self._variants:
                 self._uncompact()
             for probe in self.probes.values():
-                if not probe.armed and probe.code is not None:
+                if not probe.armed and probe.code is not None and probe.kind == LINE:
                     self._set_unit(probe.code, probe.unit, _ARMED_HEAD)
                     probe.armed = True
 
@@ -668,6 +895,48 @@ class Probes:
         self._quiet.clear()
 
 
+#: The Probes that source loaders probe for, while it probes (see :func:`_probe_loaded_code`).
+_LOADING_FOR: list[Probes] = []
+#: SourceLoader.get_code as it was, while replaced.
+_LOADER_ORIGINAL: list[Any] = []
+
+
+def _probe_loaded_code(probes: Probes) -> None:
+    """Make every source loader probe what it loads for ``probes``: code loaded outside the
+    import system's finders too (``spec_from_file_location`` and ``exec_module``, as test
+    runners and plugin loaders do), which the finder does not see."""
+    _LOADING_FOR[:] = [probes]
+    if _LOADER_ORIGINAL:
+        return
+    from importlib import _bootstrap_external
+
+    cls = _bootstrap_external.SourceLoader
+    original = cls.__dict__.get("get_code")
+    if original is None:
+        return
+
+    def get_code(self: Any, fullname: str) -> Any:
+        code = original(self, fullname)  # (the bytecode cache is written unprobed)
+        for probes in _LOADING_FOR:
+            if isinstance(code, CodeType) and probes.probing:
+                code = probes.probed(code)
+        return code
+
+    get_code.__wrapped__ = original  # type: ignore[attr-defined]
+    get_code.__doc__ = getattr(original, "__doc__", None)
+    _LOADER_ORIGINAL.append(original)
+    setattr(cls, "get_code", get_code)  # noqa: B010
+
+
+def _stop_probing_loaded_code(probes: Probes) -> None:
+    if _LOADING_FOR and _LOADING_FOR[0] is probes:
+        _LOADING_FOR.clear()
+        if _LOADER_ORIGINAL:
+            from importlib import _bootstrap_external
+
+            setattr(_bootstrap_external.SourceLoader, "get_code", _LOADER_ORIGINAL.pop())  # noqa: B010
+
+
 class _ProbingLoader(importlib.machinery.SourceFileLoader):
     """A source loader whose modules run probed code (the bytecode cache stays unprobed)."""
 
@@ -676,7 +945,7 @@ class _ProbingLoader(importlib.machinery.SourceFileLoader):
     def get_code(self, fullname: str) -> Any:
         code = super().get_code(fullname)
         probes = self.probes
-        if code is not None and probes is not None and probes.enabled:
+        if code is not None and probes is not None and probes.probing:
             code = probes.probed(code)
         return code
 

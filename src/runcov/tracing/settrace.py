@@ -43,6 +43,15 @@ _GEN_FLAGS = (
 
 TraceFn = Callable[[FrameType, str, Any], Any]
 
+#: Exact scopes recorded by the probes (3.11 with the C extension); ``RUNCOV_EXACT_PROBES=0``
+#: keeps them on the tracer.
+_EXACT_PROBES = os.environ.get("RUNCOV_EXACT_PROBES", "1").strip().lower() not in (
+    "0",
+    "false",
+    "no",
+    "off",
+)
+
 
 class _ThreadState(threading.local):
     """Per-thread bookkeeping of the tracer runcov installed."""
@@ -67,6 +76,12 @@ class SettraceCore(Core):
         #: Census probes in the bytecode (3.11 with the C extension), else None: census then
         #: needs a scope per request.
         self._probes: Optional[Probes] = None
+        #: What the probes call when they also record exact scopes (the C extension's
+        #: ExactProbes), else None: exact scopes then trace their threads.
+        self._exact: Any = None
+        self._modules_mark: Any = None
+        #: Forks so far in this process's line (scopes a child inherited are not its to disarm).
+        self._generation = 0
         self._tls = _ThreadState()
         self._census_enabled = False
         self._census: dict[str, set[int]] = {}
@@ -107,8 +122,20 @@ class SettraceCore(Core):
                 self.accelerated = True
             set_unit = getattr(accel, "set_unit", None)
             if probes.SUPPORTED and set_unit is not None:
+                exact_type = getattr(accel, "ExactProbes", None) if self.accelerated else None
+
+                def exact(table: list[Any], census: Optional[Callable[[int], None]]) -> Any:
+                    assert exact_type is not None
+                    self._exact = exact_type(_current, ScopeState, table, census)
+                    return self._exact
+
                 self._probes = Probes(
-                    self._roots.classify, self._probe_hit, set_unit, getattr(accel, "Quiet", None)
+                    self._roots.classify,
+                    self._probe_hit,
+                    set_unit,
+                    getattr(accel, "Quiet", None),
+                    exact if exact_type is not None and _EXACT_PROBES else None,
+                    getattr(accel, "set_units", None),
                 )
                 self.attributes_census = True
         install_hooks(self._enter_thread, self._exit_thread)
@@ -121,8 +148,10 @@ class SettraceCore(Core):
         if self._roots.add(roots):
             if self.accelerated:
                 self._tracer.forget_roots()
-            if self._probes is not None and self._probes.enabled:
-                self._probes.probe_functions()  # the code already loaded under the new roots
+            if self._probes is not None and self._exact is not None and not self._shut:
+                self._probes.start_probing()  # the code already loaded under the new roots
+            elif self._probes is not None and self._probes.probing:
+                self._probes.probe_functions()
 
     def open_scope(
         self,
@@ -149,6 +178,30 @@ class SettraceCore(Core):
                 return scope
             if mode == CENSUS:
                 self._census_enabled = True
+            elif self._exact is not None and self._probes is not None:
+                # The probes record: no tracer, and no per-step arming (unsampled work meanwhile
+                # pays one call per line it runs of the code under the roots).
+                if not self._probes.probing:
+                    self._probes.start_probing()
+                    self._modules_mark = probes.modules_mark()
+                else:
+                    mark = probes.modules_mark()
+                    if mark != self._modules_mark:
+                        # Modules made since the last look (not by the import system, or a
+                        # script's namespace that grew): their functions get probed code; a
+                        # script under the roots may also have made closures (a web app's
+                        # views), which only a look at all live functions finds.
+                        before, self._modules_mark = self._modules_mark, mark
+                        self._probes.probe_namespaces()
+                        if (before is None or before[3:] != mark[3:]) and isinstance(
+                            mark[3], str
+                        ) and self._roots.classify(mark[3]) is not None:
+                            self._probes.probe_functions()
+                self._probes.arm_exact()
+                scope.generation = self._generation
+                scope.counted = True
+                scope.bind()
+                return scope
             if not self._enter_thread(scope):
                 scope.traced = False
                 return scope
@@ -161,6 +214,8 @@ class SettraceCore(Core):
         return scope
 
     def _enter_thread(self, scope: ScopeState) -> bool:
+        if self._exact is not None and not scope.is_census:
+            return True  # work handed to this thread: the probes record it
         tls = self._tls
         opened = tls.open  # initialise this thread's local state before any tracer runs
         current = sys.gettrace()
@@ -181,6 +236,9 @@ class SettraceCore(Core):
         return True
 
     def _exit_thread(self, scope: ScopeState) -> None:
+        if self._exact is not None and not scope.is_census:
+            self._exact.forget(scope)  # this thread's frames of the scope
+            return
         tls = self._tls
         try:
             tls.open.remove(scope)
@@ -198,6 +256,12 @@ class SettraceCore(Core):
                 sys.settrace(None)
 
     def _close_scope(self, scope: ScopeState) -> None:
+        if scope.counted and self._exact is not None and not scope.is_census:
+            scope.counted = False
+            self._exact.forget(scope)
+            if self._probes is not None and scope.generation == self._generation:
+                self._probes.disarm_exact()  # (not for a scope a forked child inherited)
+            return
         if scope.counted:
             scope.counted = False
             if scope.stepped or scope.owner_thread == threading.get_ident():
@@ -217,6 +281,11 @@ class SettraceCore(Core):
         if self._tls.installed and sys.gettrace() is not self._tracer:
             scope.traced = False
             log.debug("runcov: the tracer was removed from a thread while a scope was open")
+
+    @property
+    def exact_by_probes(self) -> bool:
+        """True when exact scopes are recorded by the probes (no tracer, no per-step arming)."""
+        return self._exact is not None and not self._shut
 
     @property
     def roots(self) -> tuple[str, ...]:
@@ -313,7 +382,7 @@ class SettraceCore(Core):
         """Stop tracing in this thread; other threads stop at their next call event."""
         self._shut = True
         if self._probes is not None:
-            self._probes.disable()
+            self._probes.stop()
         if sys.gettrace() is self._tracer:
             sys.settrace(None)
         self._tls.open.clear()
@@ -321,6 +390,7 @@ class SettraceCore(Core):
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
+        self._generation += 1
         if self._probes is not None:
             self._probes.after_fork_in_child()
         scope = _current.get()
