@@ -1943,7 +1943,7 @@ set_unit(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
  *           (previous line, line) when the line differs from the frame's previous one, or a
  *           backward jump (BACK) led here;
  *   ENTRY   after a frame's first RESUME: the frame starts, its previous line -co_firstlineno;
- *   RESUME  after any other RESUME: a generator or coroutine resumes at the yield's line;
+ *   RESUME  after the RESUME that follows a plain yield: the generator resumes at its line;
  *   EXIT    before RETURN_VALUE: the arc (previous line, -co_firstlineno);
  *   BACK    before a backward jump to the same line.
  *
@@ -1952,11 +1952,18 @@ set_unit(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
  * Each thread keeps a stack of the frames entered inside exact scopes (the interpreter frame's
  * address, its previous line, its file's arc set and scope). A frame left without an EXIT
  * probe stays on it until a probe of a frame below it, a frame starting at the same address,
- * or the end of its scope finds it: a generator suspended at a yield or await records
- * nothing, any other frame was left by an exception and records its exit arc, as
- * coverage.py's tracer does at such a return event. Outside exact scopes a LINE probe goes to
- * ``census`` (the census probes' recorder), the others return at once. Nothing here runs
- * Python code or raises: a tracer or profiler of the application sees no probe. */
+ * or the end of its scope finds it: a generator or coroutine suspended at a yield or await
+ * then moves to the thread's list of suspended frames, from which its next probe takes it
+ * back (its previous line is the yield's, as a tracer's resumption has it: so no probe is
+ * needed after an await's RESUME, where one would take a pending signal the interpreter
+ * leaves to the awaited generator); any other frame was left by an exception and records its
+ * exit arc, as coverage.py's tracer does at such a return event. A generator is followed by a
+ * weak reference (never kept alive longer than the application keeps it): when it is
+ * released, the entry is settled then (an exit arc if an exception raised in its body ended
+ * it; none when it was thrown in at a yield, or the generator was suspended). Outside exact
+ * scopes a LINE probe goes to ``census`` while census is on; the others return at once.
+ * Nothing here runs Python code or raises: a tracer or profiler of the application sees no
+ * probe. */
 #define Py_BUILD_CORE 1
 #include "internal/pycore_frame.h"
 #undef Py_BUILD_CORE
@@ -1968,9 +1975,10 @@ enum { PROBE_PLAIN, PROBE_GENERATOR, PROBE_AT_HANDLER };
 
 typedef struct {
     _PyInterpreterFrame *frame;
-    PyObject *arcs;  /* the scope's set of arcs for the frame's file */
-    PyObject *scope; /* the exact scope the frame runs in */
-    PyObject *gen;   /* the generator-like object owning the frame, or NULL */
+    PyObject *arcs;   /* the scope's set of arcs for the frame's file */
+    PyObject *scope;  /* the exact scope the frame runs in */
+    PyGenObject *gen; /* the generator-like object owning the frame (borrowed), or NULL */
+    PyObject *wref;   /* a weak reference to it whose callback settles the entry */
     long last;
     long first;
     int force; /* a backward jump: the next LINE probe is an event even on the same line */
@@ -1981,7 +1989,12 @@ typedef struct {
     Py_ssize_t depth, cap;
 } ProbeStack;
 
-static _Thread_local ProbeStack probe_stack;
+/* This thread's running frames, and its suspended generators and coroutines. */
+static _Thread_local ProbeStack probe_stack, probe_parked;
+/* Nonzero while this thread is inside ExactProbes: code that an allocation or a release runs
+ * meanwhile (a finalizer, a garbage-collection callback) records nothing, and never moves the
+ * stacks under the call that runs it. */
+static _Thread_local int probe_busy;
 
 /* Deeper than this, frames are not followed (their events are lost, never misattributed). */
 #define PROBE_STACK_MAX 4096
@@ -1994,6 +2007,7 @@ typedef struct {
     Py_ssize_t off_is_census, off_files, off_closed;
     PyObject *table;
     PyObject *census;
+    PyObject *on_gone; /* the weak references' callback (bound to this object) */
 } ExactProbes;
 
 static void
@@ -2010,46 +2024,60 @@ probe_arc(PyObject *arcs, long from, long to)
     Py_XDECREF(arc);
 }
 
-/* A frame found on the stack above the one running (or at the end of its scope): record its
- * exit arc if it was left by an exception, then forget it. ``record`` 0: only forget; 1: record
- * while its scope is open; 2: record (the scope closing, its records not yet taken). */
-static void
-probe_frame_drop(ExactProbes *self, ProbeFrame *f, int record)
+/* Whether a generator that has finished was ended by an exception raised in its body (not at
+ * a yield, where one thrown in leaves no exit arc). */
+static int
+probe_gen_raised(PyGenObject *gen)
 {
-    if (record == 2 || (record == 1 && SLOT(f->scope, self->off_closed) == Py_False)) {
-        int left = 1;
-        if (f->gen != NULL) {
-            PyGenObject *gen = (PyGenObject *)f->gen;
-            if (gen->gi_frame_state < FRAME_EXECUTING) {
-                left = 0; /* suspended: it resumes from its yield */
-            }
-            else if (gen->gi_frame_state == FRAME_EXECUTING) {
-                left = 0;
-            }
-            else {
-                /* finished: by an exception thrown in at a yield (no exit arc, as a return
-                 * event at a yield has none), or raised elsewhere */
-                _PyInterpreterFrame *frame = (_PyInterpreterFrame *)gen->gi_iframe;
-                if (frame->prev_instr != NULL &&
-                    _Py_OPCODE(*frame->prev_instr) == YIELD_VALUE) {
-                    left = 0;
-                }
-            }
-        }
-        if (left) {
-            probe_arc(f->arcs, f->last, -f->first);
-        }
-    }
-    Py_CLEAR(f->arcs);
-    Py_CLEAR(f->scope);
-    Py_CLEAR(f->gen);
+    _PyInterpreterFrame *frame = (_PyInterpreterFrame *)gen->gi_iframe;
+    return frame->prev_instr != NULL && _Py_OPCODE(*frame->prev_instr) != YIELD_VALUE;
 }
 
-/* The index of ``frame`` on this thread's stack (from the top), or -1. */
-static Py_ssize_t
-probe_find(_PyInterpreterFrame *frame)
+static int
+probe_scope_open(ExactProbes *self, PyObject *scope)
 {
-    ProbeStack *s = &probe_stack;
+    return SLOT(scope, self->off_closed) == Py_False;
+}
+
+/* Forget an entry (its references). */
+static void
+probe_release(ProbeFrame *f)
+{
+    Py_CLEAR(f->arcs);
+    Py_CLEAR(f->scope);
+    Py_CLEAR(f->wref);
+    f->gen = NULL;
+}
+
+static int
+probe_reserve(ProbeStack *s)
+{
+    if (s->depth >= PROBE_STACK_MAX) {
+        return -1;
+    }
+    if (s->depth == s->cap) {
+        Py_ssize_t cap = s->cap ? 2 * s->cap : 32;
+        ProbeFrame *grown = PyMem_RawRealloc(s->frames, cap * sizeof(ProbeFrame));
+        if (grown == NULL) {
+            return -1;
+        }
+        s->frames = grown;
+        s->cap = cap;
+    }
+    return 0;
+}
+
+static void
+probe_remove(ProbeStack *s, Py_ssize_t i)
+{
+    memmove(&s->frames[i], &s->frames[i + 1], (s->depth - i - 1) * sizeof(ProbeFrame));
+    s->depth--;
+}
+
+/* The index of ``frame`` in ``s`` (from the top), or -1. */
+static Py_ssize_t
+probe_find(ProbeStack *s, _PyInterpreterFrame *frame)
+{
     for (Py_ssize_t i = s->depth - 1; i >= 0; i--) {
         if (s->frames[i].frame == frame) {
             return i;
@@ -2058,62 +2086,85 @@ probe_find(_PyInterpreterFrame *frame)
     return -1;
 }
 
-/* Drop the frames above index ``i`` (left by an exception, or suspended). */
+/* An entry found above the running frame (or at a new frame's address): a suspended
+ * generator is parked, a finished one or any other frame was left by an exception. */
+static void
+probe_settle(ExactProbes *self, ProbeFrame *f)
+{
+    if (f->gen != NULL) {
+        if (f->wref == NULL || PyWeakref_GET_OBJECT(f->wref) == Py_None) {
+            probe_release(f); /* (released: its callback settled it) */
+            return;
+        }
+        int8_t state = f->gen->gi_frame_state;
+        if (state < FRAME_EXECUTING && probe_reserve(&probe_parked) == 0) {
+            probe_parked.frames[probe_parked.depth++] = *f; /* suspended: parked */
+            return;
+        }
+        if (state > FRAME_EXECUTING && probe_gen_raised(f->gen) &&
+            probe_scope_open(self, f->scope)) {
+            probe_arc(f->arcs, f->last, -f->first);
+        }
+        probe_release(f);
+        return;
+    }
+    if (probe_scope_open(self, f->scope)) {
+        probe_arc(f->arcs, f->last, -f->first);
+    }
+    probe_release(f);
+}
+
+/* Settle the entries above index ``i`` of the running stack. */
 static void
 probe_unwind_to(ExactProbes *self, Py_ssize_t i)
 {
     ProbeStack *s = &probe_stack;
     while (s->depth - 1 > i) {
-        s->depth--;
-        probe_frame_drop(self, &s->frames[s->depth], 1);
+        ProbeFrame gone = s->frames[--s->depth];
+        probe_settle(self, &gone);
     }
 }
 
-/* Remove the entry at ``i`` (a frame starting or resuming again at its address). */
-static void
-probe_splice(ExactProbes *self, Py_ssize_t i, int record)
-{
-    ProbeStack *s = &probe_stack;
-    ProbeFrame gone = s->frames[i];
-    memmove(&s->frames[i], &s->frames[i + 1], (s->depth - i - 1) * sizeof(ProbeFrame));
-    s->depth--;
-    probe_frame_drop(self, &gone, record);
-}
-
-static void
+/* Push a new entry for ``frame`` (a start, or a generator resumed after a plain yield).
+ * ``follow``: a generator's frame is followed by a weak reference to it (its start or a
+ * resumption, never a frame that a throw() entered: that may be the generator's close as it
+ * is released, after its weak references were cleared, when one made would outlive it; such
+ * a frame is followed as any other, which can only return or be left by an exception). */
+static ProbeFrame *
 probe_push(ExactProbes *self, _PyInterpreterFrame *frame, PyObject *scope, PyObject *rec,
-           long last, int resumed)
+           long last, int follow)
 {
     PyObject *filename = PyTuple_GET_ITEM(rec, 1);
     long first = PyLong_AsLong(PyTuple_GET_ITEM(rec, 3));
     int is_gen = PyLong_AsLong(PyTuple_GET_ITEM(rec, 4)) != PROBE_PLAIN;
     ProbeStack *s = &probe_stack;
-    Py_ssize_t old = probe_find(frame);
+    Py_ssize_t old = probe_find(s, frame);
     if (old >= 0) {
-        /* the same address: a generator resuming (nothing to record: it was suspended), or a
-         * new frame where one left by an exception was */
-        probe_splice(self, old, !resumed);
-    }
-    if (s->depth >= PROBE_STACK_MAX) {
-        return;
-    }
-    if (s->depth == s->cap) {
-        Py_ssize_t cap = s->cap ? 2 * s->cap : 32;
-        ProbeFrame *grown = PyMem_RawRealloc(s->frames, cap * sizeof(ProbeFrame));
-        if (grown == NULL) {
-            return;
+        /* the same address: a generator resuming, or a new frame where one left by an
+         * exception was */
+        ProbeFrame gone = s->frames[old];
+        probe_remove(s, old);
+        if (gone.gen != NULL) {
+            probe_release(&gone);
         }
-        s->frames = grown;
-        s->cap = cap;
+        else {
+            probe_settle(self, &gone);
+        }
+    }
+    old = probe_find(&probe_parked, frame);
+    if (old >= 0) {
+        ProbeFrame gone = probe_parked.frames[old];
+        probe_remove(&probe_parked, old);
+        probe_release(&gone);
     }
     PyObject *files = SLOT(scope, self->off_files);
-    if (files == NULL || !PyDict_Check(files)) {
-        return;
+    if (files == NULL || !PyDict_Check(files) || probe_reserve(s) < 0) {
+        return NULL;
     }
     PyObject *arcs = set_in(files, filename);
     if (arcs == NULL) {
         PyErr_Clear();
-        return;
+        return NULL;
     }
     ProbeFrame *f = &s->frames[s->depth++];
     f->frame = frame;
@@ -2122,16 +2173,25 @@ probe_push(ExactProbes *self, _PyInterpreterFrame *frame, PyObject *scope, PyObj
     Py_INCREF(scope);
     f->scope = scope;
     f->gen = NULL;
-    if (is_gen > 0 && frame->owner == FRAME_OWNED_BY_GENERATOR) {
-        f->gen = (PyObject *)((char *)frame - offsetof(PyGenObject, gi_iframe));
-        Py_INCREF(f->gen);
+    f->wref = NULL;
+    if (is_gen && follow && frame->owner == FRAME_OWNED_BY_GENERATOR) {
+        PyGenObject *gen = (PyGenObject *)((char *)frame - offsetof(PyGenObject, gi_iframe));
+        f->wref = PyWeakref_NewRef((PyObject *)gen, self->on_gone);
+        if (f->wref == NULL) {
+            PyErr_Clear();
+        }
+        else {
+            f->gen = gen;
+        }
     }
     f->last = last;
     f->first = first;
     f->force = 0;
+    return f;
 }
 
-/* The entry of the running frame (dropping those above it), or NULL. */
+/* The entry of the running frame (settling those above it, taking it back from the parked
+ * ones), or NULL. */
 static ProbeFrame *
 probe_top(ExactProbes *self, _PyInterpreterFrame *frame)
 {
@@ -2139,12 +2199,23 @@ probe_top(ExactProbes *self, _PyInterpreterFrame *frame)
     if (s->depth > 0 && s->frames[s->depth - 1].frame == frame) {
         return &s->frames[s->depth - 1];
     }
-    Py_ssize_t i = probe_find(frame);
-    if (i < 0) {
+    Py_ssize_t i = probe_find(s, frame);
+    if (i >= 0) {
+        probe_unwind_to(self, i);
+        return &s->frames[i];
+    }
+    if (frame->owner != FRAME_OWNED_BY_GENERATOR) {
         return NULL; /* a frame that started before any exact scope of this thread */
     }
-    probe_unwind_to(self, i);
-    return &s->frames[i];
+    i = probe_find(&probe_parked, frame);
+    if (i < 0 || probe_reserve(s) < 0) {
+        return NULL;
+    }
+    ProbeFrame back = probe_parked.frames[i];
+    probe_remove(&probe_parked, i);
+    /* what ran since it was parked: frames above it left (or suspended) */
+    s->frames[s->depth++] = back;
+    return &s->frames[s->depth - 1];
 }
 
 static PyObject *
@@ -2183,18 +2254,26 @@ ExactProbes_vectorcall(ExactProbes *self, PyObject *const *args, size_t nargsf,
         Py_RETURN_NONE;
     }
     _PyInterpreterFrame *frame = PyThreadState_Get()->cframe->current_frame;
-    if (frame == NULL) {
+    if (frame == NULL || probe_busy) {
         Py_DECREF(scope);
         Py_RETURN_NONE;
     }
+    probe_busy = 1;
     long line = PyLong_AsLong(PyTuple_GET_ITEM(rec, 2));
     ProbeFrame *f;
     switch (kind) {
     case PROBE_ENTRY:
-        probe_push(self, frame, scope, rec, -PyLong_AsLong(PyTuple_GET_ITEM(rec, 3)), 0);
+        probe_push(self, frame, scope, rec, -PyLong_AsLong(PyTuple_GET_ITEM(rec, 3)), 1);
         break;
     case PROBE_RESUME:
-        probe_push(self, frame, scope, rec, line, 1);
+        f = probe_top(self, frame);
+        if (f == NULL) {
+            /* a generator that started before the scope, resumed inside it */
+            probe_push(self, frame, scope, rec, line, 1);
+        }
+        else {
+            f->last = line;
+        }
         break;
     case PROBE_LINE:
         f = probe_top(self, frame);
@@ -2203,8 +2282,8 @@ ExactProbes_vectorcall(ExactProbes *self, PyObject *const *args, size_t nargsf,
             /* a generator resumed by throw() into one of its handlers, which runs no RESUME:
              * a tracer's call event there reads as a frame's start (the yield's argument is
              * 0) */
-            probe_push(self, frame, scope, rec, -PyLong_AsLong(PyTuple_GET_ITEM(rec, 3)), 1);
-            f = probe_top(self, frame);
+            f = probe_push(self, frame, scope, rec, -PyLong_AsLong(PyTuple_GET_ITEM(rec, 3)),
+                           0);
         }
         if (f != NULL && (line != f->last || f->force)) {
             probe_arc(f->arcs, f->last, line);
@@ -2222,14 +2301,44 @@ ExactProbes_vectorcall(ExactProbes *self, PyObject *const *args, size_t nargsf,
         f = probe_top(self, frame);
         if (f != NULL) {
             probe_arc(f->arcs, f->last, -f->first);
-            ProbeStack *s = &probe_stack;
-            s->depth--;
-            probe_frame_drop(self, &s->frames[s->depth], 0);
+            ProbeFrame gone = probe_stack.frames[--probe_stack.depth];
+            probe_release(&gone);
         }
         break;
     }
     PyErr_Clear();
+    probe_busy = 0;
     Py_DECREF(scope);
+    Py_RETURN_NONE;
+}
+
+/* The weak references' callback: a followed generator is being released (its state still
+ * readable). Settle its entry now. */
+static PyObject *
+ExactProbes_gone(ExactProbes *self, PyObject *wref)
+{
+    if (probe_busy) {
+        Py_RETURN_NONE; /* released by runcov's own bookkeeping: settled without an arc */
+    }
+    probe_busy = 1;
+    ProbeStack *stacks[2] = {&probe_stack, &probe_parked};
+    for (int k = 0; k < 2; k++) {
+        ProbeStack *s = stacks[k];
+        for (Py_ssize_t i = s->depth - 1; i >= 0; i--) {
+            if (s->frames[i].wref == wref) {
+                ProbeFrame gone = s->frames[i];
+                probe_remove(s, i);
+                if (gone.gen->gi_frame_state > FRAME_EXECUTING && probe_gen_raised(gone.gen) &&
+                    probe_scope_open(self, gone.scope)) {
+                    probe_arc(gone.arcs, gone.last, -gone.first);
+                }
+                probe_release(&gone);
+                probe_busy = 0;
+                Py_RETURN_NONE;
+            }
+        }
+    }
+    probe_busy = 0;
     Py_RETURN_NONE;
 }
 
@@ -2252,33 +2361,70 @@ probe_frame_running(_PyInterpreterFrame *frame)
 static PyObject *
 ExactProbes_forget(ExactProbes *self, PyObject *scope)
 {
+    if (probe_busy) {
+        Py_RETURN_NONE;
+    }
+    probe_busy = 1;
     ProbeStack *s = &probe_stack;
     Py_ssize_t kept = 0;
     for (Py_ssize_t i = 0; i < s->depth; i++) {
-        ProbeFrame *f = &s->frames[i];
-        if (f->scope == scope) {
-            /* as at a close: the scope is marked closed already, its records not yet taken */
-            probe_frame_drop(self, f, probe_frame_running(f->frame) ? 0 : 2);
+        ProbeFrame f = s->frames[i];
+        if (f.scope != scope) {
+            s->frames[kept++] = f;
+            continue;
+        }
+        int left;
+        if (probe_frame_running(f.frame)) {
+            left = 0;
+        }
+        else if (f.gen != NULL) {
+            /* the scope is marked closed already, its records not yet taken */
+            left = f.wref != NULL && PyWeakref_GET_OBJECT(f.wref) != Py_None &&
+                   f.gen->gi_frame_state > FRAME_EXECUTING && probe_gen_raised(f.gen);
         }
         else {
-            s->frames[kept++] = *f;
+            left = 1;
         }
+        if (left) {
+            probe_arc(f.arcs, f.last, -f.first);
+        }
+        probe_release(&f);
     }
     s->depth = kept;
-    if (kept == 0 && s->frames != NULL) {
-        PyMem_RawFree(s->frames);
-        s->frames = NULL;
-        s->cap = 0;
+    ProbeStack *p = &probe_parked;
+    kept = 0;
+    for (Py_ssize_t i = 0; i < p->depth; i++) {
+        ProbeFrame f = p->frames[i];
+        if (f.scope == scope) {
+            probe_release(&f); /* suspended when the scope ended */
+        }
+        else {
+            p->frames[kept++] = f;
+        }
     }
+    p->depth = kept;
+    ProbeStack *both[2] = {s, p};
+    for (int k = 0; k < 2; k++) {
+        if (both[k]->depth == 0 && both[k]->frames != NULL) {
+            PyMem_RawFree(both[k]->frames);
+            both[k]->frames = NULL;
+            both[k]->cap = 0;
+        }
+    }
+    probe_busy = 0;
     Py_RETURN_NONE;
 }
 
-/* depth(): how many frames this thread's stack holds (for tests). */
+/* depth(): how many frames this thread's stack and parked list hold (for tests). */
 static PyObject *
 ExactProbes_depth(ExactProbes *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyLong_FromSsize_t(probe_stack.depth);
+    return PyLong_FromSsize_t(probe_stack.depth + probe_parked.depth);
 }
+
+static PyMethodDef ExactProbes_gone_def = {
+    "gone", (PyCFunction)ExactProbes_gone, METH_O,
+    "Settle the entry of a generator being released."};
 
 static PyObject *
 ExactProbes_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -2311,6 +2457,11 @@ ExactProbes_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->table = table;
     Py_INCREF(census);
     self->census = census;
+    self->on_gone = PyCFunction_New(&ExactProbes_gone_def, (PyObject *)self);
+    if (self->on_gone == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
     return (PyObject *)self;
 }
 
@@ -2321,6 +2472,7 @@ ExactProbes_traverse(ExactProbes *self, visitproc visit, void *arg)
     Py_VISIT(self->scope_type);
     Py_VISIT(self->table);
     Py_VISIT(self->census);
+    Py_VISIT(self->on_gone);
     return 0;
 }
 
@@ -2331,6 +2483,7 @@ ExactProbes_clear(ExactProbes *self)
     Py_CLEAR(self->scope_type);
     Py_CLEAR(self->table);
     Py_CLEAR(self->census);
+    Py_CLEAR(self->on_gone);
     return 0;
 }
 

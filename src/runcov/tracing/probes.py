@@ -58,7 +58,7 @@ _BACK_EVENT = frozenset(op for op in _BACKWARD if dis.opname[op] != "JUMP_BACKWA
 _GENERATOR_LIKE = 0x20 | 0x80 | 0x100 | 0x200
 
 #: Probe kinds (the C extension's ExactProbes reads them): a line; a frame's start after its
-#: first RESUME; a resumption after any other RESUME; a return (before RETURN_VALUE); a
+#: first RESUME; a resumption after a plain yield's RESUME; a return (before RETURN_VALUE); a
 #: backward jump to the same line. Census uses only LINE probes; exact scopes all of them.
 LINE, ENTRY, RESUME, EXIT, BACK = range(5)
 
@@ -262,8 +262,8 @@ def instrument(
     ``new_probe(code, line, kind, at_handler)`` registers a probe and returns its key (in
     ``probes``, whose entries are then told where their head is); ``done(probed, original)``
     is told of every code object probed. Besides the LINE probes, the exact-mode probes go
-    in: ENTRY and RESUME after each RESUME, EXIT before each RETURN_VALUE, BACK before each
-    backward jump to the same line. ``keep(index)`` (a census variant): only LINE probes, before the
+    in: ENTRY after the first RESUME, RESUME after a plain yield's, EXIT before each
+    RETURN_VALUE, BACK before each backward jump to the same line. ``keep(index)`` (a census variant): only LINE probes, before the
     instructions it accepts, and the nested code objects from ``nested`` (``code``'s constants
     as another probed copy has them) instead of probing them again.
     """
@@ -457,7 +457,10 @@ def exact_probes(
         if instr.op == _RESUME:
             if index == resume:
                 instr.after.append((ENTRY, line, 0))
-            else:
+            elif instr.arg == 1:
+                # after a plain yield (RESUME checks for signals there itself); not after an
+                # await's or yield from's RESUME, where a call would take a pending signal
+                # that the interpreter leaves to the generator being awaited
                 instr.after.append((RESUME, line, 0))
         elif instr.op == _RETURN_VALUE:
             instr.before.append((EXIT, line, 0))
