@@ -263,9 +263,10 @@ def instrument(
     ``probes``, whose entries are then told where their head is); ``done(probed, original)``
     is told of every code object probed. Besides the LINE probes, the exact-mode probes go
     in: ENTRY after the first RESUME, RESUME after a plain yield's, EXIT before each
-    RETURN_VALUE, BACK before each backward jump to the same line. ``keep(index)`` (a census variant): only LINE probes, before the
-    instructions it accepts, and the nested code objects from ``nested`` (``code``'s constants
-    as another probed copy has them) instead of probing them again.
+    RETURN_VALUE, BACK before each backward jump to the same line. ``keep(index)`` (a census
+    variant): only LINE probes, before the instructions it accepts, and the nested code
+    objects from ``nested`` (``code``'s constants as another probed copy has them) instead of
+    probing them again.
     """
     consts = list(code.co_consts)
     if nested is not None:
