@@ -2008,7 +2008,48 @@ typedef struct {
     PyObject *table;
     PyObject *census;
     PyObject *on_gone; /* the weak references' callback (bound to this object) */
+    /* Per probe, the arc set and the previous line of the last arc it added: the same arc
+     * into the same set again is skipped (the set is held, so it is never another one at the
+     * same address). */
+    PyObject **cache_set;
+    long *cache_from;
+    Py_ssize_t cache_len;
 } ExactProbes;
+
+static void probe_arc(PyObject *arcs, long from, long to);
+
+/* Add (from, to) to ``arcs`` for probe ``key``, unless it is the arc this probe added last. */
+static void
+probe_arc_cached(ExactProbes *self, Py_ssize_t key, PyObject *arcs, long from, long to)
+{
+    if (key >= self->cache_len) {
+        Py_ssize_t len = PyList_GET_SIZE(self->table);
+        PyObject **sets = PyMem_Realloc(self->cache_set, len * sizeof(PyObject *));
+        if (sets == NULL) {
+            probe_arc(arcs, from, to);
+            return;
+        }
+        self->cache_set = sets;
+        long *froms = PyMem_Realloc(self->cache_from, len * sizeof(long));
+        if (froms == NULL) {
+            probe_arc(arcs, from, to);
+            return;
+        }
+        self->cache_from = froms;
+        for (Py_ssize_t i = self->cache_len; i < len; i++) {
+            sets[i] = NULL;
+            froms[i] = 0;
+        }
+        self->cache_len = len;
+    }
+    if (self->cache_set[key] == arcs && self->cache_from[key] == from) {
+        return;
+    }
+    probe_arc(arcs, from, to);
+    Py_INCREF(arcs);
+    Py_XSETREF(self->cache_set[key], arcs);
+    self->cache_from[key] = from;
+}
 
 static void
 probe_arc(PyObject *arcs, long from, long to)
@@ -2286,7 +2327,7 @@ ExactProbes_vectorcall(ExactProbes *self, PyObject *const *args, size_t nargsf,
                            0);
         }
         if (f != NULL && (line != f->last || f->force)) {
-            probe_arc(f->arcs, f->last, line);
+            probe_arc_cached(self, key, f->arcs, f->last, line);
             f->last = line;
             f->force = 0;
         }
@@ -2300,7 +2341,7 @@ ExactProbes_vectorcall(ExactProbes *self, PyObject *const *args, size_t nargsf,
     case PROBE_EXIT:
         f = probe_top(self, frame);
         if (f != NULL) {
-            probe_arc(f->arcs, f->last, -f->first);
+            probe_arc_cached(self, key, f->arcs, f->last, -f->first);
             ProbeFrame gone = probe_stack.frames[--probe_stack.depth];
             probe_release(&gone);
         }
@@ -2473,6 +2514,9 @@ ExactProbes_traverse(ExactProbes *self, visitproc visit, void *arg)
     Py_VISIT(self->table);
     Py_VISIT(self->census);
     Py_VISIT(self->on_gone);
+    for (Py_ssize_t i = 0; i < self->cache_len; i++) {
+        Py_VISIT(self->cache_set[i]);
+    }
     return 0;
 }
 
@@ -2484,6 +2528,14 @@ ExactProbes_clear(ExactProbes *self)
     Py_CLEAR(self->table);
     Py_CLEAR(self->census);
     Py_CLEAR(self->on_gone);
+    for (Py_ssize_t i = 0; i < self->cache_len; i++) {
+        Py_CLEAR(self->cache_set[i]);
+    }
+    PyMem_Free(self->cache_set);
+    PyMem_Free(self->cache_from);
+    self->cache_set = NULL;
+    self->cache_from = NULL;
+    self->cache_len = 0;
     return 0;
 }
 
