@@ -77,6 +77,9 @@ RATES = {
     "runcov-100%": "1",
     "runcov-100%-py": "1",  # with RUNCOV_ACCEL=0: the tracing core's Python callbacks
     "runcov-census": "1",  # with RUNCOV_MODE=census: census sees all traffic
+    # 3.11 with RUNCOV_EXACT_PROBES=0: exact scopes on the settrace tracer, not the probes
+    "runcov-1%-traced": "0.01",
+    "runcov-100%-traced": "1",
 }
 
 
@@ -198,6 +201,8 @@ class Bench:
         if config in RATES:
             if config.endswith("-py"):  # the tracing core's Python callbacks, not its C ones
                 env["RUNCOV_ACCEL"] = "0"
+            if config.endswith("-traced"):
+                env["RUNCOV_EXACT_PROBES"] = "0"
             if config == "runcov-census":
                 env["RUNCOV_MODE"] = "census"
             return [sys.executable, *server, "--sample-rate", RATES[config]], env

@@ -179,8 +179,9 @@ class SettraceCore(Core):
             if mode == CENSUS:
                 self._census_enabled = True
             elif self._exact is not None and self._probes is not None:
-                # The probes record: no tracer, and no per-step arming (unsampled work meanwhile
-                # pays one call per line it runs of the code under the roots).
+                # The probes record: no tracer. They are armed while the scope is active: open,
+                # and in an asyncio task only during its steps (as a tracer is installed), so
+                # that other tasks meanwhile run with jumps over the probes, not calls.
                 if not self._probes.probing:
                     self._probes.start_probing()
                     self._modules_mark = probes.modules_mark()
@@ -197,9 +198,10 @@ class SettraceCore(Core):
                             mark[3], str
                         ) and self._roots.classify(mark[3]) is not None:
                             self._probes.probe_functions()
-                self._probes.arm_exact()
                 scope.generation = self._generation
+                self._probes.arm_exact()
                 scope.counted = True
+                scope.stepped = in_asyncio_step(scope)
                 scope.bind()
                 return scope
             if not self._enter_thread(scope):
@@ -215,7 +217,11 @@ class SettraceCore(Core):
 
     def _enter_thread(self, scope: ScopeState) -> bool:
         if self._exact is not None and not scope.is_census:
-            return True  # work handed to this thread: the probes record it
+            # a step of the scope's task, or work handed to this thread: the probes record it
+            if self._probes is None or scope.generation != self._generation:
+                return False
+            self._probes.arm_exact()
+            return True
         tls = self._tls
         opened = tls.open  # initialise this thread's local state before any tracer runs
         current = sys.gettrace()
@@ -237,7 +243,12 @@ class SettraceCore(Core):
 
     def _exit_thread(self, scope: ScopeState) -> None:
         if self._exact is not None and not scope.is_census:
-            self._exact.forget(scope)  # this thread's frames of the scope
+            if self._probes is not None and scope.generation == self._generation:
+                self._probes.disarm_exact()
+            if not (scope.stepped and scope.owner_thread == threading.get_ident()):
+                # work handed to this thread is over: its frames of the scope (a step's end
+                # keeps them: the task's coroutines resume at its next step)
+                self._exact.forget(scope)
             return
         tls = self._tls
         try:
@@ -256,11 +267,12 @@ class SettraceCore(Core):
                 sys.settrace(None)
 
     def _close_scope(self, scope: ScopeState) -> None:
-        if scope.counted and self._exact is not None and not scope.is_census:
-            scope.counted = False
-            self._exact.forget(scope)
-            if self._probes is not None and scope.generation == self._generation:
-                self._probes.disarm_exact()  # (not for a scope a forked child inherited)
+        if self._exact is not None and not scope.is_census:
+            self._exact.forget(scope)  # the closing thread's frames of the scope
+            if scope.counted:
+                scope.counted = False
+                if self._probes is not None and scope.generation == self._generation:
+                    self._probes.disarm_exact()  # (not for a scope a forked child inherited)
             return
         if scope.counted:
             scope.counted = False
