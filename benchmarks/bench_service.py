@@ -78,6 +78,7 @@ RATES = {
     "runcov-100%-py": "1",  # with RUNCOV_ACCEL=0: the tracing core's Python callbacks
     "runcov-census": "1",  # with RUNCOV_MODE=census: census sees all traffic
     # 3.11 with RUNCOV_EXACT_PROBES=0: exact scopes on the settrace tracer, not the probes
+    "runcov-0%-traced": "0",
     "runcov-1%-traced": "0.01",
     "runcov-100%-traced": "1",
 }
