@@ -6,8 +6,9 @@ import concurrent.futures
 import contextvars
 import logging
 import os
+import sys
 import threading
-from typing import Any, Callable, Hashable, Iterable, Optional
+from typing import Any, Callable, Hashable, Iterable, Iterator, Optional
 
 from runcov.tracing._base import CENSUS, EXACT, Arc, CoverageData, Scope, normalize_root
 
@@ -553,6 +554,37 @@ def _after_this_step(loop: Any, scope: ScopeState) -> None:
         loop.call_soon(_end_step, scope, context=contextvars.Context())
 
 
+def modules_mark() -> tuple[Any, ...]:
+    """What tells whether modules appeared since a look: their number, the last one added,
+    ``__main__``'s file and the size of its namespace (a script fills it as it runs)."""
+    modules = sys.modules
+    namespace = getattr(modules.get("__main__"), "__dict__", {})
+    last = next(reversed(modules), None)
+    module = modules.get(last) if last is not None else None
+    return len(modules), last, id(module), namespace.get("__file__"), len(namespace)
+
+
+def new_namespaces(
+    scanned: set[int], classify: Callable[[str], Optional[str]]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(file, namespace)`` of each module under the roots not looked at yet, noting every
+    module looked at in ``scanned`` (all but ``__main__``, which fills its namespace as the
+    script runs)."""
+    for module in list(sys.modules.values()):
+        try:
+            if id(module) in scanned:
+                continue
+            namespace = module.__dict__
+            if namespace.get("__name__") != "__main__":
+                scanned.add(id(module))
+            filename = namespace.get("__file__")
+            if not isinstance(filename, str) or classify(filename) is None:
+                continue
+        except Exception:  # an exotic module object
+            continue
+        yield filename, namespace
+
+
 __all__ = [
     "ACCEL_ENV",
     "CENSUS",
@@ -566,6 +598,8 @@ __all__ = [
     "in_asyncio_step",
     "install_hooks",
     "load_accel",
+    "modules_mark",
+    "new_namespaces",
     "records_data",
     "within",
 ]

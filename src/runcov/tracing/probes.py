@@ -143,16 +143,6 @@ def _jump_target(instr: _Instr, op_unit: int) -> int:
     return op_unit + 1 + instr.arg
 
 
-def modules_mark() -> tuple[Any, ...]:
-    """What tells whether modules appeared since a look: their number, the last one added,
-    ``__main__``'s file and the size of its namespace (a script fills it as it runs)."""
-    modules = sys.modules
-    namespace = getattr(modules.get("__main__"), "__dict__", {})
-    last = next(reversed(modules), None)
-    module = modules.get(last) if last is not None else None
-    return len(modules), last, id(module), namespace.get("__file__"), len(namespace)
-
-
 def _varint(value: int, out: bytearray) -> None:
     while value >= 64:
         out.append(64 | (value & 63))
@@ -663,18 +653,11 @@ class Probes:
         roots hold, in modules not looked at yet (``__main__`` each time: a script fills its
         namespace as it runs); how many changed. Finds the functions of modules made without
         the import system since probing started, at a fraction of :meth:`probe_functions`."""
+        from runcov.tracing._scope import new_namespaces
+
         changed = 0
-        scanned = self._scanned
-        for module in list(sys.modules.values()):
+        for _, namespace in new_namespaces(self._scanned, self._classify):
             try:
-                if id(module) in scanned:
-                    continue
-                namespace = module.__dict__
-                if namespace.get("__name__") != "__main__":
-                    scanned.add(id(module))
-                filename = namespace.get("__file__")
-                if not isinstance(filename, str) or self._classify(filename) is None:
-                    continue
                 for value in list(namespace.values()):
                     if isinstance(value, type) and value.__module__ == namespace.get("__name__"):
                         for attr in list(value.__dict__.values()):

@@ -30,6 +30,7 @@ from runcov.tracing._scope import (
     in_asyncio_step,
     install_hooks,
     load_accel,
+    modules_mark,
 )
 from runcov.tracing.probes import Probes
 
@@ -184,9 +185,9 @@ class SettraceCore(Core):
                 # that other tasks meanwhile run with jumps over the probes, not calls.
                 if not self._probes.probing:
                     self._probes.start_probing()
-                    self._modules_mark = probes.modules_mark()
+                    self._modules_mark = modules_mark()
                 else:
-                    mark = probes.modules_mark()
+                    mark = modules_mark()
                     if mark != self._modules_mark:
                         # Modules made since the last look (not by the import system, or a
                         # script's namespace that grew): their functions get probed code; a

@@ -60,6 +60,8 @@ from runcov.tracing._scope import (
     in_asyncio_step,
     install_hooks,
     load_accel,
+    modules_mark,
+    new_namespaces,
 )
 
 log = logging.getLogger("runcov.tracing")
@@ -528,24 +530,15 @@ class SysmonCore(Core):
         """Watch the code objects of modules under the roots not scanned yet (functions,
         methods, nested code in co_consts) for their first call; with ``watch`` False only
         note the modules as scanned (their functions were found in the live ones)."""
-        scanned = self._scanned
-        for module in list(sys.modules.values()):
+        for filename, namespace in new_namespaces(self._scanned, self._roots.classify):
+            if not watch:
+                continue
             try:
-                if id(module) in scanned:
-                    continue
-                namespace = module.__dict__
-                filename = namespace.get("__file__")
-                if namespace.get("__name__") != "__main__":
-                    scanned.add(id(module))  # __main__ fills its namespace as the script runs
-                if not watch or not isinstance(filename, str):
-                    continue
-                if self._roots.classify(filename) is None:
-                    continue
                 for value in list(namespace.values()):
                     self._watch(_code_objects(value, filename))
-            except Exception:  # an exotic module object: its code is found at first call
+            except Exception:  # an exotic namespace: its code is found at first call
                 continue
-        self._scan_mark = _modules_mark()
+        self._scan_mark = modules_mark()
 
     def _scan_functions(self) -> None:
         """When roots are added: every live function under them (and the code nested in it) is
@@ -626,7 +619,7 @@ class SysmonCore(Core):
     def _scan_late(self) -> None:
         """When a scope opens: scan the modules the import system did not report (a script run
         as ``__main__``, modules loaded by other loaders)."""
-        if self._scan_mark == _modules_mark():
+        if self._scan_mark == modules_mark():
             return
         with self._lock:
             self._scan_modules()
@@ -945,13 +938,6 @@ def _code_objects(value: Any, filename: str, depth: int = 0) -> Iterable[CodeTyp
         if module is not None and module.__dict__.get("__file__") == filename:
             for attr in list(value.__dict__.values()):
                 yield from _code_objects(attr, filename, depth + 1)
-
-
-def _modules_mark() -> tuple[int, Any, int]:
-    """What tells whether modules appeared since a scan: their number, ``__main__``'s file and
-    the size of its namespace (a script fills it as it runs)."""
-    namespace = getattr(sys.modules.get("__main__"), "__dict__", {})
-    return len(sys.modules), namespace.get("__file__"), len(namespace)
 
 
 #: What the import system's loaders tell about the code they load.
