@@ -276,3 +276,26 @@ def test_cpythons_own_tests_pass_inside_an_exact_scope() -> None:
     )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "not probed 0" in done.stderr and "frames left 0" in done.stderr
+
+
+def test_probed_code_copied_by_value_still_runs(core: Any, module: Any) -> None:
+    """Tools that copy a function by value (cloudpickle, for a script's functions) pickle its
+    code's constants, the probes' callable among them: it pickles as a callable that does
+    nothing, so the copy runs, armed or not, and returns what the original returns."""
+    import pickle
+    import types
+
+    from runcov.tracing import _accel  # type: ignore[attr-defined]
+
+    code = module.raiser.__code__
+    assert any(const is core._probes.hit for const in code.co_consts)  # probed
+    consts = pickle.loads(pickle.dumps(code.co_consts))
+    copy = types.FunctionType(code.replace(co_consts=consts), module.__dict__, "copy")
+    assert copy(0) == 0  # its probes' heads as copied: jumps
+    heads = [unit for head_code, unit, _ in core._probes._heads if head_code is code]
+    assert heads
+    for unit in heads:  # armed, as a copy made while a scope was active has them
+        _accel.set_unit(copy.__code__, unit, bytes((dis.opmap["PUSH_NULL"], 0)))
+    assert copy(0) == 0  # its probes call the no-op
+    with pytest.raises(ValueError):
+        copy(2)

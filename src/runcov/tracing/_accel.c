@@ -1888,6 +1888,31 @@ Quiet_dealloc(Quiet *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* What a probe's callable pickles as: ``functools.partial(id)``, a callable that takes the key
+ * and does nothing. Code objects hold the probes' callable among their constants, and tools
+ * that copy functions by value (cloudpickle, for a script's functions) pickle the constants:
+ * the copy runs in another process, with nothing to record into. */
+static PyObject *
+probe_reduce(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *functools = PyImport_ImportModule("functools");
+    PyObject *partial = functools ? PyObject_GetAttrString(functools, "partial") : NULL;
+    PyObject *builtins = partial ? PyEval_GetBuiltins() : NULL; /* borrowed */
+    PyObject *id = builtins ? PyDict_GetItemString(builtins, "id") : NULL; /* borrowed */
+    PyObject *result = id ? Py_BuildValue("(O(O))", partial, id) : NULL;
+    if (id == NULL && !PyErr_Occurred()) {
+        PyErr_SetString(PyExc_TypeError, "cannot pickle a runcov probe");
+    }
+    Py_XDECREF(functools);
+    Py_XDECREF(partial);
+    return result;
+}
+
+static PyMethodDef Quiet_methods[] = {
+    {"__reduce__", (PyCFunction)probe_reduce, METH_NOARGS, "Pickles as a no-op callable."},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyTypeObject QuietType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "runcov.tracing._accel.Quiet",
@@ -1897,6 +1922,7 @@ static PyTypeObject QuietType = {
     .tp_vectorcall_offset = offsetof(Quiet, vectorcall),
     .tp_call = PyVectorcall_Call,
     .tp_new = Quiet_new,
+    .tp_methods = Quiet_methods,
     .tp_dealloc = (destructor)Quiet_dealloc,
     .tp_traverse = (traverseproc)Quiet_traverse,
     .tp_clear = (inquiry)Quiet_clear,
@@ -2558,6 +2584,7 @@ static PyMethodDef ExactProbes_methods[] = {
      "Drop this thread's frames of a scope, recording exits by exception."},
     {"depth", (PyCFunction)ExactProbes_depth, METH_NOARGS,
      "How many frames this thread's stack holds."},
+    {"__reduce__", (PyCFunction)probe_reduce, METH_NOARGS, "Pickles as a no-op callable."},
     {NULL, NULL, 0, NULL},
 };
 
