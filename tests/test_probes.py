@@ -67,8 +67,8 @@ def probes() -> Iterator[tuple[Any, Recorder]]:
 
 
 def _give_back_to_the_core() -> None:
-    """A test's own Probes took the functions (and the source loaders) from the process's
-    core, whose exact probes (3.11) probe them: it gets them back."""
+    """A test's own Probes put the original code back into functions that the process's
+    core's exact probes (3.11) had probed: the core probes them again."""
     import runcov.tracing
 
     core_probes = getattr(runcov.tracing._core, "_probes", None)

@@ -12,6 +12,9 @@ Arc = tuple[int, int]
 #: this request was first (in the current epoch) to execute in this process.
 EXACT = "exact"
 CENSUS = "census"
+#: ``co_flags`` of generator-like code, whose frames suspend and resume: GENERATOR,
+#: COROUTINE, ITERABLE_COROUTINE, ASYNC_GENERATOR.
+GENERATOR_FLAGS = 0x20 | 0x80 | 0x100 | 0x200
 
 
 class CoverageData:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import importlib._bootstrap_external as _bootstrap_external
 import logging
 import os
 import sys
 import threading
+from types import CodeType
 from typing import Any, Callable, Hashable, Iterable, Iterator, Optional
 
 from runcov.tracing._base import CENSUS, EXACT, Arc, CoverageData, Scope, normalize_root
@@ -554,6 +556,59 @@ def _after_this_step(loop: Any, scope: ScopeState) -> None:
         loop.call_soon(_end_step, scope, context=contextvars.Context())
 
 
+#: What the import system's loaders tell about the code they load: each listener may return
+#: the code the module runs instead (the probes' probed copy), or None.
+_IMPORT_LISTENERS: list[Callable[[CodeType], Optional[CodeType]]] = []
+#: The loader methods replaced while someone listens: (class, the original ``get_code``).
+_PATCHED: list[tuple[Any, Any]] = []
+
+
+def _reporting(get_code: Any) -> Any:
+    def reporting_get_code(self: Any, fullname: str) -> Any:
+        code = get_code(self, fullname)  # (the bytecode cache is written as compiled)
+        if isinstance(code, CodeType):
+            for listener in list(_IMPORT_LISTENERS):
+                try:
+                    replaced = listener(code)
+                except Exception:  # never fail an import
+                    continue
+                if isinstance(replaced, CodeType):
+                    code = replaced
+        return code
+
+    reporting_get_code.__wrapped__ = get_code  # type: ignore[attr-defined]
+    reporting_get_code.__doc__ = getattr(get_code, "__doc__", None)
+    return reporting_get_code
+
+
+def listen_to_imports(listener: Callable[[CodeType], Optional[CodeType]]) -> None:
+    """Call ``listener`` with each module code object the source and bytecode loaders load
+    (modules loaded outside the import system's finders too: ``spec_from_file_location`` and
+    ``exec_module``); a code object it returns is run instead."""
+    if listener in _IMPORT_LISTENERS:
+        return
+    _IMPORT_LISTENERS.append(listener)
+    if _PATCHED:
+        return
+    for cls in (_bootstrap_external.SourceLoader, _bootstrap_external.SourcelessFileLoader):
+        original = cls.__dict__.get("get_code")
+        if original is not None:
+            _PATCHED.append((cls, original))
+            setattr(cls, "get_code", _reporting(original))  # noqa: B010
+
+
+def stop_listening(listener: Callable[[CodeType], Optional[CodeType]]) -> None:
+    """Remove ``listener``; the loaders are restored once nobody listens."""
+    try:
+        _IMPORT_LISTENERS.remove(listener)
+    except ValueError:
+        pass
+    if not _IMPORT_LISTENERS:
+        while _PATCHED:
+            cls, original = _PATCHED.pop()
+            setattr(cls, "get_code", original)  # noqa: B010
+
+
 def modules_mark() -> tuple[Any, ...]:
     """What tells whether modules appeared since a look: their number, the last one added,
     ``__main__``'s file and the size of its namespace (a script fills it as it runs)."""
@@ -597,9 +652,11 @@ __all__ = [
     "file_first_hit",
     "in_asyncio_step",
     "install_hooks",
+    "listen_to_imports",
     "load_accel",
     "modules_mark",
     "new_namespaces",
     "records_data",
+    "stop_listening",
     "within",
 ]

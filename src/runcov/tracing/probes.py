@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dis
 import gc
-import importlib.machinery
 import logging
 import opcode
 import sys
@@ -26,6 +25,9 @@ import threading
 import weakref
 from types import CodeType, FunctionType
 from typing import Any, Callable, Iterator, Optional
+
+from runcov.tracing._base import GENERATOR_FLAGS
+from runcov.tracing._scope import listen_to_imports, new_namespaces, stop_listening
 
 log = logging.getLogger("runcov.tracing")
 
@@ -55,7 +57,6 @@ _RETURN_VALUE = _OP["RETURN_VALUE"]
 #: Backward jumps a line tracer sees as a new line event even on the same line (not the
 #: ``yield from`` loop's).
 _BACK_EVENT = frozenset(op for op in _BACKWARD if dis.opname[op] != "JUMP_BACKWARD_NO_INTERRUPT")
-_GENERATOR_LIKE = 0x20 | 0x80 | 0x100 | 0x200
 
 #: Probe kinds (the C extension's ExactProbes reads them): a line; a frame's start after its
 #: first RESUME; a resumption after a plain yield's RESUME; a return (before RETURN_VALUE); a
@@ -528,18 +529,19 @@ class Probes:
         self._quiet: dict[int, tuple[CodeType, CodeType]] = {}
         #: Census on: LINE probes that did not fire in this epoch are armed.
         self.enabled = False
-        #: Code under the roots is probed (live functions, and imports by the finder).
+        #: Code under the roots is probed (live functions, and modules as they load).
         self.probing = False
         #: Exact scopes that keep every probe armed (see :meth:`arm_exact`); once any did,
         #: census no longer compacts (exact scopes need every probe in place).
         self.exact_armed = 0
         self.exact_used = False
         self.exact = exact is not None and set_units is not None
+        #: Told of every module's code as it loads (see :meth:`_loaded`).
+        self._listening = False
         #: key -> (kind, co_filename, line, co_firstlineno, generator-like), for ExactProbes.
         self.table: list[Any] = []
         #: (code, unit, jump) of every probe in fully probed code: what arm_exact arms.
         self._heads: list[tuple[CodeType, int, bytes]] = []
-        self._finder: Optional[_ProbingFinder] = None
         #: ids of modules whose namespaces :meth:`probe_namespaces` looked at.
         self._scanned: set[int] = set()
         self.failed = 0  # code objects left unprobed because probing failed
@@ -569,7 +571,7 @@ class Probes:
         census_hit: Callable[[int], None] = quiet(hit) if quiet is not None else hit
         self._census_hit = census_hit
         self.hit: Callable[[int], None] = census_hit
-        if exact is not None and set_units is not None:
+        if exact is not None and self.exact:
             # ExactProbes calls the census only while census is on (see enable / disable).
             self.hit = exact(self.table, None)
 
@@ -579,7 +581,7 @@ class Probes:
         self.probes[key] = Probe(code.co_filename, line, kind)
         # 1: generator-like code; 2: its LINE probe at an exception handler (where throw()
         # resumes a generator without a RESUME)
-        generator = 0 if not code.co_flags & _GENERATOR_LIKE else 2 if handler else 1
+        generator = 0 if not code.co_flags & GENERATOR_FLAGS else 2 if handler else 1
         self.table.append((kind, code.co_filename, line, code.co_firstlineno, generator))
         return key
 
@@ -648,13 +650,16 @@ class Probes:
                 continue
         return changed
 
+    def _loaded(self, code: CodeType) -> Optional[CodeType]:
+        """A module's code as a loader loads it: the module runs the probed copy (the bytecode
+        cache keeps the code as compiled)."""
+        return self.probed(code) if self.probing else None
+
     def probe_namespaces(self) -> int:
         """Put probed code into the functions (and methods of classes) that modules under the
         roots hold, in modules not looked at yet (``__main__`` each time: a script fills its
         namespace as it runs); how many changed. Finds the functions of modules made without
         the import system since probing started, at a fraction of :meth:`probe_functions`."""
-        from runcov.tracing._scope import new_namespaces
-
         changed = 0
         for _, namespace in new_namespaces(self._scanned, self._classify):
             try:
@@ -765,10 +770,9 @@ class Probes:
         """Probe the code under the roots: live functions now, modules as they are imported."""
         with self._lock:
             self.probing = True
-            if self._finder is None:
-                self._finder = _ProbingFinder(self)
-                sys.meta_path.insert(0, self._finder)
-            _probe_loaded_code(self)
+            if not self._listening:
+                self._listening = True
+                listen_to_imports(self._loaded)
         self._scanned.clear()
         self.probe_functions()
         self._scanned.update(
@@ -786,13 +790,8 @@ class Probes:
                 self.hit.census = None  # type: ignore[attr-defined]
             else:
                 self.probing = False
-                _stop_probing_loaded_code(self)
-                finder, self._finder = self._finder, None
-                if finder is not None:
-                    try:
-                        sys.meta_path.remove(finder)
-                    except ValueError:
-                        pass
+                self._listening = False
+                stop_listening(self._loaded)
             for probe in self.probes.values():
                 if probe.armed:
                     probe.armed = False
@@ -880,107 +879,3 @@ class Probes:
         self._variants.clear()
         self._full.clear()
         self._quiet.clear()
-
-
-#: The Probes that source loaders probe for, while it probes (see :func:`_probe_loaded_code`).
-_LOADING_FOR: list[Probes] = []
-#: SourceLoader.get_code as it was, while replaced.
-_LOADER_ORIGINAL: list[Any] = []
-
-
-def _probe_loaded_code(probes: Probes) -> None:
-    """Make every source loader probe what it loads for ``probes``: code loaded outside the
-    import system's finders too (``spec_from_file_location`` and ``exec_module``, as test
-    runners and plugin loaders do), which the finder does not see."""
-    _LOADING_FOR[:] = [probes]
-    if _LOADER_ORIGINAL:
-        return
-    from importlib import _bootstrap_external
-
-    cls = _bootstrap_external.SourceLoader
-    original = cls.__dict__.get("get_code")
-    if original is None:
-        return
-
-    def get_code(self: Any, fullname: str) -> Any:
-        code = original(self, fullname)  # (the bytecode cache is written unprobed)
-        for probes in _LOADING_FOR:
-            if isinstance(code, CodeType) and probes.probing:
-                code = probes.probed(code)
-        return code
-
-    get_code.__wrapped__ = original  # type: ignore[attr-defined]
-    get_code.__doc__ = getattr(original, "__doc__", None)
-    _LOADER_ORIGINAL.append(original)
-    setattr(cls, "get_code", get_code)  # noqa: B010
-
-
-def _stop_probing_loaded_code(probes: Probes) -> None:
-    if _LOADING_FOR and _LOADING_FOR[0] is probes:
-        _LOADING_FOR.clear()
-        if _LOADER_ORIGINAL:
-            from importlib import _bootstrap_external
-
-            setattr(_bootstrap_external.SourceLoader, "get_code", _LOADER_ORIGINAL.pop())  # noqa: B010
-
-
-class _ProbingLoader(importlib.machinery.SourceFileLoader):
-    """A source loader whose modules run probed code (the bytecode cache stays unprobed)."""
-
-    probes: Optional[Probes] = None
-
-    def get_code(self, fullname: str) -> Any:
-        code = super().get_code(fullname)
-        probes = self.probes
-        if code is not None and probes is not None and probes.probing:
-            code = probes.probed(code)
-        return code
-
-
-class _ProbingFinder:
-    """A meta path finder that asks the others, and hands source modules under the roots to a
-    probing loader."""
-
-    def __init__(self, probes: Probes) -> None:
-        self._probes = probes
-        self._busy = threading.local()
-
-    def _probing(self, loader: importlib.machinery.SourceFileLoader) -> _ProbingLoader:
-        probing = _ProbingLoader(loader.name, loader.path)
-        probing.probes = self._probes
-        return probing
-
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if getattr(self._busy, "on", False):
-            return None
-        self._busy.on = True
-        try:
-            spec = None
-            for finder in sys.meta_path:
-                if finder is self:
-                    continue
-                find_spec = getattr(finder, "find_spec", None)
-                if find_spec is None:
-                    continue
-                spec = find_spec(fullname, path, target)
-                if spec is not None:
-                    break
-            if spec is None:
-                return None
-            if not spec.origin or self._probes._classify(spec.origin) is None:
-                return spec
-            loader = spec.loader
-            if type(loader) is importlib.machinery.SourceFileLoader:
-                spec.loader = self._probing(loader)
-            else:
-                # A proxy around the source loader (wrapt's post-import hooks, which
-                # runcov.watch uses): probe behind the proxy.
-                inner = getattr(loader, "__wrapped__", None)
-                if type(inner) is importlib.machinery.SourceFileLoader:
-                    loader.__wrapped__ = self._probing(inner)
-            return spec
-        except Exception:
-            return None
-        finally:
-            self._busy.on = False
-

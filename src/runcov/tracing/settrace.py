@@ -19,7 +19,7 @@ from types import CodeType, FrameType
 from typing import Any, Callable, Hashable, Iterable, Optional
 
 from runcov.tracing import probes
-from runcov.tracing._base import CENSUS, EXACT, Arc, Core, CoverageData, Scope
+from runcov.tracing._base import CENSUS, EXACT, GENERATOR_FLAGS, Arc, Core, CoverageData, Scope
 from runcov.tracing._scope import (
     CensusScope,
     Roots,
@@ -38,9 +38,6 @@ log = logging.getLogger("runcov.tracing")
 
 _RESUME = dis.opmap.get("RESUME")
 _YIELDS = {dis.opmap[name] for name in ("YIELD_VALUE", "YIELD_FROM") if name in dis.opmap}
-_GEN_FLAGS = (
-    0x20 | 0x80 | 0x100 | 0x200
-)  # GENERATOR | COROUTINE | ITERABLE_COROUTINE | ASYNC_GENERATOR
 
 TraceFn = Callable[[FrameType, str, Any], Any]
 
@@ -183,25 +180,9 @@ class SettraceCore(Core):
                 # The probes record: no tracer. They are armed while the scope is active: open,
                 # and in an asyncio task only during its steps (as a tracer is installed), so
                 # that other tasks meanwhile run with jumps over the probes, not calls.
-                if not self._probes.probing:
-                    self._probes.start_probing()
-                    self._modules_mark = modules_mark()
-                else:
-                    mark = modules_mark()
-                    if mark != self._modules_mark:
-                        # Modules made since the last look (not by the import system, or a
-                        # script's namespace that grew): their functions get probed code; a
-                        # script under the roots may also have made closures (a web app's
-                        # views), which only a look at all live functions finds.
-                        before, self._modules_mark = self._modules_mark, mark
-                        self._probes.probe_namespaces()
-                        if (before is None or before[3:] != mark[3:]) and isinstance(
-                            mark[3], str
-                        ) and self._roots.classify(mark[3]) is not None:
-                            self._probes.probe_functions()
+                self._probe_new_code(self._probes)
                 scope.generation = self._generation
-                self._probes.arm_exact()
-                scope.counted = True
+                scope.counted = self._enter_thread(scope)
                 scope.stepped = in_asyncio_step(scope)
                 scope.bind()
                 return scope
@@ -215,6 +196,32 @@ class SettraceCore(Core):
             log.debug("runcov: could not open a scope", exc_info=True)
             scope.traced = False
         return scope
+
+    def _probe_new_code(self, probes: Probes) -> None:
+        """Before an exact scope: probe what was made since the last look by code the probes
+        did not see (modules built outside the import system, a script's namespace that grew,
+        and for a script under the roots the closures it made, a web app's views, which only a
+        look at all live functions finds)."""
+        if not probes.probing:
+            probes.start_probing()
+            self._modules_mark = modules_mark()
+            return
+        mark = modules_mark()
+        if mark == self._modules_mark:
+            return
+        before, self._modules_mark = self._modules_mark, mark
+        probes.probe_namespaces()
+        main_file = mark[3]
+        main_changed = before is None or before[3:] != mark[3:]
+        script = isinstance(main_file, str) and self._roots.classify(main_file) is not None
+        if main_changed and script:
+            probes.probe_functions()
+
+    def _disarm(self, scope: ScopeState) -> None:
+        """Stop counting ``scope`` as keeping the probes armed (not one a forked child
+        inherited: the child's probes were disarmed at the fork)."""
+        if self._probes is not None and scope.generation == self._generation:
+            self._probes.disarm_exact()
 
     def _enter_thread(self, scope: ScopeState) -> bool:
         if self._exact is not None and not scope.is_census:
@@ -244,8 +251,7 @@ class SettraceCore(Core):
 
     def _exit_thread(self, scope: ScopeState) -> None:
         if self._exact is not None and not scope.is_census:
-            if self._probes is not None and scope.generation == self._generation:
-                self._probes.disarm_exact()
+            self._disarm(scope)
             if not (scope.stepped and scope.owner_thread == threading.get_ident()):
                 # work handed to this thread is over: its frames of the scope (a step's end
                 # keeps them: the task's coroutines resume at its next step)
@@ -272,8 +278,7 @@ class SettraceCore(Core):
             self._exact.forget(scope)  # the closing thread's frames of the scope
             if scope.counted:
                 scope.counted = False
-                if self._probes is not None and scope.generation == self._generation:
-                    self._probes.disarm_exact()  # (not for a scope a forked child inherited)
+                self._disarm(scope)
             return
         if scope.counted:
             scope.counted = False
@@ -297,7 +302,7 @@ class SettraceCore(Core):
 
     @property
     def exact_by_probes(self) -> bool:
-        """True when exact scopes are recorded by the probes (no tracer, no per-step arming)."""
+        """True when exact scopes are recorded by the probes (no tracer)."""
         return self._exact is not None and not self._shut
 
     @property
@@ -451,7 +456,7 @@ class SettraceCore(Core):
                 arcs = scope.files.get(filename)
                 if arcs is None:
                     arcs = scope.files[filename] = set()
-                if code.co_flags & _GEN_FLAGS:
+                if code.co_flags & GENERATOR_FLAGS:
                     return core._generator_tracer(arcs, last, first, code)
                 return function_tracer(arcs, last, first)
             except Exception:

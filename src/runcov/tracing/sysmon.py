@@ -39,7 +39,6 @@ How it stays cheap (see docs/architecture.md, "Tracing core"):
 from __future__ import annotations
 
 import gc
-import importlib._bootstrap_external as _bootstrap_external
 import logging
 import os
 import sys
@@ -59,9 +58,11 @@ from runcov.tracing._scope import (
     file_first_hit,
     in_asyncio_step,
     install_hooks,
+    listen_to_imports,
     load_accel,
     modules_mark,
     new_namespaces,
+    stop_listening,
 )
 
 log = logging.getLogger("runcov.tracing")
@@ -185,7 +186,7 @@ class SysmonCore(Core):
         self._disarms = 0
         self._register_callbacks()
         mon.set_events(self._tool, self._GLOBAL)
-        _listen_to_imports(self._code_loaded)
+        listen_to_imports(self._code_loaded)
         install_hooks(self._activate, self._deactivate)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
 
@@ -837,7 +838,7 @@ class SysmonCore(Core):
             self._census_enabled = False
             self._sync_divert()
             mon, tool = self._mon, self._tool
-            _stop_listening(self._code_loaded)
+            stop_listening(self._code_loaded)
             for code in [*self._codes.values(), *self._once.values(), *self._pending.values()]:
                 try:
                     mon.set_local_events(tool, code, 0)
@@ -939,51 +940,6 @@ def _code_objects(value: Any, filename: str, depth: int = 0) -> Iterable[CodeTyp
             for attr in list(value.__dict__.values()):
                 yield from _code_objects(attr, filename, depth + 1)
 
-
-#: What the import system's loaders tell about the code they load.
-_IMPORT_LISTENERS: list[Callable[[CodeType], None]] = []
-#: The loader methods replaced while someone listens: (class, the original ``get_code``).
-_PATCHED: list[tuple[Any, Any]] = []
-
-
-def _reporting(get_code: Any) -> Any:
-    def reporting_get_code(self: Any, fullname: str) -> Any:
-        code = get_code(self, fullname)
-        if isinstance(code, CodeType):
-            for listener in list(_IMPORT_LISTENERS):
-                try:
-                    listener(code)
-                except Exception:  # never fail an import
-                    pass
-        return code
-
-    reporting_get_code.__wrapped__ = get_code  # type: ignore[attr-defined]
-    reporting_get_code.__doc__ = getattr(get_code, "__doc__", None)
-    return reporting_get_code
-
-
-def _listen_to_imports(listener: Callable[[CodeType], None]) -> None:
-    """Call ``listener`` with each module code object the source and bytecode loaders load."""
-    _IMPORT_LISTENERS.append(listener)
-    if _PATCHED:
-        return
-    for cls in (_bootstrap_external.SourceLoader, _bootstrap_external.SourcelessFileLoader):
-        original = cls.__dict__.get("get_code")
-        if original is not None:
-            _PATCHED.append((cls, original))
-            setattr(cls, "get_code", _reporting(original))  # noqa: B010
-
-
-def _stop_listening(listener: Callable[[CodeType], None]) -> None:
-    """Remove ``listener``; the loaders are restored once nobody listens."""
-    try:
-        _IMPORT_LISTENERS.remove(listener)
-    except ValueError:
-        pass
-    if not _IMPORT_LISTENERS:
-        while _PATCHED:
-            cls, original = _PATCHED.pop()
-            setattr(cls, "get_code", original)  # noqa: B010
 
 
 def _nested(code: CodeType) -> Iterable[CodeType]:
