@@ -677,6 +677,58 @@ def test_exact_arcs_are_the_same_while_census_sends_other_events_to_python() -> 
         core.disable_census()
 
 
+def test_census_takes_the_line_event_off_code_it_has_hit_all_of(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Census keeps a code object's local LINE event only while some line of it is unhit in
+    the epoch (code that carries one runs slower even with every location disabled): once all
+    are hit it carries nothing, or, while an exact scope needs the event, from the disarm on.
+    An exact scope still measures it, and a new epoch puts the event back and finds its lines
+    again."""
+    core = _core_in_use("sysmon")
+    mon, ev, tool = sys.monitoring, sys.monitoring.events, core.tool_id
+    code = work.classify.__code__
+    monkeypatch.setattr(core, "_linger_scale", 0.0)  # a close disarms at once
+    core.add_roots([SAMPLE])
+    with capture_coverage(source=[SAMPLE]):
+        pass  # ends what an earlier scope left lingering
+    core.new_epoch()
+    try:
+        core.enable_census()
+        work.classify(5)
+        assert mon.get_local_events(tool, code) == ev.LINE  # two of its returns not hit yet
+        work.classify(-5)
+        assert mon.get_local_events(tool, code) == ev.LINE
+        with capture_coverage(source=[SAMPLE]) as exact:
+            # the last line, hit outside any scope while this one keeps the events on
+            outside = threading.Thread(target=work.classify, args=(0,))
+            outside.start()
+            outside.join()
+            assert mon.get_local_events(tool, code) & ev.LINE
+            work.classify(0)
+        assert exact.lines[WORK] == {_line_of("if n < 0"), _line_of("elif n == 0")} | {
+            _line_of('return "zero"')
+        }
+        assert _line_of('return "zero"') in core.census_lines()[WORK]
+        assert mon.get_local_events(tool, code) == 0  # taken off at the disarm
+        with capture_coverage(source=[SAMPLE]) as again:
+            work.classify(-1)
+        assert again.lines[WORK] == {_line_of("if n < 0"), _line_of('return "negative"')}
+        assert mon.get_local_events(tool, code) == 0
+
+        core.new_epoch()
+        assert mon.get_local_events(tool, code) == ev.LINE
+        work.classify(0)
+        assert core.census_lines()[WORK] >= {_line_of("elif n == 0"), _line_of('return "zero"')}
+        assert _line_of('return "negative"') not in core.census_lines()[WORK]
+        work.classify(-1)
+        work.classify(1)
+        assert mon.get_local_events(tool, code) == 0  # all of it again: off at once
+    finally:
+        core.disable_census()
+    assert mon.get_local_events(tool, code) == 0
+
+
 def test_c_callbacks_never_raise_on_unexpected_arguments() -> None:
     core = _core_in_use("sysmon")
     recorder = core._recorder

@@ -38,6 +38,7 @@ How it stays cheap (see docs/architecture.md, "Tracing core"):
 
 from __future__ import annotations
 
+import dis
 import gc
 import logging
 import os
@@ -147,6 +148,12 @@ class SysmonCore(Core):
         self._census_enabled = False
         #: co_filename -> lines hit in the current census epoch.
         self._census: dict[str, set[int]] = {}
+        #: ids of the registered code objects all of whose lines census hit in this epoch:
+        #: they carry no ``LINE`` event until the next epoch (code that keeps a local event
+        #: runs slower even when every location of it returned ``DISABLE``). What each one
+        #: must hit first (its lines after the first ``RESUME``) is kept in ``_census_need``.
+        self._census_done: set[int] = set()
+        self._census_need: dict[int, frozenset[int]] = {}
         #: Census attribution outside scopes: ``owner()`` names the request that runs (the
         #: agent's: the current trace id), and first hits wait here under that name until
         #: :meth:`take_census` claims them. Bounded by the lines under the roots (a line is
@@ -313,9 +320,14 @@ class SysmonCore(Core):
                     hits = census.get(filename)
                     if hits is None:
                         hits = census[filename] = set()
-                    if line not in hits:
+                    first = line not in hits
+                    if first:
                         hits.add(line)
                         file_first_hit(core, scope, filename, line)
+                    # Also for a line first hit in other code (a lambda's, a genexpr's), once
+                    # per location (DISABLE follows) unless exact scopes keep the events on.
+                    if (first or not core._exact_armed) and id(code) in codes:
+                        core._census_check(code, hits)
                 except Exception:
                     return None
                 # DISABLE is process-wide: never while exact-mode events may be needed.
@@ -475,8 +487,11 @@ class SysmonCore(Core):
         elif events != watch:
             promoted.clear()
             self._promote_cost = 0.0
+        line_only, done = self._LINE, self._census_done
         for code in targets:
             want = exact if events == watch and id(code) in promoted else events
+            if want == line_only and id(code) in done:
+                want = 0  # census hit all of it in this epoch
             try:
                 if toggle and want:
                     set_local(tool, code, 0)  # re-arms locations we DISABLEd
@@ -776,6 +791,30 @@ class SysmonCore(Core):
         """The scope bound to the current context."""
         return _current.get()
 
+    def _census_check(self, code: CodeType, hits: set[int]) -> None:
+        """After a census line event in registered ``code``: once every line of it was hit in
+        this epoch, take its ``LINE`` event off (now if no exact scope needs it, else at the
+        disarm) until the next epoch. ``hits`` is its file's lines hit in this epoch."""
+        key = id(code)
+        if key in self._census_done:
+            return
+        need = self._census_need.get(key)
+        if need is None:
+            need = self._census_need[key] = _traceable_lines(code)
+        if not need <= hits:
+            return
+        with self._lock:
+            if (
+                not self._census_enabled
+                or key not in self._codes
+                or self._census.get(code.co_filename) is not hits  # a new epoch began
+            ):
+                return
+            self._census_done.add(key)
+            if self._local_events() == self._LINE:
+                self._mon.set_local_events(self._tool, code, 0)
+                self._bare.add(key)
+
     def enable_census(self) -> None:
         """Record first hits of all traffic from now on (census mode)."""
         with self._lock:
@@ -792,6 +831,7 @@ class SysmonCore(Core):
                 self._census_enabled = False
                 self._sync_divert()
                 self._census.clear()
+                self._census_done.clear()
                 self._forget_pending()
                 self._apply(toggle=False)
 
@@ -821,6 +861,7 @@ class SysmonCore(Core):
         """Forget the epoch's first hits and re-arm census recording."""
         with self._lock:
             self._census.clear()
+            self._census_done.clear()
             self._forget_pending()
             if self._census_enabled:
                 self._apply(toggle=True)
@@ -864,6 +905,8 @@ class SysmonCore(Core):
             self._bare.clear()
             self._hot.clear()
             self._census.clear()
+            self._census_done.clear()
+            self._census_need.clear()
             self._forget_pending()
 
     def _after_fork_in_child(self) -> None:
@@ -887,6 +930,7 @@ class SysmonCore(Core):
         self._disarmer = None
         self._disarm_pending = False
         self._census.clear()
+        self._census_done.clear()
         self._forget_pending()  # the parent's requests end in the parent
         self._apply(toggle=self._census_enabled)
 
@@ -940,6 +984,22 @@ def _code_objects(value: Any, filename: str, depth: int = 0) -> Iterable[CodeTyp
             for attr in list(value.__dict__.values()):
                 yield from _code_objects(attr, filename, depth + 1)
 
+
+
+def _traceable_lines(code: CodeType) -> frozenset[int]:
+    """The lines a ``LINE`` event can report in ``code``: those of its instructions after the
+    first ``RESUME`` (what comes before it, up to the ``RESUME`` itself, never reports one).
+    A superset of what runs: a line that never does only keeps the code's event on."""
+    lines = set()
+    started = False
+    for instr in dis.get_instructions(code):
+        if started:
+            line = instr.positions.lineno if instr.positions is not None else None
+            if line is not None:
+                lines.add(line)
+        elif instr.opname == "RESUME":
+            started = True
+    return frozenset(lines)
 
 
 def _nested(code: CodeType) -> Iterable[CodeType]:
