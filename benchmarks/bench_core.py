@@ -43,7 +43,9 @@ Every (configuration, repetition) runs in a fresh interpreter, so tools cannot l
 other; repetitions are interleaved (A B C ... A B C ...) so that machine noise spreads over all
 configurations. Within a run, batches of requests are timed after a warm-up; a run's figure is
 the median batch cost per request (process CPU time, all threads, and wall time). The table shows
-the median over repetitions and the median of the per-repetition ratios to ``none``.
+the median over repetitions and the median of the per-repetition ratios to ``none``; with 6
+repetitions or more, also a 95 % confidence interval of that median CPU ratio (order statistics,
+``benchmarks/stats.py``).
 
     python benchmarks/bench_core.py                      # full run (about 3 minutes)
     python benchmarks/bench_core.py --workload service   # the example services (about 6 minutes)
@@ -66,6 +68,8 @@ import sys
 import threading
 import time
 from typing import Any, Callable, Optional
+
+from stats import median_interval
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKLOADS = os.path.realpath(os.path.join(HERE, "workloads"))
@@ -411,21 +415,30 @@ def _table(runs: dict[str, list[dict]], configs: list[str], workload: str = "han
         f"| configuration | {threaded} CPU µs/req | ratio | wall ratio "
         f"| {aio} CPU µs/req | ratio | wall ratio | target |"
     )
-    rows = [head, "|---|---:|---:|---:|---:|---:|---:|---|"]
+    # With 6 or more repetitions, a 95 % confidence interval of the median CPU ratio
+    # (order statistics of the per-repetition ratios, benchmarks/stats.py).
+    with_ci = min(len(r) for r in runs.values()) >= 6
+    ci_head = " | ratio 95 % CI" if with_ci else ""
+    head = head.replace(" | ratio |", f" | ratio{ci_head} |")
+    cols = "---:|" * (8 if with_ci else 6)
+    rows = [head, f"|---|{cols}---|"]
     for config in configs:
         cells = [config]
         ratios_cpu = []
         for workload in ("threaded", "asyncio"):
             mine = runs[config]
             cpu = statistics.median(r[workload]["cpu_us"] for r in mine)
-            rc = statistics.median(
-                r[workload]["cpu_us"] / b[workload]["cpu_us"] for r, b in zip(mine, base)
-            )
+            per_rep = [r[workload]["cpu_us"] / b[workload]["cpu_us"] for r, b in zip(mine, base)]
+            rc = statistics.median(per_rep)
             rw = statistics.median(
                 r[workload]["wall_us"] / b[workload]["wall_us"] for r, b in zip(mine, base)
             )
             ratios_cpu.append(rc)
-            cells += [f"{cpu:.1f}", f"{rc:.3f}x", f"{rw:.3f}x"]
+            cells += [f"{cpu:.1f}", f"{rc:.3f}x"]
+            if with_ci:
+                low, high = median_interval(per_rep)
+                cells.append(f"{low:.3f} to {high:.3f}")
+            cells.append(f"{rw:.3f}x")
         target = TARGETS.get(config)
         if target is None:
             cells.append("")

@@ -1,4 +1,4 @@
-"""The A/B benchmark's confidence interval for a median (benchmarks/bench_service_ab.py)."""
+"""The benchmarks' confidence interval for a median (benchmarks/stats.py)."""
 
 import math
 import sys
@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from bench_service_ab import median_interval
+from stats import median_interval
 
 
 def _coverage(n: int, k: int) -> float:
