@@ -19,6 +19,7 @@ Each workload runs under:
 * ``none``            no coverage tool at all
 * ``none-again``      the same once more: its ratio to ``none`` shows the noise of the machine
 * ``runcov-0%``       runcov's core created with the workload as source root, no request sampled
+                      (as the agent at a rate of 0: the core expects no exact scope)
 * ``runcov-1%`` ...   1 %, 10 %, 100 % of requests open an exact scope (every 100th/10th/each
                       request by index: deterministic)
 * ``runcov-census``   census (first hits only) of all traffic as the agent runs it: no scope
@@ -225,6 +226,7 @@ def _set_up(config: str, workload: str) -> tuple[Loaded, Opener, After, Callable
         else:
             pct = int(config.split("-")[1].rstrip("%"))
             if pct:
+                core.expect_exact_scopes()  # as the agent does at a rate above 0
                 every = 100 // pct
                 opener = lambda i: core.open_scope(mode=EXACT) if i % every == 0 else None  # noqa: E731
     elif config.startswith("coverage"):

@@ -95,6 +95,7 @@ def core() -> Any:
     core = get_core()
     if not getattr(core, "exact_by_probes", False):
         pytest.skip("exact probes not in use (RUNCOV_ACCEL=0 or RUNCOV_EXACT_PROBES=0)")
+    core.expect_exact_scopes()  # modules imported from now on are probed as they load
     return core
 
 
@@ -299,3 +300,61 @@ def test_probed_code_copied_by_value_still_runs(core: Any, module: Any) -> None:
     assert copy(0) == 0  # its probes call the no-op
     with pytest.raises(ValueError):
         copy(2)
+
+
+LAZY = """
+import os, sys
+import runcov
+from runcov.testing import capture_coverage
+from runcov.tracing import get_core
+
+root, rate = sys.argv[1], float(sys.argv[2])
+sys.path.insert(0, root)
+core = get_core()
+if not core.exact_by_probes:
+    print("no probes"); raise SystemExit(0)
+if rate >= 0:
+    runcov.start(source=[root], sample_rate=rate, exporter_endpoint="http://127.0.0.1:9",
+                 metrics_interval=0)
+else:
+    core.add_roots([root])
+import exact_mod
+
+def probed():
+    return any(const is core._probes.hit for const in exact_mod.raiser.__code__.co_consts)
+
+exact_mod.raiser(0)
+print("probed at start", core._probes.probing, len(core._probes.probes) > 0, probed())
+with capture_coverage(source=[root]) as cov:
+    exact_mod.raiser(0)
+print("probed after a scope", core._probes.probing, probed())
+print("lines", sorted(cov.lines[os.path.realpath(exact_mod.__file__)]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("rate", "at_start"), [(-1.0, False), (0.0, False), (0.01, True)], ids=["core", "0%", "1%"]
+)
+def test_code_is_probed_only_once_exact_scopes_are_expected(
+    tmp_path: Path, rate: float, at_start: bool
+) -> None:
+    """A process that never opens an exact scope carries no probe (no jump per line): a core
+    probes at its first exact scope, or when told to expect them, as the agent does when some
+    exact-mode selector's rate is above 0. The first scope measures the same either way."""
+    (tmp_path / "exact_mod.py").write_text(MODULE)
+    script = tmp_path / "lazy.py"
+    script.write_text(LAZY)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), str(rate)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    if "no probes" in done.stdout:
+        pytest.skip("exact probes not in use (RUNCOV_ACCEL=0 or RUNCOV_EXACT_PROBES=0)")
+    out = done.stdout.splitlines()
+    assert out[0] == f"probed at start {at_start} {at_start} {at_start}"
+    assert out[1] == "probed after a scope True True"
+    first = MODULE.splitlines().index("def raiser(n):") + 1
+    assert out[2] == f"lines {[first + 1, first + 3]}"

@@ -562,3 +562,61 @@ def test_compaction_keeps_the_code_a_function_makes_probed() -> None:
     assert outer.__code__ is not original_of(outer.__code__)  # no probe left, nested ones kept
     assert outer(0) == 2
     assert recorder.lines == {filename: {1, 2, 3, 4, 5, 6}}
+
+
+def test_compaction_compacts_the_code_a_function_makes_alike() -> None:
+    """Comprehensions, lambdas and inner functions are made from their function's constants
+    at each run: compaction gives the function constants compacted alike, so the code it
+    makes carries only the probes still armed (none, once all fired), and a new epoch gives
+    it every probe back."""
+    from types import CodeType
+
+    from runcov.tracing import _accel  # type: ignore[attr-defined]
+    from runcov.tracing.probes import Probes, original_of
+
+    filename = os.path.join(CORPUS_DIR, "nested_compacted.py")
+    source = (
+        "def outer(flag):\n"
+        "    def inner(x):\n"
+        "        if x:\n"
+        "            return 1\n"
+        "        return 2\n"
+        "    key = lambda y: -y\n"
+        "    return sorted([inner(flag) for _ in range(2)], key=key)\n"
+    )
+    recorder = Recorder()
+    probes = Probes(_under(CORPUS_DIR), recorder, _accel.set_unit, _accel.Quiet)
+    probes.enabled = True
+    namespace: dict[str, Any] = {}
+    exec(probes.probed(compile(source, filename, "exec")), namespace)
+    outer = namespace["outer"]
+    full = outer.__code__
+
+    def made(code: CodeType) -> dict[str, CodeType]:
+        return {c.co_name: c for c in code.co_consts if isinstance(c, CodeType)}
+
+    def probed(code: CodeType) -> bool:
+        return any(const is probes.hit for const in code.co_consts)
+
+    assert outer(1) == [1, 1]
+    assert recorder.lines == {filename: {1, 2, 3, 4, 6, 7}}
+    assert probes.compact() == 1
+    nested = made(outer.__code__)
+    # its own lines all ran: no probe left in it (it holds a probed inner function)
+    assert len(outer.__code__.co_code) == len(original_of(full).co_code)
+    assert nested["<lambda>"] is original_of(made(full)["<lambda>"])
+    assert nested["<listcomp>"] is original_of(made(full)["<listcomp>"])
+    inner = nested["inner"]
+    assert probed(inner) and len(inner.co_code) < len(made(full)["inner"].co_code)
+    calls = recorder.calls
+    assert outer(1) == [1, 1]
+    assert recorder.calls == calls  # no probe left on the lines that ran
+    assert outer(0) == [2, 2]
+    assert recorder.lines == {filename: {1, 2, 3, 4, 5, 6, 7}}
+    probes.compact()
+    assert all(not probed(code) for code in made(outer.__code__).values())
+    recorder.lines.clear()
+    probes.rearm()
+    assert outer.__code__ is full
+    assert outer(0) == [2, 2]
+    assert recorder.lines == {filename: {2, 3, 5, 6, 7}}

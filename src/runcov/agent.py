@@ -199,18 +199,23 @@ def _current_trace_id() -> Optional[int]:
     return ctx.trace_id if ctx.is_valid else None
 
 
-def _fast_threshold(matcher: Any, config: Any, census: bool = True) -> int:
-    """The sampling threshold of the highest rate any request could be sampled at
-    (``census=False``: by an exact-mode selector)."""
-    from runcov.sampling import MAX_BOOST, threshold
-
+def _highest_rate(matcher: Any, config: Any, census: bool = True) -> float:
+    """The highest rate of any selector (``census=False``: of an exact-mode selector)."""
     rates = [0.0]
     if census or config.mode != "census":
         rates.append(config.sample_rate)
     for sel in matcher._selectors:
         if census or (sel.mode or config.mode) != "census":
             rates.append(config.sample_rate if sel.rate is None else sel.rate)
-    highest = max(rates)
+    return max(rates)
+
+
+def _fast_threshold(matcher: Any, config: Any, census: bool = True) -> int:
+    """The sampling threshold of the highest rate any request could be sampled at
+    (``census=False``: by an exact-mode selector)."""
+    from runcov.sampling import MAX_BOOST, threshold
+
+    highest = _highest_rate(matcher, config, census)
     if config.saturation:
         highest = min(1.0, highest * MAX_BOOST)
     return threshold(highest)  # (0 at a rate of 1)
@@ -354,6 +359,14 @@ class Agent:
 
                 self.core = get_core()
             self.core.add_roots(config.source)
+            expect = getattr(self.core, "expect_exact_scopes", None)
+            if expect is not None and _highest_rate(self._matcher, config, census=False) > 0:
+                # Exact scopes will come: what the first would pay for is done now. At a rate
+                # of 0 (only a decision propagated from upstream samples), the first does it.
+                try:
+                    expect()
+                except Exception:
+                    log.debug("runcov: could not prepare exact scopes", exc_info=True)
             self._census_by_span()
         except Exception:
             log.exception("runcov could not turn tracing on; nothing will be measured")

@@ -160,6 +160,13 @@ class Core(abc.ABC):
         to the core's roots). Never raises: on internal failure an untraced scope is returned.
         """
 
+    def expect_exact_scopes(self) -> None:
+        """Exact scopes will be opened: prepare now what the first one would otherwise pay
+        for on its request (on 3.11, probing the code under the roots). Without this call
+        nothing is prepared until an exact scope opens, so a process that never samples
+        carries nothing in its code."""
+        return None  # (the sys.monitoring core has nothing to prepare)
+
     def _scope_roots(self, roots: Iterable[str] | None) -> tuple[str, ...]:
         """The roots a new scope reports: the given ones (added to the core's), else the core's."""
         if roots is None:

@@ -707,17 +707,28 @@ class Probes:
             def compacted(code: CodeType) -> Optional[CodeType]:
                 if id(code) not in self._probed_ids:
                     return None
-                known = self._variants.get(id(code))
-                if known is not None and known[0] is code:
-                    return known[1]
-                return self._variant(code, by_code.get(id(code), []))
+                return self._variant(code, by_code)
 
             return self._swap(compacted)
 
-    def _variant(self, code: CodeType, mine: list[Probe]) -> Optional[CodeType]:
-        """The variant of ``code`` without its fired probes (None: none fired, or it failed)."""
+    def _variant(self, code: CodeType, by_code: dict[int, list[Probe]]) -> Optional[CodeType]:
+        """The variant of ``code`` without its fired probes, nested code objects (a
+        comprehension's, a lambda's, an inner function's: made from ``code``'s constants at
+        each run) compacted alike; None when nothing in it fired, or it failed. ``by_code``:
+        the LINE probes of each probed code object, by id."""
+        known = self._variants.get(id(code))
+        if known is not None and known[0] is code:
+            return known[1]
+        mine = by_code.get(id(code), [])
         armed = {probe.index for probe in mine if probe.armed}
-        if len(armed) == len(mine):
+        nested = tuple(
+            (self._variant(const, by_code) or const)
+            if isinstance(const, CodeType) and id(const) in self._probed_ids
+            else const
+            for const in code.co_consts
+        )
+        nested_changed = any(new is not old for new, old in zip(nested, code.co_consts))
+        if len(armed) == len(mine) and not nested_changed:
             return None
         original = original_of(code)
         if original is code:
@@ -725,8 +736,7 @@ class Probes:
         entry = self._full.get(id(code))
         full = entry[1] if entry is not None and entry[0] is code else code
         holds_probed = any(
-            isinstance(const, CodeType) and id(const) in self._probed_ids
-            for const in code.co_consts
+            isinstance(const, CodeType) and id(const) in self._probed_ids for const in nested
         )
         if not armed and not holds_probed:
             variant = original
@@ -742,7 +752,7 @@ class Probes:
                     self._wanted,
                     self._done,
                     keep=armed.__contains__,
-                    nested=code.co_consts,
+                    nested=nested,
                 )
             except Exception:
                 for key in range(mark, self._next_key):

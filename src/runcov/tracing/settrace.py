@@ -78,6 +78,9 @@ class SettraceCore(Core):
         #: ExactProbes), else None: exact scopes then trace their threads.
         self._exact: Any = None
         self._modules_mark: Any = None
+        #: Exact scopes are expected (:meth:`expect_exact_scopes`): roots added are probed at
+        #: once. Until then, or until the first exact scope, the probes leave the code alone.
+        self._exact_expected = False
         #: Forks so far in this process's line (scopes a child inherited are not its to disarm).
         self._generation = 0
         self._tls = _ThreadState()
@@ -146,10 +149,24 @@ class SettraceCore(Core):
         if self._roots.add(roots):
             if self.accelerated:
                 self._tracer.forget_roots()
-            if self._probes is not None and self._exact is not None and not self._shut:
-                self._probes.start_probing()  # the code already loaded under the new roots
-            elif self._probes is not None and self._probes.probing:
-                self._probes.probe_functions()
+            probes = self._probes
+            if probes is None or self._shut:
+                return
+            if self._exact is not None and (self._exact_expected or probes.probing):
+                probes.start_probing()  # the code already loaded under the new roots
+            elif probes.probing:
+                probes.probe_functions()
+
+    def expect_exact_scopes(self) -> None:
+        """Exact scopes will be opened: probe the code under the roots now (else the first
+        exact scope does, on its request: ~50 ms for the example shop's code)."""
+        self._exact_expected = True
+        probes = self._probes
+        if probes is None or self._exact is None or self._shut or not self.roots:
+            return
+        if not probes.probing:
+            probes.start_probing()
+            self._modules_mark = modules_mark()
 
     def open_scope(
         self,
