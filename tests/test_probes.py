@@ -535,27 +535,39 @@ def test_compaction_takes_fired_probes_out_and_a_new_epoch_puts_them_back(
     assert recorder.lines == {k: v for k, v in first.items() if k == full_classify.co_filename}
 
 
-def test_compaction_keeps_the_code_a_function_makes_probed() -> None:
-    """A function whose own lines all ran but whose nested function has lines left keeps
-    making probed nested functions after compaction: their first hits still record."""
-    from runcov.tracing import _accel  # type: ignore[attr-defined]
-    from runcov.tracing.probes import Probes, original_of
+#: A function with an inner one, whose line 5 runs only for a false ``flag``.
+_OUTER_INNER = (
+    "def outer(flag):\n"
+    "    def inner(x):\n"
+    "        if x:\n"
+    "            return 1\n"
+    "        return 2\n"
+)
 
-    filename = os.path.join(CORPUS_DIR, "nested_synthetic.py")
-    source = (
-        "def outer(flag):\n"
-        "    def inner(x):\n"
-        "        if x:\n"
-        "            return 1\n"
-        "        return 2\n"
-        "    return inner(flag)\n"
-    )
+
+def _census_probed(name: str, source: str) -> tuple[Any, Recorder, Any]:
+    """``source``'s function ``outer``, defined by census-probed code as file ``name`` of the
+    corpus directory, with its probes and their recorder."""
+    from runcov.tracing import _accel  # type: ignore[attr-defined]
+    from runcov.tracing.probes import Probes
+
     recorder = Recorder()
     probes = Probes(_under(CORPUS_DIR), recorder, _accel.set_unit, _accel.Quiet)
     probes.enabled = True
     namespace: dict[str, Any] = {}
+    filename = os.path.join(CORPUS_DIR, name)
     exec(probes.probed(compile(source, filename, "exec")), namespace)
-    outer = namespace["outer"]
+    return probes, recorder, namespace["outer"]
+
+
+def test_compaction_keeps_the_code_a_function_makes_probed() -> None:
+    """A function whose own lines all ran but whose nested function has lines left keeps
+    making probed nested functions after compaction: their first hits still record."""
+    from runcov.tracing.probes import original_of
+
+    filename = os.path.join(CORPUS_DIR, "nested_synthetic.py")
+    source = _OUTER_INNER + "    return inner(flag)\n"
+    probes, recorder, outer = _census_probed("nested_synthetic.py", source)
     assert outer(1) == 1
     assert recorder.lines == {filename: {1, 2, 3, 4, 6}}
     assert probes.compact() == 1
@@ -571,25 +583,14 @@ def test_compaction_compacts_the_code_a_function_makes_alike() -> None:
     it every probe back."""
     from types import CodeType
 
-    from runcov.tracing import _accel  # type: ignore[attr-defined]
-    from runcov.tracing.probes import Probes, original_of
+    from runcov.tracing.probes import original_of
 
     filename = os.path.join(CORPUS_DIR, "nested_compacted.py")
-    source = (
-        "def outer(flag):\n"
-        "    def inner(x):\n"
-        "        if x:\n"
-        "            return 1\n"
-        "        return 2\n"
+    source = _OUTER_INNER + (
         "    key = lambda y: -y\n"
         "    return sorted([inner(flag) for _ in range(2)], key=key)\n"
     )
-    recorder = Recorder()
-    probes = Probes(_under(CORPUS_DIR), recorder, _accel.set_unit, _accel.Quiet)
-    probes.enabled = True
-    namespace: dict[str, Any] = {}
-    exec(probes.probed(compile(source, filename, "exec")), namespace)
-    outer = namespace["outer"]
+    probes, recorder, outer = _census_probed("nested_compacted.py", source)
     full = outer.__code__
 
     def made(code: CodeType) -> dict[str, CodeType]:
