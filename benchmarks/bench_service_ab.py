@@ -13,6 +13,10 @@ process between configurations every block, on command from the benchmark:
 * ``none-again``  the same once more: its ratio to ``none`` is the noise of the method
 * ``agent``       runcov as started, sampling ``--rate`` of the requests
 
+On 3.11 (the settrace core with its probes) ``none`` leaves the probes the agent put into the
+code in place, as jumps: the A/B measures what runs beyond them (``bench_service.py`` compares
+with servers that run no runcov at all).
+
 The agent runs without its rate cap and saturation boost, so that it samples ``--rate`` of the
 requests; ``--defaults`` keeps them as a service gets them out of the box (at most 10 sampled
 requests per second, a rate boosted up to 10x while an endpoint still finds new arcs).
@@ -104,7 +108,7 @@ def serve(port: int, rate: float, app_name: str = "flask") -> int:
     events = mon.get_events(tool) if mon is not None and tool is not None else 0
 
     core: Any = agent.core
-    activate = core._activate
+    activate = getattr(core, "_activate", None)  # (the sys.monitoring core's)
     submit = agent.exporter.submit
     threshold = agent._span_threshold
     from runcov.tracing import _scope
@@ -120,7 +124,8 @@ def serve(port: int, rate: float, app_name: str = "flask") -> int:
         # record nothing and nothing is exported; neither when the scope opens nor at an
         # asyncio task's steps), or they are measured but never exported; or no request is
         # sampled (the agent at 0 %, in the same process).
-        core._activate = (lambda scope: False) if name == "no-arming" else activate
+        if activate is not None:
+            core._activate = (lambda scope: False) if name == "no-arming" else activate
         _scope._hooks[:] = (
             [(lambda scope: False, hooks[0][1])] if name == "no-arming" and hooks else hooks
         )
