@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -729,6 +730,67 @@ def test_census_takes_the_line_event_off_code_it_has_hit_all_of(
     assert mon.get_local_events(tool, code) == 0
 
 
+_UNTOUCHED = """
+import os, sys
+import runcov
+from runcov.testing import capture_coverage
+from runcov.tracing import get_core
+
+root, rate = sys.argv[1], float(sys.argv[2])
+sys.path.insert(0, root)
+core = get_core()
+if rate >= 0:
+    runcov.start(source=[root], sample_rate=rate, exporter_endpoint="http://127.0.0.1:9",
+                 metrics_interval=0)
+else:
+    core.add_roots([root])
+import untouched_mod
+
+code = untouched_mod.pick.__code__
+untouched_mod.pick(1)
+seen = id(code) in core._codes
+print("instrumented at start", seen or sys.monitoring.get_local_events(core.tool_id, code) != 0)
+with capture_coverage(source=[root]) as cov:
+    untouched_mod.pick(0)
+print("registered after a scope", id(code) in core._codes)
+print("lines", sorted(cov.lines[os.path.realpath(untouched_mod.__file__)]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("rate", "at_start"), [(-1.0, False), (0.0, False), (0.01, True)], ids=["core", "0%", "1%"]
+)
+def test_code_is_left_alone_until_exact_scopes_are_expected(
+    tmp_path: Path, rate: float, at_start: bool
+) -> None:
+    """A process that never opens an exact scope (an agent at a rate of 0) carries no
+    monitoring event on its code: the core watches code for its first call once exact scopes
+    are expected (the agent, sampling above 0, says so at start) or the first one opens. The
+    first scope measures the same either way."""
+    _core_in_use("sysmon")
+    (tmp_path / "untouched_mod.py").write_text(
+        "def pick(n):\n    if n:\n        return 1\n    return 0\n"
+    )
+    script = tmp_path / "untouched.py"
+    script.write_text(_UNTOUCHED)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNCOV_", "OTEL_"))}
+    if "RUNCOV_ACCEL" in os.environ:
+        env["RUNCOV_ACCEL"] = os.environ["RUNCOV_ACCEL"]
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), str(rate)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.splitlines() == [
+        f"instrumented at start {at_start}",
+        "registered after a scope True",
+        "lines [2, 4]",
+    ]
+
+
 def test_c_callbacks_never_raise_on_unexpected_arguments() -> None:
     core = _core_in_use("sysmon")
     recorder = core._recorder
@@ -962,6 +1024,7 @@ def test_only_the_code_a_scope_runs_carries_line_events() -> None:
     core: Any = get_core()
     mon, ev, tool = sys.monitoring, sys.monitoring.events, core.tool_id
     core.add_roots([SAMPLE])
+    core.expect_exact_scopes()  # code under the roots is watched for its first call
     work.classify(1)
     list(work.squares(2))  # both have run: registered
     with capture_coverage(source=[SAMPLE]) as cov:
@@ -997,6 +1060,7 @@ def test_code_running_when_its_root_is_added_carries_no_watch(tmp_path: Path) ->
     text = "def serve(started, stop):\n    started.set()\n    stop.wait(30)\n"
     with _module_from(tmp_path, "running_mod", text) as module:
         core: Any = get_core()
+        core.expect_exact_scopes()  # roots added from now on are looked at at once
         started, stop = threading.Event(), threading.Event()
         thread = threading.Thread(target=module.serve, args=(started, stop))
         thread.start()

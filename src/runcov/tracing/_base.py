@@ -162,10 +162,11 @@ class Core(abc.ABC):
 
     def expect_exact_scopes(self) -> None:
         """Exact scopes will be opened: prepare now what the first one would otherwise pay
-        for on its request (on 3.11, probing the code under the roots). Without this call
+        for on its request (probing the code under the roots on 3.11; on 3.12+, watching it
+        for its first call). Without this call
         nothing is prepared until an exact scope opens, so a process that never samples
         carries nothing in its code."""
-        return None  # (the sys.monitoring core has nothing to prepare)
+        return None
 
     def _scope_roots(self, roots: Iterable[str] | None) -> tuple[str, ...]:
         """The roots a new scope reports: the given ones (added to the core's), else the core's."""

@@ -170,6 +170,10 @@ class SysmonCore(Core):
         #: whether another one is due (the number of modules, ``__main__``'s file and size).
         self._scanned: set[int] = set()
         self._scan_mark: tuple[int, Any, int] = (-1, None, -1)
+        #: Code under the roots is watched for its first call (see :meth:`_discover`): from the
+        #: moment exact scopes are expected, the first opens, or census starts. Until then the
+        #: core leaves all code as it is (an agent at a rate of 0 instruments nothing).
+        self._discovering = False
         #: Registered code promoted to the exact-mode events since the last arm (id -> code),
         #: and the time those promotions took (seconds).
         self._promoted: dict[int, CodeType] = {}
@@ -529,18 +533,38 @@ class SysmonCore(Core):
     # -- Core API -----------------------------------------------------------------------------
 
     def add_roots(self, roots: Iterable[str]) -> None:
-        """Add source roots; the code already loaded under them is watched for its first call."""
+        """Add source roots; once the core discovers code (:meth:`_discover`), the code already
+        loaded under them is watched for its first call."""
         if self._roots.add(roots):
             with self._lock:
-                # Code that exists now under the new roots gets a local PY_START: in live
-                # functions (all that modules hold, and more), on running stacks. Code loaded
-                # later is reported at import.
-                self._scanned.clear()
-                self._scan_functions()
-                self._scan_modules(watch=False)
-                self._scan_frames()
-                if self._local_events():
-                    self._apply(toggle=False)
+                if self._discovering:
+                    self._scan_all()
+                    if self._local_events():
+                        self._apply(toggle=False)
+
+    def expect_exact_scopes(self) -> None:
+        """Exact scopes will be opened: watch the code under the roots for its first call now
+        (else the first exact scope starts it, on its request)."""
+        with self._lock:
+            self._discover()
+
+    def _discover(self) -> None:
+        """Start watching the code under the roots for its first call (caller holds the lock).
+
+        Code that exists now gets a local PY_START: in live functions (all that modules hold,
+        and more), on running stacks; code loaded later is reported at import. A first call
+        registers the code (and takes the PY_START off): what arms and disarms toggle.
+        """
+        if self._discovering or self._shut:
+            return
+        self._discovering = True
+        self._scan_all()
+
+    def _scan_all(self) -> None:
+        self._scanned.clear()
+        self._scan_functions()
+        self._scan_modules(watch=False)
+        self._scan_frames()
 
     def _scan_modules(self, watch: bool = True) -> None:
         """Watch the code objects of modules under the roots not scanned yet (functions,
@@ -627,7 +651,7 @@ class SysmonCore(Core):
 
     def _code_loaded(self, code: CodeType) -> None:
         """A module's code, as the import system loads it: watch it and the code nested in it."""
-        if self._shut or self._roots.classify(code.co_filename) is None:
+        if self._shut or not self._discovering or self._roots.classify(code.co_filename) is None:
             return
         with self._lock:
             self._watch(_nested(code))
@@ -662,6 +686,9 @@ class SysmonCore(Core):
                 scope.traced = False
                 return scope
             if mode == EXACT:
+                if not self._discovering:
+                    with self._lock:
+                        self._discover()
                 self._scan_late()
                 # Frames already running belong to the code that opened the scope: skipped.
                 # Only those of registered code can see events; holding the others (the
@@ -818,6 +845,7 @@ class SysmonCore(Core):
     def enable_census(self) -> None:
         """Record first hits of all traffic from now on (census mode)."""
         with self._lock:
+            self._discover()
             if not self._census_enabled:
                 self._census_enabled = True
                 self._sync_divert()
