@@ -2,8 +2,11 @@
 
 How it stays cheap (see docs/architecture.md, "Tracing core"):
 
-* Code under the source roots carries a local ``PY_START`` until its first call, which
-  registers it. It is found when a root is added (live functions, running stacks), at import
+* Nothing is done to any code object until exact scopes are expected (the agent samples above
+  0), the first one opens, or census starts: an agent at a rate of 0 sets no event. From
+  then on, code under the source roots carries a local ``PY_START`` until its first call,
+  which registers it. It is found then and when a root is added (live functions, running
+  stacks), at import
   (the loaders report each module's code) and, when a scope opens, in modules that appeared by
   other means. There is no global ``PY_START``: on 3.12 it would cost every code object that
   ran while it was set its superinstructions for good, framework and standard library included
@@ -32,7 +35,8 @@ How it stays cheap (see docs/architecture.md, "Tracing core"):
   returns ``DISABLE`` (when no exact scope needs the location), so steady cost is ~zero. A hit
   inside a census scope goes to that scope; any other goes to whoever ``census_owner()`` names
   (the agent: the current trace), to be claimed with :meth:`SysmonCore.take_census`, so
-  census needs no scope per request. A new epoch re-arms with a local toggle.
+  census needs no scope per request. A code object all of whose lines the epoch has hit
+  carries no event until the next epoch, which re-arms with a local toggle.
   ``restart_events()`` is never called: it would re-arm every other tool's locations too.
 """
 
