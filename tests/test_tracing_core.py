@@ -901,7 +901,6 @@ def test_code_outside_the_roots_keeps_its_superinstructions(tmp_path: Path) -> N
 
     Runs in a fresh interpreter: a tracer of the test run's own (pytest-cov: settrace is built
     on the same instrumentation in 3.12) would undo them itself."""
-    import subprocess
 
     script = (
         "import dis, sys\n"
@@ -985,7 +984,6 @@ def test_a_script_run_as_main_is_measured(tmp_path: Path) -> None:
     """A script run as ``__main__`` after the core started (``python app.py`` under zero-code
     activation) is compiled by the interpreter, not loaded by the import system: its code is
     found on the stack and in its namespace when a scope opens."""
-    import subprocess
 
     script = tmp_path / "app.py"
     script.write_text(
