@@ -252,6 +252,10 @@ class Agent:
         self._attached: list[Any] = []
         self._in_flight = 0
         self._count_lock = threading.Lock()
+        #: The core can open exact scopes with nothing left to prepare on a request (see
+        #: :meth:`_exact_is_ready`), and whether its preparation was started on a thread.
+        self._exact_ready = False
+        self._preparing = False
         self._census_epoch = time.monotonic()
         #: When census probes next look for unprobed functions, and the wait after that.
         self._census_refresh_at = self._census_epoch
@@ -455,6 +459,7 @@ class Agent:
         # released, and requests in flight belong to threads that are gone.
         self._in_flight = 0
         self._count_lock = threading.Lock()
+        self._preparing = False  # (a preparing thread of the parent is not in the child)
         self._novelty_lock = threading.Lock()
         # The child's metrics start from zero (a new service instance).
         self._tally_local = threading.local()
@@ -594,6 +599,9 @@ class Agent:
             if decision.reason == "rate_cap":
                 self._count_capped(endpoint)
             return None
+        if rule.mode != "census" and not self._exact_ready and not self._exact_is_ready():
+            self.metrics.dropped(endpoint, "preparing")
+            return None
         with self._count_lock:
             if self._in_flight >= MAX_IN_FLIGHT:
                 busy = True
@@ -609,6 +617,28 @@ class Agent:
         )
         ticket.reason = decision.reason
         return ticket
+
+    def _exact_is_ready(self) -> bool:
+        """Whether the core opens an exact scope with nothing to prepare first. An agent started
+        at a rate of 0 left the code alone; a request sampled by a decision propagated from
+        upstream then finds it unprepared (on 3.11 probing the code takes ~50 ms for a small
+        service): the preparation runs on a thread of its own, started once, and the requests
+        sampled meanwhile are counted as dropped (``preparing``) instead of waiting for it."""
+        if getattr(self.core, "exact_prepared", True):
+            self._exact_ready = True
+            return True
+        with self._count_lock:
+            if self._preparing:
+                return False
+            self._preparing = True
+        threading.Thread(target=self._prepare_exact, name="runcov-prepare", daemon=True).start()
+        return False
+
+    def _prepare_exact(self) -> None:
+        try:
+            self.core.expect_exact_scopes()
+        except Exception:
+            log.debug("runcov: could not prepare exact scopes", exc_info=True)
 
     def _provisional_rule(self, method: Optional[str]) -> Any:
         """The rule to decide with before the route is known (None: no selector can match).

@@ -56,6 +56,7 @@ DROP_REASONS = (
     "internal_error",
     "route_mismatch",
     "census_unclaimed",
+    "preparing",
 )
 
 

@@ -90,3 +90,55 @@ def test_the_span_processor_fast_path_reads_the_trace_state(
     finally:
         span.end()
     assert agent.processor._in_flight == {}
+
+
+_AT_RATE_0 = """
+import sys, time
+import runcov
+from opentelemetry.trace import TraceState
+
+agent = runcov.start(source=[sys.argv[1]], endpoints=["*"], sample_rate=0, saturation=False,
+                     max_per_second=0, metrics_interval=0, exporter_endpoint="http://127.0.0.1:9")
+drops = []
+agent.metrics.dropped = lambda endpoint, reason, **kw: drops.append(reason)
+upstream = TraceState([("ot", "th:0")])  # sampled upstream: honoured at any local rate
+print("prepared at start", agent.core.exact_prepared)
+first = agent.begin("GET", "/items/{id}", 0x1000000000000000, upstream)
+print("first measured", first is not None, drops)
+deadline = time.monotonic() + 60
+while not agent.core.exact_prepared and time.monotonic() < deadline:
+    time.sleep(0.01)
+second = agent.begin("GET", "/items/{id}", 0x1000000000000000, upstream)
+print("then measured", second is not None, drops)
+agent.cancel(second)
+runcov.stop(timeout=1.0)
+"""
+
+
+def test_a_request_sampled_upstream_never_waits_for_the_preparation(tmp_path: object) -> None:
+    """An agent at a rate of 0 leaves the code alone. The first request that a decision
+    propagated from upstream samples does not pay for preparing exact scopes (probing the
+    code on 3.11, watching it on 3.12+): that starts on a thread of its own, and the request
+    is counted as dropped (``preparing``); the next ones are measured."""
+    import os
+    import subprocess
+    import sys
+
+    root = str(tmp_path)
+    script = os.path.join(root, "at_rate_0.py")
+    with open(script, "w") as f:
+        f.write(_AT_RATE_0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNCOV_", "OTEL_"))}
+    done = subprocess.run(
+        [sys.executable, script, root], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = done.stdout.splitlines()
+    if out[0] == "prepared at start True":  # nothing to prepare (3.11 without the extension)
+        assert out[1:] == ["first measured True []", "then measured True []"]
+        return
+    assert out == [
+        "prepared at start False",
+        "first measured False ['preparing']",
+        "then measured True ['preparing']",
+    ]

@@ -160,6 +160,12 @@ class Core(abc.ABC):
         to the core's roots). Never raises: on internal failure an untraced scope is returned.
         """
 
+    @property
+    def exact_prepared(self) -> bool:
+        """True when an exact scope opens with nothing to prepare first (see
+        :meth:`expect_exact_scopes`)."""
+        return True
+
     def expect_exact_scopes(self) -> None:
         """Exact scopes will be opened: prepare now what the first one would otherwise pay
         for on its request (probing the code under the roots on 3.11; on 3.12+, watching it

@@ -157,6 +157,12 @@ class SettraceCore(Core):
             elif probes.probing:
                 probes.probe_functions()
 
+    @property
+    def exact_prepared(self) -> bool:
+        """True unless exact scopes use the probes and the code is not probed yet."""
+        probes = self._probes
+        return probes is None or self._exact is None or self._shut or probes.probing
+
     def expect_exact_scopes(self) -> None:
         """Exact scopes will be opened: probe the code under the roots now (else the first
         exact scope does, on its request: ~50 ms for the example shop's code)."""

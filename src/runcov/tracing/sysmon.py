@@ -546,6 +546,11 @@ class SysmonCore(Core):
                     if self._local_events():
                         self._apply(toggle=False)
 
+    @property
+    def exact_prepared(self) -> bool:
+        """True once code under the roots is watched for its first call (:meth:`_discover`)."""
+        return self._discovering or self._shut
+
     def expect_exact_scopes(self) -> None:
         """Exact scopes will be opened: watch the code under the roots for its first call now
         (else the first exact scope starts it, on its request)."""
