@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import dis
 import importlib._bootstrap_external as _bootstrap_external
 import logging
 import os
@@ -640,6 +641,39 @@ def new_namespaces(
         yield filename, namespace
 
 
+_PROLOGUE = {
+    dis.opmap[name]
+    for name in (
+        "RESUME",
+        "MAKE_CELL",
+        "COPY_FREE_VARS",
+        "RETURN_GENERATOR",
+        "CACHE",
+        "EXTENDED_ARG",
+    )
+    if name in dis.opmap
+}
+
+
+def event_lines(code: CodeType) -> frozenset[int]:
+    """Lines of ``code`` that produce a line event: those with an instruction past the prologue
+    (a function's ``def`` line holds only ``RESUME`` and never gets one). A superset of what
+    runs: both cores take code whose lines census has all hit out of census until the next
+    epoch, and a line that never runs only keeps it in."""
+    lines: set[int] = set()
+    prologue = True
+    for instruction in dis.get_instructions(code):
+        if prologue and (instruction.opcode in _PROLOGUE or instruction.opname == "POP_TOP"):
+            if instruction.opname == "RESUME":
+                prologue = False
+            continue
+        prologue = False
+        line = instruction.positions.lineno if instruction.positions else None
+        if line is not None:
+            lines.add(line)
+    return frozenset(lines)
+
+
 __all__ = [
     "ACCEL_ENV",
     "CENSUS",
@@ -649,6 +683,7 @@ __all__ = [
     "Roots",
     "ScopeState",
     "claim_census",
+    "event_lines",
     "file_first_hit",
     "in_asyncio_step",
     "install_hooks",

@@ -26,6 +26,7 @@ from runcov.tracing._scope import (
     ScopeState,
     _current,
     claim_census,
+    event_lines,
     file_first_hit,
     in_asyncio_step,
     install_hooks,
@@ -168,11 +169,12 @@ class SettraceCore(Core):
         exact scope does, on its request: ~50 ms for the example shop's code)."""
         self._exact_expected = True
         probes = self._probes
-        if probes is None or self._exact is None or self._shut or not self.roots:
-            return
-        if not probes.probing:
-            probes.start_probing()
-            self._modules_mark = modules_mark()
+        if probes is not None and not self.exact_prepared and self.roots:
+            self._start_probing(probes)
+
+    def _start_probing(self, probes: Probes) -> None:
+        probes.start_probing()
+        self._modules_mark = modules_mark()
 
     def open_scope(
         self,
@@ -226,8 +228,7 @@ class SettraceCore(Core):
         and for a script under the roots the closures it made, a web app's views, which only a
         look at all live functions finds)."""
         if not probes.probing:
-            probes.start_probing()
-            self._modules_mark = modules_mark()
+            self._start_probing(probes)
             return
         mark = modules_mark()
         if mark == self._modules_mark:
@@ -520,7 +521,7 @@ class SettraceCore(Core):
         key = id(code)
         own = self._code_lines.get(key)
         if own is None or own[0] is not code:
-            own = self._code_lines[key] = (code, _event_lines(code))
+            own = self._code_lines[key] = (code, event_lines(code))
         code_lines = own[1]
         saturated = self._saturated
         if self._census_lines is not None:  # the same, recorded in C
@@ -543,37 +544,6 @@ class SettraceCore(Core):
             return local
 
         return local
-
-
-_PROLOGUE = {
-    dis.opmap[name]
-    for name in (
-        "RESUME",
-        "MAKE_CELL",
-        "COPY_FREE_VARS",
-        "RETURN_GENERATOR",
-        "CACHE",
-        "EXTENDED_ARG",
-    )
-    if name in dis.opmap
-}
-
-
-def _event_lines(code: CodeType) -> frozenset[int]:
-    """Lines of ``code`` that produce a line event: those with an instruction past the prologue
-    (a function's ``def`` line holds only ``RESUME`` and never gets one)."""
-    lines: set[int] = set()
-    prologue = True
-    for instruction in dis.get_instructions(code):
-        if prologue and (instruction.opcode in _PROLOGUE or instruction.opname == "POP_TOP"):
-            if instruction.opname == "RESUME":
-                prologue = False
-            continue
-        prologue = False
-        line = instruction.positions.lineno if instruction.positions else None
-        if line is not None:
-            lines.add(line)
-    return frozenset(lines)
 
 
 def _function_tracer(arcs: set[Arc], last: int, first: int) -> TraceFn:

@@ -42,7 +42,6 @@ How it stays cheap (see docs/architecture.md, "Tracing core"):
 
 from __future__ import annotations
 
-import dis
 import gc
 import logging
 import os
@@ -60,6 +59,7 @@ from runcov.tracing._scope import (
     ScopeState,
     _current,
     claim_census,
+    event_lines,
     file_first_hit,
     in_asyncio_step,
     install_hooks,
@@ -155,7 +155,7 @@ class SysmonCore(Core):
         #: ids of the registered code objects all of whose lines census hit in this epoch:
         #: they carry no ``LINE`` event until the next epoch (code that keeps a local event
         #: runs slower even when every location of it returned ``DISABLE``). What each one
-        #: must hit first (its lines after the first ``RESUME``) is kept in ``_census_need``.
+        #: must hit first (its lines past the prologue) is kept in ``_census_need``.
         self._census_done: set[int] = set()
         self._census_need: dict[int, frozenset[int]] = {}
         #: Census attribution outside scopes: ``owner()`` names the request that runs (the
@@ -836,7 +836,7 @@ class SysmonCore(Core):
             return
         need = self._census_need.get(key)
         if need is None:
-            need = self._census_need[key] = _traceable_lines(code)
+            need = self._census_need[key] = event_lines(code)
         if not need <= hits:
             return
         with self._lock:
@@ -1021,22 +1021,6 @@ def _code_objects(value: Any, filename: str, depth: int = 0) -> Iterable[CodeTyp
             for attr in list(value.__dict__.values()):
                 yield from _code_objects(attr, filename, depth + 1)
 
-
-
-def _traceable_lines(code: CodeType) -> frozenset[int]:
-    """The lines a ``LINE`` event can report in ``code``: those of its instructions after the
-    first ``RESUME`` (what comes before it, up to the ``RESUME`` itself, never reports one).
-    A superset of what runs: a line that never does only keeps the code's event on."""
-    lines = set()
-    started = False
-    for instr in dis.get_instructions(code):
-        if started:
-            line = instr.positions.lineno if instr.positions is not None else None
-            if line is not None:
-                lines.add(line)
-        elif instr.opname == "RESUME":
-            started = True
-    return frozenset(lines)
 
 
 def _nested(code: CodeType) -> Iterable[CodeType]:
