@@ -22,6 +22,9 @@ Each workload runs under:
                       (as the agent at a rate of 0: the core expects no exact scope)
 * ``runcov-1%`` ...   1 %, 10 %, 100 % of requests open an exact scope (every 100th/10th/each
                       request by index: deterministic)
+* ``runcov-zero``     1 % of requests open an exact scope through the warm-up and none while
+                      timed: what a process that samples pays between its sampled requests
+                      (the code prepared for exact scopes, and what the scopes left behind)
 * ``runcov-census``   census (first hits only) of all traffic as the agent runs it: no scope
                       per request, each first hit attributed to the running request (its
                       context, below) and claimed when it ends (sys.monitoring on 3.12+, the
@@ -81,6 +84,7 @@ CONFIGS = (
     "none-again",
     "runcov-0%",
     "runcov-1%",
+    "runcov-zero",
     "runcov-10%",
     "runcov-100%",
     "runcov-census",
@@ -223,6 +227,14 @@ def _set_up(config: str, workload: str) -> tuple[Loaded, Opener, After, Callable
 
         elif config.startswith("runcov-census"):
             opener = lambda i: core.open_scope(mode=CENSUS)  # noqa: E731
+        elif config == "runcov-zero":
+            core.expect_exact_scopes()
+            sampling = [True]
+            BEFORE_WARMUP.append(lambda: sampling.__setitem__(0, True))
+            AFTER_WARMUP.append(lambda: sampling.__setitem__(0, False))
+            opener = lambda i: (  # noqa: E731
+                core.open_scope(mode=EXACT) if sampling[0] and i % 100 == 0 else None
+            )
         else:
             pct = int(config.split("-")[1].rstrip("%"))
             if pct:
@@ -296,12 +308,16 @@ class _Threaded:
             t.join()
 
 
-#: Called once each workload part's warm-up is done (the census probes' compaction).
+#: Called once each workload part's warm-up is done (the census probes' compaction), and
+#: before it starts.
 AFTER_WARMUP: list[Callable[[], Any]] = []
+BEFORE_WARMUP: list[Callable[[], Any]] = []
 
 
 def _measure(run_batch: Callable[[int, int], None], warmup: int, batches: int, n: int) -> dict:
     index = 0
+    for prepare in BEFORE_WARMUP:
+        prepare()
     for _ in range(warmup):
         run_batch(index, n)
         index += n
@@ -321,6 +337,8 @@ async def _measure_async(
     run_batch: Callable[[int, int], Any], warmup: int, batches: int, n: int
 ) -> dict:
     index = 0
+    for prepare in BEFORE_WARMUP:
+        prepare()
     for _ in range(warmup):
         await run_batch(index, n)
         index += n
