@@ -30,7 +30,6 @@ configuration (wall time, same process, interleaved).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -39,8 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 
 def main() -> int:
@@ -54,37 +53,21 @@ def main() -> int:
     parser.add_argument("--configs", default="none,agent,processor,monitoring")
     args = parser.parse_args()
 
-    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = args.endpoint
-    os.environ.setdefault("OTEL_SERVICE_NAME", "bench-agent-ab")
-    os.environ["RUNCOV_MAX_PER_SECOND"] = "0"
-    os.environ["RUNCOV_SATURATION"] = "0"
-    import logging
-
-    logging.disable(logging.WARNING)  # export retries against a closed port are expected
-
-    from opentelemetry import trace
-    from shop.serving import ENDPOINTS, SOURCE_ROOT, setup_tracing
-    from shop_flask.app import create_app
+    from inprocess import nominal_agent_env, start_shop
     from traffic import next_request
 
     import runcov
 
-    setup_tracing()
-    agent = runcov.start(source=[SOURCE_ROOT], endpoints=ENDPOINTS, sample_rate=args.rate)
-    app = create_app(agent=agent)
-    multi = trace.get_tracer_provider()._active_span_processor  # type: ignore[attr-defined]
-    with_processor = multi._span_processors
-    without = tuple(p for p in with_processor if "Runcov" not in type(p).__name__)
-    core = agent.core
-    mon: Any = getattr(sys, "monitoring", None)
-    tool = getattr(core, "tool_id", None)
-    events = mon.get_events(tool) if mon is not None and tool is not None else 0
+    nominal_agent_env(args.endpoint, "bench-agent-ab")
+    shop = start_shop(args.rate)
+    agent, app, core = shop.agent, shop.app, shop.agent.core
+    #: configuration -> (span processor attached, global events on)
     configs = {
-        "none": (without, 0),
-        "agent": (with_processor, events),
-        "processor": (with_processor, 0),
-        "monitoring": (without, events),
-        "zero": (with_processor, events),
+        "none": (False, False),
+        "agent": (True, True),
+        "processor": (True, False),
+        "monitoring": (False, True),
+        "zero": (True, True),
     }
     chosen = [c.strip() for c in args.configs.split(",") if c.strip()]
     if any(c not in configs for c in chosen) or not chosen:
@@ -126,11 +109,8 @@ def main() -> int:
     threshold = agent._span_threshold
 
     def switch(name: str) -> None:
-        processors, ev = configs[name]
-        multi._span_processors = processors
+        shop.attach(*configs[name])
         agent._span_threshold = (1 << 56) if name == "zero" else threshold
-        if mon is not None and tool is not None:
-            mon.set_events(tool, ev)
 
     run(requests)  # warm-up
     results: dict[str, list[float]] = {c: [] for c in chosen}

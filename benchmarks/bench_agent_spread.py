@@ -26,7 +26,6 @@ export goes nowhere (and fails fast).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -34,11 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "examples"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
-from stats import median_interval  # noqa: E402
+from stats import median_interval
 
 GROUPS = ("sampled", "next", "next 2-5", "the rest")
 
@@ -62,30 +60,14 @@ def main() -> int:
                         help="OTLP/HTTP endpoint for the agent (default: nothing listens)")
     args = parser.parse_args()
 
-    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = args.endpoint
-    os.environ.setdefault("OTEL_SERVICE_NAME", "bench-agent-spread")
-    os.environ["RUNCOV_MAX_PER_SECOND"] = "0"
-    os.environ["RUNCOV_SATURATION"] = "0"
-    import logging
-
-    logging.disable(logging.WARNING)  # export retries against a closed port are expected
-
-    from opentelemetry import trace
-    from shop.serving import ENDPOINTS, SOURCE_ROOT, setup_tracing
-    from shop_flask.app import create_app
+    from inprocess import nominal_agent_env, start_shop
     from traffic import next_request
 
     import runcov
 
-    setup_tracing()
-    agent = runcov.start(source=[SOURCE_ROOT], endpoints=ENDPOINTS, sample_rate=args.rate)
-    app = create_app(agent=agent)
-    multi = trace.get_tracer_provider()._active_span_processor  # type: ignore[attr-defined]
-    with_processor = multi._span_processors
-    without = tuple(p for p in with_processor if "Runcov" not in type(p).__name__)
-    mon: Any = getattr(sys, "monitoring", None)
-    tool = getattr(agent.core, "tool_id", None)
-    events = mon.get_events(tool) if mon is not None and tool is not None else 0
+    nominal_agent_env(args.endpoint, "bench-agent-spread")
+    shop = start_shop(args.rate)
+    agent, app = shop.agent, shop.app
 
     sampled = [False]
     real_begin = agent.begin
@@ -113,9 +95,7 @@ def main() -> int:
         return out
 
     def switch(name: str) -> None:
-        multi._span_processors = without if name == "none" else with_processor
-        if mon is not None and tool is not None:
-            mon.set_events(tool, 0 if name == "none" else events)
+        shop.attach(processor=name != "none", events=name != "none")
 
     run()  # warm-up
     none_times: list[list[int]] = [[] for _ in requests]

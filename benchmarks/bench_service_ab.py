@@ -83,29 +83,10 @@ def serve(port: int, rate: float, app_name: str = "flask") -> int:
     Commands, one per line: a configuration name (switch) or ``cpu``, each answered with one
     line ``ok <process CPU seconds>``; ``threads`` answers ``ok <native id>=<name>,...``.
     """
-    sys.path.insert(0, str(EXAMPLES))
-    import logging
+    from inprocess import start_shop
 
-    from opentelemetry import trace
-    from shop.serving import ENDPOINTS, SOURCE_ROOT, setup_tracing
-
-    import runcov
-
-    if app_name == "fastapi":
-        from shop_fastapi.app import create_app
-    else:
-        from shop_flask.app import create_app
-
-    logging.disable(logging.WARNING)
-    setup_tracing()
-    agent = runcov.start(source=[SOURCE_ROOT], endpoints=ENDPOINTS, sample_rate=rate)
-    app = create_app(agent=agent)
-    multi = trace.get_tracer_provider()._active_span_processor  # type: ignore[attr-defined]
-    with_runcov = multi._span_processors
-    without = tuple(p for p in with_runcov if "Runcov" not in type(p).__name__)
-    mon: Any = getattr(sys, "monitoring", None)
-    tool = getattr(agent.core, "tool_id", None)
-    events = mon.get_events(tool) if mon is not None and tool is not None else 0
+    shop = start_shop(rate, app_name)
+    agent, app = shop.agent, shop.app
 
     core: Any = agent.core
     activate = getattr(core, "_activate", None)  # (the sys.monitoring core's)
@@ -117,9 +98,7 @@ def serve(port: int, rate: float, app_name: str = "flask") -> int:
 
     def switch(name: str) -> None:
         agent_on = name in ("agent", "no-arming", "no-export", "zero")
-        multi._span_processors = with_runcov if agent_on or name == "processor" else without
-        if mon is not None and tool is not None:
-            mon.set_events(tool, events if agent_on or name == "monitoring" else 0)
+        shop.attach(agent_on or name == "processor", agent_on or name == "monitoring")
         # Diagnostics: sampled requests are decided and closed, but nothing is armed (so they
         # record nothing and nothing is exported; neither when the scope opens nor at an
         # asyncio task's steps), or they are measured but never exported; or no request is
