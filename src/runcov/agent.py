@@ -363,14 +363,10 @@ class Agent:
 
                 self.core = get_core()
             self.core.add_roots(config.source)
-            expect = getattr(self.core, "expect_exact_scopes", None)
-            if expect is not None and _highest_rate(self._matcher, config, census=False) > 0:
+            if _highest_rate(self._matcher, config, census=False) > 0:
                 # Exact scopes will come: what the first would pay for is done now. At a rate
                 # of 0 (only a decision propagated from upstream samples), the first does it.
-                try:
-                    expect()
-                except Exception:
-                    log.debug("runcov: could not prepare exact scopes", exc_info=True)
+                self._prepare_exact()
             self._census_by_span()
         except Exception:
             log.exception("runcov could not turn tracing on; nothing will be measured")
@@ -635,6 +631,8 @@ class Agent:
         return False
 
     def _prepare_exact(self) -> None:
+        """Prepare the core for exact scopes (at start, or on a thread of its own); never
+        raises."""
         try:
             self.core.expect_exact_scopes()
         except Exception:
