@@ -74,16 +74,7 @@ def main() -> int:
         parser.error(f"configurations are {sorted(configs)}")
 
     # Which requests the agent measured, for the latency comparison.
-    measured = threading.local()
-    real_begin = agent.begin
-
-    def begin(*a: Any, **k: Any) -> Any:
-        ticket = real_begin(*a, **k)
-        if ticket is not None:
-            measured.flag = True
-        return ticket
-
-    agent.begin = begin  # type: ignore[method-assign]
+    measured = shop.watch_sampling()
     rng = random.Random(1)
     orders: list[str] = []
     requests = [next_request(rng, orders) for _ in range(args.block_size)]

@@ -31,7 +31,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
@@ -69,16 +68,7 @@ def main() -> int:
     shop = start_shop(args.rate)
     agent, app = shop.agent, shop.app
 
-    sampled = [False]
-    real_begin = agent.begin
-
-    def begin(*a: Any, **k: Any) -> Any:
-        ticket = real_begin(*a, **k)
-        if ticket is not None:
-            sampled[0] = True
-        return ticket
-
-    agent.begin = begin  # type: ignore[method-assign]
+    sampled = shop.watch_sampling()
     rng = random.Random(1)
     orders: list[str] = []
     requests = [next_request(rng, orders) for _ in range(args.block_size)]
@@ -88,10 +78,10 @@ def main() -> int:
     def run() -> list[tuple[int, bool]]:
         out = []
         for req in requests:
-            sampled[0] = False
+            sampled.flag = False
             t0 = clock()
             client.open(req.path, method=req.method, json=req.body)
-            out.append((clock() - t0, sampled[0]))
+            out.append((clock() - t0, sampled.flag))
         return out
 
     def switch(name: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -30,6 +31,22 @@ class ShopUnderAgent:
     mon: Any
     tool: Optional[int]
     events: int
+
+    def watch_sampling(self) -> threading.local:
+        """Wrap the agent's ``begin`` so that each request tells whether it was sampled: the
+        returned thread-local's ``flag`` turns True on the thread of a request that ``begin``
+        measured (the caller sets it False before each request)."""
+        sampled = threading.local()
+        real_begin = self.agent.begin
+
+        def begin(*args: Any, **kwargs: Any) -> Any:
+            ticket = real_begin(*args, **kwargs)
+            if ticket is not None:
+                sampled.flag = True
+            return ticket
+
+        self.agent.begin = begin
+        return sampled
 
     def attach(self, processor: bool, events: bool) -> None:
         """Attach or detach runcov's span processor; set or clear the tool's global events
