@@ -252,13 +252,17 @@ def load_config(environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> C
             f"(known: {', '.join(sorted(_FIELDS))})"
         )
 
-    def raw(name: str) -> tuple[str, Any]:
-        """(option label, value) for a field, or (label, None) when not given."""
+    def raw(name: str, otel: Optional[str] = None) -> tuple[str, Any]:
+        """(option label, value) for a field, or (label, None) when not given; ``otel`` names
+        the standard variable that applies when runcov's own argument and variable are not
+        given."""
         if kwargs.get(name) is not None:
             return name, kwargs[name]
         var = "RUNCOV_" + name.upper()
         if var in env and env[var].strip() != "":
             return var, env[var]
+        if otel is not None and env.get(otel, "").strip():
+            return otel, env[otel]
         return var, None
 
     resource_attrs = _parse_resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", ""))
@@ -348,18 +352,14 @@ def load_config(environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> C
             values[name] = value.strip()
 
     # Exporter.
-    option, value = raw("exporter_protocol")
-    if value is None and env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "").strip():
-        option, value = "OTEL_EXPORTER_OTLP_PROTOCOL", env["OTEL_EXPORTER_OTLP_PROTOCOL"]
+    option, value = raw("exporter_protocol", "OTEL_EXPORTER_OTLP_PROTOCOL")
     protocol = "http/protobuf"
     if value is not None:
         protocol = str(value).strip().lower()
         if protocol not in PROTOCOLS:
             raise _bad(option, value, f"not one of {', '.join(PROTOCOLS)}")
     values["exporter_protocol"] = protocol
-    option, value = raw("exporter_endpoint")
-    if value is None and env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip():
-        option, value = "OTEL_EXPORTER_OTLP_ENDPOINT", env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    option, value = raw("exporter_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT")
     if value is None:
         value = _DEFAULT_GRPC_ENDPOINT if protocol == "grpc" else _DEFAULT_HTTP_ENDPOINT
     if not isinstance(value, str):
@@ -372,16 +372,12 @@ def load_config(environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> C
         ("exporter_traces_endpoint", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
         ("exporter_metrics_endpoint", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
     ):
-        sig_option, sig_value = raw(name)
-        if sig_value is None and not runcov_base and env.get(otel_var, "").strip():
-            sig_option, sig_value = otel_var, env[otel_var]
+        sig_option, sig_value = raw(name, None if runcov_base else otel_var)
         if sig_value is not None:
             if not isinstance(sig_value, str):
                 raise _bad(sig_option, sig_value, "not a URL string")
             values[name] = _validate_url(sig_option, sig_value, protocol)
-    option, value = raw("exporter_headers")
-    if value is None and env.get("OTEL_EXPORTER_OTLP_HEADERS", "").strip():
-        option, value = "OTEL_EXPORTER_OTLP_HEADERS", env["OTEL_EXPORTER_OTLP_HEADERS"]
+    option, value = raw("exporter_headers", "OTEL_EXPORTER_OTLP_HEADERS")
     if value is not None:
         if isinstance(value, str):
             values["exporter_headers"] = _parse_headers(option, value)
@@ -389,17 +385,13 @@ def load_config(environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> C
             values["exporter_headers"] = {str(k).lower(): str(v) for k, v in value.items()}
         else:
             raise _bad(option, value, "not a mapping or 'name=value,...' string")
-    option, value = raw("exporter_compression")
-    if value is None and env.get("OTEL_EXPORTER_OTLP_COMPRESSION", "").strip():
-        option, value = "OTEL_EXPORTER_OTLP_COMPRESSION", env["OTEL_EXPORTER_OTLP_COMPRESSION"]
+    option, value = raw("exporter_compression", "OTEL_EXPORTER_OTLP_COMPRESSION")
     if value is not None:
         compression = str(value).strip().lower()
         if compression not in COMPRESSIONS:
             raise _bad(option, value, f"not one of {', '.join(COMPRESSIONS)}")
         values["exporter_compression"] = compression
-    option, value = raw("exporter_timeout")
-    if value is None and env.get("OTEL_EXPORTER_OTLP_TIMEOUT", "").strip():
-        option, value = "OTEL_EXPORTER_OTLP_TIMEOUT", env["OTEL_EXPORTER_OTLP_TIMEOUT"]
+    option, value = raw("exporter_timeout", "OTEL_EXPORTER_OTLP_TIMEOUT")
     if value is not None:
         timeout = _to_float(option, value, 0.0, 3600.0, "not a number of seconds > 0")
         if timeout <= 0:

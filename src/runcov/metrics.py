@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import threading
-import weakref
 from typing import Any, Callable, Iterator, Optional
 
 from opentelemetry import context as otel_context
@@ -38,6 +37,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from runcov._fork import in_forked_child
 from runcov.config import Config
 from runcov.export.otlp import otlp_metric_exporter_options
 from runcov.redaction import Redactor
@@ -221,15 +221,7 @@ class AgentMetrics:
         self.errors = 0
         #: Per thread: the values held back by :meth:`deferred` (None outside it).
         self._deferral = threading.local()
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.ref(self)
-
-            def after_fork() -> None:
-                obj = ref()
-                if obj is not None:
-                    obj._after_fork_in_child()
-
-            os.register_at_fork(after_in_child=after_fork)
+        in_forked_child(self._after_fork_in_child)
 
     def _scrub(self, text: str) -> str:
         out = self._scrubbed.get(text)

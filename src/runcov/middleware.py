@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import Any, Awaitable, Callable, Iterable, Iterator, Optional
+from typing import Any, Awaitable, Callable, Generic, Iterable, Iterator, Optional, TypeVar
 
 import wrapt
 
@@ -36,6 +36,7 @@ _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-
 
 WSGIApp = Callable[..., Iterable[bytes]]
 ASGIApp = Callable[..., Awaitable[None]]
+_App = TypeVar("_App", bound=Callable[..., Any])
 
 
 def parse_traceparent(value: Optional[str]) -> Optional[tuple[int, int]]:
@@ -153,26 +154,31 @@ class _ClosingIterable:
 _wsgi_open = threading.local()
 
 
-class RuncovWSGIMiddleware:
+class _Middleware(Generic[_App]):
+    """What both middlewares are given: the application, the agent (None: the running one),
+    the route resolver and whether the raw path may stand for the route."""
+
+    def __init__(
+        self,
+        app: _App,
+        agent: Optional[Agent] = None,
+        *,
+        route: Optional[Callable[[dict[str, Any]], Optional[str]]] = None,
+        raw_path: bool = False,
+    ) -> None:
+        self.app: _App = app
+        self._agent = agent
+        self._route = route
+        self._raw_path = raw_path
+
+
+class RuncovWSGIMiddleware(_Middleware[WSGIApp]):
     """Measures a WSGI application's requests.
 
     ``route(environ)`` returns the route template of a request (called when it starts and,
     if that gave None, again when it ends); ``raw_path=True`` uses ``PATH_INFO`` instead,
     only when the paths are known to be safe and few. ``agent`` defaults to the running one.
     """
-
-    def __init__(
-        self,
-        app: WSGIApp,
-        agent: Optional[Agent] = None,
-        *,
-        route: Optional[Callable[[dict[str, Any]], Optional[str]]] = None,
-        raw_path: bool = False,
-    ) -> None:
-        self.app = app
-        self._agent = agent
-        self._route = route
-        self._raw_path = raw_path
 
     def _resolve(self, environ: dict[str, Any]) -> Optional[str]:
         try:
@@ -228,26 +234,13 @@ class RuncovWSGIMiddleware:
         return _ClosingIterable(result, done)
 
 
-class RuncovASGIMiddleware:
+class RuncovASGIMiddleware(_Middleware[ASGIApp]):
     """Measures an ASGI application's HTTP requests.
 
     The route template is ``route(scope)`` when given, else the one Starlette/FastAPI routing
     stores in the scope (``scope["route"].path_format``), read when the request ends; with
     ``raw_path=True`` the raw path is used instead. ``agent`` defaults to the running one.
     """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        agent: Optional[Agent] = None,
-        *,
-        route: Optional[Callable[[dict[str, Any]], Optional[str]]] = None,
-        raw_path: bool = False,
-    ) -> None:
-        self.app = app
-        self._agent = agent
-        self._route = route
-        self._raw_path = raw_path
 
     def _resolve(self, scope: dict[str, Any]) -> Optional[str]:
         try:

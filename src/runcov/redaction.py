@@ -11,8 +11,9 @@ import fnmatch
 import os
 import re
 import threading
-import weakref
 from typing import Iterable, Optional
+
+from runcov._fork import in_forked_child
 
 __all__ = ["MAX_PATH_BYTES", "REDACTED", "Redactor"]
 
@@ -48,15 +49,7 @@ class Redactor:
         self._patterns = [re.compile(p) for p in redact if p]
         self._cache: dict[str, Optional[str]] = {}
         self._lock = threading.Lock()
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.ref(self)
-
-            def after_fork() -> None:
-                obj = ref()
-                if obj is not None:
-                    obj._reset_lock()
-
-            os.register_at_fork(after_in_child=after_fork)
+        in_forked_child(self._reset_lock)
 
     def _reset_lock(self) -> None:
         # A thread that held the lock at fork time does not exist in the child.

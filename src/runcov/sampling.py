@@ -27,14 +27,13 @@ the consistency property at every moment: a request is sampled iff ``R >= T(curr
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from runcov._fork import in_forked_child
 from runcov.config import Config
 from runcov.selectors import Rule
 
@@ -164,9 +163,7 @@ class Sampler:
         self._endpoints: dict[str, _Endpoint] = {}
         self._thresholds: dict[float, int] = {}
         self._unsampled: dict[float, Decision] = {}
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.WeakMethod(self._after_fork)
-            os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
+        in_forked_child(self._after_fork)
 
     def _after_fork(self) -> None:
         # The lock may have been held by a thread that does not exist in the child.

@@ -15,12 +15,13 @@ import os
 import threading
 import time
 import tokenize
-import weakref
 from io import BytesIO
 from typing import Any, Iterable, Optional
 
 from coverage.config import DEFAULT_EXCLUDE
 from coverage.parser import PythonParser
+
+from runcov._fork import in_forked_child
 
 __all__ = ["MAX_SOURCE_BYTES", "StaticAnalyzer", "analyze_source", "file_sha"]
 
@@ -106,15 +107,7 @@ class StaticAnalyzer:
         self._facts: dict[tuple[str, str], Optional[dict[str, Any]]] = {}
         #: Number of analyses actually run (cache misses); for tests and metrics.
         self.analyses = 0
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.ref(self)
-
-            def after_fork() -> None:
-                obj = ref()
-                if obj is not None:
-                    obj._reset_lock()
-
-            os.register_at_fork(after_in_child=after_fork)
+        in_forked_child(self._reset_lock)
 
     def _reset_lock(self) -> None:
         # A thread that held the lock at fork time does not exist in the child.

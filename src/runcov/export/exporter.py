@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
+from runcov._fork import in_forked_child
 from runcov.config import Config
 from runcov.export import wire
 from runcov.export.spans import SpanEncoder
@@ -181,9 +182,7 @@ class CoverageExporter:
         #: paths' overhead from there).
         self.on_round: Optional[Callable[[], None]] = None
         self._init_process_state()
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.WeakMethod(self._after_fork_in_child)
-            os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
+        in_forked_child(self._after_fork_in_child)
         ref_exit = weakref.WeakMethod(self._at_exit)
         atexit.register(lambda: (m := ref_exit()) and m())
 
