@@ -12,7 +12,6 @@ import asyncio
 import dis
 import gc
 import os
-import subprocess
 import sys
 import threading
 import weakref
@@ -24,6 +23,7 @@ import pytest
 
 from runcov.testing import capture_coverage
 from runcov.tracing import get_core
+from tests.fresh import ROOT, run_python
 
 pytestmark = pytest.mark.skipif(
     sys.version_info[:2] != (3, 11),
@@ -267,15 +267,7 @@ def test_cpythons_own_tests_pass_inside_an_exact_scope() -> None:
         import test.test_sys_settrace  # noqa: F401
     except ImportError:
         pytest.skip("this CPython was installed without its test package")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.cpython_under_probes", "--exact"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    done = run_python("-m", "tests.cpython_under_probes", "--exact", cwd=ROOT, timeout=600)
     assert "not probed 0" in done.stderr and "frames left 0" in done.stderr
 
 
@@ -344,13 +336,7 @@ def test_code_is_probed_only_once_exact_scopes_are_expected(
     (tmp_path / "exact_mod.py").write_text(MODULE)
     script = tmp_path / "lazy.py"
     script.write_text(LAZY)
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), str(rate)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    done = run_python(str(script), str(tmp_path), str(rate))
     if "no probes" in done.stdout:
         pytest.skip("exact probes not in use (RUNCOV_ACCEL=0 or RUNCOV_EXACT_PROBES=0)")
     out = done.stdout.splitlines()

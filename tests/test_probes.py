@@ -17,6 +17,7 @@ import coverage
 import pytest
 
 from tests.corpus.cases import CASES, Case
+from tests.fresh import ROOT, run_python
 
 pytestmark = pytest.mark.skipif(
     sys.version_info[:2] != (3, 11),
@@ -474,21 +475,11 @@ def test_cpythons_own_tests_pass_with_probes_in_them() -> None:
     """CPython's tests of tracing, generators, coroutines, exceptions, pattern matching and
     more, with their own code probed, and its tests of several library modules against the
     probed modules, run in a fresh interpreter: all pass (tracers see nothing of the probes)."""
-    import subprocess
-
     try:
         import test.test_sys_settrace  # noqa: F401
     except ImportError:
         pytest.skip("this CPython was installed without its test package")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.cpython_under_probes"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    done = run_python("-m", "tests.cpython_under_probes", cwd=ROOT, timeout=600)
     assert "not probed 0" in done.stderr
 
 

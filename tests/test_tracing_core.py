@@ -6,7 +6,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from runcov.testing import capture_coverage
 from runcov.tracing import Core, get_core
+from tests.fresh import environ_without, run_python
 from tests.sample import work
 
 SAMPLE = str(Path(work.__file__).parent)
@@ -773,17 +773,8 @@ def test_code_is_left_alone_until_exact_scopes_are_expected(
     )
     script = tmp_path / "untouched.py"
     script.write_text(_UNTOUCHED)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNCOV_", "OTEL_"))}
-    if "RUNCOV_ACCEL" in os.environ:
-        env["RUNCOV_ACCEL"] = os.environ["RUNCOV_ACCEL"]
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), str(rate)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    env = environ_without(("RUNCOV_", "OTEL_"), keep=("RUNCOV_ACCEL",))
+    done = run_python(str(script), str(tmp_path), str(rate), env=env)
     assert done.stdout.splitlines() == [
         f"instrumented at start {at_start}",
         "registered after a scope True",
@@ -922,11 +913,8 @@ def test_code_outside_the_roots_keeps_its_superinstructions(tmp_path: Path) -> N
         "    outside(4, 5)\n"
         "print(before, fused())\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COV_CORE_", "COVERAGE_"))}
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env,
-        timeout=60,
-    ).stdout
+    env = environ_without(("COV_CORE_", "COVERAGE_"))
+    out = run_python("-c", script, env=env, timeout=60).stdout
     before, after = out.strip().splitlines()[-1].split("] [")
     assert "LOAD_FAST__LOAD_FAST" in before, "the compiler formed no superinstruction here"
     assert before + "]" == "[" + after
@@ -1005,9 +993,7 @@ def test_a_script_run_as_main_is_measured(tmp_path: Path) -> None:
         f"get_core().add_roots([{str(tmp_path)!r}])\n"
         f"runpy.run_path({str(script)!r}, run_name='__main__')\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", starter], capture_output=True, text=True, check=True, timeout=60
-    ).stdout
+    out = run_python("-c", starter, timeout=60).stdout
     import json
 
     lines = json.loads(out.strip().splitlines()[-1])

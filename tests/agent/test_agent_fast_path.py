@@ -11,6 +11,7 @@ from opentelemetry.trace import TraceState
 import runcov
 from runcov.agent import Agent
 from runcov.sampling import randomness, threshold
+from tests.fresh import environ_without, run_python
 
 
 @pytest.fixture
@@ -120,19 +121,11 @@ def test_a_request_sampled_upstream_never_waits_for_the_preparation(tmp_path: ob
     propagated from upstream samples does not pay for preparing exact scopes (probing the
     code on 3.11, watching it on 3.12+): that starts on a thread of its own, and the request
     is counted as dropped (``preparing``); the next ones are measured."""
-    import os
-    import subprocess
-    import sys
-
-    root = str(tmp_path)
-    script = os.path.join(root, "at_rate_0.py")
-    with open(script, "w") as f:
-        f.write(_AT_RATE_0)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNCOV_", "OTEL_"))}
-    done = subprocess.run(
-        [sys.executable, script, root], capture_output=True, text=True, timeout=120, env=env
+    script = tmp_path / "at_rate_0.py"
+    script.write_text(_AT_RATE_0)
+    done = run_python(
+        str(script), str(tmp_path), env=environ_without(("RUNCOV_", "OTEL_"))
     )
-    assert done.returncode == 0, done.stderr[-4000:]
     out = done.stdout.splitlines()
     if out[0] == "prepared at start True":  # nothing to prepare (3.11 without the extension)
         assert out[1:] == ["first measured True []", "then measured True []"]
