@@ -23,7 +23,7 @@ from coverage.parser import PythonParser
 
 from runcov._fork import in_forked_child
 
-__all__ = ["MAX_SOURCE_BYTES", "StaticAnalyzer", "analyze_source", "file_sha"]
+__all__ = ["MAX_SOURCE_BYTES", "StaticAnalyzer", "analyze_source", "file_sha", "present_arcs"]
 
 #: Files larger than this are not analysed (their coverage is still reported, without totals).
 MAX_SOURCE_BYTES = 16 * 1024 * 1024
@@ -73,7 +73,8 @@ def _functions(tree: ast.AST) -> list[dict[str, Any]]:
 
 
 def analyze_source(text: str, exclude: Iterable[str] = DEFAULT_EXCLUDE) -> dict[str, Any]:
-    """``{"lines", "arcs", "functions"}`` for Python source text (raises on non-Python)."""
+    """``{"lines", "arcs", "functions", "arc_fixes"}`` for Python source text (raises on
+    non-Python). ``arc_fixes`` is what :func:`present_arcs` needs; it stays in the process."""
     parser = PythonParser(text=text, exclude=_join_regex(exclude))
     parser.parse_source()
     excluded = parser.excluded
@@ -84,7 +85,31 @@ def analyze_source(text: str, exclude: Iterable[str] = DEFAULT_EXCLUDE) -> dict[
         "lines": sorted(parser.statements),
         "arcs": [[a, b] for a, b in arcs],
         "functions": _functions(ast.parse(text)),
+        # Set by the arc analysis (parser.arcs() above): measured arc -> the arc coverage.py
+        # reports instead, or None for an arc it drops.
+        "arc_fixes": dict(getattr(parser, "_with_jump_fixers", None) or {}),
     }
+
+
+def present_arcs(arcs: Iterable[tuple[int, int]], facts: Optional[dict[str, Any]]) -> Any:
+    """Measured arcs as coverage.py reports them, in the terms of the possible arcs.
+
+    On Python 3.10+ leaving a ``with`` block jumps back to the ``with`` line (the context
+    manager's exit runs there) before going on: the measured arcs are ``(last body line, with
+    line)`` and ``(with line, next line)``, where coverage.py, measuring the same, reports
+    ``(last body line, next line)``. Its analysis says which arcs to rewrite or drop (the
+    possible arcs are already in those terms); this applies it. Other arcs are returned as
+    they are, and so is everything when the file has no ``with`` statement.
+    """
+    fixes = facts.get("arc_fixes") if facts else None
+    if not fixes:
+        return arcs
+    out = set()
+    for arc in arcs:
+        arc = fixes.get(arc, arc)
+        if arc is not None:
+            out.add(arc)
+    return out
 
 
 class StaticAnalyzer:

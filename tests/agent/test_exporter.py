@@ -656,3 +656,76 @@ def test_kept_encodings_are_bounded_in_count_and_bytes(
     finally:
         exporter.shutdown(5)
     assert len(http_sink.coverage_spans()) == 7
+
+
+WITH_BLOCKS = '''\
+import threading
+
+_lock = threading.Lock()
+
+
+def find(items, wanted):
+    with _lock:
+        for item in items:
+            if item == wanted:
+                return item
+    return None
+
+
+def tally(items):
+    with _lock:
+        total = sum(items)
+    return total
+'''
+
+
+def test_arcs_leaving_with_blocks_are_sent_as_coverage_py_reports_them(
+    http_sink: HTTPSink, src: Path
+) -> None:
+    """Leaving a ``with`` block jumps back to its ``with`` line before going on; coverage.py
+    measures those jumps and reports them as one arc from the block's last line onward, in
+    the terms of its possible arcs. The exported arcs are coverage.py's, measured and
+    reported by coverage.py itself on the same calls."""
+    import importlib.util
+
+    import coverage
+    from coverage.parser import PythonParser
+
+    from runcov.testing import capture_coverage
+
+    path = src / "shop" / "stock.py"
+    path.write_text(WITH_BLOCKS)
+    spec = importlib.util.spec_from_file_location("runcov_test_stock", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def calls() -> None:
+        module.find([1, 2], 5)  # the loop runs out inside the with block
+        module.find([1, 2], 2)  # returns from inside it
+        module.tally([1, 2])  # the block ends and the function goes on
+
+    cov = coverage.Coverage(branch=True, data_file=None, source=[str(src)])
+    cov.start()
+    try:
+        calls()
+    finally:
+        cov.stop()
+    measured = set(cov.get_data().arcs(str(path.resolve())) or ())
+    parser = PythonParser(filename=str(path))
+    parser.parse_source()
+    parser.arcs()  # the analysis, which also finds where the with blocks are left
+    reported = parser.translate_arcs(measured)
+    assert reported != measured, "no arc here that coverage.py reports differently"
+
+    with capture_coverage(source=[str(src)]) as cap:
+        calls()
+    key = next(p for p in cap.arcs if p.endswith("stock.py"))
+    assert cap.arcs[key] == measured  # the core measures what coverage.py measures
+    data = CoverageData(lines={key: cap.lines[key]}, arcs={key: cap.arcs[key]})
+    _, flushed = export_once(make_config(http_sink, src), record(src, data=data))
+    assert flushed
+    [span] = http_sink.coverage_spans()
+    [sent] = decode([dict(span.attributes)["runcov.payload"]])["files"]
+    assert sent["path"] == "shop/stock.py"
+    assert {tuple(arc) for arc in sent["arcs"]} == reported
