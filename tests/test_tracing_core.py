@@ -1219,3 +1219,32 @@ def test_calls_of_watched_code_are_answered_in_c(
         path = os.path.realpath(module.__file__)
         assert cov.lines[path] == {2, 4}
         assert cov.arcs[path] == {(-1, 2), (2, 4), (4, -1)}
+
+
+_THREADING_UNDER_ROOTS = """
+import sys, threading
+from runcov.testing import capture_coverage
+import work_mod
+
+with capture_coverage(source=[threading.__file__, sys.argv[1]]) as cap:
+    work_mod.work(3)
+for _ in range(20):  # scopes that end while others linger: the disarming thread starts
+    with capture_coverage(source=[threading.__file__, sys.argv[1]]):
+        work_mod.work(2)
+        threading.Event().set()
+print([sorted(v) for k, v in cap.lines.items() if k.endswith("work_mod.py")])
+"""
+
+
+def test_threading_module_under_the_roots_does_not_hang(tmp_path: Path) -> None:
+    """Where the threading module's own code is under the roots (a service started from
+    ``/``, whose default root is the working directory), a scope's close that starts the
+    agent's disarming thread does not wait on the new thread's first call while holding what
+    that call waits for."""
+    (tmp_path / "work_mod.py").write_text("def work(n):\n    return n * 2\n")
+    script = tmp_path / "threads_under_roots.py"
+    script.write_text(_THREADING_UNDER_ROOTS)
+    env = environ_without(("RUNCOV_", "OTEL_"), keep=("RUNCOV_ACCEL",))
+    env["PYTHONPATH"] = str(tmp_path)
+    done = run_python(str(script), str(tmp_path), env=env, timeout=60)
+    assert done.stdout.splitlines()[-1] == "[[2]]"

@@ -149,6 +149,8 @@ class SysmonCore(Core):
         self._disarm_pending = False
         self._wake = threading.Event()
         self._disarmer: Optional[threading.Thread] = None
+        #: Guards the disarmer's start, which happens outside ``_lock`` (``_start_disarmer``).
+        self._disarmer_lock = threading.Lock()
         self._census_enabled = False
         #: co_filename -> lines hit in the current census epoch.
         self._census: dict[str, set[int]] = {}
@@ -745,6 +747,7 @@ class SysmonCore(Core):
         """Stop counting an exact scope as active; disarm (after lingering) at zero."""
         if scope.generation != self._generation:
             return
+        start_disarmer = False
         with self._lock:
             if self._active > 0:
                 self._active -= 1
@@ -773,8 +776,13 @@ class SysmonCore(Core):
                         self._sync_divert()
                         if not self._disarm_pending:
                             self._disarm_pending = True
-                            self._start_disarmer()
-                            self._wake.set()
+                            start_disarmer = True
+        if start_disarmer:
+            # Outside the lock: a thread's start waits for the new thread to run its bootstrap,
+            # and where the threading module is itself under the roots, that code's first
+            # call comes to the callbacks, which take the lock.
+            self._start_disarmer()
+            self._wake.set()
 
     def _linger_ran_out(self) -> None:
         """Unsampled work used up the linger budget: disarm now (called from a callback)."""
@@ -795,11 +803,15 @@ class SysmonCore(Core):
             self._apply(toggle=self._census_enabled, exact_only=True)
 
     def _start_disarmer(self) -> None:
-        thread = self._disarmer
-        if thread is None or not thread.is_alive():
-            thread = threading.Thread(target=self._disarm_loop, name="runcov-disarm", daemon=True)
-            self._disarmer = thread
-            thread.start()
+        """Start the disarming thread unless it runs (never with ``_lock`` held)."""
+        with self._disarmer_lock:
+            thread = self._disarmer
+            if thread is None or not thread.is_alive():
+                thread = threading.Thread(
+                    target=self._disarm_loop, name="runcov-disarm", daemon=True
+                )
+                self._disarmer = thread
+                thread.start()
 
     def _disarm_loop(self) -> None:
         """Disarm exact-mode events once no exact scope was active for the linger time."""
@@ -965,6 +977,7 @@ class SysmonCore(Core):
         self._sync_divert()
         self._wake = threading.Event()
         self._disarmer = None
+        self._disarmer_lock = threading.Lock()
         self._disarm_pending = False
         self._census.clear()
         self._census_done.clear()
