@@ -1248,3 +1248,45 @@ def test_threading_module_under_the_roots_does_not_hang(tmp_path: Path) -> None:
     env["PYTHONPATH"] = str(tmp_path)
     done = run_python(str(script), str(tmp_path), env=env, timeout=60)
     assert done.stdout.splitlines()[-1] == "[[2]]"
+
+
+_FOREIGN_UNDER_A_ROOT = """
+import json, os, sys
+import packaging.version
+from runcov.config import split_list
+from runcov.testing import capture_coverage
+import own_mod
+
+def run():
+    json.dumps({"a": [1, 2]})
+    split_list("a,b")
+    packaging.version.Version("1.2")
+    own_mod.work(1)
+
+for roots in (
+    ["/"],
+    [os.path.dirname(packaging.version.__file__)],
+    [os.path.dirname(json.__file__)],
+):
+    with capture_coverage(source=roots) as cap:
+        run()
+    print(sorted(os.path.basename(p) for p, lines in cap.lines.items() if lines))
+"""
+
+
+def test_runcov_the_standard_library_and_installed_packages_are_not_a_services_code(
+    tmp_path: Path,
+) -> None:
+    """A root that holds them (``/``, a project directory with its virtual environment) does
+    not measure runcov, the standard library or installed packages, only the code beside
+    them; a root named inside one of them (a service installed into site-packages) measures
+    the code under it."""
+    (tmp_path / "own_mod.py").write_text("def work(n):\n    return n * 2\n")
+    script = tmp_path / "foreign.py"
+    script.write_text(_FOREIGN_UNDER_A_ROOT)
+    env = environ_without(("RUNCOV_", "OTEL_"), keep=("RUNCOV_ACCEL",))
+    env["PYTHONPATH"] = str(tmp_path)
+    out = run_python(str(script), env=env, timeout=60).stdout.splitlines()
+    assert out[0] == "['foreign.py', 'own_mod.py']"  # the script's run() and its module
+    assert out[1] == "['version.py']"
+    assert "encoder.py" in out[2] and "own_mod.py" not in out[2] and "version.py" not in out[2]

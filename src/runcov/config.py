@@ -273,12 +273,26 @@ def load_config(environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> C
         option, value = raw(name)
         if value is not None:
             values[name] = _to_list(option, value, regex=(name == "redact"))
+    option = raw("source")[0]
     if "source" in values:
         if not values["source"]:
-            raise _bad("source", values["source"], "at least one source root is needed")
+            raise _bad(option, values["source"], "at least one source root is needed")
         for root in values["source"]:
             if not root.strip():
-                raise _bad("source", values["source"], "a source root is an empty string")
+                raise _bad(option, values["source"], "a source root is an empty string")
+    for root in values.get("source") or [os.getcwd()]:
+        real = os.path.realpath(os.path.abspath(root))
+        if os.path.dirname(real) == real:
+            why = (
+                "the filesystem root as a source root would measure every file of the machine "
+                "and report its path; name the directory of the service's own code"
+            )
+            if "source" in values:
+                raise _bad(option, values["source"], why)
+            raise ConfigError(
+                f"{option} not given and the working directory, the default root, is {real!r}: "
+                + why
+            )
     for selector in values.get("endpoints", []):
         parse_selector(selector, option=raw("endpoints")[0])
     if "endpoints" in values and not values["endpoints"]:

@@ -218,3 +218,17 @@ def test_compression() -> None:
     assert load_config(environ=env).exporter_compression == "gzip"
     with pytest.raises(ConfigError, match="RUNCOV_EXPORTER_COMPRESSION='zstd': not one of"):
         load_config(environ={"RUNCOV_EXPORTER_COMPRESSION": "zstd"})
+
+
+def test_the_filesystem_root_is_no_source_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``/`` as a root would measure every file of the machine and report its path (home
+    directories included); a service started from ``/`` without a root (the default is the
+    working directory) is told to name one."""
+    with pytest.raises(ConfigError, match=r"^source=\['/srv', '/'\]: the filesystem root"):
+        load_config(environ={}, source=["/srv", "/"])
+    with pytest.raises(ConfigError, match=r"^RUNCOV_SOURCE=\['/'\]: the filesystem root"):
+        load_config(environ={"RUNCOV_SOURCE": "/"})
+    monkeypatch.chdir("/")
+    with pytest.raises(ConfigError, match=r"^RUNCOV_SOURCE not given .* is '/': the filesystem"):
+        load_config(environ={})
+    assert load_config(environ={"RUNCOV_SOURCE": "/srv/app"}).source == ["/srv/app"]

@@ -85,11 +85,11 @@ class Roots:
         path: Optional[str] = None
         if filename and not filename.startswith("<") and os.path.isabs(filename):
             real = os.path.realpath(filename)
-            if within(real, self._roots):
+            if under_roots(real, self._roots):
                 path = real
         elif filename and not filename.startswith("<"):
             real = os.path.realpath(os.path.abspath(filename))
-            if within(real, self._roots):
+            if under_roots(real, self._roots):
                 path = real
         self._cache[filename] = path
         return path
@@ -98,6 +98,44 @@ class Roots:
 def within(path: str, roots: Iterable[str]) -> bool:
     """True when ``path`` is one of ``roots`` or lies below one of them."""
     return any(path == root or path.startswith(root + os.sep) or root == os.sep for root in roots)
+
+
+def _foreign_dirs() -> tuple[str, ...]:
+    """The directories whose code is not a service's own: runcov's package, the standard
+    library and the site-packages directories (real paths)."""
+    import site
+    import sysconfig
+
+    dirs = {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    paths = sysconfig.get_paths()
+    dirs.update(paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths)
+    try:
+        dirs.update(site.getsitepackages())
+        dirs.add(site.getusersitepackages())
+    except Exception:  # a site module without them (an embedded interpreter's)
+        pass
+    return tuple(sorted({os.path.realpath(d) for d in dirs if d}))
+
+
+#: See :func:`_foreign_dirs`.
+FOREIGN_DIRS = _foreign_dirs()
+
+
+def under_roots(path: str, roots: tuple[str, ...]) -> bool:
+    """True when the real path ``path`` lies under one of ``roots`` and is the service's own code.
+
+    Code in :data:`FOREIGN_DIRS` (runcov itself, the standard library, installed packages) is
+    not, even under a root that holds them (``/``, a directory with a virtual environment in
+    it), unless a root that holds it lies inside that directory: a service installed into
+    site-packages is measured when its package directory is named as a root.
+    """
+    holding = [root for root in roots if within(path, (root,))]
+    if not holding:
+        return False
+    for foreign in FOREIGN_DIRS:
+        if path == foreign or path.startswith(foreign + os.sep):
+            return any(within(root, (foreign,)) for root in holding)
+    return True
 
 
 class ScopeState(Scope):
@@ -356,7 +394,7 @@ def _resolve(filename: str, roots: tuple[str, ...]) -> Optional[str]:
         real = os.path.realpath(os.path.abspath(filename))
         if len(_realpaths) < 100_000:
             _realpaths[filename] = real
-    return real if within(real, roots) else None
+    return real if under_roots(real, roots) else None
 
 
 class _Handoff:
