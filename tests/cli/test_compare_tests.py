@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from coverage import Coverage
+
 from runcov_collector.model import Release
 from tests.cli import support
 from tests.cli.conftest import RunningCollector, Sample
@@ -64,3 +66,48 @@ def test_missing_test_data_is_a_usage_error(collector: RunningCollector, sample:
     proc = support.runcov("compare-tests", *collector.args(), "--service", "shop",
                           "--tests", str(sample.scratch / "nope"))
     assert proc.returncode == 2 and "no coverage data file" in proc.stderr
+
+
+def test_lines_that_run_only_at_import_are_no_dead_code_candidates(
+    collector: RunningCollector, sample: Sample
+) -> None:
+    """Production requests never run imports, def/class lines or module constants (the agent
+    measures requests, not process start): they must not all show up as unused."""
+    at_import_data = sample.scratch / ".coverage.import-only"
+    if not at_import_data.exists():
+        support.coverage_run(sample.root, at_import_data)  # drive.py without a request
+    at_import = {p: set(h[0]) for p, h in support.hits(at_import_data, sample.root).items()}
+    assert at_import["shop/views.py"] and at_import["shop/pricing.py"]
+    requests = sample.requests(*PROD_INPUTS)
+    for r in requests:
+        r.files = {p: ([n for n in lines if n not in at_import.get(p, set())], [])
+                   for p, (lines, _) in r.files.items()}
+    collector.store.ingest(support.batch(PROD, sample.root, requests, mode="census"))
+    proc = support.runcov(
+        "compare-tests", *collector.args(), "--service", "shop", "--tests",
+        str(sample.oracle(*TEST_INPUTS)), "--source", str(sample.root), "--format", "json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = support.as_json(proc)
+    prod = {p: lines - at_import.get(p, set()) for p, lines in sample.lines(*PROD_INPUTS).items()}
+    tests = sample.lines(*TEST_INPUTS)
+    files = {f["path"]: f for f in doc["files"]}
+    left_out = 0
+    for path, f in files.items():
+        statements = set(Coverage(data_file=None).analysis2(str(sample.root / path))[1])
+        unused = (tests.get(path, set()) - prod.get(path, set())) & statements
+        assert set(f["unused_lines"]) == unused - at_import.get(path, set()), path
+        assert f["import_time_lines"] == len(unused & at_import.get(path, set())), path
+        left_out += f["import_time_lines"]
+    assert doc["totals"]["import_time_lines"] == left_out > 0
+    # never_called (lines 41-45): the body the tests ran is a candidate, its def line is not.
+    assert {43, 44} <= set(files["shop/pricing.py"]["unused_lines"])
+    assert 41 not in files["shop/pricing.py"]["unused_lines"]
+
+    proc = support.runcov(
+        "compare-tests", *collector.args(), "--service", "shop", "--tests",
+        str(sample.oracle(*TEST_INPUTS)), "--source", str(sample.root),
+    )
+    assert (f"Unused leaves out {left_out} lines that run only at import time (imports, "
+            "def/class lines, decorators, module- and class-level statements), which no "
+            "request executes.") in proc.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from runcov_collector.model import Release
@@ -136,3 +137,37 @@ def test_canary_of_a_new_commit_against_the_previous_baseline(
                              "0.9", "--a-role", "baseline", "--b-version", "1.1",
                              "--b-role", "canary")
     assert missing.returncode == 2 and "HTTP 404" in missing.stderr
+
+
+def test_canary_baseline_comes_from_the_canary_environment(
+    collector: RunningCollector, sample: Sample
+) -> None:
+    """Without --environment, a prod canary is compared with prod's baseline, not staging's."""
+    prod_requests = sample.requests(*A_INPUTS)
+    staging_requests = sample.requests(*B_INPUTS)
+    for r in staging_requests:
+        r.when = time.time() + 5  # staging's baseline is the newest release of the service
+    for release, requests in [
+        (Release("shop", "1.0", "prod", "baseline"), prod_requests),
+        (Release("shop", "1.1", "prod", "canary"), sample.requests(*B_INPUTS)),
+        (Release("shop", "1.0", "staging", "baseline"), staging_requests),
+    ]:
+        collector.store.ingest(support.batch(release, sample.root, requests))
+    newest = support.as_json(support.runcov("report", *collector.args(), "--service", "shop",
+                                            "--format", "json"))["releases"][0]
+    assert (newest["environment"], newest["role"]) == ("staging", "baseline")
+
+    proc = support.runcov("diff", *collector.args(), "--service", "shop", "--canary", "1.1",
+                          "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = support.as_json(proc)
+    assert doc["a"] == {"service": "shop", "version": "1.0", "environment": "prod",
+                        "role": "baseline"}
+    assert doc["b"] == {"service": "shop", "version": "1.1", "environment": "prod",
+                        "role": "canary"}
+    # prod's baseline ran A_INPUTS (admin included); staging's ran the canary's inputs.
+    assert doc["summary"]["endpoints_only_in_a"] == 1
+
+    proc = support.runcov("diff", *collector.args(), "--service", "shop", "--canary", "9.9")
+    assert proc.returncode == 2
+    assert "service 'shop' has no canary release of version '9.9'" in proc.stderr

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from coverage import CoverageData
 
+from runcov.reports.export import write_json
 from runcov_collector.model import Release
 from tests.cli import support
 from tests.cli.conftest import RunningCollector, Sample
@@ -271,3 +272,32 @@ def test_census_mode_exports_line_data(tmp_path: Path, collector: RunningCollect
     expected = support.coverage_cli(root, "report", "-m", f"--data-file={oracle}")
     assert "Branch" not in expected
     assert support.coverage_cli(root, "report", "-m", f"--data-file={exported}") == expected
+
+
+@pytest.mark.parametrize("fmt", ["coverage", "lcov", "cobertura", "json"])
+def test_unwritable_output_is_a_usage_error(
+    measured: tuple[Path, Path], collector: RunningCollector, tmp_path: Path, fmt: str
+) -> None:
+    root, _ = measured
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "a-file").write_text("")
+    for out, message in [
+        (out_dir, f"output {out_dir} is a directory: give a file name"),
+        (out_dir / "a-file" / "x.out",
+         f"cannot write {out_dir / 'a-file' / 'x.out'}: {out_dir / 'a-file'} is not a directory"),
+    ]:
+        proc = support.runcov(
+            "export", *collector.args(), "--service", "shop", "--format", fmt, "-o", str(out),
+            "--source", str(root),
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert [p.name for p in out_dir.iterdir()] == ["a-file"]
+
+
+def test_failed_json_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(OSError):
+        write_json({"files": []}, tmp_path / "taken")
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]

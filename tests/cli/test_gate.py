@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import difflib
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from coverage import Coverage
 
 from runcov.reports.gate import GateError, PathSpec, parse_unified_diff
+from runcov.reports.local import analyze_local, function_body
 from runcov_collector.model import Release
 from tests.cli import support
 from tests.cli.conftest import RunningCollector
@@ -29,9 +31,24 @@ def canary(repo: Path, collector: RunningCollector, tmp_path: Path) -> dict[str,
     return {p: set(lines) for p, (lines, _) in support.hits(combined, repo).items()}
 
 
+def import_only_lines(repo: Path, modules: list[str]) -> dict[str, set[int]]:
+    """Ground truth for "runs at import time": what coverage.py records when merely importing."""
+    script = repo.parent / "import_only.py"
+    script.write_text("".join(f"import {m}\n" for m in modules))
+    data = repo.parent / ".coverage.import-only"
+    subprocess.run(
+        [sys.executable, "-m", "coverage", "run", "--source=shop", f"--data-file={data}",
+         str(script)],
+        cwd=repo, env={**support.clean_env(), "PYTHONPATH": str(repo)}, check=True,
+    )
+    return {p: set(lines) for p, (lines, _) in support.hits(data, repo).items()}
+
+
 def changed_statements(repo: Path) -> dict[str, set[int]]:
-    """Ground truth: lines added or changed since v1.0 (difflib) that coverage.py executes."""
+    """Ground truth: lines added or changed since v1.0 (difflib) that coverage.py executes,
+    without those that already run when the module is imported (no request runs them)."""
     cov = Coverage(data_file=None)
+    at_import = import_only_lines(repo, ["shop.views", "shop.pricing", "shop.coupons"])
     out = {}
     for rel in [*support.EDITS, support.NEW_FILE[0]]:
         old = support.git(repo, "show", f"v1.0:{rel}").splitlines() if rel in support.EDITS else []
@@ -41,7 +58,7 @@ def changed_statements(repo: Path) -> dict[str, set[int]]:
             if tag in ("replace", "insert"):
                 changed.update(range(j1 + 1, j2 + 1))
         statements = set(cov.analysis2(str(repo / rel))[1])
-        out[rel] = changed & statements
+        out[rel] = changed & statements - at_import[rel]
     return out
 
 
@@ -74,11 +91,16 @@ def test_changed_lines_gate_fails_with_the_numbers(
     by_file = {f["path"]: f for f in doc["files"]}
     for path, lines in truth.items():
         assert set(by_file[path]["missed_lines"]) == lines - canary.get(path, set())
-    # The new module counts, entirely missed, by the local file's coverage.py analysis.
+    # The new module counts, entirely missed, by the local file's coverage.py analysis:
+    # the body of valid(); its def line runs at import, like loyalty()'s in pricing.py.
     assert not canary.get("shop/coupons.py")
     assert by_file["shop/coupons.py"]["covered"] == 0
-    assert by_file["shop/coupons.py"]["lines"] == len(truth["shop/coupons.py"]) == 2
+    assert by_file["shop/coupons.py"]["lines"] == len(truth["shop/coupons.py"]) == 1
     assert by_file["shop/coupons.py"]["note"] == "never executed in production"
+    pricing = (repo / "shop" / "pricing.py").read_text().splitlines()
+    loyalty = pricing.index("def loyalty(total: float, years: int) -> float:") + 1
+    assert doc["import_time"] == {"shop/coupons.py": [4], "shop/pricing.py": [loyalty]}
+    assert doc["import_time_lines"] == 2
 
 
 def test_no_changes_passes(repo: Path, canary: dict[str, set[int]],
@@ -103,6 +125,59 @@ def test_uncommitted_edits_count_as_changes(
     assert doc["files"] == [{"path": "shop/views.py", "lines": 1, "covered": 0, "percent": 0.0,
                              "missed_lines": [line], "note": ""}]
     assert doc["message"] == "canary covered 0 of 1 changed lines (0.0%) < 80%"
+
+
+def test_changed_lines_that_run_only_at_import_are_left_out(
+    repo: Path, canary: dict[str, set[int]], collector: RunningCollector
+) -> None:
+    """Imports, def/class lines and module constants run at import, never in a request:
+    changing them must not fail a canary that no traffic could make pass."""
+    edits = {
+        "shop/views.py": [
+            ("from shop import pricing\n", "from shop import pricing as pricing\n"),
+            ("def item(item_id: int) -> dict:\n", "def item(item_id: int) -> dict[str, object]:\n"),
+            ("class Admin:\n", "class Admin(object):\n"),
+            ("    def report(self, verbose: bool) -> str:\n",
+             "    def report(self, verbose: bool = False) -> str:\n"),
+        ],
+        "shop/pricing.py": [('"us": 0.0}', '"us": 0.0, "uk": 0.2}')],
+    }
+    at_import = {}
+    for rel, changes in edits.items():
+        old_lines = (repo / rel).read_text().splitlines()
+        text = (repo / rel).read_text()
+        for old, new in changes:
+            assert old in text
+            text = text.replace(old, new, 1)
+        (repo / rel).write_text(text)
+        new_lines = text.splitlines()
+        assert len(new_lines) == len(old_lines)  # production's line numbers still apply
+        at_import[rel] = [n for n, (a, b) in enumerate(zip(old_lines, new_lines), 1) if a != b]
+    assert [len(v) for v in at_import.values()] == [4, 1]
+
+    proc = gate(collector, repo, "--changed-since", "HEAD", "--format", "json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = support.as_json(proc)
+    assert (doc["lines"], doc["files"]) == (0, [])
+    assert doc["import_time"] == at_import and doc["import_time_lines"] == 5
+
+    # A changed line in a function body still counts; the note says what was left out.
+    views = repo / "shop" / "views.py"
+    text = views.read_text().replace('        return {"status": 404}\n',
+                                     '        return {"status": 404, "why": "x"}\n')
+    views.write_text(text)
+    body = text.splitlines().index('        return {"status": 404, "why": "x"}') + 1
+    assert body not in canary["shop/views.py"]
+    proc = gate(collector, repo, "--changed-since", "HEAD")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-2:] == [
+        "note: left out 5 changed lines that run only at import time (imports, def/class lines, "
+        "decorators, module- and class-level statements), which no request executes: "
+        "shop/pricing.py 5; shop/views.py " + ", ".join(map(str, at_import["shop/views.py"])),
+        "FAIL: canary covered 0 of 1 changed lines (0.0%) < 80%",
+    ]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("shop/views.py"))
+    assert row.split() == ["shop/views.py", "1", "0", "0.0%", str(body)]
 
 
 def test_paths_gate(repo: Path, canary: dict[str, set[int]], collector: RunningCollector) -> None:
@@ -136,6 +211,33 @@ def test_paths_gate(repo: Path, canary: dict[str, set[int]], collector: RunningC
     whole = gate(collector, repo, "--paths", "shop/pricing.py", "--format", "json")
     doc = support.as_json(whole)
     assert (doc["lines"], doc["covered"]) == (len(statements), len(statements & executed))
+
+
+def test_paths_that_select_nothing_or_several_functions_are_usage_errors(
+    repo: Path, canary: dict[str, set[int]], collector: RunningCollector
+) -> None:
+    """A typo in a game-day gate must stop the pipeline, not measure nothing and pass."""
+    for spec in ["shop/pricing.py:5000-6000", "shop/pricing.py:6-7"]:
+        proc = gate(collector, repo, "--paths", "shop/pricing.py::discount", spec,
+                    "--threshold", "100")
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert f"runcov: {spec} selects no executable line: nothing to measure" in proc.stderr
+
+    (repo / "shop" / "jobs.py").write_text(
+        "class Nightly:\n    def run(self):\n        return 1\n\n"
+        "class Hourly:\n    def run(self):\n        return 2\n\n"
+        "    @property\n    def every(self):\n        return 60\n\n"
+        "    @every.setter\n    def every(self, value):\n        self.minutes = value\n"
+    )
+    proc = gate(collector, repo, "--paths", "shop/jobs.py::run")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert ("shop/jobs.py::run is ambiguous: it matches Nightly.run (line 2), Hourly.run "
+            "(line 6); give the qualified name, e.g. shop/jobs.py::Hourly.run") in proc.stderr
+    proc = gate(collector, repo, "--paths", "shop/jobs.py::Hourly.run", "--format", "json")
+    assert proc.returncode == 1 and support.as_json(proc)["files"][0]["missed_lines"] == [7]
+    # One name defined twice (a property's getter and setter) is one function: both bodies.
+    proc = gate(collector, repo, "--paths", "shop/jobs.py::every", "--format", "json")
+    assert proc.returncode == 1 and support.as_json(proc)["files"][0]["missed_lines"] == [11, 15]
 
 
 def test_exit_codes_for_errors(repo: Path, canary: dict[str, set[int]],
@@ -186,3 +288,70 @@ def test_path_specs(spec: str, parsed: PathSpec) -> None:
 def test_bad_path_specs(spec: str) -> None:
     with pytest.raises(GateError):
         PathSpec.parse(spec)
+
+
+IMPORT_TIME_SOURCE = '''\
+"""A module."""                              # -
+import functools                              # import
+LIMIT = 3                                     # import
+
+
+def deco(f):                                  # import
+    return f                                  # request
+
+
+@deco                                         # import
+@functools.lru_cache(                         # import
+    maxsize=LIMIT,                            # -
+)                                             # -
+def handler(                                  # import
+    x=1,                                      # -
+):                                            # -
+    """Docstring."""                          # -
+    y = x + 1                                 # request
+
+    @deco                                     # request
+    def inner():                              # request
+        return y                              # request
+    return inner                              # request
+
+
+class Admin:                                  # import
+    level = LIMIT                             # import
+
+    @property                                 # import
+    def name(self):                           # import
+        return "admin"                        # request
+
+    def ping(self): return "pong"             # request
+
+
+if LIMIT > 2:                                 # import
+    ALIAS = handler                           # import
+'''
+
+
+def test_import_time_lines(tmp_path: Path) -> None:
+    """Statements outside every function body run at import: the ``# import`` lines above.
+
+    Everything marked ``# import`` is executed by merely importing the module (coverage.py
+    says so); the ``# request`` lines only run in calls (a one-line ``def`` runs its body).
+    """
+    module = tmp_path / "mod.py"
+    module.write_text(IMPORT_TIME_SOURCE)
+    marks = {n: line.rsplit("# ", 1)[1] for n, line in enumerate(IMPORT_TIME_SOURCE.splitlines(), 1)
+             if "# " in line}
+    local = analyze_local(module)
+    assert {n for n, m in marks.items() if m != "-"} == local.lines
+    assert local.import_time(local.lines) == {n for n, m in marks.items() if m == "import"}
+
+    data = tmp_path / ".coverage"
+    subprocess.run([sys.executable, "-m", "coverage", "run", f"--data-file={data}", str(module)],
+                   cwd=tmp_path, env=support.clean_env(), check=True)
+    imported = set(support.hits(data, tmp_path)["mod.py"][0])
+    assert {n for n, m in marks.items() if m == "import"} <= imported
+
+    # The body of a function, as --paths FILE::NAME and compare-tests count it.
+    ((_, start, end),) = [f for f in local.functions if f[0] == "handler"]
+    body = function_body(local.lines, start, end, local.bodies[(start, end)])
+    assert body == {n for n in range(start, end + 1) if marks.get(n) == "request"}

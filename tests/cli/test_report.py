@@ -140,3 +140,50 @@ def test_errors_map_to_exit_codes(collector: RunningCollector, sample: Sample) -
                           env={"RUNCOV_COLLECTOR_URL": collector.url,
                                "RUNCOV_TOKEN": collector.token})
     assert proc.returncode == 0 and support.as_json(proc)["release"]["service"] == "shop"
+
+
+def test_an_endpoint_the_release_never_saw_is_a_usage_error(
+    collector: RunningCollector, sample: Sample, tmp_path: Path
+) -> None:
+    """A typo in --endpoint must not read as 0 % coverage (or a failed gate)."""
+    populate(collector, sample)
+    known = "known endpoints: GET /admin/report, GET /items/{item_id}, POST /checkout"
+    proc = support.runcov("report", *collector.args(), "--service", "shop", "--endpoint",
+                          "GET /nope")
+    assert proc.returncode == 2, proc.stdout
+    assert proc.stderr == (
+        "runcov: unknown endpoint 'GET /nope': shop 1.0 (prod, baseline) never saw it; "
+        f"{known}\n"
+    )
+    proc = support.runcov("report", *collector.args(), "--service", "shop", "--endpoint",
+                          "GET /item/{item_id}")
+    assert proc.returncode == 2
+    assert "(did you mean 'GET /items/{item_id}'?)" in proc.stderr
+    # The canary never served the admin report; the baseline did.
+    canary = ["--service", "shop", "--version", "1.1", "--role", "canary"]
+    proc = support.runcov("report", *collector.args(), *canary, "--endpoint", "GET /admin/report")
+    assert proc.returncode == 2
+    assert "'GET /admin/report': shop 1.1 (prod, canary) never saw it" in proc.stderr
+    proc = support.runcov("report", *collector.args(), "--service", "shop", "--endpoint",
+                          "GET /admin/report", "--format", "json")
+    assert proc.returncode == 0 and support.as_json(proc)["totals"]["lines_covered"] > 0
+
+    typo = ["--service", "shop", "--endpoint", "GET /nope", "--source", str(sample.root)]
+    for command in (
+        ["export", "-o", str(tmp_path / "out.lcov"), "--format", "lcov"],
+        ["gate", "--paths", "shop/views.py"],
+        ["compare-tests", "--tests", str(sample.oracle("admin"))],
+    ):
+        proc = support.runcov(*command, *collector.args(), *typo)
+        assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
+        assert "unknown endpoint 'GET /nope'" in proc.stderr
+    assert not (tmp_path / "out.lcov").exists()
+
+    # diff: an endpoint seen by either release is fine (A only here), by neither is not.
+    ab = ["--service", "shop", "--a-version", "1.0", "--b-version", "1.1", "--b-role", "canary"]
+    proc = support.runcov("diff", *collector.args(), *ab, "--endpoint", "GET /admin/report")
+    assert proc.returncode == 0, proc.stderr
+    proc = support.runcov("diff", *collector.args(), *ab, "--endpoint", "GET /nope")
+    assert proc.returncode == 2
+    assert ("'GET /nope': shop 1.0 (prod, baseline) and shop 1.1 (prod, canary) never saw it"
+            in proc.stderr)

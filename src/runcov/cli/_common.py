@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
+import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional, TextIO
 
 from runcov.reports.client import (
     DEFAULT_COLLECTOR_URL,
     CollectorClient,
+    CollectorConfigError,
     CollectorRequestError,
     CollectorUnreachable,
     ReleaseSelection,
 )
 from runcov.reports.local import SourceError
 from runcov.reports.progress import Progress, progress_wanted
+from runcov.reports.report import release_label
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the check ran and failed (gate)
 EXIT_USAGE = 2  # bad arguments, configuration, unknown release, git failure
 EXIT_COLLECTOR = 3  # collector unreachable or answering with a server error
+EXIT_INTERNAL = 4  # a bug in runcov: never 1, so that it cannot pass for a failed gate
 
 
 class UsageError(Exception):
@@ -81,6 +87,34 @@ def selection(args: argparse.Namespace, require_service: bool = True) -> Release
     )
 
 
+def check_endpoint(c: CollectorClient, *sels: ReleaseSelection) -> None:
+    """Reject an ``--endpoint`` that none of the selected releases has ever seen.
+
+    The collector answers a selection narrowed to an unknown endpoint with empty coverage,
+    which reads as 0 % (and fails a gate) when the mistake is a typo in the endpoint's name.
+    Known means seen at any time, so that a ``--since`` window without its requests still
+    reports 0 % for an endpoint that exists.
+    """
+    wanted = sels[0].endpoint if sels else None
+    if wanted is None:
+        return
+    known: set[str] = set()
+    labels = []
+    for sel in sels:
+        doc = c.endpoints(replace(sel, endpoint=None, since=None, until=None))
+        known.update(e["endpoint"] for e in doc.get("endpoints", []))
+        labels.append(release_label(doc["release"]))
+    if wanted in known:
+        return
+    close = difflib.get_close_matches(wanted, sorted(known), n=1)
+    listed = ", ".join(sorted(known)[:10]) + (" ..." if len(known) > 10 else "")
+    raise UsageError(
+        f"unknown endpoint {wanted!r}: {' and '.join(dict.fromkeys(labels))} never saw it"
+        + (f" (did you mean {close[0]!r}?)" if close else "")
+        + f"; known endpoints: {listed or '(none)'}"
+    )
+
+
 def progress(args: argparse.Namespace, label: str, total: Optional[int] = None,
              unit: str = "", scale: int = 1) -> Progress:
     """A progress line on stderr, enabled per ``--progress``/env/terminal."""
@@ -118,13 +152,18 @@ def source_dirs(values: Optional[list[str]]) -> list[Path]:
 
 
 def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a subcommand, turning known failures into a message and an exit code."""
+    """Run a subcommand, turning every failure into a message and its documented exit code.
+
+    Exit code 1 means "the gate failed" to CD pipelines, so no error may end with it (as an
+    uncaught exception would): local file errors are configuration errors (2), and anything
+    unforeseen is an internal error (4), reported with its traceback.
+    """
     try:
         return func(args)
     except CollectorUnreachable as exc:
         print(f"runcov: {exc}", file=sys.stderr)
         return EXIT_COLLECTOR
-    except CollectorRequestError as exc:
+    except (CollectorRequestError, CollectorConfigError) as exc:
         print(f"runcov: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (UsageError, SourceError, ValueError) as exc:
@@ -132,3 +171,11 @@ def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
         return EXIT_USAGE
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:
+        print(f"runcov: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # the last resort that keeps exit code 1 for failed gates
+        traceback.print_exc(file=sys.stderr)
+        print(f"runcov: internal error: {type(exc).__name__}: {exc} (please report this with "
+              "the traceback above)", file=sys.stderr)
+        return EXIT_INTERNAL

@@ -16,8 +16,9 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "compare-tests", help="production coverage vs a test suite's coverage data",
         description="Lines and branches run in production but never by the tests (risk), "
-                    "and run by the tests but never in production (dead-code candidates), "
-                    "per file and per function.",
+                    "and run by the tests but never in production (dead-code candidates, "
+                    "without the lines that only run at import time), per file and per "
+                    "function.",
     )
     _common.add_selection_options(p)
     _common.add_collector_options(p)
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.path_prefix:
         tests = {k: v for k, v in tests.items() if k.startswith(args.path_prefix)}
     client = _common.client(args)
+    _common.check_endpoint(client, sel)
     download = _common.download_progress(args, client)
     detail = client.coverage(sel, detail=True, path_prefix=args.path_prefix)
     download.finish()

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
             )
         a = replace(base, version=args.a_version, role=args.a_role)
         b = replace(base, version=args.b_version, role=args.b_role)
+    _common.check_endpoint(client, a, b)
     data = build_diff(client, a, b)
     if args.format == "json":
         _common.emit_json(data)

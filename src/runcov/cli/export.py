@@ -48,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
     """Fetch the detail and write it."""
     sel = _common.selection(args)
     sources = _common.source_dirs(args.source)
+    output = Path(args.output or _DEFAULT_OUTPUT[args.format])
+    _check_output(output, _DEFAULT_OUTPUT[args.format])
     client = _common.client(args)
+    _common.check_endpoint(client, sel)
     download = _common.download_progress(args, client)
     detail = client.coverage(sel, detail=True, path_prefix=args.path_prefix)
     download.finish()
@@ -56,14 +59,29 @@ def run(args: argparse.Namespace) -> int:
     if args.contexts == "endpoint" and args.format != "json":
         contexts = _per_endpoint(args, client, sel)
     files = detail.get("files", [])
-    output = Path(args.output or _DEFAULT_OUTPUT[args.format])
     bar = _common.progress(args, "writing", total=len(files), unit=" files")
-    result = export(detail, args.format, output, sources, bar.advance, contexts)
-    bar.finish()
+    try:
+        result = export(detail, args.format, output, sources, bar.advance, contexts)
+    except OSError as exc:
+        raise _common.UsageError(f"cannot write {output}: {exc.strerror or exc}") from exc
+    finally:
+        bar.finish()
     for warning in result.warnings():
         print(f"runcov: warning: {warning}", file=sys.stderr)
     print(f"wrote {output} ({args.format}, {result.files} files)", file=sys.stderr)
     return _common.EXIT_OK
+
+
+def _check_output(output: Path, default_name: str) -> None:
+    """Refuse an output path that cannot become a file, before downloading anything."""
+    if output.is_dir():
+        raise _common.UsageError(f"output {output} is a directory: give a file name, "
+                                 f"e.g. -o {output / default_name}")
+    for parent in output.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise _common.UsageError(f"cannot write {output}: {parent} is not a directory")
+            break
 
 
 def _per_endpoint(

@@ -18,14 +18,16 @@ def add_parser(subparsers: Any) -> None:
         description="Measure the production coverage of the executable lines changed since a "
                     "git ref (--changed-since) or of named paths (--paths) in the selected "
                     "release. Exit codes: 0 pass, 1 gate failed, 2 usage or configuration "
-                    "error, 3 collector unreachable or failing.",
+                    "error, 3 collector unreachable or failing, 4 internal error.",
     )
     _common.add_selection_options(p)
     _common.add_collector_options(p)
     _common.add_format_option(p)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--changed-since", metavar="GIT_REF",
-                      help="measure the lines changed since this git ref (git diff -U0 REF)")
+                      help="measure the lines changed since this git ref (git diff -U0 REF), "
+                           "without those that only run at import time (imports, def/class "
+                           "lines, decorators, module-level statements)")
     what.add_argument("--paths", nargs="+", metavar="SPEC",
                       help="measure file.py, file.py:10-20 or pkg/mod.py::function")
     p.add_argument("--threshold", type=float, default=80.0, metavar="PCT",
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     sel = _common.selection(args)
     sources = _common.source_dirs(args.source)
     client = _common.client(args)
+    _common.check_endpoint(client, sel)
     try:
         if args.changed_since:
             bar = _common.progress(args, "measuring changed files", unit=" files")

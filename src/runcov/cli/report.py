@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     """Fetch and print the report."""
     sel = _common.selection(args, require_service=False)
     client = _common.client(args)
+    if sel.service:
+        _common.check_endpoint(client, sel)
     bar = _common.download_progress(args, client)
     data = build_report(client, sel, args.path_prefix, args.sort, args.skip_covered)
     bar.finish()

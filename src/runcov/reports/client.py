@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
@@ -21,6 +22,10 @@ class CollectorError(Exception):
 
 class CollectorUnreachable(CollectorError):
     """No HTTP answer at all: connection refused, DNS failure, timeout, server error."""
+
+
+class CollectorConfigError(CollectorError):
+    """The collector cannot be asked at all as configured (a URL without http://): exit code 2."""
 
 
 class CollectorRequestError(CollectorError):
@@ -62,6 +67,19 @@ class CollectorClient:
     timeout: float = _DEFAULT_TIMEOUT
     on_bytes: Optional[Callable[[int], None]] = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        """Reject a base URL that urllib would fail on with a misleading network error."""
+        parts = urllib.parse.urlsplit(self.base_url)
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+            raise CollectorConfigError(
+                f"bad collector URL {self.base_url!r}: use http://HOST:PORT or https://HOST:PORT "
+                f"(e.g. {DEFAULT_COLLECTOR_URL})"
+            )
+
     @classmethod
     def from_env(cls, url: Optional[str] = None, token: Optional[str] = None) -> CollectorClient:
         """Argument, then ``RUNCOV_COLLECTOR_URL`` / ``RUNCOV_TOKEN``, then the default."""
@@ -94,6 +112,13 @@ class CollectorClient:
             reason = getattr(exc, "reason", exc)
             raise CollectorUnreachable(
                 f"cannot reach the collector at {self.base_url}: {reason}"
+            ) from exc
+        except http.client.HTTPException as exc:
+            # Something answered, but not in HTTP/1.x (the gRPC port, another protocol), or
+            # the answer broke off: a collector failure, like no answer at all.
+            raise CollectorUnreachable(
+                f"no valid HTTP answer from {self.base_url} for {path} "
+                f"({type(exc).__name__}); is this the collector's HTTP port?"
             ) from exc
         try:
             decoded = json.loads(body)

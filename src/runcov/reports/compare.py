@@ -31,6 +31,8 @@ class FileComparison:
     test_arcs: set[Arc] = field(default_factory=set)
     possible_arcs: set[Arc] = field(default_factory=set)
     functions: list[tuple[str, int, int]] = field(default_factory=list)
+    bodies: dict[tuple[int, int], int] = field(default_factory=dict)  # from the local source
+    import_time: set[int] = field(default_factory=set)
     in_production: bool = False
     in_tests: bool = False
 
@@ -41,8 +43,17 @@ class FileComparison:
 
     @property
     def unused_lines(self) -> set[int]:
-        """Executed by the tests, never in production: dead-code candidates."""
-        return self.test_lines - self.prod_lines
+        """Executed by the tests, never in production: dead-code candidates.
+
+        Lines that only run at import time are no candidates: requests never execute them,
+        so production coverage cannot tell whether they are used.
+        """
+        return self.test_lines - self.prod_lines - self.import_time
+
+    @property
+    def import_time_lines(self) -> set[int]:
+        """Executed by the tests, never in production, and left out of :attr:`unused_lines`."""
+        return (self.test_lines - self.prod_lines) & self.import_time
 
     @property
     def branch_lines(self) -> set[int]:
@@ -74,7 +85,7 @@ class FileComparison:
         """Per function: production/test line counts and its verdict."""
         rows = []
         for name, start, end in self.functions:
-            body = function_body(self.executable, start, end)
+            body = function_body(self.executable, start, end, self.bodies.get((start, end)))
             prod = len(body & self.prod_lines)
             test = len(body & self.test_lines)
             if prod and not test:
@@ -102,6 +113,7 @@ class FileComparison:
             "test_lines": len(self.test_lines),
             "untested_lines": sorted(self.untested_lines),
             "unused_lines": sorted(self.unused_lines),
+            "import_time_lines": len(self.import_time_lines),
             "untested_arcs": [list(a) for a in sorted(self.untested_arcs)],
             "unused_arcs": [list(a) for a in sorted(self.unused_arcs)],
             "functions": self.function_rows(),
@@ -161,17 +173,23 @@ def compare(
         # Denominators are known when production sent them or the local file can be analyzed
         # (a file may truly have no statements: only then is an empty set meaningful).
         known = bool(fc.executable)
-        if not fc.executable or not fc.functions or not fc.possible_arcs:
-            try:
-                found = resolve_local(path, sources)
-                local = analyze_local(found) if found else None
-            except SourceError:
-                local = None
-            if local is not None:
-                known = True
-                fc.executable = fc.executable or set(local.lines)
-                fc.possible_arcs = fc.possible_arcs or set(local.arcs)
-                fc.functions = fc.functions or list(local.functions)
+        try:
+            found = resolve_local(path, sources)
+            local = analyze_local(found) if found else None
+        except SourceError:
+            local = None
+        if local is not None:
+            known = True
+            fc.executable = fc.executable or set(local.lines)
+            fc.possible_arcs = fc.possible_arcs or set(local.arcs)
+            fc.functions = fc.functions or list(local.functions)
+            fc.bodies = local.bodies
+            fc.import_time = local.import_time(fc.executable)
+        elif known:
+            fc.import_time = fc.executable - {
+                n for _, start, end in fc.functions
+                for n in function_body(fc.executable, start, end)
+            }
         if known:
             fc.test_lines &= fc.executable
             fc.prod_lines &= fc.executable
@@ -187,6 +205,7 @@ def comparison_json(files: list[FileComparison], release: dict[str, Any]) -> dic
             "files": len(files),
             "untested_lines": sum(len(f.untested_lines) for f in files),
             "unused_lines": sum(len(f.unused_lines) for f in files),
+            "import_time_lines": sum(len(f.import_time_lines) for f in files),
             "untested_arcs": sum(len(f.untested_arcs) for f in files),
             "unused_arcs": sum(len(f.unused_arcs) for f in files),
         },
@@ -211,6 +230,10 @@ def render_comparison(doc: dict[str, Any], functions: bool = True) -> str:
     )]
     out.append("\nUntested = run in production, never by the tests (risk); "
                "Unused = run by the tests, never in production (dead-code candidates).\n")
+    if t.get("import_time_lines"):
+        out.append(f"Unused leaves out {t['import_time_lines']} lines that run only at import "
+                   "time (imports, def/class lines, decorators, module- and class-level "
+                   "statements), which no request executes.\n")
     for f in doc["files"]:
         parts = []
         if f["untested_lines"]:

@@ -13,21 +13,34 @@ from runcov.reports.table import fmt_arcs, fmt_ranges, render_table
 def canary_pair(
     client: CollectorClient, sel: ReleaseSelection, version: str
 ) -> tuple[ReleaseSelection, ReleaseSelection]:
-    """A = baseline, B = the canary of ``version``.
+    """A = baseline, B = the canary of ``version``, both in the canary's environment.
 
     The baseline is the baseline release of the same version when the collector has one,
-    otherwise the most recently seen baseline of the service in that environment.
+    otherwise the most recently seen baseline of the service in that environment. Without
+    ``--environment`` the canary's environment is the one where that canary was seen most
+    recently: a baseline from another environment (staging against a prod canary) would
+    make every difference between the environments look like a difference of the release.
     """
     if not sel.service:
         raise ValueError("--canary needs --service")
-    b = replace(sel, version=version, role="canary")
-    releases = client.releases(sel.service)["releases"]
-    same = [
+    releases = client.releases(sel.service)["releases"]  # newest first
+    environment = sel.environment
+    if environment is None:
+        canaries = [
+            r for r in releases if r.get("role") == "canary" and r.get("version") == version
+        ]
+        if not canaries:
+            raise ValueError(
+                f"service {sel.service!r} has no canary release of version {version!r}"
+            )
+        environment = canaries[0].get("environment") or None
+    baselines = [
         r for r in releases
-        if r.get("role") == "baseline" and r.get("version") == version
-        and (sel.environment is None or r.get("environment") == sel.environment)
+        if r.get("role") == "baseline" and (r.get("environment") or None) == environment
     ]
-    a = replace(sel, version=version if same else None, role="baseline")
+    baseline = [r for r in baselines if r.get("version") == version] or baselines
+    b = replace(sel, version=version, role="canary", environment=environment)
+    a = replace(b, version=baseline[0].get("version") if baseline else None, role="baseline")
     return a, b
 
 

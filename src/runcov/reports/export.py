@@ -177,14 +177,22 @@ def _write_empty(fmt: str, outfile: Path) -> None:
 
 
 def write_json(detail: dict[str, Any], outfile: Path) -> ExportResult:
-    """The collector's detail JSON, as it came."""
+    """The collector's detail JSON, as it came.
+
+    Written to ``<name>.tmp`` and renamed, so that readers never see half a document; the
+    temporary file is removed when writing or renaming fails.
+    """
     outfile = Path(outfile)
     outfile.parent.mkdir(parents=True, exist_ok=True)
     tmp = outfile.with_name(outfile.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(detail, fh, indent=1, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, outfile)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(detail, fh, indent=1, sort_keys=True)
+            fh.write("\n")
+        os.replace(tmp, outfile)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return ExportResult(files=len(detail.get("files", [])))
 
 

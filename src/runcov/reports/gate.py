@@ -49,6 +49,15 @@ class PathSpec:
             raise GateError(f"bad line range in {text!r}")
         return cls(m.group("path"), start, end, m.group("func"))
 
+    def __str__(self) -> str:
+        """The spec as written on the command line."""
+        if self.function:
+            return f"{self.path}::{self.function}"
+        if self.start is not None:
+            end = self.end if self.end is not None else self.start
+            return f"{self.path}:{self.start}" + (f"-{end}" if end != self.start else "")
+        return self.path
+
 
 @dataclass
 class FileResult:
@@ -77,6 +86,7 @@ class GateResult:
     what: str  # "changed lines" | "selected lines"
     threshold: float
     files: list[FileResult]
+    import_time: dict[str, set[int]] = field(default_factory=dict)  # left out, per file
 
     @property
     def total(self) -> int:
@@ -119,7 +129,22 @@ class GateResult:
             "threshold": self.threshold, "what": self.what, "lines": self.total,
             "covered": self.covered, "percent": self.percent,
             "files": [f.as_dict() for f in self.files],
+            "import_time_lines": sum(len(v) for v in self.import_time.values()),
+            "import_time": {p: sorted(v) for p, v in sorted(self.import_time.items())},
         }
+
+    def import_time_note(self) -> str:
+        """Why some changed lines were not measured, or "" when none were left out."""
+        n = sum(len(v) for v in self.import_time.values())
+        if not n:
+            return ""
+        what = f"{n} {self.what} that run" if n > 1 else f"1 {self.what[:-1]} that runs"
+        where = "; ".join(f"{path} {fmt_ranges(lines)}"
+                          for path, lines in sorted(self.import_time.items()))
+        return (
+            f"left out {what} only at import time (imports, def/class lines, decorators, "
+            f"module- and class-level statements), which no request executes: {where}"
+        )
 
 
 def render_gate(result: GateResult) -> str:
@@ -136,6 +161,9 @@ def render_gate(result: GateResult) -> str:
     if rows:
         out.append(render_table(["File", "Lines", "Covered", "Cover", "Missed"], rows, "lrrrl"))
         out.append("\n")
+    note = result.import_time_note()
+    if note:
+        out.append(f"note: {note}\n")
     out.append(("PASS: " if result.passed else "FAIL: ") + result.message() + "\n")
     return "".join(out)
 
@@ -235,15 +263,27 @@ class _Files:
         local = self.local(path)
         return list(local.functions) if local else []
 
+    def body(self, path: str, executable: set[int], start: int, end: int) -> set[int]:
+        """A function's body lines, exact when the local file has that function."""
+        local = self.local(path)
+        return function_body(executable, start, end,
+                             local.bodies.get((start, end)) if local else None)
+
 
 def gate_changed(
     client: CollectorClient, sel: ReleaseSelection, source: Path, ref: str, threshold: float,
     advance: Optional[Callable[[int], None]] = None,
 ) -> GateResult:
-    """Coverage of the executable lines changed since ``ref`` in the checkout at ``source``."""
+    """Coverage of the executable lines changed since ``ref`` in the checkout at ``source``.
+
+    Changed lines that only run at import time (see :func:`runcov.reports.local.import_time`)
+    are left out and reported as such: requests never execute them, so no traffic could
+    cover them and a changed import or signature alone would fail every canary.
+    """
     changed = git_changed_lines(source, ref)
     files = _Files(client, sel, [source])
     results = []
+    left_out: dict[str, set[int]] = {}
     for path in sorted(changed):
         if advance is not None:
             advance(1)
@@ -251,17 +291,26 @@ def gate_changed(
         local = files.local(path)
         wanted = {local.statement_of(n) if local else n for n in changed[path]}
         lines = wanted & executable
+        at_import = local.import_time(lines) if local else set()
+        if at_import:
+            left_out[path] = at_import
+            lines -= at_import
         if not lines:
             continue
         results.append(FileResult(path, lines, lines & files.covered(path), note))
-    return GateResult(files.release, "changed lines", threshold, results)
+    return GateResult(files.release, "changed lines", threshold, results, left_out)
 
 
 def gate_paths(
     client: CollectorClient, sel: ReleaseSelection, sources: list[Path], specs: list[PathSpec],
     threshold: float, advance: Optional[Callable[[int], None]] = None,
 ) -> GateResult:
-    """Coverage of named files, line ranges and functions."""
+    """Coverage of named files, line ranges and functions.
+
+    Every spec must select at least one executable line: a line range past the end of the
+    file or a function whose body is only a docstring would otherwise measure nothing and
+    pass the gate.
+    """
     files = _Files(client, sel, sources)
     merged: dict[str, FileResult] = {}
     for spec in specs:
@@ -271,19 +320,46 @@ def gate_paths(
         if not executable and note == "no denominators and no local file":
             raise GateError(f"{spec.path}: unknown to the collector and not found locally")
         if spec.function:
-            matches = [f for f in files.functions(spec.path)
-                       if f[0] == spec.function or f[0].endswith("." + spec.function)]
-            if not matches:
-                raise GateError(f"{spec.path}: no function named {spec.function!r}")
-            _, start, end = matches[0]
-            lines = function_body(executable, start, end)
+            lines = set()
+            for start, end in _function_spans(files.functions(spec.path), spec):
+                lines |= files.body(spec.path, executable, start, end)
         elif spec.start is not None:
             end = spec.end if spec.end is not None else spec.start
             lines = {n for n in executable if spec.start <= n <= end}
         else:
             lines = set(executable)
+        if not lines:
+            raise GateError(f"{spec} selects no executable line: nothing to measure")
         entry = merged.setdefault(spec.path, FileResult(spec.path, note=note))
         entry.lines |= lines
         entry.covered |= lines & files.covered(spec.path)
     results = [merged[p] for p in sorted(merged)]
     return GateResult(files.release, "selected lines", threshold, results)
+
+
+def _function_spans(
+    functions: list[tuple[str, int, int]], spec: PathSpec
+) -> list[tuple[int, int]]:
+    """The line ranges of the function a ``::name`` spec names.
+
+    ``name`` is a qualified name (``Class.method``) or its last parts (``method``). A name
+    that matches one function exactly wins; a suffix shared by several functions is
+    ambiguous and an error listing them. Every definition of the chosen name counts (a
+    property's getter and setter, a function defined on two branches of an ``if``).
+    """
+    wanted = spec.function or ""
+    names = {name for name, _, _ in functions
+             if name == wanted or name.endswith("." + wanted)}
+    if not names:
+        raise GateError(f"{spec.path}: no function named {wanted!r}")
+    if wanted in names:
+        names = {wanted}
+    if len(names) > 1:
+        candidates = ", ".join(
+            f"{name} (line {start})" for name, start, _ in functions if name in names
+        )
+        raise GateError(
+            f"{spec} is ambiguous: it matches {candidates}; give the qualified name, "
+            f"e.g. {spec.path}::{sorted(names)[0]}"
+        )
+    return [(start, end) for name, start, end in functions if name in names]

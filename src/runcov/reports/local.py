@@ -6,7 +6,7 @@ import ast
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 
 class SourceError(Exception):
@@ -57,10 +57,15 @@ class LocalStatic:
     arcs: set[tuple[int, int]] = field(default_factory=set)
     functions: list[tuple[str, int, int]] = field(default_factory=list)
     first_line: dict[int, int] = field(default_factory=dict)
+    bodies: dict[tuple[int, int], int] = field(default_factory=dict)  # (start, end) -> body
 
     def statement_of(self, line: int) -> int:
         """The first line of the statement that ``line`` belongs to."""
         return self.first_line.get(line, line)
+
+    def import_time(self, lines: Iterable[int]) -> set[int]:
+        """Those of ``lines`` that only run when the module is imported: see :func:`import_time`."""
+        return import_time(lines, self.bodies)
 
 
 def analyze_local(path: Path) -> LocalStatic:
@@ -82,38 +87,78 @@ def analyze_local(path: Path) -> LocalStatic:
         if first != line:
             static.first_line[line] = first
     static.functions = function_ranges(text)
+    static.bodies = function_bodies(text)
     return static
 
 
-def function_body(executable: set[int], start: int, end: int) -> set[int]:
+def function_body(
+    executable: set[int], start: int, end: int, body_start: Optional[int] = None
+) -> set[int]:
     """Executable lines of a function's body: its range without the ``def`` statement itself.
 
     The ``def`` statement (with its decorators and default values) runs when the module is
-    imported, so counting it would make every imported function look exercised.
+    imported, so counting it would make every imported function look exercised. With
+    ``body_start`` (from the source, see :func:`function_bodies`) the body is exact; without,
+    it is the range's executable lines after the first, which still holds a decorated
+    function's further decorators and ``def`` line.
     """
+    if body_start is not None:
+        return {n for n in executable if body_start <= n <= end}
     inside = sorted(n for n in executable if start <= n <= end)
     return set(inside[1:])
 
 
-def function_ranges(text: str) -> list[tuple[str, int, int]]:
-    """Qualified name, first and last line of every function and method in ``text``."""
+def import_time(lines: Iterable[int], bodies: dict[tuple[int, int], int]) -> set[int]:
+    """Those of ``lines`` outside every function body (``bodies`` as :func:`function_bodies`).
+
+    They run when the module is imported and never in a request: imports, module- and
+    class-level statements, and the ``def``/``class`` statements of module- and class-level
+    functions and classes with their decorators and signatures. A nested function's ``def``
+    is inside its enclosing function's body, so it runs when that function runs.
+    """
+    spans = [(first, end) for (_, end), first in bodies.items()]
+    return {n for n in lines if not any(first <= n <= end for first, end in spans)}
+
+
+def _function_nodes(text: str) -> list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
+    """Every function and method in ``text`` with its qualified name (none if unparsable)."""
     try:
         tree = ast.parse(text)
     except SyntaxError:
         return []
-    out: list[tuple[str, int, int]] = []
+    out: list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]] = []
 
     def visit(node: ast.AST, prefix: str) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                name = prefix + child.name
-                start = min([child.lineno] + [d.lineno for d in child.decorator_list])
-                out.append((name, start, child.end_lineno or child.lineno))
-                visit(child, name + ".<locals>.")
+                out.append((prefix + child.name, child))
+                visit(child, prefix + child.name + ".<locals>.")
             elif isinstance(child, ast.ClassDef):
                 visit(child, prefix + child.name + ".")
             else:
                 visit(child, prefix)
 
     visit(tree, "")
+    return out
+
+
+def _span(node: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[int, int]:
+    """First line (the first decorator's, as ``co_firstlineno``) and last line of a function."""
+    start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+    return start, node.end_lineno or node.lineno
+
+
+def function_ranges(text: str) -> list[tuple[str, int, int]]:
+    """Qualified name, first and last line of every function and method in ``text``."""
+    out = [(name, *_span(node)) for name, node in _function_nodes(text)]
     return sorted(out, key=lambda f: (f[1], f[0]))
+
+
+def function_bodies(text: str) -> dict[tuple[int, int], int]:
+    """The first line of each function's body, keyed by its first and last line.
+
+    The body starts at its first statement (a docstring counts), so the decorators, the
+    ``def`` line and a signature spread over several lines are outside it; a one-line
+    ``def f(): return 1`` is all body, since its one line runs in each call.
+    """
+    return {_span(node): node.body[0].lineno for _, node in _function_nodes(text)}
