@@ -42,11 +42,13 @@ if hasattr(os, "register_at_fork"):
 
 
 def build_resource(config: Config, instance: Optional[str] = None) -> Resource:
-    """The resource of this process: release key from ``config``, the rest from standard env.
+    """The resource of this process: the release key from ``config`` and the instance id.
 
-    ``OTEL_RESOURCE_ATTRIBUTES`` contributes attributes runcov does not set itself; the
-    configuration's values always win. ``service.instance.id`` is :func:`instance_id` unless
-    given.
+    Nothing else: no resource detector runs and ``OTEL_RESOURCE_ATTRIBUTES`` contributes only
+    what the configuration reads from it (``service.version``, ``deployment.environment.name``),
+    so that host names, process command lines and whatever else a deployment puts there never
+    leave the process with the coverage (see docs/security.md). ``service.instance.id`` is
+    :func:`instance_id` unless given.
     """
     attributes: dict[str, str] = {
         "service.name": config.service_name or "unknown_service",
@@ -57,11 +59,7 @@ def build_resource(config: Config, instance: Optional[str] = None) -> Resource:
         attributes["service.version"] = config.service_version
     if config.environment:
         attributes["deployment.environment.name"] = config.environment
-    resource = Resource.create(attributes)
-    if config.environment and "deployment.environment" in resource.attributes:
-        # The older attribute from OTEL_RESOURCE_ATTRIBUTES must not contradict the configured one.
-        resource = resource.merge(Resource({"deployment.environment": config.environment}))
-    return resource
+    return Resource(attributes)
 
 
 def with_new_instance(resource: Resource) -> Resource:

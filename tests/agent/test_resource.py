@@ -1,4 +1,4 @@
-"""The process resource: release key from the configuration, the rest from standard env."""
+"""The process resource: the release key from the configuration and the instance id."""
 
 from __future__ import annotations
 
@@ -17,13 +17,31 @@ def test_release_key_and_instance(monkeypatch: pytest.MonkeyPatch) -> None:
         environ={}, service_name="shop", service_version="2.1", environment="prod", role="canary"
     )
     attrs = build_resource(config).attributes
-    assert attrs["service.name"] == "shop"
-    assert attrs["service.version"] == "2.1"
-    assert attrs["deployment.environment.name"] == "prod"
-    assert attrs["deployment.environment"] == "prod"  # never contradicts the configured one
-    assert attrs["runcov.deployment.role"] == "canary"
-    assert attrs["service.instance.id"] == instance_id()
-    assert attrs["host.name"] == "web-1"
+    assert dict(attrs) == {
+        "service.name": "shop",
+        "service.version": "2.1",
+        "deployment.environment.name": "prod",
+        "runcov.deployment.role": "canary",
+        "service.instance.id": instance_id(),
+    }
+
+
+def test_nothing_else_of_the_environment_joins_the_resource(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the documented attributes leave the process (docs/security.md): not what a
+    deployment puts into ``OTEL_RESOURCE_ATTRIBUTES``, nor what the SDK's resource detectors
+    would find (host name, the process's command line and executable path)."""
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "team=SECRETTEAM,service.version=9")
+    monkeypatch.setenv("OTEL_EXPERIMENTAL_RESOURCE_DETECTORS", "process,host,os")
+    config = load_config(environ=dict(os.environ), service_name="shop")
+    assert sorted(build_resource(config).attributes) == [
+        "runcov.deployment.role",
+        "service.instance.id",
+        "service.name",
+        "service.version",
+    ]
+    assert build_resource(config).attributes["service.version"] == "9"
 
 
 def test_optional_attributes_are_omitted(monkeypatch: pytest.MonkeyPatch) -> None:
