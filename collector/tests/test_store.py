@@ -15,7 +15,7 @@ from runcov_collector.model import (
     Selection,
     StaticPart,
 )
-from runcov_collector.store import NotFound, SqlStore
+from runcov_collector.store import NotFound, SqlStore, queries
 
 T0 = 1_764_064_800  # 2025-11-25T10:00:00Z
 HOUR = 3600
@@ -551,3 +551,38 @@ def test_expire_drops_hour_buckets_and_keeps_cumulative(two_hours: SqlStore) -> 
         "2025-11-25T12:00:00Z"
     ]
     assert two_hours.expire(T0 + HOUR) == 0
+
+
+def test_part_keys_outlive_expiry_of_their_hour_by_receive_time(store: SqlStore) -> None:
+    """A part whose span time is older than the retention is still known after a sweep: its key
+    is filed under the hour it was received, and kept a grace period past the retention."""
+    received = T0 + 10 * HOUR
+    late = part(1, at=T0, files=[views([12, 13], [])])
+
+    def deliver() -> None:
+        store.ingest(Batch(coverage=[late], received_unix_nano=int(received * 1e9)))
+
+    def hits_and_requests() -> tuple[list[list[object]], int]:
+        detail = store.file(Selection("shop"), "shop/views.py")
+        (release,) = store.releases("shop")["releases"]
+        return detail["lines"], release["requests"]
+
+    deliver()
+    once = hits_and_requests()
+    assert once == ([[12, 1, tid(1)], [13, 1, tid(1)]], 1)
+    assert store.expire(received - HOUR) > 0  # a sweep: the span's own hour is gone
+    deliver()  # the same part again, e.g. a retry after a lost acknowledgement
+    assert hits_and_requests() == once
+    # Keys are forgotten only a grace period after they were received.
+    store.expire(received + HOUR)
+    deliver()
+    assert hits_and_requests() == once
+    store.expire(received + (queries.KEY_GRACE_HOURS + 1) * HOUR)
+    deliver()
+    assert hits_and_requests()[1] == 2
+
+
+def test_expire_accepts_any_cutoff(store: SqlStore) -> None:
+    store.ingest(Batch(coverage=[part(1, files=[views([12], [])])]))
+    assert store.expire(-1e30) == 0
+    assert store.expire(1e30) > 0

@@ -28,7 +28,7 @@ from runcov_collector.config import Config
 from runcov_collector.ingest import Ingestor
 from runcov_collector.metrics import CONTENT_TYPE, CollectorMetrics
 from runcov_collector.model import Store
-from runcov_collector.receiver_grpc import GrpcReceiver
+from runcov_collector.receiver_grpc import GrpcReceiver, host_port
 
 log = logging.getLogger("runcov_collector")
 
@@ -59,10 +59,10 @@ class AuthMiddleware:
 
     def __init__(self, app: ASGIApp, config: Config, metrics: CollectorMetrics) -> None:
         self.app = app
-        no_auth = config.no_auth
-        self.ingest = TokenCheck(None if no_auth else config.ingest_token)
-        self.query = TokenCheck(None if no_auth else config.query_token)
-        self.browser = TokenCheck(None if no_auth else config.query_token, allow_basic=True)
+        # A validated config has both tokens, or none with no_auth: never one to ignore.
+        self.ingest = TokenCheck(config.ingest_token or None)
+        self.query = TokenCheck(config.query_token or None)
+        self.browser = TokenCheck(config.query_token or None, allow_basic=True)
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -264,7 +264,7 @@ class Collector:
             self.grpc = GrpcReceiver(
                 self.ingestor,
                 self.metrics,
-                TokenCheck(None if self.config.no_auth else self.config.ingest_token),
+                TokenCheck(self.config.ingest_token or None),
                 self.config.max_body_bytes,
                 self.config.retry_after_seconds,
             )
@@ -347,9 +347,10 @@ class Collector:
 
     def listening(self) -> str:
         """One line saying where this collector listens (printed by ``serve``)."""
-        grpc_part = f"grpc={self.config.host}:{self.grpc_port}" if self.grpc_port else "grpc=off"
+        host = self.config.host
+        grpc_part = f"grpc={host_port(host, self.grpc_port)}" if self.grpc_port else "grpc=off"
         return (
-            f"runcov-collector listening http={self.config.host}:{self.http_port} {grpc_part} "
+            f"runcov-collector listening http={host_port(host, self.http_port)} {grpc_part} "
             f"store={redact_url(self.config.store_url)}"
         )
 

@@ -75,6 +75,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return from_sources({name: getattr(args, name) for name in names}).validate()
 
 
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+def log_level(name: str) -> int:
+    """The ``logging`` level called ``name`` (any case); ``ConfigError`` for another word."""
+    level = logging.getLevelName(name.strip().upper())
+    if not isinstance(level, int):
+        raise ConfigError(f"--log-level {name!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
 def _announce(collector: Collector) -> None:
     print(collector.listening(), flush=True)
 
@@ -82,14 +93,13 @@ def _announce(collector: Collector) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``runcov-collector`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
+        level = log_level(args.log_level)
         config = config_from_args(args)
     except ConfigError as exc:
         print(f"runcov-collector: {exc}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         serve(config, on_ready=_announce)
     except ValueError as exc:  # e.g. a store URL the store cannot open

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
@@ -51,6 +52,16 @@ class Config:
 
     def validate(self) -> Config:
         """Check the values; raise ``ConfigError`` with a precise message. Returns ``self``."""
+        if self.no_auth and (self.ingest_token or self.query_token):
+            given = [
+                f"--{name.replace('_', '-')} ({ENV_PREFIX}{_ENV_FIELDS[name]})"
+                for name in ("ingest_token", "query_token")
+                if getattr(self, name)
+            ]
+            raise ConfigError(
+                f"--no-auth ({ENV_PREFIX}NO_AUTH) cannot be combined with "
+                f"{' and '.join(given)}: require tokens or run without them, not both"
+            )
         if not self.no_auth and not (self.ingest_token and self.query_token):
             raise ConfigError(
                 "refusing to start without authentication: set --ingest-token and --query-token "
@@ -66,12 +77,21 @@ class Config:
         for name in positives:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.retention_hours < 0:
-            raise ConfigError(f"retention_hours must be >= 0, not {self.retention_hours}")
-        if self.retention_interval_seconds <= 0:
-            raise ConfigError("retention_interval_seconds must be > 0")
+        if not (math.isfinite(self.retention_hours) and self.retention_hours >= 0):
+            raise ConfigError(
+                f"retention_hours must be >= 0 and finite (0 keeps everything), "
+                f"not {self.retention_hours}"
+            )
+        interval = self.retention_interval_seconds
+        if not (math.isfinite(interval) and interval > 0):
+            raise ConfigError(f"retention_interval_seconds must be > 0, not {interval}")
         if not self.store_url:
             raise ConfigError("store_url is empty")
+        if self.source_dir and not os.path.isdir(self.source_dir):
+            raise ConfigError(
+                f"source_dir {self.source_dir!r} (--source-dir, {ENV_PREFIX}SOURCE_DIR) "
+                "is not a directory"
+            )
         return self
 
 

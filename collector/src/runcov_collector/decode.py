@@ -125,11 +125,66 @@ def _parse(body: bytes, json_body: bool, cls: type[M], fix: Callable[[Any], None
             f"body must be a JSON object ({cls.__name__}), not {type(doc).__name__}"
         )
     try:
+        _check_shape(doc, cls.DESCRIPTOR)
         fix(doc)
         json_format.ParseDict(doc, msg, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
         raise MalformedRequest(f"body is not a valid OTLP/JSON {cls.__name__}: {exc}") from exc
     return msg
+
+
+_JSON_TYPES = ((bool, "a boolean"), (str, "a string"), (int, "a number"), (float, "a number"))
+
+
+def _json_type(value: Any) -> str:
+    for kind, name in _JSON_TYPES:
+        if isinstance(value, kind):
+            return name
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _is_repeated(field: Any) -> bool:
+    flag = getattr(field, "is_repeated", None)  # protobuf >= 5; older ones only have ``label``
+    return bool(flag) if flag is not None else field.label == field.LABEL_REPEATED
+
+
+def _json_fields(descriptor: Any) -> dict[str, Any]:
+    """A message's fields by the names OTLP/JSON may use: the lowerCamelCase and the proto one."""
+    fields = {f.json_name: f for f in descriptor.fields}
+    fields.update((f.name, f) for f in descriptor.fields)
+    return fields
+
+
+def _check_shape(doc: dict[str, Any], descriptor: Any) -> None:
+    """Require a JSON object wherever the request has a message (or an array of them).
+
+    ``json_format`` reads a string or number given for a message as an object of unknown keys,
+    so ``"spans": ["x"]`` would become an empty span and be skipped with a 200. Raises
+    ``ValueError`` naming the first misplaced value; nulls are left to ``json_format``.
+    """
+    pending: list[tuple[dict[str, Any], Any, str]] = [(doc, descriptor, "")]
+    while pending:
+        node, desc, where = pending.pop()
+        known = _json_fields(desc)
+        for key, value in node.items():
+            field = known.get(key)
+            if field is None or field.message_type is None or value is None:
+                continue
+            name = f"{where}.{key}" if where else key
+            if not _is_repeated(field):
+                if not isinstance(value, dict):
+                    raise ValueError(f"{name} must be a JSON object, not {_json_type(value)}")
+                pending.append((value, field.message_type, name))
+                continue
+            if not isinstance(value, list):
+                continue  # json_format refuses a non-array for a repeated field itself
+            for index, item in enumerate(value):
+                if item is not None and not isinstance(item, dict):
+                    raise ValueError(
+                        f"{name}[{index}] must be a JSON object, not {_json_type(item)}"
+                    )
+                if item is not None:
+                    pending.append((item, field.message_type, f"{name}[{index}]"))
 
 
 def _hex_to_b64(value: Any) -> Any:
@@ -246,7 +301,7 @@ def decode_traces(request: ExportTraceServiceRequest, now_ns: int | None = None)
             f"request has {total} spans, more than the limit of {limits.MAX_SPANS_PER_REQUEST}"
         )
     now_ns = now_ns if now_ns is not None else time.time_ns()
-    result = DecodeResult()
+    result = DecodeResult(batch=Batch(received_unix_nano=now_ns))
     for rs in request.resource_spans:
         release: Release | None = None
         release_error: Rejected | None = None
@@ -308,7 +363,7 @@ def _decode_span(span: Any, release: Release, now_ns: int, batch: Batch) -> None
     if not 0 <= part < parts:
         raise Rejected("attribute", f"runcov.part {part} is out of range 0..{parts - 1}")
     payload = _str_attr(attrs, "runcov.payload", None)
-    time_ns = span.end_time_unix_nano or span.start_time_unix_nano or now_ns
+    time_ns = _span_time(span, now_ns)
     trace_id = span.trace_id.hex()
     span_id = span.span_id.hex()
     if span.name == STATIC_SPAN:
@@ -349,6 +404,23 @@ def _decode_span(span: Any, release: Release, now_ns: int, batch: Batch) -> None
             files=hits,  # type: ignore[arg-type]
         )
     )
+
+
+def _checked_time(value: int, what: str) -> int:
+    if value > limits.MAX_TIME_UNIX_NANO:
+        raise Rejected(
+            "time", f"{what} {value} is not a time: unix nanoseconds must be below 2**63 (2262)"
+        )
+    return value
+
+
+def _span_time(span: Any, now_ns: int) -> int:
+    """The time a span is kept under: its end (else its start, else ``now_ns``), no later than
+    ``now_ns``, the receive time: a clock running ahead must not date coverage in the future
+    (nor make its release the one most recently seen for years)."""
+    end = _checked_time(span.end_time_unix_nano, "end_time_unix_nano")
+    start = _checked_time(span.start_time_unix_nano, "start_time_unix_nano")
+    return min(end or start or now_ns, now_ns)
 
 
 def _int_attr(attrs: dict[str, AnyValue], key: str, default: int | None) -> int:
@@ -532,7 +604,7 @@ def decode_metrics(request: ExportMetricsServiceRequest, now_ns: int | None = No
     skipped. ``accepted``/``rejected`` count data points.
     """
     now_ns = now_ns if now_ns is not None else time.time_ns()
-    result = DecodeResult()
+    result = DecodeResult(batch=Batch(received_unix_nano=now_ns))
     for rm in request.resource_metrics:
         release: Release | None = None
         release_error: Rejected | None = None
@@ -579,6 +651,7 @@ def _decode_point(
             f"data point has {len(point.attributes)} attributes, "
             f"more than {limits.MAX_METRIC_ATTRIBUTES}",
         )
+    time_ns = _checked_time(point.time_unix_nano, "time_unix_nano")
     kind = point.WhichOneof("value")
     value = float(point.as_int) if kind == "as_int" else float(point.as_double)
     if not math.isfinite(value):
@@ -590,7 +663,7 @@ def _decode_point(
         name=name,
         attributes=attributes,
         value=value,
-        time_unix_nano=point.time_unix_nano or now_ns,
+        time_unix_nano=min(time_ns or now_ns, now_ns),
     )
 
 

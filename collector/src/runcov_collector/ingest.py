@@ -7,6 +7,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -16,7 +17,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from runcov_collector import decode
 from runcov_collector.metrics import CollectorMetrics
-from runcov_collector.model import Store
+from runcov_collector.model import Batch, Store
+from runcov_collector.store.errors import StoreClosed
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +38,57 @@ class StoreUnavailable(IngestError):
     """The store failed to commit (HTTP 503, gRPC UNAVAILABLE); nothing was acknowledged."""
 
 
-def _operational_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [sqlite3.Error, OSError, TimeoutError]
+def _store_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    operational: list[type[BaseException]] = [sqlite3.Error, OSError, TimeoutError, StoreClosed]
+    data: list[type[BaseException]] = [
+        ArithmeticError,
+        ValueError,
+        TypeError,
+        sqlite3.DataError,
+        sqlite3.IntegrityError,
+    ]
     try:
         import psycopg
 
-        errors.append(psycopg.Error)
+        operational.append(psycopg.Error)
+        data += [psycopg.DataError, psycopg.IntegrityError]
     except ImportError:  # pragma: no cover - psycopg is a dependency, but stay usable without
         pass
-    return tuple(errors)
+    return tuple(operational), tuple(data)
 
 
-OPERATIONAL_ERRORS = _operational_errors()
+OPERATIONAL_ERRORS, DATA_ERRORS = _store_errors()
+"""Store failures that say the store cannot write now, and those that say a value cannot be
+written at all (a database error of the data's kind is the second)."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed ``store.ingest`` is worth retrying as it is (HTTP 503, UNAVAILABLE).
+
+    Anything else is taken as a value in the batch the store cannot keep: retrying it would
+    fail again, forever.
+    """
+    return isinstance(exc, OPERATIONAL_ERRORS) and not isinstance(exc, DATA_ERRORS)
+
+
+_Item = tuple[str, Any, str]  # which list of a Batch, the item, how a rejection names it
+
+
+def _items_of(batch: Batch) -> list[_Item]:
+    def span(kind: str, part: Any) -> str:
+        return f"span {part.trace_id}/{part.span_id} ({kind})"
+
+    items: list[_Item] = [("coverage", p, span(decode.COVERAGE_SPAN, p)) for p in batch.coverage]
+    items += [("static", p, span(decode.STATIC_SPAN, p)) for p in batch.static]
+    items += [("metrics", m, f"metric {m.name[:60]!r}") for m in batch.metrics]
+    return items
+
+
+def _batch_of(items: list[_Item], received_unix_nano: int) -> Batch:
+    batch = Batch(received_unix_nano=received_unix_nano)
+    for kind, item, _what in items:
+        getattr(batch, kind).append(item)
+    return batch
 
 
 @dataclass
@@ -116,14 +157,50 @@ class Ingestor:
             started = time.perf_counter()
             try:
                 self.store.ingest(batch)
-            except OPERATIONAL_ERRORS as exc:
-                raise StoreUnavailable(f"store unavailable: {type(exc).__name__}: {exc}") from exc
             except Exception as exc:
-                log.exception("store.ingest failed")
-                raise StoreUnavailable(f"store failed: {type(exc).__name__}: {exc}") from exc
+                if is_transient(exc):
+                    raise StoreUnavailable(
+                        f"store unavailable: {type(exc).__name__}: {exc}"
+                    ) from exc
+                log.exception("store.ingest failed; looking for the items it cannot keep")
+                self._reject_unstorable(result)
             self.metrics.store_latency.observe(time.perf_counter() - started)
         self._count(signal, transport, result)
         return Outcome(response=self._response(signal, result), result=result)
+
+    def _reject_unstorable(self, result: decode.DecodeResult) -> None:
+        """Store a batch the store refused in halves, down to the items it refuses on their own.
+
+        Those are rejected through ``partial_success`` like invalid spans, and the rest is
+        stored: one value the store cannot keep must not make the whole request fail, and be
+        retried, forever. Stored items are idempotent, so a transient failure half way
+        (``StoreUnavailable``) leaves nothing a retry would count twice.
+        """
+        received = result.batch.received_unix_nano
+        kept: list[_Item] = []
+        items = _items_of(result.batch)
+        pending = [items[len(items) // 2 :], items[: len(items) // 2]]
+        while pending:
+            group = pending.pop()
+            if not group:
+                continue
+            try:
+                self.store.ingest(_batch_of(group, received))
+            except Exception as exc:
+                if is_transient(exc):
+                    raise StoreUnavailable(
+                        f"store unavailable: {type(exc).__name__}: {exc}"
+                    ) from exc
+                if len(group) > 1:
+                    pending += [group[len(group) // 2 :], group[: len(group) // 2]]
+                    continue
+                result.accepted -= 1
+                message = f"the store cannot keep it: {type(exc).__name__}: {exc}"
+                result.reject(group[0][2], decode.Rejected("store", message))
+                log.warning("rejected %s: %s", group[0][2], message)
+            else:
+                kept += group
+        result.batch = _batch_of(kept, received)
 
     def _count(self, signal: str, transport: str, result: decode.DecodeResult) -> None:
         m = self.metrics

@@ -25,6 +25,9 @@ MAX_PARTS = 100_000
 """Upper bound of ``runcov.parts`` (a request split into more parts is not plausible)."""
 
 MAX_METRIC_ATTRIBUTES = 32
+MAX_TIME_UNIX_NANO = 2**63 - 1
+"""Latest span or data point time (unix ns) there is: the store keeps times as signed 64-bit
+integers, like OTLP's own SDKs. Later (fixed64) values are not times."""
 MAX_INFLIGHT_INGESTS = 16
 """Default number of store ingests allowed at once before the receivers answer 429."""
 

@@ -47,7 +47,7 @@ class CoveragePart:
     endpoint: str
     mode: str  # "exact" | "census"
     status_class: str
-    time_unix_nano: int  # span end time; selects the hour bucket
+    time_unix_nano: int  # span end time, at most the receive time; selects the hour bucket
     part: int
     parts: int
     files: list[FileHits] = field(default_factory=list)
@@ -103,6 +103,9 @@ class Batch:
     coverage: list[CoveragePart] = field(default_factory=list)
     static: list[StaticPart] = field(default_factory=list)
     metrics: list[MetricPoint] = field(default_factory=list)
+    received_unix_nano: int = 0
+    """When the collector received the request (0: when it is stored). The part keys that make
+    ingestion idempotent are kept for a period counted from here, not from the span times."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,13 @@ TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 METRICS_SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
 
 
+def host_port(host: str, port: int | None) -> str:
+    """``host:port``, with an IPv6 address in brackets (``[::1]:4317``) as gRPC and URLs need."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
 def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
 
@@ -120,9 +127,10 @@ class GrpcReceiver:
 
     def start(self, host: str, port: int) -> int:
         """Bind and start; returns the actual port (useful with ``port=0``)."""
-        bound = self.server.add_insecure_port(f"{host}:{port}")
+        address = host_port(host, port)
+        bound = self.server.add_insecure_port(address)
         if bound == 0:
-            raise OSError(f"cannot bind the gRPC receiver to {host}:{port}")
+            raise OSError(f"cannot bind the gRPC receiver to {address}")
         self.server.start()
         self.port = bound
         return bound

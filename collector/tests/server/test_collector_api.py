@@ -206,3 +206,19 @@ def test_health_and_readiness(client):
     assert client.http.get("/healthz").json() == {"status": "ok"}
     ready = client.http.get("/readyz")
     assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+
+
+def test_a_span_dated_in_the_future_does_not_pin_the_default_release(client):
+    year_2100 = 4_102_444_800 * 10**9
+    before = time.time_ns()
+    _seed(client, version="1.0", when_ns=year_2100, lines=[1])
+    _seed(client, version="2.0", lines=[1, 2])
+    after = time.time_ns()
+    assert client.query("/api/v1/coverage", service="shop")["release"]["version"] == "2.0"
+    releases = client.query("/api/v1/releases", service="shop")["releases"]
+    assert [r["version"] for r in releases] == ["2.0", "1.0"]
+    assert _iso(before - 10**9) <= releases[1]["last_seen"] <= _iso(after)
+    # Its coverage is dated when it was received, in an hour bucket of now, not of 2100.
+    series = client.query("/api/v1/series", service="shop", version="1.0")["series"]
+    hours = {_iso(ns - ns % HOUR_NS) for ns in (before, after)}
+    assert len(series) == 1 and series[0]["hour"] in hours

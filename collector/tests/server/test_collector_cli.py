@@ -3,6 +3,7 @@ real process, graceful shutdown on SIGTERM."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sqlite3
@@ -50,6 +51,19 @@ def test_bad_environment_values_fail_loudly():
         ({"no_auth": True, "http_port": 70000}, "http_port 70000 is not a port number"),
         ({"no_auth": True, "max_body_bytes": 0}, "max_body_bytes must be at least 1"),
         ({"no_auth": True, "retention_hours": -1}, "retention_hours must be >= 0"),
+        ({"no_auth": True, "retention_hours": float("nan")}, "retention_hours must be >= 0"),
+        ({"no_auth": True, "retention_hours": float("inf")}, "and finite"),
+        ({"no_auth": True, "retention_interval_seconds": float("nan")}, "must be > 0, not nan"),
+        (
+            {"no_auth": True, "source_dir": "/nonexistent/runcov-src"},
+            "source_dir '/nonexistent/runcov-src' .* is not a directory",
+        ),
+        (
+            {"no_auth": True, "ingest_token": "i", "query_token": "q"},
+            r"--no-auth \(RUNCOV_COLLECTOR_NO_AUTH\) cannot be combined with --ingest-token "
+            r"\(RUNCOV_COLLECTOR_INGEST_TOKEN\) and --query-token \(RUNCOV_COLLECTOR_QUERY_TOKEN\)",
+        ),
+        ({"no_auth": True, "query_token": "q"}, "cannot be combined with --query-token"),
     ],
 )
 def test_validation_messages(values, message):
@@ -57,7 +71,7 @@ def test_validation_messages(values, message):
         Config(**values).validate()
 
 
-def test_cli_options_map_to_config(monkeypatch):
+def test_cli_options_map_to_config(monkeypatch, tmp_path):
     for name in list(os.environ):
         if name.startswith("RUNCOV_COLLECTOR_"):
             monkeypatch.delenv(name)
@@ -79,7 +93,7 @@ def test_cli_options_map_to_config(monkeypatch):
             "--retention-hours",
             "12",
             "--source-dir",
-            "/src",
+            str(tmp_path),
             "--trace-url-template",
             "https://t.example/{trace_id}",
         ]
@@ -89,7 +103,7 @@ def test_cli_options_map_to_config(monkeypatch):
     assert (config.ingest_token, config.query_token, config.no_auth) == ("i", "q", False)
     assert (config.max_body_bytes, config.retention_hours) == (1000, 12.0)
     assert (config.source_dir, config.trace_url_template) == (
-        "/src",
+        str(tmp_path),
         "https://t.example/{trace_id}",
     )
 
@@ -224,3 +238,56 @@ def test_create_app_serves_and_closes_its_store_on_shutdown(tmp_path):
         sock.close()
     with pytest.raises(RuntimeError, match="the store is closed"):
         app.state.store.services()
+
+
+def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runcov_collector", "serve", "--grpc-port", "-1", *args],
+        capture_output=True,
+        text=True,
+        env={**_clean_env(), **(env or {})},
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (("--ingest-token", "i", "--query-token", "q"), {"RUNCOV_COLLECTOR_NO_AUTH": "1"}),
+        (("--no-auth", "--ingest-token", "i", "--query-token", "q"), {}),
+        (
+            ("--no-auth",),
+            {"RUNCOV_COLLECTOR_INGEST_TOKEN": "i", "RUNCOV_COLLECTOR_QUERY_TOKEN": "q"},
+        ),
+    ],
+)
+def test_tokens_together_with_no_auth_refuse_to_start(tmp_path, args, env):
+    result = _serve("--store", f"sqlite:///{tmp_path}/c.db", *args, env=env)
+    assert result.returncode == 2
+    assert "--no-auth (RUNCOV_COLLECTOR_NO_AUTH) cannot be combined with --ingest-token" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "c.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--log-level", "bogus"), "--log-level 'bogus' is not one of CRITICAL, ERROR, WARNING"),
+        (("--retention-hours", "nan"), "retention_hours must be >= 0 and finite"),
+        (("--retention-hours", "inf"), "retention_hours must be >= 0 and finite"),
+        (("--source-dir", "/nonexistent/runcov-src"), "is not a directory"),
+    ],
+)
+def test_bad_option_values_are_a_clean_error_at_start(tmp_path, args, message):
+    result = _serve("--no-auth", "--store", f"sqlite:///{tmp_path}/c.db", *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("runcov-collector: ")
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_log_level_names_are_accepted_in_any_case():
+    assert cli.log_level("debug") == logging.DEBUG
+    assert cli.log_level(" Warning ") == logging.WARNING

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -408,3 +409,113 @@ def test_metrics_with_a_hostile_instance_id_are_rejected():
     assert (result.accepted, result.rejected) == (0, 1)
     assert "resource attribute service.instance.id" in result.error_message
     assert "contains control characters" in result.error_message
+
+
+def _span_with_times(end: int, start: int | None = None):
+    request = trace_request([coverage_span("GET /", [file_hits("a.py", [1])], trace_id=TRACE)])
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    span.end_time_unix_nano = end
+    if start is not None:
+        span.start_time_unix_nano = start
+    return request
+
+
+@pytest.mark.parametrize(
+    ("end", "start", "message"),
+    [
+        (2**63, None, "end_time_unix_nano 9223372036854775808 is not a time"),
+        (2**64 - 1, None, "end_time_unix_nano 18446744073709551615 is not a time"),
+        (0, 2**64 - 1, "start_time_unix_nano 18446744073709551615 is not a time"),
+    ],
+)
+def test_times_beyond_64_bit_nanoseconds_reject_only_that_span(end, start, message):
+    request = _span_with_times(end, start)
+    good = trace_request([coverage_span("GET /", [file_hits("b.py", [2])])])
+    request.resource_spans[0].scope_spans[0].spans.append(
+        good.resource_spans[0].scope_spans[0].spans[0]
+    )
+    result = decode.decode_traces(request)
+    assert (result.accepted, result.rejected) == (1, 1)
+    assert result.reasons == {"time": 1}
+    assert f"span {TRACE}/" in result.error_message and message in result.error_message
+    assert [p.files[0].path for p in result.batch.coverage] == ["b.py"]
+
+
+def test_the_largest_64_bit_time_is_kept_as_the_receive_time():
+    now = 1_764_064_800_000_000_000
+    request = _span_with_times(limits.MAX_TIME_UNIX_NANO)
+    result = decode.decode_traces(request, now_ns=now)
+    assert result.rejected == 0
+    assert result.batch.coverage[0].time_unix_nano == now
+
+
+def test_span_times_after_the_receive_time_are_the_receive_time():
+    now = 1_764_064_800_000_000_000
+    future = 4_102_444_800_000_000_000  # 2100, a clock running ahead
+    spans = [
+        coverage_span("GET /", [file_hits("a.py", [1])], end_time_unix_nano=future),
+        coverage_span("GET /", [file_hits("a.py", [2])], end_time_unix_nano=now - 5),
+        static_span([file_static("a.py", [1, 2])], end_time_unix_nano=future),
+    ]
+    result = decode.decode_traces(trace_request(spans), now_ns=now)
+    assert [p.time_unix_nano for p in result.batch.coverage] == [now, now - 5]
+    assert result.batch.static[0].time_unix_nano == now
+    assert result.batch.received_unix_nano == now
+
+
+def test_metric_point_times_are_checked_and_clamped_to_the_receive_time():
+    now = 1_764_064_800_000_000_000
+    request = _metrics_request(
+        [
+            ("runcov.requests.seen", "sum", 1, {}),
+            ("runcov.requests.sampled", "sum", 2, {}),
+            ("runcov.requests.dropped", "sum", 3, {}),
+        ]
+    )
+    points = [m.sum.data_points[0] for m in request.resource_metrics[0].scope_metrics[0].metrics]
+    points[0].time_unix_nano = 2**63
+    points[1].time_unix_nano = now + 10**9
+    result = decode.decode_metrics(request, now_ns=now)
+    assert (result.accepted, result.rejected) == (2, 1)
+    assert "metric 'runcov.requests.seen': time_unix_nano 9223372036854775808 is not a time" in (
+        result.error_message
+    )
+    assert [(p.name, p.time_unix_nano) for p in result.batch.metrics] == [
+        ("runcov.requests.sampled", now),
+        ("runcov.requests.dropped", 5),
+    ]
+    assert result.batch.received_unix_nano == now
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (
+            {"resourceSpans": [{"scopeSpans": [{"spans": ["x"]}]}]},
+            "resourceSpans[0].scopeSpans[0].spans[0] must be a JSON object, not a string",
+        ),
+        ({"resourceSpans": [7]}, "resourceSpans[0] must be a JSON object, not a number"),
+        (
+            {"resource_spans": [{"scope_spans": [{"spans": [{"attributes": [True]}]}]}]},
+            "resource_spans[0].scope_spans[0].spans[0].attributes[0] must be a JSON object, "
+            "not a boolean",
+        ),
+        (
+            {"resourceSpans": [{"resource": "shop"}]},
+            "resourceSpans[0].resource must be a JSON object, not a string",
+        ),
+        (
+            {"resourceSpans": [{"scopeSpans": [{"scope": [], "spans": []}]}]},
+            "resourceSpans[0].scopeSpans[0].scope must be a JSON object, not an array",
+        ),
+    ],
+)
+def test_json_values_where_messages_belong_are_malformed(doc, message):
+    with pytest.raises(decode.MalformedRequest, match=re.escape(message)):
+        decode.parse_traces(json.dumps(doc).encode(), True)
+
+
+def test_json_metrics_with_a_non_object_data_point_are_malformed():
+    doc = {"resourceMetrics": [{"scopeMetrics": [{"metrics": [{"sum": {"dataPoints": [1]}}]}]}]}
+    with pytest.raises(decode.MalformedRequest, match=re.escape("dataPoints[0] must be a JSON")):
+        decode.parse_metrics(json.dumps(doc).encode(), True)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import socket
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -187,3 +189,53 @@ def test_closed_store_is_unavailable_with_retry_info(
     metrics = make_client(collector).get("/metrics", token=None).text
     series = 'runcov_collector_ingest_requests_total{transport="grpc",signal="traces",'
     assert series + 'result="unavailable"} 1' in metrics
+
+
+def test_a_time_beyond_64_bits_rejects_its_span_and_keeps_the_rest(client, rpc_for):
+    request = trace_request(
+        [
+            coverage_span("GET /", [file_hits("shop/views.py", [3])]),
+            coverage_span("GET /", [file_hits("shop/views.py", [4])], span_id="cd" * 8),
+        ]
+    )
+    bad = request.resource_spans[0].scope_spans[0].spans[1]
+    bad.end_time_unix_nano, bad.start_time_unix_nano = 0, 2**64 - 1
+    raw = rpc_for(client.collector).call(TRACES, request.SerializeToString())
+    response = ExportTraceServiceResponse()
+    response.ParseFromString(raw)
+    assert response.partial_success.rejected_spans == 1
+    assert f"/{'cd' * 8} (runcov.coverage): start_time_unix_nano 18446744073709551615" in (
+        response.partial_success.error_message
+    )
+    assert _stored_lines(client) == [3]
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+@pytest.mark.parametrize("host", ["::1", "::"])
+def test_ipv6_host_serves_both_receivers(start_collector, host):
+    collector = start_collector(host=host)
+    line = collector.listening()
+    assert f"http=[{host}]:{collector.http_port} grpc=[{host}]:{collector.grpc_port} " in line
+    channel = grpc.insecure_channel(f"[::1]:{collector.grpc_port}")
+    try:
+        stub = channel.unary_unary(TRACES)
+        raw = stub(_request(lines=[9]).SerializeToString(), metadata=AUTH, timeout=30)
+    finally:
+        channel.close()
+    ExportTraceServiceResponse().ParseFromString(raw)
+    with httpx.Client(base_url=f"http://[::1]:{collector.http_port}", timeout=30) as http:
+        response = http.get(
+            "/api/v1/file",
+            params={**RELEASE, "path": "shop/views.py"},
+            headers={"authorization": "Bearer query-secret-token"},
+        )
+    assert [line for line, _, _ in response.json()["lines"]] == [9]

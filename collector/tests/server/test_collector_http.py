@@ -18,6 +18,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from runcov_collector.testing import (
     coverage_span,
     file_hits,
+    file_static,
+    static_span,
     to_otlp_json,
     trace_request,
 )
@@ -315,3 +317,91 @@ def test_json_error_bodies_are_valid_json(client):
     response = client.post("/v1/metrics", b"nope", "application/json")
     assert response.status_code == 400
     assert json.loads(response.text)["message"].startswith("body is not valid JSON")
+
+
+def _partial(response) -> tuple[int, str]:
+    if response.headers["content-type"].startswith("application/json"):
+        partial = response.json().get("partialSuccess", {})
+        return int(partial.get("rejectedSpans", 0)), partial.get("errorMessage", "")
+    parsed = ExportTraceServiceResponse()
+    parsed.ParseFromString(response.content)
+    return parsed.partial_success.rejected_spans, parsed.partial_success.error_message
+
+
+@pytest.mark.parametrize("json_body", [False, True])
+def test_a_time_beyond_64_bits_rejects_its_span_and_keeps_the_rest(client, json_body):
+    good = coverage_span("GET /", [file_hits("shop/views.py", [7])])
+    poison = static_span(
+        [file_static("shop/views.py", [7, 8])], span_id="ef" * 8, end_time_unix_nano=2**64 - 1
+    )
+    response = client.send(trace_request([good, poison]), json_body=json_body)
+    assert response.status_code == 200, response.text
+    rejected, message = _partial(response)
+    assert rejected == 1
+    assert f"/{'ef' * 8} (runcov.static): end_time_unix_nano 18446744073709551615" in message
+    assert _stored_lines(client) == [7]
+    metrics = client.get("/metrics", token=None).text
+    assert 'runcov_collector_rejections_total{reason="time"} 1' in metrics
+
+
+class _PoisonStore:
+    """A real store that, like a database refusing one value, fails any batch holding a part of
+    the endpoint ``GET /poison`` (with a non-operational error)."""
+
+    def __init__(self, store: Any, error: Exception) -> None:
+        self._store = store
+        self.error = error
+        self.calls = 0
+
+    def ingest(self, batch: Any) -> None:
+        self.calls += 1
+        if any(part.endpoint == "GET /poison" for part in batch.coverage):
+            raise self.error
+        self._store.ingest(batch)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OverflowError("Python int too large to convert to SQLite INTEGER"),
+        sqlite3.IntegrityError("NOT NULL constraint failed"),
+    ],
+)
+def test_a_value_the_store_cannot_keep_is_rejected_not_retried_forever(
+    make_store, start_collector, make_client, error
+):
+    store = _PoisonStore(make_store(), error)
+    client = make_client(start_collector(store=store))
+    spans = [
+        coverage_span("GET /", [file_hits("shop/views.py", [n])], span_id=f"{n:016x}")
+        for n in range(1, 6)
+    ]
+    spans.insert(3, coverage_span("GET /poison", [file_hits("x.py", [1])], span_id="ab" * 8))
+    response = client.send(trace_request(spans))
+    assert response.status_code == 200, response.text
+    rejected, message = _partial(response)
+    assert rejected == 1
+    assert message == (
+        f"span {spans[3].trace_id}/{'ab' * 8} (runcov.coverage): the store cannot keep it: "
+        f"{type(error).__name__}: {error}"
+    )
+    assert _stored_lines(client) == [1, 2, 3, 4, 5]
+    assert store.calls < 10  # halved down to the one item, not stored item by item
+    # Alone, the value is rejected as well: the answer is final, not "retry".
+    alone = client.send(trace_request([coverage_span("GET /poison", [file_hits("x.py", [1])])]))
+    assert alone.status_code == 200
+    assert _partial(alone)[0] == 1
+    metrics = client.get("/metrics", token=None).text
+    assert 'runcov_collector_rejections_total{reason="store"} 2' in metrics
+
+
+def test_json_item_that_is_not_an_object_is_400(client):
+    body = b'{"resourceSpans": [{"scopeSpans": [{"scope": {"name": "runcov"}, "spans": ["x"]}]}]}'
+    response = client.post("/v1/traces", body, "application/json")
+    assert response.status_code == 400
+    assert _status(response).message.endswith(
+        "resourceSpans[0].scopeSpans[0].spans[0] must be a JSON object, not a string"
+    )

@@ -99,3 +99,28 @@ def test_release_gauges_are_cached_between_scrapes(start_collector, make_client)
     _send(client, time.time_ns(), [1])
     # Within the cache period the release list is not re-read from the store.
     assert "runcov_collector_release_line_coverage_ratio{" not in client.get("/metrics").text
+
+
+def test_a_part_delivered_again_after_a_retention_sweep_counts_once(start_collector, make_client):
+    collector = start_collector(retention_hours=1, retention_interval_seconds=3600)
+    client = make_client(collector)
+    span = coverage_span(
+        "GET /",
+        [file_hits("shop/views.py", [1, 2])],
+        trace_id="ab" * 16,
+        span_id="cd" * 8,
+        end_time_unix_nano=time.time_ns() - 3 * HOUR_NS,  # a late batch
+    )
+    body = trace_request([span])
+
+    def state():
+        detail = client.query("/api/v1/file", service="shop", path="shop/views.py")
+        (release,) = client.query("/api/v1/releases", service="shop")["releases"]
+        return [hits for _, hits, _ in detail["lines"]], release["requests"]
+
+    assert client.send(body).status_code == 200
+    assert client.send(body).status_code == 200
+    assert state() == ([1, 1], 1)
+    assert collector.expire_once() > 0  # the span's hour is past the retention
+    assert client.send(body).status_code == 200
+    assert state() == ([1, 1], 1)

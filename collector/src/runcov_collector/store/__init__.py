@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from .database import MAX_CONNECTIONS, PostgresDatabase, SqliteDatabase
-from .errors import NotFound, StoreError
+from .errors import NotFound, StoreClosed, StoreError
 from .schema import SCHEMA_VERSION
 from .sql_store import SqlStore
 
 DEFAULT_URL = "sqlite:///./runcov-collector.db"
 
-__all__ = ["DEFAULT_URL", "SCHEMA_VERSION", "NotFound", "SqlStore", "StoreError", "open_store"]
+__all__ = [
+    "DEFAULT_URL",
+    "SCHEMA_VERSION",
+    "NotFound",
+    "SqlStore",
+    "StoreClosed",
+    "StoreError",
+    "open_store",
+]
 
 
 def open_store(url: str = DEFAULT_URL, max_connections: int = MAX_CONNECTIONS) -> SqlStore:

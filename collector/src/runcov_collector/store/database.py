@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .dialect import POSTGRES, SQLITE, Conn, Dialect, PostgresConn
+from .errors import StoreClosed
 
 # Key of the PostgreSQL advisory lock held while the schema is migrated ("runcov" in ASCII), so
 # that replicas opening one database at the same time migrate it once.
@@ -65,7 +66,7 @@ class Database:
     def _acquire(self) -> Any:
         with self._lock:
             if self._closed:
-                raise RuntimeError("the store is closed")
+                raise StoreClosed("the store is closed")
             if self._idle:
                 return self._idle.pop()
         raw = self._connect()

@@ -9,3 +9,7 @@ class StoreError(Exception):
 
 class NotFound(StoreError, LookupError):
     """The service, release or file a query names is not in the store (HTTP 404)."""
+
+
+class StoreClosed(StoreError, RuntimeError):
+    """The store was closed (the collector is shutting down); a later request may succeed."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -48,13 +49,18 @@ def _upsert_releases(conn: Conn, spans: dict[Release, tuple[int, int]]) -> dict[
     return ids
 
 
-def _new_parts(conn: Conn, parts: list[CoveragePart]) -> list[CoveragePart]:
-    """Record the parts' keys; return the parts not stored before (first of each key)."""
+def _new_parts(conn: Conn, parts: list[CoveragePart], received: int) -> list[CoveragePart]:
+    """Record the parts' keys; return the parts not stored before (first of each key).
+
+    A key is filed under the hour it was ``received`` (unix ns), not under its span's hour:
+    retention forgets keys by that hour, and a part delivered again must still be known then.
+    """
     unique: dict[tuple[str, str], CoveragePart] = {}
     for part in parts:
         unique.setdefault((part.trace_id, part.span_id), part)
     keys = sorted(unique)  # a fixed order, so concurrent inserts cannot deadlock
-    rows = [(t, s, hour_of(unique[(t, s)].time_unix_nano)) for t, s in keys]
+    hour = hour_of(received)
+    rows = [(t, s, hour) for t, s in keys]
     fresh = conn.insert_values(
         "INSERT INTO seen_parts (trace_id, span_id, hour)",
         rows,
@@ -379,7 +385,7 @@ def ingest_batch(conn: Conn, batch: Batch) -> dict[str, Any]:
     if not spans:
         return {"parts": 0, "duplicates": 0}
     rid = _upsert_releases(conn, spans)
-    new_parts = _new_parts(conn, batch.coverage)
+    new_parts = _new_parts(conn, batch.coverage, batch.received_unix_nano or time.time_ns())
     paths = {fh.path for part in new_parts for fh in part.files}
     paths.update(fs.path for static in batch.static for fs in static.files)
     fid = _path_ids(conn, paths)

@@ -568,14 +568,24 @@ def diff(conn: Conn, a: Selection, b: Selection) -> dict[str, Any]:
     }
 
 
+KEY_GRACE_HOURS = 24
+"""How much longer than hourly data part keys are kept, counted from when the part was received:
+a retry or a queue delivering a part again after the retention period still finds its key."""
+
+
 def expire(conn: Conn, older_than_unix: float) -> int:
-    """Delete hour buckets (hits, traces) and part keys that ended by ``older_than_unix``."""
-    cutoff = int(older_than_unix // 3600)
+    """Delete hour buckets (hits, traces) that ended by ``older_than_unix``, and the keys of
+    parts received ``KEY_GRACE_HOURS`` before that."""
+    cutoff = min(max(0, int(older_than_unix // 3600)), 2**62)  # hours there are, as BIGINT
     deleted = 0
-    for table in ("hits_hour", "traces", "seen_parts"):
+    for table, before in (
+        ("hits_hour", cutoff),
+        ("traces", cutoff),
+        ("seen_parts", max(0, cutoff - KEY_GRACE_HOURS)),
+    ):
         cur = conn.raw.cursor()
         try:
-            cur.execute(conn.dialect.sql(f"DELETE FROM {table} WHERE hour < ?"), (cutoff,))
+            cur.execute(conn.dialect.sql(f"DELETE FROM {table} WHERE hour < ?"), (before,))
             deleted += max(0, cur.rowcount)
         finally:
             cur.close()

@@ -18,7 +18,9 @@ SCHEMA_VERSION = 2
 # Times are unix nanoseconds, hours are unix hours (seconds // 3600). First-hit keys are
 # "<20-digit span time><trace id>" so that the smallest string is the earliest trace (ties:
 # smallest trace id). ``sha_key`` is "<20-digit time><sha>": MAX picks the sha seen last.
-# endpoint_id 0 / file_id 0 in request counters mean "all".
+# endpoint_id 0 / file_id 0 in request counters mean "all". A part key's ``seen_parts.hour`` is the
+# hour the part was received (its span time may be far older), so that retention keeps keys for
+# as long as the part could be delivered again.
 _V1 = [
     """CREATE TABLE releases (
         id {id_pk},
