@@ -19,6 +19,7 @@ import dataclasses
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 from urllib.parse import unquote, urlsplit
@@ -168,10 +169,27 @@ def header_pairs(text: str) -> tuple[dict[str, str], list[str]]:
     return headers, bad
 
 
-def _parse_headers(option: str, text: str) -> dict[str, str]:
-    headers, bad = header_pairs(text)
-    if bad:
-        raise _bad(option, text, f"header {bad[0]!r} is not 'name=value'")
+#: An HTTP header name (RFC 9110 ``token``).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _parse_headers(option: str, value: Any) -> dict[str, str]:
+    """The exporter's headers from a ``name=value,...`` string or a mapping; a name that is not
+    an HTTP token, or a value with a line break or other control character (which would end
+    the header early, or let a header be injected), is refused."""
+    if isinstance(value, str):
+        headers, bad = header_pairs(value)
+        if bad:
+            raise _bad(option, value, f"header {bad[0]!r} is not 'name=value'")
+    elif isinstance(value, Mapping):
+        headers = {str(k).lower(): str(v) for k, v in value.items()}
+    else:
+        raise _bad(option, value, "not a mapping or 'name=value,...' string")
+    for name, text in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise _bad(option, value, f"header name {name!r} is not a valid HTTP header name")
+        if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in text):
+            raise _bad(option, value, f"the value of header {name!r} has a control character")
     return headers
 
 
@@ -226,11 +244,17 @@ def _to_list(option: str, value: Any, *, regex: bool = False) -> list[str]:
 
 def _validate_url(option: str, value: str, protocol: str) -> str:
     text = value.strip()
-    parts = urlsplit(text if "://" in text else "//" + text)
-    if not parts.hostname:
+    try:
+        parts = urlsplit(text if "://" in text else "//" + text)
+        host = parts.hostname
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise _bad(option, value, f"not a URL ({exc})") from None
+    if not host or any(c.isspace() for c in text):
         raise _bad(option, value, "not a URL with a host")
     if protocol != "grpc" and parts.scheme not in ("http", "https"):
         raise _bad(option, value, "an OTLP/HTTP endpoint must be an http:// or https:// URL")
+    if protocol == "grpc" and parts.scheme not in ("", "http", "https"):
+        raise _bad(option, value, "an OTLP/gRPC endpoint is host:port or an http(s):// URL")
     try:
         parts.port  # noqa: B018 - validates the port
     except ValueError:
@@ -393,12 +417,7 @@ def load_config(environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> C
             values[name] = _validate_url(sig_option, sig_value, protocol)
     option, value = raw("exporter_headers", "OTEL_EXPORTER_OTLP_HEADERS")
     if value is not None:
-        if isinstance(value, str):
-            values["exporter_headers"] = _parse_headers(option, value)
-        elif isinstance(value, Mapping):
-            values["exporter_headers"] = {str(k).lower(): str(v) for k, v in value.items()}
-        else:
-            raise _bad(option, value, "not a mapping or 'name=value,...' string")
+        values["exporter_headers"] = _parse_headers(option, value)
     option, value = raw("exporter_compression", "OTEL_EXPORTER_OTLP_COMPRESSION")
     if value is not None:
         compression = str(value).strip().lower()
@@ -411,5 +430,16 @@ def load_config(environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> C
         if timeout <= 0:
             raise _bad(option, value, "not a number of seconds > 0")
         values["exporter_timeout"] = timeout
+
+    # Switches of the tracing core, which reads them from the process environment when it
+    # starts: checked here so that a bad one fails the start, not the core later.
+    core = env.get("RUNCOV_CORE", "").strip().lower()
+    if core not in ("", "sysmon", "settrace"):
+        raise _bad("RUNCOV_CORE", env["RUNCOV_CORE"], "not one of sysmon, settrace")
+    if core == "sysmon" and sys.version_info < (3, 12):
+        raise _bad("RUNCOV_CORE", env["RUNCOV_CORE"], "sys.monitoring needs Python 3.12 or later")
+    for name in ("RUNCOV_ACCEL", "RUNCOV_EXACT_PROBES"):
+        if name in env:
+            _to_bool(name, env[name])
 
     return Config(**values)

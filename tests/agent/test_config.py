@@ -82,6 +82,17 @@ def test_split_list_keeps_escaped_and_bracketed_commas() -> None:
         ({"RUNCOV_EXPORTER_ENDPOINT": "http://h:99999"}, "the port is not a number"),
         ({"RUNCOV_EXPORTER_TIMEOUT": "0"}, "RUNCOV_EXPORTER_TIMEOUT='0'"),
         ({"RUNCOV_EXPORTER_HEADERS": "novalue"}, "header 'novalue' is not 'name=value'"),
+        ({"RUNCOV_EXPORTER_HEADERS": "a b=c"}, "header name 'a b' is not a valid HTTP header"),
+        ({"RUNCOV_EXPORTER_HEADERS": "a=b%0Ac"}, "the value of header 'a' has a control char"),
+        ({"RUNCOV_EXPORTER_ENDPOINT": "http://[::1"}, "RUNCOV_EXPORTER_ENDPOINT='http://[::1': "
+                                                     "not a URL"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://[::1"}, "OTEL_EXPORTER_OTLP_ENDPOINT="),
+        ({"RUNCOV_EXPORTER_ENDPOINT": "http://x y/"}, "not a URL with a host"),
+        ({"RUNCOV_EXPORTER_PROTOCOL": "grpc", "RUNCOV_EXPORTER_ENDPOINT": "ftp://h:1"},
+         "RUNCOV_EXPORTER_ENDPOINT='ftp://h:1': an OTLP/gRPC endpoint is host:port"),
+        ({"RUNCOV_CORE": "bogus"}, "RUNCOV_CORE='bogus': not one of sysmon, settrace"),
+        ({"RUNCOV_ACCEL": "perhaps"}, "RUNCOV_ACCEL='perhaps': not a boolean"),
+        ({"RUNCOV_EXACT_PROBES": "2"}, "RUNCOV_EXACT_PROBES='2': not a boolean"),
     ],
 )
 def test_bad_env_values_fail_with_a_clear_message(env: dict[str, str], message: str) -> None:
@@ -232,3 +243,15 @@ def test_the_filesystem_root_is_no_source_root(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ConfigError, match=r"^RUNCOV_SOURCE not given .* is '/': the filesystem"):
         load_config(environ={})
     assert load_config(environ={"RUNCOV_SOURCE": "/srv/app"}).source == ["/srv/app"]
+
+
+def test_the_sysmon_core_is_refused_where_there_is_no_sys_monitoring() -> None:
+    import sys
+
+    if sys.version_info >= (3, 12):
+        assert load_config(environ={"RUNCOV_CORE": "sysmon"}).sample_rate == 0.01
+    else:
+        with pytest.raises(ConfigError, match=r"^RUNCOV_CORE='sysmon': sys.monitoring needs"):
+            load_config(environ={"RUNCOV_CORE": "sysmon"})
+    for ok in ("settrace", " SysMon " if sys.version_info >= (3, 12) else "settrace"):
+        load_config(environ={"RUNCOV_CORE": ok, "RUNCOV_ACCEL": "0", "RUNCOV_EXACT_PROBES": "off"})

@@ -33,7 +33,7 @@ _ACCEL_NAMES = ("Recorder", "Dispatcher", "function_arcs", "census_lines")
 def load_accel() -> Any:
     """The cores' C extension (``runcov.tracing._accel``), or None: not built for this
     interpreter, or turned off with ``RUNCOV_ACCEL=0``."""
-    if os.environ.get(ACCEL_ENV, "").strip() == "0":
+    if os.environ.get(ACCEL_ENV, "").strip().lower() in ("0", "false", "no", "off"):
         return None
     try:
         from runcov.tracing import _accel  # type: ignore[attr-defined]
