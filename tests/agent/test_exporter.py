@@ -374,7 +374,9 @@ def test_files_nothing_reportable_sends_nothing(http_sink: HTTPSink, src: Path) 
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
-def test_endpoint_down_drops_are_counted(src: Path, protocol: str) -> None:
+def test_endpoint_down_drops_are_counted(
+    src: Path, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
     with HTTPSink() as probe:  # take a free port, then close it: nothing listens there
         endpoint = probe.endpoint
     config = load_config(
@@ -384,14 +386,21 @@ def test_endpoint_down_drops_are_counted(src: Path, protocol: str) -> None:
     metrics = RecordingMetrics()
     exporter = CoverageExporter(config, build_resource(config), metrics=metrics)
     try:
-        assert all(exporter.submit(record(src, trace_id=TRACE_ID + i)) for i in range(3))
-        assert exporter.flush(30) is False
+        with caplog.at_level("WARNING", logger="runcov"):
+            assert all(exporter.submit(record(src, trace_id=TRACE_ID + i)) for i in range(3))
+            assert exporter.flush(30) is False
+            assert exporter.submit(record(src, trace_id=TRACE_ID + 3))
+            assert exporter.flush(30) is False
     finally:
         exporter.shutdown(5)
     counters = exporter.counters()
-    assert counters["export_failed"] == 3
+    assert counters["export_failed"] == 4
     assert counters["requests_exported"] == 0
-    assert metrics.drops == [("POST /checkout", "export_failed")] * 3
+    assert metrics.drops == [("POST /checkout", "export_failed")] * 4
+    # Said once (at most once a minute), with where and how it tried to send.
+    warnings = [r.getMessage() for r in caplog.records if "could not export" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert config.traces_endpoint() in warnings[0] and f"over {protocol}" in warnings[0]
 
 
 def test_endpoint_hanging_keeps_submit_non_blocking(sink: Any, src: Path) -> None:

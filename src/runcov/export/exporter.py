@@ -67,6 +67,8 @@ WAKE_BATCH = 64
 #: once, instead of waiting out the interpreter's switch interval (5 ms) behind a whole round.
 WORKER_SLICE = 0.001
 WORKER_PAUSE = 50e-6
+#: Seconds between two warnings that exports failed.
+EXPORT_WARNING_INTERVAL = 60.0
 #: Encodings kept for requests that repeat an earlier request's lines and arcs on the same
 #: endpoint (most requests of steady traffic do): a repeat skips building the per-file sets,
 #: the novelty bookkeeping and the encoding, about two thirds of the worker's cost per record.
@@ -203,6 +205,8 @@ class CoverageExporter:
         self._outbox: list[tuple[bytes, int]] = []
         self._outbox_bytes = 0
         self._last_send = time.monotonic()
+        #: When the last failed export was reported (``_warn_export_failed``).
+        self._warned_at = -EXPORT_WARNING_INTERVAL
         #: Spans encoded and not yet delivered or failed.
         self._inflight = 0
         self._static_sent: set[tuple[str, str]] = set()
@@ -433,7 +437,28 @@ class CoverageExporter:
                 ok = bool(transport.send(body))
             except Exception:
                 log.debug("runcov: span export raised", exc_info=True)
+            if not ok:
+                self._warn_export_failed(len(chunk))
             self._exported([span_id for _, span_id in chunk], ok)
+
+    def _warn_export_failed(self, spans: int) -> None:
+        """Say, at most once a minute, that coverage spans could not be delivered: the
+        receiver did not answer, stayed busy past the timeout or refused them (each counted as
+        a drop, ``export_failed``). A receiver of the other protocol (gRPC sent to an OTLP/HTTP
+        port, as ``opentelemetry-instrument``'s default protocol does) fails this way too."""
+        now = time.monotonic()
+        if now - self._warned_at < EXPORT_WARNING_INTERVAL:
+            return
+        self._warned_at = now
+        config = self.config
+        log.warning(
+            "runcov: could not export %d coverage span(s) to %s over %s; they are dropped and "
+            "counted (export_failed). Check the receiver, and that it speaks this protocol "
+            "(RUNCOV_EXPORTER_PROTOCOL / OTEL_EXPORTER_OTLP_PROTOCOL)",
+            spans,
+            config.traces_endpoint(),
+            config.exporter_protocol,
+        )
 
     def _process(self, record: RequestRecord) -> None:
         # A request whose records equal an earlier one's on the same endpoint (the common case
