@@ -290,6 +290,24 @@ def test_release_page_follows_endpoint_and_window(site: tuple[Running, dict]) ->
     assert "<strong>since 3h</strong>" in page
 
 
+def test_dashboard_accepts_every_time_the_api_accepts(site: tuple[Running, dict]) -> None:
+    """Seconds, weeks and a lowercase ``z`` are API times: the page takes them too, with the
+    API's numbers, and refuses what the API refuses."""
+    running, _ = site
+    base = "service=shop&version=1.0&environment=prod&role=baseline"
+    three_hours_ago = time.strftime("%Y-%m-%dT%H:%M:%Sz", time.gmtime(time.time() - 3 * 3600))
+    for extra in ("&since=10800s", "&since=1w", f"&since={three_hours_ago}", "&until=0w"):
+        api = running.api("/api/v1/coverage?" + base + extra)
+        status, page = running.get("/ui/release?" + base + extra)
+        assert status == 200, extra
+        block = re.search(r'<dl class="totals" id="totals">(.*?)</dl>', page, re.S)
+        assert block
+        totals = dict(re.findall(r'data-field="([a-z_]+)">(.*?)</dd>', block.group(1)))
+        assert totals["requests"] == str(api["totals"]["requests"]), extra
+    status, page = running.get("/ui/release?" + base + "&since=3y")
+    assert status == 400 and "since=&#39;3y&#39; is neither ISO-8601" in page
+
+
 def test_changed_local_source_is_flagged(site: tuple[Running, dict]) -> None:
     running, _ = site
     cart = running.source / "shop" / "cart.py"

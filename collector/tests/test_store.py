@@ -276,6 +276,29 @@ def test_endpoints(shop: SqlStore) -> None:
     assert [e["endpoint"] for e in only] == ["POST /checkout"]
 
 
+def test_endpoint_counts_agree_with_coverage_of_the_endpoint(store: SqlStore) -> None:
+    """Executed lines and arcs the denominators do not know (line 2 is no statement, (2, 5)
+    no possible arc) count neither in the listing nor in the endpoint's coverage."""
+    store.ingest(
+        Batch(
+            static=[views_static()],
+            coverage=[
+                part(1, at=T0 + 10, files=[views([*PATH_A, 2], [*ARCS_A, (2, 5)])]),
+                part(2, at=T0 + 20, files=[FileHits("shop/extra.py", "cccc", [1, 2], [(1, 2)])]),
+            ],
+        )
+    )
+    for window in (None, T0):
+        sel = Selection("shop", since_unix=window)
+        (entry,) = store.endpoints(sel)["endpoints"]
+        sums = store.coverage(
+            Selection("shop", endpoint=entry["endpoint"], since_unix=window)
+        )["totals"]
+        # views.py against its denominators, extra.py (none) everything executed.
+        assert (entry["lines_covered"], entry["arcs_covered"]) == (4 + 2, 5 + 1)
+        assert (sums["lines_covered"], sums["arcs_covered"]) == (4 + 2, 5 + 1)
+
+
 def test_endpoint_filter_on_coverage(shop: SqlStore) -> None:
     answer = shop.coverage(Selection("shop", endpoint="POST /checkout"), detail=True)
     assert answer["totals"]["requests"] == 1

@@ -88,6 +88,22 @@ def check_summaries(store: SqlStore) -> None:
             sel.service, sel.version, sel.environment, sel.role, sel.endpoint, since_unix=0
         )
         assert store.endpoints(sel) == store.endpoints(everything)
+        # Each endpoint's covered counts are those of the coverage of that endpoint.
+        for window in (sel, everything):
+            for entry in store.endpoints(window)["endpoints"]:
+                one = Selection(
+                    window.service,
+                    window.version,
+                    window.environment,
+                    window.role,
+                    entry["endpoint"],
+                    since_unix=window.since_unix,
+                )
+                sums = store.coverage(one)["totals"]
+                assert (entry["lines_covered"], entry["arcs_covered"]) == (
+                    sums["lines_covered"],
+                    sums["arcs_covered"],
+                )
 
 
 def stored_rows_match_their_hit_sets(store: SqlStore) -> int:

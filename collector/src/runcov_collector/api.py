@@ -8,8 +8,9 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from runcov_collector import decode, limits
@@ -26,6 +27,32 @@ class BadParameter(ValueError):
 def error(status: int, message: str) -> JSONResponse:
     """The API's error body ``{"error": message}``."""
     return JSONResponse({"error": message}, status_code=status)
+
+
+def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own HTTP errors (no route matched: 404, method not allowed: 405).
+
+    Under ``/api/`` they are the API's ``{"error": ...}`` body like every other API error, so a
+    client that mistypes a route still gets JSON; elsewhere they stay Starlette's plain text.
+    """
+    assert isinstance(exc, HTTPException)
+    path: str = request.scope["path"]
+    if not path.startswith("/api/"):
+        if exc.status_code in (204, 304):
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 404:
+        message = f"no API endpoint {path}"
+    elif exc.status_code == 405:
+        methods = {m.strip() for m in headers.get("Allow", "").split(",") if m.strip()}
+        headers["Allow"] = ", ".join(sorted(methods))
+        message = f"method {request.method} is not allowed on {path} (allowed: {headers['Allow']})"
+    else:
+        message = exc.detail
+    response = error(exc.status_code, message)
+    response.headers.update(headers)
+    return response
 
 
 def parse_time(value: str, name: str, now: float | None = None) -> float:

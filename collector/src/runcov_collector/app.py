@@ -17,6 +17,7 @@ from google.rpc import code_pb2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -215,7 +216,9 @@ class Collector:
             if self.close_on_shutdown:
                 await run_in_threadpool(self.close)
 
-        app = Starlette(routes=routes, lifespan=lifespan)
+        app = Starlette(
+            routes=routes, lifespan=lifespan, exception_handlers={HTTPException: api.http_error}
+        )
         app.state.config = self.config
         app.state.store = self.store
         app.state.ingestor = self.ingestor

@@ -7,11 +7,38 @@ import binascii
 import hmac
 
 
+def token_problem(token: str) -> str | None:
+    """Why ``token`` cannot be required of clients, or None when it can.
+
+    Tokens travel in HTTP ``Authorization`` headers and gRPC metadata, which are visible ASCII
+    in practice: HTTP servers (Starlette here) read header bytes as latin-1, gRPC refuses other
+    metadata values, and clients differ in how they would encode them, so a token with other
+    characters could be accepted on one path and refused on another. Surrounding spaces are
+    trimmed from a presented credential, so spaces are refused too. The token is not quoted.
+    """
+    for char in token:
+        if "!" <= char <= "~":
+            continue
+        if char == " ":
+            kind = "a space"
+        elif char.isascii():
+            kind = "a control character"
+        else:
+            kind = "a non-ASCII character"
+        return (
+            f"contains {kind}: a token must consist of visible ASCII characters "
+            "(letters, digits and punctuation, such as the output of `openssl rand -hex 32`)"
+        )
+    return None
+
+
 class TokenCheck:
     """Accepts a request whose credentials carry ``token``; with ``token=None`` accepts all.
 
     Credentials are ``Authorization: Bearer <token>``; when ``allow_basic`` is set, HTTP Basic
-    with the token as password is accepted too (so a browser can open the dashboard).
+    with the token as password is accepted too (so a browser can open the dashboard). The
+    configuration admits only visible-ASCII tokens (``token_problem``), which both forms carry
+    alike.
     """
 
     def __init__(self, token: str | None, allow_basic: bool = False) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from runcov_collector import limits
+from runcov_collector.auth import token_problem
 
 DEFAULT_STORE_URL = "sqlite:///runcov-collector.db"
 DEFAULT_RETENTION_HOURS = 24 * 90
@@ -68,6 +69,12 @@ class Config:
                 f"(or {ENV_PREFIX}INGEST_TOKEN / {ENV_PREFIX}QUERY_TOKEN), or pass --no-auth "
                 f"({ENV_PREFIX}NO_AUTH=1) explicitly"
             )
+        for name in ("ingest_token", "query_token"):
+            problem = token_problem(getattr(self, name) or "")
+            if problem is not None:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} ({ENV_PREFIX}{_ENV_FIELDS[name]}) {problem}"
+                )
         for name in ("http_port", "grpc_port"):
             port = getattr(self, name)
             low = -1 if name == "grpc_port" else 0

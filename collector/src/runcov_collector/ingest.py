@@ -7,7 +7,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -69,6 +69,11 @@ def is_transient(exc: BaseException) -> bool:
     fail again, forever.
     """
     return isinstance(exc, OPERATIONAL_ERRORS) and not isinstance(exc, DATA_ERRORS)
+
+
+def _duplicates(counts: Mapping[str, int] | None) -> int:
+    """Coverage parts a ``store.ingest`` answer says were stored before (0 when it cannot tell)."""
+    return int(counts.get("duplicates", 0)) if counts else 0
 
 
 _Item = tuple[str, Any, str]  # which list of a Batch, the item, how a rejection names it
@@ -153,31 +158,34 @@ class Ingestor:
         else:
             result = decode.decode_metrics(request)
         batch = result.batch
+        duplicates = 0
         if batch.coverage or batch.static or batch.metrics:
             started = time.perf_counter()
             try:
-                self.store.ingest(batch)
+                duplicates = _duplicates(self.store.ingest(batch))
             except Exception as exc:
                 if is_transient(exc):
                     raise StoreUnavailable(
                         f"store unavailable: {type(exc).__name__}: {exc}"
                     ) from exc
                 log.exception("store.ingest failed; looking for the items it cannot keep")
-                self._reject_unstorable(result)
+                duplicates = self._reject_unstorable(result)
             self.metrics.store_latency.observe(time.perf_counter() - started)
-        self._count(signal, transport, result)
+        self._count(signal, transport, result, duplicates)
         return Outcome(response=self._response(signal, result), result=result)
 
-    def _reject_unstorable(self, result: decode.DecodeResult) -> None:
+    def _reject_unstorable(self, result: decode.DecodeResult) -> int:
         """Store a batch the store refused in halves, down to the items it refuses on their own.
 
         Those are rejected through ``partial_success`` like invalid spans, and the rest is
         stored: one value the store cannot keep must not make the whole request fail, and be
         retried, forever. Stored items are idempotent, so a transient failure half way
-        (``StoreUnavailable``) leaves nothing a retry would count twice.
+        (``StoreUnavailable``) leaves nothing a retry would count twice. Returns how many of
+        the coverage parts kept were duplicates.
         """
         received = result.batch.received_unix_nano
         kept: list[_Item] = []
+        duplicates = 0
         items = _items_of(result.batch)
         pending = [items[len(items) // 2 :], items[: len(items) // 2]]
         while pending:
@@ -185,7 +193,7 @@ class Ingestor:
             if not group:
                 continue
             try:
-                self.store.ingest(_batch_of(group, received))
+                duplicates += _duplicates(self.store.ingest(_batch_of(group, received)))
             except Exception as exc:
                 if is_transient(exc):
                     raise StoreUnavailable(
@@ -201,8 +209,11 @@ class Ingestor:
             else:
                 kept += group
         result.batch = _batch_of(kept, received)
+        return duplicates
 
-    def _count(self, signal: str, transport: str, result: decode.DecodeResult) -> None:
+    def _count(
+        self, signal: str, transport: str, result: decode.DecodeResult, duplicates: int
+    ) -> None:
         m = self.metrics
         m.spans.inc(result.accepted, transport=transport, signal=signal, result="accepted")
         m.spans.inc(result.rejected, transport=transport, signal=signal, result="rejected")
@@ -211,9 +222,11 @@ class Ingestor:
         for reason, count in result.skipped.items():
             m.skipped.inc(count, reason=reason)
         batch = result.batch
-        m.parts.inc(len(batch.coverage), transport=transport, kind="coverage")
-        m.parts.inc(len(batch.static), transport=transport, kind="static")
-        m.parts.inc(len(batch.metrics), transport=transport, kind="metric")
+        stored = len(batch.coverage) - duplicates
+        m.parts.inc(stored, transport=transport, kind="coverage", result="stored")
+        m.parts.inc(duplicates, transport=transport, kind="coverage", result="duplicate")
+        m.parts.inc(len(batch.static), transport=transport, kind="static", result="stored")
+        m.parts.inc(len(batch.metrics), transport=transport, kind="metric", result="stored")
 
     @staticmethod
     def _response(signal: str, result: decode.DecodeResult) -> Message:

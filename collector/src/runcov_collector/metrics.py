@@ -183,8 +183,9 @@ class CollectorMetrics:
         )
         self.parts = Counter(
             "runcov_collector_ingest_parts",
-            "Coverage parts, static parts and metric points stored, by transport.",
-            ("transport", "kind"),
+            "Coverage parts, static parts and metric points by transport, kind and result: "
+            "stored, or duplicate (a coverage part stored before, e.g. by a retried export).",
+            ("transport", "kind", "result"),
         )
         self.rejections = Counter(
             "runcov_collector_rejections",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 ROLES = ("baseline", "canary", "shadow", "game-day")
 
@@ -126,10 +126,12 @@ class Store(Protocol):
 
     ``ingest`` returns only after the batch is durably committed. Merging is commutative and
     idempotent: a coverage part already stored (same trace_id, span_id) changes nothing.
+    ``ingest`` may say how many coverage parts were new (``"parts"``) and how many were such
+    duplicates (``"duplicates"``); a store that cannot tell returns None.
     Query methods return the JSON-ready dicts documented in docs/query-api.md.
     """
 
-    def ingest(self, batch: Batch) -> None: ...
+    def ingest(self, batch: Batch) -> Mapping[str, int] | None: ...
     def services(self) -> dict[str, Any]: ...
     def releases(self, service: str) -> dict[str, Any]: ...
     def endpoints(self, sel: Selection) -> dict[str, Any]: ...

@@ -152,6 +152,31 @@ def test_unknown_release_or_file_is_404(client):
     assert client.get("/api/v1/file", service="shop", path="shop/other.py").status_code == 404
 
 
+def test_unknown_api_routes_and_methods_answer_json(client):
+    """A mistyped route or method under /api/ gets the API's JSON error like any other error;
+    other paths keep their plain-text answers."""
+    for route in ("/api/v1/nope", "/api/v2/coverage", "/api/"):
+        response = client.get(route, service="shop")
+        assert response.status_code == 404
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() == {"error": f"no API endpoint {route}"}
+    posted = client.http.post(
+        "/api/v1/coverage", headers={"authorization": "Bearer query-secret-token"}
+    )
+    assert posted.status_code == 405
+    assert posted.headers["allow"] == "GET, HEAD"
+    assert posted.json() == {
+        "error": "method POST is not allowed on /api/v1/coverage (allowed: GET, HEAD)"
+    }
+    # Without the query token the answer is still the 401 (nothing about which routes exist).
+    assert client.get("/api/v1/nope", token=None).status_code == 401
+    outside = client.get("/nope")
+    assert (outside.status_code, outside.headers["content-type"]) == (
+        404,
+        "text/plain; charset=utf-8",
+    )
+
+
 def test_routes_return_the_store_answers(client):
     now = time.time_ns()
     _seed(client, version="1.0", when_ns=now - 5 * HOUR_NS, lines=[1])

@@ -64,6 +64,13 @@ def test_bad_environment_values_fail_loudly():
             r"\(RUNCOV_COLLECTOR_INGEST_TOKEN\) and --query-token \(RUNCOV_COLLECTOR_QUERY_TOKEN\)",
         ),
         ({"no_auth": True, "query_token": "q"}, "cannot be combined with --query-token"),
+        (
+            {"ingest_token": "i", "query_token": "q\u00fcery"},
+            r"--query-token \(RUNCOV_COLLECTOR_QUERY_TOKEN\) contains a non-ASCII character: "
+            "a token must consist of visible ASCII characters",
+        ),
+        ({"ingest_token": "in gest", "query_token": "q"}, "--ingest-token .* contains a space"),
+        ({"ingest_token": "i", "query_token": "q\x7f"}, "contains a control character"),
     ],
 )
 def test_validation_messages(values, message):
@@ -286,6 +293,27 @@ def test_bad_option_values_are_a_clean_error_at_start(tmp_path, args, message):
     assert result.stderr.startswith("runcov-collector: ")
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (("--ingest-token", "i", "--query-token", "q\u00fcery"), {}),
+        ((), {"RUNCOV_COLLECTOR_INGEST_TOKEN": "i", "RUNCOV_COLLECTOR_QUERY_TOKEN": "q\u00fcery"}),
+    ],
+)
+def test_a_token_that_is_not_visible_ascii_refuses_to_start(tmp_path, args, env):
+    """Such a token would pass with HTTP Basic and fail as a bearer token (or in gRPC
+    metadata): the collector says so at start instead, without printing the token."""
+    result = _serve("--store", f"sqlite:///{tmp_path}/c.db", *args, env=env)
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "runcov-collector: --query-token (RUNCOV_COLLECTOR_QUERY_TOKEN) contains a non-ASCII "
+        "character: a token must consist of visible ASCII characters"
+    )
+    assert "q\u00fcery" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "c.db").exists()
 
 
 def test_log_level_names_are_accepted_in_any_case():

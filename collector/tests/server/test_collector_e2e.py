@@ -203,9 +203,8 @@ def test_real_metric_exporters_deliver_agent_metrics(client, transport):
     finally:
         exporter.shutdown()
     metrics = client.get("/metrics", token=None).text
-    assert f'runcov_collector_ingest_parts_total{{transport="{transport}",kind="metric"}} 2' in (
-        metrics
-    )
+    stored = f'transport="{transport}",kind="metric",result="stored"'
+    assert f"runcov_collector_ingest_parts_total{{{stored}}} 2" in metrics
     assert 'runcov_collector_skipped_total{reason="foreign_scope"} 1' in metrics
 
 

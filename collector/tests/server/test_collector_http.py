@@ -353,11 +353,11 @@ class _PoisonStore:
         self.error = error
         self.calls = 0
 
-    def ingest(self, batch: Any) -> None:
+    def ingest(self, batch: Any) -> Any:
         self.calls += 1
         if any(part.endpoint == "GET /poison" for part in batch.coverage):
             raise self.error
-        self._store.ingest(batch)
+        return self._store.ingest(batch)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -394,8 +394,13 @@ def test_a_value_the_store_cannot_keep_is_rejected_not_retried_forever(
     alone = client.send(trace_request([coverage_span("GET /poison", [file_hits("x.py", [1])])]))
     assert alone.status_code == 200
     assert _partial(alone)[0] == 1
+    # Sent again, the storable parts are told apart as duplicates after the split as well.
+    assert _partial(client.send(trace_request(spans)))[0] == 1
     metrics = client.get("/metrics", token=None).text
-    assert 'runcov_collector_rejections_total{reason="store"} 2' in metrics
+    assert 'runcov_collector_rejections_total{reason="store"} 3' in metrics
+    parts = 'runcov_collector_ingest_parts_total{transport="http",kind="coverage",result='
+    assert f'{parts}"stored"}} 5' in metrics
+    assert f'{parts}"duplicate"}} 5' in metrics
 
 
 def test_json_item_that_is_not_an_object_is_400(client):

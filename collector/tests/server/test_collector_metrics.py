@@ -8,7 +8,13 @@ import time
 import pytest
 
 from runcov_collector.metrics import CollectorMetrics, Counter, Histogram, Registry
-from runcov_collector.testing import coverage_span, file_hits, trace_request
+from runcov_collector.testing import (
+    coverage_span,
+    file_hits,
+    file_static,
+    static_span,
+    trace_request,
+)
 
 HOUR_NS = 3600 * 10**9
 
@@ -124,3 +130,20 @@ def test_a_part_delivered_again_after_a_retention_sweep_counts_once(start_collec
     assert collector.expire_once() > 0  # the span's hour is past the retention
     assert client.send(body).status_code == 200
     assert state() == ([1, 1], 1)
+
+
+def test_parts_counter_tells_duplicates_from_newly_stored_parts(start_collector, make_client):
+    """A retried export (or a span sent twice in one request) is counted as duplicate parts,
+    not stored again."""
+    client = make_client(start_collector())
+    first = coverage_span("GET /", [file_hits("shop/views.py", [1])], span_id="01" * 8)
+    second = coverage_span("GET /", [file_hits("shop/views.py", [2])], span_id="02" * 8)
+    static = static_span([file_static("shop/views.py", [1, 2])], span_id="03" * 8)
+    assert client.send(trace_request([first, second, static])).status_code == 200
+    assert client.send(trace_request([first, second, static])).status_code == 200
+    assert client.send(trace_request([second, second])).status_code == 200
+    metrics = client.get("/metrics", token=None).text
+    parts = 'runcov_collector_ingest_parts_total{transport="http",kind='
+    assert f'{parts}"coverage",result="stored"}} 2' in metrics
+    assert f'{parts}"coverage",result="duplicate"}} 4' in metrics
+    assert f'{parts}"static",result="stored"}} 2' in metrics

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import re
-import time
-from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from runcov_collector import api
 from runcov_collector.model import ROLES, Selection
 
-_RELATIVE = re.compile(r"^(\d+)([mhd])$")
-_UNITS = {"m": 60, "h": 3600, "d": 86400}
 MAX_TEXT = 1024
 
 
@@ -29,17 +25,15 @@ def text(params: Mapping[str, str], name: str) -> str | None:
 
 
 def parse_time(value: str, name: str, now: float | None = None) -> float:
-    """ISO-8601 (``2026-11-25T10:00:00Z``) or relative (``90m``, ``6h``, ``7d`` before now)."""
-    m = _RELATIVE.match(value.strip())
-    if m:
-        return (time.time() if now is None else now) - int(m.group(1)) * _UNITS[m.group(2)]
+    """ISO-8601 (``2026-11-25T10:00:00Z``) or relative (``90s``, ``6h``, ``2w`` before now).
+
+    The query API's parser (``api.parse_time``), so a page accepts exactly the times the API
+    does and links between the two keep working.
+    """
     try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise BadParameter(f"{name}: {value!r} is neither ISO-8601 nor like 90m, 6h, 7d") from exc
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
+        return api.parse_time(value, name, now)
+    except api.BadParameter as exc:
+        raise BadParameter(str(exc)) from exc
 
 
 def selection(params: Mapping[str, str], prefix: str = "") -> Selection:

@@ -375,38 +375,74 @@ def file(conn: Conn, sel: Selection, path: str) -> dict[str, Any]:
     return {"release": scope.release.as_dict(), **files[0]}
 
 
-def endpoints(conn: Conn, sel: Selection) -> dict[str, Any]:
-    """A release's endpoints with requests and covered line/arc counts in the selection."""
-    scope = resolve(conn, sel)
-    known = conn.query(
-        "SELECT id, endpoint, first_seen, last_seen FROM endpoints WHERE release_id = ?",
-        (scope.release_id,),
-    )
-    counts: dict[str, dict[int, int]] = {"line": {}, "arc": {}}
+_EP_ROWS = (
+    "FROM hits_ep h JOIN release_files r ON r.release_id = h.release_id AND r.file_id = h.file_id "
+    "LEFT JOIN static_files s ON s.file_id = r.file_id AND s.sha = substr(r.sha_key, 21) "
+    "WHERE h.release_id = ?"
+)
+_CURRENT = "h.cov_digest = COALESCE(s.digest, '')"
+
+
+def _endpoint_counts(conn: Conn, scope: Scope) -> dict[int, tuple[int, int]]:
+    """Covered (lines, arcs) per endpoint id, counted as ``coverage`` counts them.
+
+    Against each file's current denominators where it has them (executed lines that are not
+    statements and arcs that are not possible do not count), everything executed where not.
+    All time, one pass sums the counts stored beside each endpoint's hit sets that were made
+    under the current denominators; only the (rare) other rows are recounted from their hit
+    sets, as ``summary_files`` does for files.
+    """
+    counts: dict[int, tuple[int, int]] = {}
     sets: list[tuple[Any, ...]] = []
     if scope.hours is None:
-        # One row per (endpoint, file): the stored item counts are the covered counts.
-        for endpoint_id, n_lines, n_arcs in conn.query(
-            "SELECT endpoint_id, SUM(n_lines), SUM(n_arcs) FROM hits_ep WHERE release_id = ? "
-            "GROUP BY endpoint_id",
+        stale = 0
+        for endpoint_id, lines, arcs, others in conn.query(
+            f"SELECT h.endpoint_id, SUM(CASE WHEN {_CURRENT} THEN h.lines_covered ELSE 0 END), "
+            f"SUM(CASE WHEN {_CURRENT} THEN h.arcs_covered ELSE 0 END), "
+            f"SUM(CASE WHEN {_CURRENT} THEN 0 ELSE 1 END) {_EP_ROWS} GROUP BY h.endpoint_id",
             (scope.release_id,),
         ):
-            counts["line"][int(endpoint_id)] = int(n_lines)
-            counts["arc"][int(endpoint_id)] = int(n_arcs)
+            counts[int(endpoint_id)] = (int(lines), int(arcs))
+            stale += int(others)
+        if stale:
+            sets = conn.query(
+                f"SELECT h.endpoint_id, h.file_id, h.lines, h.arcs {_EP_ROWS} AND NOT {_CURRENT}",
+                (scope.release_id,),
+            )
     else:
         sets = conn.query(
             "SELECT endpoint_id, file_id, lines, arcs FROM hits_hour "
             "WHERE release_id = ? AND hour >= ? AND hour < ?",
             (scope.release_id, *scope.hours),
         )
-    covered: dict[tuple[int, int], tuple[set[Any], set[Any]]] = {}
+    executed: dict[tuple[int, int], tuple[set[Any], set[Any]]] = {}
     for endpoint_id, file_id, lines, arcs in sets:
-        have = covered.setdefault((int(endpoint_id), int(file_id)), (set(), set()))
+        have = executed.setdefault((int(endpoint_id), int(file_id)), (set(), set()))
         have[0].update(hitsets.items(lines, False))
         have[1].update(hitsets.items(arcs, True))
-    for (endpoint_id, _), (lines_set, arcs_set) in covered.items():
-        counts["line"][endpoint_id] = counts["line"].get(endpoint_id, 0) + len(lines_set)
-        counts["arc"][endpoint_id] = counts["arc"].get(endpoint_id, 0) + len(arcs_set)
+    if executed:
+        statics = summary.current_statics(conn, scope.release_id, (f for _, f in executed))
+        cache = summary.Denominators()
+        for (endpoint_id, file_id), (lines_set, arcs_set) in executed.items():
+            static = statics.get(file_id)
+            denominators = None if static is None else cache.sets(*static)
+            lc, ac, _ = summary.covered(lines_set, arcs_set, denominators)
+            have_lines, have_arcs = counts.get(endpoint_id, (0, 0))
+            counts[endpoint_id] = (have_lines + lc, have_arcs + ac)
+    return counts
+
+
+def endpoints(conn: Conn, sel: Selection) -> dict[str, Any]:
+    """A release's endpoints with requests and covered line/arc counts in the selection.
+
+    The covered counts are those ``coverage`` gives for the same selection with the endpoint.
+    """
+    scope = resolve(conn, sel)
+    known = conn.query(
+        "SELECT id, endpoint, first_seen, last_seen FROM endpoints WHERE release_id = ?",
+        (scope.release_id,),
+    )
+    counts = _endpoint_counts(conn, scope)
     if scope.hours is None:
         rows = conn.query(
             "SELECT endpoint_id, requests FROM request_counts WHERE release_id = ? "
@@ -430,8 +466,8 @@ def endpoints(conn: Conn, sel: Selection) -> dict[str, Any]:
             {
                 "endpoint": name,
                 "requests": requests.get(int(eid), 0),
-                "lines_covered": counts["line"].get(int(eid), 0),
-                "arcs_covered": counts["arc"].get(int(eid), 0),
+                "lines_covered": counts.get(int(eid), (0, 0))[0],
+                "arcs_covered": counts.get(int(eid), (0, 0))[1],
                 "first_seen": iso(int(first)),
                 "last_seen": iso(int(last)),
             }

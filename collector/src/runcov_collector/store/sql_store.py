@@ -26,9 +26,12 @@ class SqlStore:
         """``sqlite`` or ``postgresql``."""
         return self.db.dialect.name
 
-    def ingest(self, batch: Batch) -> None:
-        """Store a batch in one transaction; returns only after it is committed."""
-        self.ingest_counted(batch)
+    def ingest(self, batch: Batch) -> dict[str, int]:
+        """Store a batch in one transaction; returns only after it is committed.
+
+        Returns how many coverage parts were new and how many duplicates (``ingest_counted``).
+        """
+        return self.ingest_counted(batch)
 
     def ingest_counted(self, batch: Batch) -> dict[str, int]:
         """Like ``ingest``; returns how many coverage parts were new and how many duplicates."""

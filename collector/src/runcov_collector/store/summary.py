@@ -80,7 +80,7 @@ class Denominators:
                 if a > 0:
                     exits[a] = exits.get(a, 0) + 1
             branches = frozenset(arc for arc in arcs if arc[0] > 0 and exits[arc[0]] >= 2)
-            have = (frozenset(data["lines"]), arcs, branches)  # type: ignore[assignment]
+            have = (frozenset(data["lines"]), arcs, branches)
             with _SHARED_LOCK:
                 if len(_SHARED) >= _SHARED_MAX:
                     _SHARED.clear()
@@ -179,7 +179,7 @@ def refresh_stale(conn: Conn, release_id: int, file_ids: Iterable[int]) -> int:
             continue
         if statics is None:
             statics = current_statics(conn, release_id, ids)
-        updates = []
+        updates: list[tuple[Any, ...]] = []
         for fid, eid, lines, arcs in rows:
             values = summary_values(
                 hitsets.items(lines, False), hitsets.items(arcs, True), statics.get(int(fid)), cache
