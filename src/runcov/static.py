@@ -23,7 +23,7 @@ from coverage.parser import PythonParser
 
 from runcov._fork import in_forked_child
 
-__all__ = ["MAX_SOURCE_BYTES", "StaticAnalyzer", "analyze_source", "file_sha", "present_arcs"]
+__all__ = ["MAX_SOURCE_BYTES", "StaticAnalyzer", "analyze_source", "file_sha", "present"]
 
 #: Files larger than this are not analysed (their coverage is still reported, without totals).
 MAX_SOURCE_BYTES = 16 * 1024 * 1024
@@ -73,8 +73,9 @@ def _functions(tree: ast.AST) -> list[dict[str, Any]]:
 
 
 def analyze_source(text: str, exclude: Iterable[str] = DEFAULT_EXCLUDE) -> dict[str, Any]:
-    """``{"lines", "arcs", "functions", "arc_fixes"}`` for Python source text (raises on
-    non-Python). ``arc_fixes`` is what :func:`present_arcs` needs; it stays in the process."""
+    """``{"lines", "arcs", "functions", "first_lines", "arc_fixes"}`` for Python source text
+    (raises on non-Python). The last two are what :func:`present` needs; they stay in the
+    process."""
     parser = PythonParser(text=text, exclude=_join_regex(exclude))
     parser.parse_source()
     excluded = parser.excluded
@@ -85,31 +86,51 @@ def analyze_source(text: str, exclude: Iterable[str] = DEFAULT_EXCLUDE) -> dict[
         "lines": sorted(parser.statements),
         "arcs": [[a, b] for a, b in arcs],
         "functions": _functions(ast.parse(text)),
+        # A line of a statement that spans several -> the statement's first line.
+        "first_lines": {
+            line: first for line, first in parser.multiline_map.items() if line != first
+        },
         # Set by the arc analysis (parser.arcs() above): measured arc -> the arc coverage.py
         # reports instead, or None for an arc it drops.
         "arc_fixes": dict(getattr(parser, "_with_jump_fixers", None) or {}),
     }
 
 
-def present_arcs(arcs: Iterable[tuple[int, int]], facts: Optional[dict[str, Any]]) -> Any:
-    """Measured arcs as coverage.py reports them, in the terms of the possible arcs.
+def present(
+    lines: Iterable[int], arcs: Iterable[tuple[int, int]], facts: Optional[dict[str, Any]]
+) -> tuple[Any, Any]:
+    """Measured lines and arcs as coverage.py reports them, in the terms of the statements and
+    possible arcs of the file's static facts.
 
-    On Python 3.10+ leaving a ``with`` block jumps back to the ``with`` line (the context
-    manager's exit runs there) before going on: the measured arcs are ``(last body line, with
-    line)`` and ``(with line, next line)``, where coverage.py, measuring the same, reports
-    ``(last body line, next line)``. Its analysis says which arcs to rewrite or drop (the
-    possible arcs are already in those terms); this applies it. Other arcs are returned as
-    they are, and so is everything when the file has no ``with`` statement.
+    Python reports the lines it runs; coverage.py reports statements. A statement that spans
+    several lines can run on any of them (the second line of a multi-line condition, the line
+    of a list literal's first item), and coverage.py counts them as its first line, in lines
+    and in arcs alike. And on Python 3.10+ leaving a ``with`` block jumps back to the ``with``
+    line before going on: measured ``(last body line, with line)`` and ``(with line, next
+    line)``, reported as ``(last body line, next line)``. Its analysis says which lines and
+    arcs to rewrite; this applies it. Without such lines or ``with`` statements (or without
+    facts) the sets are returned as they are.
     """
+    first = facts.get("first_lines") if facts else None
     fixes = facts.get("arc_fixes") if facts else None
-    if not fixes:
-        return arcs
-    out = set()
-    for arc in arcs:
-        arc = fixes.get(arc, arc)
-        if arc is not None:
-            out.add(arc)
-    return out
+    if fixes:
+        fixed = set()
+        for arc in arcs:
+            arc = fixes.get(arc, arc)
+            if arc is not None:
+                fixed.add(arc)
+        arcs = fixed
+    if first:
+        get = first.get
+        lines = {get(line, line) for line in lines}
+        arcs = {
+            (
+                -get(-a, -a) if a < 0 else get(a, a),
+                -get(-b, -b) if b < 0 else get(b, b),
+            )
+            for a, b in arcs
+        }
+    return lines, arcs
 
 
 class StaticAnalyzer:

@@ -685,16 +685,30 @@ def tally(items):
     with _lock:
         total = sum(items)
     return total
+
+
+def check(x, y):
+    total = (x +
+             1)
+    if (x and
+            y):
+        return total
+    return [
+        y,
+    ]
 '''
 
 
-def test_arcs_leaving_with_blocks_are_sent_as_coverage_py_reports_them(
+def test_lines_and_arcs_are_sent_as_coverage_py_reports_them(
     http_sink: HTTPSink, src: Path
 ) -> None:
-    """Leaving a ``with`` block jumps back to its ``with`` line before going on; coverage.py
-    measures those jumps and reports them as one arc from the block's last line onward, in
-    the terms of its possible arcs. The exported arcs are coverage.py's, measured and
-    reported by coverage.py itself on the same calls."""
+    """Python reports the lines it runs, coverage.py the statements: a statement over several
+    lines runs on its later lines too (a multi-line condition, a list literal), which
+    coverage.py counts as its first line. And leaving a ``with`` block jumps back to its
+    ``with`` line before going on, which coverage.py reports as one arc from the block's last
+    line onward. The exported lines and arcs are coverage.py's, measured and reported by
+    coverage.py itself on the same calls, in the terms of the statements and possible arcs
+    sent with them."""
     import importlib.util
 
     import coverage
@@ -713,6 +727,9 @@ def test_arcs_leaving_with_blocks_are_sent_as_coverage_py_reports_them(
         module.find([1, 2], 5)  # the loop runs out inside the with block
         module.find([1, 2], 2)  # returns from inside it
         module.tally([1, 2])  # the block ends and the function goes on
+        module.check(1, 1)
+        module.check(1, 0)
+        module.check(0, 1)
 
     cov = coverage.Coverage(branch=True, data_file=None, source=[str(src)])
     cov.start()
@@ -720,21 +737,24 @@ def test_arcs_leaving_with_blocks_are_sent_as_coverage_py_reports_them(
         calls()
     finally:
         cov.stop()
-    measured = set(cov.get_data().arcs(str(path.resolve())) or ())
+    measured_lines = set(cov.get_data().lines(str(path.resolve())) or ())
+    measured_arcs = set(cov.get_data().arcs(str(path.resolve())) or ())
     parser = PythonParser(filename=str(path))
     parser.parse_source()
     parser.arcs()  # the analysis, which also finds where the with blocks are left
-    reported = parser.translate_arcs(measured)
-    assert reported != measured, "no arc here that coverage.py reports differently"
+    lines = parser.translate_lines(measured_lines)
+    arcs = parser.translate_arcs(measured_arcs)
+    assert lines != measured_lines and arcs != measured_arcs, "nothing reported differently"
 
     with capture_coverage(source=[str(src)]) as cap:
         calls()
     key = next(p for p in cap.arcs if p.endswith("stock.py"))
-    assert cap.arcs[key] == measured  # the core measures what coverage.py measures
+    assert cap.arcs[key] == measured_arcs  # the core measures what coverage.py measures
     data = CoverageData(lines={key: cap.lines[key]}, arcs={key: cap.arcs[key]})
     _, flushed = export_once(make_config(http_sink, src), record(src, data=data))
     assert flushed
     [span] = http_sink.coverage_spans()
     [sent] = decode([dict(span.attributes)["runcov.payload"]])["files"]
     assert sent["path"] == "shop/stock.py"
-    assert {tuple(arc) for arc in sent["arcs"]} == reported
+    assert set(sent["lines"]) == lines
+    assert {tuple(arc) for arc in sent["arcs"]} == arcs

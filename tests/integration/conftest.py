@@ -40,13 +40,31 @@ def nonempty(data: dict[str, set[Any]]) -> dict[str, set[Any]]:
 Sets = dict[str, set[Any]]
 
 
+def reported(cap: Any, root: Path = APPS) -> tuple[Sets, Sets]:
+    """The lines and arcs ``capture_coverage`` measured, as coverage.py reports them (its own
+    ``translate_lines``/``translate_arcs``: statements' first lines, jumps out of ``with``
+    blocks), which is what the agent exports; relative paths, empty files dropped."""
+    from coverage.parser import PythonParser
+
+    lines: Sets = {}
+    arcs: Sets = {}
+    for path in set(cap.lines) | set(cap.arcs):
+        parser = PythonParser(filename=path)
+        parser.parse_source()
+        parser.arcs()  # the analysis that finds the with statements' exits
+        lines[path] = parser.translate_lines(cap.lines.get(path, ()))
+        arcs[path] = parser.translate_arcs(cap.arcs.get(path, ()))
+    return nonempty(relative(lines, root)), nonempty(relative(arcs, root))
+
+
 def oracle(run: Callable[[], Any], root: Path = APPS) -> tuple[Sets, Sets]:
     """Lines and arcs (relative paths) that ``run()`` executes under ``root``, measured by
-    ``runcov.testing.capture_coverage``; a runcov agent does not sample inside it."""
+    ``runcov.testing.capture_coverage`` and reported as coverage.py does (:func:`reported`); a
+    runcov agent does not sample inside it."""
     with capture_coverage(source=[str(root)]) as cap:
         run()
     assert cap.traced
-    return nonempty(relative(cap.lines, root)), nonempty(relative(cap.arcs, root))
+    return reported(cap, root)
 
 
 def traceparent(trace_id: int, span_id: int = 0x1234567890ABCDEF) -> str:

@@ -14,7 +14,7 @@ import runcov
 from runcov.testing import capture_coverage
 from tests.agent.otlp_sink import HTTPSink
 from tests.integration.apps import jobs
-from tests.integration.conftest import APPS, AgentFactory, nonempty, oracle, relative
+from tests.integration.conftest import APPS, AgentFactory, oracle, reported
 from tests.integration.otlp import coverage_by_trace
 
 
@@ -49,7 +49,7 @@ def test_sync_and_async_critical_functions_are_measured_as_jobs(
     async def measure() -> Any:
         async with capture_coverage(source=[str(APPS)]) as cap:
             await jobs.restock(13)
-        return nonempty(relative(cap.lines)), nonempty(relative(cap.arcs))
+        return reported(cap)
 
     restocked = by_endpoint["job stock.restock"]
     assert (restocked.lines, restocked.arcs) == asyncio.run(measure())

@@ -20,8 +20,7 @@ from tests.integration.conftest import (
     APPS,
     AgentFactory,
     exported,
-    nonempty,
-    relative,
+    reported,
     traceparent,
 )
 
@@ -58,7 +57,7 @@ def _oracle(app: Any, url: str) -> tuple[dict[str, set[Any]], dict[str, set[Any]
         return cap
 
     cap = asyncio.run(measure())
-    return nonempty(relative(cap.lines)), nonempty(relative(cap.arcs))
+    return reported(cap)
 
 
 def _check_matches_oracle(

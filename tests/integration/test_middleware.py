@@ -17,9 +17,8 @@ from tests.integration.conftest import (
     APPS,
     AgentFactory,
     exported,
-    nonempty,
     oracle,
-    relative,
+    reported,
     traceparent,
 )
 from tests.integration.otlp import coverage_by_trace
@@ -98,7 +97,7 @@ def test_asgi_middleware_with_resolver_and_with_starlette_routes(
     async def measure(app: Any, url: str) -> Any:
         async with capture_coverage(source=[str(APPS)]) as cap:
             await get(app, url, 0xABC)
-        return nonempty(relative(cap.lines)), nonempty(relative(cap.arcs))
+        return reported(cap)
 
     assert (by_trace[0xA5610].lines, by_trace[0xA5610].arcs) == asyncio.run(
         measure(asgi_app, "/items/3")

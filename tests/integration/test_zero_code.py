@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.agent.otlp_sink import HTTPSink
-from tests.integration.conftest import APPS, nonempty, relative
+from tests.integration.conftest import APPS, reported
 from tests.integration.otlp import coverage_by_trace
 
 BIN = Path(sys.executable).parent
@@ -73,10 +73,7 @@ def _oracle(service_dir: Path) -> dict[int, tuple[Any, Any]]:
             url = "/items/13" if n % 2 else f"/items/{n + 2}?q={n * 6}"
             with capture_coverage(source=[str(service_dir)]) as cap:
                 assert client.get(url).status_code == 200
-            out[trace_id] = (
-                nonempty(relative(cap.lines, service_dir)),
-                nonempty(relative(cap.arcs, service_dir)),
-            )
+            out[trace_id] = reported(cap, service_dir)
         return out
     finally:
         sys.path.remove(str(service_dir))

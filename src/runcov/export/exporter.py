@@ -33,7 +33,7 @@ from runcov.export.spans import SpanEncoder
 from runcov.export.transport import Transport, make_transport
 from runcov.redaction import Redactor
 from runcov.resource import with_new_instance
-from runcov.static import StaticAnalyzer, present_arcs
+from runcov.static import StaticAnalyzer, present
 from runcov.tracing._base import CoverageData
 
 __all__ = ["MAX_EXPORT_BYTES", "SCOPE_NAME", "CoverageExporter", "RequestRecord"]
@@ -500,7 +500,7 @@ class CoverageExporter:
             if info is None:
                 continue
             sha, facts = info
-            arcs = present_arcs(arcs, facts)  # in the terms of the possible arcs
+            lines, arcs = present(lines, arcs, facts)  # in the terms of the static facts
             files.append({"path": rel, "sha": sha, "lines": lines, "arcs": arcs})
             shas.append((abs_path, sha))
             key_static = (rel, sha)
