@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import html
 import os
@@ -22,7 +23,7 @@ from collector.tests.dashboard import (
 )
 
 from runcov_collector.dashboard.cache import AnswerCache
-from runcov_collector.dashboard.source import Annotation, read_source
+from runcov_collector.dashboard.source import Annotation, annotate, read_source
 from runcov_collector.model import Batch, CoveragePart, FileHits, FileStatic, Release
 
 
@@ -217,6 +218,32 @@ def test_partial_lines_follow_possible_exits() -> None:
         "covered", "partial", "missed", "", "covered", ""
     ]
     assert ann.note(2) == "line 2 didn't jump to 3"
+
+
+def test_annotation_numbers_lines_as_python_does() -> None:
+    """Form feeds, U+2028 and the other characters str.splitlines() breaks at stay inside
+    their line; only \n, \r\n and \r end one, as in Python's own line numbers."""
+    source = (
+        "def first():\n"
+        "    return 1\n"
+        "\x0c\n"
+        "def second():\n"
+        '    s = "a\u2028b\x0bc\x85d\x1c"\r\n'
+        "    return s\r"
+        "second()\n"
+    )
+    statements = {n.lineno for n in ast.walk(ast.parse(source)) if isinstance(n, ast.stmt)}
+    assert statements == {1, 2, 4, 5, 6, 7}
+    ann = Annotation.from_detail({"lines": [[5, 1, "t"], [6, 1, "t"]],
+                                  "executable_lines": sorted(statements)})
+    lines = annotate(source, ann)
+    assert [line.number for line in lines] == list(range(1, 8))
+    assert lines[3].text == "def second():"
+    assert lines[4].text == '    s = "a\u2028b\x0bc\x85d\x1c"' and lines[4].css == "covered"
+    assert lines[5].text == "    return s" and lines[5].css == "covered"
+    assert lines[6].text == "second()" and lines[6].css == "missed"
+    assert lines[2].text == "\x0c" and lines[2].css == ""
+    assert annotate("", ann) == [] and [x.text for x in annotate("a\n\nb", ann)] == ["a", "", "b"]
 
 
 def test_ten_thousand_files_are_paged_and_filtered_server_side(tmp_path: Path) -> None:

@@ -505,6 +505,33 @@ def test_series(two_hours: SqlStore) -> None:
         two_hours.series(Selection("shop"), path="shop/none.py")
 
 
+def test_series_counts_against_the_denominators_as_coverage_does(store: SqlStore) -> None:
+    """Line 2 is no statement of views.py and (2, 5) no possible arc: neither counts in a bucket
+    nor as newly covered; extra.py has no denominators, so everything executed there counts."""
+    store.ingest(
+        Batch(
+            static=[views_static()],
+            coverage=[
+                part(1, at=T0 + 10, files=[views([*PATH_A, 2], [*ARCS_A, (2, 5)])]),
+                part(2, at=T0 + HOUR + 10, files=[views([*PATH_B, 2], [*ARCS_B, (2, 5)])]),
+                part(3, at=T0 + HOUR + 20, files=[FileHits("shop/extra.py", "cccc", [1], [])]),
+            ],
+        )
+    )
+    answer = store.series(Selection("shop"))["series"]
+    assert [(b["lines_covered"], b["arcs_covered"]) for b in answer] == [(4, 5), (4 + 1, 5)]
+    assert [(b["new_lines"], b["new_arcs"]) for b in answer] == [(4, 5), (1 + 1, 2)]
+    (release,) = store.releases("shop")["releases"]
+    assert sum(b["new_lines"] for b in answer) == release["lines_covered"]
+    assert sum(b["new_arcs"] for b in answer) == release["arcs_covered"]
+    for f in store.coverage(Selection("shop"))["files"]:
+        by_file = store.series(Selection("shop"), path=f["path"])["series"]
+        assert sum(b["new_lines"] for b in by_file) == f["lines_covered"], f["path"]
+        assert sum(b["new_arcs"] for b in by_file) == f["arcs_covered"], f["path"]
+    windowed = store.series(Selection("shop", since_unix=T0 + HOUR))["series"]
+    assert [(b["lines_covered"], b["new_lines"]) for b in windowed] == [(5, 2)]
+
+
 def test_diff_between_releases(store: SqlStore) -> None:
     base = Release("shop", "1.0", "prod", "baseline")
     canary = Release("shop", "1.1", "prod", "canary")
@@ -560,6 +587,66 @@ def test_agent_metrics_keep_latest_value_per_series(store: SqlStore) -> None:
     assert release["requests"] == 0
 
 
+def test_agent_metrics_neither_make_the_default_release_nor_move_its_times(
+    store: SqlStore,
+) -> None:
+    """An idle process exports its counters on a timer: that is no span, so it neither moves a
+    release's last_seen nor makes a release that measured nothing the default."""
+
+    def seen(release: Release, at: float) -> MetricPoint:
+        return MetricPoint(release, "idle-1", "runcov.requests.seen", {}, 5, int(at * 1e9))
+
+    old = Release("shop", "2.0", "demo", "baseline")
+    idle = Release("shop", "3.0", "demo", "baseline")
+    store.ingest(
+        Batch(static=[views_static(old, at=T0)], coverage=[part(1, release=old, at=T0 + 10)])
+    )
+    store.ingest(Batch(metrics=[seen(idle, T0 + HOUR), seen(old, T0 + 2 * HOUR)]))
+
+    assert store.coverage(Selection("shop"))["release"] == old.as_dict()
+    assert store.coverage(Selection("shop", environment="demo"))["release"] == old.as_dict()
+    listed = [
+        (r["version"], r["first_seen"], r["last_seen"], r["requests_seen"])
+        for r in store.releases("shop")["releases"]
+    ]
+    assert listed == [
+        ("2.0", "2025-11-25T10:00:00Z", "2025-11-25T10:00:10Z", 5),
+        ("3.0", None, None, 5),
+    ]
+    assert store.services()["services"][0]["last_seen"] == "2025-11-25T10:00:10Z"
+    # Named, the metrics-only release is still selectable.
+    named = store.coverage(Selection("shop", version="3.0"))
+    assert named["release"] == idle.as_dict() and named["totals"]["files"] == 0
+
+    # A baseline known only from metrics does not shadow a canary that sent coverage.
+    canary = Release("cart", "1.0", "prod", "canary")
+    store.ingest(Batch(coverage=[part(2, release=canary, at=T0)]))
+    store.ingest(Batch(metrics=[seen(Release("cart", "1.1", "prod", "baseline"), T0 + HOUR)]))
+    assert store.coverage(Selection("cart"))["release"] == canary.as_dict()
+
+    # The release's first span makes it a release like any other.
+    store.ingest(Batch(coverage=[part(3, release=idle, at=T0 + 50)]))
+    assert store.coverage(Selection("shop"))["release"] == idle.as_dict()
+    first = store.releases("shop")["releases"][0]
+    assert (first["version"], first["first_seen"], first["last_seen"]) == (
+        "3.0",
+        "2025-11-25T10:00:50Z",
+        "2025-11-25T10:00:50Z",
+    )
+
+
+def test_a_service_known_only_from_metrics(store: SqlStore) -> None:
+    store.ingest(
+        Batch(metrics=[MetricPoint(REL, "i", "runcov.requests.seen", {}, 3, int(T0 * 1e9))])
+    )
+    assert store.services() == {"services": [{"service": "shop", "releases": 1, "last_seen": None}]}
+    answer = store.coverage(Selection("shop"))
+    assert answer["release"] == REL.as_dict() and answer["totals"]["files"] == 0
+    (release,) = store.releases("shop")["releases"]
+    assert release["first_seen"] is None and release["last_seen"] is None
+    assert release["requests_seen"] == 3
+
+
 def test_expire_drops_hour_buckets_and_keeps_cumulative(two_hours: SqlStore) -> None:
     before = two_hours.coverage(Selection("shop"), detail=True)
     deleted = two_hours.expire(T0 + HOUR)
@@ -570,9 +657,17 @@ def test_expire_drops_hour_buckets_and_keeps_cumulative(two_hours: SqlStore) -> 
     assert two_hours.coverage(morning)["totals"]["lines_covered"] == 0
     noon = Selection("shop", since_unix=T0 + 2 * HOUR)
     assert two_hours.coverage(noon)["totals"]["requests"] == 2
-    assert [s["hour"] for s in two_hours.series(Selection("shop"))["series"]] == [
-        "2025-11-25T12:00:00Z"
-    ]
+    # The expired hour keeps only its first hits, which the all-time tables still hold.
+    morning_bucket, noon_bucket = two_hours.series(Selection("shop"))["series"]
+    assert morning_bucket == {
+        "hour": "2025-11-25T10:00:00Z",
+        "requests": 0,
+        "lines_covered": 0,
+        "arcs_covered": 0,
+        "new_lines": 4,
+        "new_arcs": 5,
+    }
+    assert (noon_bucket["hour"], noon_bucket["requests"]) == ("2025-11-25T12:00:00Z", 2)
     assert two_hours.expire(T0 + HOUR) == 0
 
 

@@ -13,7 +13,16 @@ from typing import Any
 
 import pytest
 
-from runcov_collector.model import Batch, CoveragePart, FileHits, Release, Selection
+from runcov_collector.model import (
+    Batch,
+    CoveragePart,
+    FileHits,
+    FileStatic,
+    MetricPoint,
+    Release,
+    Selection,
+    StaticPart,
+)
 from runcov_collector.store import SCHEMA_VERSION, SqlStore, open_store, schema
 
 T0 = 1_764_064_800
@@ -82,6 +91,51 @@ def test_migrations_run_in_order_from_an_older_version(
     with upgraded.db.transaction(write=False) as conn:
         assert conn.query("SELECT COUNT(*) FROM notes") == [(0,)]
     assert upgraded.coverage(Selection("shop"))["totals"]["requests"] == 1
+
+
+def test_migration_3_gives_releases_their_span_times_back(store_factory: Any) -> None:
+    """Stores written before agent metrics stopped counting as release activity: the times the
+    metrics moved are recomputed from what the spans left behind."""
+    store = store_factory()
+    statics_only = Release("shop", "0.9", "prod", "baseline")
+    idle = Release("shop", "2.0", "prod", "baseline")
+    store.ingest(one_part(10))
+    store.ingest(
+        Batch(
+            static=[
+                StaticPart(
+                    statics_only,
+                    "9" * 32,
+                    "9" * 16,
+                    (T0 + 20) * 10**9,
+                    [FileStatic("app.py", "1" * 16, [1, 2], [(1, 2)])],
+                )
+            ],
+            metrics=[MetricPoint(idle, "i", "runcov.requests.seen", {}, 4, T0 * 10**9)],
+        )
+    )
+    # What a version 2 collector stored after idle processes exported metrics an hour later.
+    later = (T0 + 3600) * 10**9
+    with store.db.transaction(write=True) as conn:
+        conn.query("UPDATE releases SET last_seen = ?", (later,))
+        conn.query("UPDATE releases SET first_seen = ? WHERE version = '2.0'", (later,))
+        conn.query("UPDATE schema_version SET version = 2")
+    store.close()
+
+    upgraded = store_factory()
+    assert upgraded.schema_version_found == 2
+    times = {
+        r["version"]: (r["first_seen"], r["last_seen"], r["requests_seen"])
+        for r in upgraded.releases("shop")["releases"]
+    }
+    assert times == {
+        "1.0": ("2025-11-25T10:00:10Z", "2025-11-25T10:00:10Z", 0),
+        "0.9": ("2025-11-25T10:00:20Z", "2025-11-25T10:00:20Z", 0),
+        "2.0": (None, None, 4),
+    }
+    assert upgraded.coverage(Selection("shop"))["release"]["version"] == "0.9"
+    upgraded.ingest(one_part(30))
+    assert upgraded.coverage(Selection("shop"))["release"]["version"] == "1.0"
 
 
 def test_stores_opening_an_empty_database_at_once_migrate_it_once(store_factory: Any) -> None:

@@ -87,6 +87,18 @@ def _text(params: Any, name: str, required: bool = False) -> str | None:
     return str(value)
 
 
+def _exact(params: Any, name: str) -> str | None:
+    """A version or environment: absent → None (any), given empty → "" (the empty value).
+
+    A release without ``service.version`` or ``deployment.environment.name`` is stored under
+    the empty string; ``version=`` must select it, as the dashboard's links do, rather than
+    fall back to the most recent release.
+    """
+    if params.get(name) == "":
+        return ""
+    return _text(params, name)
+
+
 def _role(params: Any, name: str) -> str | None:
     role = _text(params, name)
     if role is not None and role not in ROLES:
@@ -98,6 +110,8 @@ def selection(params: Any, prefix: str = "", base: Selection | None = None) -> S
     """The release selection of docs/query-api.md from query parameters.
 
     With ``prefix`` (``a_``/``b_`` for diff) the prefixed names override the shared ones.
+    ``version`` and ``environment`` given empty select the empty value; any other parameter
+    given empty counts as absent.
     """
 
     def pick(name: str) -> str | None:
@@ -106,6 +120,11 @@ def selection(params: Any, prefix: str = "", base: Selection | None = None) -> S
             if prefix and params.get(prefix + name)
             else (_text(params, name))
         )
+
+    def pick_exact(name: str) -> str | None:
+        if prefix and params.get(prefix + name) is not None:
+            return _exact(params, prefix + name)
+        return _exact(params, name)
 
     service = pick("service")
     if service is None:
@@ -119,8 +138,8 @@ def selection(params: Any, prefix: str = "", base: Selection | None = None) -> S
         raise BadParameter("since must be before until")
     return Selection(
         service=service,
-        version=pick("version"),
-        environment=pick("environment"),
+        version=pick_exact("version"),
+        environment=pick_exact("environment"),
         role=_role(params, role_name),
         endpoint=pick("endpoint"),
         since_unix=since_unix,

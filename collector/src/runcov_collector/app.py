@@ -28,7 +28,7 @@ from runcov_collector.auth import TokenCheck
 from runcov_collector.config import Config
 from runcov_collector.ingest import Ingestor
 from runcov_collector.metrics import CONTENT_TYPE, CollectorMetrics
-from runcov_collector.model import Store
+from runcov_collector.model import Selection, Store
 from runcov_collector.receiver_grpc import GrpcReceiver, host_port
 
 log = logging.getLogger("runcov_collector")
@@ -108,7 +108,12 @@ class AuthMiddleware:
 
 class _ReleaseGauges:
     """Coverage ratio per release for ``/metrics``, re-read from the store at most every
-    ``ttl`` seconds (scrapes must not turn into a query storm)."""
+    ``ttl`` seconds (scrapes must not turn into a query storm).
+
+    Ratios are computed from the covered and total counts, not from the API's percentages
+    (rounded to 0.1): covered lines over statements of the files whose denominators are known,
+    as ``line_percent`` counts them, and covered over possible branch exits.
+    """
 
     def __init__(self, store: Store, ttl: float) -> None:
         self.store = store
@@ -117,14 +122,34 @@ class _ReleaseGauges:
         self._rows: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
+    def _read(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for service in self.store.services().get("services", []):
+            name = service.get("service")
+            for release in self.store.releases(name).get("releases", []):
+                sel = Selection(name, release["version"], release["environment"], release["role"])
+                answer = self.store.coverage(sel)
+                known = [f for f in answer.get("files", []) if f["lines_total"] > 0]
+                sums = answer.get("totals", {})
+                rows.append(
+                    {
+                        "labels": {k: str(release.get(k, "")) for k in _RELEASE_LABELS},
+                        "line": _ratio(
+                            sum(f["lines_covered"] for f in known),
+                            sum(f["lines_total"] for f in known),
+                        ),
+                        "branch": _ratio(
+                            sums.get("branches_covered", 0), sums.get("branches_total", 0)
+                        ),
+                    }
+                )
+        return rows
+
     def rows(self) -> list[dict[str, Any]]:
         with self._lock:
             if time.monotonic() - self._at >= self.ttl:
-                rows: list[dict[str, Any]] = []
                 try:
-                    for service in self.store.services().get("services", []):
-                        name = service.get("service")
-                        rows.extend(self.store.releases(name).get("releases", []))
+                    rows = self._read()
                 except Exception:  # a scrape must answer even when the store does not
                     log.warning("cannot read releases for /metrics", exc_info=True)
                 else:
@@ -133,12 +158,14 @@ class _ReleaseGauges:
             return list(self._rows)
 
     def ratio(self, key: str) -> Iterable[tuple[dict[str, str], float]]:
+        """(labels, ratio) of each release with a ``key`` ("line" or "branch") ratio."""
         for row in self.rows():
-            percent = row.get(key)
-            if percent is None:
-                continue
-            labels = {name: str(row.get(name, "")) for name in _RELEASE_LABELS}
-            yield labels, float(percent) / 100.0
+            if row[key] is not None:
+                yield dict(row["labels"]), row[key]
+
+
+def _ratio(covered: int, total: int) -> float | None:
+    return None if total <= 0 else covered / total
 
 
 def _dashboard_routes(store: Store, config: Config) -> list[BaseRoute]:
@@ -180,12 +207,12 @@ class Collector:
         self.metrics.add_gauge(
             "runcov_collector_release_line_coverage_ratio",
             "Covered/executable lines per release (cumulative), from the store.",
-            lambda: self._gauges.ratio("line_percent"),
+            lambda: self._gauges.ratio("line"),
         )
         self.metrics.add_gauge(
             "runcov_collector_release_branch_coverage_ratio",
             "Covered/possible branch exits per release (cumulative), from the store.",
-            lambda: self._gauges.ratio("branch_percent"),
+            lambda: self._gauges.ratio("branch"),
         )
         self.app = self._build_app()
         self.grpc: GrpcReceiver | None = None

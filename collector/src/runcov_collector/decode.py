@@ -19,6 +19,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from runcov_collector import limits
@@ -601,7 +602,10 @@ def decode_metrics(request: ExportMetricsServiceRequest, now_ns: int | None = No
     """Turn a parsed metrics export into a ``DecodeResult`` of runcov ``MetricPoint`` values.
 
     Only counters (sums) and gauges of the ``runcov`` scope are kept; other scopes and kinds are
-    skipped. ``accepted``/``rejected`` count data points.
+    skipped. ``accepted``/``rejected`` count data points. The store keeps each series' latest
+    value, which is the total only for cumulative sums: data points of delta sums (and of sums
+    whose temporality is unspecified) are rejected rather than stored as their last increment.
+    Adding deltas up instead would count a retried export twice.
     """
     now_ns = now_ns if now_ns is not None else time.time_ns()
     result = DecodeResult(batch=Batch(received_unix_nano=now_ns))
@@ -625,11 +629,14 @@ def decode_metrics(request: ExportMetricsServiceRequest, now_ns: int | None = No
                     result.skipped["unsupported_metric"] += 1
                     continue
                 points = getattr(metric, kind).data_points
+                temporality_error = _temporality_error(metric) if kind == "sum" else None
                 for point in points:
                     what = f"metric {_show(metric.name)}"
                     try:
                         if release_error is not None:
                             raise release_error
+                        if temporality_error is not None:
+                            raise temporality_error
                         assert release is not None
                         result.batch.metrics.append(
                             _decode_point(metric.name, point, release, instance, now_ns)
@@ -639,6 +646,24 @@ def decode_metrics(request: ExportMetricsServiceRequest, now_ns: int | None = No
                     else:
                         result.accepted += 1
     return result
+
+
+def _temporality_error(metric: Any) -> Rejected | None:
+    """Why a sum's data points cannot be kept, or None for a cumulative sum."""
+    temporality = metric.sum.aggregation_temporality
+    if temporality == AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE:
+        return None
+    if temporality == AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA:
+        what = "delta aggregation temporality"
+    elif temporality == AggregationTemporality.AGGREGATION_TEMPORALITY_UNSPECIFIED:
+        what = "unspecified aggregation temporality"
+    else:
+        what = f"unknown aggregation temporality {int(temporality)}"
+    return Rejected(
+        "temporality",
+        f"sum with {what}: the collector keeps cumulative sums only "
+        "(runcov agents export cumulative; set the exporter's temporality to cumulative)",
+    )
 
 
 def _decode_point(

@@ -13,6 +13,7 @@ from runcov_collector.testing import (
     coverage_span,
     file_hits,
     file_static,
+    resource_attributes,
     static_span,
     trace_request,
 )
@@ -83,6 +84,51 @@ def test_selection_from_parameters_and_diff_prefixes():
     a, b = api.selection(params, "a_"), api.selection(params, "b_")
     assert (a.version, a.environment, a.role) == ("1.0", "prod", None)
     assert (b.version, b.environment, b.role) == ("1.1", "prod", "canary")
+
+
+def test_empty_version_or_environment_means_the_empty_value():
+    """Given empty, version and environment select releases without them; absent, any."""
+    assert api.selection({"service": "shop", "version": "", "environment": ""}) == Selection(
+        "shop", version="", environment=""
+    )
+    assert api.selection({"service": "shop", "role": "", "endpoint": "", "since": ""}) == (
+        Selection("shop")
+    )
+    params = {"service": "shop", "version": "1.0", "a_version": "", "b_environment": ""}
+    a, b = api.selection(params, "a_"), api.selection(params, "b_")
+    assert (a.version, a.environment) == ("", None)
+    assert (b.version, b.environment) == ("1.0", "")
+
+
+def test_releases_without_version_or_environment_are_selectable(client):
+    releases = [("", ""), ("", "prod"), ("2.0", ""), ("2.0", "prod")]
+    for n, (version, environment) in enumerate(releases):
+        resource = resource_attributes("emptyrel", version=version, environment=environment)
+        spans = [
+            coverage_span(
+                "GET /x",
+                [file_hits("app/x.py", [1, 2])],
+                end_time_unix_nano=time.time_ns() - (len(releases) - n) * 10**9,
+            )
+        ]
+        assert client.send(trace_request(spans, resource)).status_code == 200
+    for version, environment in releases:
+        answer = client.query(
+            "/api/v1/coverage", service="emptyrel", version=version, environment=environment
+        )
+        assert (answer["release"]["version"], answer["release"]["environment"]) == (
+            version,
+            environment,
+        )
+    newest = client.query("/api/v1/coverage", service="emptyrel")["release"]
+    assert (newest["version"], newest["environment"]) == ("2.0", "prod")
+    only_env = client.query("/api/v1/coverage", service="emptyrel", environment="")["release"]
+    assert (only_env["version"], only_env["environment"]) == ("2.0", "")
+    diff = client.query(
+        "/api/v1/diff", service="emptyrel", environment="", a_version="", b_version="2.0"
+    )
+    assert (diff["a"]["version"], diff["a"]["environment"]) == ("", "")
+    assert (diff["b"]["version"], diff["b"]["environment"]) == ("2.0", "")
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
 from runcov_collector import decode, limits
 from runcov_collector.model import FunctionRange, Release
@@ -324,7 +325,10 @@ def test_json_accepts_snake_case_field_names_and_ignores_unknown_fields():
     assert result.batch.coverage[0].files[0].lines == [3]
 
 
-def _metrics_request(points, scope="runcov", resource=None):
+CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+
+
+def _metrics_request(points, scope="runcov", resource=None, temporality=CUMULATIVE):
     request = ExportMetricsServiceRequest()
     rm = request.resource_metrics.add()
     for key, value in (resource or {"service.name": "shop", "service.instance.id": "i-1"}).items():
@@ -335,6 +339,8 @@ def _metrics_request(points, scope="runcov", resource=None):
         metric = sm.metrics.add()
         metric.name = name
         container = metric.sum if kind == "sum" else metric.gauge if kind == "gauge" else None
+        if kind == "sum":
+            metric.sum.aggregation_temporality = temporality
         if container is None:
             metric.histogram.data_points.add().count = 3
             continue
@@ -376,6 +382,40 @@ def test_metrics_decode_counters_and_gauges_of_the_runcov_scope(json_body):
     assert sampled.attributes == {"runcov.endpoint": "GET /", "runcov.mode": "exact"}
     assert sampled.release == Release("shop")
     assert (rate.value, rate.attributes["flag"], rate.time_unix_nano) == (0.25, "true", 5)
+
+
+@pytest.mark.parametrize(
+    ("temporality", "named"),
+    [
+        (AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA, "delta"),
+        (AggregationTemporality.AGGREGATION_TEMPORALITY_UNSPECIFIED, "unspecified"),
+        (7, "unknown aggregation temporality 7"),
+    ],
+)
+@pytest.mark.parametrize("json_body", [False, True])
+def test_sums_that_are_not_cumulative_are_rejected_per_point(temporality, named, json_body):
+    """The store keeps a series' latest value: a delta sum would be stored as its last
+    increment, so its points are rejected (gauges and cumulative sums of the request stay)."""
+    request = _metrics_request(
+        [
+            ("runcov.requests.seen", "sum", 5, {"runcov.endpoint": "GET /x"}),
+            ("runcov.sample_rate", "gauge", 0.5, {"runcov.endpoint": "GET /x"}),
+        ],
+        temporality=temporality,
+    )
+    request.resource_metrics[0].scope_metrics[0].metrics[0].sum.data_points.add().as_int = 3
+    kept = _metrics_request([("runcov.requests.sampled", "sum", 2, {})])
+    request.resource_metrics[0].scope_metrics[0].metrics.extend(
+        kept.resource_metrics[0].scope_metrics[0].metrics
+    )
+    body = to_otlp_json(request) if json_body else request.SerializeToString()
+    result = decode.decode_metrics(decode.parse_metrics(body, json_body))
+    assert (result.accepted, result.rejected) == (2, 2)
+    assert result.reasons == {"temporality": 2}
+    kept_names = [p.name for p in result.batch.metrics]
+    assert kept_names == ["runcov.sample_rate", "runcov.requests.sampled"]
+    assert result.error_message.startswith(f"metric 'runcov.requests.seen': sum with {named}")
+    assert "keeps cumulative sums only" in result.error_message
 
 
 def test_metrics_of_other_scopes_are_skipped_and_bad_points_rejected():

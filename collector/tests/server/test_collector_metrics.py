@@ -93,7 +93,9 @@ def test_retention_job_expires_old_hourly_data_periodically(
             break
     assert value > 0
     series = keeper.query("/api/v1/series", **sel)["series"]
-    assert [bucket["lines_covered"] for bucket in series] == [1]
+    # The expired hour is listed only for its first hits.
+    assert [bucket["lines_covered"] for bucket in series] == [0, 1]
+    assert [bucket["new_lines"] for bucket in series] == [2, 1]
     # Cumulative coverage is not hourly data: it stays.
     detail = keeper.query("/api/v1/file", **sel, path="shop/views.py")
     assert [line for line, _, _ in detail["lines"]] == [1, 2, 3]
@@ -105,6 +107,31 @@ def test_release_gauges_are_cached_between_scrapes(start_collector, make_client)
     _send(client, time.time_ns(), [1])
     # Within the cache period the release list is not re-read from the store.
     assert "runcov_collector_release_line_coverage_ratio{" not in client.get("/metrics").text
+
+
+def test_release_ratio_gauges_are_computed_from_the_counts(start_collector, make_client):
+    """3 of 7 statements and 1 of 3 branch exits: the exact ratios, not the API's percentages
+    (42.9, 33.3) over 100; executed lines of a file without denominators do not count."""
+    client = make_client(start_collector(metrics_cache_seconds=0))
+    possible = [(1, 2), (1, 3), (1, 4), (2, 5), (3, 5), (4, 5), (5, 6), (6, 7)]
+    spans = [
+        static_span([file_static("shop/views.py", [1, 2, 3, 4, 5, 6, 7], possible)]),
+        coverage_span(
+            "GET /",
+            [file_hits("shop/views.py", [1, 2, 5], [(1, 2), (2, 5)]), file_hits("x.py", [1, 2])],
+        ),
+    ]
+    assert client.send(trace_request(spans)).status_code == 200
+    text = client.get("/metrics", token=None).text
+
+    def gauge(name):
+        pattern = rf"^runcov_collector_release_{name}_coverage_ratio{{.*}} (\S+)$"
+        match = re.search(pattern, text, re.M)
+        assert match is not None, text
+        return float(match.group(1))
+
+    assert gauge("line") == 3 / 7
+    assert gauge("branch") == 1 / 3
 
 
 def test_a_part_delivered_again_after_a_retention_sweep_counts_once(start_collector, make_client):

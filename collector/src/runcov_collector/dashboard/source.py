@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
@@ -105,12 +106,28 @@ def read_source(source_dir: str | None, path: str) -> tuple[str | None, str]:
     return data.decode("utf-8", errors="replace"), hashlib.sha256(data).hexdigest()[:16]
 
 
+_PYTHON_NEWLINE = re.compile(r"\r\n|\r|\n")
+
+
+def source_lines(text: str) -> list[str]:
+    """``text`` split into lines as Python numbers them: at ``\n``, ``\r\n`` and ``\r`` only.
+
+    ``str.splitlines`` also breaks at form feeds, vertical tabs, ``\x1c``-``\x1e``, ``\x85``,
+    U+2028 and U+2029, which Python keeps inside a line; each one would shift every later line
+    against the line numbers coverage is reported in.
+    """
+    lines = _PYTHON_NEWLINE.split(text)
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def annotate(
     text: str, ann: Annotation, link: Callable[[str], str | None] = lambda _: None
 ) -> list[SourceLine]:
     """Source lines with their classes, hit counts, first trace ids and trace links."""
     out = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(source_lines(text), start=1):
         hits, trace = ann.covered.get(number, (0, ""))
         out.append(SourceLine(number, line, ann.css(number), hits, trace, ann.note(number),
                               link(trace) if trace else None))

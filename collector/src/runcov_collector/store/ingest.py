@@ -12,9 +12,17 @@ from . import hitsets, summary
 from .dialect import Conn
 from .hitsets import HitSet
 from .merge import Merged, first_key, hour_of, merge_parts
+from .select import NO_SPANS
 
 
 def _release_spans(batch: Batch) -> dict[Release, tuple[int, int]]:
+    """(earliest, latest) span time of each release in the batch.
+
+    Only spans (coverage parts and denominators) are release activity. Agent metrics are not:
+    every idle process exports them on a timer, so they would make a release that measured
+    nothing the most recently seen one. A release known only from metrics gets ``NO_SPANS``
+    (an empty interval, which the first span of the release replaces).
+    """
     spans: dict[Release, tuple[int, int]] = {}
 
     def see(release: Release, t: int) -> None:
@@ -27,7 +35,7 @@ def _release_spans(batch: Batch) -> dict[Release, tuple[int, int]]:
     for static in batch.static:
         see(static.release, static.time_unix_nano)
     for point in batch.metrics:
-        see(point.release, point.time_unix_nano)
+        spans.setdefault(point.release, NO_SPANS)
     return spans
 
 

@@ -10,7 +10,7 @@ from . import hitsets, summary
 from .dialect import Conn
 from .errors import NotFound
 from .merge import NS_PER_HOUR, time_of, trace_of
-from .select import Scope, iso, iso_hour, resolve
+from .select import Scope, iso, iso_hour, iso_span, resolve
 from .summary import Static
 
 Hits = dict[Any, tuple[int, str]]  # line or (from, to) -> (hits, first key)
@@ -304,19 +304,27 @@ def _recount(conn: Conn, scope: Scope, file_ids: list[int]) -> dict[int, dict[st
 
 
 def services(conn: Conn) -> dict[str, Any]:
-    """Every service with its number of releases and when it was last seen."""
+    """Every service with its number of releases and when it was last seen.
+
+    ``last_seen`` is the latest span time of its releases: null when they sent only metrics.
+    """
     rows = conn.query(
         "SELECT service, COUNT(*), MAX(last_seen) FROM releases GROUP BY service ORDER BY service"
     )
     return {
         "services": [
-            {"service": s, "releases": int(n), "last_seen": iso(int(t))} for s, n, t in rows
+            {"service": s, "releases": int(n), "last_seen": iso_span(0, int(t))[1]}
+            for s, n, t in rows
         ]
     }
 
 
 def releases(conn: Conn, service: str) -> dict[str, Any]:
-    """A service's releases, newest first, with all-time coverage totals and agent counters."""
+    """A service's releases, newest first, with all-time coverage totals and agent counters.
+
+    Releases that sent only agent metrics are listed last, with null ``first_seen`` and
+    ``last_seen`` (those are span times) and their counters.
+    """
     rows = conn.query(
         "SELECT id, version, environment, role, first_seen, last_seen FROM releases "
         "WHERE service = ?",
@@ -336,8 +344,8 @@ def releases(conn: Conn, service: str) -> dict[str, Any]:
             "version": version,
             "environment": environment,
             "role": role,
-            "first_seen": iso(int(first)),
-            "last_seen": iso(int(last)),
+            "first_seen": iso_span(int(first), int(last))[0],
+            "last_seen": iso_span(int(first), int(last))[1],
             "requests": requests,
             "lines_covered": sums["lines_covered"],
             "lines_total": sums["lines_total"],
@@ -479,7 +487,11 @@ def series(conn: Conn, sel: Selection, path: str | None = None) -> dict[str, Any
     """Per-hour requests, covered lines/arcs and newly covered lines/arcs of a selection.
 
     ``new_*`` counts lines and arcs whose first hit (in the release, or in the endpoint when one
-    is selected) fell in that hour.
+    is selected) fell in that hour. Lines and arcs count as ``coverage`` counts them: against
+    each file's current denominators where it has them, so a file's ``new_*`` add up to its
+    all-time ``lines_covered``/``arcs_covered``. First hits outlive the retention of hourly
+    data: an hour whose buckets expired is still listed for its ``new_*``, with ``requests``
+    and ``*_covered`` 0.
     """
     scope = resolve(conn, sel)
     file_id: int | None = None
@@ -519,10 +531,6 @@ def series(conn: Conn, sel: Selection, path: str | None = None) -> dict[str, Any
         have = covered.setdefault((int(hour), int(fid)), (set(), set()))
         have[0].update(hitsets.items(lines, False))
         have[1].update(hitsets.items(arcs, True))
-    for (hour, _), (lines_set, arcs_set) in covered.items():
-        entry = bucket(hour)
-        entry["lines_covered"] += len(lines_set)
-        entry["arcs_covered"] += len(arcs_set)
     # Newly covered: first hits from the all-time tables (they outlive expired hours).
     all_time = Scope(
         scope.release_id,
@@ -533,14 +541,31 @@ def series(conn: Conn, sel: Selection, path: str | None = None) -> dict[str, Any
         scope.endpoint_id,
         None,
     )
-    for kind in ("line", "arc"):
-        firsts = load_hits(conn, all_time, kind, file_id)
-        new = Counter(
-            time_of(k) // NS_PER_HOUR for hits in firsts.values() for _, k in hits.values()
-        )
+    firsts = {kind: load_hits(conn, all_time, kind, file_id) for kind in ("line", "arc")}
+    files = {fid for _, fid in covered} | set(firsts["line"]) | set(firsts["arc"])
+    statics = summary.current_statics(conn, scope.release_id, files) if files else {}
+    cache = summary.Denominators()
+
+    def denominators(fid: int) -> summary.Sets | None:
+        static = statics.get(fid)
+        return None if static is None else cache.sets(*static)
+
+    for (hour, fid), (lines_set, arcs_set) in covered.items():
+        lc, ac, _ = summary.covered(lines_set, arcs_set, denominators(fid))
+        entry = bucket(hour)
+        entry["lines_covered"] += lc
+        entry["arcs_covered"] += ac
+    for kind, by_file in firsts.items():
+        new: Counter[int] = Counter()
+        for fid, hits in by_file.items():
+            sets = denominators(fid)
+            known = None if sets is None else sets[0] if kind == "line" else sets[1]
+            for item, (_, key) in hits.items():
+                if known is None or item in known:
+                    new[time_of(key) // NS_PER_HOUR] += 1
         for hour, n in new.items():
-            if hour in rows:
-                rows[hour][f"new_{kind}s"] = n
+            if scope.hours is None or scope.hours[0] <= hour < scope.hours[1]:
+                bucket(hour)[f"new_{kind}s"] = n
     return {
         "release": scope.release.as_dict(),
         "series": [{"hour": iso_hour(h), **rows[h]} for h in sorted(rows)],

@@ -7,13 +7,16 @@ from collections.abc import Callable
 from . import summary
 from .database import Database
 from .dialect import Conn
+from .select import NO_SPANS
 
 # Schema versions (one line each, what changed):
 # 1: releases, endpoints, paths, per-release file shas, static denominators, seen part keys,
 #    hit sets per release / endpoint / hour and file, request trace sets and counters, metrics.
 # 2: covered counts on all-time hit sets and digest + totals on denominators (summary.py), so
 #    summary queries read counts instead of decoding every hit set.
-SCHEMA_VERSION = 2
+# 3: releases' first_seen/last_seen are span times only (agent metrics used to move them):
+#    last_seen is recomputed from what spans left, releases without spans get select.NO_SPANS.
+SCHEMA_VERSION = 3
 
 # Times are unix nanoseconds, hours are unix hours (seconds // 3600). First-hit keys are
 # "<20-digit span time><trace id>" so that the smallest string is the earliest trace (ties:
@@ -124,9 +127,44 @@ _V2: list[str | Callable[[Conn], None]] = [
     summary.fill_all,
 ]
 
+def span_times_only(conn: Conn) -> None:
+    """Undo what agent metrics did to ``releases.first_seen``/``last_seen`` (migration 3).
+
+    Every span left its time behind: a coverage part in its endpoint's ``last_seen``, a part's
+    or denominators' file in the ``sha_key`` time of ``release_files``. The latest of those is
+    the release's latest span time; a release with neither never sent a span. Its
+    ``first_seen`` stays as it is (a metric older than every span may have moved it earlier;
+    what the first span was is not kept).
+    """
+    latest: dict[int, int] = {}
+    for release_id, last in conn.query(
+        "SELECT release_id, MAX(last_seen) FROM endpoints GROUP BY release_id"
+    ):
+        latest[int(release_id)] = int(last)
+    for release_id, key in conn.query(
+        "SELECT release_id, MAX(substr(sha_key, 1, 20)) FROM release_files GROUP BY release_id"
+    ):
+        latest[int(release_id)] = max(latest.get(int(release_id), 0), int(key))
+    updates = []
+    for release_id, first, last in conn.query("SELECT id, first_seen, last_seen FROM releases"):
+        span_last = latest.get(int(release_id))
+        if span_last is None:
+            updates.append((*NO_SPANS, int(release_id)))
+        elif span_last != int(last):
+            updates.append((min(int(first), span_last), span_last, int(release_id)))
+    conn.execute_many(
+        "UPDATE releases SET first_seen = ?, last_seen = ? WHERE id = ?",
+        sorted(updates, key=lambda u: u[2]),
+    )
+
+
 # MIGRATIONS[n] takes a database at version n to version n + 1: SQL statements, or functions
 # run on the migrating connection.
-MIGRATIONS: dict[int, list[str | Callable[[Conn], None]]] = {0: list(_V1), 1: _V2}
+MIGRATIONS: dict[int, list[str | Callable[[Conn], None]]] = {
+    0: list(_V1),
+    1: _V2,
+    2: [span_times_only],
+}
 
 
 def current_version(conn: Conn) -> int:

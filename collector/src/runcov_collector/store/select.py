@@ -10,6 +10,26 @@ from ..model import ROLES, Release, Selection
 from .dialect import Conn
 from .errors import NotFound
 
+NO_SPANS = (2**62, -1)
+"""``releases.(first_seen, last_seen)`` of a release that has sent agent metrics but no span.
+
+An empty interval (first after last) and the identity of the least/greatest merge, so the first
+span of the release sets both ends. Such a release is listed with null times and never becomes
+the default of a selection while a release matching it sent spans (``resolve``).
+"""
+
+
+def spanned(first_seen: int, last_seen: int) -> bool:
+    """True when a release (or a service) has sent at least one span."""
+    return int(first_seen) <= int(last_seen)
+
+
+def iso_span(first_seen: int, last_seen: int) -> tuple[str | None, str | None]:
+    """(first_seen, last_seen) as the API prints them: null both for a release without spans."""
+    if not spanned(first_seen, last_seen):
+        return None, None
+    return iso(int(first_seen)), iso(int(last_seen))
+
 
 def iso(time_unix_nano: int) -> str:
     """ISO-8601 UTC with a ``Z``, to the second, as the query API prints times."""
@@ -71,6 +91,9 @@ def hour_window(sel: Selection) -> tuple[int, int] | None:
 def resolve(conn: Conn, sel: Selection) -> Scope:
     """Pick the release a selection names, following docs/query-api.md's defaulting rules.
 
+    Releases known only from agent metrics (no span, see ``NO_SPANS``) are candidates only when
+    no matching release sent spans: metrics say a process runs, not what it measured, and an idle
+    process exports them on a timer.
     Omitted role: ``baseline`` if the service has one (within the other filters), else any.
     Omitted version and environment: the most recently seen among the candidates.
     """
@@ -89,6 +112,8 @@ def resolve(conn: Conn, sel: Selection) -> Scope:
             sql += f" AND {column} = ?"
             params.append(value)
     rows = conn.query(sql, params)
+    if any(spanned(row[5], row[6]) for row in rows):
+        rows = [row for row in rows if spanned(row[5], row[6])]
     if sel.role is None and any(row[4] == "baseline" for row in rows):
         rows = [row for row in rows if row[4] == "baseline"]
     if not rows:
