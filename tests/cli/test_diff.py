@@ -171,3 +171,28 @@ def test_canary_baseline_comes_from_the_canary_environment(
     proc = support.runcov("diff", *collector.args(), "--service", "shop", "--canary", "9.9")
     assert proc.returncode == 2
     assert "service 'shop' has no canary release of version '9.9'" in proc.stderr
+
+
+def test_a_canary_without_environment_is_compared_with_the_baseline_without_one(
+    collector: RunningCollector, sample: Sample
+) -> None:
+    """A service that sets no environment has releases whose environment is empty: its canary
+    is compared with the baseline whose environment is empty too, not with the newest baseline
+    of any environment."""
+    staging_requests = sample.requests(*B_INPUTS)
+    for r in staging_requests:
+        r.when = time.time() + 5  # staging's baseline is the newest release of the service
+    for release, requests in [
+        (Release("shop", "1.0", "", "baseline"), sample.requests(*A_INPUTS)),
+        (Release("shop", "1.1", "", "canary"), sample.requests(*B_INPUTS)),
+        (Release("shop", "1.0", "staging", "baseline"), staging_requests),
+    ]:
+        collector.store.ingest(support.batch(release, sample.root, requests))
+    proc = support.runcov("diff", *collector.args(), "--service", "shop", "--canary", "1.1",
+                          "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = support.as_json(proc)
+    assert doc["a"] == {"service": "shop", "version": "1.0", "environment": "",
+                        "role": "baseline"}
+    assert doc["b"]["environment"] == ""
+    assert doc["summary"]["endpoints_only_in_a"] == 1

@@ -33,10 +33,10 @@ def canary_pair(
             raise ValueError(
                 f"service {sel.service!r} has no canary release of version {version!r}"
             )
-        environment = canaries[0].get("environment") or None
+        environment = canaries[0].get("environment") or ""  # "" names the empty one
     baselines = [
         r for r in releases
-        if r.get("role") == "baseline" and (r.get("environment") or None) == environment
+        if r.get("role") == "baseline" and (r.get("environment") or "") == environment
     ]
     baseline = [r for r in baselines if r.get("version") == version] or baselines
     b = replace(sel, version=version, role="canary", environment=environment)
