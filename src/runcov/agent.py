@@ -35,6 +35,9 @@ CENSUS_REFRESH_FIRST_SECONDS = 0.5
 #: Most requests the agent tracks as in flight at once; beyond it new requests are not sampled
 #: (a span that never ends must not make the agent grow without bound).
 MAX_IN_FLIGHT = 4096
+#: Endpoints whose novelty (lines and arcs seen for the first time) the agent follows; more
+#: are served and measured, but not followed (as the sampler bounds its own per-endpoint state).
+MAX_ENDPOINTS = 10_000
 
 #: How long the process exit waits for measured requests to leave.
 EXIT_FLUSH_SECONDS = 5.0
@@ -422,12 +425,15 @@ class Agent:
                 _active = None
         if not was_running:
             return
+        # One budget for both: a process exiting while the collector is down waits ``timeout``
+        # seconds, not once per signal.
+        deadline = time.monotonic() + timeout
         for closer in (
-            lambda: self.exporter.shutdown(timeout),
-            lambda: self.metrics.shutdown(timeout) if hasattr(self.metrics, "shutdown") else None,
+            lambda left: self.exporter.shutdown(left),
+            lambda left: self.metrics.shutdown(left) if hasattr(self.metrics, "shutdown") else None,
         ):
             try:
-                closer()
+                closer(max(0.0, deadline - time.monotonic()))
             except Exception:
                 log.debug("runcov: error while stopping", exc_info=True)
 
@@ -597,6 +603,10 @@ class Agent:
             return None
         if rule.mode != "census" and not self._exact_ready and not self._exact_is_ready():
             self.metrics.dropped(endpoint, "preparing")
+            return None
+        exporter = self.exporter
+        if exporter is not None and exporter.is_full():
+            self.metrics.dropped(endpoint, "queue_full")
             return None
         with self._count_lock:
             if self._in_flight >= MAX_IN_FLIGHT:
@@ -838,6 +848,8 @@ class Agent:
         new_lines = 0
         new_arcs = 0
         with self._novelty_lock:
+            if endpoint not in self._seen_lines and len(self._seen_lines) >= MAX_ENDPOINTS:
+                return 0  # bounded: past so many endpoints, new ones are not followed
             seen_lines = self._seen_lines.setdefault(endpoint, {})
             for path, lines in data.lines.items():
                 known = seen_lines.setdefault(path, set())

@@ -431,8 +431,10 @@ class AgentMetrics:
             thread.start()
         except RuntimeError:
             # The interpreter is exiting (an atexit hook on 3.12+ cannot start a thread): run
-            # here, bounded only by the exporter's own timeout, rather than lose the last values.
-            run()
+            # here, bounded only by the exporter's own timeout, rather than lose the last values
+            # (unless the budget is spent already: the process would wait past it).
+            if timeout > 0:
+                run()
         else:
             thread.join(max(0.0, timeout))
         return bool(result and result[0] is not False)

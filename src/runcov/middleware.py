@@ -80,6 +80,21 @@ def _cannot_sample(agent: Agent, trace_id: int, tracestate: Optional[str]) -> bo
         return False
 
 
+#: The methods an endpoint is named by (RFC 9110 and PATCH); any other counts as ``_OTHER``,
+#: as OpenTelemetry's HTTP conventions do: a method is whatever a client sends, and endpoints,
+#: their counts and their metric series must not grow with what clients invent.
+KNOWN_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+)
+
+
+def known_method(method: Any) -> Optional[str]:
+    """``method`` when it is a known HTTP method, else ``"_OTHER"`` (None stays None)."""
+    if method is None:
+        return None
+    return method if method in KNOWN_METHODS else "_OTHER"
+
+
 class _Measurement:
     """One request going through a middleware: decide, measure, emit. Never raises."""
 
@@ -202,7 +217,7 @@ class RuncovWSGIMiddleware(_Middleware[WSGIApp]):
         if stale is not None:
             _wsgi_open.measurement = None
             stale.end()
-        method = environ.get("REQUEST_METHOD")
+        method = known_method(environ.get("REQUEST_METHOD"))
         route = self._resolve(environ)
         trace = _trace_of(environ.get("HTTP_TRACEPARENT"))
         tracestate = environ.get("HTTP_TRACESTATE")
@@ -263,7 +278,7 @@ class RuncovASGIMiddleware(_Middleware[ASGIApp]):
             await self.app(scope, receive, send)
             return
         headers = _asgi_headers(scope)
-        method = scope.get("method")
+        method = known_method(scope.get("method"))
         route = self._resolve(scope)
         trace = _trace_of(headers.get("traceparent"))
         tracestate = headers.get("tracestate")
@@ -313,9 +328,11 @@ def _flask_full_dispatch(wrapped: Any, instance: Any, args: Any, kwargs: Any) ->
     trace = _trace_of(request.headers.get("traceparent"))
     tracestate = request.headers.get("tracestate")
     if _cannot_sample(agent, trace[0], tracestate):
-        agent.seen(request.method, route)
+        agent.seen(known_method(request.method), route)
         return wrapped(*args, **kwargs)
-    m = _Measurement(agent, request.method, route, trace, tracestate, route_late=False)
+    m = _Measurement(
+        agent, known_method(request.method), route, trace, tracestate, route_late=False
+    )
     failed = True
     try:
         response = wrapped(*args, **kwargs)
@@ -333,7 +350,7 @@ def _django_get_response(wrapped: Any, instance: Any, args: Any, kwargs: Any) ->
         return wrapped(*args, **kwargs)
     request = args[0]
     meta = getattr(request, "META", {})
-    method = getattr(request, "method", None)
+    method = known_method(getattr(request, "method", None))
     trace = _trace_of(meta.get("HTTP_TRACEPARENT"))
     tracestate = meta.get("HTTP_TRACESTATE")
     if _cannot_sample(agent, trace[0], tracestate):

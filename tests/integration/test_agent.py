@@ -451,3 +451,105 @@ def test_fast_threshold_follows_saturation(
     assert agent._span_threshold == highest
     assert agent.flush(10.0)  # and it stays there while that endpoint has not been sampled
     assert agent._span_threshold == highest
+
+
+def test_a_span_ended_on_another_thread_leaves_its_thread_sampling(
+    start_agent: AgentFactory, sink: HTTPSink, app_provider: Any
+) -> None:
+    """A consumer's span started on one thread and ended by an acknowledgement on another
+    closes its scope there; the thread it started on goes on sampling its next messages
+    instead of taking them for work nested in a measured one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind
+
+    from tests.integration.apps import jobs
+
+    agent = start_agent(endpoints=["consumer orders*"], metrics_interval=60)
+    tracer = app_provider.get_tracer("queue")
+    span = tracer.start_span("orders process", kind=SpanKind.CONSUMER)
+    with trace.use_span(span, end_on_exit=False):
+        jobs.settle([1, 2])
+    with ThreadPoolExecutor(1) as acker:
+        acker.submit(span.end).result()
+    assert agent.core.current_scope() is None
+    later = []
+    for n in range(3):
+        with tracer.start_as_current_span("orders process", kind=SpanKind.CONSUMER) as each:
+            jobs.settle([n])
+        later.append(each.get_span_context().trace_id)
+    first = span.get_span_context().trace_id
+    by_trace = exported(agent, sink, [first, *later])
+    assert all(by_trace[t].endpoint == "consumer orders process" for t in [first, *later])
+
+
+def test_client_chosen_methods_name_no_endpoint_of_their_own() -> None:
+    """A method is whatever a client sends: past the known ones it counts as ``_OTHER``, so
+    endpoints, their counts and their metric series do not grow with what clients invent."""
+    from opentelemetry.trace import SpanKind
+
+    from runcov.middleware import known_method
+    from runcov.otel.processor import request_identity
+
+    assert [known_method(m) for m in ("GET", "PATCH", "ECRYVR", "get", None)] == [
+        "GET", "PATCH", "_OTHER", "_OTHER", None,
+    ]
+    assert request_identity(SpanKind.SERVER, "x", {"http.method": "ECRYVR"}) == ("_OTHER", None)
+    assert request_identity(SpanKind.SERVER, "x", {"http.request.method": "POST",
+                                                   "http.route": "/a"}) == ("POST", "/a")
+
+
+def test_nothing_is_measured_while_the_export_queue_is_full(
+    start_agent: AgentFactory, sink: HTTPSink, app_provider: Any
+) -> None:
+    """A receiver too slow to keep up (or an export worker stuck on one) fills the bounded
+    queue: requests sampled meanwhile are dropped (``queue_full``) before they are measured,
+    so the service does not pay for coverage that cannot leave."""
+    from opentelemetry.trace import SpanKind
+
+    from tests.integration.apps import jobs
+
+    agent = start_agent(endpoints=["consumer orders*"], metrics_interval=60)
+    drops: list[tuple[str, str]] = []
+    agent.metrics.dropped = lambda endpoint, reason, **_: drops.append((endpoint, reason))
+    opened: list[Any] = []
+    open_scope = agent.core.open_scope
+    agent.core.open_scope = lambda *a, **k: opened.append(1) or open_scope(*a, **k)
+    tracer = app_provider.get_tracer("queue")
+    agent.exporter.is_full = lambda: True
+    with tracer.start_as_current_span("orders process", kind=SpanKind.CONSUMER):
+        jobs.settle([1, 2])
+    assert (opened, drops) == ([], [("consumer orders process", "queue_full")])
+    del agent.exporter.is_full  # room again
+    with tracer.start_as_current_span("orders process", kind=SpanKind.CONSUMER) as span:
+        jobs.settle([1, 2])
+    assert opened == [1]
+    trace_id = span.get_span_context().trace_id
+    assert trace_id in exported(agent, sink, [trace_id])
+
+
+def test_stopping_with_the_receiver_hanging_waits_one_budget(
+    start_agent: AgentFactory, sink: HTTPSink, app_provider: Any
+) -> None:
+    """Coverage and metrics share the stop's time budget: with the receiver hanging, a
+    process exits after ``timeout`` seconds, not after one per signal."""
+    import time
+
+    from opentelemetry.trace import SpanKind
+
+    from tests.integration.apps import jobs
+
+    agent = start_agent(endpoints=["consumer orders*"], metrics_interval=60)
+    tracer = app_provider.get_tracer("queue")
+    with tracer.start_as_current_span("orders process", kind=SpanKind.CONSUMER):
+        jobs.settle([1, 2])
+    sink.behaviour = "hang"
+    started = time.monotonic()
+    agent.stop(timeout=3.0)
+    # (each part alone takes its whole budget against a hanging receiver: 6 s in all before)
+    assert time.monotonic() - started < 5.0
+    sink.release()  # the export worker's hung send ends, and with it the worker
+    worker = agent.exporter._worker
+    if worker is not None:
+        worker.join(15)

@@ -257,6 +257,12 @@ class CoverageExporter:
 
     # -- request path ---------------------------------------------------------------------------
 
+    def is_full(self) -> bool:
+        """Whether a record submitted now would be dropped for want of room (a lock-free read:
+        the agent asks before it measures a request, so that a receiver too slow to keep up,
+        or a worker stuck on it, does not make the service measure what cannot leave)."""
+        return len(self._queue) >= self._queue_size
+
     def submit(self, record: RequestRecord) -> bool:
         """Queue a measured request for export. Never blocks, never raises.
 

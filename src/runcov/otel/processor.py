@@ -11,6 +11,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from runcov.agent import _RANDOMNESS_MASK, status_class
+from runcov.middleware import KNOWN_METHODS
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -50,7 +51,9 @@ def request_identity(
             route = _normalize_route(route)
         elif route[0] != "/":
             route = "/" + route
-        return (method if method.__class__ is str else str(method)), route
+        if method not in KNOWN_METHODS:  # (an old instrumentation's raw, client-chosen one)
+            method = "_OTHER"
+        return method, route
     if kind == SpanKind.CONSUMER:
         return "consumer", name
     return None, name

@@ -397,6 +397,22 @@ def _resolve(filename: str, roots: tuple[str, ...]) -> Optional[str]:
     return real if under_roots(real, roots) else None
 
 
+def open_scope_here() -> Optional[ScopeState]:
+    """The open scope bound to the current context.
+
+    A scope closed in another context (a span ended on another thread than it started on)
+    stays bound where it opened, closed: it is no scope of the work that runs there next. It
+    is unbound here, giving back what it was bound over.
+    """
+    scope = _current.get()
+    while scope is not None and scope.closed:
+        token = getattr(scope, "_token", None)
+        previous = token.old_value if token is not None else None
+        scope = None if previous is contextvars.Token.MISSING else previous
+        _current.set(scope)
+    return scope
+
+
 class _Handoff:
     """A callable submitted to a thread pool from inside a scope: runs in that scope."""
 

@@ -32,6 +32,7 @@ from runcov.tracing._scope import (
     install_hooks,
     load_accel,
     modules_mark,
+    open_scope_here,
 )
 from runcov.tracing.probes import Probes
 
@@ -335,8 +336,8 @@ class SettraceCore(Core):
         return self._roots.roots
 
     def current_scope(self) -> Optional[Scope]:
-        """The scope bound to the current context."""
-        return _current.get()
+        """The open scope bound to the current context (see :func:`open_scope_here`)."""
+        return open_scope_here()
 
     def new_epoch(self) -> None:
         """Forget the census epoch's first hits (and arm the census probes again)."""

@@ -67,6 +67,7 @@ from runcov.tracing._scope import (
     load_accel,
     modules_mark,
     new_namespaces,
+    open_scope_here,
     stop_listening,
 )
 
@@ -836,8 +837,8 @@ class SysmonCore(Core):
         return self._roots.roots
 
     def current_scope(self) -> Optional[Scope]:
-        """The scope bound to the current context."""
-        return _current.get()
+        """The open scope bound to the current context (see :func:`open_scope_here`)."""
+        return open_scope_here()
 
     def _census_check(self, code: CodeType, hits: set[int]) -> None:
         """After a census line event in registered ``code``: once every line of it was hit in
