@@ -15,6 +15,7 @@ route templates, without touching the application's code.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from typing import Any, Awaitable, Callable, Generic, Iterable, Iterator, Optional, TypeVar
@@ -80,12 +81,20 @@ def _cannot_sample(agent: Agent, trace_id: int, tracestate: Optional[str]) -> bo
         return False
 
 
-#: The methods an endpoint is named by (RFC 9110 and PATCH); any other counts as ``_OTHER``,
-#: as OpenTelemetry's HTTP conventions do: a method is whatever a client sends, and endpoints,
-#: their counts and their metric series must not grow with what clients invent.
-KNOWN_METHODS = frozenset(
-    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
-)
+def _known_methods() -> frozenset[str]:
+    """RFC 9110's methods and PATCH, or the list in ``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS``
+    (which replaces it, as in OpenTelemetry's HTTP instrumentations)."""
+    configured = os.environ.get("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS", "")
+    methods = {m.strip() for m in configured.split(",") if m.strip()}
+    return frozenset(methods) or frozenset(
+        ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+    )
+
+
+#: The methods an endpoint is named by; any other counts as ``_OTHER``, as OpenTelemetry's
+#: HTTP conventions do: a method is whatever a client sends, and endpoints, their counts and
+#: their metric series must not grow with what clients invent.
+KNOWN_METHODS = _known_methods()
 
 
 def known_method(method: Any) -> Optional[str]:

@@ -553,3 +553,17 @@ def test_stopping_with_the_receiver_hanging_waits_one_budget(
     worker = agent.exporter._worker
     if worker is not None:
         worker.join(15)
+
+
+def test_the_known_methods_follow_opentelemetry_s_setting() -> None:
+    """``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS`` replaces the known methods, as it does for
+    OpenTelemetry's instrumentations (a service with a ``PURGE`` endpoint names it)."""
+    import os
+
+    from tests.fresh import run_python
+
+    env = dict(os.environ, OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS="GET, PURGE")
+    script = (
+        "from runcov.middleware import known_method as k; print(k('PURGE'), k('GET'), k('POST'))"
+    )
+    assert run_python("-c", script, env=env).stdout.split() == ["PURGE", "GET", "_OTHER"]
