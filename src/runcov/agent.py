@@ -56,9 +56,6 @@ def current_agent() -> Optional[Agent]:
     return agent if agent is not None and agent.running else None
 
 
-_TRUE = ("1", "true", "yes", "on")
-
-
 def enabled_by_env(environ: Any = None) -> bool:
     """True when the environment asks for runcov: ``RUNCOV_ENABLED`` true or ``RUNCOV_SOURCE`` set.
 
@@ -68,7 +65,9 @@ def enabled_by_env(environ: Any = None) -> bool:
     env = os.environ if environ is None else environ
     flag = env.get("RUNCOV_ENABLED", "").strip().lower()
     if flag:
-        return flag in _TRUE
+        from runcov.config import ON_WORDS
+
+        return flag in ON_WORDS
     return bool(env.get("RUNCOV_SOURCE", "").strip())
 
 

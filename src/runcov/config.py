@@ -38,8 +38,9 @@ COMPRESSIONS = ("gzip", "none")
 
 _DEFAULT_HTTP_ENDPOINT = "http://localhost:4318"
 _DEFAULT_GRPC_ENDPOINT = "http://localhost:4317"
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
+#: The words of a boolean setting (compared lower-cased); an empty one is off too.
+ON_WORDS = ("1", "true", "yes", "on")
+OFF_WORDS = ("0", "false", "no", "off")
 
 
 @dataclass
@@ -216,9 +217,9 @@ def _to_bool(option: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text in _TRUE:
+    if text in ON_WORDS:
         return True
-    if text in _FALSE:
+    if text in OFF_WORDS or not text:
         return False
     raise _bad(option, value, "not a boolean (true/false, 1/0, yes/no, on/off)")
 

@@ -6,15 +6,17 @@ import os
 import sys
 from typing import Optional, TextIO
 
+from runcov.config import OFF_WORDS, ON_WORDS
+
 
 def progress_wanted(flag: Optional[bool], stream: TextIO) -> bool:
     """Explicit flag first, then ``RUNCOV_PROGRESS``, then "only on a terminal"."""
     if flag is not None:
         return flag
     env = os.environ.get("RUNCOV_PROGRESS", "").strip().lower()
-    if env in ("1", "true", "yes", "on"):
+    if env in ON_WORDS:
         return True
-    if env in ("0", "false", "no", "off"):
+    if env in OFF_WORDS:
         return False
     return stream.isatty()
 

@@ -13,6 +13,7 @@ import threading
 from types import CodeType
 from typing import Any, Callable, Hashable, Iterable, Iterator, Optional
 
+from runcov.config import OFF_WORDS
 from runcov.tracing._base import CENSUS, EXACT, Arc, CoverageData, Scope, normalize_root
 
 log = logging.getLogger("runcov.tracing")
@@ -33,7 +34,7 @@ _ACCEL_NAMES = ("Recorder", "Dispatcher", "function_arcs", "census_lines")
 def load_accel() -> Any:
     """The cores' C extension (``runcov.tracing._accel``), or None: not built for this
     interpreter, or turned off with ``RUNCOV_ACCEL=0``."""
-    if os.environ.get(ACCEL_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+    if os.environ.get(ACCEL_ENV, "").strip().lower() in OFF_WORDS:
         return None
     try:
         from runcov.tracing import _accel  # type: ignore[attr-defined]

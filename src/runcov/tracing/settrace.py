@@ -18,6 +18,7 @@ import threading
 from types import CodeType, FrameType
 from typing import Any, Callable, Hashable, Iterable, Optional
 
+from runcov.config import OFF_WORDS
 from runcov.tracing import probes
 from runcov.tracing._base import CENSUS, EXACT, GENERATOR_FLAGS, Arc, Core, CoverageData, Scope
 from runcov.tracing._scope import (
@@ -45,12 +46,7 @@ TraceFn = Callable[[FrameType, str, Any], Any]
 
 #: Exact scopes recorded by the probes (3.11 with the C extension); ``RUNCOV_EXACT_PROBES=0``
 #: keeps them on the tracer.
-_EXACT_PROBES = os.environ.get("RUNCOV_EXACT_PROBES", "1").strip().lower() not in (
-    "0",
-    "false",
-    "no",
-    "off",
-)
+_EXACT_PROBES = os.environ.get("RUNCOV_EXACT_PROBES", "1").strip().lower() not in OFF_WORDS
 
 
 class _ThreadState(threading.local):
