@@ -631,6 +631,17 @@ def test_a_failure_while_closing_never_loses_the_data(tmp_path: Path) -> None:
         assert data.arcs == {path: {(-1, 2), (2, 3), (3, -1)}}
 
 
+def _run_script(tmp_path: Path, name: str, source: str, *args: str) -> Any:
+    """Run ``source`` as ``tmp_path/name`` in a fresh interpreter, ``tmp_path`` importable,
+    with this leg's choice of callbacks (``RUNCOV_ACCEL``) and no other runcov or OpenTelemetry
+    setting; the test fails if it fails (or takes more than a minute)."""
+    script = tmp_path / name
+    script.write_text(source)
+    env = environ_without(("RUNCOV_", "OTEL_"), keep=("RUNCOV_ACCEL",))
+    env["PYTHONPATH"] = str(tmp_path)
+    return run_python(str(script), *args, env=env, timeout=60)
+
+
 def _core_in_use(name: str) -> Any:
     """The process's core when it is ``name`` (the test is skipped otherwise)."""
     core = get_core()
@@ -771,10 +782,7 @@ def test_code_is_left_alone_until_exact_scopes_are_expected(
     (tmp_path / "untouched_mod.py").write_text(
         "def pick(n):\n    if n:\n        return 1\n    return 0\n"
     )
-    script = tmp_path / "untouched.py"
-    script.write_text(_UNTOUCHED)
-    env = environ_without(("RUNCOV_", "OTEL_"), keep=("RUNCOV_ACCEL",))
-    done = run_python(str(script), str(tmp_path), str(rate), env=env)
+    done = _run_script(tmp_path, "untouched.py", _UNTOUCHED, str(tmp_path), str(rate))
     assert done.stdout.splitlines() == [
         f"instrumented at start {at_start}",
         "registered after a scope True",
@@ -1252,11 +1260,7 @@ def test_threading_module_under_the_roots_does_not_hang(tmp_path: Path) -> None:
     agent's disarming thread does not wait on the new thread's first call while holding what
     that call waits for."""
     (tmp_path / "work_mod.py").write_text("def work(n):\n    return n * 2\n")
-    script = tmp_path / "threads_under_roots.py"
-    script.write_text(_THREADING_UNDER_ROOTS)
-    env = environ_without(("RUNCOV_", "OTEL_"), keep=("RUNCOV_ACCEL",))
-    env["PYTHONPATH"] = str(tmp_path)
-    done = run_python(str(script), str(tmp_path), env=env, timeout=60)
+    done = _run_script(tmp_path, "threads_under_roots.py", _THREADING_UNDER_ROOTS, str(tmp_path))
     assert done.stdout.splitlines()[-1] == "[[2]]"
 
 
@@ -1292,11 +1296,7 @@ def test_runcov_the_standard_library_and_installed_packages_are_not_a_services_c
     them; a root named inside one of them (a service installed into site-packages) measures
     the code under it."""
     (tmp_path / "own_mod.py").write_text("def work(n):\n    return n * 2\n")
-    script = tmp_path / "foreign.py"
-    script.write_text(_FOREIGN_UNDER_A_ROOT)
-    env = environ_without(("RUNCOV_", "OTEL_"), keep=("RUNCOV_ACCEL",))
-    env["PYTHONPATH"] = str(tmp_path)
-    out = run_python(str(script), env=env, timeout=60).stdout.splitlines()
+    out = _run_script(tmp_path, "foreign.py", _FOREIGN_UNDER_A_ROOT).stdout.splitlines()
     assert out[0] == "['foreign.py', 'own_mod.py']"  # the script's run() and its module
     assert out[1] == "['version.py']"
     assert "encoder.py" in out[2] and "own_mod.py" not in out[2] and "version.py" not in out[2]
