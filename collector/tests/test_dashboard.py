@@ -24,7 +24,14 @@ from collector.tests.dashboard import (
 
 from runcov_collector.dashboard.cache import AnswerCache
 from runcov_collector.dashboard.source import Annotation, annotate, read_source
-from runcov_collector.model import Batch, CoveragePart, FileHits, FileStatic, Release
+from runcov_collector.model import (
+    Batch,
+    CoveragePart,
+    FileHits,
+    FileStatic,
+    MetricPoint,
+    Release,
+)
 
 
 @pytest.fixture
@@ -343,3 +350,39 @@ def test_changed_local_source_is_flagged(site: tuple[Running, dict]) -> None:
                                "&role=baseline&path=shop/cart.py")
     assert status == 200
     assert 'id="sha-warning"' in page and "differs from the version production ran" in page
+
+
+def test_release_page_shows_the_agent_metrics(site: tuple[Running, dict]) -> None:
+    running, _ = site
+    status, page = running.get("/ui/release?service=shop&version=1.1&role=canary")
+    assert status == 200 and "No agent metrics received for this release." in page
+    query = "service=shop&version=1.0&environment=prod&role=baseline"
+    now = time.time_ns()
+    release = Release("shop", "1.0", "prod", "baseline")
+
+    def point(name: str, value: float, kind: str = "counter", **attrs: str) -> MetricPoint:
+        attributes = {"runcov." + k: v for k, v in attrs.items()}
+        return MetricPoint(release, "pod-1", name, attributes, value, now, now - 10**9, kind)
+
+    running.store.ingest(Batch(metrics=[
+        point("runcov.requests.seen", 40, endpoint="POST /cart"),
+        point("runcov.requests.sampled", 4, endpoint="POST /cart", mode="exact"),
+        point("runcov.requests.dropped", 3, endpoint="POST /cart", reason="rate_cap"),
+        point("runcov.requests.dropped", 1, endpoint="", reason="census_unclaimed"),
+        point("runcov.overhead", 0.01),
+        point("runcov.sample_rate", 0.25, "gauge", endpoint="POST /cart"),
+    ]))
+    for extra in ("", "&since=1h"):  # the agents' totals whatever the window
+        status, page = running.get("/ui/release?" + query + extra)
+        assert status == 200
+        api = running.api("/api/v1/agent?" + query)
+        block = re.search(r'<dl class="totals" id="agent">(.*?)</dl>', page, re.S)
+        assert block
+        totals = dict(re.findall(r'data-field="([a-z_]+)">(.*?)</dd>', block.group(1)))
+        assert totals["requests_seen"] == str(api["requests_seen"]) == "40"
+        assert totals["requests_dropped"] == str(api["requests_dropped"]) == "4"
+        assert totals["overhead_per_sampled"] == "2.500 ms"
+        drops = re.findall(r'data-reason="([a-z_]+)">', page)
+        assert drops == ["census_unclaimed", "rate_cap"]
+        cells = fields(page, "data-agent-endpoint", "POST /cart")
+        assert (cells["requests_sampled"], cells["sample_rate"]) == ("4", "0.25")

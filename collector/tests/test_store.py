@@ -15,7 +15,7 @@ from runcov_collector.model import (
     Selection,
     StaticPart,
 )
-from runcov_collector.store import NotFound, SqlStore, queries
+from runcov_collector.store import NotFound, SqlStore, agent, queries
 
 T0 = 1_764_064_800  # 2025-11-25T10:00:00Z
 HOUR = 3600
@@ -136,6 +136,8 @@ def test_services_and_releases(shop: SqlStore) -> None:
         "requests_seen": 0,
         "requests_sampled": 0,
         "requests_dropped": 0,
+        "requests_dropped_by_reason": dict.fromkeys(agent.DROP_REASONS, 0),
+        "overhead_seconds": 0.0,
     }
 
 
@@ -704,3 +706,200 @@ def test_expire_accepts_any_cutoff(store: SqlStore) -> None:
     store.ingest(Batch(coverage=[part(1, files=[views([12], [])])]))
     assert store.expire(-1e30) == 0
     assert store.expire(1e30) > 0
+
+
+def test_a_request_whose_parts_straddle_a_retention_sweep_counts_once(store: SqlStore) -> None:
+    """A late request (span time older than the retention) arrives in two parts, in two export
+    requests with a sweep between them, and part 1 is delivered again afterwards: the request is
+    counted once at every level, and every line once."""
+    retention = 2 * HOUR
+    received = T0 + 10 * HOUR  # the parts' span time (T0) is far past the retention by then
+    first = part(1, 1, at=T0, files=[views([12, 13], [(12, 13)])])
+    second = part(1, 2, at=T0, files=[views([14, 20], [(14, 20)])])
+
+    def deliver(p: CoveragePart, at: float) -> None:
+        store.ingest(Batch(coverage=[p], received_unix_nano=int(at * 1e9)))
+
+    deliver(first, received)
+    # The retention job: everything hourly older than its period before "now" goes.
+    assert store.expire(received + 60 - retention) > 0
+    deliver(second, received + 120)
+    deliver(first, received + 180)  # a retry of part 1 after the sweep
+
+    (release,) = store.releases("shop")["releases"]
+    assert release["requests"] == 1
+    (endpoint,) = store.endpoints(Selection("shop"))["endpoints"]
+    assert endpoint["requests"] == 1
+    answer = store.coverage(Selection("shop"), detail=True)
+    assert answer["totals"]["requests"] == 1
+    (views_file,) = answer["files"]
+    assert views_file["requests"] == 1
+    assert [hits for _, hits, _ in views_file["lines"]] == [1, 1, 1, 1]
+    assert [hits for *_, hits, _ in views_file["arcs"]] == [1, 1]
+    by_endpoint = store.coverage(Selection("shop", endpoint="GET /items/{item_id}"))
+    assert by_endpoint["totals"]["requests"] == 1
+    assert by_endpoint["files"][0]["requests"] == 1
+    # Part 2 filled the old hour again; the next sweep empties it, and changes no count.
+    assert store.expire(received + 600 - retention) > 0
+    (bucket,) = store.series(Selection("shop"))["series"]
+    assert (bucket["requests"], bucket["lines_covered"], bucket["new_lines"]) == (0, 0, 4)
+    assert store.releases("shop")["releases"][0]["requests"] == 1
+    # The trace is remembered as long as its parts' keys (grace period from the last receipt).
+    deliver(part(1, 3, at=T0, files=[views([16], [])]), received + 900)
+    assert store.releases("shop")["releases"][0]["requests"] == 1
+    store.expire(received + 900 + (queries.KEY_GRACE_HOURS + 1) * HOUR)
+    with store.db.transaction(write=False) as conn:
+        assert conn.query("SELECT COUNT(*) FROM trace_marks") == [(0,)]
+
+
+def counter(
+    instance: str,
+    name: str,
+    value: float,
+    at: float,
+    start: float,
+    attributes: dict[str, str] | None = None,
+    release: Release = REL,
+) -> MetricPoint:
+    return MetricPoint(
+        release,
+        instance,
+        name,
+        attributes or {},
+        value,
+        int(at * 1e9),
+        start_time_unix_nano=int(start * 1e9),
+        kind="counter",
+    )
+
+
+def test_agent_counters_add_up_over_processes_and_runs(store: SqlStore) -> None:
+    """Each process reports its cumulative totals; a process whose counters start again (a new
+    meter provider under the same service.instance.id: the agent stopped and started again in
+    one process) begins a new run, whose counts add to the earlier run's instead of replacing
+    them. Retries of an earlier run's values change nothing."""
+    seen = "runcov.requests.seen"
+    store.ingest(
+        Batch(metrics=[counter("a", seen, 10, T0 + 10, T0), counter("b", seen, 4, T0 + 10, T0)])
+    )
+    store.ingest(Batch(metrics=[counter("a", seen, 25, T0 + 20, T0)]))
+    # Process a restarts its counters at T0 + 30.
+    store.ingest(Batch(metrics=[counter("a", seen, 3, T0 + 40, T0 + 30)]))
+    assert store.releases("shop")["releases"][0]["requests_seen"] == 25 + 4 + 3
+    # A late retry of the first run, and one whose time the collector clamped to when it
+    # received it (the agent's clock ran ahead), so it looks newer than what is stored.
+    store.ingest(Batch(metrics=[counter("a", seen, 12, T0 + 15, T0)]))
+    store.ingest(Batch(metrics=[counter("a", seen, 20, T0 + 3600, T0)]))
+    assert store.releases("shop")["releases"][0]["requests_seen"] == 25 + 4 + 3
+    store.ingest(Batch(metrics=[counter("a", seen, 9, T0 + 50, T0 + 30)]))
+    assert store.releases("shop")["releases"][0]["requests_seen"] == 25 + 4 + 9
+
+
+def test_agent_view_breaks_counts_down_by_reason_endpoint_and_mode(store: SqlStore) -> None:
+    items, checkout = "GET /items/{item_id}", "POST /checkout"
+
+    def ep(endpoint: str, **more: str) -> dict[str, str]:
+        return {"runcov.endpoint": endpoint, **more}
+
+    def rate(instance: str, endpoint: str, value: float, at: float) -> MetricPoint:
+        return MetricPoint(
+            REL, instance, "runcov.sample_rate", ep(endpoint), value, int(at * 1e9), kind="gauge"
+        )
+
+    mode, reason = "runcov.mode", "runcov.reason"
+    per_process = [
+        ("runcov.requests.seen", 100, ep(items)),
+        ("runcov.requests.seen", 50, ep(checkout)),
+        ("runcov.requests.sampled", 8, ep(items, **{mode: "exact"})),
+        ("runcov.requests.sampled", 2, ep(checkout, **{mode: "census"})),
+        ("runcov.requests.dropped", 3, ep(items, **{reason: "rate_cap"})),
+        ("runcov.requests.dropped", 1, ep(checkout, **{reason: "queue_full"})),
+        ("runcov.requests.dropped", 5, ep("", **{reason: "census_unclaimed"})),
+        ("runcov.lines.new", 40, ep(items)),
+        ("runcov.arcs.new", 45, ep(items)),
+        ("runcov.overhead", 0.25, {}),
+    ]
+    points = [
+        counter(instance, name, value, T0 + 60, start, attributes)
+        for instance, start in (("a", T0), ("b", T0 + 5))
+        for name, value, attributes in per_process
+    ]
+    points += [
+        rate("a", items, 0.02, T0 + 60),
+        rate("b", items, 0.05, T0 + 120),
+        rate("old", items, 0.9, T0 + 120 - 16 * 60),  # a process gone for 16 minutes
+        rate("a", checkout, 0.01, T0 + 60),
+    ]
+    store.ingest(Batch(metrics=points))
+    answer = store.agent(Selection("shop"))
+    reasons = dict.fromkeys(agent.DROP_REASONS, 0)
+    assert {k: v for k, v in answer.items() if k != "endpoints"} == {
+        "release": REL.as_dict(),
+        "processes": 3,
+        "last_report": "2025-11-25T10:02:00Z",
+        "requests_seen": 300,
+        "requests_sampled": 20,
+        "requests_dropped": 18,
+        "sampled_by_mode": {"exact": 16, "census": 4},
+        "dropped_by_reason": {**reasons, "rate_cap": 6, "queue_full": 2, "census_unclaimed": 10},
+        "lines_new": 80,
+        "arcs_new": 90,
+        "overhead_seconds": 0.5,
+        "overhead_per_sampled_request_seconds": 0.025,
+        "overhead_per_seen_request_seconds": round(0.5 / 300, 9),
+    }
+    assert answer["endpoints"] == [
+        {
+            "endpoint": items,
+            "requests_seen": 200,
+            "requests_sampled": 16,
+            "requests_dropped": 6,
+            "sampled_by_mode": {"exact": 16, "census": 0},
+            "dropped_by_reason": {**reasons, "rate_cap": 6},
+            "lines_new": 80,
+            "arcs_new": 90,
+            "sample_rate": {
+                "rate": 0.05,
+                "time": "2025-11-25T10:02:00Z",
+                "min": 0.02,
+                "max": 0.05,
+                "processes": 2,
+            },
+        },
+        {
+            "endpoint": checkout,
+            "requests_seen": 100,
+            "requests_sampled": 4,
+            "requests_dropped": 2,
+            "sampled_by_mode": {"exact": 0, "census": 4},
+            "dropped_by_reason": {**reasons, "queue_full": 2},
+            "lines_new": 0,
+            "arcs_new": 0,
+            "sample_rate": {
+                "rate": 0.01,
+                "time": "2025-11-25T10:01:00Z",
+                "min": 0.01,
+                "max": 0.01,
+                "processes": 1,
+            },
+        },
+    ]
+    (release,) = store.releases("shop")["releases"]
+    assert release["requests_dropped_by_reason"] == answer["dropped_by_reason"]
+    assert release["overhead_seconds"] == 0.5
+    # One endpoint; release totals stay those of the release.
+    only = store.agent(Selection("shop", endpoint=checkout))
+    assert [e["endpoint"] for e in only["endpoints"]] == [checkout]
+    assert only["requests_seen"] == 300
+    with pytest.raises(ValueError, match="since/until do not apply"):
+        store.agent(Selection("shop", since_unix=T0))
+    with pytest.raises(NotFound):
+        store.agent(Selection("cart"))
+
+
+def test_agent_view_of_a_release_without_metrics(shop: SqlStore) -> None:
+    answer = shop.agent(Selection("shop"))
+    assert answer["processes"] == 0 and answer["last_report"] is None
+    assert answer["requests_seen"] == 0 and answer["endpoints"] == []
+    assert answer["overhead_per_sampled_request_seconds"] is None
+    assert answer["overhead_per_seen_request_seconds"] is None

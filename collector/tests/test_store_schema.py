@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from collector.tests.store_versions import to_version_3
 
 from runcov_collector.model import (
     Batch,
@@ -119,6 +120,8 @@ def test_migration_3_gives_releases_their_span_times_back(store_factory: Any) ->
     with store.db.transaction(write=True) as conn:
         conn.query("UPDATE releases SET last_seen = ?", (later,))
         conn.query("UPDATE releases SET first_seen = ? WHERE version = '2.0'", (later,))
+    to_version_3(store)
+    with store.db.transaction(write=True) as conn:
         conn.query("UPDATE schema_version SET version = 2")
     store.close()
 
@@ -275,3 +278,60 @@ def test_acknowledged_batches_survive_kill_9(store_factory: Any, tmp_path: Path)
     # Everything acknowledged is there (the writer may have committed one more before dying).
     assert answer["requests"] >= acked + 1
     assert dict((ln, n) for ln, n, _ in answer["lines"])[1] == answer["requests"]
+
+
+def test_migration_4_gives_stored_counters_their_runs_and_traces_their_receive_hour(
+    store_factory: Any,
+) -> None:
+    """A version 3 store kept one value per series, with no start time. After the upgrade, a
+    process that keeps counting adds nothing twice, one that restarted adds its new run, and
+    one that never reports again keeps its value; a late request stored before the upgrade
+    straddles a retention sweep and still counts once."""
+    store = store_factory()
+    seen = "runcov.requests.seen"
+
+    def point(instance: str, value: float, at: int, start: int) -> MetricPoint:
+        return MetricPoint(REL, instance, seen, {}, value, at * 10**9, start * 10**9)
+
+    rate = MetricPoint(
+        REL,
+        "a",
+        "runcov.sample_rate",
+        {"runcov.endpoint": "GET /"},
+        0.5,
+        (T0 + 10) * 10**9,
+        kind="gauge",
+    )
+    store.ingest(
+        Batch(
+            metrics=[
+                point("a", 10, T0 + 10, T0),
+                point("b", 7, T0 + 10, T0),
+                point("c", 4, T0 + 10, T0),
+                rate,
+            ]
+        )
+    )
+    received = (T0 + 10 * 3600) * 10**9
+    late = one_part(1).coverage[0]
+    late.time_unix_nano = T0 * 10**9
+    store.ingest(Batch(coverage=[late], received_unix_nano=received))
+    to_version_3(store)
+    store.close()
+
+    upgraded = store_factory()
+    assert upgraded.schema_version_found == 3
+    assert upgraded.releases("shop")["releases"][0]["requests_seen"] == 10 + 7 + 4
+    upgraded.ingest(Batch(metrics=[point("a", 15, T0 + 20, T0), point("b", 3, T0 + 20, T0 + 15)]))
+    assert upgraded.releases("shop")["releases"][0]["requests_seen"] == 15 + (7 + 3) + 4
+    with upgraded.db.transaction(write=False) as conn:
+        assert conn.query("SELECT instance FROM metrics_legacy") == [("c",)]
+    answer = upgraded.agent(Selection("shop"))
+    assert answer["processes"] == 3
+    assert answer["endpoints"][0]["sample_rate"]["rate"] == 0.5
+
+    upgraded.expire(received / 1e9 + 60 - 2 * 3600)
+    second = one_part(1).coverage[0]
+    second.span_id, second.time_unix_nano = "2" * 16, T0 * 10**9
+    upgraded.ingest(Batch(coverage=[second], received_unix_nano=received + 60 * 10**9))
+    assert upgraded.coverage(Selection("shop"))["totals"]["requests"] == 1

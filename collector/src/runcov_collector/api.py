@@ -235,6 +235,10 @@ def _series(store: Store, params: Any) -> Any:
     return store.series(sel, path=_path(params, "path", required=False))
 
 
+def _agent(store: Store, params: Any) -> Any:
+    return store.agent(selection(params))
+
+
 def _diff(store: Store, params: Any) -> Any:
     a = selection(params, "a_")
     b = selection(params, "b_")
@@ -251,4 +255,5 @@ def routes() -> list[Route]:
         Route("/api/v1/file", _endpoint(_file)),
         Route("/api/v1/series", _endpoint(_series)),
         Route("/api/v1/diff", _endpoint(_diff)),
+        Route("/api/v1/agent", _endpoint(_agent)),
     ]

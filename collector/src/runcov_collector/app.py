@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import socket
@@ -134,6 +135,7 @@ class _ReleaseGauges:
                 rows.append(
                     {
                         "labels": {k: str(release.get(k, "")) for k in _RELEASE_LABELS},
+                        "agent": _agent_totals(release),
                         "line": _ratio(
                             sum(f["lines_covered"] for f in known),
                             sum(f["lines_total"] for f in known),
@@ -162,6 +164,34 @@ class _ReleaseGauges:
         for row in self.rows():
             if row[key] is not None:
                 yield dict(row["labels"]), row[key]
+
+    def agent(self, key: str) -> Iterable[tuple[dict[str, str], float]]:
+        """(labels, total) of an agent counter (``_agent_totals``) of each release whose agents
+        reported any; drops have one series per reason."""
+        for row in self.rows():
+            totals = row["agent"]
+            if totals is None:
+                continue
+            if key == "dropped":
+                for reason, count in sorted(totals["dropped"].items()):
+                    yield {**row["labels"], "reason": reason}, float(count)
+            else:
+                yield dict(row["labels"]), float(totals[key])
+
+
+def _agent_totals(release: dict[str, Any]) -> dict[str, Any] | None:
+    """The agent counters of a release as ``releases`` lists them; None when all are 0."""
+    totals = {
+        "seen": release.get("requests_seen", 0),
+        "sampled": release.get("requests_sampled", 0),
+        "dropped": dict(release.get("requests_dropped_by_reason") or {}),
+        "overhead": release.get("overhead_seconds", 0.0),
+    }
+    if not (totals["seen"] or totals["sampled"] or totals["overhead"]) and not any(
+        totals["dropped"].values()
+    ):
+        return None
+    return totals
 
 
 def _ratio(covered: int, total: int) -> float | None:
@@ -214,6 +244,17 @@ class Collector:
             "Covered/possible branch exits per release (cumulative), from the store.",
             lambda: self._gauges.ratio("branch"),
         )
+        for key, name, help_text in (
+            ("seen", "requests_seen", "Requests of selected endpoints the agents saw"),
+            ("sampled", "requests_sampled", "Requests the agents measured"),
+            ("dropped", "requests_dropped", "Sampled requests whose coverage was lost, by reason"),
+            ("overhead", "overhead_seconds", "CPU time the agents spent"),
+        ):
+            self.metrics.add_counter(
+                f"runcov_collector_release_agent_{name}",
+                f"{help_text} per release (the agents' cumulative counters), from the store.",
+                functools.partial(self._gauges.agent, key),
+            )
         self.app = self._build_app()
         self.grpc: GrpcReceiver | None = None
         self.http_port: int | None = None

@@ -630,6 +630,7 @@ def decode_metrics(request: ExportMetricsServiceRequest, now_ns: int | None = No
                     continue
                 points = getattr(metric, kind).data_points
                 temporality_error = _temporality_error(metric) if kind == "sum" else None
+                flavour = _kind_of(metric) if kind == "sum" else "gauge"
                 for point in points:
                     what = f"metric {_show(metric.name)}"
                     try:
@@ -639,7 +640,7 @@ def decode_metrics(request: ExportMetricsServiceRequest, now_ns: int | None = No
                             raise temporality_error
                         assert release is not None
                         result.batch.metrics.append(
-                            _decode_point(metric.name, point, release, instance, now_ns)
+                            _decode_point(metric.name, point, release, instance, now_ns, flavour)
                         )
                     except Rejected as exc:
                         result.reject(what, exc)
@@ -666,8 +667,13 @@ def _temporality_error(metric: Any) -> Rejected | None:
     )
 
 
+def _kind_of(metric: Any) -> str:
+    """``counter`` for a monotonic sum (its largest value is its total), else ``sum``."""
+    return "counter" if metric.sum.is_monotonic else "sum"
+
+
 def _decode_point(
-    name: str, point: Any, release: Release, instance: str, now_ns: int
+    name: str, point: Any, release: Release, instance: str, now_ns: int, kind: str
 ) -> MetricPoint:
     _check_name(name, "metric name")
     if len(point.attributes) > limits.MAX_METRIC_ATTRIBUTES:
@@ -677,8 +683,10 @@ def _decode_point(
             f"more than {limits.MAX_METRIC_ATTRIBUTES}",
         )
     time_ns = _checked_time(point.time_unix_nano, "time_unix_nano")
-    kind = point.WhichOneof("value")
-    value = float(point.as_int) if kind == "as_int" else float(point.as_double)
+    # Only an identity for the run of a sum (never a date): kept as a BIGINT, never refused.
+    start_ns = min(point.start_time_unix_nano, limits.MAX_TIME_UNIX_NANO)
+    which = point.WhichOneof("value")
+    value = float(point.as_int) if which == "as_int" else float(point.as_double)
     if not math.isfinite(value):
         raise Rejected("value", "data point value is not finite")
     attributes = {kv.key: _scalar(kv) for kv in point.attributes}
@@ -689,6 +697,9 @@ def _decode_point(
         attributes=attributes,
         value=value,
         time_unix_nano=min(time_ns or now_ns, now_ns),
+        # Gauges have no runs; a sum's start time tells one run of its counter from the next.
+        start_time_unix_nano=0 if kind == "gauge" else start_ns,
+        kind=kind,
     )
 
 

@@ -146,6 +146,24 @@ class CallbackGauge(_Metric):
             yield self.name, labels, value
 
 
+class CallbackCounter(_Metric):
+    """A counter whose samples are computed when scraped (totals kept elsewhere, e.g. in the
+    store); rendered with the ``_total`` suffix."""
+
+    kind = "counter"
+
+    def __init__(self, name: str, help_text: str, callback: GaugeCallback) -> None:
+        super().__init__(name, help_text, ())
+        self._callback = callback
+
+    def header(self) -> list[str]:
+        return [f"# HELP {self.name}_total {self.help}", f"# TYPE {self.name}_total counter"]
+
+    def samples(self) -> Iterable[Sample]:
+        for labels, value in self._callback():
+            yield f"{self.name}_total", labels, value
+
+
 class Registry:
     """An ordered set of metrics rendered together."""
 
@@ -219,6 +237,10 @@ class CollectorMetrics:
     def add_gauge(self, name: str, help_text: str, callback: GaugeCallback) -> None:
         """Register a gauge computed at scrape time."""
         self.registry.register(CallbackGauge(name, help_text, callback))
+
+    def add_counter(self, name: str, help_text: str, callback: GaugeCallback) -> None:
+        """Register a counter (``name`` without ``_total``) computed at scrape time."""
+        self.registry.register(CallbackCounter(name, help_text, callback))
 
     def render(self) -> str:
         """Prometheus text exposition of every metric."""

@@ -84,9 +84,20 @@ class StaticPart:
     files: list[FileStatic] = field(default_factory=list)
 
 
+METRIC_KINDS = ("counter", "sum", "gauge")
+"""What a ``MetricPoint`` is: a monotonic cumulative sum (its largest value is its total), a
+non-monotonic cumulative sum or a gauge (their latest value counts)."""
+
+
 @dataclass
 class MetricPoint:
-    """One cumulative counter/gauge value of an agent metric (``runcov.*``)."""
+    """One cumulative counter/gauge value of an agent metric (``runcov.*``).
+
+    A cumulative sum counts from its ``start_time_unix_nano``: a process that restarts its
+    counters (a new ``MeterProvider``, the same ``service.instance.id``) starts a new run, with
+    a new start time, that adds to the runs before it instead of replacing them. Gauges have no
+    runs (start 0).
+    """
 
     release: Release
     instance: str  # service.instance.id ("" if absent)
@@ -94,6 +105,8 @@ class MetricPoint:
     attributes: dict[str, str]
     value: float
     time_unix_nano: int
+    start_time_unix_nano: int = 0
+    kind: str = "counter"  # one of METRIC_KINDS
 
 
 @dataclass
@@ -141,6 +154,7 @@ class Store(Protocol):
     def file(self, sel: Selection, path: str) -> dict[str, Any]: ...
     def series(self, sel: Selection, path: str | None = None) -> dict[str, Any]: ...
     def diff(self, a: Selection, b: Selection) -> dict[str, Any]: ...
+    def agent(self, sel: Selection) -> dict[str, Any]: ...
     def expire(self, older_than_unix: float) -> int: ...
     def ping(self) -> bool: ...
     def close(self) -> None: ...

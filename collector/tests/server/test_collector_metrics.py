@@ -174,3 +174,38 @@ def test_parts_counter_tells_duplicates_from_newly_stored_parts(start_collector,
     assert f'{parts}"coverage",result="stored"}} 2' in metrics
     assert f'{parts}"coverage",result="duplicate"}} 4' in metrics
     assert f'{parts}"static",result="stored"}} 2' in metrics
+
+
+def test_a_late_request_in_two_parts_straddling_a_retention_sweep_counts_once(
+    start_collector, make_client
+):
+    """A late request (span time past the retention) arrives in two export requests with a
+    retention sweep between them, then its first part again: one request, every line once."""
+    collector = start_collector(retention_hours=1, retention_interval_seconds=3600)
+    client = make_client(collector)
+    late = time.time_ns() - 3 * HOUR_NS
+
+    def send_part(span_id, index, lines):
+        span = coverage_span(
+            "GET /items/{item_id}",
+            [file_hits("shop/views.py", lines)],
+            trace_id="ab" * 16,
+            span_id=span_id,
+            end_time_unix_nano=late,
+            part=index,
+            parts=2,
+        )
+        assert client.send(trace_request([span])).status_code == 200
+
+    send_part("01" * 8, 0, [1, 2])
+    assert collector.expire_once() > 0  # the parts' hour is past the retention
+    send_part("02" * 8, 1, [3, 4])
+    send_part("01" * 8, 0, [1, 2])  # part 1 again, e.g. a retried export
+
+    (release,) = client.query("/api/v1/releases", service="shop")["releases"]
+    assert release["requests"] == 1
+    (endpoint,) = client.query("/api/v1/endpoints", service="shop")["endpoints"]
+    assert endpoint["requests"] == 1
+    detail = client.query("/api/v1/file", service="shop", path="shop/views.py")
+    assert [(line, hits) for line, hits, _ in detail["lines"]] == [(1, 1), (2, 1), (3, 1), (4, 1)]
+    assert detail["requests"] == 1

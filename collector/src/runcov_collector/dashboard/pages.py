@@ -160,6 +160,8 @@ class Dashboard:
             self.cache.get(("endpoints", whole), lambda: self.store.endpoints(whole))["endpoints"],
             key=lambda e: e["endpoint"],
         )
+        agent = self._agent(Selection(release["service"], release["version"],
+                                      release["environment"], release["role"]))
         files = cov.get("files", [])
         if needle:
             files = [f for f in files if needle in f["path"].lower()]
@@ -178,8 +180,17 @@ class Dashboard:
             "per_page": per_page, "sort": sort, "order": order, "q": needle,
             "prefix": prefix or "", "base": base, "state": state,
             "selected_endpoint": sel.endpoint, "since": P.text(query, "since"),
-            "until": P.text(query, "until"),
+            "until": P.text(query, "until"), "agent": agent,
         }
+
+    def _agent(self, sel: Selection) -> dict[str, Any] | None:
+        """The release's agent metrics (all time: they are the agents' running totals), or
+        None when the store keeps none."""
+        read = getattr(self.store, "agent", None)
+        if read is None:
+            return None
+        answer: dict[str, Any] = self.cache.get(("agent", sel), lambda: read(sel))
+        return answer if answer.get("processes") else None
 
     def file(self, query: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
         """One file: summary, and the annotated source when a source directory is configured."""

@@ -233,29 +233,45 @@ def _write_traces(
     rid: dict[Release, int],
     eid: dict[tuple[Release, str], int],
     fid: dict[str, int],
+    received_hour: int,
 ) -> None:
     """Record which traces touched which endpoint/file, and count the ones new at each level.
 
     ``requests`` counts distinct trace ids; the counters for the whole release (endpoint 0,
     file 0), per endpoint, per file and per endpoint and file grow only for a trace not yet
-    recorded at that level (trace rows live as long as the hour they belong to).
+    recorded at that level. Trace rows live as long as the hour they belong to; once it is
+    swept, ``trace_marks`` remembers the trace for as long as its parts' keys are kept (from
+    the hour a part of it was last received), so that a part arriving after the sweep (a
+    late request's other part) does not count the request again.
     """
     rows = sorted(
-        (rid[r], h, eid[(r, e)], fid[p] if p else 0, t) for r, h, e, p, t in merged.traces
+        (rid[r], h, eid[(r, e)], fid[p] if p else 0, t, received_hour)
+        for r, h, e, p, t in merged.traces
     )
     batch: dict[int, dict[str, set[tuple[int, int]]]] = defaultdict(lambda: defaultdict(set))
-    for release_id, _hour, endpoint_id, file_id, trace_id in rows:
+    for release_id, _hour, endpoint_id, file_id, trace_id, _ in rows:
         batch[release_id][trace_id].add((endpoint_id, file_id))
     counts: dict[tuple[int, int, int], int] = defaultdict(int)
     for release_id, traces in sorted(batch.items()):
         known: dict[str, set[tuple[int, int]]] = defaultdict(set)
-        for trace_id, endpoint_id, file_id in conn.select_in(
-            "SELECT trace_id, endpoint_id, file_id FROM traces "
-            "WHERE release_id = ? AND trace_id {in}",
-            (release_id,),
-            sorted(traces),
-        ):
-            known[trace_id].add((int(endpoint_id), int(file_id)))
+        for table in ("traces", "trace_marks"):
+            for trace_id, endpoint_id, file_id in conn.select_in(
+                f"SELECT trace_id, endpoint_id, file_id FROM {table} "
+                "WHERE release_id = ? AND trace_id {in}",
+                (release_id,),
+                sorted(traces),
+            ):
+                known[trace_id].add((int(endpoint_id), int(file_id)))
+        if known:
+            # The trace is received again: everything it left is kept as long as this part's
+            # key.
+            for table in ("traces", "trace_marks"):
+                conn.select_in(
+                    f"UPDATE {table} SET received = ? "
+                    "WHERE release_id = ? AND received < ? AND trace_id {in}",
+                    (received_hour, release_id, received_hour),
+                    sorted(known),
+                )
         for trace_id, members in traces.items():
             old = known.get(trace_id, set())
             old_endpoints = {e for e, _ in old}
@@ -271,7 +287,7 @@ def _write_traces(
                     counts[(release_id, endpoint_id, file_id)] += 1
     conn.upsert_many(
         "traces",
-        ("release_id", "hour", "endpoint_id", "file_id", "trace_id"),
+        ("release_id", "hour", "endpoint_id", "file_id", "trace_id", "received"),
         rows,
         "ON CONFLICT DO NOTHING",
     )
@@ -368,22 +384,92 @@ def _write_files(
     return changed
 
 
+SeriesKey = tuple[int, str, str, str]  # release id, instance, name, attributes (JSON)
+RunKey = tuple[int, str, str, str, int]  # a series and the start time of its run
+RunValue = tuple[str, int, float]  # kind, time, value
+
+
+def _merge_value(have: RunValue | None, new: RunValue) -> RunValue:
+    """Two values of one run: a counter's total is its largest value, otherwise the latest
+    value counts (equal times: the larger). The SQL of ``_write_metrics`` does the same."""
+    if have is None:
+        return new
+    kind, time_ns, value = new
+    if kind == "counter":
+        return kind, max(have[1], time_ns), max(have[2], value)
+    if (time_ns, value) > (have[1], have[2]):
+        return new
+    return kind, have[1], have[2]
+
+
+def _settle_legacy(conn: Conn, runs: dict[RunKey, RunValue]) -> None:
+    """Give the counter values stored before runs were kept (``metrics_legacy``, no start time)
+    the run they belong to, when their series sends a value again.
+
+    A run that started no later than the stored value was recorded is the run that recorded
+    it: the stored value joins that run (and is superseded by its larger totals). A run that
+    started after it is a restart: the stored value is the total of an earlier run and is kept
+    beside it (start time -1). Values of series that never send again stay where they are and
+    are counted from there.
+    """
+    if not conn.query("SELECT 1 FROM metrics_legacy LIMIT 1"):
+        return
+    starts: dict[SeriesKey, list[int]] = defaultdict(list)
+    for (release_id, instance, name, attrs, start), (kind, _, _) in runs.items():
+        if kind != "gauge":
+            starts[(release_id, instance, name, attrs)].append(start)
+    settled: list[tuple[int, str, str, str]] = []
+    for release_id, instance in sorted({(k[0], k[1]) for k in starts}):
+        for name, attrs, value, time_ns in conn.query(
+            "SELECT name, attributes, value, time FROM metrics_legacy "
+            "WHERE release_id = ? AND instance = ?",
+            (release_id, instance),
+        ):
+            series = (release_id, instance, name, attrs)
+            if series not in starts:
+                continue
+            earlier = [s for s in starts[series] if s <= int(time_ns)]
+            start = max(earlier) if earlier else -1
+            key = (*series, start)
+            kind = runs[key][0] if key in runs else runs[(*series, min(starts[series]))][0]
+            runs[key] = _merge_value(runs.get(key), (kind, int(time_ns), float(value)))
+            settled.append(series)
+    conn.execute_many(
+        "DELETE FROM metrics_legacy "
+        "WHERE release_id = ? AND instance = ? AND name = ? AND attributes = ?",
+        sorted(settled),
+    )
+
+
 def _write_metrics(conn: Conn, batch: Batch, rid: dict[Release, int]) -> None:
-    latest: dict[tuple[int, str, str, str], tuple[int, float]] = {}
+    """Keep the latest value of each run of each series (process, name, attributes).
+
+    A cumulative sum is one run per start time: the values of two processes, and of two runs
+    of one process (counters restarted under the same ``service.instance.id``), are separate
+    rows that queries add up; a retried or late export of a run changes nothing, as a counter
+    run keeps its largest value. Gauges are one row per series, the latest value.
+    """
+    runs: dict[RunKey, RunValue] = {}
     for point in batch.metrics:
         attrs = json.dumps(point.attributes, sort_keys=True, separators=(",", ":"))
-        key = (rid[point.release], point.instance, point.name, attrs)
-        value = (max(0, point.time_unix_nano), float(point.value))
-        if value > latest.get(key, (-1, 0.0)):
-            latest[key] = value
-    # The latest value wins; equal times keep the larger value, so any order gives one result.
+        start = 0 if point.kind == "gauge" else max(0, point.start_time_unix_nano)
+        key = (rid[point.release], point.instance, point.name, attrs, start)
+        value = (point.kind, max(0, point.time_unix_nano), float(point.value))
+        runs[key] = _merge_value(runs.get(key), value)
+    if not runs:
+        return
+    _settle_legacy(conn, runs)
     conn.execute_many(
-        "INSERT INTO metrics (release_id, instance, name, attributes, value, time) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (release_id, instance, name, attributes) "
-        "DO UPDATE SET value = excluded.value, time = excluded.time "
-        "WHERE excluded.time > metrics.time "
-        "OR (excluded.time = metrics.time AND excluded.value > metrics.value)",
-        sorted((*k, v, t) for k, (t, v) in latest.items()),
+        "INSERT INTO metric_values (release_id, instance, name, attributes, start_time, kind, "
+        "value, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (release_id, instance, name, attributes, start_time) DO UPDATE SET "
+        "value = CASE WHEN excluded.kind = 'counter' "
+        "THEN {greatest}(metric_values.value, excluded.value) "
+        "WHEN excluded.time > metric_values.time OR (excluded.time = metric_values.time "
+        "AND excluded.value > metric_values.value) THEN excluded.value "
+        "ELSE metric_values.value END, "
+        "time = {greatest}(metric_values.time, excluded.time), kind = excluded.kind",
+        sorted((*k, kind, v, t) for k, (kind, t, v) in runs.items()),
     )
 
 
@@ -393,7 +479,8 @@ def ingest_batch(conn: Conn, batch: Batch) -> dict[str, Any]:
     if not spans:
         return {"parts": 0, "duplicates": 0}
     rid = _upsert_releases(conn, spans)
-    new_parts = _new_parts(conn, batch.coverage, batch.received_unix_nano or time.time_ns())
+    received = batch.received_unix_nano or time.time_ns()
+    new_parts = _new_parts(conn, batch.coverage, received)
     paths = {fh.path for part in new_parts for fh in part.files}
     paths.update(fs.path for static in batch.static for fs in static.files)
     fid = _path_ids(conn, paths)
@@ -403,7 +490,7 @@ def ingest_batch(conn: Conn, batch: Batch) -> dict[str, Any]:
     if new_parts:
         merged = merge_parts(new_parts)
         _write_hits(conn, merged, rid, eid, fid)
-        _write_traces(conn, merged, rid, eid, fid)
+        _write_traces(conn, merged, rid, eid, fid, hour_of(received))
     # Rows this batch did not rewrite but whose file version or denominators it changed.
     by_release: dict[int, set[int]] = defaultdict(set)
     for release_id, file_id in changed:

@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any
 
 from ..model import Release, Selection
-from . import hitsets, summary
+from . import agent, hitsets, summary
 from .dialect import Conn
 from .errors import NotFound
 from .merge import NS_PER_HOUR, time_of, trace_of
@@ -14,13 +14,6 @@ from .select import Scope, iso, iso_hour, iso_span, resolve
 from .summary import Static
 
 Hits = dict[Any, tuple[int, str]]  # line or (from, to) -> (hits, first key)
-
-# Agent counters summed per release in releases() (metric name -> response field).
-RELEASE_METRICS = {
-    "runcov.requests.seen": "requests_seen",
-    "runcov.requests.sampled": "requests_sampled",
-    "runcov.requests.dropped": "requests_dropped",
-}
 
 
 def _percent(covered: int, total: int) -> float | None:
@@ -354,13 +347,7 @@ def releases(conn: Conn, service: str) -> dict[str, Any]:
             "line_percent": sums["line_percent"],
             "branch_percent": sums["branch_percent"],
         }
-        metric_sums = dict.fromkeys(RELEASE_METRICS.values(), 0)
-        for name, value in conn.query(
-            "SELECT name, SUM(value) FROM metrics WHERE release_id = ? GROUP BY name", (rid,)
-        ):
-            if name in RELEASE_METRICS:
-                metric_sums[RELEASE_METRICS[name]] = round(float(value))
-        entry.update(metric_sums)
+        entry.update(agent.totals(conn, int(rid)).release_fields())
         out.append(entry)
     return {"releases": out}
 
@@ -636,17 +623,32 @@ a retry or a queue delivering a part again after the retention period still find
 
 def expire(conn: Conn, older_than_unix: float) -> int:
     """Delete hour buckets (hits, traces) that ended by ``older_than_unix``, and the keys of
-    parts received ``KEY_GRACE_HOURS`` before that."""
+    parts received ``KEY_GRACE_HOURS`` before that.
+
+    A swept trace whose parts' keys are still kept leaves a mark of the endpoints and files it
+    touched (``trace_marks``), kept as long as those keys: a part of it that arrives later (the
+    rest of a late request) then adds its coverage without counting the request again.
+    """
     cutoff = min(max(0, int(older_than_unix // 3600)), 2**62)  # hours there are, as BIGINT
+    keys_before = max(0, cutoff - KEY_GRACE_HOURS)
+    conn.query(
+        "INSERT INTO trace_marks (release_id, trace_id, endpoint_id, file_id, received) "
+        "SELECT release_id, trace_id, endpoint_id, file_id, MAX(received) FROM traces "
+        "WHERE hour < ? AND received >= ? GROUP BY release_id, trace_id, endpoint_id, file_id "
+        "ON CONFLICT (release_id, trace_id, endpoint_id, file_id) "
+        "DO UPDATE SET received = {greatest}(trace_marks.received, excluded.received)",
+        (cutoff, keys_before),
+    )
     deleted = 0
-    for table, before in (
-        ("hits_hour", cutoff),
-        ("traces", cutoff),
-        ("seen_parts", max(0, cutoff - KEY_GRACE_HOURS)),
+    for table, column, before in (
+        ("hits_hour", "hour", cutoff),
+        ("traces", "hour", cutoff),
+        ("trace_marks", "received", keys_before),
+        ("seen_parts", "hour", keys_before),
     ):
         cur = conn.raw.cursor()
         try:
-            cur.execute(conn.dialect.sql(f"DELETE FROM {table} WHERE hour < ?"), (before,))
+            cur.execute(conn.dialect.sql(f"DELETE FROM {table} WHERE {column} < ?"), (before,))
             deleted += max(0, cur.rowcount)
         finally:
             cur.close()

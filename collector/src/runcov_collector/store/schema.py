@@ -16,14 +16,21 @@ from .select import NO_SPANS
 #    summary queries read counts instead of decoding every hit set.
 # 3: releases' first_seen/last_seen are span times only (agent metrics used to move them):
 #    last_seen is recomputed from what spans left, releases without spans get select.NO_SPANS.
-SCHEMA_VERSION = 3
+# 4: agent metrics keep one row per run of a cumulative sum (metric_values, keyed by its start
+#    time), so a process that restarts its counters adds to what it counted before; rows of
+#    counters stored before (no start time) wait in metrics_legacy for their series' next point
+#    (ingest._settle_legacy). traces rows carry the hour their trace was last received, and a
+#    retention sweep keeps a swept trace's membership (trace_marks) as long as its parts' keys.
+SCHEMA_VERSION = 4
 
 # Times are unix nanoseconds, hours are unix hours (seconds // 3600). First-hit keys are
 # "<20-digit span time><trace id>" so that the smallest string is the earliest trace (ties:
 # smallest trace id). ``sha_key`` is "<20-digit time><sha>": MAX picks the sha seen last.
 # endpoint_id 0 / file_id 0 in request counters mean "all". A part key's ``seen_parts.hour`` is the
 # hour the part was received (its span time may be far older), so that retention keeps keys for
-# as long as the part could be delivered again.
+# as long as the part could be delivered again; ``traces.received`` is the latest such hour of
+# the trace, and ``trace_marks`` keeps which endpoints and files a trace touched after its hour
+# buckets were swept, for as long as that, so a later part of the trace is not a new request.
 _V1 = [
     """CREATE TABLE releases (
         id {id_pk},
@@ -127,6 +134,7 @@ _V2: list[str | Callable[[Conn], None]] = [
     summary.fill_all,
 ]
 
+
 def span_times_only(conn: Conn) -> None:
     """Undo what agent metrics did to ``releases.first_seen``/``last_seen`` (migration 3).
 
@@ -158,12 +166,46 @@ def span_times_only(conn: Conn) -> None:
     )
 
 
+_V4: list[str | Callable[[Conn], None]] = [
+    # A run of a counter is its start_time (0 for gauges, -1 for a run before version 4 whose
+    # start is unknown); kind is model.METRIC_KINDS.
+    """CREATE TABLE metric_values (
+        release_id BIGINT NOT NULL,
+        instance TEXT NOT NULL,
+        name TEXT NOT NULL,
+        attributes TEXT NOT NULL,
+        start_time BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        value {double} NOT NULL,
+        time BIGINT NOT NULL,
+        PRIMARY KEY (release_id, instance, name, attributes, start_time)){without_rowid}""",
+    # The agent's only gauge; every other metric it sends is a counter.
+    "INSERT INTO metric_values (release_id, instance, name, attributes, start_time, kind, value, "
+    "time) SELECT release_id, instance, name, attributes, 0, 'gauge', value, time FROM metrics "
+    "WHERE name = 'runcov.sample_rate'",
+    "DELETE FROM metrics WHERE name = 'runcov.sample_rate'",
+    "ALTER TABLE metrics RENAME TO metrics_legacy",
+    "ALTER TABLE traces ADD COLUMN received BIGINT NOT NULL DEFAULT 0",
+    # The hour a trace was last received is the latest hour its part keys were filed under.
+    "UPDATE traces SET received = COALESCE((SELECT MAX(s.hour) FROM seen_parts s "
+    "WHERE s.trace_id = traces.trace_id), traces.hour)",
+    """CREATE TABLE trace_marks (
+        release_id BIGINT NOT NULL,
+        trace_id TEXT NOT NULL,
+        endpoint_id BIGINT NOT NULL,
+        file_id BIGINT NOT NULL,
+        received BIGINT NOT NULL,
+        PRIMARY KEY (release_id, trace_id, endpoint_id, file_id)){without_rowid}""",
+    "CREATE INDEX trace_marks_received ON trace_marks (received)",
+]
+
 # MIGRATIONS[n] takes a database at version n to version n + 1: SQL statements, or functions
 # run on the migrating connection.
 MIGRATIONS: dict[int, list[str | Callable[[Conn], None]]] = {
     0: list(_V1),
     1: _V2,
     2: [span_times_only],
+    3: _V4,
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..model import Batch, Selection
-from . import queries
+from . import agent, queries
 from .database import Database
 from .ingest import ingest_batch
 from .schema import migrate
@@ -69,6 +69,11 @@ class SqlStore:
         """Per-hour trend (``GET /api/v1/series``)."""
         with self.db.transaction(write=False) as conn:
             return queries.series(conn, sel, path)
+
+    def agent(self, sel: Selection) -> dict[str, Any]:
+        """The release's agent metrics (``GET /api/v1/agent``)."""
+        with self.db.transaction(write=False) as conn:
+            return agent.agent(conn, sel)
 
     def diff(self, a: Selection, b: Selection) -> dict[str, Any]:
         """Release a against release b (``GET /api/v1/diff``)."""
