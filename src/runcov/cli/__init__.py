@@ -12,7 +12,7 @@ from runcov.cli._common import EXIT_USAGE, run_guarded
 
 # Each module registers one subcommand with ``add_parser(subparsers)``, which sets ``func``
 # (``func(args) -> exit code``) as the subparser's default.
-_REPORT_COMMANDS = ("report", "export", "diff", "gate", "compare_tests")
+_REPORT_COMMANDS = ("report", "export", "diff", "gate", "compare_tests", "agent")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,8 +50,10 @@ def add_collector_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_selection_options(parser: argparse.ArgumentParser, versions: bool = True) -> None:
-    """The release selection of docs/query-api.md."""
+def add_selection_options(
+    parser: argparse.ArgumentParser, versions: bool = True, window: bool = True
+) -> None:
+    """The release selection of docs/query-api.md (``window``: with ``--since``/``--until``)."""
     group = parser.add_argument_group("release selection")
     group.add_argument("--service", help="service.name")
     if versions:
@@ -62,8 +64,9 @@ def add_selection_options(parser: argparse.ArgumentParser, versions: bool = True
         group.add_argument("--role", choices=["baseline", "canary", "shadow", "game-day"],
                            help="deployment role (default: baseline if present)")
     group.add_argument("--endpoint", help='one endpoint, e.g. "GET /items/{item_id}"')
-    group.add_argument("--since", help="window start: ISO-8601 or relative (90m, 6h, 7d)")
-    group.add_argument("--until", help="window end: ISO-8601 or relative")
+    if window:
+        group.add_argument("--since", help="window start: ISO-8601 or relative (90m, 6h, 7d)")
+        group.add_argument("--until", help="window end: ISO-8601 or relative")
 
 
 def add_format_option(parser: argparse.ArgumentParser) -> None:
@@ -82,8 +85,8 @@ def selection(args: argparse.Namespace, require_service: bool = True) -> Release
         environment=args.environment,
         role=getattr(args, "role", None),
         endpoint=args.endpoint,
-        since=args.since,
-        until=args.until,
+        since=getattr(args, "since", None),
+        until=getattr(args, "until", None),
     )
 
 
