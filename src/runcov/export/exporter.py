@@ -7,7 +7,9 @@ sampler and processors never touch them: the exporter encodes them to OTLP itsel
 only appends to a bounded queue; a daemon worker does everything else — relativizing and
 redacting paths, static analysis, encoding, batching, sending — so a request never waits for
 runcov and an OTLP endpoint that is down or hangs costs requests nothing: when a queue is full
-the record is dropped and counted.
+the record is dropped and counted. Each send returns within the OTLP timeout whatever the
+receiver does, and a receiver that hangs costs one timeout per round of sends, not one per
+request of it (:meth:`CoverageExporter._send_outbox`).
 """
 
 from __future__ import annotations
@@ -419,10 +421,18 @@ class CoverageExporter:
         self._outbox_bytes += len(encoded)
 
     def _send_outbox(self) -> None:
-        """Send every span in the outbox, in requests of bounded size."""
+        """Send every span in the outbox, in requests of bounded size.
+
+        Each request may take the OTLP timeout; once one has failed and the round has spent
+        that timeout, the rest of the round fails without being sent (a receiver that hangs
+        would otherwise hold the worker one timeout per request, records and feedback
+        waiting behind it). A refusal that comes quickly does not stop the others.
+        """
         outbox, self._outbox = self._outbox, []
         self._outbox_bytes = 0
-        self._last_send = time.monotonic()
+        round_start = self._last_send = time.monotonic()
+        timeout = float(self.config.exporter_timeout)
+        given_up = False
         start = 0
         while start < len(outbox):
             end, size = start, 0
@@ -435,14 +445,16 @@ class CoverageExporter:
             chunk = outbox[start:end]
             start = end
             ok = False
-            try:
-                transport = self._transport
-                if transport is None:
-                    transport = self._transport = self._factory()
-                body = self._ensure_encoder().request(span for span, _ in chunk)
-                ok = bool(transport.send(body))
-            except Exception:
-                log.debug("runcov: span export raised", exc_info=True)
+            if not given_up:
+                try:
+                    transport = self._transport
+                    if transport is None:
+                        transport = self._transport = self._factory()
+                    body = self._ensure_encoder().request(span for span, _ in chunk)
+                    ok = bool(transport.send(body))
+                except Exception:
+                    log.debug("runcov: span export raised", exc_info=True)
+                given_up = not ok and time.monotonic() - round_start >= timeout
             if not ok:
                 self._warn_export_failed(len(chunk))
             self._exported([span_id for _, span_id in chunk], ok)

@@ -13,7 +13,10 @@ configuration variables:
 * gRPC: the ``TraceService/Export`` method with the request's bytes as they are. UNAVAILABLE,
   RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ABORTED, CANCELLED, OUT_OF_RANGE and DATA_LOSS are
   retried as above; other codes are final.
-* Each attempt and all retries together stay within the configured timeout.
+* Each attempt and all retries together stay within the configured timeout, whatever the
+  receiver does: over HTTP the exchange runs on a sender thread that the caller waits for with
+  the deadline (see :class:`HttpTransport`), and an answer is read up to
+  :data:`MAX_ANSWER_BYTES`; gRPC calls carry the deadline themselves.
 * TLS: ``OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`` / ``OTEL_EXPORTER_OTLP_CERTIFICATE`` (trusted
   roots), ``..._CLIENT_KEY`` and ``..._CLIENT_CERTIFICATE`` (mutual TLS); headers from the
   configuration, else ``OTEL_EXPORTER_OTLP_TRACES_HEADERS``.
@@ -21,18 +24,28 @@ configuration variables:
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import os
+import queue
 import random
 import threading
 import time
+import weakref
 from typing import Any, Callable, Optional, Protocol
 from urllib.parse import urlparse
 
+from runcov._fork import in_forked_child
 from runcov.config import Config, header_pairs
 
-__all__ = ["GrpcTransport", "HttpTransport", "Transport", "make_transport"]
+__all__ = [
+    "MAX_ANSWER_BYTES",
+    "GrpcTransport",
+    "HttpTransport",
+    "Transport",
+    "make_transport",
+]
 
 log = logging.getLogger("runcov.export")
 
@@ -139,13 +152,283 @@ class _Sender:
             pass
 
 
+#: Most bytes of an HTTP answer that are read (after content decoding). An OTLP answer is an
+#: ``ExportTraceServiceResponse`` (a count and a message) or a short error text: a receiver that
+#: sends more is not answering OTLP, and reading on would let it hold memory and the sender.
+MAX_ANSWER_BYTES = 256 * 1024
+_ANSWER_CHUNK = 16 * 1024
+#: HTTP senders given up on (their exchange overstayed its deadline) that may still be running,
+#: at most; while this many are, an attempt fails at once instead of starting another thread.
+MAX_ABANDONED_SENDERS = 2
+
+
+class _Answer:
+    """An HTTP answer read in full: status, ``Retry-After`` and body."""
+
+    __slots__ = ("body", "encoding", "retry_after", "status")
+
+    def __init__(
+        self, status: int, retry_after: Optional[str], body: bytes, encoding: Optional[str]
+    ) -> None:
+        self.status = status
+        self.retry_after = retry_after
+        self.body = body
+        self.encoding = encoding
+
+    def text(self, limit: int) -> str:
+        try:
+            return self.body[: 4 * limit].decode(self.encoding or "utf-8", "replace")[:limit]
+        except LookupError:  # an encoding Python does not know
+            return self.body[: 4 * limit].decode("utf-8", "replace")[:limit]
+
+
+class _Failure:
+    """An HTTP exchange that brought no answer: ``final`` when it is not worth retrying (the
+    deadline is spent, or the receiver does not speak OTLP), ``warn`` when it says so."""
+
+    __slots__ = ("final", "message", "warn")
+
+    def __init__(self, message: str, final: bool, warn: bool = False) -> None:
+        self.message = message
+        self.final = final
+        self.warn = warn
+
+
+class _Job:
+    """One HTTP exchange handed to a sender thread. ``done`` (a lock, held from the start: a
+    cheaper signal between two threads than an event) is released once, under the senders'
+    lock: when ``outcome`` is set, or when the transport is closed under the exchange (with no
+    outcome)."""
+
+    __slots__ = ("data", "deadline", "done", "headers", "outcome", "url")
+
+    def __init__(self, url: str, headers: dict[str, str], data: bytes, deadline: float) -> None:
+        self.url = url
+        self.headers = headers
+        self.data = data
+        self.deadline = deadline
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.outcome: Optional[_Answer | _Failure] = None
+
+
+class _AnswerTooLarge(Exception):
+    pass
+
+
+def _too_large(status: int) -> _Failure:
+    return _Failure(
+        f"HTTP {status} with an answer of more than {MAX_ANSWER_BYTES} bytes, which is no OTLP "
+        "answer",
+        final=True,
+        warn=True,
+    )
+
+
+def _read_redirect(response: Any, **_: Any) -> Any:
+    """A response hook: ``requests`` reads the body of a redirect in full before it follows
+    it, so it is read here first, up to MAX_ANSWER_BYTES (then there is nothing left)."""
+    if (
+        response.is_redirect
+        and len(response.raw.read(MAX_ANSWER_BYTES + 1, decode_content=False)) > MAX_ANSWER_BYTES
+    ):
+        raise _AnswerTooLarge(response.status_code)
+    return response
+
+
+def _exchange(session: Any, job: _Job) -> _Answer | _Failure:
+    """POST ``job`` with ``session`` and read the answer: an :class:`_Answer` or a
+    :class:`_Failure`, never an exception. Runs on a sender thread."""
+    import requests
+
+    remaining = job.deadline - time.monotonic()
+    if remaining <= 0:
+        return _Failure("no time left", final=True)
+    try:
+        # stream=True: the body is read below, within MAX_ANSWER_BYTES.
+        response = session.post(
+            job.url,
+            data=job.data,
+            headers=job.headers,
+            timeout=remaining,
+            stream=True,
+            hooks=_HOOKS,
+        )
+    except _AnswerTooLarge as error:
+        return _too_large(error.args[0])
+    except requests.exceptions.Timeout:
+        return _Failure("timed out", final=True)
+    except requests.exceptions.RequestException as error:
+        return _Failure(str(error), final=False)  # connection refused or reset: retried
+    except Exception as error:
+        return _Failure(repr(error), final=True)
+    try:
+        body = bytearray()
+        for chunk in response.iter_content(_ANSWER_CHUNK):
+            body += chunk
+            if len(body) > MAX_ANSWER_BYTES:
+                return _too_large(response.status_code)
+            if time.monotonic() >= job.deadline:
+                return _Failure("timed out reading the answer", final=True)
+        return _Answer(
+            response.status_code,
+            response.headers.get("Retry-After"),
+            bytes(body),
+            response.encoding,
+        )
+    except requests.exceptions.RequestException as error:  # reset, read timeout, bad framing
+        return _Failure(str(error), final=False)
+    except Exception as error:
+        return _Failure(repr(error), final=True)
+    finally:
+        # Read in full, the connection goes back to the pool for the next send; otherwise
+        # (too long, too late, broken) it is closed.
+        response.close()
+
+
+_HOOKS = {"response": [_read_redirect]}
+
+
+class _HttpSender:
+    """A daemon thread with its own ``requests`` session that makes the exchanges it is
+    handed, one at a time. Once given up on (``abandoned``) it drops the outcome of the
+    exchange it is in, closes its session and ends."""
+
+    def __init__(self, lock: threading.Lock, session: Any) -> None:
+        self._lock = lock
+        self.session = session
+        self.jobs: queue.SimpleQueue[Optional[_Job]] = queue.SimpleQueue()
+        #: The last job handed over (in flight while it has no outcome).
+        self.job: Optional[_Job] = None
+        self.abandoned = False
+        self.thread = threading.Thread(target=self._run, name="runcov-otlp-http", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                job = self.jobs.get()
+                if job is None:
+                    return
+                outcome = _exchange(self.session, job)
+                with self._lock:
+                    if self.abandoned:
+                        return
+                    job.outcome = outcome
+                    job.done.release()
+        finally:
+            try:
+                self.session.close()
+            except Exception:
+                pass
+
+
+def _new_session(verify: Any, cert: Any) -> Any:
+    import requests
+
+    session = requests.Session()
+    session.verify = verify
+    if cert is not None:
+        session.cert = cert
+    return session
+
+
+class _HttpSenders:
+    """The sender threads of one :class:`HttpTransport`: the current one, and those given up
+    on that may still be running. Holds nothing of the transport (which it outlives while a
+    sender runs), so that a transport dropped without ``close()`` is still collected."""
+
+    def __init__(self, new_session: Callable[[], Any]) -> None:
+        self._new_session = new_session
+        self._init_process_state()
+        self.closed = False
+
+    def _init_process_state(self) -> None:
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.current: Optional[_HttpSender] = None
+        self.abandoned: list[_HttpSender] = []
+
+    def after_fork_in_child(self) -> None:
+        # No sender thread exists in the child, and the parent's connections are not the
+        # child's to use (nor to close: a socket closed here stays open in the parent).
+        self._init_process_state()
+
+    def hand_over(self, job: _Job) -> Optional[_HttpSender]:
+        """Give ``job`` to the current sender (started if there is none); None when the
+        transport is closed or too many abandoned senders still run."""
+        if self.pid != os.getpid():  # forked without the hook having run
+            self._init_process_state()
+        with self.lock:
+            if self.closed:
+                return None
+            sender = self.current
+            if sender is None:
+                self.abandoned = [s for s in self.abandoned if s.thread.is_alive()]
+                if len(self.abandoned) >= MAX_ABANDONED_SENDERS:
+                    return None
+                sender = self.current = _HttpSender(self.lock, self._new_session())
+                sender.thread.start()
+            sender.job = job
+            sender.jobs.put(job)
+            return sender
+
+    def give_up(self, sender: _HttpSender, job: _Job) -> Optional[_Answer | _Failure]:
+        """The deadline passed: abandon ``sender`` unless ``job`` has just got its outcome
+        (returned then; else None)."""
+        with self.lock:
+            if job.outcome is not None:
+                return job.outcome
+            self._abandon(sender)
+            return None
+
+    def _abandon(self, sender: _HttpSender) -> None:
+        if not sender.abandoned:
+            sender.abandoned = True
+            self.abandoned.append(sender)
+        if self.current is sender:
+            self.current = None
+
+    def close(self) -> None:
+        """Stop the current sender: at once when idle, else when its exchange returns, whose
+        caller is woken now (with no outcome: a failure)."""
+        with self.lock:
+            self.closed = True
+            sender, self.current = self.current, None
+            if sender is None:
+                return
+            job = sender.job
+            if job is not None and job.outcome is None:
+                self._abandon(sender)  # so that the sender does not release it again
+                job.done.release()
+            sender.jobs.put(None)
+
+
 class HttpTransport(_Sender):
-    """OTLP/HTTP (protobuf) with ``requests``, one keep-alive session."""
+    """OTLP/HTTP (protobuf) with ``requests``, one keep-alive session per sender thread.
+
+    ``requests``' timeout bounds each socket operation (connecting, then each read), not the
+    exchange: a receiver that trickles its answer a byte at a time, or sends one without end,
+    would hold the caller (the exporter's worker, which also publishes tallies and feedback)
+    for as long as it likes. The exchange therefore runs on a sender thread, and the caller
+    waits for it with the deadline: whatever the receiver does, the caller is back by then.
+    A sender still in its exchange at the deadline is abandoned (it closes its session and
+    ends when the exchange returns, which its own timeouts, the answer's size bound and the
+    receiver decide) and the next attempt starts a fresh sender with a fresh session. At most
+    :data:`MAX_ABANDONED_SENDERS` abandoned senders run at once; beyond, attempts fail at once
+    rather than pile up threads on a receiver that holds every connection.
+
+    This uses ``requests``' public interface only, so its TLS settings, proxies from the
+    environment, keep-alive connections and content decoding stay as they are, and it costs a
+    thread handoff per attempt. Shutting the socket down at the deadline would need the
+    connection ``requests`` hides inside its pool (which differs between ``urllib3`` versions,
+    and between direct, proxied and tunnelled connections); per-read timeouts shrinking to the
+    deadline cannot reach the status line and headers, which ``http.client`` reads before
+    ``requests`` returns. One caller at a time (the export worker).
+    """
 
     def __init__(self, config: Config) -> None:
-        import requests
+        import requests  # noqa: F401  (fail here, not on the first send, when it is missing)
 
-        self._requests = requests
         self.url = config.traces_endpoint()
         self._gzip = config.exporter_compression == "gzip"
         self._headers = {
@@ -155,46 +438,69 @@ class HttpTransport(_Sender):
         }
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
-        self._session = requests.Session()
         certificate = _env("CERTIFICATE")
-        self._session.verify = certificate if certificate else True
+        verify: Any = certificate if certificate else True
         client_cert, client_key = _env("CLIENT_CERTIFICATE"), _env("CLIENT_KEY")
+        cert: Any = None
         if client_cert:
-            self._session.cert = (client_cert, client_key) if client_key else client_cert
+            cert = (client_cert, client_key) if client_key else client_cert
+        self._senders = _HttpSenders(functools.partial(_new_session, verify, cert))
         self._retry = _Retrying(config.exporter_timeout)
+        in_forked_child(self._after_fork_in_child)
+        # A transport dropped without close() still stops its idle sender thread.
+        weakref.finalize(self, self._senders.close).atexit = False
+
+    def _after_fork_in_child(self) -> None:
+        self._senders.after_fork_in_child()
 
     def send(self, body: bytes) -> bool:
         data = gzip.compress(body, GZIP_LEVEL) if self._gzip else body
 
         def attempt(remaining: float) -> tuple[bool, bool, Optional[float]]:
-            try:
-                response = self._session.post(
-                    self.url, data=data, headers=self._headers, timeout=remaining
-                )
-            except self._requests.exceptions.Timeout:
-                log.debug("runcov: span export to %s timed out", self.url)
-                return True, False, None
-            except self._requests.exceptions.RequestException as error:
-                log.debug("runcov: span export to %s failed: %s", self.url, error)
-                return False, False, None  # connection refused or reset: retried
-            status = response.status_code
+            outcome = self._exchange(data, remaining)
+            if isinstance(outcome, _Failure):
+                if outcome.warn:
+                    log.warning("runcov: span export to %s failed: %s", self.url, outcome.message)
+                else:
+                    log.debug("runcov: span export to %s failed: %s", self.url, outcome.message)
+                return outcome.final, False, None
+            status = outcome.status
             if 200 <= status < 300:
-                _log_partial_success(response.content)
+                _log_partial_success(outcome.body)
                 return True, True, None
             if status in _RETRYABLE_HTTP:
-                return False, False, _retry_after(response.headers.get("Retry-After"))
+                return False, False, _retry_after(outcome.retry_after)
             log.warning(
                 "runcov: the receiver at %s refused coverage spans: HTTP %d %s",
                 self.url,
                 status,
-                response.text[:200],
+                outcome.text(200),
             )
             return True, False, None
 
         return self._retry.run(attempt)
 
+    def _exchange(self, data: bytes, remaining: float) -> _Answer | _Failure:
+        """One POST of ``data``, its answer read, within ``remaining`` seconds."""
+        job = _Job(self.url, self._headers, data, time.monotonic() + remaining)
+        senders = self._senders
+        sender = senders.hand_over(job)
+        if sender is None:
+            if senders.closed:
+                return _Failure("the transport is closed", final=True)
+            return _Failure(
+                f"{MAX_ABANDONED_SENDERS} earlier exchanges with it still hang", final=True
+            )
+        answered = job.done.acquire(timeout=min(remaining, threading.TIMEOUT_MAX))
+        outcome = job.outcome if answered else senders.give_up(sender, job)
+        if outcome is None:
+            if senders.closed:
+                return _Failure("the transport was closed during the exchange", final=True)
+            return _Failure(f"no answer within {remaining:.3g} s", final=True)
+        return outcome
+
     def _release(self) -> None:
-        self._session.close()
+        self._senders.close()
 
 
 class GrpcTransport(_Sender):
