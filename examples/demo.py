@@ -335,6 +335,10 @@ class Demo:
         note("Every line and arc above was executed by a sampled request; the endpoint table "
              "says which routes ran how much code. Lines that run only at import time (imports, "
              "def and class lines) show as missed: no request executes them.")
+        self.runcov("agent", *common, "--version", "1.1", "--role", "canary")
+        note("runcov agent reads the agents' own metrics: requests seen, sampled and dropped "
+             "(with the reason), each endpoint's current sample rate, and what measuring cost "
+             "the service in CPU time.")
 
         banner("6/8 runcov diff (canary vs baseline) and the canary's gate on changed lines")
         self.runcov("diff", *common, "--a-version", "1.0", "--a-role", "baseline",
