@@ -61,6 +61,22 @@ def test_reports_show_covered_lines_for_both_releases(
         assert re.search(r"^shop/pricing\.py\s+\d+", section, re.M)
 
 
+def test_agent_view_agrees_with_the_traffic_the_canary_got(
+        demo: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    out = demo[0].stdout
+    section = out.split("$ runcov agent", 1)[1].split("$ runcov diff", 1)[0]
+    canary = re.search(r"^canary: (\d+) requests in", out, re.M)
+    assert canary, out
+    counts = re.search(r"^requests seen\s+(\d+)\nrequests sampled\s+(\d+)", section, re.M)
+    assert counts, section
+    seen, sampled = map(int, counts.groups())
+    # Every request of the traffic mix was seen and, at 100 % without a cap, sampled; the
+    # health check before it is seen too (not a selected endpoint).
+    assert sampled == int(canary.group(1)) and seen > sampled, section
+    assert re.search(r"^requests dropped\s+0$", section, re.M), section
+    assert re.search(r"^POST /quote\s+(\d+)\s+\1\s+0\s+100%", section, re.M), section
+
+
 def test_diff_lists_the_canarys_new_branch(
         demo: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     out, workdir = demo[0].stdout, demo[1]
