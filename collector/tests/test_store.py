@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from runcov_collector import limits
 from runcov_collector.model import (
     Batch,
     CoveragePart,
@@ -793,6 +794,31 @@ def test_agent_counters_add_up_over_processes_and_runs(store: SqlStore) -> None:
     assert store.releases("shop")["releases"][0]["requests_seen"] == 25 + 4 + 3
     store.ingest(Batch(metrics=[counter("a", seen, 9, T0 + 50, T0 + 30)]))
     assert store.releases("shop")["releases"][0]["requests_seen"] == 25 + 4 + 9
+
+
+def test_agent_counters_beyond_the_range_of_a_double_sum_do_not_fail_queries(
+    store: SqlStore,
+) -> None:
+    """Values the decoder now refuses (beyond ±2**53) but that a store may hold from before
+    (or a run of the legacy table): two of them summed used to overflow to infinity (SQLite:
+    OverflowError in round(); PostgreSQL: "value out of range"), and every query reading the
+    release's agent counters failed: releases, the agent view, /metrics, the dashboard."""
+    seen = "runcov.requests.seen"
+    store.ingest(
+        Batch(
+            metrics=[
+                counter("a", seen, 1e308, T0 + 10, T0),
+                counter("b", seen, 1e308, T0 + 10, T0),
+                counter("c", seen, 8, T0 + 10, T0),
+            ]
+        )
+    )
+    (release,) = store.releases("shop")["releases"]
+    bound = limits.MAX_METRIC_VALUE
+    assert release["requests_seen"] == 2 * bound + 8  # each value counts as the bound
+    view = store.agent(Selection("shop"))
+    assert view["requests_seen"] == 2 * bound + 8
+    assert view["processes"] == 3
 
 
 def test_agent_view_breaks_counts_down_by_reason_endpoint_and_mode(store: SqlStore) -> None:

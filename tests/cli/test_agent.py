@@ -104,3 +104,23 @@ def test_agent_refuses_an_unknown_endpoint_and_a_window(
     assert "--since" in windowed.stderr
     unknown = support.runcov("agent", "--service", "nobody", *collector.args())
     assert unknown.returncode == 2
+
+
+def test_an_endpoint_of_a_release_whose_agents_sent_no_metrics_is_not_a_usage_error(
+    collector: RunningCollector, tmp_path: Path
+) -> None:
+    """Metrics off (metrics_interval 0): the release and its endpoint are known from spans, and
+    the answer is that its agents sent no metrics, with or without --endpoint (exit 0), not an
+    "unknown endpoint" usage error listing no endpoint."""
+    (tmp_path / "app.py").write_text(textwrap.dedent(APP))
+    script = DRIVER.format(
+        root=str(tmp_path), cap=0, service=SERVICE, url=collector.url, token=INGEST, requests=2,
+    ).replace("metrics_interval=3600", "metrics_interval=0")
+    run_python("-c", script, env=environ_without(("RUNCOV_", "OTEL_")), timeout=120)
+    endpoints = support.runcov("report", "--service", SERVICE, "--format", "json",
+                               *collector.args())
+    assert "GET /items/{item_id}" in endpoints.stdout, endpoints.stderr
+    for narrowed in ([], ["--endpoint", "GET /items/{item_id}"]):
+        proc = support.runcov("agent", "--service", SERVICE, *narrowed, *collector.args())
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "the agents of metered 2.0 (test, baseline) have sent no metrics\n"

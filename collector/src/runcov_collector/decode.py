@@ -689,6 +689,12 @@ def _decode_point(
     value = float(point.as_int) if which == "as_int" else float(point.as_double)
     if not math.isfinite(value):
         raise Rejected("value", "data point value is not finite")
+    if abs(value) > limits.MAX_METRIC_VALUE:
+        # Sums over processes would overflow to infinity (PostgreSQL: an error) and take every
+        # query of the release's service down with them.
+        raise Rejected("value", f"data point value is beyond ±2**53: {value:g}")
+    if kind == "counter" and value < 0:
+        raise Rejected("value", f"monotonic sum with a negative value: {value:g}")
     attributes = {kv.key: _scalar(kv) for kv in point.attributes}
     return MetricPoint(
         release=release,

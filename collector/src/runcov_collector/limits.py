@@ -25,6 +25,10 @@ MAX_PARTS = 100_000
 """Upper bound of ``runcov.parts`` (a request split into more parts is not plausible)."""
 
 MAX_METRIC_ATTRIBUTES = 32
+MAX_METRIC_VALUE = 2**53
+"""Largest magnitude of an agent metric data point (every integer up to it is exact as a
+double): the store adds up the values of every process and run, and sums of values this size
+stay finite however many there are. No counter of requests, lines or CPU seconds gets near."""
 MAX_TIME_UNIX_NANO = 2**63 - 1
 """Latest span or data point time (unix ns) there is: the store keeps times as signed 64-bit
 integers, like OTLP's own SDKs. Later (fixed64) values are not times."""

@@ -430,6 +430,43 @@ def test_metrics_of_other_scopes_are_skipped_and_bad_points_rejected():
     assert "metric 'runcov.overhead': data point value is not finite" in result.error_message
 
 
+def _monotonic(request):
+    for metric in request.resource_metrics[0].scope_metrics[0].metrics:
+        if metric.WhichOneof("data") == "sum":
+            metric.sum.is_monotonic = True
+    return request
+
+
+def test_metric_values_beyond_2_53_and_negative_counters_are_rejected():
+    """Values the store would sum to infinity over processes (failing every query of the
+    service's agent counters), and negative values of a monotonic sum (no counter goes below
+    0), are refused per point; the bound itself and a negative non-monotonic sum are kept."""
+    big = 2.0**53  # the bound itself (limits.MAX_METRIC_VALUE) is kept
+    request = _monotonic(
+        _metrics_request(
+            [
+                ("runcov.requests.seen", "sum", 1e308, {}),
+                ("runcov.requests.sampled", "sum", 2**63 - 1, {}),
+                ("runcov.requests.dropped", "sum", -3, {}),
+                ("runcov.overhead", "sum", big, {}),
+                ("runcov.sample_rate", "gauge", -1e300, {}),
+            ]
+        )
+    )
+    result = decode.decode_metrics(request)
+    assert (result.accepted, result.rejected) == (1, 4)
+    assert [p.name for p in result.batch.metrics] == ["runcov.overhead"]
+    assert result.reasons == {"value": 4}
+    assert "metric 'runcov.requests.seen': data point value is beyond ±2**53" in (
+        result.error_message
+    )
+    updown = decode.decode_metrics(_metrics_request([("runcov.queue", "sum", -3, {})]))
+    assert (updown.accepted, updown.rejected) == (1, 0)
+    assert "negative" in decode.decode_metrics(
+        _monotonic(_metrics_request([("runcov.requests.dropped", "sum", -3, {})]))
+    ).error_message
+
+
 def test_oversized_ids_are_shown_truncated_in_the_message():
     request = trace_request([coverage_span("GET /", [file_hits("a.py", [1])])])
     span = request.resource_spans[0].scope_spans[0].spans[0]

@@ -36,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
     doc = client.get("/api/v1/agent", replace(sel, endpoint=None).params())
     if sel.endpoint is not None:
         known = [e["endpoint"] for e in doc.get("endpoints", [])]
-        if sel.endpoint not in known:
+        # Agents that sent no metrics (metrics_interval 0) named no endpoint: that is the
+        # answer (as without --endpoint), not a typo in the endpoint.
+        if sel.endpoint not in known and doc.get("processes"):
             close = difflib.get_close_matches(sel.endpoint, known, n=1)
             raise _common.UsageError(
                 f"unknown endpoint {sel.endpoint!r}: the agents of "

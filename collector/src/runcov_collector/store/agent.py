@@ -12,6 +12,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
+from .. import limits
 from ..model import Selection
 from .dialect import Conn
 from .select import iso, resolve
@@ -57,15 +58,22 @@ latest one reported for the endpoint (agents report it every ``metrics_interval`
 default; a process that stopped keeps its last value for good)."""
 
 
+# Each value counted as at most limits.MAX_METRIC_VALUE in magnitude: decode refuses larger
+# ones, but rows stored before it did may hold any double, and one sum overflowing to infinity
+# (on PostgreSQL: an error) would fail every query that reads the release's agent counters.
+_BOUND = limits.MAX_METRIC_VALUE
+_BOUNDED = f"{{least}}({{greatest}}(value, {-_BOUND}), {_BOUND})"
+
+
 def _rows(conn: Conn, release_id: int) -> list[tuple[str, str, float]]:
     """(name, attributes JSON, value summed over processes and runs) of the release's sums."""
     rows = conn.query(
-        "SELECT name, attributes, SUM(value) FROM metric_values "
+        f"SELECT name, attributes, SUM({_BOUNDED}) FROM metric_values "
         "WHERE release_id = ? AND kind <> 'gauge' GROUP BY name, attributes",
         (release_id,),
     )
     rows += conn.query(
-        "SELECT name, attributes, SUM(value) FROM metrics_legacy "
+        f"SELECT name, attributes, SUM({_BOUNDED}) FROM metrics_legacy "
         "WHERE release_id = ? GROUP BY name, attributes",
         (release_id,),
     )
