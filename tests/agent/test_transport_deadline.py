@@ -451,3 +451,29 @@ def test_a_hanging_receiver_costs_one_timeout_per_round_of_sends(
         assert counters["export_failed"] == 3 and counters["spans_failed"] == 4
     finally:
         exporter.shutdown(5)
+
+
+EXIT_SCRIPT = """
+import atexit, sys
+from runcov.config import load_config
+from runcov.export.transport import HttpTransport
+
+transport = HttpTransport(load_config(exporter_endpoint=sys.argv[1], exporter_timeout=5.0))
+
+def last_send():
+    # At exit, as the agent's final flush: CPython 3.12+ starts no thread any more.
+    print("sent" if transport.send(bytes.fromhex(sys.argv[2])) else "failed", flush=True)
+
+atexit.register(last_send)
+"""
+
+
+def test_a_send_at_interpreter_exit_is_made_on_the_callers_thread() -> None:
+    """The agent's last flush runs from an atexit handler, when CPython 3.12+ refuses to start
+    threads: the exchange is then made on the caller's thread instead of failing."""
+    from tests.fresh import run_python
+
+    with Receiver() as receiver:
+        done = run_python("-c", EXIT_SCRIPT, receiver.endpoint, BODY.hex(), timeout=60)
+        assert done.stdout.strip() == "sent", done.stdout + done.stderr
+        assert receiver.requests == 1

@@ -289,6 +289,13 @@ def _exchange(session: Any, job: _Job) -> _Answer | _Failure:
 _HOOKS = {"response": [_read_redirect]}
 
 
+class _Inline:
+    """:meth:`_HttpSenders.hand_over`'s answer when the exchange must run on the caller."""
+
+
+INLINE = _Inline()
+
+
 class _HttpSender:
     """A daemon thread with its own ``requests`` session that makes the exchanges it is
     handed, one at a time. Once given up on (``abandoned``) it drops the outcome of the
@@ -338,7 +345,7 @@ class _HttpSenders:
     sender runs), so that a transport dropped without ``close()`` is still collected."""
 
     def __init__(self, new_session: Callable[[], Any]) -> None:
-        self._new_session = new_session
+        self.new_session = new_session
         self._init_process_state()
         self.closed = False
 
@@ -353,9 +360,10 @@ class _HttpSenders:
         # child's to use (nor to close: a socket closed here stays open in the parent).
         self._init_process_state()
 
-    def hand_over(self, job: _Job) -> Optional[_HttpSender]:
+    def hand_over(self, job: _Job) -> Optional[_HttpSender | _Inline]:
         """Give ``job`` to the current sender (started if there is none); None when the
-        transport is closed or too many abandoned senders still run."""
+        transport is closed or too many abandoned senders still run; :data:`INLINE` when no
+        thread can be started (the interpreter is exiting: the exchange is the caller's)."""
         if self.pid != os.getpid():  # forked without the hook having run
             self._init_process_state()
         with self.lock:
@@ -366,8 +374,15 @@ class _HttpSenders:
                 self.abandoned = [s for s in self.abandoned if s.thread.is_alive()]
                 if len(self.abandoned) >= MAX_ABANDONED_SENDERS:
                     return None
-                sender = self.current = _HttpSender(self.lock, self._new_session())
-                sender.thread.start()
+                sender = _HttpSender(self.lock, self.new_session())
+                try:
+                    sender.thread.start()
+                except RuntimeError:
+                    # CPython 3.12+ starts no thread once the interpreter is finalizing (the
+                    # agent's flush at exit): the last export is made by the caller itself.
+                    sender.session.close()
+                    return INLINE
+                self.current = sender
             sender.job = job
             sender.jobs.put(job)
             return sender
@@ -485,6 +500,14 @@ class HttpTransport(_Sender):
         job = _Job(self.url, self._headers, data, time.monotonic() + remaining)
         senders = self._senders
         sender = senders.hand_over(job)
+        if isinstance(sender, _Inline):
+            # Only the socket operations' own timeouts bound it: at exit, with no thread to
+            # wait on, this is the last chance for what the process measured to leave.
+            session = senders.new_session()
+            try:
+                return _exchange(session, job)
+            finally:
+                session.close()
         if sender is None:
             if senders.closed:
                 return _Failure("the transport is closed", final=True)
