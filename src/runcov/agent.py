@@ -39,6 +39,10 @@ MAX_IN_FLIGHT = 4096
 #: are served and measured, but not followed (as the sampler bounds its own per-endpoint state).
 MAX_ENDPOINTS = 10_000
 
+#: The attribute of the coverage spans of a request measured only until its scope expired
+#: (``max_scope_seconds``): what they hold ran, but the request ran on after it.
+EXPIRED_ATTRIBUTE = "runcov.scope.expired"
+
 #: How long the process exit waits for measured requests to leave.
 EXIT_FLUSH_SECONDS = 5.0
 
@@ -365,6 +369,11 @@ class Agent:
 
                 self.core = get_core()
             self.core.add_roots(config.source)
+            # A sampled request still running after max_scope_seconds stops being measured
+            # (the core's expiry thread cuts it): see _scope_expired.
+            set_max_age = getattr(self.core, "set_max_scope_age", None)
+            if set_max_age is not None:
+                set_max_age(config.max_scope_seconds, self._scope_expired)
             if _highest_rate(self._matcher, config, census=False) > 0:
                 # Exact scopes will come: what the first would pay for is done now. At a rate
                 # of 0 (only a decision propagated from upstream samples), the first does it.
@@ -418,6 +427,11 @@ class Agent:
                 try:
                     self.core.set_census_owner(None)
                     self.core.disable_census()
+                except Exception:
+                    pass
+            if was_running and hasattr(self.core, "set_max_scope_age"):
+                try:  # (the core outlives the agent: capture_coverage, a later agent)
+                    self.core.set_max_scope_age(0.0, None)
                 except Exception:
                     pass
             if _active is self:
@@ -617,6 +631,11 @@ class Agent:
             self.metrics.dropped(endpoint, "tracer_busy")
             return None
         scope = core.open_scope(mode=rule.mode, trace_id=trace_id)
+        if rule.mode != "census":
+            try:
+                scope.label = endpoint  # (named so when it expires: _scope_expired)
+            except AttributeError:
+                pass
         ticket = RequestTicket(
             scope, rule, endpoint, method, route, route_known, trace_id, tracestate, decision.rate
         )
@@ -668,6 +687,18 @@ class Agent:
         if now - self._census_epoch >= CENSUS_EPOCH_SECONDS:
             self._census_epoch = now
             self.core.new_epoch()
+
+    def _scope_expired(self, scope: Any) -> None:
+        """A sampled request's scope outlived ``max_scope_seconds`` (the core's expiry thread):
+        it is counted now, and what it measured until then is exported, marked, when its
+        request ends (:meth:`_finish`). Never raises."""
+        endpoint = getattr(scope, "label", None)
+        if endpoint is None:
+            return  # not a request of this agent's (a capture_coverage block)
+        try:
+            self.metrics.scope_expired(endpoint, trace_id=getattr(scope, "trace_id", None))
+        except Exception:
+            self.internal_errors += 1
 
     def cancel(self, ticket: Optional[RequestTicket]) -> None:
         """Close a ticket's scope without emitting anything (the request was not measurable)."""
@@ -744,6 +775,8 @@ class Agent:
             data,
             ticket.start_ns,
             ticket.rule.rate,
+            # Measured until its scope expired: what it ran until then, and no more.
+            expired=getattr(ticket.scope, "expired", False) is True,
         )
 
     def finish_census(
@@ -785,8 +818,10 @@ class Agent:
         data: Any,
         start_ns: int,
         rule_rate: float,
+        expired: bool = False,
     ) -> bool:
-        """Queue a measured request's data for export; True when it was queued."""
+        """Queue a measured request's data for export; True when it was queued. ``expired``:
+        the request was measured only until its scope expired, which its spans say."""
         from runcov.export.exporter import RequestRecord
 
         # Turning the raw records into per-file sets, the metrics and the novelty bookkeeping
@@ -803,6 +838,7 @@ class Agent:
             start_ns=start_ns,
             end_ns=time.time_ns(),
             before=lambda rec: self._account(rec, rule_rate),
+            attributes={EXPIRED_ATTRIBUTE: True} if expired else None,
         )
         return bool(self.exporter.submit(record))
 

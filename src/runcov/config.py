@@ -86,6 +86,10 @@ class Config:
     enabled: bool = True
     #: Seconds between metric exports; 0 turns agent metrics off.
     metrics_interval: float = 60.0
+    #: Seconds a sampled request is measured at most (exact mode): a request still running
+    #: then (a websocket, a stuck handler, a span never ended) stops being measured, so that
+    #: the code it armed runs unarmed for everyone else again; 0 means no limit.
+    max_scope_seconds: float = 60.0
 
     def traces_endpoint(self) -> str:
         """Where coverage spans go: the URL (HTTP) or target (gRPC)."""
@@ -343,6 +347,15 @@ def load_config(environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> C
     if value is not None:
         values["metrics_interval"] = _to_float(
             option, value, 0.0, 86400.0, "not a number of seconds >= 0 (0 turns metrics off)"
+        )
+    option, value = raw("max_scope_seconds")
+    if value is not None:
+        values["max_scope_seconds"] = _to_float(
+            option,
+            value,
+            0.0,
+            sys.float_info.max,  # (not inf)
+            "not a number of seconds >= 0 (0 means no limit)",
         )
     option, value = raw("queue_size")
     if value is not None:

@@ -178,6 +178,11 @@ class _Instruments:
         self.arcs = meter.create_counter(
             "runcov.arcs.new", "{arc}", "Arcs covered for the first time in this process"
         )
+        self.expired = meter.create_counter(
+            "runcov.scopes.expired",
+            "{request}",
+            "Sampled requests no longer measured: still running at max_scope_seconds",
+        )
         self.overhead = meter.create_counter(
             "runcov.overhead", "s", "CPU time spent by the agent (request paths and export worker)"
         )
@@ -372,6 +377,19 @@ class AgentMetrics:
             self._add("lines", int(lines), attrs, trace_id, span_id)
         if arcs > 0:
             self._add("arcs", int(arcs), attrs, trace_id, span_id)
+
+    def scope_expired(
+        self,
+        endpoint: str,
+        *,
+        trace_id: Optional[int] = None,
+        span_id: Optional[int] = None,
+    ) -> None:
+        """A sampled request of ``endpoint`` was still running at the maximum scope age: it is
+        no longer measured (what it ran until then is exported when it ends)."""
+        if self.enabled:
+            attrs = {"runcov.endpoint": self._scrub(endpoint)}
+            self._add("expired", 1, attrs, trace_id, span_id)
 
     def overhead(self, seconds: float) -> None:
         """The agent spent ``seconds`` of CPU (on request paths or in its export worker)."""

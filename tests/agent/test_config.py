@@ -22,6 +22,7 @@ def test_defaults_without_environment() -> None:
     assert config.saturation is True
     assert config.role == "baseline"
     assert config.queue_size == 2048
+    assert config.max_scope_seconds == 60.0
     assert config.exporter_protocol == "http/protobuf"
     assert config.traces_endpoint() == "http://localhost:4318/v1/traces"
     assert config.metrics_endpoint() == "http://localhost:4318/v1/metrics"
@@ -93,6 +94,11 @@ def test_split_list_keeps_escaped_and_bracketed_commas() -> None:
         ({"RUNCOV_CORE": "bogus"}, "RUNCOV_CORE='bogus': not one of sysmon, settrace"),
         ({"RUNCOV_ACCEL": "perhaps"}, "RUNCOV_ACCEL='perhaps': not a boolean"),
         ({"RUNCOV_EXACT_PROBES": "2"}, "RUNCOV_EXACT_PROBES='2': not a boolean"),
+        ({"RUNCOV_MAX_SCOPE_SECONDS": "-1"}, "RUNCOV_MAX_SCOPE_SECONDS='-1': not a number of "
+                                            "seconds >= 0 (0 means no limit)"),
+        ({"RUNCOV_MAX_SCOPE_SECONDS": "nan"}, "RUNCOV_MAX_SCOPE_SECONDS='nan'"),
+        ({"RUNCOV_MAX_SCOPE_SECONDS": "inf"}, "RUNCOV_MAX_SCOPE_SECONDS='inf'"),
+        ({"RUNCOV_MAX_SCOPE_SECONDS": "a minute"}, "RUNCOV_MAX_SCOPE_SECONDS='a minute'"),
     ],
 )
 def test_bad_env_values_fail_with_a_clear_message(env: dict[str, str], message: str) -> None:
@@ -113,6 +119,16 @@ def test_bad_arguments_name_the_argument() -> None:
         load_config(environ={}, endpoints=["*", 3])
     with pytest.raises(ConfigError, match=r"sample_rate=True"):
         load_config(environ={}, sample_rate=True)
+
+
+def test_max_scope_seconds() -> None:
+    env = {"RUNCOV_MAX_SCOPE_SECONDS": "300"}
+    assert load_config(environ=env).max_scope_seconds == 300.0
+    assert load_config(environ=env, max_scope_seconds=0.5).max_scope_seconds == 0.5
+    assert load_config(environ={"RUNCOV_MAX_SCOPE_SECONDS": "0"}).max_scope_seconds == 0.0
+    for bad in (-1, float("nan"), float("inf"), "soon", True, [60]):
+        with pytest.raises(ConfigError, match=r"^max_scope_seconds=.*: not a number of seconds"):
+            load_config(environ={}, max_scope_seconds=bad)
 
 
 def test_booleans() -> None:

@@ -758,3 +758,30 @@ def test_lines_and_arcs_are_sent_as_coverage_py_reports_them(
     assert sent["path"] == "shop/stock.py"
     assert set(sent["lines"]) == lines
     assert {tuple(arc) for arc in sent["arcs"]} == arcs
+
+
+def test_a_records_own_attributes_go_on_each_of_its_coverage_spans(
+    http_sink: HTTPSink, src: Path
+) -> None:
+    """``RequestRecord.attributes`` (the agent's mark of a request measured only until its
+    scope expired) is on every coverage span of that request, its parts included, and on no
+    other request's spans."""
+    views = str(src / "shop" / "views.py")
+    big = CoverageData(lines={views: set(range(1, 120_001))}, arcs={})
+    config = make_config(http_sink, src)
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        marked = record(src, data=big, attributes={"runcov.scope.expired": True})
+        assert exporter.submit(marked)
+        assert exporter.submit(record(src, trace_id=TRACE_ID + 1))
+        assert exporter.flush(30)
+    finally:
+        exporter.shutdown(5)
+    spans = http_sink.coverage_spans()
+    by_trace: dict[int, set[Any]] = {}
+    for span in spans:
+        by_trace.setdefault(span.trace_id, set()).add(
+            span.attributes.get("runcov.scope.expired")
+        )
+    assert len([s for s in spans if s.trace_id == TRACE_ID]) >= 2
+    assert by_trace == {TRACE_ID: {True}, TRACE_ID + 1: {None}}

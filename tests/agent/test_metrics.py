@@ -22,6 +22,7 @@ EXPECTED = {
     "runcov.requests.dropped": ("sum", "{request}"),
     "runcov.lines.new": ("sum", "{line}"),
     "runcov.arcs.new": ("sum", "{arc}"),
+    "runcov.scopes.expired": ("sum", "{request}"),
     "runcov.overhead": ("sum", "s"),
     "runcov.sample_rate": ("gauge", "1"),
 }
@@ -69,6 +70,7 @@ def test_instruments_as_documented(sink: Any, tmp_path: Path) -> None:
         metrics.dropped("GET /items/{id}", "rate_cap")
         metrics.new_coverage("GET /items/{id}", 12, 30, trace_id=0xABC, span_id=0xDEF)
         metrics.new_coverage("GET /items/{id}", 0, 0)
+        metrics.scope_expired("GET /items/{id}", trace_id=0xABC)
         metrics.overhead(0.25)
         metrics.overhead(0.5)
         metrics.rate("GET /items/{id}", 0.1)
@@ -102,6 +104,9 @@ def test_instruments_as_documented(sink: Any, tmp_path: Path) -> None:
     ]
     assert [p[:2] for p in points["runcov.arcs.new"]] == [
         ({"runcov.endpoint": "GET /items/{id}"}, 30)
+    ]
+    assert [p[:2] for p in points["runcov.scopes.expired"]] == [
+        ({"runcov.endpoint": "GET /items/{id}"}, 1)
     ]
     assert [p[:2] for p in points["runcov.overhead"]] == [({}, 0.75)]
     assert [p[:2] for p in points["runcov.sample_rate"]] == [

@@ -102,6 +102,9 @@ class RequestRecord:
     #: Set by the exporter before ``before`` runs when the record's lines and arcs equal those
     #: of an earlier record of the same endpoint (so they hold nothing new for it).
     repeat: bool = False
+    #: Attributes that this request's coverage spans carry besides the usual ones (the agent's
+    #: ``runcov.scope.expired`` on a request measured only until its scope's maximum age).
+    attributes: Optional[dict[str, Any]] = None
 
 
 @dataclass
@@ -647,6 +650,7 @@ class CoverageExporter:
         start = record.start_ns or now
         end = max(record.end_ns or now, start)
         encoded_base = self._ensure_encoder().attributes(base)
+        extra = record.attributes or {}
         for i, payload in enumerate(payloads):
             span_id = _IDS.generate_span_id()
             if i == 0:
@@ -657,7 +661,7 @@ class CoverageExporter:
                 record.trace_id,
                 record.span_id,
                 encoded_base,
-                {"runcov.part": i, "runcov.payload": payload},
+                {**extra, "runcov.part": i, "runcov.payload": payload},
                 start,
                 end,
                 span_id,

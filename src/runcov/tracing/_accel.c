@@ -6,9 +6,10 @@
  * The Python callbacks that do this cost ~0.4 us per event; these (``Recorder``) do the same
  * work in ~0.15 us. They handle only two cases themselves:
  *
- *   - the current scope is an exact ScopeState: record the arc (the hot path of a sampled
- *     request);
- *   - there is no current scope and ``divert`` is 0 (no census): return None (unsampled work
+ *   - the current scope is an open exact ScopeState: record the arc (the hot path of a
+ *     sampled request);
+ *   - there is no current scope (or only a closed one: a scope that expired, or was closed
+ *     in another context) and ``divert`` is 0 (no census): return None (unsampled work
  *     running while another request keeps the code armed). While the core lingers armed, such
  *     an event also spends one unit of ``budget``; the one that spends the last unit calls
  *     ``on_spent`` (the core disarms), so lingering costs no more per event than this return.
@@ -60,7 +61,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *var;            /* the ContextVar holding the current scope */
     PyTypeObject *scope_type; /* ScopeState */
-    Py_ssize_t off_is_census, off_last, off_triples;
+    Py_ssize_t off_is_census, off_last, off_triples, off_closed;
     PyObject *line_fallback;  /* Python on_line(code, line) */
     PyObject *exit_fallback;  /* Python on_exit(code, offset, value) */
     PyObject *skip;           /* the SKIP sentinel stored for frames running before the scope */
@@ -139,12 +140,14 @@ Recorder_init(Recorder *self, PyObject *args, PyObject *kwds)
     Py_ssize_t census = slot_offset(type, "is_census");
     Py_ssize_t last = census < 0 ? -1 : slot_offset(type, "last");
     Py_ssize_t triples = last < 0 ? -1 : slot_offset(type, "triples");
-    if (triples < 0) {
+    Py_ssize_t closed = triples < 0 ? -1 : slot_offset(type, "closed");
+    if (closed < 0) {
         return -1;
     }
     self->off_is_census = census;
     self->off_last = last;
     self->off_triples = triples;
+    self->off_closed = closed;
     hold(&self->var, var);
     hold((PyObject **)&self->scope_type, scope_type);
     hold(&self->line_fallback, line_fb);
@@ -214,7 +217,9 @@ Recorder_dealloc(Recorder *self)
 /* Outcome of looking at the current scope. */
 enum { SCOPE_NONE, SCOPE_EXACT, SCOPE_OTHER };
 
-/* The current scope: SCOPE_EXACT sets *scope (new reference). */
+/* The current scope: SCOPE_EXACT sets *scope (new reference). A closed exact scope (one that
+ * expired, or was closed in another context while still bound here) is SCOPE_NONE: its work
+ * records nothing and promotes nothing, as unsampled work. */
 static int
 current_scope(Recorder *self, PyObject **scope)
 {
@@ -230,6 +235,10 @@ current_scope(Recorder *self, PyObject **scope)
     if (Py_TYPE(value) != self->scope_type || SLOT(value, self->off_is_census) != Py_False) {
         Py_DECREF(value);
         return SCOPE_OTHER;
+    }
+    if (SLOT(value, self->off_closed) != Py_False) {
+        Py_DECREF(value);
+        return SCOPE_NONE;
     }
     *scope = value;
     return SCOPE_EXACT;

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import os
-from typing import Callable, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable
 
 Arc = tuple[int, int]
 
@@ -173,6 +173,29 @@ class Core(abc.ABC):
         nothing is prepared until an exact scope opens, so a process that never samples
         carries nothing in its code."""
         return None
+
+    #: What cuts this core's exact scopes at their maximum age (``_scope.ScopeExpiry``).
+    _expiry: Any = None
+
+    def set_max_scope_age(
+        self, seconds: float, on_expired: Callable[[Scope], None] | None = None
+    ) -> bool:
+        """Cut exact scopes opened from now on once they are older than ``seconds`` (0: never):
+        such a scope stops recording and keeps nothing armed (the sysmon core's events, the
+        3.11 probes); what it recorded before stays its result, and its ``expired`` is True.
+        ``on_expired(scope)`` is called on the expiry's thread for each. False when this core
+        cannot. Never call it holding the core's lock (it may start a thread)."""
+        expiry = self._expiry
+        if expiry is None:
+            return False
+        expiry.configure(seconds, on_expired)
+        return True
+
+    @property
+    def max_scope_age(self) -> float:
+        """Seconds an exact scope may stay open (0: no limit)."""
+        expiry = self._expiry
+        return float(expiry.max_age) if expiry is not None else 0.0
 
     def _scope_roots(self, roots: Iterable[str] | None) -> tuple[str, ...]:
         """The roots a new scope reports: the given ones (added to the core's), else the core's."""

@@ -8,11 +8,14 @@ import dis
 import importlib._bootstrap_external as _bootstrap_external
 import logging
 import os
+import queue
 import sys
 import threading
+import time
 from types import CodeType
 from typing import Any, Callable, Hashable, Iterable, Iterator, Optional
 
+from runcov._fork import in_forked_child
 from runcov.config import OFF_WORDS
 from runcov.tracing._base import CENSUS, EXACT, Arc, CoverageData, Scope, normalize_root
 
@@ -144,14 +147,18 @@ class ScopeState(Scope):
 
     __slots__ = (
         "_closer",
+        "_expiry",
         "_roots",
         "_token",
         "census_lines",
         "closed",
         "counted",
+        "expired",
         "files",
         "generation",
+        "holds",
         "is_census",
+        "label",
         "last",
         "mode",
         "owner_thread",
@@ -196,6 +203,18 @@ class ScopeState(Scope):
         #: True while the scope is counted as active by its core (its events armed / its
         #: thread traced).
         self.counted = False
+        #: How many activations (the scope's own, its steps', work handed to other threads)
+        #: keep the core armed for this scope now: all of them are let go at once when the
+        #: scope expires (the sysmon core and the 3.11 probes count them).
+        self.holds = 0
+        #: True once the scope outlived its core's maximum age (:meth:`expire`): it records
+        #: nothing more, and what it recorded before is its result.
+        self.expired = False
+        #: The core's :class:`ScopeExpiry` while it may cut this scope, else None.
+        self._expiry: Optional[ScopeExpiry] = None
+        #: What the opener calls the scope (the agent: the request's endpoint), for whoever is
+        #: told of its expiry.
+        self.label: Optional[str] = None
         self.result: Optional[CoverageData] = None
 
     def bind(self) -> None:
@@ -208,8 +227,11 @@ class ScopeState(Scope):
         Unbinding the scope and telling the core (disarming, removing the tracer) are
         bookkeeping: a failure there is logged and never costs the data recorded so far.
         """
-        if self.result is not None:
+        if self.result is not None and not self.expired:
             return self.result
+        expiry, self._expiry = self._expiry, None
+        if self.expired or (expiry is not None and not expiry.untrack(self)):
+            return self._close_expired()
         self.closed = True
         if self.stepped:
             _step_gate.leave()
@@ -227,6 +249,185 @@ class ScopeState(Scope):
             log.debug("runcov: could not take a scope's records", exc_info=True)
         self.result = data
         return data
+
+    def expire(self, release: Callable[[ScopeState], None]) -> None:
+        """Stop recording: the scope outlived its core's maximum age. Called on the expiry's
+        thread, which took the scope out of its registry first (so :meth:`close` leaves the
+        records to this). What the scope recorded until now is its result; ``release`` (the
+        core's) lets go of every activation that keeps code armed for it, wherever it runs.
+        The opener's :meth:`close` still unbinds it later. Never raises."""
+        self.expired = True  # (first: close() must not take the result below for its own)
+        self.closed = True  # from here on the callbacks take its work for unsampled work
+        data = CoverageData()
+        try:
+            triples, files, census = self.triples, self.files, self.census_lines
+            self.triples, self.files, self.census_lines, self.last = set(), {}, {}, {}
+            data = records_data(triples, files, census, self._roots)
+        except Exception:
+            log.debug("runcov: could not take an expired scope's records", exc_info=True)
+        self.result = data
+        if self.stepped:
+            try:
+                _step_gate.leave()
+            except Exception:
+                log.debug("runcov: could not take an expired scope's step gate", exc_info=True)
+        try:
+            release(self)
+        except Exception:
+            log.debug("runcov: could not disarm for an expired scope", exc_info=True)
+
+    def _close_expired(self) -> CoverageData:
+        """:meth:`close` of a scope that expired: unbind it and let the core forget what the
+        closing thread holds of it; its result is what it recorded before it expired."""
+        if self.result is None:
+            # The expiry's thread is taking the records (no lock in the way): a moment.
+            deadline = time.monotonic() + 1.0
+            while self.result is None and time.monotonic() < deadline:
+                time.sleep(0.0005)
+        for step in (_unbind, self._closer):
+            try:
+                step(self)
+            except Exception:
+                log.debug("runcov: could not close an expired scope cleanly", exc_info=True)
+        return self.result if self.result is not None else CoverageData()
+
+
+class ScopeExpiry:
+    """Cuts a core's exact scopes that outlive a maximum age (:meth:`ScopeState.expire`).
+
+    A scope that never closes (a websocket's request, a span the application leaked) would
+    otherwise keep the code it promoted armed for every thread for as long as it lives. The
+    check runs on a daemon thread of its own, never on a request path: opening a tracked
+    scope stores its deadline in a dict, and closing it takes it out again (~0.1 µs each).
+    The thread sleeps until the earliest deadline while scopes are open; with none open it
+    sleeps one maximum age (a scope opened meanwhile is due no sooner than that), and after
+    a whole maximum age without any scope it waits for the next one to wake it (a queue put
+    on that scope's opening). ``max_age`` 0 tracks nothing.
+    """
+
+    def __init__(self, release: Callable[[ScopeState], None]) -> None:
+        #: Seconds an exact scope may stay open (0: no limit).
+        self.max_age = 0.0
+        #: Called with each scope that expired (on the expiry's thread), or None.
+        self.on_expired: Optional[Callable[[ScopeState], None]] = None
+        self._release = release
+        #: Open tracked scopes -> their deadline (``time.monotonic()``).
+        self._open: dict[ScopeState, float] = {}
+        self._opens = 0
+        #: True while the thread waits for the next scope without a timeout (or is not running).
+        self._deep = True
+        self._stopped = False
+        self._wakeup: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._thread: Optional[threading.Thread] = None
+        self._thread_lock = threading.Lock()
+        in_forked_child(self._after_fork_in_child)
+
+    def configure(
+        self, seconds: float, on_expired: Optional[Callable[[ScopeState], None]] = None
+    ) -> None:
+        """Set the maximum age (seconds, 0: no limit) and who is told of expiries. Starts the
+        thread; never call it holding a core's lock (a thread's start runs Python code that
+        may come to the core's callbacks)."""
+        self.max_age = max(0.0, float(seconds))
+        self.on_expired = on_expired
+        if self.max_age > 0 and not self._stopped:
+            self._ensure_thread()
+        self._wakeup.put(None)  # deadlines may come sooner now
+
+    def track(self, scope: ScopeState) -> None:
+        """Cut ``scope`` once it is older than the maximum age (an exact scope that opened)."""
+        max_age = self.max_age
+        if max_age <= 0.0 or self._stopped:
+            return
+        scope._expiry = self
+        self._open[scope] = time.monotonic() + max_age
+        self._opens += 1
+        if self._deep:
+            self._deep = False
+            self._ensure_thread()  # (started by configure(); again in a forked child)
+            self._wakeup.put(None)
+
+    def untrack(self, scope: ScopeState) -> bool:
+        """Take ``scope`` out (it closes); False when the expiry took it already."""
+        return self._open.pop(scope, None) is not None
+
+    @property
+    def open_scopes(self) -> int:
+        """Scopes tracked now (for tests)."""
+        return len(self._open)
+
+    def stop(self) -> None:
+        """Stop the thread (the core shuts down); scopes open now are no longer cut."""
+        self._stopped = True
+        self._wakeup.put(None)
+
+    def _ensure_thread(self) -> None:
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return
+        with self._thread_lock:
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                thread = threading.Thread(target=self._run, name="runcov-expiry", daemon=True)
+                self._thread = thread
+                try:
+                    thread.start()
+                except RuntimeError:  # the interpreter is exiting
+                    self._thread = None
+
+    def _sleep(self, seconds: float) -> None:
+        try:
+            self._wakeup.get(timeout=max(0.0, seconds))
+        except queue.Empty:
+            pass
+
+    def _run(self) -> None:
+        while not self._stopped:
+            now = time.monotonic()
+            for scope, deadline in list(self._open.items()):
+                if deadline <= now and self._open.pop(scope, None) is not None:
+                    self._cut(scope)
+            if self._stopped:
+                return
+            deadlines = list(self._open.values())
+            if deadlines:
+                self._sleep(min(deadlines) - time.monotonic())
+                continue
+            opens = self._opens
+            if self.max_age > 0:
+                # Nothing open: a scope opened from now on is due no sooner than this.
+                self._sleep(self.max_age)
+                if self._open or self._opens != opens:
+                    continue
+            self._deep = True  # (then look again: a scope may have opened just before)
+            if self._open or self._opens != opens:
+                self._deep = False
+                continue
+            self._wakeup.get()
+
+    def _cut(self, scope: ScopeState) -> None:
+        try:
+            scope.expire(self._release)
+        except Exception:
+            log.debug("runcov: could not expire a scope", exc_info=True)
+        callback = self.on_expired
+        if callback is not None:
+            try:
+                callback(scope)
+            except Exception:
+                log.debug("runcov: the expiry callback failed", exc_info=True)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's scopes are not this process's to cut (those of other threads never
+        # close; the forking thread's closes as its core's fork handling left it).
+        for scope in list(self._open):
+            scope._expiry = None
+        self._open = {}
+        self._opens = 0
+        self._deep = True
+        self._wakeup = queue.SimpleQueue()
+        self._thread = None
+        self._thread_lock = threading.Lock()
 
 
 def _unbind(scope: ScopeState | CensusScope) -> None:
@@ -736,6 +937,7 @@ __all__ = [
     "SKIP",
     "CensusScope",
     "Roots",
+    "ScopeExpiry",
     "ScopeState",
     "claim_census",
     "event_lines",

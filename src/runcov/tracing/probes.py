@@ -821,28 +821,54 @@ class Probes:
         """An exact scope opens: every probe records while any is open."""
         with self._lock:
             self.exact_armed += 1
-            if self.exact_armed > 1:
-                return
-            if not self.exact_used:
-                self.exact_used = True
-                if self._variants:
-                    self._uncompact()
-            self._set_units(self._heads, _ARMED_HEAD)  # type: ignore[misc]
+            if self.exact_armed == 1:
+                self._arm_all()
+
+    def arm_exact_for(self, scope: Any) -> bool:
+        """:meth:`arm_exact` for one more activation of ``scope`` (counted in its ``holds``),
+        unless the scope is closed (it expired: its work records nothing)."""
+        with self._lock:
+            if scope.closed:
+                return False
+            scope.holds += 1
+            self.exact_armed += 1
+            if self.exact_armed == 1:
+                self._arm_all()
+            return True
+
+    def _arm_all(self) -> None:
+        if not self.exact_used:
+            self.exact_used = True
+            if self._variants:
+                self._uncompact()
+        self._set_units(self._heads, _ARMED_HEAD)  # type: ignore[misc]
+
+    def disarm_exact_for(self, scope: Any, every: bool = False) -> None:
+        """:meth:`disarm_exact` for one activation of ``scope`` (``every``: for all it holds,
+        when it expires); nothing for a scope that holds none any more."""
+        with self._lock:
+            held = scope.holds if every else min(1, scope.holds)
+            if held:
+                scope.holds -= held
+                self._disarm(held)
 
     def disarm_exact(self) -> None:
         """An exact scope closes: the last one puts the jumps back (census probes that did not
         fire stay armed)."""
         with self._lock:
-            if self.exact_armed <= 0:
-                return
-            self.exact_armed -= 1
-            if self.exact_armed:
-                return
-            self._set_units(self._heads, None)  # type: ignore[misc]
-            if self.enabled:
-                for probe in self.probes.values():
-                    if probe.armed and probe.code is not None:
-                        self._set_unit(probe.code, probe.unit, _ARMED_HEAD)
+            self._disarm(1)
+
+    def _disarm(self, count: int) -> None:
+        if self.exact_armed <= 0:
+            return
+        self.exact_armed = max(0, self.exact_armed - count)
+        if self.exact_armed:
+            return
+        self._set_units(self._heads, None)  # type: ignore[misc]
+        if self.enabled:
+            for probe in self.probes.values():
+                if probe.armed and probe.code is not None:
+                    self._set_unit(probe.code, probe.unit, _ARMED_HEAD)
 
     def after_fork_in_child(self) -> None:
         """A forked child keeps the probes and their state (its own copy); only the lock, which

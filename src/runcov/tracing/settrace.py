@@ -24,6 +24,7 @@ from runcov.tracing._base import CENSUS, EXACT, GENERATOR_FLAGS, Arc, Core, Cove
 from runcov.tracing._scope import (
     CensusScope,
     Roots,
+    ScopeExpiry,
     ScopeState,
     _current,
     claim_census,
@@ -93,6 +94,8 @@ class SettraceCore(Core):
         self._shut = False
         #: A frame's C census tracer (see :meth:`_census_tracer`), with the C extension.
         self._census_lines: Optional[Callable[..., Any]] = None
+        #: Cuts exact scopes that outlive the maximum age (:meth:`set_max_scope_age`).
+        self._expiry = ScopeExpiry(self._expire_scope)
         self._global_trace = self._make_global_trace(_function_tracer)
         #: What this core installs in a thread (and what ``sys.gettrace()`` then returns).
         self._tracer: Any = self._global_trace
@@ -207,6 +210,7 @@ class SettraceCore(Core):
                 scope.counted = self._enter_thread(scope)
                 scope.stepped = in_asyncio_step(scope)
                 scope.bind()
+                self._expiry.track(scope)
                 return scope
             if not self._enter_thread(scope):
                 scope.traced = False
@@ -214,6 +218,8 @@ class SettraceCore(Core):
             scope.counted = True
             scope.stepped = in_asyncio_step(scope)
             scope.bind()
+            if mode == EXACT:
+                self._expiry.track(scope)
         except Exception:
             log.debug("runcov: could not open a scope", exc_info=True)
             scope.traced = False
@@ -238,19 +244,27 @@ class SettraceCore(Core):
         if main_changed and script:
             probes.probe_functions()
 
-    def _disarm(self, scope: ScopeState) -> None:
-        """Stop counting ``scope`` as keeping the probes armed (not one a forked child
-        inherited: the child's probes were disarmed at the fork)."""
+    def _disarm(self, scope: ScopeState, every: bool = False) -> None:
+        """Stop counting one activation of ``scope`` (``every``: all of them) as keeping the
+        probes armed (not one a forked child inherited: the child's probes were disarmed at
+        the fork)."""
         if self._probes is not None and scope.generation == self._generation:
-            self._probes.disarm_exact()
+            self._probes.disarm_exact_for(scope, every)
+
+    def _expire_scope(self, scope: ScopeState) -> None:
+        """``scope`` outlived the maximum age: with the probes, let go of every activation
+        that keeps them armed for it (its own, its steps', work handed to other threads).
+        A tracer records only in the threads that run the scope, and takes itself off at
+        their next call now that the scope is closed."""
+        if self._exact is not None:
+            self._disarm(scope, every=True)
 
     def _enter_thread(self, scope: ScopeState) -> bool:
         if self._exact is not None and not scope.is_census:
             # a step of the scope's task, or work handed to this thread: the probes record it
             if self._probes is None or scope.generation != self._generation:
                 return False
-            self._probes.arm_exact()
-            return True
+            return self._probes.arm_exact_for(scope)
         tls = self._tls
         opened = tls.open  # initialise this thread's local state before any tracer runs
         current = sys.gettrace()
@@ -420,6 +434,7 @@ class SettraceCore(Core):
     def shutdown(self) -> None:
         """Stop tracing in this thread; other threads stop at their next call event."""
         self._shut = True
+        self._expiry.stop()
         if self._probes is not None:
             self._probes.stop()
         if sys.gettrace() is self._tracer:

@@ -56,6 +56,7 @@ from runcov.tracing._scope import (
     SKIP,
     CensusScope,
     Roots,
+    ScopeExpiry,
     ScopeState,
     _current,
     claim_census,
@@ -202,6 +203,8 @@ class SysmonCore(Core):
         #: code no longer called stops being toggled.
         self._hot: set[int] = set()
         self._disarms = 0
+        #: Cuts exact scopes that outlive the maximum age (:meth:`set_max_scope_age`).
+        self._expiry = ScopeExpiry(self._expire_scope)
         self._register_callbacks()
         mon.set_events(self._tool, self._GLOBAL)
         listen_to_imports(self._code_loaded)
@@ -246,9 +249,9 @@ class SysmonCore(Core):
 
         def promote(code: CodeType) -> Any:
             # A watched code object starts or resumes: arm it for good (until the disarm) if
-            # this frame belongs to an exact scope.
+            # this frame belongs to an exact scope (not one closed: expired, say).
             scope = get_scope()
-            if scope is None or scope.is_census:
+            if scope is None or scope.is_census or scope.closed:
                 if not core._exact_armed:
                     # A watch the last disarm left on: this code runs outside any scope now.
                     return unwatch(code)
@@ -297,7 +300,7 @@ class SysmonCore(Core):
                     events = core._local_events()
                     if events == WATCH:
                         scope = get_scope()
-                        if scope is not None and not scope.is_census:
+                        if scope is not None and not scope.is_census and not scope.closed:
                             events = EXACT_LOCAL
                     if code.co_name != "<module>":
                         core._register(code, events)
@@ -319,6 +322,8 @@ class SysmonCore(Core):
 
         def on_line(code: CodeType, line: int) -> Any:
             scope = get_scope()
+            if scope is not None and scope.closed:
+                scope = None  # (an expired scope's work, or a scope closed elsewhere)
             if scope is None or scope.is_census:
                 if core._lingering:
                     core._linger_budget -= 1
@@ -359,7 +364,7 @@ class SysmonCore(Core):
 
         def on_exit(code: CodeType, offset: int, _value: object, depth: int = 1) -> Any:
             scope = get_scope()
-            if scope is None or scope.is_census:
+            if scope is None or scope.is_census or scope.closed:
                 if core._lingering:
                     core._linger_budget -= 1
                     if core._linger_budget <= 0:
@@ -716,6 +721,7 @@ class SysmonCore(Core):
             else:
                 raise ValueError(f"unknown scope mode {mode!r}")
             scope.bind()
+            self._expiry.track(scope)
         except Exception:
             log.debug("runcov: could not open a scope", exc_info=True)
             scope.traced = False
@@ -727,10 +733,13 @@ class SysmonCore(Core):
             self._deactivate(scope)
 
     def _activate(self, scope: ScopeState) -> bool:
-        """Count an exact scope as active (armed events) from now on."""
+        """Count an exact scope as active (armed events) from now on (one more of its holds)."""
         if scope.is_census or scope.generation != self._generation or self._shut:
             return False
         with self._lock:
+            if scope.closed:
+                return False  # expired meanwhile: its work is unsampled work now
+            scope.holds += 1
             self._active += 1
             if self._lingering:  # still armed: reused, no toggle
                 self._lingering = False
@@ -745,13 +754,24 @@ class SysmonCore(Core):
         return True
 
     def _deactivate(self, scope: ScopeState) -> None:
-        """Stop counting an exact scope as active; disarm (after lingering) at zero."""
+        """Stop counting an exact scope as active (one of its holds); disarm (after
+        lingering) at zero."""
+        self._let_go(scope, every=False)
+
+    def _expire_scope(self, scope: ScopeState) -> None:
+        """``scope`` outlived the maximum age: let go of all its holds at once (its own, its
+        steps', the work it handed to other threads), as if each had ended."""
+        self._let_go(scope, every=True)
+
+    def _let_go(self, scope: ScopeState, every: bool) -> None:
         if scope.generation != self._generation:
             return
         start_disarmer = False
         with self._lock:
-            if self._active > 0:
-                self._active -= 1
+            held = scope.holds if every else min(1, scope.holds)
+            scope.holds -= held
+            if held and self._active > 0:
+                self._active = max(0, self._active - held)
                 if self._active == 0 and not self._shut:
                     # A cycle costs about 2.5 toggles (measured: the re-specialization of the
                     # toggled code after a disarm costs more than the toggle itself); the
@@ -918,6 +938,7 @@ class SysmonCore(Core):
 
     def shutdown(self) -> None:
         """Disarm everything and free the tool id."""
+        self._expiry.stop()
         with self._lock:
             if self._shut:
                 return
