@@ -870,6 +870,7 @@ def test_agent_view_breaks_counts_down_by_reason_endpoint_and_mode(store: SqlSto
         "dropped_by_reason": {**reasons, "rate_cap": 6, "queue_full": 2, "census_unclaimed": 10},
         "lines_new": 80,
         "arcs_new": 90,
+        "requests_expired": 0,
         "overhead_seconds": 0.5,
         "overhead_per_sampled_request_seconds": 0.025,
         "overhead_per_seen_request_seconds": round(0.5 / 300, 9),
@@ -884,6 +885,7 @@ def test_agent_view_breaks_counts_down_by_reason_endpoint_and_mode(store: SqlSto
             "dropped_by_reason": {**reasons, "rate_cap": 6},
             "lines_new": 80,
             "arcs_new": 90,
+            "requests_expired": 0,
             "sample_rate": {
                 "rate": 0.05,
                 "time": "2025-11-25T10:02:00Z",
@@ -901,6 +903,7 @@ def test_agent_view_breaks_counts_down_by_reason_endpoint_and_mode(store: SqlSto
             "dropped_by_reason": {**reasons, "queue_full": 2},
             "lines_new": 0,
             "arcs_new": 0,
+            "requests_expired": 0,
             "sample_rate": {
                 "rate": 0.01,
                 "time": "2025-11-25T10:01:00Z",

@@ -76,6 +76,7 @@ class AgentProcess:
         self.arcs = meter.create_counter("runcov.arcs.new", "{arc}")
         self.overhead = meter.create_counter("runcov.overhead", "s")
         self.rate = meter.create_gauge("runcov.sample_rate", "1")
+        self.expired = meter.create_counter("runcov.scopes.expired", "{request}")
 
     def _seen(self, _options: CallbackOptions) -> list[Observation]:
         return [Observation(n, {"runcov.endpoint": e}) for e, n in self.seen_counts.items()]
@@ -183,6 +184,21 @@ def test_agent_metrics_of_processes_and_restarts_add_up(
     assert sample("requests_dropped", ',reason="rate_cap"') == 3
     assert sample("requests_dropped", ',reason="tracer_busy"') == 0
     assert sample("overhead_seconds") == pytest.approx(0.4)
+
+
+def test_requests_cut_at_the_maximum_scope_age_are_counted(
+    client: Any, make_agent: Callable[..., AgentProcess]
+) -> None:
+    """``runcov.scopes.expired`` (sampled requests still running at ``max_scope_seconds``)
+    shows as ``requests_expired``, per release and per endpoint."""
+    process = make_agent(client, "pod-1", "http")
+    process.requests(ITEMS, seen=10, sampled=3)
+    process.expired.add(2, {"runcov.endpoint": ITEMS})
+    process.export()
+    answer = client.query("/api/v1/agent", **RELEASE)
+    assert answer["requests_expired"] == 2
+    (items,) = answer["endpoints"]
+    assert (items["endpoint"], items["requests_expired"]) == (ITEMS, 2)
 
 
 def test_agent_view_rejects_a_window_and_unknown_releases(client: Any) -> None:

@@ -60,6 +60,11 @@ def _reasons(counts: dict[str, int]) -> str:
     return ", ".join(f"{r} {n}" for n, r in named) or "-"
 
 
+def _expired(count: int) -> str:
+    """Sampled requests measured only until their scope's maximum age (max_scope_seconds)."""
+    return f"{count} (still running at max_scope_seconds)" if count else "0"
+
+
 def _rate(value: Optional[float]) -> str:
     return "-" if value is None else f"{100 * value:.3g}%"
 
@@ -89,6 +94,7 @@ def render_agent(doc: dict[str, Any]) -> str:
         ["requests sampled", f"{doc['requests_sampled']}" + (f" ({modes})" if modes else "")],
         ["requests dropped", doc["requests_dropped"]],
         ["  by reason", _reasons(doc.get("dropped_by_reason", {}))],
+        ["sampled, cut short", _expired(doc.get("requests_expired", 0))],
         ["new lines / arcs", f"{doc.get('lines_new', 0)} / {doc.get('arcs_new', 0)}"],
         ["agent CPU time", _duration(doc.get("overhead_seconds"))],
         ["  per sampled request", _duration(doc.get("overhead_per_sampled_request_seconds"))],

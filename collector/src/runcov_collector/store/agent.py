@@ -23,6 +23,7 @@ DROPPED = "runcov.requests.dropped"
 LINES_NEW = "runcov.lines.new"
 ARCS_NEW = "runcov.arcs.new"
 OVERHEAD = "runcov.overhead"
+EXPIRED = "runcov.scopes.expired"
 SAMPLE_RATE = "runcov.sample_rate"
 
 ENDPOINT = "runcov.endpoint"
@@ -50,6 +51,7 @@ COUNTERS = {
     DROPPED: "requests_dropped",
     LINES_NEW: "lines_new",
     ARCS_NEW: "arcs_new",
+    EXPIRED: "requests_expired",
 }
 
 LIVE_NS = 15 * 60 * 10**9
