@@ -248,3 +248,32 @@ def test_a_forked_child_closes_an_inherited_scope_and_cuts_its_own(
     assert took < 0.5, took
     assert got == want
     assert recorded(parent) == want
+
+
+@pytest.mark.parametrize("seconds", [1e10, sys.float_info.max])
+def test_a_maximum_age_too_far_off_for_a_timeout_keeps_the_thread_running(
+    max_age: Callable[[float], None], seconds: float
+) -> None:
+    """``max_scope_seconds`` takes any finite number of seconds: one beyond what a lock can
+    wait for (about 9.2e9 s) must not end the expiry's thread with an OverflowError, and a
+    shorter age set later still cuts scopes."""
+    expiry: Any = get_core()._expiry
+    errors: list[Any] = []
+    hook = threading.excepthook
+    threading.excepthook = errors.append
+    try:
+        max_age(seconds)
+        with capture_coverage(source=[SAMPLE]) as cov:  # (a deadline far off is slept on)
+            far: Any = cov._scope
+            work.classify(0)
+            time.sleep(0.1)
+        time.sleep(0.1)  # (no scope open: the thread sleeps one maximum age)
+        assert not far.expired
+        assert expiry._thread is not None and expiry._thread.is_alive()
+        max_age(AGE)
+        with capture_coverage(source=[SAMPLE]) as cut:
+            scope: Any = cut._scope
+            wait_until(lambda: scope.expired, "a scope expires at the shorter age")
+    finally:
+        threading.excepthook = hook
+    assert [e.exc_type for e in errors] == []

@@ -292,6 +292,10 @@ class ScopeState(Scope):
         return self.result if self.result is not None else CoverageData()
 
 
+#: The longest the expiry's thread sleeps at once (seconds).
+_LONGEST_SLEEP = 86400.0
+
+
 class ScopeExpiry:
     """Cuts a core's exact scopes that outlive a maximum age (:meth:`ScopeState.expire`).
 
@@ -376,8 +380,11 @@ class ScopeExpiry:
                     self._thread = None
 
     def _sleep(self, seconds: float) -> None:
+        # At most a day at a time: a maximum age far off (max_scope_seconds accepts any
+        # finite number) is no timeout a lock can wait for (OverflowError), and the loop
+        # looks at the deadlines again when it wakes.
         try:
-            self._wakeup.get(timeout=max(0.0, seconds))
+            self._wakeup.get(timeout=min(max(0.0, seconds), _LONGEST_SLEEP))
         except queue.Empty:
             pass
 
