@@ -953,8 +953,8 @@ class Agent:
         with self._count_lock:
             self._tallies.append((weakref.ref(threading.current_thread()), tally))
         # The metrics pipeline (its reader reports the totals) starts with the first count of
-        # a process, as with any other metric.
-        start = getattr(self.metrics, "start", None)
+        # a process, as with any other metric, on a thread of its own (not this request's).
+        start = getattr(self.metrics, "start_soon", None)
         if start is not None:
             start()
         return tally

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 from typing import Any, Callable, Iterator, Optional
@@ -142,11 +143,16 @@ class _Instruments:
     synchronous, so they can carry exemplars.
     """
 
-    def __init__(self, config: Config, resource: Resource, seen: Callable[[], Any]) -> None:
+    def __init__(
+        self, config: Config, resource: Resource, seen: Callable[[], Any], periodic: bool = True
+    ) -> None:
         self.exporter = _ProcessBoundExporter(_make_metric_exporter(config))
+        #: False: no reader thread (none could start: the interpreter was exiting), so the
+        #: values leave only when flushed, which shutdown does.
+        self.periodic = periodic
         reader = PeriodicExportingMetricReader(
             self.exporter,
-            export_interval_millis=config.metrics_interval * 1000,
+            export_interval_millis=config.metrics_interval * 1000 if periodic else math.inf,
             export_timeout_millis=config.exporter_timeout * 1000,
         )
         self.provider = MeterProvider(
@@ -222,6 +228,8 @@ class AgentMetrics:
         self._inst: Optional[_Instruments] = None
         self._stale: list[_Instruments] = []
         self._closed = False
+        #: The process that started the pipeline in the background (:meth:`start_soon`).
+        self._starting = 0
         #: Recording errors swallowed (never raised into the application).
         self.errors = 0
         #: Per thread: the values held back by :meth:`deferred` (None outside it).
@@ -265,8 +273,15 @@ class AgentMetrics:
         if not self.enabled or self._closed:
             return None
         with self._lock:
-            if self._inst is None:
-                self._inst = _Instruments(self.config, self._resource, self._observe_seen)
+            if self._inst is None and not self._closed:
+                try:
+                    self._inst = _Instruments(self.config, self._resource, self._observe_seen)
+                except RuntimeError:
+                    # No new thread for the reader: the interpreter is exiting (CPython 3.12+
+                    # starts none then), and this is the last flush's pipeline.
+                    self._inst = _Instruments(
+                        self.config, self._resource, self._observe_seen, periodic=False
+                    )
                 stale, self._stale = self._stale, []
                 if stale:  # the parent's provider: stop its reader thread in this process
                     threading.Thread(
@@ -299,6 +314,25 @@ class AgentMetrics:
             self._instruments()
         except Exception:
             self.errors += 1
+
+    def start_soon(self) -> None:
+        """Start the metrics pipeline on a thread of its own: building it (the OTLP exporter,
+        the provider and its reader thread) takes a tenth of a second or more, which must not
+        fall on the request that happens to be a process's first. Once per process; never
+        raises."""
+        if self._inst is not None or not self.enabled or self._closed:
+            return
+        pid = os.getpid()
+        if self._starting == pid:
+            return
+        self._starting = pid
+        try:
+            # Not a daemon: a process that exits right after its first requests waits for the
+            # build (bounded: no I/O) before its exit handlers, which could start no thread of
+            # the pipeline's own any more (CPython 3.12+), flush the counts.
+            threading.Thread(target=self.start, name="runcov-metrics-start", daemon=False).start()
+        except Exception:  # no new thread (the interpreter is exiting): here, then
+            self.start()
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
@@ -417,9 +451,18 @@ class AgentMetrics:
         inst = self._inst
         return inst.exporter.failures if inst is not None else 0
 
+    def _built(self) -> Optional[_Instruments]:
+        """The pipeline, waiting for a start of :meth:`start_soon` still under way."""
+        if self._inst is None and self._starting == os.getpid() and not self._closed:
+            try:
+                self._instruments()
+            except Exception:
+                self.errors += 1
+        return self._inst
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Export the current values now; True when done within ``timeout`` seconds."""
-        inst = self._inst
+        inst = self._built()
         if inst is None:
             return True
         failures = inst.exporter.failures
@@ -428,11 +471,20 @@ class AgentMetrics:
 
     def shutdown(self, timeout: float = 10.0) -> bool:
         """Export the last values and stop; bounded by ``timeout`` seconds. Idempotent."""
-        self._closed = True
-        inst, self._inst = self._inst, None
+        self._built()
+        with self._lock:  # (a start under way sees it closed and builds nothing)
+            self._closed = True
+            inst, self._inst = self._inst, None
         if inst is None:
             return True
-        return self._bounded(lambda: inst.provider.shutdown(timeout * 1000), timeout)
+        millis = timeout * 1000
+
+        def stop() -> Any:
+            if not inst.periodic:  # (its reader has no thread to collect a last time)
+                inst.provider.force_flush(millis)
+            return inst.provider.shutdown(millis)
+
+        return self._bounded(stop, timeout)
 
     @staticmethod
     def _bounded(fn: Any, timeout: float) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -251,3 +253,36 @@ def test_bad_input_and_dead_endpoint_never_raise(tmp_path: Path) -> None:
     assert metrics.flush(10) is False
     assert metrics.export_failures >= 1
     metrics.shutdown(5)
+
+
+def test_the_pipeline_is_built_off_the_first_requests_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process's first counted request starts the metrics pipeline on a thread of its own
+    (building it takes a tenth of a second or more: not that request's time), and a stop
+    right after it still exports what was counted."""
+    from runcov import metrics as metrics_module
+    from runcov.agent import Agent
+
+    built_on: list[str] = []
+    real = metrics_module._Instruments.__init__
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> None:
+        built_on.append(threading.current_thread().name)
+        time.sleep(0.3)  # a slow build, so that the stop below overtakes it
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(metrics_module._Instruments, "__init__", recording)
+    with HTTPSink() as sink:
+        agent = Agent.start(
+            source=[str(tmp_path)], endpoints=["GET /a"], sample_rate=0.0,
+            exporter_endpoint=sink.endpoint, metrics_interval=3600, saturation=False,
+            service_name="shop",
+        )
+        try:
+            agent.seen("GET", "/a")
+        finally:
+            agent.stop(10)
+        assert built_on == ["runcov-metrics-start"]
+        seen = latest_metrics(sink)["runcov.requests.seen"]
+        assert [p.as_int for p in seen.sum.data_points] == [1]
