@@ -286,3 +286,12 @@ def test_the_pipeline_is_built_off_the_first_requests_thread(
         assert built_on == ["runcov-metrics-start"]
         seen = latest_metrics(sink)["runcov.requests.seen"]
         assert [p.as_int for p in seen.sum.data_points] == [1]
+
+
+def test_the_collector_knows_every_drop_reason_the_agent_counts() -> None:
+    """The collector lists every drop reason in its agent view (0 when none was counted):
+    its list is the agent's, so a reason added to one must be added to the other."""
+    from runcov.metrics import DROP_REASONS
+    from runcov_collector.store import agent as collector_agent
+
+    assert tuple(collector_agent.DROP_REASONS) == tuple(DROP_REASONS)

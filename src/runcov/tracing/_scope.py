@@ -240,15 +240,18 @@ class ScopeState(Scope):
                 step(self)
             except Exception:  # the host application never sees an error from runcov
                 log.debug("runcov: could not close a scope cleanly", exc_info=True)
-        data = CoverageData()
+        self.result = data = self._take_records()
+        return data
+
+    def _take_records(self) -> CoverageData:
+        """The scope's records as coverage data, leaving it none. Never raises."""
         try:
             triples, files, census = self.triples, self.files, self.census_lines
             self.triples, self.files, self.census_lines, self.last = set(), {}, {}, {}
-            data = records_data(triples, files, census, self._roots)
+            return records_data(triples, files, census, self._roots)
         except Exception:
             log.debug("runcov: could not take a scope's records", exc_info=True)
-        self.result = data
-        return data
+            return CoverageData()
 
     def expire(self, release: Callable[[ScopeState], None]) -> None:
         """Stop recording: the scope outlived its core's maximum age. Called on the expiry's
@@ -258,14 +261,7 @@ class ScopeState(Scope):
         The opener's :meth:`close` still unbinds it later. Never raises."""
         self.expired = True  # (first: close() must not take the result below for its own)
         self.closed = True  # from here on the callbacks take its work for unsampled work
-        data = CoverageData()
-        try:
-            triples, files, census = self.triples, self.files, self.census_lines
-            self.triples, self.files, self.census_lines, self.last = set(), {}, {}, {}
-            data = records_data(triples, files, census, self._roots)
-        except Exception:
-            log.debug("runcov: could not take an expired scope's records", exc_info=True)
-        self.result = data
+        self.result = self._take_records()
         if self.stepped:
             try:
                 _step_gate.leave()
