@@ -531,7 +531,7 @@ class Probes:
         self.enabled = False
         #: Code under the roots is probed (live functions, and modules as they load).
         self.probing = False
-        #: Exact scopes that keep every probe armed (see :meth:`arm_exact`); once any did,
+        #: Exact scopes that keep every probe armed (see :meth:`arm_exact_for`); once any did,
         #: census no longer compacts (exact scopes need every probe in place).
         self.exact_armed = 0
         self.exact_used = False
@@ -540,7 +540,7 @@ class Probes:
         self._listening = False
         #: key -> (kind, co_filename, line, co_firstlineno, generator-like), for ExactProbes.
         self.table: list[Any] = []
-        #: (code, unit, jump) of every probe in fully probed code: what arm_exact arms.
+        #: (code, unit, jump) of every probe in fully probed code: what arm_exact_for arms.
         self._heads: list[tuple[CodeType, int, bytes]] = []
         #: ids of modules whose namespaces :meth:`probe_namespaces` looked at.
         self._scanned: set[int] = set()
@@ -587,7 +587,7 @@ class Probes:
 
     def _settle(self, keys: range, full: bool) -> None:
         """Set the heads of new probes to what the state asks (armed for exact scopes, LINE
-        probes for census), and keep the heads of fully probed code for :meth:`arm_exact`."""
+        probes for census), and keep the heads of fully probed code for :meth:`arm_exact_for`."""
         for key in keys:
             probe = self.probes.get(key)
             if probe is None or probe.code is None:
@@ -817,16 +817,10 @@ class Probes:
             if self._set_units is not None:
                 self._set_units(self._heads, None)
 
-    def arm_exact(self) -> None:
-        """An exact scope opens: every probe records while any is open."""
-        with self._lock:
-            self.exact_armed += 1
-            if self.exact_armed == 1:
-                self._arm_all()
-
     def arm_exact_for(self, scope: Any) -> bool:
-        """:meth:`arm_exact` for one more activation of ``scope`` (counted in its ``holds``),
-        unless the scope is closed (it expired: its work records nothing)."""
+        """One more activation of the exact ``scope`` (counted in its ``holds``): every probe
+        records while any is held. Nothing for a closed scope (it expired: its work records
+        nothing)."""
         with self._lock:
             if scope.closed:
                 return False
