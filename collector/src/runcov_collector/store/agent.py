@@ -1,7 +1,8 @@
 """The agents' own metrics of a release (docs/wire-format.md, "Metrics"), as the API shows them.
 
-The store keeps the latest value of each run of each series (``metric_values``: process,
-metric name, attributes, start time of the run; ``ingest._write_metrics``) and, from before
+The store keeps one value per run of each series (``metric_values``: process, metric name,
+attributes, start time of the run; ``ingest._write_metrics``: a counter's largest, a gauge's
+latest) and, from before
 runs were kept, values not yet given a run (``metrics_legacy``). A counter's total for a release
 is the sum of every row: processes add up, and so do the runs of one process.
 """

@@ -442,7 +442,7 @@ def _settle_legacy(conn: Conn, runs: dict[RunKey, RunValue]) -> None:
 
 
 def _write_metrics(conn: Conn, batch: Batch, rid: dict[Release, int]) -> None:
-    """Keep the latest value of each run of each series (process, name, attributes).
+    """Keep one value per run of each series (process, name, attributes): see _merge_value.
 
     A cumulative sum is one run per start time: the values of two processes, and of two runs
     of one process (counters restarted under the same ``service.instance.id``), are separate
