@@ -11,12 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
+import subprocess
 import threading
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import certifi
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
@@ -55,8 +58,9 @@ class Receiver:
     * ``silent``: reads the request and never answers.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Optional[ssl.SSLContext] = None) -> None:
         self.mode = "ok"
+        self.tls = tls
         self.lock = threading.Lock()
         self.connections = 0
         self.requests = 0
@@ -68,7 +72,8 @@ class Receiver:
         self.stopping = threading.Event()
         self._server = socket.create_server(("127.0.0.1", 0))
         self._server.settimeout(0.05)
-        self.endpoint = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        scheme = "https" if tls is not None else "http"
+        self.endpoint = f"{scheme}://127.0.0.1:{self._server.getsockname()[1]}"
         self._threads: list[threading.Thread] = []
         self._accepter = threading.Thread(target=self._accept, daemon=True)
 
@@ -103,6 +108,9 @@ class Receiver:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
+            if self.tls is not None:
+                conn.settimeout(5)
+                conn = self.tls.wrap_socket(conn, server_side=True)
             with conn, conn.makefile("rb") as rfile:
                 conn.settimeout(0.05)
                 while True:
@@ -308,7 +316,80 @@ def test_after_an_abandoned_send_the_next_one_succeeds(receiver: Receiver) -> No
     assert receiver.requests == 3
 
 
-def test_abandoned_senders_are_bounded_and_end_with_their_exchange(receiver: Receiver) -> None:
+def test_an_abandoned_sender_is_cut_loose_at_once(receiver: Receiver) -> None:
+    receiver.mode = "trickle_headers"
+    before = len(sender_threads())
+    transport = HttpTransport(make_config(receiver))
+    try:
+        ok, elapsed = timed_send(transport)
+        assert ok is False and elapsed < TIMEOUT + MARGIN, elapsed
+        # Its connection was shut down: the sender ends now, not when the receiver stops
+        # trickling (TRICKLE_FOR after the request).
+        start = time.monotonic()
+        assert wait_until(lambda: len(sender_threads()) <= before, MARGIN), sender_threads()
+        assert time.monotonic() - start < TRICKLE_FOR - TIMEOUT
+    finally:
+        transport.close()
+
+
+def test_sends_succeed_once_a_trickling_receiver_answers_again(receiver: Receiver) -> None:
+    # More failed sends in a row than abandoned senders may run: each still reaches the
+    # receiver, and the first send after it recovers succeeds while the connections it
+    # trickled on would still be trickling.
+    receiver.mode = "trickle_headers"
+    transport = HttpTransport(make_config(receiver))
+    try:
+        start = time.monotonic()
+        for _ in range(BOUND + 1):
+            ok, elapsed = timed_send(transport)
+            assert ok is False and elapsed > TIMEOUT / 2, elapsed
+        assert receiver.requests == BOUND + 1
+        receiver.mode = "ok"
+        ok, elapsed = timed_send(transport)
+        assert ok is True, elapsed
+        assert time.monotonic() - start < (BOUND + 1) * (TIMEOUT + MARGIN)
+    finally:
+        transport.close()
+    assert receiver.requests == BOUND + 2
+
+
+def test_an_abandoned_tls_sender_is_cut_loose_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    command = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1"
+    command += " -addext subjectAltName=IP:127.0.0.1"
+    subprocess.run(
+        [*command.split(), "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(cert))
+    # A CA bundle named for requests in general does not replace the OTLP one.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
+    before = len(sender_threads())
+    with Receiver(tls=context) as receiver:
+        transport = HttpTransport(make_config(receiver))
+        try:
+            assert transport.send(BODY)  # the receiver's certificate is trusted
+            receiver.mode = "trickle_headers"
+            ok, elapsed = timed_send(transport)
+            assert ok is False and elapsed < TIMEOUT + MARGIN, elapsed
+            assert wait_until(lambda: len(sender_threads()) <= before, MARGIN), sender_threads()
+            receiver.mode = "ok"
+            assert transport.send(BODY)
+        finally:
+            transport.close()
+        assert receiver.requests == 3 and receiver.connections == 2
+
+
+def test_abandoned_senders_are_bounded_and_end_with_their_exchange(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Senders whose sockets cannot be shut down (a SOCKS proxy's, one still connecting).
+    monkeypatch.setattr(transport_module._HttpSender, "cut", lambda self: None)
     receiver.mode = "trickle_headers"
     before = len(sender_threads())
     transport = HttpTransport(make_config(receiver))

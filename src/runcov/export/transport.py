@@ -30,6 +30,7 @@ import logging
 import os
 import queue
 import random
+import socket
 import threading
 import time
 import weakref
@@ -245,7 +246,10 @@ def _exchange(session: Any, job: _Job) -> _Answer | _Failure:
     if remaining <= 0:
         return _Failure("no time left", final=True)
     try:
-        # stream=True: the body is read below, within MAX_ANSWER_BYTES.
+        # stream=True: the body is read below, within MAX_ANSWER_BYTES. The trusted roots and
+        # client certificate are given with the request, as the SDK's exporter does: on the
+        # session alone, REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE in the environment would replace
+        # the roots the OTLP configuration names.
         response = session.post(
             job.url,
             data=job.data,
@@ -253,6 +257,8 @@ def _exchange(session: Any, job: _Job) -> _Answer | _Failure:
             timeout=remaining,
             stream=True,
             hooks=_HOOKS,
+            verify=session.verify,
+            cert=session.cert,
         )
     except _AnswerTooLarge as error:
         return _too_large(error.args[0])
@@ -299,7 +305,7 @@ INLINE = _Inline()
 class _HttpSender:
     """A daemon thread with its own ``requests`` session that makes the exchanges it is
     handed, one at a time. Once given up on (``abandoned``) it drops the outcome of the
-    exchange it is in, closes its session and ends."""
+    exchange it is in, closes its session and ends; :meth:`cut` makes that happen at once."""
 
     def __init__(self, lock: threading.Lock, session: Any) -> None:
         self._lock = lock
@@ -308,6 +314,8 @@ class _HttpSender:
         #: The last job handed over (in flight while it has no outcome).
         self.job: Optional[_Job] = None
         self.abandoned = False
+        #: Set (under the lock) once the session is closed: its sockets are no longer cut.
+        self.finished = False
         self.thread = threading.Thread(target=self._run, name="runcov-otlp-http", daemon=True)
 
     def _run(self) -> None:
@@ -323,10 +331,94 @@ class _HttpSender:
                     job.outcome = outcome
                     job.done.release()
         finally:
-            try:
-                self.session.close()
-            except Exception:
-                pass
+            with self._lock:
+                self.finished = True
+                try:
+                    self.session.close()
+                except Exception:
+                    pass
+
+    def cut(self) -> None:
+        """Shut down the sockets of this (abandoned) sender's connections, so that the
+        exchange it is stuck in fails now rather than when the receiver lets go: its next read
+        finds the connection ended. Called with the senders' lock held, which the sender takes
+        to close its session, so no socket is shut down once closed (its descriptor could
+        belong to another socket by then). A connection still connecting has no socket yet;
+        its connect timeout bounds it."""
+        if self.finished:
+            return
+        for connection in _connections_of(self.session):
+            sock = getattr(connection, "sock", None)
+            if isinstance(sock, socket.socket):
+                try:
+                    # The plain socket's shutdown (for TLS too): the file descriptor's, without
+                    # a TLS closing exchange that would need the stuck thread's connection.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass  # closed or never connected meanwhile
+
+
+def _connections_of(session: Any) -> list[Any]:
+    adapters = getattr(session, "adapters", None) or {}
+    found: list[Any] = []
+    for adapter in adapters.values():
+        found.extend(getattr(adapter, "connections", ()))
+    return found
+
+
+def _tracking_pool(base: type, connections: weakref.WeakSet[Any]) -> type:
+    """``base`` (a ``urllib3`` connection pool class) filing each connection it makes in
+    ``connections``."""
+
+    def _new_conn(self: Any) -> Any:
+        connection = base._new_conn(self)  # type: ignore[attr-defined]
+        try:
+            connections.add(connection)
+        except TypeError:  # not weakly referenceable: left uncut
+            pass
+        return connection
+
+    return type("Tracked" + base.__name__, (base,), {"_new_conn": _new_conn})
+
+
+def _tracking_adapter() -> Any:
+    """A ``requests`` adapter as the default one, whose connections can be found (to be cut
+    when their sender is abandoned). Only the plain HTTP and HTTPS pools of ``urllib3`` are
+    tracked, direct or through an HTTP proxy; any other pool (SOCKS) is left as it is, and its
+    abandoned senders end when their exchange does."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    plain = {HTTPConnectionPool, HTTPSConnectionPool}
+
+    class TrackingAdapter(HTTPAdapter):
+        def __init__(self) -> None:
+            self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
+            self._pools: dict[type, type] = {}
+            super().__init__()
+
+        def _track(self, manager: Any) -> Any:
+            classes = getattr(manager, "pool_classes_by_scheme", None)
+            if isinstance(classes, dict):
+                tracked = dict(classes)
+                for scheme, cls in classes.items():
+                    if cls in plain:
+                        if cls not in self._pools:
+                            self._pools[cls] = _tracking_pool(cls, self.connections)
+                        tracked[scheme] = self._pools[cls]
+                manager.pool_classes_by_scheme = tracked
+            return manager
+
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self._track(self.poolmanager)
+
+        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+            known = proxy in self.proxy_manager
+            manager = super().proxy_manager_for(proxy, **kwargs)
+            return manager if known else self._track(manager)
+
+    return TrackingAdapter()
 
 
 def _new_session(verify: Any, cert: Any) -> Any:
@@ -336,6 +428,13 @@ def _new_session(verify: Any, cert: Any) -> Any:
     session.verify = verify
     if cert is not None:
         session.cert = cert
+    try:
+        adapter = _tracking_adapter()
+    except Exception:  # another requests or urllib3 than expected: connections left uncut
+        log.debug("runcov: abandoned HTTP exchanges will not be cut", exc_info=True)
+    else:
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
     return session
 
 
@@ -400,6 +499,10 @@ class _HttpSenders:
         if not sender.abandoned:
             sender.abandoned = True
             self.abandoned.append(sender)
+            try:
+                sender.cut()
+            except Exception:
+                log.debug("runcov: could not cut an abandoned HTTP exchange", exc_info=True)
         if self.current is sender:
             self.current = None
 
@@ -426,19 +529,23 @@ class HttpTransport(_Sender):
     would hold the caller (the exporter's worker, which also publishes tallies and feedback)
     for as long as it likes. The exchange therefore runs on a sender thread, and the caller
     waits for it with the deadline: whatever the receiver does, the caller is back by then.
-    A sender still in its exchange at the deadline is abandoned (it closes its session and
-    ends when the exchange returns, which its own timeouts, the answer's size bound and the
-    receiver decide) and the next attempt starts a fresh sender with a fresh session. At most
-    :data:`MAX_ABANDONED_SENDERS` abandoned senders run at once; beyond, attempts fail at once
-    rather than pile up threads on a receiver that holds every connection.
+    A sender still in its exchange at the deadline is abandoned: its connections' sockets are
+    shut down, so that the exchange fails at its next read and the sender closes its session
+    and ends, and the next attempt starts a fresh sender with a fresh session. A receiver that
+    keeps trickling on the connections it was given thus holds no sender, and the next
+    exchange, on a new connection, succeeds as soon as the receiver answers again. Where a
+    socket cannot be reached (a connection still connecting, a SOCKS proxy's), the sender ends
+    when its exchange does, which its own timeouts, the answer's size bound and the receiver
+    decide; at most :data:`MAX_ABANDONED_SENDERS` abandoned senders run at once, and beyond,
+    attempts fail at once rather than pile up threads on a receiver that holds every
+    connection.
 
-    This uses ``requests``' public interface only, so its TLS settings, proxies from the
+    This uses ``requests``' session as it is, so its TLS settings, proxies from the
     environment, keep-alive connections and content decoding stay as they are, and it costs a
-    thread handoff per attempt. Shutting the socket down at the deadline would need the
-    connection ``requests`` hides inside its pool (which differs between ``urllib3`` versions,
-    and between direct, proxied and tunnelled connections); per-read timeouts shrinking to the
-    deadline cannot reach the status line and headers, which ``http.client`` reads before
-    ``requests`` returns. One caller at a time (the export worker).
+    thread handoff per attempt; its adapter only files the connections its ``urllib3`` pools
+    make (:func:`_tracking_adapter`). Per-read timeouts shrinking to the deadline cannot reach
+    the status line and headers, which ``http.client`` reads before ``requests`` returns. One
+    caller at a time (the export worker).
     """
 
     def __init__(self, config: Config) -> None:
