@@ -277,3 +277,30 @@ def test_a_maximum_age_too_far_off_for_a_timeout_keeps_the_thread_running(
     finally:
         threading.excepthook = hook
     assert [e.exc_type for e in errors] == []
+
+
+def test_a_close_during_the_expiry_gets_what_was_recorded_before_it(
+    max_age: Callable[[float], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The opener closes its scope while the expiry's thread is still taking its records:
+    the close waits for them and returns them."""
+    from runcov.tracing._scope import ScopeState
+
+    taking = threading.Event()
+    take = ScopeState._take_records
+
+    def slow_on_the_expiry_thread(self: Any) -> Any:
+        if threading.current_thread().name == "runcov-expiry":
+            taking.set()
+            time.sleep(0.3)
+        return take(self)
+
+    monkeypatch.setattr(ScopeState, "_take_records", slow_on_the_expiry_thread)
+    max_age(AGE)
+    before = alone(lambda: work.classify(0))
+    with capture_coverage(source=[SAMPLE]) as cov:
+        work.classify(0)
+        scope: Any = cov._scope
+        assert taking.wait(WAIT)
+        assert scope.expired and scope.result is None
+    assert recorded(cov) == before

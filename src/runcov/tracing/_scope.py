@@ -261,7 +261,10 @@ class ScopeState(Scope):
         The opener's :meth:`close` still unbinds it later. Never raises."""
         self.expired = True  # (first: close() must not take the result below for its own)
         self.closed = True  # from here on the callbacks take its work for unsampled work
-        self.result = self._take_records()
+        result = self._take_records()
+        with _expired_results:
+            self.result = result
+            _expired_results.notify_all()
         if self.stepped:
             try:
                 _step_gate.leave()
@@ -276,16 +279,29 @@ class ScopeState(Scope):
         """:meth:`close` of a scope that expired: unbind it and let the core forget what the
         closing thread holds of it; its result is what it recorded before it expired."""
         if self.result is None:
-            # The expiry's thread is taking the records (no lock in the way): a moment.
-            deadline = time.monotonic() + 1.0
-            while self.result is None and time.monotonic() < deadline:
-                time.sleep(0.0005)
+            # The expiry's thread is taking the records: a moment (bounded all the same).
+            with _expired_results:
+                _expired_results.wait_for(lambda: self.result is not None, timeout=1.0)
         for step in (_unbind, self._closer):
             try:
                 step(self)
             except Exception:
                 log.debug("runcov: could not close an expired scope cleanly", exc_info=True)
         return self.result if self.result is not None else CoverageData()
+
+
+#: Announces the results of expired scopes to their openers closing them meanwhile (rare:
+#: a close racing its scope's expiry), for all scopes at once.
+_expired_results = threading.Condition(threading.Lock())
+
+
+def _new_expired_results() -> None:
+    global _expired_results
+    _expired_results = threading.Condition(threading.Lock())
+
+
+if hasattr(os, "register_at_fork"):  # (a thread could hold it at fork())
+    os.register_at_fork(after_in_child=_new_expired_results)
 
 
 #: The longest the expiry's thread sleeps at once (seconds).
