@@ -111,11 +111,29 @@ def serve(port: int, rate: float, app_name: str = "flask") -> int:
         agent.exporter.submit = (lambda record: True) if name == "no-export" else submit
         agent._span_threshold = (1 << 56) if name == "zero" else threshold
 
+    import gc
+
+    collected = [0, 0, 0]
+    gc_seconds = [0.0, 0.0, 0.0]
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            collected[info["generation"]] += 1
+            gc_seconds[info["generation"]] += time.perf_counter() - gc_started[0]
+
+    gc.callbacks.append(on_gc)
+
     def control() -> None:
         for line in sys.stdin:
             command = line.strip()
             if command in SWITCHES:
                 switch(command)
+            elif command == "gc":  # diagnostics: collections and their seconds, by generation
+                print("ok " + ",".join(map(str, collected + gc_seconds)), flush=True)
+                continue
             elif command == "threads":  # diagnostics: which OS thread is which
                 names = {t.native_id: t.name for t in threading.enumerate()}
                 print("ok " + ",".join(f"{k}={v}" for k, v in names.items()), flush=True)
@@ -174,6 +192,16 @@ class Server:
             raise RuntimeError(f"the server answered {answer!r} to {name!r}")
         return float(answer[1])
 
+    def gc(self) -> list[float]:
+        """The server's cyclic collections so far by generation, then their seconds."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("gc\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().split()
+        if len(answer) != 2 or answer[0] != "ok":
+            raise RuntimeError(f"the server answered {answer!r} to 'gc'")
+        return [float(x) for x in answer[1].split(",")]
+
     def close(self) -> None:
         stop(self.proc)  # type: ignore[arg-type]
 
@@ -186,10 +214,17 @@ def block(server: Server, config: str, settle: float, duration: float,
     server.command("none" if config == "none-again" else config)
     # Settling load: code re-instrumented by the switch re-specializes, caches refill.
     loadgen.run("127.0.0.1", server.port, threads, 0.0, settle)
+    gc0 = server.gc()
     cpu0 = server.command("cpu")
     result = loadgen.run("127.0.0.1", server.port, threads, 0.0, duration)
     cpu1 = server.command("cpu")
-    result["cpu_us"] = (cpu1 - cpu0) / max(1, result["all_requests"]) * 1e6
+    gc1 = server.gc()
+    requests = max(1, result["all_requests"])
+    result["cpu_us"] = (cpu1 - cpu0) / requests * 1e6
+    # The cyclic collector's share: full collections per 1,000 requests, and all its time.
+    result["gc2_per_1k"] = (gc1[2] - gc0[2]) / requests * 1000
+    result["gc_us"] = sum(gc1[3:]) - sum(gc0[3:])
+    result["gc_us"] = result["gc_us"] / requests * 1e6
     return result
 
 
@@ -253,6 +288,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"round {rnd + 1}/{args.rounds} {config:<10} "
                       f"{result['throughput']:7.0f} req/s  cpu {result['cpu_us']:5.0f} µs/req  "
                       f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
+                      f"gc {result['gc_us']:5.1f} µs/req ({result['gc2_per_1k']:.2f} full/1k)  "
                       f"errors {result['errors']}", file=sys.stderr, flush=True)
     finally:
         if server is not None:
@@ -305,6 +341,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"p99 {interval('agent', 'p99_ms')}, CPU {interval('agent', 'cpu_us')}; "
           f"none-again throughput {interval('none-again', 'throughput', True)}, "
           f"p99 {interval('none-again', 'p99_ms')}, CPU {interval('none-again', 'cpu_us')}")
+    print("cyclic collector, medians over blocks: "
+          + "; ".join(f"{config} {statistics.median(x['gc_us'] for x in results):.1f} µs/req, "
+                      f"{statistics.median(x['gc2_per_1k'] for x in results):.2f} full "
+                      "collections per 1,000 requests" for config, results in runs.items()))
     if processes > 1:
         costs = []
         for process in range(processes):
