@@ -19,9 +19,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from runcov._critical import critical, watch
     from runcov.agent import Agent
     from runcov.config import Config
-    from runcov.critical import critical, watch
     from runcov.errors import ConfigError, RuncovError
 
 # Imported on first use, so that ``import runcov`` (e.g. by the CLI's report commands, or a
@@ -31,8 +31,8 @@ _LAZY = {
     "Config": "runcov.config",
     "ConfigError": "runcov.errors",
     "RuncovError": "runcov.errors",
-    "critical": "runcov.critical",
-    "watch": "runcov.critical",
+    "critical": "runcov._critical",
+    "watch": "runcov._critical",
 }
 
 

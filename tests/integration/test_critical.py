@@ -107,3 +107,22 @@ def test_watch_rejects_a_target_without_a_function() -> None:
 def test_critical_functions_run_untouched_without_an_agent() -> None:
     assert runcov.critical(jobs.settle)([1]) == 12
     assert asyncio.run(runcov.critical(jobs.restock)(2)) == 98
+
+
+def test_critical_is_the_decorator_whichever_name_is_used_first() -> None:
+    """``runcov.watch`` first (as a service does before its imports), then
+    ``@runcov.critical``: each name is its function in a fresh interpreter."""
+    import subprocess
+
+    script = (
+        "import runcov\n"
+        "runcov.watch\n"
+        "assert callable(runcov.critical), runcov.critical\n"
+        "assert runcov.critical.__name__ == 'critical'\n"
+        "import runcov.agent\n"
+        "assert runcov.critical.__name__ == 'critical' and runcov.watch.__name__ == 'watch'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
