@@ -16,6 +16,7 @@ Standard variables honoured: ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -321,6 +322,21 @@ def load_config(environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> C
             raise ConfigError(
                 f"{option} not given and the working directory, the default root, is {real!r}: "
                 + why
+            )
+    if "source" in values:
+        missing = [root for root in values["source"] if not os.path.exists(root)]
+        if len(missing) == len(values["source"]):
+            raise _bad(
+                option,
+                values["source"],
+                "no such file or directory (relative roots are taken from the working directory, "
+                f"{os.getcwd()!r}): nothing could be measured",
+            )
+        if missing:
+            logging.getLogger("runcov").warning(
+                "runcov: %s: no such file or directory: %s; measuring the other source roots",
+                option,
+                ", ".join(repr(root) for root in missing),
             )
     for selector in values.get("endpoints", []):
         parse_selector(selector, option=raw("endpoints")[0])

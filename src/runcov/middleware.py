@@ -5,7 +5,8 @@ from an incoming W3C ``traceparent`` header (so the coverage joins the caller's 
 starting a fresh one. The endpoint is the method plus a route *template* from a resolver: the
 ASGI middleware reads the one Starlette/FastAPI routing leaves in the scope; otherwise pass
 ``route=callable``. The raw URL path is used only with ``raw_path=True``, because paths carry
-ids and sometimes secrets and make endpoint names unbounded.
+ids and sometimes secrets and make endpoint names unbounded. An ASGI websocket connection is
+one request, named ``WEBSOCKET <route>`` as the span processor names it.
 
 :func:`install_framework_hooks` (used by ``runcov run`` when the application has no
 OpenTelemetry SDK) measures Flask, Django and Starlette/FastAPI applications with their own
@@ -23,6 +24,7 @@ from typing import Any, Awaitable, Callable, Generic, Iterable, Iterator, Option
 import wrapt
 
 from runcov.agent import Agent, current_agent, random_span_id, random_trace_id, status_class
+from runcov.selectors import WEBSOCKET
 
 log = logging.getLogger("runcov")
 
@@ -259,11 +261,14 @@ class RuncovWSGIMiddleware(_Middleware[WSGIApp]):
 
 
 class RuncovASGIMiddleware(_Middleware[ASGIApp]):
-    """Measures an ASGI application's HTTP requests.
+    """Measures an ASGI application's HTTP requests and websocket connections.
 
     The route template is ``route(scope)`` when given, else the one Starlette/FastAPI routing
     stores in the scope (``scope["route"].path_format``), read when the request ends; with
     ``raw_path=True`` the raw path is used instead. ``agent`` defaults to the running one.
+    A websocket connection is measured from its handshake until the application returns, under
+    the method ``WEBSOCKET``; its status class is that of a denial response, else ``2xx`` once
+    it has sent a message (as OpenTelemetry's ASGI instrumentation records it).
     """
 
     def _resolve(self, scope: dict[str, Any]) -> Optional[str]:
@@ -282,12 +287,13 @@ class RuncovASGIMiddleware(_Middleware[ASGIApp]):
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Run the application, measuring the request when it is selected and sampled."""
-        agent = _agent(self._agent) if scope.get("type") == "http" else None
+        kind = scope.get("type")
+        agent = _agent(self._agent) if kind == "http" or kind == "websocket" else None
         if agent is None:
             await self.app(scope, receive, send)
             return
         headers = _asgi_headers(scope)
-        method = known_method(scope.get("method"))
+        method = WEBSOCKET if kind == "websocket" else known_method(scope.get("method"))
         route = self._resolve(scope)
         trace = _trace_of(headers.get("traceparent"))
         tracestate = headers.get("tracestate")
@@ -301,8 +307,11 @@ class RuncovASGIMiddleware(_Middleware[ASGIApp]):
         m = _Measurement(agent, method, route, trace, tracestate, route_late=True)
 
         async def record_status(message: dict[str, Any]) -> None:
-            if message.get("type") == "http.response.start":
+            event = message.get("type")
+            if event == "http.response.start" or event == "websocket.http.response.start":
                 m.status = status_class(message.get("status"))
+            elif event == "websocket.send" and m.status is None:
+                m.status = "2xx"
             await send(message)
 
         failed = True

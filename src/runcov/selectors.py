@@ -7,6 +7,7 @@ A selector is ``[METHOD] ROUTE`` optionally followed by ``@RATE`` and/or ``#MODE
     "GET /items/*"            any GET route starting with /items/
     "GET /health#census"      GET /health in census mode
     "* /admin/*@1#exact"      any method under /admin/, every request, exact mode
+    "WEBSOCKET /ws/*"         websocket connections to any route starting with /ws/
     "job billing.*"           functions marked ``@runcov.critical`` whose name starts with billing.
 
 ``*`` in a route matches any run of characters, ``/`` included. The method is compared
@@ -23,13 +24,26 @@ from typing import Iterable, Optional
 
 from runcov.errors import ConfigError
 
-__all__ = ["MODES", "EndpointMatcher", "Rule", "Selector", "endpoint_name", "parse_selector"]
+__all__ = [
+    "MODES",
+    "WEBSOCKET",
+    "EndpointMatcher",
+    "Rule",
+    "Selector",
+    "endpoint_name",
+    "parse_selector",
+]
 
 #: The recording modes a selector may ask for.
 MODES = ("exact", "census")
 
 #: Endpoint kinds that are not HTTP methods keep their lower-case spelling in endpoint names.
 _KINDS = ("job", "consumer")
+
+#: The method that names a websocket connection's endpoint (``"WEBSOCKET /ws/{room}"``): its
+#: handshake is a GET, but the connection is measured as a request of its own, so that selectors
+#: tell it from the HTTP requests of the same routes.
+WEBSOCKET = "WEBSOCKET"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+from pathlib import Path
 
 import pytest
 
@@ -36,24 +39,36 @@ def test_argument_beats_env_beats_default() -> None:
     assert load_config(environ=env, mode="exact").mode == "exact"
 
 
-def test_env_lists_are_comma_separated() -> None:
+def test_env_lists_are_comma_separated(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "lib").mkdir()
     env = {
-        "RUNCOV_SOURCE": "/srv/app, /srv/lib",
+        "RUNCOV_SOURCE": f"{tmp_path}/app, {tmp_path}/lib",
         "RUNCOV_ENDPOINTS": "POST /checkout@0.5,GET /health#census",
         "RUNCOV_EXCLUDE": "*/migrations/*,settings.py",
         "RUNCOV_REDACT": r"tok_[a-z]{2,8},\d{3}-\d{2}",
     }
     config = load_config(environ=env)
-    assert config.source == ["/srv/app", "/srv/lib"]
+    assert config.source == [f"{tmp_path}/app", f"{tmp_path}/lib"]
     assert config.endpoints == ["POST /checkout@0.5", "GET /health#census"]
     assert config.exclude == ["*/migrations/*", "settings.py"]
     # Commas inside a regex quantifier do not split the list.
     assert config.redact == [r"tok_[a-z]{2,8}", r"\d{3}-\d{2}"]
 
 
-def test_string_argument_is_one_item() -> None:
-    config = load_config(environ={}, source="/srv/app", endpoints="GET /a,b")
-    assert config.source == ["/srv/app"]
+def test_websocket_selectors_are_valid() -> None:
+    env = {"RUNCOV_ENDPOINTS": "WEBSOCKET /ws/*@0.5,websocket#census,/ws/*"}
+    assert load_config(environ=env).endpoints == [
+        "WEBSOCKET /ws/*@0.5", "websocket#census", "/ws/*",
+    ]
+    assert load_config(environ={}, endpoints=["WEBSOCKET /ws/{room}"]).endpoints == [
+        "WEBSOCKET /ws/{room}"
+    ]
+
+
+def test_string_argument_is_one_item(tmp_path: Path) -> None:
+    config = load_config(environ={}, source=str(tmp_path), endpoints="GET /a,b")
+    assert config.source == [str(tmp_path)]
     assert config.endpoints == ["GET /a,b"]
 
 
@@ -247,7 +262,9 @@ def test_compression() -> None:
         load_config(environ={"RUNCOV_EXPORTER_COMPRESSION": "zstd"})
 
 
-def test_the_filesystem_root_is_no_source_root(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_filesystem_root_is_no_source_root(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """``/`` as a root would measure every file of the machine and report its path (home
     directories included); a service started from ``/`` without a root (the default is the
     working directory) is told to name one."""
@@ -258,7 +275,31 @@ def test_the_filesystem_root_is_no_source_root(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.chdir("/")
     with pytest.raises(ConfigError, match=r"^RUNCOV_SOURCE not given .* is '/': the filesystem"):
         load_config(environ={})
-    assert load_config(environ={"RUNCOV_SOURCE": "/srv/app"}).source == ["/srv/app"]
+    assert load_config(environ={"RUNCOV_SOURCE": str(tmp_path)}).source == [str(tmp_path)]
+
+
+def test_source_roots_that_do_not_exist(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A typo in the only root would measure nothing, silently: refused at start. A missing
+    root among others (one configuration for several services) is logged and left out of
+    the others are measured."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "job.py").write_text("print(1)\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"^RUNCOV_SOURCE=\['shpo'\]: no such file or directory .*"
+        + re.escape(repr(str(tmp_path))),
+    ):
+        load_config(environ={"RUNCOV_SOURCE": "shpo"})
+    with pytest.raises(ConfigError, match=r"^source=\['/no/such', 'jbo.py'\]: no such file"):
+        load_config(environ={}, source=["/no/such", "jbo.py"])
+    assert load_config(environ={}, source=["job.py"]).source == ["job.py"]  # a file is a root
+    with caplog.at_level(logging.WARNING, logger="runcov"):
+        config = load_config(environ={"RUNCOV_SOURCE": "shop,/no/such/lib"})
+    assert config.source == ["shop", "/no/such/lib"]
+    assert "RUNCOV_SOURCE: no such file or directory: '/no/such/lib'" in caplog.text
 
 
 def test_the_sysmon_core_is_refused_where_there_is_no_sys_monitoring() -> None:

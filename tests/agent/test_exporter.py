@@ -269,6 +269,21 @@ def test_job_endpoints_carry_no_http_attributes(http_sink: HTTPSink, src: Path) 
     assert "http.route" not in cov.attributes
 
 
+def test_websocket_endpoints_carry_their_route_and_no_http_method(
+    http_sink: HTTPSink, src: Path
+) -> None:
+    config = make_config(http_sink, src)
+    _, flushed = export_once(
+        config,
+        record(src, endpoint="WEBSOCKET /ws/{room}", method="WEBSOCKET", route="/ws/{room}"),
+    )
+    assert flushed
+    [cov] = http_sink.coverage_spans()
+    assert cov.attributes["runcov.endpoint"] == "WEBSOCKET /ws/{room}"
+    assert cov.attributes["http.route"] == "/ws/{room}"
+    assert "http.request.method" not in cov.attributes
+
+
 def test_large_coverage_is_split_into_parts(sink: Any, src: Path) -> None:
     # Coverage of one file larger than a payload (line numbers are not checked against the
     # file's statements by the exporter, so a small file stands in for a huge one).

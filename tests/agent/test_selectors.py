@@ -81,11 +81,35 @@ def test_job_and_consumer_endpoints() -> None:
     assert matcher.match("GET", "/billing.x") is None
 
 
+def test_websocket_endpoints() -> None:
+    """A websocket connection is the request ``WEBSOCKET <route>``: selectors naming that
+    method (in any case) or no method select it; those of an HTTP method do not."""
+    sel = parse_selector("websocket /ws/*@0.5")
+    assert (sel.method, sel.route, sel.rate) == ("WEBSOCKET", "/ws/*", 0.5)
+    assert sel.text == "WEBSOCKET /ws/*"
+    room = ("WEBSOCKET", "/ws/{room}")
+    rule = Rule("WEBSOCKET /ws/*", 1.0, "exact")
+    assert EndpointMatcher(["WEBSOCKET /ws/*@1"]).match(*room) == rule
+    assert EndpointMatcher(["WEBSOCKET /ws/*"]).match(None, "WEBSOCKET /ws/{room}") is not None
+    for selector in ("/ws/*", "* /ws/*", "WEBSOCKET", "*"):
+        assert EndpointMatcher([selector]).match(*room) is not None, selector
+    for selector in ("GET /ws/*", "GET", "WEBSOCKET /api/*"):
+        assert EndpointMatcher([selector]).match(*room) is None, selector
+    assert EndpointMatcher(["WEBSOCKET /ws/*"]).match("GET", "/ws/{room}") is None
+    # A websocket whose route is not known (yet): decided on the method.
+    matcher = EndpointMatcher(["WEBSOCKET /ws/*@0.3", "GET /items/*@0.9"])
+    assert matcher.may_match("WEBSOCKET")
+    assert matcher.max_rate("WEBSOCKET") == 0.3
+    assert EndpointMatcher(["WEBSOCKET"]).match("WEBSOCKET", None) is not None
+
+
 def test_endpoint_names() -> None:
     assert endpoint_name("get", "/items/{item_id}") == "GET /items/{item_id}"
     assert endpoint_name("job", "billing.run") == "job billing.run"
     assert endpoint_name("CONSUMER", "orders process") == "consumer orders process"
     assert endpoint_name("GET", None) == "GET"
+    assert endpoint_name("WEBSOCKET", "/ws/{room}") == "WEBSOCKET /ws/{room}"
+    assert endpoint_name("WEBSOCKET", None) == "WEBSOCKET"
     assert endpoint_name(None, "/x") == "/x"
 
 

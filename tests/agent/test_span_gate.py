@@ -87,6 +87,25 @@ CASES = [
         {"http.request.method": "GET", "http.route": "/items/{id}"},
         state=(("vendor", "x"),),
     ),
+    # Websocket spans (no method): OpenTelemetry's ASGI instrumentation's, FastAPI's own (the
+    # route set after the start), one sampled.
+    Case("websocket", SpanKind.SERVER, {"url.scheme": "ws", "http.route": "/ws/{room}"},
+         python_end=True),
+    Case(
+        "websocket late route",
+        SpanKind.SERVER,
+        {"url.scheme": "ws", "network.protocol.name": "websocket"},
+        later={"http.route": "/ws/{room}"},
+        python_end=True,
+    ),
+    Case(
+        "websocket sampled",
+        SpanKind.SERVER,
+        {"http.scheme": "wss", "http.route": "/ws/{room}"},
+        trace_id=HIGH,
+        python_start=True,
+        python_end=True,
+    ),
 ]
 
 
@@ -115,7 +134,7 @@ def python_calls(monkeypatch: pytest.MonkeyPatch) -> dict[int, list[tuple[str, s
 def agent(tmp_path: object) -> Iterator[Agent]:
     started = runcov.start(
         source=[str(tmp_path)],
-        endpoints=["GET /items/*", "POST /cart", "consumer *"],
+        endpoints=["GET /items/*", "POST /cart", "consumer *", "WEBSOCKET /ws/*"],
         sample_rate=0.01,
         saturation=False,
         max_per_second=0,
@@ -220,10 +239,12 @@ def test_gate_decides_and_counts_as_the_python_methods_do(
     assert seen_gated == seen_python
     assert seen_python[("GET", "/items/{id}")] == 6
     assert seen_python[("GET", None)] == 1
+    assert seen_python[("WEBSOCKET", "/ws/{room}")] == 3
     first, second = calls[: calls.index("--")], calls[calls.index("--") + 1 : -1]
     assert second == first
-    assert [c[4] for c in first if c[0] == "begin"] == [True, True]  # sampled, propagated
-    assert len([c for c in first if c[0] == "finish"]) == 2
+    # sampled, propagated, websocket sampled
+    assert [c[4] for c in first if c[0] == "begin"] == [True, True, True]
+    assert len([c for c in first if c[0] == "finish"]) == 3
     # The gate called the Python methods for exactly the cases it leaves to them.
     assert [c for c in python_calls[id(python)] if c[0] == "start"] == [
         ("start", case.name) for case in CASES
@@ -250,5 +271,9 @@ def test_a_stopped_agent_is_decided_in_c_as_in_python(
     if _gate_on():
         # Nothing reached Python but the ends of spans that are not plain HTTP requests.
         assert python_calls[id(gated)] == [
-            ("end", name) for name in ("django", "consumer", "grpc", "int method", "empty method")
+            ("end", name)
+            for name in (
+                "django", "consumer", "grpc", "int method", "empty method", "websocket",
+                "websocket late route", "websocket sampled",
+            )
         ]

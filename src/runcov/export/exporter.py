@@ -35,6 +35,7 @@ from runcov.export.spans import SpanEncoder
 from runcov.export.transport import Transport, make_transport
 from runcov.redaction import Redactor
 from runcov.resource import with_new_instance
+from runcov.selectors import WEBSOCKET
 from runcov.static import StaticAnalyzer, present
 from runcov.tracing._base import CoverageData
 
@@ -644,7 +645,8 @@ class CoverageExporter:
         }
         method = record.method
         if method and method.lower() not in _NON_HTTP_KINDS:
-            base["http.request.method"] = scrub(method.upper())
+            if method.upper() != WEBSOCKET:  # (a websocket's endpoint method is no HTTP one)
+                base["http.request.method"] = scrub(method.upper())
             if record.route:
                 base["http.route"] = scrub(record.route)
         start = record.start_ns or now

@@ -12,6 +12,7 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from runcov.agent import _RANDOMNESS_MASK, status_class
 from runcov.middleware import KNOWN_METHODS
+from runcov.selectors import WEBSOCKET
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -23,6 +24,9 @@ log = logging.getLogger("runcov")
 __all__ = ["RuncovSpanProcessor", "request_identity"]
 
 _MEASURED_KINDS = (SpanKind.SERVER, SpanKind.CONSUMER)
+
+#: The URL schemes of a websocket connection (an ASGI websocket scope's ``scheme``).
+_WEBSOCKET_SCHEMES = ("ws", "wss")
 
 
 def _normalize_route(route: Any) -> Optional[str]:
@@ -39,8 +43,11 @@ def request_identity(
 
     HTTP spans use ``http.request.method`` (stable conventions) or ``http.method`` (old ones)
     and ``http.route`` (None while unknown); a consumer span is ``("consumer", span name)``,
-    which names the endpoint ``"consumer <span name>"``; any other server span (gRPC...) is
-    known by its span name alone.
+    which names the endpoint ``"consumer <span name>"``. A websocket connection's span (no
+    method; a ``ws``/``wss`` ``url.scheme`` or ``http.scheme``, or ``network.protocol.name``
+    ``websocket``) is ``("WEBSOCKET", http.route)``: never named by its span name, which holds
+    the URL path when the ASGI instrumentation knows no route. Any other server span (gRPC...)
+    is known by its span name alone.
     """
     attributes = attributes or {}
     method = attributes.get("http.request.method") or attributes.get("http.method")
@@ -56,6 +63,9 @@ def request_identity(
         return method, route
     if kind == SpanKind.CONSUMER:
         return "consumer", name
+    scheme = attributes.get("url.scheme") or attributes.get("http.scheme")
+    if scheme in _WEBSOCKET_SCHEMES or attributes.get("network.protocol.name") == "websocket":
+        return WEBSOCKET, _normalize_route(attributes.get("http.route"))
     return None, name
 
 

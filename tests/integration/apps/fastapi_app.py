@@ -8,7 +8,8 @@ from tests.integration.apps.shop import logic
 
 
 def create_app() -> fastapi.FastAPI:
-    """The service: async and sync (thread pool) item endpoints and a health check."""
+    """The service: async and sync (thread pool) item endpoints, a health check and a
+    websocket feed answering item ids."""
     app = fastapi.FastAPI()
 
     @app.get("/items/{item_id}")
@@ -22,5 +23,12 @@ def create_app() -> fastapi.FastAPI:
     @app.get("/health")
     async def health() -> str:
         return logic.health()
+
+    @app.websocket("/ws/items/{room}")
+    async def item_feed(websocket: fastapi.WebSocket, room: str) -> None:
+        await websocket.accept()
+        while (message := await websocket.receive_text()) != "bye":
+            await websocket.send_json({"room": room, **logic.describe(int(message), 1)})
+        await websocket.close()
 
     return app
