@@ -98,7 +98,7 @@ def test_agent_refuses_an_unknown_endpoint_and_a_window(
     doc = support.as_json(narrowed)
     assert [e["endpoint"] for e in doc["endpoints"]] == ["GET /items/{item_id}"]
     assert doc["requests_sampled"] == 3 and doc["requests_dropped"] == 0
-    # Running totals have no window: the option does not exist for this command.
+    # Running totals have no window (see test_agent_has_no_time_window).
     windowed = support.runcov("agent", "--service", SERVICE, "--since", "1h", *collector.args())
     assert windowed.returncode == 2
     assert "--since" in windowed.stderr
@@ -124,3 +124,17 @@ def test_an_endpoint_of_a_release_whose_agents_sent_no_metrics_is_not_a_usage_er
         proc = support.runcov("agent", "--service", SERVICE, *narrowed, *collector.args())
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == "the agents of metered 2.0 (test, baseline) have sent no metrics\n"
+
+
+def test_agent_has_no_time_window() -> None:
+    """--since/--until are refused by ``runcov agent`` itself, saying why, before the
+    collector is asked: not with the usage of ``runcov`` and "unrecognized arguments"."""
+    for window, given in ((["--since", "1h"], "--since"),
+                          (["--until", "1h", "--since", "2h"], "--since/--until")):
+        proc = support.runcov("agent", "--service", SERVICE, *window,
+                              "--collector", "http://127.0.0.1:9")
+        assert proc.returncode == 2
+        assert proc.stderr == (
+            f"runcov: runcov agent has no time window ({given} given): it shows the running "
+            "totals the agents counted since they started; leave out --since/--until\n"
+        )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
+import pytest
 from coverage import Coverage
 
 from runcov_collector.model import Release
@@ -66,6 +70,39 @@ def test_missing_test_data_is_a_usage_error(collector: RunningCollector, sample:
     proc = support.runcov("compare-tests", *collector.args(), "--service", "shop",
                           "--tests", str(sample.scratch / "nope"))
     assert proc.returncode == 2 and "no coverage data file" in proc.stderr
+
+
+WHAT = "a coverage.py data file (the SQLite file `coverage run` writes, e.g. .coverage)"
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("notes.coverage", b"not coverage data\n", "{f} is not " + WHAT),
+    ("coverage.json", b'{"meta": {"version": "7.6"}, "files": {}}',
+     "{f} is JSON, not " + WHAT + ": give the data file, not a report made from it"),
+    ("empty.coverage", b"", "{f} is empty, not " + WHAT),
+    ("store.db", None, "{f} is not " + WHAT + ": no such table: coverage_schema"),
+], ids=["text", "json", "empty", "other-sqlite"])
+def test_test_data_that_is_not_a_coverage_data_file_is_a_usage_error_naming_it(
+    collector: RunningCollector, sample: Sample, tmp_path: Path, name: str,
+    content: bytes | None, message: str,
+) -> None:
+    """Exit 2 naming the file (not an internal error), and the file is left as it was:
+    coverage.py would write its tables into an empty file or another SQLite database."""
+    collector.store.ingest(support.batch(PROD, sample.root, sample.requests(*PROD_INPUTS)))
+    data = tmp_path / "given" / name  # beside, not over, the collector's own store.db
+    data.parent.mkdir()
+    if content is None:
+        with sqlite3.connect(data) as db:
+            db.execute("CREATE TABLE t (x)")
+        db.close()
+    else:
+        data.write_bytes(content)
+    before = data.read_bytes()
+    proc = support.runcov("compare-tests", *collector.args(), "--service", "shop",
+                          "--tests", str(data), "--source", str(sample.root))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == f"runcov: {message.format(f=data)}\n"
+    assert data.read_bytes() == before
 
 
 def test_lines_that_run_only_at_import_are_no_dead_code_candidates(

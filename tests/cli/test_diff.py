@@ -136,7 +136,30 @@ def test_canary_of_a_new_commit_against_the_previous_baseline(
     missing = support.runcov("diff", *collector.args(), "--service", "shop", "--a-version",
                              "0.9", "--a-role", "baseline", "--b-version", "1.1",
                              "--b-role", "canary")
-    assert missing.returncode == 2 and "HTTP 404" in missing.stderr
+    assert missing.returncode == 2
+    assert missing.stderr == ("runcov: release A not found: no release matches service=shop, "
+                              "version=0.9, role=baseline\n")
+
+
+def test_every_missing_side_is_named(collector: RunningCollector, sample: Sample) -> None:
+    """Neither the canary nor a baseline exists in staging: the message names both, and where
+    that canary was seen."""
+    populate(collector, sample)  # baseline and canary 2.0, in prod
+    proc = support.runcov("diff", *collector.args(), "--service", "shop", "--canary", "2.0",
+                          "--environment", "staging")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr == (
+        "runcov: releases A and B not found: "
+        "A: no release matches service=shop, environment=staging, role=baseline; "
+        "B: no release matches service=shop, version=2.0, environment=staging, role=canary "
+        "(the canary of 2.0 was seen in environment prod)\n"
+    )
+    proc = support.runcov("diff", *collector.args(), "--service", "shop", "--a-version", "2.0",
+                          "--a-role", "baseline", "--b-version", "2.1", "--b-role", "canary",
+                          "--endpoint", "POST /checkout")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr == ("runcov: release B not found: no release matches service=shop, "
+                           "version=2.1, role=canary\n")
 
 
 def test_canary_baseline_comes_from_the_canary_environment(

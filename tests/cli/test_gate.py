@@ -125,6 +125,12 @@ def test_uncommitted_edits_count_as_changes(
     assert doc["files"] == [{"path": "shop/views.py", "lines": 1, "covered": 0, "percent": 0.0,
                              "missed_lines": [line], "note": ""}]
     assert doc["message"] == "canary covered 0 of 1 changed lines (0.0%) < 80%"
+    # The edit is not what the canary ran: the gate says so, for the file it measured.
+    assert doc["differing_files"] == ["shop/views.py"]
+    assert proc.stderr.startswith(
+        "runcov: warning: 1 local file(s) differ from the version shop 1.1 (prod, canary) ran "
+        "(line numbers may not match): shop/views.py\n"
+    )
 
 
 def test_changed_lines_that_run_only_at_import_are_left_out(
@@ -229,6 +235,8 @@ def test_paths_that_select_nothing_or_several_functions_are_usage_errors(
         "    @property\n    def every(self):\n        return 60\n\n"
         "    @every.setter\n    def every(self, value):\n        self.minutes = value\n"
     )
+    # Deployed with the canary, its functions never called: the collector has its static data.
+    collector.store.ingest(support.batch(CANARY, repo, [], static_paths=["shop/jobs.py"]))
     proc = gate(collector, repo, "--paths", "shop/jobs.py::run")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert ("shop/jobs.py::run is ambiguous: it matches Nightly.run (line 2), Hourly.run "
@@ -238,6 +246,67 @@ def test_paths_that_select_nothing_or_several_functions_are_usage_errors(
     # One name defined twice (a property's getter and setter) is one function: both bodies.
     proc = gate(collector, repo, "--paths", "shop/jobs.py::every", "--format", "json")
     assert proc.returncode == 1 and support.as_json(proc)["files"][0]["missed_lines"] == [11, 15]
+
+
+def test_gate_warns_when_the_checkout_is_not_the_release_it_gates(
+    repo: Path, collector: RunningCollector, tmp_path: Path
+) -> None:
+    """Gating release 1.0 from a checkout of 1.1 measures 1.0's lines by 1.1's line numbers:
+    the gate says so on stderr, as export does, and its verdict keeps its exit code."""
+    old = support.copy_app(tmp_path / "v1.0")  # the sample app as tagged v1.0
+    data = tmp_path / "data"
+    data.mkdir()
+    per_input = support.measure_inputs(old, data, ("checkout-half", "item-even"))
+    collector.store.ingest(support.batch(Release("shop", "1.0", "prod", "baseline"), old,
+                                         support.requests_from(old, per_input)))
+    args = ("gate", *collector.args(), "--service", "shop", "--threshold", "0",
+            "--paths", "shop/pricing.py", "shop/views.py::item")
+
+    matching = support.runcov(*args, "--source", str(old))
+    assert matching.returncode == 0, matching.stderr
+    assert matching.stderr == ""
+
+    proc = support.runcov(*args, "--source", str(repo))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == (
+        "runcov: warning: 2 local file(s) differ from the version shop 1.0 (prod, baseline) "
+        "ran (line numbers may not match): shop/pricing.py, shop/views.py\n"
+    )
+    assert proc.stdout.splitlines()[-1].startswith("PASS: ")
+    doc = support.as_json(support.runcov(*args, "--source", str(repo), "--format", "json"))
+    assert doc["differing_files"] == ["shop/pricing.py", "shop/views.py"]
+
+
+def test_a_path_the_collector_never_heard_of_is_a_usage_error(
+    repo: Path, canary: dict[str, set[int]], collector: RunningCollector
+) -> None:
+    """A --paths file that the collector knows nothing of for the release (no coverage, no
+    static data) is almost always a path relative to another root than the agents': it is a
+    usage error saying so, not a gate that fails at 0 %."""
+    proc = gate(collector, repo / "shop", "--paths", "pricing.py", "--threshold", "10")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr == (
+        "runcov: pricing.py: the collector knows nothing of this file for shop 1.1 (prod, "
+        "canary) (no coverage and no static data, at any time): no sampled request ever ran "
+        "it, or, more likely, the path is not the one the agents report, which is relative "
+        "to their source root (--source names that root in the checkout); did you mean "
+        "'shop/pricing.py'?\n"
+    )
+    # A module of the checkout that no sampled request ran: the same, listing what is known.
+    proc = gate(collector, repo, "--paths", "shop/coupons.py")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith(
+        "runcov: shop/coupons.py: the collector knows nothing of this file for shop 1.1"
+    )
+    assert proc.stderr.endswith(
+        "; its files: shop/__init__.py, shop/pricing.py, shop/views.py\n"
+    )
+    proc = gate(collector, repo, "--paths", "shop/nowhere.py")
+    assert proc.returncode == 2
+    assert "(--source names that root in the checkout); it is not under --source either" in (
+        proc.stderr
+    )
 
 
 def test_exit_codes_for_errors(repo: Path, canary: dict[str, set[int]],

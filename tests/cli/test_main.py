@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import socket
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -94,12 +97,99 @@ def test_a_server_that_does_not_speak_http_is_a_collector_failure(
     assert message.format(url=url) in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("url", ["127.0.0.1:4318", "localhost", "ftp://h:1", "http://h:port"])
-def test_a_collector_url_without_http_is_a_configuration_error(
-    url: str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(("url", "why"), [
+    ("127.0.0.1:4318", "no http:// or https:// in front"),
+    ("localhost", "no http:// or https:// in front"),
+    ("ftp://h:1", "the scheme is 'ftp', not http or https"),
+    ("http://h:port", "the port 'port' is not a number"),
+    ("http://127.0.0.1:99999", "the port 99999 is out of range (1-65535)"),
+    ("http://127.0.0.1:0", "the port 0 is out of range (1-65535)"),
+    ("http://[::1", "unbalanced brackets around an IPv6 address (write it as http://[::1]:4318)"),
+    ("http://:4318", "no host"),
+])
+def test_a_collector_url_that_cannot_work_is_a_configuration_error_naming_why(
+    url: str, why: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The message names where the URL came from, the URL and what is wrong with it."""
+    monkeypatch.delenv("RUNCOV_COLLECTOR_URL", raising=False)
     assert main(["report", "--collector", url, "--service", "s"]) == 2
-    assert f"bad collector URL {url!r}: use http://HOST:PORT" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err == (f"runcov: bad --collector {url!r}: {why}; use http://HOST:PORT or "
+                   "https://HOST:PORT (e.g. http://127.0.0.1:4318)\n")
+    monkeypatch.setenv("RUNCOV_COLLECTOR_URL", url)
+    assert main(["report", "--service", "s"]) == 2
+    assert f"runcov: bad RUNCOV_COLLECTOR_URL {url!r}: {why}; " in capsys.readouterr().err
+
+
+def json_server(doc: object) -> contextlib.AbstractContextManager[str]:
+    """A loopback server that answers every request with this JSON document (HTTP 200)."""
+    body = json.dumps(doc).encode()
+    return not_http_server(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+    )
+
+
+@pytest.mark.parametrize(("doc", "command", "path", "problem"), [
+    ({"services": 5}, ["report"], "/api/v1/services",
+     '"services" is a number (5), not a list'),
+    ({"services": 5}, ["report", "--service", "shop"], "/api/v1/releases",
+     '"releases" is missing'),
+    ({"services": 5}, ["diff", "--service", "shop", "--canary", "1.1"], "/api/v1/releases",
+     '"releases" is missing'),
+    ({"services": 5}, ["gate", "--service", "shop", "--paths", "a.py"], "/api/v1/coverage",
+     '"release" is missing'),
+    ({"services": 5}, ["agent", "--service", "shop"], "/api/v1/agent", '"release" is missing'),
+    ({"releases": [{"version": 5}]}, ["report", "--service", "shop"], "/api/v1/releases",
+     '"releases[0].version" is a number (5), not a string or null'),
+    ({"release": {"service": "shop"}, "files": [{"path": "a.py", "lines": [["7", 1]]}]},
+     ["export", "--service", "shop"], "/api/v1/coverage",
+     '"files[0].lines[0][0]" is a string ("7"), not a whole number'),
+    ([], ["report", "--service", "shop", "--endpoint", "GET /"], "/api/v1/endpoints",
+     "the answer is a list, not an object"),
+], ids=["services", "releases", "diff", "gate", "agent", "nested", "detail", "not-an-object"])
+def test_an_answer_of_another_shape_is_a_collector_failure_naming_what_was_unexpected(
+    doc: object, command: list[str], path: str, problem: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Valid JSON, but not what the query API answers: exit 3 naming the URL, the path and
+    what was unexpected, whichever command read it, and no traceback."""
+    with json_server(doc) as url:
+        code = main([*command, "--collector", url, "--source", str(tmp_path),
+                     "-o", str(tmp_path / "out")] if command[0] == "export"
+                    else [*command, "--collector", url])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert err == f"runcov: collector sent unexpected JSON for {path} from {url}: {problem}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_names_the_option_given_not_the_variable_it_becomes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``runcov run`` hands its options to the agent as RUNCOV_* variables: a bad value is
+    reported as the option typed, and a bad variable from the environment as that variable."""
+    for name in [k for k in os.environ if k.startswith("RUNCOV_")]:
+        monkeypatch.delenv(name)
+
+    def execve(*args: object) -> None:
+        raise AssertionError(f"the command was started: {args}")
+
+    monkeypatch.setattr(os, "execve", execve)  # a valid setting would replace pytest
+    assert main(["run", "--sample-rate", "abc", "--", "true"]) == 2
+    assert capsys.readouterr().err == (
+        "runcov run: --sample-rate 'abc': not a number between 0 and 1 "
+        "(passed to the agent as RUNCOV_SAMPLE_RATE='abc')\n"
+    )
+    assert main(["run", "--endpoint", "GET /items@2", "--", "true"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "runcov run: --endpoint 'GET /items@2': rate '2' is not a number between 0 and 1"
+    )
+    monkeypatch.setenv("RUNCOV_SAMPLE_RATE", "abc")
+    assert main(["run", "--mode", "census", "--", "true"]) == 2
+    assert capsys.readouterr().err == (
+        "runcov run: RUNCOV_SAMPLE_RATE='abc': not a number between 0 and 1\n"
+    )
 
 
 def test_unexpected_errors_never_exit_1(monkeypatch: pytest.MonkeyPatch,

@@ -26,7 +26,7 @@ from runcov.reports.report import release_label
 EXIT_OK = 0
 EXIT_FAILED = 1  # the check ran and failed (gate)
 EXIT_USAGE = 2  # bad arguments, configuration, unknown release, git failure
-EXIT_COLLECTOR = 3  # collector unreachable or answering with a server error
+EXIT_COLLECTOR = 3  # collector unreachable, failing, or not answering the API's JSON
 EXIT_INTERNAL = 4  # a bug in runcov: never 1, so that it cannot pass for a failed gate
 
 
@@ -127,7 +127,7 @@ def progress(args: argparse.Namespace, label: str, total: Optional[int] = None,
 
 def client(args: argparse.Namespace) -> CollectorClient:
     """The collector client for these options."""
-    return CollectorClient.from_env(args.collector, args.token)
+    return CollectorClient.from_env(args.collector, args.token, url_option="--collector")
 
 
 def download_progress(args: argparse.Namespace, c: CollectorClient) -> Progress:

@@ -22,6 +22,10 @@ def add_parser(subparsers: Any) -> None:
                     "endpoint has now, and the agent's own CPU time.",
     )
     _common.add_selection_options(p, window=False)
+    # Accepted only to be refused with the reason, rather than argparse's "unrecognized
+    # arguments" under the usage of ``runcov`` itself.
+    p.add_argument("--since", help=argparse.SUPPRESS)
+    p.add_argument("--until", help=argparse.SUPPRESS)
     _common.add_collector_options(p)
     _common.add_format_option(p)
     p.set_defaults(func=run)
@@ -29,11 +33,18 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Fetch and print the agents' view of the selected release."""
+    window = [flag for flag, value in (("--since", args.since), ("--until", args.until))
+              if value is not None]
+    if window:
+        raise _common.UsageError(
+            f"runcov agent has no time window ({'/'.join(window)} given): it shows the running "
+            "totals the agents counted since they started; leave out --since/--until"
+        )
     sel = _common.selection(args)
     client = _common.client(args)
     # The whole release, narrowed here: an endpoint may be known from metrics alone (every
     # request of it dropped by the rate cap), which the span-based endpoint check would refuse.
-    doc = client.get("/api/v1/agent", replace(sel, endpoint=None).params())
+    doc = client.agent(replace(sel, endpoint=None, since=None, until=None))
     if sel.endpoint is not None:
         known = [e["endpoint"] for e in doc.get("endpoints", [])]
         # Agents that sent no metrics (metrics_interval 0) named no endpoint: that is the

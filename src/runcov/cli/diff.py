@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
-from typing import Any
+from typing import Any, Optional
 
 from runcov.cli import _common
-from runcov.reports.diff import build_diff, canary_pair, render_diff
+from runcov.reports.client import CollectorClient, CollectorRequestError, ReleaseSelection
+from runcov.reports.diff import build_diff, canary_pair, missing_releases, render_diff
 
 _ROLES = ["baseline", "canary", "shadow", "game-day"]
 
@@ -53,10 +54,42 @@ def run(args: argparse.Namespace) -> int:
             )
         a = replace(base, version=args.a_version, role=args.a_role)
         b = replace(base, version=args.b_version, role=args.b_role)
-    _common.check_endpoint(client, a, b)
-    data = build_diff(client, a, b)
+    try:
+        _common.check_endpoint(client, a, b)
+        data = build_diff(client, a, b)
+    except CollectorRequestError as exc:
+        missing = missing_releases(client, a, b) if exc.status == 404 else []
+        if not missing:
+            raise
+        if len(missing) == 1:
+            message = f"release {missing[0][0]} not found: {missing[0][1]}"
+        else:
+            message = "releases A and B not found: " + "; ".join(f"{s}: {e}" for s, e in missing)
+        if missing[-1][0] == "B":
+            message += _seen_elsewhere(client, args.service, args.canary, b)
+        raise _common.UsageError(message) from exc
     if args.format == "json":
         _common.emit_json(data)
     else:
         sys.stdout.write(render_diff(data, show_lines=not args.summary))
     return _common.EXIT_OK
+
+
+def _seen_elsewhere(
+    client: CollectorClient, service: str, canary: Optional[str], b: ReleaseSelection
+) -> str:
+    """`` (the canary of 1.1 was seen in environment prod)`` when B, that canary, is missing."""
+    if not canary:
+        return ""
+    try:
+        releases = client.releases(service)["releases"]
+    except CollectorRequestError:  # an unknown service: the message says so already
+        return ""
+    envs = [
+        r.get("environment") or "(none)" for r in releases
+        if r.get("role") == "canary" and r.get("version") == canary
+        and (r.get("environment") or "") != (b.environment or "")
+    ]
+    if not envs:
+        return ""
+    return f" (the canary of {canary} was seen in environment {', '.join(dict.fromkeys(envs))})"

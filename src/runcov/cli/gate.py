@@ -9,6 +9,8 @@ from typing import Any
 
 from runcov.cli import _common
 from runcov.reports.gate import GateError, PathSpec, gate_changed, gate_paths, render_gate
+from runcov.reports.local import differ_warning
+from runcov.reports.report import release_label
 
 
 def add_parser(subparsers: Any) -> None:
@@ -57,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
     except GateError as exc:
         raise _common.UsageError(str(exc)) from exc
     bar.finish()
+    if result.differing:
+        ran = release_label(result.release)
+        print(f"runcov: warning: {differ_warning(result.differing, ran)}", file=sys.stderr)
     if args.format == "json":
         _common.emit_json(result.as_dict())
     else:

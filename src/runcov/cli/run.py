@@ -73,21 +73,26 @@ def build_environment(
 ) -> dict[str, str]:
     """The command's environment: ``RUNCOV_*`` from the options and the bootstrap path.
 
-    Raises :class:`~runcov.errors.ConfigError` when the resulting configuration is invalid.
+    Raises :class:`~runcov.errors.ConfigError` when the resulting configuration is invalid,
+    naming the option as given on the command line (``--sample-rate``) when it came from one.
     """
     from runcov.config import load_config
+    from runcov.errors import ConfigError
 
     env = dict(os.environ if environ is None else environ)
-    for _, field, _ in _LIST_OPTIONS:
+    given: dict[str, str] = {}  # RUNCOV_* variable -> the option that set it
+    for flag, field, _ in _LIST_OPTIONS:
         values = getattr(args, field, None)
         if values:
             if field == "source":
                 values = [os.path.abspath(v) for v in values]
             env["RUNCOV_" + field.upper()] = ",".join(values)
-    for _, field, _ in _VALUE_OPTIONS:
+            given["RUNCOV_" + field.upper()] = flag
+    for flag, field, _ in _VALUE_OPTIONS:
         value = getattr(args, field, None)
         if value is not None:
             env["RUNCOV_" + field.upper()] = str(value)
+            given["RUNCOV_" + field.upper()] = flag
     if getattr(args, "saturation", None) is not None:
         env["RUNCOV_SATURATION"] = "true" if args.saturation else "false"
     if not env.get("RUNCOV_SOURCE"):
@@ -95,10 +100,31 @@ def build_environment(
         env["RUNCOV_SOURCE"] = os.getcwd()
     if not env.get("RUNCOV_ENABLED", "").strip():
         env["RUNCOV_ENABLED"] = "true"  # an explicit "false" stays: the kill switch
-    load_config(environ=env)  # fail here, loudly, rather than in the service
+    try:
+        load_config(environ=env)  # fail here, loudly, rather than in the service
+    except ConfigError as exc:
+        raise _as_option(exc, given, env) from None
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != BOOTSTRAP_DIR]
     env["PYTHONPATH"] = os.pathsep.join([BOOTSTRAP_DIR, *parts])
     return env
+
+
+def _as_option(exc: Exception, given: dict[str, str], env: dict[str, str]) -> Exception:
+    """The configuration error in the terms of the command line.
+
+    The agent reads the options as the ``RUNCOV_*`` variables they were turned into, and its
+    errors name those (``RUNCOV_SAMPLE_RATE='abc': ...``): the option typed is named first,
+    the variable after it.
+    """
+    from runcov.errors import ConfigError
+
+    message = str(exc)
+    for var, flag in given.items():
+        if message.startswith(var + "="):
+            return ConfigError(
+                f"{flag} {message[len(var) + 1:]} (passed to the agent as {var}={env[var]!r})"
+            )
+    return exc
 
 
 def main(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from runcov.reports.client import (
+    CollectorAnswerError,
     CollectorClient,
     CollectorError,
     CollectorRequestError,
@@ -11,6 +12,7 @@ from runcov.reports.client import (
 )
 
 __all__ = [
+    "CollectorAnswerError",
     "CollectorClient",
     "CollectorError",
     "CollectorRequestError",

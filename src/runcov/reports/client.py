@@ -28,12 +28,20 @@ class CollectorConfigError(CollectorError):
     """The collector cannot be asked at all as configured (a URL without http://): exit code 2."""
 
 
-class CollectorRequestError(CollectorError):
-    """The collector rejected the request (400, 401, 403, 404): a usage or configuration error."""
+class CollectorAnswerError(CollectorUnreachable):
+    """Something answered in HTTP, but not with the JSON the collector's query API sends."""
 
-    def __init__(self, message: str, status: int) -> None:
+
+class CollectorRequestError(CollectorError):
+    """The collector rejected the request (400, 401, 403, 404): a usage or configuration error.
+
+    ``error`` is the collector's own reason (its answer's ``error`` field, else the HTTP one).
+    """
+
+    def __init__(self, message: str, status: int, error: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.error = error or message
 
 
 @dataclass(frozen=True)
@@ -66,26 +74,35 @@ class CollectorClient:
     token: Optional[str] = None
     timeout: float = _DEFAULT_TIMEOUT
     on_bytes: Optional[Callable[[int], None]] = field(default=None, repr=False)
+    #: Where ``base_url`` came from, for error messages: an option or a variable name.
+    url_origin: str = field(default="collector URL", repr=False)
 
     def __post_init__(self) -> None:
         """Reject a base URL that urllib would fail on with a misleading network error."""
-        parts = urllib.parse.urlsplit(self.base_url)
-        try:
-            port_ok = parts.port is None or parts.port > 0
-        except ValueError:
-            port_ok = False
-        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        problem = url_problem(self.base_url)
+        if problem is not None:
             raise CollectorConfigError(
-                f"bad collector URL {self.base_url!r}: use http://HOST:PORT or https://HOST:PORT "
-                f"(e.g. {DEFAULT_COLLECTOR_URL})"
+                f"bad {self.url_origin} {self.base_url!r}: {problem}; use http://HOST:PORT or "
+                f"https://HOST:PORT (e.g. {DEFAULT_COLLECTOR_URL})"
             )
 
     @classmethod
-    def from_env(cls, url: Optional[str] = None, token: Optional[str] = None) -> CollectorClient:
-        """Argument, then ``RUNCOV_COLLECTOR_URL`` / ``RUNCOV_TOKEN``, then the default."""
+    def from_env(
+        cls, url: Optional[str] = None, token: Optional[str] = None,
+        url_option: str = "collector URL",
+    ) -> CollectorClient:
+        """Argument, then ``RUNCOV_COLLECTOR_URL`` / ``RUNCOV_TOKEN``, then the default.
+
+        ``url_option`` names the argument ``url`` came from (``--collector``) in errors.
+        """
+        origin = url_option
+        if not url:
+            url = os.environ.get("RUNCOV_COLLECTOR_URL")
+            origin = "RUNCOV_COLLECTOR_URL" if url else "collector URL"
         return cls(
-            base_url=url or os.environ.get("RUNCOV_COLLECTOR_URL") or DEFAULT_COLLECTOR_URL,
+            base_url=url or DEFAULT_COLLECTOR_URL,
             token=token or os.environ.get("RUNCOV_TOKEN") or None,
+            url_origin=origin,
         )
 
     def get(self, path: str, params: Optional[dict[str, str]] = None) -> dict[str, Any]:
@@ -103,7 +120,7 @@ class CollectorClient:
             message = _error_message(exc)
             if 400 <= exc.code < 500 and exc.code not in (408, 429):
                 raise CollectorRequestError(
-                    f"collector rejected {path}: {message} (HTTP {exc.code})", exc.code
+                    f"collector rejected {path}: {message} (HTTP {exc.code})", exc.code, message
                 ) from exc
             raise CollectorUnreachable(
                 f"collector error on {path}: {message} (HTTP {exc.code})"
@@ -123,9 +140,14 @@ class CollectorClient:
         try:
             decoded = json.loads(body)
         except ValueError as exc:
-            raise CollectorUnreachable(f"collector sent invalid JSON for {path}") from exc
-        if not isinstance(decoded, dict):
-            raise CollectorUnreachable(f"collector sent unexpected JSON for {path}")
+            raise CollectorAnswerError(
+                f"collector sent invalid JSON for {path} from {self.base_url}"
+            ) from exc
+        problem = _problem(decoded, _SHAPES.get(path, {}), "")
+        if problem is not None:
+            raise CollectorAnswerError(
+                f"collector sent unexpected JSON for {path} from {self.base_url}: {problem}"
+            )
         return decoded
 
     def _read(self, response: Any) -> bytes:
@@ -193,6 +215,36 @@ class CollectorClient:
                 params["environment"] = value
         return self.get("/api/v1/diff", params)
 
+    def agent(self, sel: ReleaseSelection) -> dict[str, Any]:
+        """``GET /api/v1/agent``: the running totals of the release's agents (no window)."""
+        return self.get("/api/v1/agent", sel.params())
+
+
+def url_problem(url: str) -> Optional[str]:
+    """Why ``url`` cannot be a collector's base URL, or None when it can."""
+    if "://" not in url:
+        return "no http:// or https:// in front"
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # urllib's "Invalid IPv6 URL": a "[" without "]" or the reverse
+        if "[" in url or "]" in url:
+            return "unbalanced brackets around an IPv6 address (write it as http://[::1]:4318)"
+        return str(exc)
+    if parts.scheme not in ("http", "https"):
+        return f"the scheme is {parts.scheme!r}, not http or https"
+    if not parts.hostname:
+        return "no host"
+    try:
+        port = parts.port
+    except ValueError:
+        raw = parts.netloc.rpartition("@")[2].rpartition("]")[2].rpartition(":")[2]
+        if not raw.isdigit():
+            return f"the port {raw!r} is not a number"
+        return f"the port {raw} is out of range (1-65535)"
+    if port == 0:
+        return "the port 0 is out of range (1-65535)"
+    return None
+
 
 def _error_message(exc: urllib.error.HTTPError) -> str:
     """The ``error`` field of an error answer, or the HTTP reason."""
@@ -204,3 +256,182 @@ def _error_message(exc: urllib.error.HTTPError) -> str:
     except (ValueError, OSError):
         pass
     return str(exc.reason)
+
+
+# -- the shape of the answers ----------------------------------------------------------------
+#
+# What the reports read from each answer of docs/query-api.md, checked once, here, so that an
+# answer of another shape (another server on the port, another version of the API) is a
+# collector failure naming what was unexpected, not a KeyError deep in a report. A shape is a
+# dict (an object: its keys, those ending in "?" optional), a one-item list (a list of items of
+# that shape), a _Row, a _Map, a JSON type (str, bool, None, or _NUMBER) or a tuple of those
+# (any of them). Values the reports only print are not checked: they pass on as they came.
+
+
+class _Row:
+    """A list whose first items have these types, e.g. a line ``[line, hits, trace_id]``."""
+
+    def __init__(self, *types: Any, exact: bool = False) -> None:
+        self.types = types
+        self.exact = exact  # exactly that many items (an arc unpacked as ``a, b``)
+
+
+class _Map:
+    """An object whose values all have one shape (counts by reason)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+_NUMBER = (int, float)
+_OPT_NUMBER = (int, float, None)
+_OPT_STR = (str, None)
+_RELEASE = {"service": str, "version?": _OPT_STR, "environment?": _OPT_STR, "role?": _OPT_STR}
+_ARC = _Row(int, int, exact=True)
+_COUNTS = {
+    f"{key}?": _OPT_NUMBER
+    for key in ("lines_covered", "lines_total", "arcs_covered", "arcs_total", "branches_covered",
+                "branches_total", "line_percent", "branch_percent", "requests")
+}
+_FILE = {
+    "path": str, "sha?": _OPT_STR, **_COUNTS,
+    "lines?": [_Row(int)], "arcs?": [_Row(int, int)], "executable_lines?": [int],
+    "possible_arcs?": [_ARC], "functions?": [{"name": str, "start": int, "end": int}],
+}
+_DROPS = _Map(_NUMBER)
+_SHAPES: dict[str, Any] = {
+    "/api/v1/services": {"services": [{"service": str, "last_seen?": _OPT_STR}]},
+    "/api/v1/releases": {"releases": [{
+        "version?": _OPT_STR, "environment?": _OPT_STR, "role?": _OPT_STR,
+        "last_seen?": _OPT_STR, "line_percent?": _OPT_NUMBER, "branch_percent?": _OPT_NUMBER,
+    }]},
+    "/api/v1/endpoints": {"release": _RELEASE, "endpoints": [{"endpoint": str}]},
+    "/api/v1/coverage": {"release": _RELEASE, "totals?": {"files?": _OPT_NUMBER, **_COUNTS},
+                         "files": [_FILE]},
+    "/api/v1/file": {"release": _RELEASE, **_FILE},
+    "/api/v1/series": {"release": _RELEASE, "series": [{}]},
+    "/api/v1/diff": {
+        "a": _RELEASE, "b": _RELEASE,
+        "files": [{
+            "path": str, "newly_covered_lines?": [int], "no_longer_covered_lines?": [int],
+            "newly_covered_arcs?": [_ARC], "no_longer_covered_arcs?": [_ARC],
+        }],
+        "endpoints": [{"endpoint": str, "only_in_a?": bool, "only_in_b?": bool}],
+    },
+    "/api/v1/agent": {
+        "release": _RELEASE, "processes": _NUMBER, "last_report?": _OPT_STR,
+        "requests_seen": _NUMBER, "requests_sampled": _NUMBER, "requests_dropped": _NUMBER,
+        "sampled_by_mode?": _DROPS, "dropped_by_reason?": _DROPS,
+        "requests_expired?": _OPT_NUMBER, "overhead_seconds?": _OPT_NUMBER,
+        "overhead_per_sampled_request_seconds?": _OPT_NUMBER,
+        "overhead_per_seen_request_seconds?": _OPT_NUMBER,
+        "endpoints": [{
+            "endpoint": str, "dropped_by_reason?": _DROPS,
+            "sample_rate?": (None, {"rate": _OPT_NUMBER, "min?": _OPT_NUMBER,
+                                    "max?": _OPT_NUMBER}),
+        }],
+    },
+}
+
+
+def _problem(value: Any, shape: Any, where: str) -> Optional[str]:
+    """What in ``value`` does not have ``shape`` (the first thing found), or None."""
+    alternatives = shape if isinstance(shape, tuple) else (shape,)
+    for alt in alternatives:
+        if isinstance(alt, dict) and isinstance(value, dict):
+            for key, sub in alt.items():
+                name = key[:-1] if key.endswith("?") else key
+                if name not in value:
+                    if key.endswith("?"):
+                        continue
+                    return f"{_quote(_at(where, name))} is missing"
+                problem = _problem(value[name], sub, _at(where, name))
+                if problem is not None:
+                    return problem
+            return None
+        if isinstance(alt, list) and isinstance(value, list):
+            if _all_int_rows(value, alt[0]):
+                return None
+            for i, item in enumerate(value):
+                problem = _problem(item, alt[0], f"{where}[{i}]")
+                if problem is not None:
+                    return problem
+            return None
+        if isinstance(alt, _Map) and isinstance(value, dict):
+            for key, item in value.items():
+                problem = _problem(item, alt.value, _at(where, str(key)))
+                if problem is not None:
+                    return problem
+            return None
+        if isinstance(alt, _Row) and isinstance(value, list):
+            if len(value) < len(alt.types) or (alt.exact and len(value) > len(alt.types)):
+                return f"{_quote(where)} has {len(value)} items, not {len(alt.types)}"
+            for i, item_type in enumerate(alt.types):
+                problem = _problem(value[i], item_type, f"{where}[{i}]")
+                if problem is not None:
+                    return problem
+            return None
+        if alt is None and value is None:
+            return None
+        if isinstance(alt, type) and isinstance(value, alt) and (
+            alt is bool or not isinstance(value, bool)
+        ):
+            return None
+    kinds = list(dict.fromkeys(_kind(alt) for alt in alternatives))
+    if "a number" in kinds and "a whole number" in kinds:
+        kinds.remove("a whole number")
+    expected = " or ".join(kinds)
+    return f"{_quote(where)} is {_describe(value)}, not {expected}"
+
+
+def _all_int_rows(items: list[Any], shape: Any) -> bool:
+    """The quick check of the bulk of a detail answer: a list of ints or of rows of ints.
+
+    False means "look closer" (also for other shapes), to find and word the problem.
+    """
+    if shape is int:
+        return all(type(x) is int for x in items)
+    if not isinstance(shape, _Row) or any(t is not int for t in shape.types):
+        return False
+    n = len(shape.types)
+    return all(
+        type(row) is list and (len(row) == n if shape.exact else len(row) >= n)
+        and all(type(row[k]) is int for k in range(n))
+        for row in items
+    )
+
+
+def _at(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _quote(where: str) -> str:
+    return f'"{where}"' if where else "the answer"
+
+
+def _kind(shape: Any) -> str:
+    """The JSON kind a shape expects, for messages."""
+    if isinstance(shape, (dict, _Map)):
+        return "an object"
+    if isinstance(shape, (list, _Row)):
+        return "a list"
+    if shape is None:
+        return "null"
+    return {str: "a string", bool: "a boolean", int: "a whole number"}.get(shape, "a number")
+
+
+def _describe(value: Any) -> str:
+    """A value's JSON kind, with the value when it is short: ``a number (5)``."""
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    text = json.dumps(value)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    if isinstance(value, bool):
+        return f"a boolean ({text})"
+    if isinstance(value, str):
+        return f"a string ({text})"
+    return f"a number ({text})"

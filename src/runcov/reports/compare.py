@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -125,11 +126,16 @@ def read_test_data(
 ) -> dict[str, tuple[set[int], set[Arc]]]:
     """Lines and arcs per collector-style path from a coverage.py data file."""
     from coverage import CoverageData
+    from coverage.exceptions import CoverageException
 
     if not Path(data_file).is_file():
         raise SourceError(f"no coverage data file at {data_file}")
+    check_data_file(Path(data_file))
     data = CoverageData(basename=str(data_file))
-    data.read()
+    try:
+        data.read()
+    except CoverageException as exc:
+        raise SourceError(f"cannot read the coverage data file {data_file}: {exc}") from exc
     out: dict[str, tuple[set[int], set[Arc]]] = {}
     for filename in data.measured_files():
         rel = relative_to_roots(filename, sources)
@@ -139,6 +145,38 @@ def read_test_data(
         arcs = set(data.arcs(filename) or []) if data.has_arcs() else set()
         out[rel] = (lines, arcs)
     return out
+
+
+def check_data_file(data_file: Path) -> None:
+    """Refuse a file that is not a coverage.py data file, before coverage.py opens it.
+
+    coverage.py reports a file that is no SQLite database with an error of its own, but it
+    turns an empty file or another SQLite database into an empty data file by writing its
+    tables into it: the file is looked at here, read-only, so that it stays as it was.
+    """
+    what = "a coverage.py data file (the SQLite file `coverage run` writes, e.g. .coverage)"
+    try:
+        with open(data_file, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise SourceError(f"cannot read {data_file}: {exc.strerror or exc}") from exc
+    if not head:
+        raise SourceError(f"{data_file} is empty, not {what}")
+    if head.lstrip()[:1] in (b"{", b"["):
+        raise SourceError(
+            f"{data_file} is JSON, not {what}: give the data file, not a report made from it"
+        )
+    if head != b"SQLite format 3\x00":
+        raise SourceError(f"{data_file} is not {what}")
+    uri = Path(data_file).resolve().as_uri() + "?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+        try:
+            db.execute("SELECT version FROM coverage_schema").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise SourceError(f"{data_file} is not {what}: {exc}") from exc
 
 
 def compare(

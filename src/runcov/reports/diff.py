@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Optional
 
-from runcov.reports.client import CollectorClient, ReleaseSelection
+from runcov.reports.client import CollectorClient, CollectorRequestError, ReleaseSelection
 from runcov.reports.report import release_label
 from runcov.reports.table import fmt_arcs, fmt_ranges, render_table
 
@@ -42,6 +42,25 @@ def canary_pair(
     b = replace(sel, version=version, role="canary", environment=environment)
     a = replace(b, version=baseline[0].get("version") if baseline else None, role="baseline")
     return a, b
+
+
+def missing_releases(
+    client: CollectorClient, a: ReleaseSelection, b: ReleaseSelection
+) -> list[tuple[str, str]]:
+    """``("A", the collector's reason)`` for each of A and B that matches no release.
+
+    The collector's diff names the first side it cannot find only; each side is asked for on
+    its own here, so that a message can name every side that is missing.
+    """
+    out = []
+    for side, sel in (("A", a), ("B", b)):
+        try:
+            client.endpoints(replace(sel, endpoint=None, since=None, until=None))
+        except CollectorRequestError as exc:
+            if exc.status != 404:
+                raise
+            out.append((side, exc.error))
+    return out
 
 
 def build_diff(

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from runcov.reports.local import SourceError, file_sha, resolve_local
+from runcov.reports.local import SourceError, differ_warning, differs, resolve_local
 
 FORMATS = ("coverage", "lcov", "cobertura", "json")
 
@@ -35,11 +35,7 @@ class ExportResult:
         if self.invalid:
             out.append("ignored invalid path(s): " + ", ".join(self.invalid[:10]))
         if self.changed:
-            out.append(
-                f"{len(self.changed)} local file(s) differ from the version production ran "
-                "(line numbers may not match): "
-                + ", ".join(self.changed[:10]) + (" ..." if len(self.changed) > 10 else "")
-            )
+            out.append(differ_warning(self.changed))
         return out
 
 
@@ -81,7 +77,7 @@ def write_coverage_data(
         if local is None:
             result.missing.append(path)
             continue
-        if f.get("sha") and file_sha(local) != f["sha"]:
+        if differs(local, f.get("sha")):
             result.changed.append(path)
         local_of[path] = str(local)
         result.files += 1

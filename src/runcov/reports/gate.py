@@ -13,9 +13,11 @@ from runcov.reports.local import (
     LocalStatic,
     SourceError,
     analyze_local,
+    differs,
     function_body,
     resolve_local,
 )
+from runcov.reports.report import release_label
 from runcov.reports.table import fmt_ranges, percent, render_table
 
 _HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@")
@@ -87,6 +89,7 @@ class GateResult:
     threshold: float
     files: list[FileResult]
     import_time: dict[str, set[int]] = field(default_factory=dict)  # left out, per file
+    differing: list[str] = field(default_factory=list)  # local file is not production's
 
     @property
     def total(self) -> int:
@@ -131,6 +134,7 @@ class GateResult:
             "files": [f.as_dict() for f in self.files],
             "import_time_lines": sum(len(v) for v in self.import_time.values()),
             "import_time": {p: sorted(v) for p, v in sorted(self.import_time.items())},
+            "differing_files": self.differing,
         }
 
     def import_time_note(self) -> str:
@@ -221,9 +225,45 @@ class _Files:
         self.sources = sources
         summary = client.coverage(sel)
         self.release: dict[str, Any] = summary["release"]
-        self.known = {f["path"] for f in summary.get("files", [])}
+        # Every file of the release at any time (the collector lists them whatever the
+        # window or endpoint), with the sha of the version production ran.
+        self.sha: dict[str, Optional[str]] = {
+            f["path"]: f.get("sha") for f in summary.get("files", [])
+        }
+        self.known = set(self.sha)
         self._detail: dict[str, dict[str, Any]] = {}
         self._local: dict[str, Optional[LocalStatic]] = {}
+
+    def differing(self, paths: list[str]) -> list[str]:
+        """Those of ``paths`` whose local file is not the version production ran."""
+        out = []
+        for path in sorted(paths):
+            try:
+                found = resolve_local(path, self.sources)
+            except SourceError:
+                continue
+            if found is not None and differs(found, self.sha.get(path)):
+                out.append(path)
+        return out
+
+    def unknown(self, path: str) -> str:
+        """Why a path the collector has never heard of for the release cannot be measured."""
+        known = sorted(self.known)
+        tail = "/" + path.rsplit("/", 1)[-1]
+        same_name = [p for p in known if p.endswith(tail) or "/" + p == tail]
+        if same_name:
+            hint = "did you mean " + " or ".join(repr(p) for p in same_name[:3]) + "?"
+        else:
+            hint = "its files: " + (", ".join(known[:5]) + (" ..." if len(known) > 5 else "")
+                                    or "(none)")
+        local = "" if self.local(path) is not None else "; it is not under --source either"
+        return (
+            f"{path}: the collector knows nothing of this file for "
+            f"{release_label(self.release)} (no coverage and no static data, at any time): "
+            "no sampled request ever ran it, or, more likely, the path is not the one the "
+            "agents report, which is relative to their source root (--source names that root "
+            f"in the checkout){local}; {hint}"
+        )
 
     def detail(self, path: str) -> Optional[dict[str, Any]]:
         if path not in self.known:
@@ -298,7 +338,8 @@ def gate_changed(
         if not lines:
             continue
         results.append(FileResult(path, lines, lines & files.covered(path), note))
-    return GateResult(files.release, "changed lines", threshold, results, left_out)
+    return GateResult(files.release, "changed lines", threshold, results, left_out,
+                      files.differing([f.path for f in results]))
 
 
 def gate_paths(
@@ -310,15 +351,25 @@ def gate_paths(
     Every spec must select at least one executable line: a line range past the end of the
     file or a function whose body is only a docstring would otherwise measure nothing and
     pass the gate.
+
+    A file the collector knows nothing of for the release is an error too: like an unknown
+    endpoint, it is far more often a path relative to another root than the agents' than a
+    file that no sampled request ever ran, and 0 % of it would fail the gate for a reason
+    that is not coverage.
     """
     files = _Files(client, sel, sources)
     merged: dict[str, FileResult] = {}
     for spec in specs:
         if advance is not None:
             advance(1)
+        if spec.path not in files.known:
+            raise GateError(files.unknown(spec.path))
         executable, note = files.executable(spec.path)
         if not executable and note == "no denominators and no local file":
-            raise GateError(f"{spec.path}: unknown to the collector and not found locally")
+            raise GateError(
+                f"{spec.path}: the collector has no static data for it (the agents could not "
+                "analyze it) and it is not under --source: its executable lines are unknown"
+            )
         if spec.function:
             lines = set()
             for start, end in _function_spans(files.functions(spec.path), spec):
@@ -334,7 +385,8 @@ def gate_paths(
         entry.lines |= lines
         entry.covered |= lines & files.covered(spec.path)
     results = [merged[p] for p in sorted(merged)]
-    return GateResult(files.release, "selected lines", threshold, results)
+    return GateResult(files.release, "selected lines", threshold, results,
+                      differing=files.differing(list(merged)))
 
 
 def _function_spans(

@@ -49,6 +49,19 @@ def file_sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def differs(local: Path, sha: Optional[str]) -> bool:
+    """Whether the local file is not the one production ran (``sha``: the collector's)."""
+    return bool(sha) and file_sha(local) != sha
+
+
+def differ_warning(paths: Sequence[str], ran: str = "production") -> str:
+    """The warning for local files that differ from those ``ran`` (a release) ran."""
+    return (
+        f"{len(paths)} local file(s) differ from the version {ran} ran (line numbers may not "
+        "match): " + ", ".join(paths[:10]) + (" ..." if len(paths) > 10 else "")
+    )
+
+
 @dataclass
 class LocalStatic:
     """coverage.py's view of one local file: statements, possible arcs, functions."""
