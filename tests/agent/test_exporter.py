@@ -416,6 +416,32 @@ def test_endpoint_down_drops_are_counted(
     warnings = [r.getMessage() for r in caplog.records if "could not export" in r.getMessage()]
     assert len(warnings) == 1, warnings
     assert config.traces_endpoint() in warnings[0] and f"over {protocol}" in warnings[0]
+    # With the cause, and the hint that fits it: nothing answered, perhaps another protocol.
+    assert ("refused" in warnings[0]) if protocol == "http/protobuf" else (
+        "UNAVAILABLE" in warnings[0]
+    )
+    assert "speaks this protocol" in warnings[0]
+
+
+def test_a_refusal_is_warned_with_the_receivers_answer(
+    sink: Any, src: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink.behaviour = "fail"
+    config = load_config(
+        environ={}, source=[str(src)], exporter_protocol=sink.protocol, exporter_timeout=2,
+        exporter_endpoint=sink.endpoint,
+    )
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        with caplog.at_level("WARNING", logger="runcov"):
+            assert exporter.submit(record(src))
+            assert exporter.flush(30) is False
+    finally:
+        exporter.shutdown(5)
+    [warning] = [r.getMessage() for r in caplog.records if "could not export" in r.getMessage()]
+    answer = "HTTP 400 rejected by test" if sink.protocol == "http/protobuf" else "INVALID_ARGUMENT"
+    assert answer in warning and "rejected by test" in warning
+    assert "speaks this protocol" not in warning and "receiver refused them" in warning
 
 
 def test_endpoint_hanging_keeps_submit_non_blocking(sink: Any, src: Path) -> None:

@@ -473,13 +473,22 @@ class CoverageExporter:
             return
         self._warned_at = now
         config = self.config
+        cause = getattr(self._transport, "last_error", "") or "no answer"
+        if getattr(self._transport, "last_answered", False):
+            hint = "The receiver refused them (its answer in parentheses)"
+        else:
+            hint = (
+                "Check the receiver, and that it speaks this protocol "
+                "(RUNCOV_EXPORTER_PROTOCOL / OTEL_EXPORTER_OTLP_PROTOCOL)"
+            )
         log.warning(
-            "runcov: could not export %d coverage span(s) to %s over %s; they are dropped and "
-            "counted (export_failed). Check the receiver, and that it speaks this protocol "
-            "(RUNCOV_EXPORTER_PROTOCOL / OTEL_EXPORTER_OTLP_PROTOCOL)",
+            "runcov: could not export %d coverage span(s) to %s over %s (%s); they are dropped "
+            "and counted (export_failed). %s",
             spans,
             config.traces_endpoint(),
             config.exporter_protocol,
+            cause,
+            hint,
         )
 
     def _process(self, record: RequestRecord) -> None:

@@ -30,6 +30,7 @@ import logging
 import os
 import queue
 import random
+import re
 import socket
 import threading
 import time
@@ -138,9 +139,17 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
 
 
 class _Sender:
-    """What both transports share: the retry loop, and closing."""
+    """What both transports share: the retry loop, closing, and the last failure's cause."""
 
     _retry: _Retrying
+    #: Why the last failed attempt failed ("" before any): for the exporter's warning.
+    last_error = ""
+    #: Whether that attempt got an answer of the protocol (a refusal), rather than none.
+    last_answered = False
+
+    def _failed(self, error: str, answered: bool) -> None:
+        self.last_error = error
+        self.last_answered = answered
 
     def _release(self) -> None:
         """Close the connection (session, channel)."""
@@ -265,7 +274,7 @@ def _exchange(session: Any, job: _Job) -> _Answer | _Failure:
     except requests.exceptions.Timeout:
         return _Failure("timed out", final=True)
     except requests.exceptions.RequestException as error:
-        return _Failure(str(error), final=False)  # connection refused or reset: retried
+        return _Failure(_reason(error), final=False)  # connection refused or reset: retried
     except Exception as error:
         return _Failure(repr(error), final=True)
     try:
@@ -283,7 +292,7 @@ def _exchange(session: Any, job: _Job) -> _Answer | _Failure:
             response.encoding,
         )
     except requests.exceptions.RequestException as error:  # reset, read timeout, bad framing
-        return _Failure(str(error), final=False)
+        return _Failure(_reason(error), final=False)
     except Exception as error:
         return _Failure(repr(error), final=True)
     finally:
@@ -293,6 +302,17 @@ def _exchange(session: Any, job: _Job) -> _Answer | _Failure:
 
 
 _HOOKS = {"response": [_read_redirect]}
+_OS_ERROR = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
+
+
+def _reason(error: BaseException) -> str:
+    """What failed, shortly: the operating system's words when a socket call failed
+    ("Connection refused"), else ``requests``' message (which nests urllib3's), cut short."""
+    text = str(error)
+    found = _OS_ERROR.search(text)
+    if found:
+        return found.group(1).strip().rstrip(".")
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 class _Inline:
@@ -581,6 +601,7 @@ class HttpTransport(_Sender):
         def attempt(remaining: float) -> tuple[bool, bool, Optional[float]]:
             outcome = self._exchange(data, remaining)
             if isinstance(outcome, _Failure):
+                self._failed(outcome.message, answered=False)
                 if outcome.warn:
                     log.warning("runcov: span export to %s failed: %s", self.url, outcome.message)
                 else:
@@ -590,6 +611,7 @@ class HttpTransport(_Sender):
             if 200 <= status < 300:
                 _log_partial_success(outcome.body)
                 return True, True, None
+            self._failed(f"HTTP {status} {outcome.text(200)}".strip(), answered=True)
             if status in _RETRYABLE_HTTP:
                 return False, False, _retry_after(outcome.retry_after)
             log.warning(
@@ -678,6 +700,13 @@ class GrpcTransport(_Sender):
             except grpc.RpcError as error:
                 code = error.code() if hasattr(error, "code") else None
                 name = getattr(code, "name", str(code))
+                details = error.details() if hasattr(error, "details") else ""
+                # UNAVAILABLE and UNIMPLEMENTED are what a receiver of another protocol, or
+                # none, brings; any other code is the receiver's own answer.
+                self._failed(
+                    f"{name} {details or ''}".strip(),
+                    answered=name not in ("UNAVAILABLE", "UNIMPLEMENTED", "DEADLINE_EXCEEDED"),
+                )
                 if name in _RETRYABLE_GRPC:
                     return False, False, None
                 log.warning(
