@@ -18,6 +18,7 @@ from collector.tests.dashboard import (
     copy_sample,
     populate,
     running_collector,
+    static_of,
     static_part,
     truth,
 )
@@ -119,6 +120,52 @@ def test_annotated_source_classes_equal_coverage_py(site: tuple[Running, dict]) 
                      r"didn&#39;t jump to", page)
 
 
+def test_a_census_release_shows_branch_coverage_as_not_measured(
+    site: tuple[Running, dict],
+) -> None:
+    """Census records lines, not arcs: branch figures read "n/a" (not 0.0%) on every page, and
+    no line is "partial" (which exits ran is unknown). The exact release keeps its numbers."""
+    running, _ = site
+    census = Release("shop", "2.0", "prod", "baseline")
+    query = "service=shop&version=2.0&environment=prod&role=baseline"
+    exact = running.api("/api/v1/file?service=shop&version=1.0&environment=prod&role=baseline"
+                        "&path=shop/cart.py")
+    lines = [line for line, _, _ in exact["lines"]]
+    statics = [static_of(running.source, rel) for rel in ("shop/__init__.py", "shop/cart.py")]
+    running.store.ingest(Batch(static=[static_part(census, statics)], coverage=[CoveragePart(
+        release=census, trace_id="ab" * 16, span_id="cd" * 8, endpoint="POST /cart",
+        mode="census", status_class="2xx", time_unix_nano=time.time_ns(), part=0, parts=1,
+        files=[FileHits("shop/cart.py", exact["sha"], lines, [])])]))
+    api = running.api("/api/v1/coverage?" + query)
+    assert api["totals"]["branch_percent"] is None and api["totals"]["branches_total"] > 0
+    not_measured = 'title="measured by census only: census records lines, not arcs or branches"'
+
+    status, page = running.get("/ui/service?service=shop")
+    assert status == 200
+    assert fields(page, "data-version", "2.0")["branch_percent"] == "n/a"
+    assert fields(page, "data-version", "1.0")["branch_percent"].endswith("%")
+
+    status, page = running.get("/ui/release?" + query)
+    assert status == 200
+    totals = dict(re.findall(r'data-field="([a-z_]+)">(.*?)</dd>', page))
+    assert totals["branch_percent"] == "n/a"
+    assert totals["branches"] == f'n/a/{api["totals"]["branches_total"]}'
+    assert totals["line_percent"] == pct(api["totals"]["line_percent"])
+    cart = fields(page, "data-path", "shop/cart.py")
+    assert (cart["branch_percent"], cart["line_percent"]) == ("n/a", pct(exact["line_percent"]))
+    assert fields(page, "data-endpoint", "POST /cart")["arcs_covered"] == "n/a"
+    assert not_measured in page
+
+    status, page = running.get("/ui/file?" + query + "&path=shop/cart.py")
+    assert status == 200
+    classes = set(re.findall(r'<tr id="L\d+" class="([a-z]*)"', page))
+    assert "covered" in classes and "partial" not in classes
+    assert dict(re.findall(r'data-field="([a-z_]+)">(.*?)</dd>', page))["branch_percent"] == "n/a"
+    status, page = running.get("/ui/file?service=shop&version=1.0&environment=prod"
+                               "&role=baseline&path=shop/cart.py")
+    assert 'class="partial"' in page and not_measured not in page
+
+
 def test_file_page_without_source_dir_lists_lines(tmp_path: Path) -> None:
     root = copy_sample(tmp_path / "src")
     scratch = tmp_path / "data"
@@ -181,6 +228,20 @@ def test_errors_and_auth(site: tuple[Running, dict]) -> None:
     status, page = running.get("/ui/file?service=shop&path=../../etc/passwd")
     assert status in (400, 404) and "root:" not in page
     assert running.get("/ui/static/dashboard.js")[0] == 200
+
+
+def test_an_unreadable_source_file_is_a_note_not_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OSError reading the source is the page's note: left to the page handler it would
+    pass for the store being unavailable."""
+    (tmp_path / "ok.py").write_text("x = 1\n")
+
+    def refuse(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    assert read_source(str(tmp_path), "ok.py") == (None, "cannot read the file: Permission denied")
 
 
 def test_source_reading_cannot_leave_the_source_dir(tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
+
 import pytest
 
 from runcov_collector import limits
@@ -311,8 +314,40 @@ def test_endpoint_filter_on_coverage(shop: SqlStore) -> None:
     assert models["requests"] == 1 and views_file["requests"] == 1
     # Denominators stay the release's: the endpoint covers part of the release's code.
     assert answer["totals"]["lines_total"] == 13
-    unknown = shop.coverage(Selection("shop", endpoint="GET /never"))
-    assert unknown["totals"]["lines_covered"] == 0 and unknown["totals"]["requests"] == 0
+
+
+def test_an_endpoint_the_release_never_saw_is_not_found(shop: SqlStore) -> None:
+    """A typo must not read as 0 % covered. A known endpoint without requests in a window is
+    zero, and a diff may name an endpoint only one of its releases has."""
+    message = re.escape(
+        "no endpoint 'GET /never' in shop 1.0 (prod, baseline): it never sent coverage of it "
+        "(GET /api/v1/endpoints lists the endpoints of a release)"
+    )
+    never = Selection("shop", endpoint="GET /never")
+    for query in (
+        lambda: shop.coverage(never),
+        lambda: shop.coverage(never, detail=True),
+        lambda: shop.coverage(replace(never, since_unix=T0)),
+        lambda: shop.endpoints(never),
+        lambda: shop.file(never, "shop/views.py"),
+        lambda: shop.series(never),
+        lambda: shop.diff(never, never),
+    ):
+        with pytest.raises(NotFound, match=message):
+            query()
+    quiet = shop.coverage(Selection("shop", endpoint="POST /checkout", since_unix=T0 + HOUR))
+    assert (quiet["totals"]["requests"], quiet["totals"]["lines_covered"]) == (0, 0)
+    # Agent metrics name endpoints of their own (all of a rate-capped endpoint's requests
+    # dropped leaves no coverage): the agent view filters, it does not refuse.
+    assert shop.agent(never)["endpoints"] == []
+    canary = Release("shop", "1.1", "prod", "canary")
+    shop.ingest(Batch(coverage=[part(7, release=canary, endpoint="GET /new",
+                                     files=[views(PATH_B, ARCS_B)])]))
+    a = Selection("shop", "1.0", endpoint="GET /new")
+    b = Selection("shop", "1.1", endpoint="GET /new")
+    assert shop.diff(a, b)["endpoints"] == [
+        {"endpoint": "GET /new", "only_in_a": False, "only_in_b": True}
+    ]
 
 
 def test_requests_count_distinct_traces_and_hits_count_parts(store: SqlStore) -> None:
@@ -353,6 +388,137 @@ def test_census_parts_add_lines_without_arcs(store: SqlStore) -> None:
     (views_file,) = store.coverage(Selection("shop"), detail=True)["files"]
     assert views_file["lines"] == [[12, 1, tid(1)], [13, 2, tid(1)], [14, 1, tid(2)]]
     assert views_file["arcs"] == [[13, 14, 1, tid(2)]]
+
+
+UNKNOWN_ARCS = {"arcs_covered": None, "branches_covered": None, "branch_percent": None}
+
+
+def _arc_figures(obj: dict) -> dict:
+    return {k: obj[k] for k in UNKNOWN_ARCS if k in obj}
+
+
+def _answers_of(store: SqlStore, sel: Selection) -> list[dict]:
+    """Coverage of a selection as each reading path computes it: stored per-file counts (all
+    time), hit sets with detail, and hour buckets (a window)."""
+    return [
+        store.coverage(sel),
+        store.coverage(sel, detail=True),
+        store.coverage(replace(sel, since_unix=T0 - HOUR)),
+    ]
+
+
+@pytest.mark.parametrize("statics_first", [True, False])
+def test_a_census_only_release_has_null_arc_and_branch_figures(
+    store: SqlStore, statics_first: bool
+) -> None:
+    """Census parts carry no arcs: how many arcs and branches ran is unknown, not 0. The
+    denominators stay known; a file nothing ran in covered nothing, census or not."""
+    rel = Release("shop", "2.0", "prod", "baseline")
+    coverage = [
+        part(1, release=rel, mode="census", files=[views(PATH_A, [])]),
+        part(2, release=rel, mode="census", endpoint="POST /checkout", at=T0 + HOUR,
+             files=[views([16], [])]),
+    ]
+    if statics_first:
+        store.ingest(Batch(static=[views_static(rel)], coverage=coverage))
+    else:  # counts made before the denominators arrive are recounted
+        store.ingest(Batch(coverage=coverage))
+        store.ingest(Batch(static=[views_static(rel)]))
+    sel = Selection("shop", "2.0")
+    for answer in _answers_of(store, sel):
+        totals = answer["totals"]
+        assert _arc_figures(totals) == UNKNOWN_ARCS
+        assert (totals["arcs_total"], totals["branches_total"]) == (7 + 2, 2)
+        assert (totals["lines_covered"], totals["line_percent"]) == (5, round(100 * 5 / 13, 1))
+        models, views_file = answer["files"]
+        assert _arc_figures(views_file) == UNKNOWN_ARCS
+        assert (views_file["arcs_total"], views_file["branches_total"]) == (7, 2)
+        assert _arc_figures(models) == {"arcs_covered": 0, "branches_covered": 0,
+                                        "branch_percent": None}  # no branch line
+    (release,) = store.releases("shop")["releases"]
+    assert (release["arcs_covered"], release["branch_percent"]) == (None, None)
+    assert (release["arcs_total"], release["line_percent"]) == (9, round(100 * 5 / 13, 1))
+    for window in (None, T0 - HOUR):
+        endpoints = store.endpoints(replace(sel, since_unix=window))["endpoints"]
+        assert [(e["endpoint"], e["lines_covered"], e["arcs_covered"]) for e in endpoints] == [
+            ("GET /items/{item_id}", 4, None),
+            ("POST /checkout", 1, None),
+        ]
+    for answer in _answers_of(store, replace(sel, endpoint="POST /checkout")):
+        assert _arc_figures(answer["totals"]) == UNKNOWN_ARCS
+    views_file = store.file(sel, "shop/views.py")
+    assert _arc_figures(views_file) == UNKNOWN_ARCS
+    assert views_file["arcs"] == [] and len(views_file["possible_arcs"]) == 7
+    for series in (store.series(sel), store.series(sel, path="shop/views.py"),
+                   store.series(replace(sel, endpoint="POST /checkout"))):
+        assert series["series"]
+        assert all(b["arcs_covered"] is None and b["new_arcs"] is None for b in series["series"])
+        assert all(b["new_lines"] >= 0 for b in series["series"])
+
+
+def test_an_exact_release_that_covered_no_arc_or_branch_is_zero_not_null(store: SqlStore) -> None:
+    """Measured exactly: arcs ran (none of them a possible arc), or the requests ran no
+    measured file at all. Nothing is unknown: 0 arcs and 0 % of the branches."""
+    ran_other_arcs = Release("shop", "3.0", "prod", "baseline")
+    ran_no_file = Release("shop", "4.0", "prod", "baseline")
+    store.ingest(
+        Batch(
+            static=[views_static(ran_other_arcs), views_static(ran_no_file)],
+            coverage=[
+                part(1, release=ran_other_arcs, files=[views([3, 4], [(3, 4)])]),
+                part(2, release=ran_no_file, files=[]),
+            ],
+        )
+    )
+    zero = {"arcs_covered": 0, "branches_covered": 0, "branch_percent": 0.0}
+    for version in ("3.0", "4.0"):
+        sel = Selection("shop", version)
+        for answer in _answers_of(store, sel):
+            assert _arc_figures(answer["totals"]) == zero, version
+            views_file = next(f for f in answer["files"] if f["path"] == "shop/views.py")
+            assert _arc_figures(views_file) == zero, version
+        (endpoint,) = store.endpoints(sel)["endpoints"]
+        assert endpoint["arcs_covered"] == 0
+        assert _arc_figures(store.file(sel, "shop/views.py")) == zero
+    releases = {r["version"]: r for r in store.releases("shop")["releases"]}
+    assert [(releases[v]["arcs_covered"], releases[v]["branch_percent"]) for v in ("3.0", "4.0")] \
+        == [(0, 0.0), (0, 0.0)]
+    (bucket,) = store.series(Selection("shop", "3.0"))["series"]
+    assert (bucket["arcs_covered"], bucket["new_arcs"], bucket["new_lines"]) == (0, 0, 2)
+
+
+def test_a_release_measured_partly_by_census_counts_what_ran_exactly(store: SqlStore) -> None:
+    """An exact endpoint and a census one: the release's arc and branch figures are those of
+    the exact measurement; the census endpoint, and a file only it ran, have null ones."""
+    store.ingest(
+        Batch(
+            static=[views_static()],
+            coverage=[
+                part(1, files=[views(PATH_A, ARCS_A)]),
+                part(2, mode="census", endpoint="GET /health",
+                     files=[views([16], []), FileHits("shop/models.py", "aaaa000011112222", [1])]),
+            ],
+        )
+    )
+    sel = Selection("shop")
+    for answer in _answers_of(store, sel):
+        assert _arc_figures(answer["totals"]) == {
+            "arcs_covered": 5, "branches_covered": 1, "branch_percent": 50.0
+        }
+        models, views_file = answer["files"]
+        assert _arc_figures(models) == {"arcs_covered": None, "branches_covered": None,
+                                        "branch_percent": None}
+        assert views_file["arcs_covered"] == 5
+    endpoints = {e["endpoint"]: e for e in store.endpoints(sel)["endpoints"]}
+    assert endpoints["GET /health"]["arcs_covered"] is None
+    assert endpoints["GET /items/{item_id}"]["arcs_covered"] == 5
+    assert _arc_figures(store.coverage(replace(sel, endpoint="GET /health"))["totals"]) == (
+        UNKNOWN_ARCS
+    )
+    (release,) = store.releases("shop")["releases"]
+    assert (release["arcs_covered"], release["branch_percent"]) == (5, 50.0)
+    (bucket,) = store.series(sel)["series"]
+    assert (bucket["arcs_covered"], bucket["new_arcs"]) == (5, 5)
 
 
 def test_release_selection_defaults(store: SqlStore) -> None:
@@ -417,7 +583,13 @@ def two_hours(store: SqlStore) -> SqlStore:
             static=[views_static()],
             coverage=[
                 part(1, at=T0 + 100, files=[views(PATH_A, ARCS_A)]),
-                part(2, at=T0 + 200, endpoint="POST /checkout", files=[views([12], [])]),
+                part(
+                    2,
+                    at=T0 + 200,
+                    endpoint="POST /checkout",
+                    files=[views([12], [])],
+                    mode="census",
+                ),
                 part(3, at=T0 + 2 * HOUR + 5, files=[views(PATH_B, ARCS_B)]),
                 part(4, at=T0 + 2 * HOUR + 9, files=[views([12, 13], [(12, 13)])]),
             ],
@@ -488,15 +660,16 @@ def test_series(two_hours: SqlStore) -> None:
             "new_arcs": 2,
         },
     ]
+    # POST /checkout was measured by census only: its arcs are unknown, not 0.
     per_endpoint = two_hours.series(Selection("shop", endpoint="POST /checkout"))["series"]
     assert per_endpoint == [
         {
             "hour": "2025-11-25T10:00:00Z",
             "requests": 1,
             "lines_covered": 1,
-            "arcs_covered": 0,
+            "arcs_covered": None,
             "new_lines": 1,
-            "new_arcs": 0,
+            "new_arcs": None,
         },
     ]
     windowed = two_hours.series(Selection("shop", since_unix=T0 + HOUR))["series"]
@@ -517,13 +690,15 @@ def test_series_counts_against_the_denominators_as_coverage_does(store: SqlStore
             coverage=[
                 part(1, at=T0 + 10, files=[views([*PATH_A, 2], [*ARCS_A, (2, 5)])]),
                 part(2, at=T0 + HOUR + 10, files=[views([*PATH_B, 2], [*ARCS_B, (2, 5)])]),
-                part(3, at=T0 + HOUR + 20, files=[FileHits("shop/extra.py", "cccc", [1], [])]),
+                part(
+                    3, at=T0 + HOUR + 20, files=[FileHits("shop/extra.py", "cccc", [1], [(-1, 1)])]
+                ),
             ],
         )
     )
     answer = store.series(Selection("shop"))["series"]
-    assert [(b["lines_covered"], b["arcs_covered"]) for b in answer] == [(4, 5), (4 + 1, 5)]
-    assert [(b["new_lines"], b["new_arcs"]) for b in answer] == [(4, 5), (1 + 1, 2)]
+    assert [(b["lines_covered"], b["arcs_covered"]) for b in answer] == [(4, 5), (4 + 1, 5 + 1)]
+    assert [(b["new_lines"], b["new_arcs"]) for b in answer] == [(4, 5), (1 + 1, 2 + 1)]
     (release,) = store.releases("shop")["releases"]
     assert sum(b["new_lines"] for b in answer) == release["lines_covered"]
     assert sum(b["new_arcs"] for b in answer) == release["arcs_covered"]

@@ -23,7 +23,7 @@ from runcov_collector.model import (
     Selection,
     StaticPart,
 )
-from runcov_collector.store import SqlStore
+from runcov_collector.store import NotFound, SqlStore
 from runcov_collector.store.dialect import PostgresConn
 
 T0 = 1_764_064_800  # 2025-11-25T10:00:00Z
@@ -77,6 +77,14 @@ def statics() -> list[StaticPart]:
     return out
 
 
+def answer_of(query: Any, *args: Any, **kwargs: Any) -> Any:
+    """A query's answer, or the NotFound it raises (an endpoint the release never saw)."""
+    try:
+        return query(*args, **kwargs)
+    except NotFound as exc:
+        return f"NotFound: {exc}"
+
+
 def snapshot(store: SqlStore) -> dict[str, Any]:
     """Every query answer that depends on the stored coverage."""
     out: dict[str, Any] = {"services": store.services()}
@@ -92,9 +100,9 @@ def snapshot(store: SqlStore) -> dict[str, Any]:
             )
             for sel in selections:
                 key = repr(sel)
-                out[f"coverage {key}"] = store.coverage(sel, detail=True)
-                out[f"endpoints {key}"] = store.endpoints(sel)
-                out[f"series {key}"] = store.series(sel)
+                out[f"coverage {key}"] = answer_of(store.coverage, sel, detail=True)
+                out[f"endpoints {key}"] = answer_of(store.endpoints, sel)
+                out[f"series {key}"] = answer_of(store.series, sel)
     return out
 
 

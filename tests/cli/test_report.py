@@ -187,3 +187,31 @@ def test_an_endpoint_the_release_never_saw_is_a_usage_error(
     assert proc.returncode == 2
     assert ("'GET /nope': shop 1.0 (prod, baseline) and shop 1.1 (prod, canary) never saw it"
             in proc.stderr)
+
+
+def test_census_coverage_shows_branches_as_not_measured(
+    collector: RunningCollector, sample: Sample
+) -> None:
+    """Census records first hits of lines, no arcs: the tables say so (n/a), rather than
+    counting every branch as missed."""
+    census = Release("shop", "2.0", "prod", "baseline")
+    collector.store.ingest(
+        support.batch(census, sample.root, sample.requests(*BASE_INPUTS), mode="census")
+    )
+    proc = support.runcov("report", *collector.args(), "--service", "shop", "--version", "2.0")
+    assert proc.returncode == 0, proc.stderr
+    releases, rest = proc.stdout.split("\nEndpoints of", 1)
+    endpoints, files = rest.split("\nFiles of", 1)
+    assert "None" not in proc.stdout
+    [row] = [r for r in releases.splitlines() if r.startswith("2.0")]
+    assert row.split()[6:8] == ["n/a", "n/a"]  # arcs, branch
+    assert all(r.split()[-3] == "n/a" for r in endpoints.splitlines()[3:] if r.strip())
+    body = [r for r in files.splitlines()[3:] if r and not r.startswith("-")]
+    assert body and all(r.split()[4] == "n/a" and r.split()[6] == "n/a" for r in body[:-1])
+    total = body[-1].split()
+    assert total[-4] == "n/a" and total[-2] == "n/a"  # BrMiss, BrCover of the TOTAL row
+    # The lines are counted as usual, and the JSON form keeps the nulls.
+    doc = support.as_json(support.runcov(
+        "report", *collector.args(), "--service", "shop", "--version", "2.0", "--format", "json"
+    ))
+    assert doc["totals"]["lines_covered"] > 0 and doc["totals"]["branch_percent"] is None

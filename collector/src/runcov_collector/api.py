@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from datetime import datetime, timezone
@@ -15,6 +16,9 @@ from starlette.routing import Route
 
 from runcov_collector import decode, limits
 from runcov_collector.model import ROLES, Selection, Store
+from runcov_collector.store.errors import is_unavailable, unavailable_reason
+
+log = logging.getLogger(__name__)
 
 _RELATIVE_RE = re.compile(r"(\d{1,9})([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -187,6 +191,16 @@ def _not_found_types() -> tuple[type[BaseException], ...]:
     return ()
 
 
+def store_unavailable(request: Request, exc: BaseException) -> JSONResponse:
+    """503 ``{"error": "store unavailable: <reason>"}`` with ``Retry-After``, as ingest answers
+    when the store cannot write: the database is unreachable, locked or closed for now."""
+    reason = unavailable_reason(exc)
+    log.warning("%s: store unavailable: %s", request.url.path, reason)
+    response = error(503, f"store unavailable: {reason}")
+    response.headers["Retry-After"] = str(request.app.state.config.retry_after_seconds)
+    return response
+
+
 def _endpoint(call: Callable[[Store, Any], Any]) -> Callable[[Request], Any]:
     async def handler(request: Request) -> Response:
         store: Store = request.app.state.store
@@ -199,6 +213,11 @@ def _endpoint(call: Callable[[Store, Any], Any]) -> Callable[[Request], Any]:
             return error(404, str(message))
         except ValueError as exc:
             return error(400, str(exc))
+        except Exception as exc:
+            if is_unavailable(exc):
+                return store_unavailable(request, exc)
+            log.exception("%s failed", request.url.path)
+            return error(500, f"internal error ({type(exc).__name__}); the collector's log has it")
         return JSONResponse(body)
 
     return handler

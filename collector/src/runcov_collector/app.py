@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import signal
@@ -26,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runcov_collector import api, receiver_http
 from runcov_collector.auth import TokenCheck
-from runcov_collector.config import Config
+from runcov_collector.config import ENV_PREFIX, Config, ListenError
 from runcov_collector.ingest import Ingestor
 from runcov_collector.metrics import CONTENT_TYPE, CollectorMetrics
 from runcov_collector.model import Selection, Store
@@ -113,7 +114,9 @@ class _ReleaseGauges:
 
     Ratios are computed from the covered and total counts, not from the API's percentages
     (rounded to 0.1): covered lines over statements of the files whose denominators are known,
-    as ``line_percent`` counts them, and covered over possible branch exits.
+    as ``line_percent`` counts them, and covered over possible branch exits. A release without
+    denominators has no ratio, and one measured by census only (its covered branches are
+    null) no branch ratio: their series are left out rather than reading 0.
     """
 
     def __init__(self, store: Store, ttl: float) -> None:
@@ -141,7 +144,7 @@ class _ReleaseGauges:
                             sum(f["lines_total"] for f in known),
                         ),
                         "branch": _ratio(
-                            sums.get("branches_covered", 0), sums.get("branches_total", 0)
+                            sums.get("branches_covered"), sums.get("branches_total", 0)
                         ),
                     }
                 )
@@ -194,8 +197,56 @@ def _agent_totals(release: dict[str, Any]) -> dict[str, Any] | None:
     return totals
 
 
-def _ratio(covered: int, total: int) -> float | None:
-    return None if total <= 0 else covered / total
+def _ratio(covered: int | None, total: int) -> float | None:
+    """covered / total; None without a total, or when covered is unknown (null: a release
+    measured by census only has no arcs, so its branch coverage is unknown, not 0)."""
+    return None if covered is None or total <= 0 else covered / total
+
+
+def _probe_bind(host: str, port: int) -> OSError | None:
+    """Why ``host:port`` cannot be bound, found by binding a plain socket there (gRPC's own
+    bind error does not say); None when it can be."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return exc
+    return None
+
+
+def listen_error(listener: str, host: str, port: int, exc: BaseException) -> ListenError:
+    """A failure to bind the ``listener`` ("HTTP" or "gRPC") as a message that names it, the
+    address, the cause, and the option (and environment variable) to change."""
+    option = "http_port" if listener == "HTTP" else "grpc_port"
+    host_option = f"--host ({ENV_PREFIX}HOST)"
+    port_option = f"--{option.replace('_', '-')} ({ENV_PREFIX}{option.upper()})"
+    where = f"cannot listen for {listener} on {host_port(host, port)}"
+    if isinstance(exc, socket.gaierror):
+        return ListenError(
+            f"{where}: host {host!r} of {host_option} is neither an IP address nor a name that "
+            f"resolves ({exc.strerror or exc})"
+        )
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code == errno.EADDRINUSE:
+        return ListenError(
+            f"{where}: the address is already in use (another process, or another collector, "
+            f"listens on port {port}); choose another {port_option}"
+        )
+    if code == errno.EADDRNOTAVAIL:
+        return ListenError(
+            f"{where}: {host!r} is not an address of this machine; check {host_option} "
+            "(0.0.0.0 listens on all of them)"
+        )
+    if code == errno.EACCES:
+        return ListenError(
+            f"{where}: permission denied (ports below 1024 need privileges); choose another "
+            f"{port_option}"
+        )
+    return ListenError(f"{where} ({host_option}, {port_option}): {exc}")
 
 
 def _dashboard_routes(store: Store, config: Config) -> list[BaseRoute]:
@@ -315,20 +366,25 @@ class Collector:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def _bind_http(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        """The HTTP listening socket; ``ListenError`` when it cannot be bound."""
+        host, port = self.config.host, self.config.http_port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((self.config.host, self.config.http_port))
-        except OSError:
+            sock.bind((host, port))
+        except OSError as exc:
             sock.close()
-            raise
+            raise listen_error("HTTP", host, port, exc) from exc
         sock.listen(1024)
         sock.setblocking(False)
         return sock
 
     def start(self, timeout: float = 30.0) -> Collector:
-        """Bind both ports, start serving in background threads; returns ``self``."""
+        """Bind both ports, start serving in background threads; returns ``self``.
+
+        A port that cannot be bound raises ``ListenError`` naming the listener and address.
+        """
         sock = self._bind_http()
         self.http_port = sock.getsockname()[1]
         if self.config.grpc_port >= 0:
@@ -339,8 +395,12 @@ class Collector:
                 self.config.max_body_bytes,
                 self.config.retry_after_seconds,
             )
+            host, port = self.config.host, self.config.grpc_port
             try:
-                self.grpc_port = self.grpc.start(self.config.host, self.config.grpc_port)
+                self.grpc_port = self.grpc.start(host, port)
+            except (OSError, RuntimeError) as exc:  # grpc says "Failed to bind to address"
+                sock.close()
+                raise listen_error("gRPC", host, port, _probe_bind(host, port) or exc) from exc
             except Exception:
                 sock.close()
                 raise

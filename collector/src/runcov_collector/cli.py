@@ -102,10 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         serve(config, on_ready=_announce)
-    except ValueError as exc:  # e.g. a store URL the store cannot open
+    except ValueError as exc:  # a store URL the store cannot open, a port in use (ListenError)
         print(f"runcov-collector: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # the port is taken, the database is unreachable...
+    except Exception as exc:  # the database is unreachable...
         print(f"runcov-collector: cannot serve: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -21,6 +21,11 @@ class ConfigError(ValueError):
     """The configuration is invalid or incomplete (the server refuses to start)."""
 
 
+class ListenError(ConfigError):
+    """A listener cannot listen where the configuration says: the port is in use, the host is
+    not an address of this machine or does not resolve, the port needs privileges."""
+
+
 @dataclass
 class Config:
     """Everything ``runcov-collector serve`` needs. ``create_app``/``serve`` take one of these.
@@ -80,6 +85,12 @@ class Config:
             low = -1 if name == "grpc_port" else 0
             if not low <= port <= 65535:
                 raise ConfigError(f"{name} {port} is not a port number")
+        if self.grpc_port > 0 and self.grpc_port == self.http_port:
+            raise ConfigError(
+                f"--http-port and --grpc-port are both {self.http_port} ({ENV_PREFIX}HTTP_PORT, "
+                f"{ENV_PREFIX}GRPC_PORT): the HTTP and gRPC listeners need a port each "
+                "(--grpc-port -1 turns gRPC off)"
+            )
         positives = ("max_body_bytes", "max_inflight_ingests", "store_threads")
         for name in positives:
             if getattr(self, name) < 1:

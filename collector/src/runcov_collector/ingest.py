@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from runcov_collector import decode
 from runcov_collector.metrics import CollectorMetrics
 from runcov_collector.model import Batch, Store
-from runcov_collector.store.errors import StoreClosed
+from runcov_collector.store.errors import UNAVAILABLE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,9 @@ class StoreUnavailable(IngestError):
 
 
 def _store_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-    operational: list[type[BaseException]] = [sqlite3.Error, OSError, TimeoutError, StoreClosed]
+    # The store being unavailable (as the query API judges it too), and any other database
+    # error but those of the data's kind: a write another replica or a later try may commit.
+    operational: list[type[BaseException]] = [*UNAVAILABLE_ERRORS, sqlite3.Error]
     data: list[type[BaseException]] = [
         ArithmeticError,
         ValueError,

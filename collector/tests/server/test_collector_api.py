@@ -198,6 +198,27 @@ def test_unknown_release_or_file_is_404(client):
     assert client.get("/api/v1/file", service="shop", path="shop/other.py").status_code == 404
 
 
+def test_an_endpoint_the_release_never_saw_is_404_not_zero_coverage(client):
+    _seed(client, endpoint="GET /a", when_ns=time.time_ns() - 3 * HOUR_NS)
+    release = {"service": "shop", "version": "1.0"}
+    for route, params in (
+        ("/api/v1/coverage", {}),
+        ("/api/v1/endpoints", {}),
+        ("/api/v1/file", {"path": "shop/views.py"}),
+        ("/api/v1/series", {}),
+        ("/api/v1/coverage", {"since": "1h"}),
+    ):
+        response = client.get(route, **release, endpoint="GET /typo", **params)
+        assert response.status_code == 404, route
+        assert response.json() == {
+            "error": "no endpoint 'GET /typo' in shop 1.0 (prod, baseline): it never sent "
+            "coverage of it (GET /api/v1/endpoints lists the endpoints of a release)"
+        }
+    # A known endpoint without requests in the window is zero coverage, not unknown.
+    quiet = client.query("/api/v1/coverage", **release, endpoint="GET /a", since="1h")
+    assert (quiet["totals"]["requests"], quiet["totals"]["lines_covered"]) == (0, 0)
+
+
 def test_unknown_api_routes_and_methods_answer_json(client):
     """A mistyped route or method under /api/ gets the API's JSON error like any other error;
     other paths keep their plain-text answers."""

@@ -71,6 +71,11 @@ def test_bad_environment_values_fail_loudly():
         ),
         ({"ingest_token": "in gest", "query_token": "q"}, "--ingest-token .* contains a space"),
         ({"ingest_token": "i", "query_token": "q\x7f"}, "contains a control character"),
+        (
+            {"no_auth": True, "http_port": 4317},
+            r"--http-port and --grpc-port are both 4317 \(RUNCOV_COLLECTOR_HTTP_PORT, "
+            r"RUNCOV_COLLECTOR_GRPC_PORT\): the HTTP and gRPC listeners need a port each",
+        ),
     ],
 )
 def test_validation_messages(values, message):
@@ -319,3 +324,67 @@ def test_a_token_that_is_not_visible_ascii_refuses_to_start(tmp_path, args, env)
 def test_log_level_names_are_accepted_in_any_case():
     assert cli.log_level("debug") == logging.DEBUG
     assert cli.log_level(" Warning ") == logging.WARNING
+
+
+@pytest.mark.parametrize(
+    "ports",
+    [("--http-port", "5555", "--grpc-port", "5555"), ("--grpc-port", "4318")],
+    ids=["arguments", "grpc-port-on-the-default-http-port"],
+)
+def test_http_and_grpc_on_one_port_are_refused_before_anything_starts(tmp_path, ports):
+    result = subprocess.run(
+        [sys.executable, "-m", "runcov_collector", "serve", "--no-auth",
+         "--store", f"sqlite:///{tmp_path}/c.db", *ports],
+        capture_output=True, text=True, env=_clean_env(), timeout=60,
+    )
+    port = ports[-1]
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"runcov-collector: --http-port and --grpc-port are both {port} "
+        "(RUNCOV_COLLECTOR_HTTP_PORT, RUNCOV_COLLECTOR_GRPC_PORT): the HTTP and gRPC listeners "
+        "need a port each (--grpc-port -1 turns gRPC off)\n"
+    )
+    assert not (tmp_path / "c.db").exists()
+
+
+@pytest.mark.parametrize(("listener", "option"), [("HTTP", "http-port"), ("gRPC", "grpc-port")])
+def test_a_port_in_use_names_the_listener_and_its_address(tmp_path, listener, option):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"http-port": "0", "grpc-port": "0", option: str(port)}
+        result = subprocess.run(
+            [sys.executable, "-m", "runcov_collector", "serve", "--no-auth",
+             "--store", f"sqlite:///{tmp_path}/c.db",
+             *(arg for name, value in ports.items() for arg in (f"--{name}", value))],
+            capture_output=True, text=True, env=_clean_env(), timeout=60,
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"runcov-collector: cannot listen for {listener} on 127.0.0.1:{port}: the address is "
+        f"already in use (another process, or another collector, listens on port {port}); "
+        f"choose another --{option} (RUNCOV_COLLECTOR_{option.replace('-', '_').upper()})"
+    )
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "problem"),
+    [
+        ("999.1.1.1", "is neither an IP address nor a name that resolves"),
+        ("runcov-no-such-host.invalid", "is neither an IP address nor a name that resolves"),
+        ("192.0.2.1", "is not an address of this machine; check --host (RUNCOV_COLLECTOR_HOST)"),
+    ],
+)
+def test_a_host_that_cannot_be_listened_on_names_the_host_and_option(tmp_path, host, problem):
+    result = _serve("--no-auth", "--store", f"sqlite:///{tmp_path}/c.db",
+                    env={"RUNCOV_COLLECTOR_HOST": host})
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"runcov-collector: cannot listen for HTTP on {host}:4318: ")
+    assert f"'{host}' " in line and problem in line
+    if "resolve" in problem:
+        assert "--host (RUNCOV_COLLECTOR_HOST)" in line

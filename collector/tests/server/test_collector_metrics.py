@@ -134,6 +134,29 @@ def test_release_ratio_gauges_are_computed_from_the_counts(start_collector, make
     assert gauge("branch") == 1 / 3
 
 
+def test_a_census_only_release_has_no_branch_ratio_series(start_collector, make_client):
+    """Census sends lines, not arcs: the release's branch coverage is unknown, so its branch
+    series is left out (a 0 would page someone). An exact release that took no branch exit
+    reads 0; both have line ratios."""
+    client = make_client(start_collector(metrics_cache_seconds=0))
+    possible = [(-1, 1), (1, 2), (1, 3), (2, 4), (3, 4)]
+    for version, mode, arcs in (("census", "census", []), ("exact", "exact", [(-1, 1)])):
+        spans = [
+            static_span([file_static("shop/views.py", [1, 2, 3, 4], possible)]),
+            coverage_span("GET /", [file_hits("shop/views.py", [1], arcs)], mode=mode),
+        ]
+        resource = {"service.name": "shop", "service.version": version}
+        assert client.send(trace_request(spans, resource)).status_code == 200
+    text = client.get("/metrics", token=None).text
+
+    def gauges(name):
+        pattern = rf'^runcov_collector_release_{name}_coverage_ratio{{.*version="(\w+)".*}} (\S+)$'
+        return {v: float(x) for v, x in re.findall(pattern, text, re.M)}
+
+    assert gauges("line") == {"census": 1 / 4, "exact": 1 / 4}
+    assert gauges("branch") == {"exact": 0.0}
+
+
 def test_a_part_delivered_again_after_a_retention_sweep_counts_once(start_collector, make_client):
     collector = start_collector(retention_hours=1, retention_interval_seconds=3600)
     client = make_client(collector)

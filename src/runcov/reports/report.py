@@ -40,14 +40,26 @@ def build_report(
 
 
 def _fully_covered(f: dict[str, Any]) -> bool:
-    """No missed line or branch; a file without denominators but with hits is unknown."""
+    """No missed line or branch; a file without denominators but with hits is unknown. Where
+    branches were not measured (census), the lines decide."""
     total = int(f.get("lines_total") or 0)
     covered = int(f.get("lines_covered") or 0)
     if total == 0 and covered > 0:
         return False
+    if _unmeasured(f, "branches_covered"):
+        return covered >= total
     return covered >= total and int(f.get("branches_covered") or 0) >= int(
         f.get("branches_total") or 0
     )
+
+
+def _unmeasured(row: dict[str, Any], key: str) -> bool:
+    """Whether the collector says ``key`` was not measured: null (census records no arcs)."""
+    return key in row and row[key] is None
+
+
+#: What the tables show for arc and branch figures of coverage measured by census alone.
+NOT_MEASURED = "n/a"
 
 
 def sort_files(files: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
@@ -106,13 +118,14 @@ def render_releases(releases: list[dict[str, Any]]) -> str:
     """Releases table, newest first as the collector returns them."""
     rows = []
     for r in releases:
+        census = _unmeasured(r, "arcs_covered")
         rows.append([
             r.get("version") or "-", r.get("environment") or "-", r.get("role") or "-",
             r.get("requests", 0),
             f"{r.get('lines_covered', 0)}/{r.get('lines_total', 0)}",
             fmt_percent(r.get("line_percent")),
-            f"{r.get('arcs_covered', 0)}/{r.get('arcs_total', 0)}",
-            fmt_percent(r.get("branch_percent")),
+            NOT_MEASURED if census else f"{r.get('arcs_covered', 0)}/{r.get('arcs_total', 0)}",
+            NOT_MEASURED if census else fmt_percent(r.get("branch_percent")),
             r.get("last_seen") or "-",
         ])
     if not rows:
@@ -127,7 +140,8 @@ def render_endpoints(endpoints: list[dict[str, Any]]) -> str:
     """Endpoints table, sorted by name."""
     rows = [
         [e["endpoint"], e.get("requests", 0), e.get("lines_covered", 0),
-         e.get("arcs_covered", 0), e.get("first_seen") or "-", e.get("last_seen") or "-"]
+         NOT_MEASURED if _unmeasured(e, "arcs_covered") else e.get("arcs_covered", 0),
+         e.get("first_seen") or "-", e.get("last_seen") or "-"]
         for e in endpoints
     ]
     if not rows:
@@ -143,22 +157,26 @@ def render_files(files: list[dict[str, Any]], totals: dict[str, Any]) -> str:
     for f in files:
         lines_total = int(f.get("lines_total") or 0)
         branches_total = int(f.get("branches_total") or 0)
+        census = _unmeasured(f, "branches_covered")
         rows.append([
             f["path"], lines_total, _missed(f), branches_total,
-            max(0, branches_total - int(f.get("branches_covered") or 0)),
-            fmt_percent(f.get("line_percent")), fmt_percent(f.get("branch_percent")),
+            NOT_MEASURED if census
+            else max(0, branches_total - int(f.get("branches_covered") or 0)),
+            fmt_percent(f.get("line_percent")),
+            NOT_MEASURED if census else fmt_percent(f.get("branch_percent")),
             f.get("requests", 0),
         ])
     if not rows:
         return "(none)\n"
     lt = int(totals.get("lines_total") or 0)
     bt = int(totals.get("branches_total") or 0)
+    census = _unmeasured(totals, "branches_covered")
     footer = [
         f"TOTAL ({totals.get('files', len(files))} files)", lt,
         lt - int(totals.get("lines_covered") or 0),
-        bt, bt - int(totals.get("branches_covered") or 0),
+        bt, NOT_MEASURED if census else bt - int(totals.get("branches_covered") or 0),
         fmt_percent(totals.get("line_percent", percent(int(totals.get("lines_covered") or 0), lt))),
-        fmt_percent(totals.get("branch_percent")),
+        NOT_MEASURED if census else fmt_percent(totals.get("branch_percent")),
         totals.get("requests", ""),
     ]
     return render_table(

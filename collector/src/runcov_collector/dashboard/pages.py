@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -11,17 +12,21 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from runcov_collector import limits
 from runcov_collector.dashboard import params as P
 from runcov_collector.dashboard.cache import AnswerCache
 from runcov_collector.dashboard.source import Annotation, annotate, read_source
 from runcov_collector.dashboard.sparkline import cumulative_lines
 from runcov_collector.model import ROLES, Selection, Store
+from runcov_collector.store.errors import is_unavailable, unavailable_reason
 
 PER_PAGE = 100
 MAX_PER_PAGE = 1000
 FILE_SORTS = ("path", "line_percent", "branch_percent", "missed", "requests")
 STATIC_PREFIX = "/ui/static"
 DEFAULT_CACHE_SECONDS = 10.0
+
+log = logging.getLogger(__name__)
 
 
 def url(route: str, params: Mapping[str, Any] | None = None, /, **extra: Any) -> str:
@@ -42,6 +47,24 @@ def trace_link(template: str | None, trace_id: str) -> str | None:
 def pct(value: float | None) -> str:
     """``42.5%`` or ``-``."""
     return "-" if value is None else f"{value:.1f}%"
+
+
+NOT_MEASURED = "n/a"
+"""What the dashboard shows for arc and branch figures a census-only measurement leaves null."""
+NOT_MEASURED_TITLE = "measured by census only: census records lines, not arcs or branches"
+
+
+def count(value: int | None) -> str:
+    """A count, or ``n/a`` when it is unknown (null)."""
+    return NOT_MEASURED if value is None else str(value)
+
+
+def branch_pct(row: Mapping[str, Any]) -> str:
+    """Branch coverage of a file, totals or release row: ``n/a`` when it was measured by census
+    only (its covered arcs are null), else ``pct`` of its ``branch_percent``."""
+    if "arcs_covered" in row and row["arcs_covered"] is None:
+        return NOT_MEASURED
+    return pct(row.get("branch_percent"))
 
 
 def ranges(numbers: list[int]) -> str:
@@ -73,8 +96,9 @@ def _env() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.globals.update(url=url, pct=pct, ranges=ranges, arcs_text=arcs_text,
-                       static=STATIC_PREFIX, roles=ROLES)
+    env.globals.update(url=url, pct=pct, count=count, branch_pct=branch_pct, ranges=ranges,
+                       arcs_text=arcs_text, static=STATIC_PREFIX, roles=ROLES,
+                       not_measured_title=NOT_MEASURED_TITLE)
     return env
 
 
@@ -85,6 +109,9 @@ class Dashboard:
         self.store = store
         self.source_dir: str | None = getattr(config, "source_dir", None)
         self.trace_url_template: str | None = getattr(config, "trace_url_template", None)
+        self.retry_after_seconds = int(
+            getattr(config, "retry_after_seconds", limits.RETRY_AFTER_SECONDS)
+        )
         ttl = getattr(config, "dashboard_cache_seconds", None)
         self.cache = AnswerCache(ttl=DEFAULT_CACHE_SECONDS if ttl is None else float(ttl))
         self.env = _env()
@@ -105,11 +132,25 @@ class Dashboard:
                 name, context = await run_in_threadpool(build, query)
             except P.BadParameter as exc:
                 return self.render("error.html", 400, title="Bad request", message=str(exc))
+            except (KeyError, IndexError):
+                raise  # a bug (HTTP 500), not an unknown service, release or file
             except LookupError as exc:
                 message = exc.args[0] if exc.args else "not found"
                 return self.render("error.html", 404, title="Not found", message=str(message))
             except ValueError as exc:
                 return self.render("error.html", 400, title="Bad request", message=str(exc))
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                reason = unavailable_reason(exc)
+                log.warning("%s: store unavailable: %s", request.url.path, reason)
+                response = self.render(
+                    "error.html", 503, title="Store unavailable",
+                    message=f"The coverage store is unavailable ({reason}). Coverage cannot be "
+                    "shown until it answers again; try again in a moment.",
+                )
+                response.headers["Retry-After"] = str(self.retry_after_seconds)
+                return response
             return self.render(name, **context)
 
         return endpoint

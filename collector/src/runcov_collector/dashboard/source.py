@@ -46,6 +46,8 @@ class Annotation:
         if executable:
             ann.covered = {n: v for n, v in ann.covered.items() if n in executable}
         ann.executable = executable | set(ann.covered)
+        if "arcs_covered" in detail and detail["arcs_covered"] is None:
+            return ann  # measured by census only: which exits ran is unknown, none is missing
         executed = {(int(a[0]), int(a[1])) for a in detail.get("arcs", [])}
         exits: dict[int, list[int]] = {}
         for a, b in detail.get("possible_arcs", []):
@@ -100,9 +102,12 @@ def read_source(source_dir: str | None, path: str) -> tuple[str | None, str]:
         return None, "path is outside the source directory"
     if not target.is_file():
         return None, "file not found in the source directory"
-    if target.stat().st_size > MAX_SOURCE_BYTES:
-        return None, "file too large to show"
-    data = target.read_bytes()
+    try:
+        if target.stat().st_size > MAX_SOURCE_BYTES:
+            return None, "file too large to show"
+        data = target.read_bytes()
+    except OSError as exc:  # unreadable: say so on the page (it is no store failure)
+        return None, f"cannot read the file: {exc.strerror or exc}"
     return data.decode("utf-8", errors="replace"), hashlib.sha256(data).hexdigest()[:16]
 
 

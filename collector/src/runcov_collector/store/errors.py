@@ -1,6 +1,8 @@
-"""Errors the store raises to its callers."""
+"""Errors the store raises to its callers, and which failures mean the store is unavailable."""
 
 from __future__ import annotations
+
+import sqlite3
 
 
 class StoreError(Exception):
@@ -13,3 +15,43 @@ class NotFound(StoreError, LookupError):
 
 class StoreClosed(StoreError, RuntimeError):
     """The store was closed (the collector is shutting down); a later request may succeed."""
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = [
+        StoreClosed,
+        sqlite3.OperationalError,
+        OSError,
+        TimeoutError,
+    ]
+    try:
+        import psycopg
+
+        found.append(psycopg.OperationalError)
+    except ImportError:  # pragma: no cover - psycopg is a dependency, but stay usable without
+        pass
+    return tuple(found)
+
+
+UNAVAILABLE_ERRORS = _unavailable_errors()
+"""Failures that say the database cannot be reached or cannot answer now: the store is closed,
+the connection is refused or lost (PostgreSQL stopped or restarting), the database is locked,
+a disk error. A later request may succeed. A database error of another kind (a query the schema
+does not support, a value out of range) says nothing about availability."""
+
+_REASON_CHARS = 200
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` (raised by a store call) means the store is unavailable for now."""
+    return isinstance(exc, UNAVAILABLE_ERRORS)
+
+
+def unavailable_reason(exc: BaseException) -> str:
+    """A one-line reason for an unavailable store: the error's type and the first line of its
+    message (database drivers add hints on further lines), at most 200 characters."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    if len(first) > _REASON_CHARS:
+        first = first[: _REASON_CHARS - 3] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

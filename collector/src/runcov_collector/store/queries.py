@@ -10,7 +10,7 @@ from . import agent, hitsets, summary
 from .dialect import Conn
 from .errors import NotFound
 from .merge import NS_PER_HOUR, time_of, trace_of
-from .select import Scope, iso, iso_hour, iso_span, resolve
+from .select import Scope, iso, iso_hour, iso_span, require_endpoints, resolve
 from .summary import Static
 
 Hits = dict[Any, tuple[int, str]]  # line or (from, to) -> (hits, first key)
@@ -18,6 +18,19 @@ Hits = dict[Any, tuple[int, str]]  # line or (from, to) -> (hits, first key)
 
 def _percent(covered: int, total: int) -> float | None:
     return None if total <= 0 else round(100.0 * covered / total, 1)
+
+
+def census_only(lines_executed: int, arcs_executed: int) -> bool:
+    """Whether coverage that executed these many lines and arcs has no arc data at all.
+
+    Census parts carry the lines a request hit first and no arcs; exact ones carry the arcs of
+    every line they executed (an executed line is the end of an arc). Lines without a single
+    arc were therefore measured by census only, and how many arcs and branches ran is unknown:
+    the API reports those counts as null rather than 0. Coverage that executed arcs, however
+    few of them are possible arcs or branch exits, was measured exactly: its counts stand, 0
+    included. Nothing executed at all is no census either.
+    """
+    return lines_executed > 0 and arcs_executed == 0
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -107,21 +120,28 @@ def load_statics(conn: Conn, release_id: int, file_id: int | None = None) -> dic
 
 
 def counts_object(
-    path: str, sha: str, counts: tuple[int, int, int, int, int, int], requests: int
+    path: str,
+    sha: str,
+    counts: tuple[int, int, int, int, int, int],
+    requests: int,
+    census: bool = False,
 ) -> dict[str, Any]:
-    """A file's summary object from (lines covered, total, arcs covered, total, branches ...)."""
+    """A file's summary object from (lines covered, total, arcs covered, total, branches ...).
+
+    With ``census`` (``census_only``) the covered arcs and branches are unknown: null.
+    """
     lc, lt, ac, at, bc, bt = counts
     return {
         "path": path,
         "sha": sha,
         "lines_covered": lc,
         "lines_total": lt,
-        "arcs_covered": ac,
+        "arcs_covered": None if census else ac,
         "arcs_total": at,
-        "branches_covered": bc,
+        "branches_covered": None if census else bc,
         "branches_total": bt,
         "line_percent": _percent(lc, lt),
-        "branch_percent": _percent(bc, bt),
+        "branch_percent": None if census else _percent(bc, bt),
         "requests": requests,
     }
 
@@ -139,6 +159,7 @@ def file_object(
 
     With denominators, covered counts only lines and arcs the static analysis knows (as
     coverage.py reports them); without, they count everything executed and totals are 0.
+    Executed lines without any executed arc (``census_only``) leave arcs and branches null.
     """
     if static is not None:
         statements = set(static.lines)
@@ -157,6 +178,7 @@ def file_object(
         sha,
         (lines_covered, lines_total, arcs_covered, arcs_total, branches_covered, branches_total),
         requests,
+        census_only(len(lines), len(arcs)),
     )
     if detail:
         obj["lines"] = [[ln, n, trace_of(k)] for ln, (n, k) in sorted(lines.items())]
@@ -167,8 +189,13 @@ def file_object(
     return obj
 
 
-def totals(files: list[dict[str, Any]], requests: int) -> dict[str, Any]:
-    """Sum file objects; percentages over the files whose denominators are known."""
+def totals(files: list[dict[str, Any]], requests: int, census: bool = False) -> dict[str, Any]:
+    """Sum file objects; percentages over the files whose denominators are known.
+
+    ``census``: the files executed lines but not a single arc (``census_only`` over all of
+    them), so the covered arcs and branches are null. Otherwise they add up what was measured
+    exactly; a file measured by census only (null) adds nothing.
+    """
     keys = (
         "lines_covered",
         "lines_total",
@@ -177,14 +204,18 @@ def totals(files: list[dict[str, Any]], requests: int) -> dict[str, Any]:
         "branches_covered",
         "branches_total",
     )
-    sums = {k: sum(f[k] for f in files) for k in keys}
+    sums: dict[str, int | None] = {k: sum(f[k] or 0 for f in files) for k in keys}
     known = [f for f in files if f["lines_total"] > 0]
     lines_known = sum(f["lines_covered"] for f in known)
+    lines_total = sums["lines_total"] or 0
+    branch_percent = _percent(sums["branches_covered"] or 0, sums["branches_total"] or 0)
+    if census:
+        sums["arcs_covered"] = sums["branches_covered"] = branch_percent = None
     return {
         "files": len(files),
         **sums,
-        "line_percent": _percent(lines_known, sums["lines_total"]),
-        "branch_percent": _percent(sums["branches_covered"], sums["branches_total"]),
+        "line_percent": _percent(lines_known, lines_total),
+        "branch_percent": branch_percent,
         "requests": requests,
     }
 
@@ -195,8 +226,9 @@ def coverage_files(
     detail: bool,
     path_prefix: str | None = None,
     path: str | None = None,
-) -> tuple[list[dict[str, Any]], int]:
-    """File objects of a scope (all release files, sorted by path) and its request count."""
+) -> tuple[list[dict[str, Any]], int, bool]:
+    """File objects of a scope (all release files, sorted by path), its request count, and
+    whether the scope was measured by census only (``census_only`` over those files)."""
     if not detail and path is None and scope.hours is None:
         return summary_files(conn, scope, path_prefix)
     files = load_files(conn, scope.release_id)
@@ -221,16 +253,20 @@ def coverage_files(
         )
         for fid, (p, sha) in sorted(files.items(), key=lambda item: item[1][0])
     ]
-    return out, requests
+    census = census_only(
+        sum(len(lines.get(fid, ())) for fid in files), sum(len(arcs.get(fid, ())) for fid in files)
+    )
+    return out, requests, census
 
 
 def summary_files(
     conn: Conn, scope: Scope, path_prefix: str | None = None
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[dict[str, Any]], int, bool]:
     """``coverage_files`` without detail over all time, from the stored per-file counts.
 
     Files whose counts predate their current denominators (see summary.py) are recounted from
-    their hit sets.
+    their hit sets. The executed items (``n_lines``/``n_arcs``) do not depend on denominators:
+    they are current in every row.
     """
     if scope.endpoint_id is None:
         join, params = "hits_rel h ON h.release_id = r.release_id", [scope.release_id]
@@ -239,8 +275,8 @@ def summary_files(
         params = [scope.release_id, scope.endpoint_id]
     rows = conn.query(
         "SELECT r.file_id, p.path, r.sha_key, s.digest, s.lines_total, s.arcs_total, "
-        "s.branches_total, h.cov_digest, h.lines_covered, h.arcs_covered, h.branches_covered "
-        "FROM release_files r JOIN paths p ON p.id = r.file_id "
+        "s.branches_total, h.cov_digest, h.lines_covered, h.arcs_covered, h.branches_covered, "
+        "h.n_lines, h.n_arcs FROM release_files r JOIN paths p ON p.id = r.file_id "
         "LEFT JOIN static_files s ON s.file_id = r.file_id AND s.sha = substr(r.sha_key, 21) "
         f"LEFT JOIN {join} AND h.file_id = r.file_id WHERE r.release_id = ?",
         [*params[1:], scope.release_id] if scope.endpoint_id is not None else params,
@@ -255,19 +291,23 @@ def summary_files(
     ]
     recounted = _recount(conn, scope, stale) if stale else {}
     out = []
-    for fid, path, sha_key, digest, lt, at, bt, cov, lc, ac, bc in rows:
+    executed_lines = executed_arcs = 0
+    for fid, path, sha_key, digest, lt, at, bt, cov, lc, ac, bc, n_lines, n_arcs in rows:
         fid = int(fid)
+        if cov is None:
+            lc = ac = bc = n_lines = n_arcs = 0
+        executed_lines += int(n_lines)
+        executed_arcs += int(n_arcs)
         if fid in recounted:
             out.append(recounted[fid])
             continue
-        if cov is None:
-            lc = ac = bc = 0
         if digest is None:
             lt = at = bt = 0
         counts = (int(lc), int(lt), int(ac), int(at), int(bc), int(bt))
-        out.append(counts_object(path, sha_key[20:], counts, per_file.get(fid, 0)))
+        census = census_only(int(n_lines), int(n_arcs))
+        out.append(counts_object(path, sha_key[20:], counts, per_file.get(fid, 0), census))
     out.sort(key=lambda f: f["path"])
-    return out, requests
+    return out, requests, census_only(executed_lines, executed_arcs)
 
 
 def _recount(conn: Conn, scope: Scope, file_ids: list[int]) -> dict[int, dict[str, Any]]:
@@ -330,8 +370,8 @@ def releases(conn: Conn, service: str) -> dict[str, Any]:
     for rid, version, environment, role, first, last in rows:
         release = Release(service=service, version=version, environment=environment, role=role)
         scope = Scope(int(rid), release, int(first), int(last), None, None, None)
-        files, requests = coverage_files(conn, scope, detail=False)
-        sums = totals(files, requests)
+        files, requests, census = coverage_files(conn, scope, detail=False)
+        sums = totals(files, requests, census)
         entry: dict[str, Any] = {
             "service": service,
             "version": version,
@@ -357,14 +397,20 @@ def coverage(
 ) -> dict[str, Any]:
     """Coverage of a selection: totals and one object per file."""
     scope = resolve(conn, sel)
-    files, requests = coverage_files(conn, scope, detail, path_prefix=path_prefix)
-    return {"release": scope.release.as_dict(), "totals": totals(files, requests), "files": files}
+    require_endpoints(scope)
+    files, requests, census = coverage_files(conn, scope, detail, path_prefix=path_prefix)
+    return {
+        "release": scope.release.as_dict(),
+        "totals": totals(files, requests, census),
+        "files": files,
+    }
 
 
 def file(conn: Conn, sel: Selection, path: str) -> dict[str, Any]:
     """One file of a selection, with detail."""
     scope = resolve(conn, sel)
-    files, _ = coverage_files(conn, scope, detail=True, path=path)
+    require_endpoints(scope)
+    files, _, _ = coverage_files(conn, scope, detail=True, path=path)
     if not files:
         raise NotFound(f"no file {path!r} in this release")
     return {"release": scope.release.as_dict(), **files[0]}
@@ -378,26 +424,30 @@ _EP_ROWS = (
 _CURRENT = "h.cov_digest = COALESCE(s.digest, '')"
 
 
-def _endpoint_counts(conn: Conn, scope: Scope) -> dict[int, tuple[int, int]]:
-    """Covered (lines, arcs) per endpoint id, counted as ``coverage`` counts them.
+def _endpoint_counts(conn: Conn, scope: Scope) -> dict[int, tuple[int, int, bool]]:
+    """Covered (lines, arcs, census) per endpoint id, counted as ``coverage`` counts them.
 
     Against each file's current denominators where it has them (executed lines that are not
     statements and arcs that are not possible do not count), everything executed where not.
     All time, one pass sums the counts stored beside each endpoint's hit sets that were made
     under the current denominators; only the (rare) other rows are recounted from their hit
-    sets, as ``summary_files`` does for files.
+    sets, as ``summary_files`` does for files. ``census``: the endpoint executed lines and no
+    arc (``census_only``), so its covered arcs are unknown.
     """
     counts: dict[int, tuple[int, int]] = {}
+    executed: dict[int, tuple[int, int]] = {}
     sets: list[tuple[Any, ...]] = []
     if scope.hours is None:
         stale = 0
-        for endpoint_id, lines, arcs, others in conn.query(
+        for endpoint_id, lines, arcs, others, n_lines, n_arcs in conn.query(
             f"SELECT h.endpoint_id, SUM(CASE WHEN {_CURRENT} THEN h.lines_covered ELSE 0 END), "
             f"SUM(CASE WHEN {_CURRENT} THEN h.arcs_covered ELSE 0 END), "
-            f"SUM(CASE WHEN {_CURRENT} THEN 0 ELSE 1 END) {_EP_ROWS} GROUP BY h.endpoint_id",
+            f"SUM(CASE WHEN {_CURRENT} THEN 0 ELSE 1 END), SUM(h.n_lines), SUM(h.n_arcs) "
+            f"{_EP_ROWS} GROUP BY h.endpoint_id",
             (scope.release_id,),
         ):
             counts[int(endpoint_id)] = (int(lines), int(arcs))
+            executed[int(endpoint_id)] = (int(n_lines), int(n_arcs))
             stale += int(others)
         if stale:
             sets = conn.query(
@@ -410,21 +460,27 @@ def _endpoint_counts(conn: Conn, scope: Scope) -> dict[int, tuple[int, int]]:
             "WHERE release_id = ? AND hour >= ? AND hour < ?",
             (scope.release_id, *scope.hours),
         )
-    executed: dict[tuple[int, int], tuple[set[Any], set[Any]]] = {}
+    hit: dict[tuple[int, int], tuple[set[Any], set[Any]]] = {}
     for endpoint_id, file_id, lines, arcs in sets:
-        have = executed.setdefault((int(endpoint_id), int(file_id)), (set(), set()))
+        have = hit.setdefault((int(endpoint_id), int(file_id)), (set(), set()))
         have[0].update(hitsets.items(lines, False))
         have[1].update(hitsets.items(arcs, True))
-    if executed:
-        statics = summary.current_statics(conn, scope.release_id, (f for _, f in executed))
+    if hit:
+        statics = summary.current_statics(conn, scope.release_id, (f for _, f in hit))
         cache = summary.Denominators()
-        for (endpoint_id, file_id), (lines_set, arcs_set) in executed.items():
+        for (endpoint_id, file_id), (lines_set, arcs_set) in hit.items():
             static = statics.get(file_id)
             denominators = None if static is None else cache.sets(*static)
             lc, ac, _ = summary.covered(lines_set, arcs_set, denominators)
             have_lines, have_arcs = counts.get(endpoint_id, (0, 0))
             counts[endpoint_id] = (have_lines + lc, have_arcs + ac)
-    return counts
+            if scope.hours is not None:  # all time, the executed items were summed above
+                n_lines, n_arcs = executed.get(endpoint_id, (0, 0))
+                executed[endpoint_id] = (n_lines + len(lines_set), n_arcs + len(arcs_set))
+    return {
+        endpoint_id: (lines, arcs, census_only(*executed.get(endpoint_id, (0, 0))))
+        for endpoint_id, (lines, arcs) in counts.items()
+    }
 
 
 def endpoints(conn: Conn, sel: Selection) -> dict[str, Any]:
@@ -433,6 +489,7 @@ def endpoints(conn: Conn, sel: Selection) -> dict[str, Any]:
     The covered counts are those ``coverage`` gives for the same selection with the endpoint.
     """
     scope = resolve(conn, sel)
+    require_endpoints(scope)
     known = conn.query(
         "SELECT id, endpoint, first_seen, last_seen FROM endpoints WHERE release_id = ?",
         (scope.release_id,),
@@ -457,12 +514,13 @@ def endpoints(conn: Conn, sel: Selection) -> dict[str, Any]:
             continue
         if scope.hours is not None and int(eid) not in requests:
             continue
+        lines, arcs, census = counts.get(int(eid), (0, 0, False))
         out.append(
             {
                 "endpoint": name,
                 "requests": requests.get(int(eid), 0),
-                "lines_covered": counts.get(int(eid), (0, 0))[0],
-                "arcs_covered": counts.get(int(eid), (0, 0))[1],
+                "lines_covered": lines,
+                "arcs_covered": None if census else arcs,
                 "first_seen": iso(int(first)),
                 "last_seen": iso(int(last)),
             }
@@ -478,9 +536,11 @@ def series(conn: Conn, sel: Selection, path: str | None = None) -> dict[str, Any
     each file's current denominators where it has them, so a file's ``new_*`` add up to its
     all-time ``lines_covered``/``arcs_covered``. First hits outlive the retention of hourly
     data: an hour whose buckets expired is still listed for its ``new_*``, with ``requests``
-    and ``*_covered`` 0.
+    and ``*_covered`` 0. When the selection (all time) executed lines and no arc
+    (``census_only``), ``arcs_covered`` and ``new_arcs`` are null in every hour.
     """
     scope = resolve(conn, sel)
+    require_endpoints(scope)
     file_id: int | None = None
     if path is not None:
         match = [fid for fid, (p, _) in load_files(conn, scope.release_id).items() if p == path]
@@ -553,9 +613,12 @@ def series(conn: Conn, sel: Selection, path: str | None = None) -> dict[str, Any
         for hour, n in new.items():
             if scope.hours is None or scope.hours[0] <= hour < scope.hours[1]:
                 bucket(hour)[f"new_{kind}s"] = n
+    unknown: dict[str, Any] = {}
+    if census_only(sum(map(len, firsts["line"].values())), sum(map(len, firsts["arc"].values()))):
+        unknown = {"arcs_covered": None, "new_arcs": None}
     return {
         "release": scope.release.as_dict(),
-        "series": [{"hour": iso_hour(h), **rows[h]} for h in sorted(rows)],
+        "series": [{"hour": iso_hour(h), **rows[h], **unknown} for h in sorted(rows)],
     }
 
 
@@ -588,6 +651,7 @@ def _endpoint_names(conn: Conn, scope: Scope) -> set[str]:
 def diff(conn: Conn, a: Selection, b: Selection) -> dict[str, Any]:
     """What b covers that a does not (newly covered) and the reverse, per file and endpoint."""
     scope_a, scope_b = resolve(conn, a), resolve(conn, b)
+    require_endpoints(scope_a, scope_b)
     lines_a, arcs_a = _covered_by_path(conn, scope_a)
     lines_b, arcs_b = _covered_by_path(conn, scope_b)
     files = []

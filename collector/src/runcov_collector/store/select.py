@@ -60,6 +60,34 @@ class Scope:
         return self.hours is None and self.endpoint is None
 
 
+def release_label(release: Release) -> str:
+    """``shop 1.0 (prod, baseline)``: a release as messages name it."""
+    version = release.version or "(no version)"
+    environment = release.environment or "no environment"
+    return f"{release.service} {version} ({environment}, {release.role})"
+
+
+def require_endpoints(*scopes: Scope) -> None:
+    """Raise ``NotFound`` (HTTP 404) for an endpoint a selection names that none of the scopes
+    naming it ever received coverage of: a typo would otherwise read as 0 % covered.
+
+    Known means seen at any time (``endpoints`` rows outlive retention), so a window without
+    the endpoint's requests still answers, with zero coverage. A diff checks both sides at
+    once: an endpoint only one release has is what it shows.
+    """
+    by_name: dict[str, list[Scope]] = {}
+    for scope in scopes:
+        if scope.endpoint is not None:
+            by_name.setdefault(scope.endpoint, []).append(scope)
+    for name, named in by_name.items():
+        if all(scope.endpoint_id == -1 for scope in named):
+            releases = " and ".join(dict.fromkeys(release_label(s.release) for s in named))
+            raise NotFound(
+                f"no endpoint {name!r} in {releases}: it never sent coverage of it "
+                "(GET /api/v1/endpoints lists the endpoints of a release)"
+            )
+
+
 def validate(sel: Selection) -> None:
     """Reject selections no release could match (ValueError, HTTP 400)."""
     if not sel.service:
