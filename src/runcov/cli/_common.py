@@ -93,10 +93,11 @@ def selection(args: argparse.Namespace, require_service: bool = True) -> Release
 def check_endpoint(c: CollectorClient, *sels: ReleaseSelection) -> None:
     """Reject an ``--endpoint`` that none of the selected releases has ever seen.
 
-    The collector answers a selection narrowed to an unknown endpoint with empty coverage,
-    which reads as 0 % (and fails a gate) when the mistake is a typo in the endpoint's name.
-    Known means seen at any time, so that a ``--since`` window without its requests still
-    reports 0 % for an endpoint that exists.
+    The collector answers such a selection with 404; asking first lets the message suggest
+    the closest known endpoint and list the others, for a typo in the endpoint's name (older
+    collectors answered it with empty coverage, which read as 0 % and failed a gate). Known
+    means seen at any time, so that a ``--since`` window without its requests still reports
+    0 % for an endpoint that exists.
     """
     wanted = sels[0].endpoint if sels else None
     if wanted is None:
