@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import ssl
 import subprocess
@@ -112,27 +113,30 @@ class Receiver:
                 conn.settimeout(5)
                 conn = self.tls.wrap_socket(conn, server_side=True)
             with conn, conn.makefile("rb") as rfile:
-                conn.settimeout(0.05)
                 while True:
-                    path = self._read_request(rfile)
+                    path = self._read_request(conn, rfile)
                     if path is None:
                         return
                     with self.lock:
                         self.requests += 1
                         self.paths.append(path)
+                    conn.settimeout(0.05)  # (sending: to notice a stop or a client gone)
                     if not self._answer(conn, path):
                         return
         except OSError:
             pass
 
-    def _read_request(self, rfile: Any) -> Optional[str]:
+    def _read_request(self, conn: socket.socket, rfile: Any) -> Optional[str]:
         """Read one request, and return its path; None when the client closed the connection
-        (or on stop)."""
+        (or on stop). An idle kept-alive connection is waited on with ``select``: a timeout
+        inside the file object would leave it unusable (a read after one raises), which
+        closed connections that sat idle for a moment."""
         while not self.stopping.is_set():
-            try:
-                line = rfile.readline()
-            except socket.timeout:
+            pending = conn.pending() if isinstance(conn, ssl.SSLSocket) else 0  # decrypted
+            if not pending and not select.select([conn], [], [], 0.05)[0]:
                 continue
+            conn.settimeout(5.0)  # the request itself arrives at once
+            line = rfile.readline()
             if not line:
                 return None
             path = line.split()[1].decode("latin-1")
