@@ -424,3 +424,25 @@ def test_import_time_lines(tmp_path: Path) -> None:
     ((_, start, end),) = [f for f in local.functions if f[0] == "handler"]
     body = function_body(local.lines, start, end, local.bodies[(start, end)])
     assert body == {n for n in range(start, end + 1) if marks.get(n) == "request"}
+
+
+def test_changed_files_all_unknown_to_the_collector_hint_at_the_source_root(
+    repo: Path, canary: dict[str, set[int]], collector: RunningCollector
+) -> None:
+    """The checkout's package directory given as --source (the agents' root is the
+    directory above it): every changed path lacks its ``shop/`` prefix, and the gate, which
+    counts them as never executed, says why that is likely."""
+    proc = support.runcov("gate", *collector.args(), "--service", "shop", "--version", "1.1",
+                          "--role", "canary", "--source", str(repo / "shop"),
+                          "--changed-since", "v1.0")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr == (
+        "runcov: warning: none of the 3 changed file(s) measured (coupons.py, pricing.py, "
+        "views.py) is known to the collector for shop 1.1 (prod, canary), whose agents "
+        "reported 3 other(s) (shop/__init__.py, shop/pricing.py, shop/views.py): unless they "
+        "are all new modules, --source is not the agents' source root in this checkout (their "
+        "paths are relative to it)\n"
+    )
+    # With the right root, no such warning (the new module alone is unknown, among known ones).
+    proc = gate(collector, repo, "--changed-since", "v1.0")
+    assert "is known to the collector" not in proc.stderr, proc.stderr

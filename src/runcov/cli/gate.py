@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if result.differing:
         ran = release_label(result.release)
         print(f"runcov: warning: {differ_warning(result.differing, ran)}", file=sys.stderr)
+    if result.unknown_hint:
+        print(f"runcov: warning: {result.unknown_hint}", file=sys.stderr)
     if args.format == "json":
         _common.emit_json(result.as_dict())
     else:

@@ -90,6 +90,10 @@ class GateResult:
     files: list[FileResult]
     import_time: dict[str, set[int]] = field(default_factory=dict)  # left out, per file
     differing: list[str] = field(default_factory=list)  # local file is not production's
+    #: Set when no measured changed file is known to the collector for the release although
+    #: it knows others: a hint (a wrong --source makes every path unknown), not an error, as
+    #: a change of new modules only is the same case.
+    unknown_hint: str = ""
 
     @property
     def total(self) -> int:
@@ -338,8 +342,20 @@ def gate_changed(
         if not lines:
             continue
         results.append(FileResult(path, lines, lines & files.covered(path), note))
+    hint = ""
+    if results and files.known and not any(f.path in files.known for f in results):
+        def some(paths: list[str]) -> str:
+            return ", ".join(paths[:3]) + (" ..." if len(paths) > 3 else "")
+
+        hint = (
+            f"none of the {len(results)} changed file(s) measured "
+            f"({some([f.path for f in results])}) is known to the collector for "
+            f"{release_label(files.release)}, whose agents reported {len(files.known)} "
+            f"other(s) ({some(sorted(files.known))}): unless they are all new modules, --source "
+            "is not the agents' source root in this checkout (their paths are relative to it)"
+        )
     return GateResult(files.release, "changed lines", threshold, results, left_out,
-                      files.differing([f.path for f in results]))
+                      files.differing([f.path for f in results]), hint)
 
 
 def gate_paths(
