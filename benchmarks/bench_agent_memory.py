@@ -35,8 +35,10 @@ under ``tracemalloc`` (``--frames`` frames per allocation: slower, hence a run o
 the first quarter with one at the end. Each allocation is charged to its innermost frame in
 runcov's, OpenTelemetry's, the shop's, Flask's or Werkzeug's files (else to its innermost
 frame): what the standard library or ``requests`` allocates for runcov is runcov's, what the
-shop allocates under the instrumentation's frames the shop's. The tables give the growth per
-category and the sites in runcov's and OpenTelemetry's files that grew most. The containers
+shop allocates under the instrumentation's frames the shop's (and what runcov's C callbacks
+allocate while the shop's code runs is charged to the shop's line: a scope's records, copied
+under runcov's lines when it closes). The tables give the growth per category and the sites in
+runcov's and OpenTelemetry's files that grew most. The containers
 (dicts, sets, lists, deques) held by the agent's objects (agent, span processor, sampler,
 matcher, exporter, transport, metrics, core) are counted at the same two points, and those that
 grew are listed.
@@ -90,8 +92,9 @@ CONFIGS = ("none", *SITUATIONS, *(f"{s}-sat" for s in SITUATIONS))
 #: is runcov's, and what the shop allocates under the instrumentation's frames the shop's.
 PACKAGES = (("runcov", "runcov"), ("opentelemetry", "opentelemetry"),
             ("flask/werkzeug", "flask"), ("flask/werkzeug", "werkzeug"))
-#: Categories of the traced growth, by the file an allocation is charged to.
-CATEGORIES = ("runcov", "opentelemetry", "shop", "flask/werkzeug", "other")
+#: Categories of the traced growth, by the file an allocation is charged to ("benchmark": this
+#: script's own frames, such as the wrapper that counts the measured requests).
+CATEGORIES = ("runcov", "opentelemetry", "shop", "flask/werkzeug", "benchmark", "other")
 
 # -- traffic ------------------------------------------------------------------------------------
 
@@ -211,6 +214,8 @@ def _owners() -> list[tuple[str, str]]:
     import importlib
 
     owners = [("shop", str(HERE.parent / "examples") + os.sep)]
+    for form in {__file__, os.path.abspath(__file__), str(Path(__file__).resolve())}:
+        owners.append(("benchmark", form))  # (as the script was started)
     for category, name in PACKAGES:
         module = importlib.import_module(name)
         for directory in getattr(module, "__path__", []):  # (opentelemetry: a namespace)
