@@ -396,6 +396,11 @@ class Collector:
                 self.config.retry_after_seconds,
             )
             host, port = self.config.host, self.config.grpc_port
+            # Probed first: gRPC's core logs its own bind failure to stderr before it raises.
+            taken = _probe_bind(host, port) if port else None
+            if taken is not None:
+                sock.close()
+                raise listen_error("gRPC", host, port, taken) from taken
             try:
                 self.grpc_port = self.grpc.start(host, port)
             except (OSError, RuntimeError) as exc:  # grpc says "Failed to bind to address"
