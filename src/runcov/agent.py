@@ -45,6 +45,8 @@ EXPIRED_ATTRIBUTE = "runcov.scope.expired"
 
 #: How long the process exit waits for measured requests to leave.
 EXIT_FLUSH_SECONDS = 5.0
+#: How long a replaced agent started from the environment may take to send what it measured.
+_REPLACE_FLUSH_SECONDS = 0.5
 
 #: Most distinct (method, route) pairs counted as seen per thread; further pairs (a client
 #: sending made-up methods) are counted as ``_OTHER``.
@@ -85,7 +87,7 @@ def bootstrap() -> Optional[Agent]:
     """
     if not enabled_by_env():
         return None
-    agent = current_agent() or Agent.start()
+    agent = current_agent() or Agent.start_from_environment()
     if not agent.running:
         return agent
     from opentelemetry import trace
@@ -301,6 +303,9 @@ class Agent:
         self._seen_lines: dict[str, dict[str, set[int]]] = {}
         self._novelty_lock = threading.Lock()
         self.internal_errors = 0
+        #: Started by a zero-code launcher from the environment (``start_from_environment``):
+        #: an explicit ``start()`` with other arguments replaces it instead of failing.
+        self.from_environment = False
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -309,7 +314,10 @@ class Agent:
         """Load the configuration (arguments > ``RUNCOV_*`` env > defaults) and start the agent.
 
         One agent runs per process: calling ``start()`` again without arguments returns the
-        running agent; with a different configuration it raises :class:`RuncovError`. A bad
+        running agent; with a different configuration it raises :class:`RuncovError`, unless
+        the running agent was started from the environment by a zero-code launcher
+        (``runcov run``, ``opentelemetry-instrument``): the application's own call then
+        replaces it, since its arguments take precedence over the environment. A bad
         configuration raises :class:`~runcov.errors.ConfigError` here; a failure to turn on
         tracing is logged and leaves an agent that measures nothing, never an error.
         """
@@ -324,14 +332,34 @@ class Agent:
                 config = load_config(**options)
                 if config == running.config:
                     return running
-                raise RuncovError(
-                    "runcov is already running in this process with a different configuration; "
-                    "call runcov.stop() before starting it again"
+                if not running.from_environment:
+                    raise RuncovError(
+                        "runcov is already running in this process with a different "
+                        "configuration; call runcov.stop() before starting it again"
+                    )
+                log.info(
+                    "runcov: the application's runcov.start() replaces the agent started from "
+                    "the environment (its arguments take precedence)"
                 )
-            config = load_config(**options)
+                # Started with the process, it has measured little or nothing yet.
+                running.stop(_REPLACE_FLUSH_SECONDS)
+            else:
+                config = load_config(**options)
             agent = cls(config)
             agent._start()
             _active = agent
+            return agent
+
+    @classmethod
+    def start_from_environment(cls) -> Agent:
+        """Start the agent from ``RUNCOV_*`` alone, as the zero-code launchers do: the
+        application may still call :meth:`start` with arguments of its own, which replace it."""
+        with _lock:
+            running = current_agent()
+            if running is not None:
+                return running
+            agent = cls.start()
+            agent.from_environment = True
             return agent
 
     def _start(self) -> None:

@@ -36,7 +36,7 @@ class RuncovInstrumentor(BaseInstrumentor):
             return
 
         try:
-            agent = current_agent() or Agent.start()
+            agent = current_agent() or Agent.start_from_environment()
         except RuncovError as exc:
             log.error("runcov is off: %s", exc)
             return

@@ -143,6 +143,26 @@ def test_runcov_run_chains_opentelemetry_instrument(sink: HTTPSink, service_dir:
     assert len(sink.coverage_spans()) == len(TRACE_IDS)
 
 
+@pytest.mark.parametrize("launcher", ["runcov run", "opentelemetry-instrument"])
+def test_the_applications_own_start_replaces_the_launchers_agent(
+    sink: HTTPSink, service_dir: Path, launcher: str
+) -> None:
+    """An application that calls ``runcov.start(...)`` itself keeps working under a zero-code
+    launcher: its arguments replace the agent the launcher started from the environment."""
+    if launcher == "runcov run":
+        command = [str(BIN / "runcov"), "run", "--source", str(service_dir), "--"]
+    else:
+        command = [str(BIN / "opentelemetry-instrument")]
+    proc = subprocess.run(
+        [*command, sys.executable, *SCRIPT_ARGS, "--own-start"], env=_env(sink, service_dir),
+        cwd=service_dir, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "own start: GET /items/* False" in proc.stdout, proc.stdout + proc.stderr
+    _check_exported(sink, service_dir)
+    assert len(sink.coverage_spans()) == len(TRACE_IDS)  # measured once, by the new agent
+
+
 def test_a_tracer_provider_set_after_start_is_attached(sink: HTTPSink, service_dir: Path) -> None:
     _run([sys.executable, *SCRIPT_ARGS, "--manual"], _env(sink, service_dir), service_dir)
     _check_exported(sink, service_dir)

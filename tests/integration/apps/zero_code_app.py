@@ -2,7 +2,8 @@
 
 ``python zero_code_app.py TRACE_ID...`` sends one request per trace id through Flask's test
 client and exits; ``--manual`` makes the script start runcov itself and set up OpenTelemetry
-*after* it (a tracer provider set after ``runcov.start()``).
+*after* it (a tracer provider set after ``runcov.start()``); ``--own-start`` makes it call
+``runcov.start()`` with arguments of its own while a zero-code launcher already started runcov.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def main(argv: list[str]) -> None:
         app = create_app()
         FlaskInstrumentor().instrument_app(app)
     else:
+        if "--own-start" in argv:
+            import runcov
+
+            agent = runcov.start(endpoints=["GET /items/*"], sample_rate=1.0)
+            print("own start:", ",".join(agent.config.endpoints), agent.from_environment)
         app = create_app()
     client = app.test_client()
     for n, trace_id in enumerate(trace_ids):
