@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from runcov_collector import decode, limits
 from runcov_collector.model import ROLES, Selection, Store
-from runcov_collector.store.errors import is_unavailable, unavailable_reason
+from runcov_collector.store.errors import SchemaChanged, is_unavailable, unavailable_reason
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,16 @@ def store_unavailable(request: Request, exc: BaseException) -> JSONResponse:
     return response
 
 
+def schema_changed(request: Request, exc: SchemaChanged) -> JSONResponse:
+    """503 ``{"error": "the store's schema was upgraded to version N ..."}`` with
+    ``Retry-After``: a newer collector migrated the store, so this one may misread it; an
+    upgraded replica answers the request."""
+    log.warning("%s: %s", request.url.path, exc)
+    response = error(503, str(exc))
+    response.headers["Retry-After"] = str(request.app.state.config.retry_after_seconds)
+    return response
+
+
 def _endpoint(call: Callable[[Store, Any], Any]) -> Callable[[Request], Any]:
     async def handler(request: Request) -> Response:
         store: Store = request.app.state.store
@@ -208,6 +218,8 @@ def _endpoint(call: Callable[[Store, Any], Any]) -> Callable[[Request], Any]:
             body = await run_in_threadpool(call, store, request.query_params)
         except BadParameter as exc:
             return error(400, str(exc))
+        except SchemaChanged as exc:
+            return schema_changed(request, exc)
         except _not_found_types() as exc:
             message = exc.args[0] if exc.args else "not found"
             return error(404, str(message))

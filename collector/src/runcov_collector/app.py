@@ -32,6 +32,7 @@ from runcov_collector.ingest import Ingestor
 from runcov_collector.metrics import CONTENT_TYPE, CollectorMetrics
 from runcov_collector.model import Selection, Store
 from runcov_collector.receiver_grpc import GrpcReceiver, host_port
+from runcov_collector.store.errors import SchemaChanged
 
 log = logging.getLogger("runcov_collector")
 
@@ -155,6 +156,8 @@ class _ReleaseGauges:
             if time.monotonic() - self._at >= self.ttl:
                 try:
                     rows = self._read()
+                except SchemaChanged as exc:
+                    log.warning("cannot read releases for /metrics: %s", exc)
                 except Exception:  # a scrape must answer even when the store does not
                     log.warning("cannot read releases for /metrics", exc_info=True)
                 else:
@@ -351,6 +354,10 @@ class Collector:
         return JSONResponse({"status": "ok"})
 
     async def _readyz(self, request: Request) -> Response:
+        """200 when the store answers; 503 when it does not, or when a newer collector migrated
+        its schema (``ping`` raises ``SchemaChanged``, whose message says to upgrade this
+        collector): the replica must not take traffic any more. ``/healthz`` stays 200 then:
+        restarting this collector would not help, as it refuses to open a newer schema."""
         try:
             ready = await run_in_threadpool(self.store.ping)
         except Exception as exc:
@@ -447,6 +454,8 @@ class Collector:
                 removed = self.expire_once()
                 if removed:
                     log.info("retention: expired %d rows", removed)
+            except SchemaChanged as exc:
+                log.warning("retention job skipped: %s", exc)
             except Exception:
                 log.warning("retention job failed", exc_info=True)
             if self._retention_stop.wait(self.config.retention_interval_seconds):

@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from runcov_collector import decode
 from runcov_collector.metrics import CollectorMetrics
 from runcov_collector.model import Batch, Store
-from runcov_collector.store.errors import UNAVAILABLE_ERRORS
+from runcov_collector.store.errors import UNAVAILABLE_ERRORS, SchemaChanged
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,12 @@ class Overloaded(IngestError):
 
 class StoreUnavailable(IngestError):
     """The store failed to commit (HTTP 503, gRPC UNAVAILABLE); nothing was acknowledged."""
+
+
+class StoreSchemaChanged(StoreUnavailable):
+    """A newer collector migrated the store's schema under this one (HTTP 503, gRPC
+    UNAVAILABLE, the ``SchemaChanged`` message); nothing was written or acknowledged, so the
+    exporter retries, against an upgraded replica."""
 
 
 def _store_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
@@ -121,6 +127,7 @@ class Ingestor:
         self._slots = threading.BoundedSemaphore(max_inflight)
         self._lock = threading.Lock()
         self._inflight = 0
+        self._schema_logged = False
 
     @property
     def inflight(self) -> int:
@@ -153,7 +160,8 @@ class Ingestor:
     def process(self, signal: str, transport: str, request: Message) -> Outcome:
         """Decode a parsed export request, store what is valid, and build the OTLP response.
 
-        Raises ``decode.MalformedRequest`` or ``StoreUnavailable``.
+        Raises ``decode.MalformedRequest`` or ``StoreUnavailable`` (``StoreSchemaChanged``
+        when a newer collector migrated the store's schema).
         """
         if signal == TRACES:
             result = decode.decode_traces(request)
@@ -165,6 +173,8 @@ class Ingestor:
             started = time.perf_counter()
             try:
                 duplicates = _duplicates(self.store.ingest(batch))
+            except SchemaChanged as exc:
+                raise self._schema_changed(exc) from exc
             except Exception as exc:
                 if is_transient(exc):
                     raise StoreUnavailable(
@@ -175,6 +185,15 @@ class Ingestor:
             self.metrics.store_latency.observe(time.perf_counter() - started)
         self._count(signal, transport, result, duplicates)
         return Outcome(response=self._response(signal, result), result=result)
+
+    def _schema_changed(self, exc: SchemaChanged) -> StoreSchemaChanged:
+        """The ingest error for ``exc``; logged once per collector, as every ingest gets it
+        from then on."""
+        with self._lock:
+            first, self._schema_logged = not self._schema_logged, True
+        if first:
+            log.warning("refusing ingests (503 / UNAVAILABLE): %s", exc)
+        return StoreSchemaChanged(str(exc))
 
     def _reject_unstorable(self, result: decode.DecodeResult) -> int:
         """Store a batch the store refused in halves, down to the items it refuses on their own.
@@ -196,6 +215,8 @@ class Ingestor:
                 continue
             try:
                 duplicates += _duplicates(self.store.ingest(_batch_of(group, received)))
+            except SchemaChanged as exc:
+                raise self._schema_changed(exc) from exc
             except Exception as exc:
                 if is_transient(exc):
                     raise StoreUnavailable(

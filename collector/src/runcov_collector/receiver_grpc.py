@@ -12,7 +12,14 @@ from google.rpc import error_details_pb2, status_pb2
 
 from runcov_collector import decode
 from runcov_collector.auth import TokenCheck
-from runcov_collector.ingest import METRICS, TRACES, Ingestor, Overloaded, StoreUnavailable
+from runcov_collector.ingest import (
+    METRICS,
+    TRACES,
+    Ingestor,
+    Overloaded,
+    StoreSchemaChanged,
+    StoreUnavailable,
+)
 from runcov_collector.metrics import CollectorMetrics
 
 TRANSPORT = "grpc"
@@ -115,6 +122,10 @@ class GrpcReceiver:
             count(transport=TRANSPORT, signal=signal, result="invalid")
             self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), False)
             raise  # unreachable: abort raises
+        except StoreSchemaChanged as exc:
+            count(transport=TRANSPORT, signal=signal, result="schema_changed")
+            self._abort(context, grpc.StatusCode.UNAVAILABLE, str(exc), True)
+            raise
         except StoreUnavailable as exc:
             count(transport=TRANSPORT, signal=signal, result="unavailable")
             self._abort(context, grpc.StatusCode.UNAVAILABLE, str(exc), True)

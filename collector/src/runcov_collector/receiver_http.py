@@ -1,4 +1,5 @@
-"""OTLP/HTTP receiver: ``POST /v1/traces`` and ``/v1/metrics`` (protobuf or JSON, gzip)."""
+"""OTLP/HTTP receiver: ``POST /v1/traces`` and ``/v1/metrics`` (protobuf or JSON; gzip or
+deflate)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from runcov_collector import decode
-from runcov_collector.ingest import METRICS, TRACES, Ingestor, Overloaded, StoreUnavailable
+from runcov_collector.ingest import (
+    METRICS,
+    TRACES,
+    Ingestor,
+    Overloaded,
+    StoreSchemaChanged,
+    StoreUnavailable,
+)
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -66,14 +74,23 @@ def status_response(
     return Response(body, status_code=http_status, media_type=media, headers=headers)
 
 
-class _Gunzip:
-    """Streaming gzip decompression that stops as soon as the output passes ``limit``."""
+#: zlib's window bits for each accepted Content-Encoding: gzip (RFC 1952, members may be
+#: concatenated), deflate (the zlib format of RFC 1950, as RFC 9110 defines it and
+#: OpenTelemetry's exporters send it).
+_WBITS = {"gzip": 31, "deflate": 15}
 
-    def __init__(self, limit: int) -> None:
+
+class _Inflate:
+    """Streaming decompression of a gzip or deflate body that stops as soon as the output
+    passes ``limit``."""
+
+    def __init__(self, limit: int, encoding: str = "gzip") -> None:
         self.limit = limit
         self.size = 0
+        self.encoding = encoding
+        self._wbits = _WBITS[encoding]
         self._chunks: list[bytes] = []
-        self._d = zlib.decompressobj(wbits=31)
+        self._d = zlib.decompressobj(wbits=self._wbits)
 
     def feed(self, data: bytes) -> None:
         while data:
@@ -86,28 +103,32 @@ class _Gunzip:
             self._chunks.append(out)
             if self._d.eof:
                 data = self._d.unused_data
-                if data:  # a further gzip member follows (concatenated gzip)
-                    self._d = zlib.decompressobj(wbits=31)
+                if data and self.encoding == "gzip":  # a further member (concatenated gzip)
+                    self._d = zlib.decompressobj(wbits=self._wbits)
+                elif data:
+                    raise decode.MalformedRequest("data follows the end of the deflate stream")
             else:
                 data = self._d.unconsumed_tail
 
     def finish(self) -> bytes:
         if not self._d.eof:
-            raise decode.MalformedRequest("gzip body is truncated")
+            raise decode.MalformedRequest(f"{self.encoding} body is truncated")
         return b"".join(self._chunks)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     """Read the body with ``limit`` applied to the raw and the decompressed size."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("identity", "", "gzip"):
-        raise UnsupportedMedia(f"unsupported Content-Encoding {encoding!r}; use gzip or none")
+    if encoding not in ("identity", "", *_WBITS):
+        raise UnsupportedMedia(
+            f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none"
+        )
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise BodyTooLarge(
             f"request body of {int(length)} bytes exceeds the limit of {limit} bytes"
         )
-    gunzip = _Gunzip(limit) if encoding == "gzip" else None
+    gunzip = _Inflate(limit, encoding) if encoding in _WBITS else None
     raw = 0
     chunks: list[bytes] = []
     async for chunk in request.stream():
@@ -118,7 +139,7 @@ async def read_body(request: Request, limit: int) -> bytes:
             try:
                 gunzip.feed(chunk)
             except zlib.error as exc:
-                raise decode.MalformedRequest(f"body is not valid gzip: {exc}") from exc
+                raise decode.MalformedRequest(f"body is not valid {encoding}: {exc}") from exc
         else:
             chunks.append(chunk)
     return gunzip.finish() if gunzip is not None else b"".join(chunks)
@@ -168,6 +189,13 @@ async def _export(request: Request, signal: str) -> Response:
     except decode.MalformedRequest as exc:
         count(transport=TRANSPORT, signal=signal, result="invalid")
         return status_response(400, code_pb2.INVALID_ARGUMENT, str(exc), json_body)
+    except StoreSchemaChanged as exc:
+        # Like an unavailable store: nothing acknowledged, the exporter retries (an upgraded
+        # replica takes it); the message says which collector to upgrade.
+        count(transport=TRANSPORT, signal=signal, result="schema_changed")
+        return status_response(
+            503, code_pb2.UNAVAILABLE, str(exc), json_body, _retry_after(request)
+        )
     except StoreUnavailable as exc:
         count(transport=TRANSPORT, signal=signal, result="unavailable")
         return status_response(

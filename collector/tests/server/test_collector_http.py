@@ -142,6 +142,26 @@ def test_concatenated_gzip_members_are_one_body(client):
     assert _stored_lines(client) == [7]
 
 
+def test_a_deflate_body_is_read_and_a_bad_one_is_400(client):
+    body = to_otlp_json(_request(lines=[7]))
+    response = client.post(
+        "/v1/traces", zlib.compress(body), "application/json",
+        headers={"content-encoding": "deflate"},
+    )
+    assert response.status_code == 200, response.text
+    assert _stored_lines(client) == [7]
+    for bad, message in (
+        (zlib.compress(body)[:-6], "deflate body is truncated"),
+        (gzip.compress(body), "body is not valid deflate"),
+        (zlib.compress(body) + b"more", "data follows the end of the deflate stream"),
+    ):
+        response = client.post(
+            "/v1/traces", bad, "application/json", headers={"content-encoding": "deflate"}
+        )
+        assert response.status_code == 400, message
+        assert message in _status(response).message
+
+
 @pytest.mark.parametrize(
     ("content_type", "encoding", "message"),
     [

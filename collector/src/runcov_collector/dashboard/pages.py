@@ -18,7 +18,7 @@ from runcov_collector.dashboard.cache import AnswerCache
 from runcov_collector.dashboard.source import Annotation, annotate, read_source
 from runcov_collector.dashboard.sparkline import cumulative_lines
 from runcov_collector.model import ROLES, Selection, Store
-from runcov_collector.store.errors import is_unavailable, unavailable_reason
+from runcov_collector.store.errors import SchemaChanged, is_unavailable, unavailable_reason
 
 PER_PAGE = 100
 MAX_PER_PAGE = 1000
@@ -132,6 +132,14 @@ class Dashboard:
                 name, context = await run_in_threadpool(build, query)
             except P.BadParameter as exc:
                 return self.render("error.html", 400, title="Bad request", message=str(exc))
+            except SchemaChanged as exc:
+                log.warning("%s: %s", request.url.path, exc)
+                response = self.render(
+                    "error.html", 503, title="Collector out of date",
+                    message=f"Coverage cannot be shown by this collector: {exc}.",
+                )
+                response.headers["Retry-After"] = str(self.retry_after_seconds)
+                return response
             except (KeyError, IndexError):
                 raise  # a bug (HTTP 500), not an unknown service, release or file
             except LookupError as exc:

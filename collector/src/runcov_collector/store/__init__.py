@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .database import MAX_CONNECTIONS, PostgresDatabase, SqliteDatabase
-from .errors import NotFound, StoreClosed, StoreError
+from .errors import NotFound, SchemaChanged, StoreClosed, StoreError
 from .schema import SCHEMA_VERSION
 from .sql_store import SqlStore
 
@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULT_URL",
     "SCHEMA_VERSION",
     "NotFound",
+    "SchemaChanged",
     "SqlStore",
     "StoreClosed",
     "StoreError",

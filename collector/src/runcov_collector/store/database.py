@@ -56,6 +56,16 @@ class Database:
     def lock_for_migration(self, conn: Conn) -> None:
         """Make concurrent openers of this database migrate one after the other."""
 
+    def lock_against_migration(self, conn: Conn) -> None:
+        """Keep a migration out until this write transaction ends, and wait for one running.
+
+        Called first in a write transaction that then checks the schema's version: the version
+        it reads is then the one every write of the transaction lands in. SQLite needs nothing:
+        a write transaction holds the database's single write lock from its start
+        (``BEGIN IMMEDIATE``), so a migration, itself a write transaction, runs wholly before
+        or wholly after it, and a version read after ``BEGIN IMMEDIATE`` is the latest.
+        """
+
     # -- pool -------------------------------------------------------------------------------
     @property
     def open_connections(self) -> int:
@@ -196,3 +206,13 @@ class PostgresDatabase(Database):
     def lock_for_migration(self, conn: Conn) -> None:
         """Hold a transaction-scoped advisory lock until the migration commits."""
         conn.query("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK_KEY,))
+
+    def lock_against_migration(self, conn: Conn) -> None:
+        """Hold the migration's advisory lock in shared mode until this transaction ends.
+
+        Write transactions share it; a migration takes it exclusively (``lock_for_migration``)
+        and waits for those running, and writes starting meanwhile wait for the migration to
+        commit. The lock is released only after the migration's commit is visible, so at READ
+        COMMITTED the next statement's snapshot (the version check) sees what it committed.
+        """
+        conn.query("SELECT pg_advisory_xact_lock_shared(?)", (MIGRATION_LOCK_KEY,))

@@ -17,6 +17,32 @@ class StoreClosed(StoreError, RuntimeError):
     """The store was closed (the collector is shutting down); a later request may succeed."""
 
 
+class SchemaChanged(StoreError):
+    """The database's schema is no longer the version this collector knows (HTTP 503, gRPC
+    UNAVAILABLE): a newer collector migrated it while this one was running.
+
+    This collector must not write in its own layout any more (a newer one would not read those
+    rows, or misread them), nor answer from tables it may misread; the request belongs to an
+    upgraded replica. ``found`` is the database's version, ``known`` this collector's.
+    """
+
+    def __init__(self, found: int, known: int) -> None:
+        self.found = found
+        self.known = known
+        if found > known:
+            message = (
+                f"the store's schema was upgraded to version {found} by a newer collector; "
+                f"this collector knows version {known}: upgrade it"
+            )
+        else:
+            message = (
+                f"the store's schema is version {found}, older than this collector's version "
+                f"{known} (was the database restored from a backup?): restart the collector "
+                "to migrate it"
+            )
+        super().__init__(message)
+
+
 def _unavailable_errors() -> tuple[type[BaseException], ...]:
     found: list[type[BaseException]] = [
         StoreClosed,
@@ -45,6 +71,21 @@ _REASON_CHARS = 200
 def is_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` (raised by a store call) means the store is unavailable for now."""
     return isinstance(exc, UNAVAILABLE_ERRORS)
+
+
+def may_be_schema_change(exc: BaseException) -> bool:
+    """Whether a failed store call may have failed because the schema changed under it, so
+    that reading the schema's version is worth it: any failure but an unknown service, release
+    or file, a closed store, a lost or refused connection, or the schema check's own answer.
+
+    A SQLite ``OperationalError`` is one of them: SQLite reports a missing table or column
+    ("no such column") under the same type as a locked database.
+    """
+    if isinstance(exc, (NotFound, StoreClosed, SchemaChanged, OSError, TimeoutError)):
+        return False
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
+    return not is_unavailable(exc)
 
 
 def unavailable_reason(exc: BaseException) -> str:

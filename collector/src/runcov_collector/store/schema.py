@@ -7,6 +7,7 @@ from collections.abc import Callable
 from . import summary
 from .database import Database
 from .dialect import Conn
+from .errors import SchemaChanged
 from .select import NO_SPANS
 
 # Schema versions (one line each, what changed):
@@ -213,6 +214,13 @@ def current_version(conn: Conn) -> int:
     """The schema version recorded in the database (0 for an empty database)."""
     rows = conn.query("SELECT version FROM schema_version")
     return int(rows[0][0]) if rows else 0
+
+
+def check_version(conn: Conn, known: int) -> None:
+    """Raise ``SchemaChanged`` unless the database's schema is version ``known``."""
+    found = current_version(conn)
+    if found != known:
+        raise SchemaChanged(found, known)
 
 
 def migrate(db: Database) -> int:

@@ -2,29 +2,76 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Callable, TypeVar
 
 from ..model import Batch, Selection
-from . import agent, queries
+from . import agent, queries, schema
 from .database import Database
+from .dialect import Conn
+from .errors import SchemaChanged, may_be_schema_change
 from .ingest import ingest_batch
-from .schema import migrate
+
+T = TypeVar("T")
 
 
 class SqlStore:
     """Durable, idempotent coverage storage on SQL (implements ``runcov_collector.model.Store``).
 
     Thread-safe: each call runs in its own transaction on a pooled connection.
+
+    Another collector sharing the database may migrate its schema to a newer version while
+    this one runs (a rolling upgrade). Every write transaction therefore first checks, under
+    ``Database.lock_against_migration``, that the schema is still the version this store was
+    opened at, and raises ``SchemaChanged`` before writing anything if not; a query that fails
+    checks the version once, so that it answers ``SchemaChanged`` rather than the database
+    error of a table it no longer knows.
     """
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.schema_version_found = migrate(db)
+        self.schema_version_found = schema.migrate(db)
+        self.schema_version = schema.SCHEMA_VERSION
+        """The schema version this store reads and writes (the database's, once opened)."""
 
     @property
     def backend(self) -> str:
         """``sqlite`` or ``postgresql``."""
         return self.db.dialect.name
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Conn]:
+        """A write transaction on a schema known to be this store's version until it ends.
+
+        Raises ``SchemaChanged`` (nothing written) when a newer collector migrated it.
+        """
+        with self.db.transaction(write=True) as conn:
+            self.db.lock_against_migration(conn)
+            schema.check_version(conn, self.schema_version)
+            yield conn
+
+    def _read(self, run: Callable[[Conn], T]) -> T:
+        """``run`` in a read transaction; a failure that a schema change may explain checks
+        the version and raises ``SchemaChanged`` instead when it moved."""
+        try:
+            with self.db.transaction(write=False) as conn:
+                return run(conn)
+        except Exception as exc:
+            if may_be_schema_change(exc):
+                self._check_schema_after(exc)
+            raise
+
+    def _check_schema_after(self, failure: BaseException) -> None:
+        """Raise ``SchemaChanged`` (from ``failure``) if the schema is not this store's
+        version; return quietly if it is, or if the version cannot be read either."""
+        try:
+            with self.db.transaction(write=False) as conn:
+                found = schema.current_version(conn)
+        except Exception:
+            return
+        if found != self.schema_version:
+            raise SchemaChanged(found, self.schema_version) from failure
 
     def ingest(self, batch: Batch) -> dict[str, int]:
         """Store a batch in one transaction; returns only after it is committed.
@@ -35,63 +82,67 @@ class SqlStore:
 
     def ingest_counted(self, batch: Batch) -> dict[str, int]:
         """Like ``ingest``; returns how many coverage parts were new and how many duplicates."""
-        with self.db.transaction(write=True) as conn:
+        with self._write() as conn:
             return ingest_batch(conn, batch)
 
     def services(self) -> dict[str, Any]:
         """All services (``GET /api/v1/services``)."""
-        with self.db.transaction(write=False) as conn:
-            return queries.services(conn)
+        return self._read(queries.services)
 
     def releases(self, service: str) -> dict[str, Any]:
         """A service's releases, newest first (``GET /api/v1/releases``)."""
-        with self.db.transaction(write=False) as conn:
-            return queries.releases(conn, service)
+        return self._read(lambda conn: queries.releases(conn, service))
 
     def endpoints(self, sel: Selection) -> dict[str, Any]:
         """A release's endpoints (``GET /api/v1/endpoints``)."""
-        with self.db.transaction(write=False) as conn:
-            return queries.endpoints(conn, sel)
+        return self._read(lambda conn: queries.endpoints(conn, sel))
 
     def coverage(
         self, sel: Selection, detail: bool = False, path_prefix: str | None = None
     ) -> dict[str, Any]:
         """Coverage totals and files (``GET /api/v1/coverage``)."""
-        with self.db.transaction(write=False) as conn:
-            return queries.coverage(conn, sel, detail=detail, path_prefix=path_prefix)
+        return self._read(
+            lambda conn: queries.coverage(conn, sel, detail=detail, path_prefix=path_prefix)
+        )
 
     def file(self, sel: Selection, path: str) -> dict[str, Any]:
         """One file with detail (``GET /api/v1/file``)."""
-        with self.db.transaction(write=False) as conn:
-            return queries.file(conn, sel, path)
+        return self._read(lambda conn: queries.file(conn, sel, path))
 
     def series(self, sel: Selection, path: str | None = None) -> dict[str, Any]:
         """Per-hour trend (``GET /api/v1/series``)."""
-        with self.db.transaction(write=False) as conn:
-            return queries.series(conn, sel, path)
+        return self._read(lambda conn: queries.series(conn, sel, path))
 
     def agent(self, sel: Selection) -> dict[str, Any]:
         """The release's agent metrics (``GET /api/v1/agent``)."""
-        with self.db.transaction(write=False) as conn:
-            return agent.agent(conn, sel)
+        return self._read(lambda conn: agent.agent(conn, sel))
 
     def diff(self, a: Selection, b: Selection) -> dict[str, Any]:
         """Release a against release b (``GET /api/v1/diff``)."""
-        with self.db.transaction(write=False) as conn:
-            return queries.diff(conn, a, b)
+        return self._read(lambda conn: queries.diff(conn, a, b))
 
     def expire(self, older_than_unix: float) -> int:
-        """Delete per-hour rows and part keys older than the time; return rows deleted."""
-        with self.db.transaction(write=True) as conn:
+        """Delete per-hour rows and part keys older than the time; return rows deleted.
+
+        Raises ``SchemaChanged`` (nothing deleted) when a newer collector migrated the schema.
+        """
+        with self._write() as conn:
             return queries.expire(conn, older_than_unix)
 
     def ping(self) -> bool:
-        """True when the database answers."""
+        """True when the database answers with the schema version this store knows.
+
+        Raises ``SchemaChanged`` when it answers with another: the collector is up, but must
+        not serve this database (``/readyz`` says why).
+        """
         try:
             with self.db.transaction(write=False) as conn:
-                return conn.query("SELECT 1")[0][0] == 1
+                found = schema.current_version(conn)
         except Exception:
             return False
+        if found != self.schema_version:
+            raise SchemaChanged(found, self.schema_version)
+        return True
 
     def close(self) -> None:
         """Release the database connections."""
