@@ -35,7 +35,7 @@ ROLES = ("baseline", "canary", "shadow", "game-day")
 #: OTLP protocols the agent can export with.
 PROTOCOLS = ("http/protobuf", "grpc")
 #: Compression of OTLP requests.
-COMPRESSIONS = ("gzip", "none")
+COMPRESSIONS = ("gzip", "deflate", "none")
 
 _DEFAULT_HTTP_ENDPOINT = "http://localhost:4318"
 _DEFAULT_GRPC_ENDPOINT = "http://localhost:4317"
@@ -73,7 +73,7 @@ class Config:
     exporter_metrics_endpoint: Optional[str] = None
     exporter_protocol: str = "http/protobuf"
     exporter_headers: dict[str, str] = field(default_factory=dict)
-    #: ``gzip`` (default: coverage JSON shrinks several-fold) or ``none``.
+    #: ``gzip`` (default: coverage shrinks several-fold), ``deflate`` or ``none``.
     exporter_compression: str = "gzip"
     #: Seconds one export attempt (retries included) may take before it is given up.
     exporter_timeout: float = 10.0
@@ -183,20 +183,34 @@ def _parse_headers(option: str, value: Any) -> dict[str, str]:
     """The exporter's headers from a ``name=value,...`` string or a mapping; a name that is not
     an HTTP token, or a value with a line break or other control character (which would end
     the header early, or let a header be injected), is refused."""
+    shown = _masked_headers(value)
     if isinstance(value, str):
         headers, bad = header_pairs(value)
         if bad:
-            raise _bad(option, value, f"header {bad[0]!r} is not 'name=value'")
+            items = [item.strip() for item in value.split(",") if item.strip()]
+            raise _bad(option, shown, f"item {items.index(bad[0]) + 1} is not 'name=value'")
     elif isinstance(value, Mapping):
         headers = {str(k).lower(): str(v) for k, v in value.items()}
     else:
-        raise _bad(option, value, "not a mapping or 'name=value,...' string")
+        raise _bad(option, shown, "not a mapping or 'name=value,...' string")
     for name, text in headers.items():
         if not _HEADER_NAME.fullmatch(name):
-            raise _bad(option, value, f"header name {name!r} is not a valid HTTP header name")
+            raise _bad(option, shown, f"header name {name!r} is not a valid HTTP header name")
         if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in text):
-            raise _bad(option, value, f"the value of header {name!r} has a control character")
+            raise _bad(option, shown, f"the value of header {name!r} has a control character")
     return headers
+
+
+def _masked_headers(value: Any) -> Any:
+    """Headers as an error message shows them: names, never values (they carry credentials)."""
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        return ",".join(
+            f"{item.partition('=')[0].strip()}=***" if "=" in item else "***" for item in items
+        )
+    if isinstance(value, Mapping):
+        return {str(k): "***" for k in value}
+    return "***"
 
 
 def _parse_resource_attributes(text: str) -> dict[str, str]:
@@ -206,6 +220,12 @@ def _parse_resource_attributes(text: str) -> dict[str, str]:
         if sep and key.strip():
             attrs[unquote(key.strip())] = unquote(value.strip())
     return attrs
+
+
+#: The shortest metrics interval (seconds): shorter ones would spend the process exporting.
+_MIN_METRICS_INTERVAL = 0.1
+#: The shortest maximum scope age (seconds).
+_MIN_SCOPE_SECONDS = 0.01
 
 
 def _to_float(option: str, value: Any, low: float, high: float, why: str) -> float:
@@ -248,23 +268,35 @@ def _to_list(option: str, value: Any, *, regex: bool = False) -> list[str]:
     return out
 
 
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/?#@\s]*@")
+
+
+def shown_endpoint(url: str) -> str:
+    """``url`` as runcov's messages show it: credentials (``user:password@``) and the query
+    string, which may carry secrets, replaced by ``***``."""
+    text = _USERINFO.sub(lambda m: (m.group(1) or "") + "***@", str(url), count=1)
+    head, query, _ = text.partition("?")
+    return head + "?***" if query else head.partition("#")[0]
+
+
 def _validate_url(option: str, value: str, protocol: str) -> str:
     text = value.strip()
+    shown = shown_endpoint(value)
     try:
         parts = urlsplit(text if "://" in text else "//" + text)
         host = parts.hostname
     except ValueError as exc:  # e.g. an unclosed IPv6 bracket
-        raise _bad(option, value, f"not a URL ({exc})") from None
+        raise _bad(option, shown, f"not a URL ({exc})") from None
     if not host or any(c.isspace() for c in text):
-        raise _bad(option, value, "not a URL with a host")
+        raise _bad(option, shown, "not a URL with a host")
     if protocol != "grpc" and parts.scheme not in ("http", "https"):
-        raise _bad(option, value, "an OTLP/HTTP endpoint must be an http:// or https:// URL")
+        raise _bad(option, shown, "an OTLP/HTTP endpoint must be an http:// or https:// URL")
     if protocol == "grpc" and parts.scheme not in ("", "http", "https"):
-        raise _bad(option, value, "an OTLP/gRPC endpoint is host:port or an http(s):// URL")
+        raise _bad(option, shown, "an OTLP/gRPC endpoint is host:port or an http(s):// URL")
     try:
         parts.port  # noqa: B018 - validates the port
     except ValueError:
-        raise _bad(option, value, "the port is not a number between 0 and 65535") from None
+        raise _bad(option, shown, "the port is not a number between 0 and 65535") from None
     return text
 
 
@@ -357,13 +389,14 @@ def load_config(environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> C
     option, value = raw("max_per_second")
     if value is not None:
         values["max_per_second"] = _to_float(
-            option, value, 0.0, math.inf, "not a number >= 0 (0 means no cap)"
+            option, value, 0.0, sys.float_info.max, "not a finite number >= 0 (0 means no cap)"
         )
     option, value = raw("metrics_interval")
     if value is not None:
-        values["metrics_interval"] = _to_float(
-            option, value, 0.0, 86400.0, "not a number of seconds >= 0 (0 turns metrics off)"
-        )
+        why = "not 0 (metrics off) or a number of seconds between 0.1 and 86400"
+        values["metrics_interval"] = interval = _to_float(option, value, 0.0, 86400.0, why)
+        if 0 < interval < _MIN_METRICS_INTERVAL:
+            raise _bad(option, value, why)
     option, value = raw("max_scope_seconds")
     if value is not None:
         values["max_scope_seconds"] = _to_float(
@@ -373,6 +406,13 @@ def load_config(environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> C
             sys.float_info.max,  # (not inf)
             "not a number of seconds >= 0 (0 means no limit)",
         )
+        if 0 < values["max_scope_seconds"] < _MIN_SCOPE_SECONDS:
+            raise _bad(
+                option,
+                value,
+                f"not 0 (no limit) or a number of seconds >= {_MIN_SCOPE_SECONDS} (a request "
+                "would be cut before its first lines)",
+            )
     option, value = raw("queue_size")
     if value is not None:
         number = _to_float(option, value, 1, 10_000_000, "not a whole number >= 1")
@@ -456,9 +496,10 @@ def load_config(environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> C
         values["exporter_compression"] = compression
     option, value = raw("exporter_timeout", "OTEL_EXPORTER_OTLP_TIMEOUT")
     if value is not None:
-        timeout = _to_float(option, value, 0.0, 3600.0, "not a number of seconds > 0")
+        why = "not a number of seconds above 0 and at most 3600"
+        timeout = _to_float(option, value, 0.0, 3600.0, why)
         if timeout <= 0:
-            raise _bad(option, value, "not a number of seconds > 0")
+            raise _bad(option, value, why)
         values["exporter_timeout"] = timeout
 
     # Switches of the tracing core, which reads them from the process environment when it

@@ -97,7 +97,14 @@ def test_split_list_keeps_escaped_and_bracketed_commas() -> None:
         ({"RUNCOV_EXPORTER_ENDPOINT": "ftp://x"}, "RUNCOV_EXPORTER_ENDPOINT='ftp://x'"),
         ({"RUNCOV_EXPORTER_ENDPOINT": "http://h:99999"}, "the port is not a number"),
         ({"RUNCOV_EXPORTER_TIMEOUT": "0"}, "RUNCOV_EXPORTER_TIMEOUT='0'"),
-        ({"RUNCOV_EXPORTER_HEADERS": "novalue"}, "header 'novalue' is not 'name=value'"),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "10000"}, "='10000': not a number of seconds above 0 "
+                                                  "and at most 3600"),
+        ({"RUNCOV_METRICS_INTERVAL": "1e-9"}, "='1e-9': not 0 (metrics off) or a number of "
+                                              "seconds between 0.1 and 86400"),
+        ({"RUNCOV_MAX_SCOPE_SECONDS": "1e-9"}, "='1e-9': not 0 (no limit) or a number of "
+                                               "seconds >= 0.01"),
+        ({"RUNCOV_MAX_PER_SECOND": "inf"}, "RUNCOV_MAX_PER_SECOND='inf': not a finite number"),
+        ({"RUNCOV_EXPORTER_HEADERS": "a=1,novalue"}, "='a=***,***': item 2 is not 'name=v"),
         ({"RUNCOV_EXPORTER_HEADERS": "a b=c"}, "header name 'a b' is not a valid HTTP header"),
         ({"RUNCOV_EXPORTER_HEADERS": "a=b%0Ac"}, "the value of header 'a' has a control char"),
         ({"RUNCOV_EXPORTER_ENDPOINT": "http://[::1"}, "RUNCOV_EXPORTER_ENDPOINT='http://[::1': "
@@ -258,6 +265,8 @@ def test_compression() -> None:
     )
     env = {"OTEL_EXPORTER_OTLP_COMPRESSION": "none", "RUNCOV_EXPORTER_COMPRESSION": "GZIP"}
     assert load_config(environ=env).exporter_compression == "gzip"
+    deflate = load_config(environ={"OTEL_EXPORTER_OTLP_COMPRESSION": "deflate"})
+    assert deflate.exporter_compression == "deflate"
     with pytest.raises(ConfigError, match="RUNCOV_EXPORTER_COMPRESSION='zstd': not one of"):
         load_config(environ={"RUNCOV_EXPORTER_COMPRESSION": "zstd"})
 

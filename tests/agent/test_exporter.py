@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import pytest
 
 from runcov.config import Config, load_config
+from runcov.errors import ConfigError
 from runcov.export.exporter import CoverageExporter, RequestRecord
 from runcov.export.wire import MAX_PAYLOAD_BYTES, decode
 from runcov.resource import build_resource
@@ -327,7 +328,9 @@ def test_application_span_limits_and_sampler_do_not_apply(
     assert cov.payload["files"][0]["lines"] == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.parametrize(("compression", "encoding"), [("gzip", "gzip"), ("none", None)])
+@pytest.mark.parametrize(
+    ("compression", "encoding"), [("gzip", "gzip"), ("deflate", "deflate"), ("none", None)]
+)
 def test_requests_are_gzip_compressed_by_default(
     http_sink: HTTPSink, src: Path, compression: str, encoding: object
 ) -> None:
@@ -336,6 +339,13 @@ def test_requests_are_gzip_compressed_by_default(
     assert flushed
     assert {h.get("Content-Encoding") for h in http_sink.headers} == {encoding}
     assert len(http_sink.coverage_spans()) == 1
+
+
+def test_deflate_compressed_spans_reach_both_receivers(sink: Any, src: Path) -> None:
+    config = make_config(sink, src, exporter_compression="deflate")
+    _, flushed = export_once(config, record(src))
+    assert flushed
+    assert len(sink.coverage_spans()) == 1
 
 
 def test_worker_cpu_is_reported_as_overhead(http_sink: HTTPSink, src: Path) -> None:
@@ -421,6 +431,37 @@ def test_endpoint_down_drops_are_counted(
         "UNAVAILABLE" in warnings[0]
     )
     assert "speaks this protocol" in warnings[0]
+
+
+def test_messages_never_show_the_endpoints_credentials(
+    src: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A password in the endpoint URL (sent as basic authentication) or a token in its query
+    string is never printed: not in the warning, not at DEBUG."""
+    with HTTPSink() as probe:  # a free port that nothing listens on
+        port = probe.endpoint.rsplit(":", 1)[1].split("/")[0]
+    endpoint = f"http://user:pw-SECRET1@127.0.0.1:{port}/v1/traces?key=tok-SECRET2"
+    config = load_config(
+        environ={}, source=[str(src)], exporter_traces_endpoint=endpoint, exporter_timeout=0.5
+    )
+    exporter = CoverageExporter(config, build_resource(config))
+    try:
+        with caplog.at_level("DEBUG", logger="runcov"):
+            assert exporter.submit(record(src))
+            assert exporter.flush(30) is False
+    finally:
+        exporter.shutdown(5)
+    messages = [r.getMessage() for r in caplog.records]
+    [warning] = [m for m in messages if "could not export" in m]
+    assert f"http://***@127.0.0.1:{port}/v1/traces?***" in warning
+    assert any("span export to" in m for m in messages)  # the DEBUG line is there too
+    assert not [m for m in messages if "SECRET" in m]
+    with pytest.raises(ConfigError) as bad:
+        load_config(environ={}, exporter_endpoint="ftp://user:pw-SECRET3@host/")
+    assert "SECRET" not in str(bad.value) and "ftp://***@host/" in str(bad.value)
+    with pytest.raises(ConfigError) as bad:
+        load_config(environ={}, exporter_headers="authorization=Bearer SECRET4,Bearer SECRET5")
+    assert "SECRET" not in str(bad.value) and "item 2 is not 'name=value'" in str(bad.value)
 
 
 def test_a_refusal_is_warned_with_the_receivers_answer(

@@ -29,7 +29,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
 from runcov._fork import in_forked_child
-from runcov.config import Config
+from runcov.config import Config, shown_endpoint
 from runcov.export import wire
 from runcov.export.spans import SpanEncoder
 from runcov.export.transport import Transport, make_transport
@@ -485,7 +485,7 @@ class CoverageExporter:
             "runcov: could not export %d coverage span(s) to %s over %s (%s); they are dropped "
             "and counted (export_failed). %s",
             spans,
-            config.traces_endpoint(),
+            shown_endpoint(config.traces_endpoint()),
             config.exporter_protocol,
             cause,
             hint,

@@ -22,9 +22,9 @@ def otlp_metric_exporter_options(config: Config) -> dict[str, Any]:
         "endpoint": config.metrics_endpoint(),
         "headers": dict(config.exporter_headers) or None,
         "timeout": config.exporter_timeout,
-        "compression": Compression.Gzip
-        if config.exporter_compression == "gzip"
-        else Compression.NoCompression,
+        "compression": {"gzip": Compression.Gzip, "deflate": Compression.Deflate}.get(
+            config.exporter_compression, Compression.NoCompression
+        ),
     }
     if grpc:
         options["insecure"] = config.exporter_insecure("metrics")

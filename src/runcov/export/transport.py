@@ -35,11 +35,12 @@ import socket
 import threading
 import time
 import weakref
+import zlib
 from typing import Any, Callable, Optional, Protocol
 from urllib.parse import urlparse
 
 from runcov._fork import in_forked_child
-from runcov.config import Config, header_pairs
+from runcov.config import Config, header_pairs, shown_endpoint
 
 __all__ = [
     "MAX_ANSWER_BYTES",
@@ -303,12 +304,13 @@ def _exchange(session: Any, job: _Job) -> _Answer | _Failure:
 
 _HOOKS = {"response": [_read_redirect]}
 _OS_ERROR = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
+_QUERY = re.compile(r"\?[^\s'\")]+")
 
 
 def _reason(error: BaseException) -> str:
     """What failed, shortly: the operating system's words when a socket call failed
     ("Connection refused"), else ``requests``' message (which nests urllib3's), cut short."""
-    text = str(error)
+    text = _QUERY.sub("?***", str(error))  # (a URL's query string may carry a secret)
     found = _OS_ERROR.search(text)
     if found:
         return found.group(1).strip().rstrip(".")
@@ -572,14 +574,16 @@ class HttpTransport(_Sender):
         import requests  # noqa: F401  (fail here, not on the first send, when it is missing)
 
         self.url = config.traces_endpoint()
-        self._gzip = config.exporter_compression == "gzip"
+        #: The URL as messages show it (no credentials, no query string).
+        self.shown = shown_endpoint(self.url)
+        self._compression = config.exporter_compression
         self._headers = {
             **_headers(config),
             "Content-Type": "application/x-protobuf",
             "User-Agent": "runcov",
         }
-        if self._gzip:
-            self._headers["Content-Encoding"] = "gzip"
+        if self._compression != "none":
+            self._headers["Content-Encoding"] = self._compression
         certificate = _env("CERTIFICATE")
         verify: Any = certificate if certificate else True
         client_cert, client_key = _env("CLIENT_CERTIFICATE"), _env("CLIENT_KEY")
@@ -596,16 +600,24 @@ class HttpTransport(_Sender):
         self._senders.after_fork_in_child()
 
     def send(self, body: bytes) -> bool:
-        data = gzip.compress(body, GZIP_LEVEL) if self._gzip else body
+        data = (
+            gzip.compress(body, GZIP_LEVEL)
+            if self._compression == "gzip"
+            else zlib.compress(body, GZIP_LEVEL)
+            if self._compression == "deflate"
+            else body
+        )
 
         def attempt(remaining: float) -> tuple[bool, bool, Optional[float]]:
             outcome = self._exchange(data, remaining)
             if isinstance(outcome, _Failure):
                 self._failed(outcome.message, answered=False)
                 if outcome.warn:
-                    log.warning("runcov: span export to %s failed: %s", self.url, outcome.message)
+                    log.warning(
+                        "runcov: span export to %s failed: %s", self.shown, outcome.message
+                    )
                 else:
-                    log.debug("runcov: span export to %s failed: %s", self.url, outcome.message)
+                    log.debug("runcov: span export to %s failed: %s", self.shown, outcome.message)
                 return outcome.final, False, None
             status = outcome.status
             if 200 <= status < 300:
@@ -616,7 +628,7 @@ class HttpTransport(_Sender):
                 return False, False, _retry_after(outcome.retry_after)
             log.warning(
                 "runcov: the receiver at %s refused coverage spans: HTTP %d %s",
-                self.url,
+                self.shown,
                 status,
                 outcome.text(200),
             )
@@ -671,11 +683,10 @@ class GrpcTransport(_Sender):
                 "OTEL_EXPORTER_OTLP_INSECURE", ""
             )
             insecure = env.strip().lower() == "true"
-        compression = (
-            grpc.Compression.Gzip
-            if config.exporter_compression == "gzip"
-            else grpc.Compression.NoCompression
-        )
+        compression = {
+            "gzip": grpc.Compression.Gzip,
+            "deflate": grpc.Compression.Deflate,
+        }.get(config.exporter_compression, grpc.Compression.NoCompression)
         if insecure:
             self._channel = grpc.insecure_channel(target, compression=compression)
         else:
@@ -711,7 +722,7 @@ class GrpcTransport(_Sender):
                     return False, False, None
                 log.warning(
                     "runcov: the receiver at %s refused coverage spans: %s %s",
-                    self.target,
+                    shown_endpoint(self.target),
                     name,
                     error.details() if hasattr(error, "details") else "",
                 )
