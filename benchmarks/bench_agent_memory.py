@@ -290,6 +290,7 @@ def child(args: argparse.Namespace) -> int:
     import runcov
 
     traced = args.kind == "traced"
+    code_commit = _code_commit()
     nominal_agent_env(args.endpoint, "bench-agent-memory")
     os.environ["RUNCOV_SATURATION"] = "1" if args.config.endswith("-sat") else "0"
     under = start_shop(args.rate)
@@ -390,6 +391,7 @@ def child(args: argparse.Namespace) -> int:
         "config": args.config,
         "kind": args.kind,
         "python": sys.version.split()[0],
+        "commit": code_commit,
         "core": getattr(agent.core, "name", "?"),
         "samples": samples,
         "seconds": elapsed,
@@ -507,18 +509,28 @@ def _growth_row(series: list[tuple[float, float]]) -> tuple[float, float, float,
     return series[0][1], q1, q4, _slope(series)
 
 
+def _code_commit() -> str:
+    """The commit of the agent's code as this process imported it ("+" when ``src/`` had
+    uncommitted changes), taken when the run starts: a long run outlives later commits."""
+    try:
+        git = ["git", "-C", str(HERE.parent)]
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "src"], capture_output=True,
+                               text=True).stdout.strip()
+    except OSError:
+        return ""
+    return commit + ("+" if dirty else "")
+
+
 def report(args: argparse.Namespace, results: dict[tuple[str, str], dict[str, Any]],
            started: datetime.datetime) -> None:
     """The markdown tables."""
     any_result = next(iter(results.values()))
     ended = datetime.datetime.now(datetime.timezone.utc)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
-                                capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
+    commits = sorted({r.get("commit") or "?" for r in results.values()})
     print(f"Python {any_result['python']}, core {any_result['core']}, "
-          f"{os.cpu_count()} CPUs; commit {commit or '?'}; "
+          f"{os.cpu_count()} CPUs; commit {', '.join(commits)}; "
           f"{started:%Y-%m-%d %H:%M}-{ended:%H:%M} UTC")
     print(f"rate {args.rate}, no rate cap; {args.threads} threads replaced every wave of "
           f"{args.wave:,} requests; {args.warmup:,} warm-up requests; the shop's order bound "
