@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -148,3 +151,125 @@ def test_lines_that_run_only_at_import_are_no_dead_code_candidates(
     assert (f"Unused leaves out {left_out} lines that run only at import time (imports, "
             "def/class lines, decorators, module- and class-level statements), which no "
             "request executes.") in proc.stdout
+
+
+def executed_branches(sample: Sample, tmp_path: Path, *inputs: str) -> dict[str, set[tuple]]:
+    """coverage.py's own executed branch exits per file for these inputs (its JSON report)."""
+    out = tmp_path / "truth.json"
+    support.coverage_cli(sample.root, "json", f"--data-file={sample.oracle(*inputs)}",
+                         "-o", str(out))
+    files = json.loads(out.read_text())["files"]
+    return {path: {tuple(a) for a in f.get("executed_branches", [])} for path, f in files.items()}
+
+
+def data_of_tests_that_only_import(sample: Sample, tmp_path: Path, branch: bool) -> Path:
+    """A test suite's data in which only ``shop/__init__.py`` ran: coverage.py lists the other
+    modules of ``--source=shop`` as measured files without a line (never executed)."""
+    script = tmp_path / "import_shop.py"
+    script.write_text("import shop\n")
+    data = tmp_path / (".coverage.import-only." + ("branch" if branch else "lines"))
+    subprocess.run(
+        [sys.executable, "-m", "coverage", "run", *(["--branch"] if branch else []),
+         "--source=shop", f"--data-file={data}", str(script)],
+        cwd=sample.root, env={**support.clean_env(), "PYTHONPATH": str(sample.root)},
+        check=True, capture_output=True,
+    )
+    measured = support.hits(data, sample.root)
+    assert {"shop/pricing.py", "shop/views.py"} <= set(measured)
+    assert not measured["shop/pricing.py"][0] and not measured["shop/views.py"][0]
+    return data
+
+
+def test_every_production_branch_of_a_file_the_tests_never_ran_is_untested(
+    collector: RunningCollector, sample: Sample, tmp_path: Path
+) -> None:
+    """A file the tests never executed has no arcs in their branch data: that is every
+    branch production took left untested, not "nothing to compare" (0)."""
+    collector.store.ingest(support.batch(PROD, sample.root, sample.requests(*PROD_INPUTS)))
+    data = data_of_tests_that_only_import(sample, tmp_path, branch=True)
+    args = ("compare-tests", *collector.args(), "--service", "shop", "--tests", str(data),
+            "--source", str(sample.root))
+    proc = support.runcov(*args, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = support.as_json(proc)
+    taken = executed_branches(sample, tmp_path, *PROD_INPUTS)
+    files = {f["path"]: f for f in doc["files"]}
+    for path in ("shop/pricing.py", "shop/views.py"):
+        assert taken[path], path
+        assert {tuple(a) for a in files[path]["untested_arcs"]} == taken[path], path
+        assert files[path]["unused_arcs"] == []
+    assert doc["totals"]["untested_arcs"] == sum(len(v) for v in taken.values())
+    assert doc["branch_data"] == {"tests": True, "production": True}
+
+    proc = support.runcov(*args)
+    assert proc.returncode == 0, proc.stderr
+    row = next(r for r in proc.stdout.splitlines() if r.startswith("shop/pricing.py "))
+    assert row.split()[5:] == [str(len(taken["shop/pricing.py"])), "0"]
+    assert "n/a" not in proc.stdout
+
+
+def test_tests_measured_without_branch_data_say_branches_are_not_compared(
+    collector: RunningCollector, sample: Sample, tmp_path: Path
+) -> None:
+    """Line data (``coverage run`` without --branch) cannot tell which branches the tests
+    took: the branch figures of the files they ran read n/a (null), and the output says why,
+    rather than 0 untested branches everywhere."""
+    collector.store.ingest(support.batch(PROD, sample.root, sample.requests(*PROD_INPUTS)))
+    data = tmp_path / ".coverage.lines"
+    support.coverage_run(sample.root, data, *TEST_INPUTS, branch=False)
+    args = ("compare-tests", *collector.args(), "--service", "shop", "--tests", str(data),
+            "--source", str(sample.root))
+    doc = support.as_json(support.runcov(*args, "--format", "json"))
+    assert doc["branch_data"] == {"tests": False, "production": True}
+    ran = {p for p, (lines, _) in support.hits(data, sample.root).items() if lines}
+    assert {"shop/pricing.py", "shop/views.py"} <= ran
+    assert doc["branches_not_compared"] == {"tests": sorted(ran), "production": []}
+    for f in doc["files"]:
+        assert f["untested_arcs"] is None and f["unused_arcs"] is None, f["path"]
+    assert doc["totals"]["untested_arcs"] is None and doc["totals"]["unused_arcs"] is None
+    # The lines are compared as usual.
+    prod, tests = sample.lines(*PROD_INPUTS), sample.lines(*TEST_INPUTS)
+    files = {f["path"]: f for f in doc["files"]}
+    assert set(files["shop/pricing.py"]["untested_lines"]) == (
+        prod["shop/pricing.py"] - tests["shop/pricing.py"]
+    )
+
+    proc = support.runcov(*args)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    body = lines[2:lines.index(next(r for r in lines if r.startswith("TOTAL"))) + 1]
+    assert all(r.split()[-2:] == ["n/a", "n/a"] for r in body if not r.startswith("-")), body
+    assert (f"UntestedBr and UnusedBr are n/a for the {len(ran)} file(s) the tests ran: {data} "
+            "has no branch data (it was measured without --branch)") in proc.stdout
+
+    # A file those tests never ran took none of its branches: that much is known.
+    data = data_of_tests_that_only_import(sample, tmp_path, branch=False)
+    doc = support.as_json(support.runcov(
+        "compare-tests", *collector.args(), "--service", "shop", "--tests", str(data),
+        "--source", str(sample.root), "--format", "json",
+    ))
+    files = {f["path"]: f for f in doc["files"]}
+    taken = executed_branches(sample, tmp_path, *PROD_INPUTS)
+    assert {tuple(a) for a in files["shop/pricing.py"]["untested_arcs"]} == taken[
+        "shop/pricing.py"
+    ]
+
+
+def test_exclude_matches_as_the_agents_exclude_and_omit_stays_its_alias(
+    collector: RunningCollector, sample: Sample
+) -> None:
+    """--exclude globs mean what the agent's ``exclude`` means: a glob without "/" matches
+    the file name at any depth; --omit, its former name, does the same."""
+    for option in ("--exclude", "--omit"):
+        proc = run(collector, sample, option, "__init__.py", "--format", "json")
+        assert proc.returncode == 0, proc.stderr
+        paths = [f["path"] for f in support.as_json(proc)["files"]]
+        assert paths == ["shop/pricing.py", "shop/views.py"], option
+    proc = run(collector, sample, "--exclude", "shop/v*", "--exclude", "*/pricing.py",
+               "--format", "json")
+    assert [f["path"] for f in support.as_json(proc)["files"]] == ["shop/__init__.py"]
+    proc = run(collector, sample, "--exclude", str(sample.root.resolve() / "shop" / "p*"),
+               "--format", "json")
+    assert [f["path"] for f in support.as_json(proc)["files"]] == [
+        "shop/__init__.py", "shop/views.py"
+    ]

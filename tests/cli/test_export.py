@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -81,17 +82,28 @@ def test_coverage_html_and_json_work_on_the_export(
     assert a["files"] == b["files"] and a["totals"] == b["totals"]
 
 
-def _lcov_records(text: str) -> dict[str, dict[str, set[str]]]:
-    records: dict[str, dict[str, set[str]]] = {}
-    current: dict[str, set[str]] = {}
+def _lcov_records(text: str) -> dict[str, dict[str, list[tuple[str, ...]]]]:
+    """Per file name: its ``DA`` (line, hit) and ``BRDA`` (line, block, branch, taken) in order."""
+    records: dict[str, dict[str, list[tuple[str, ...]]]] = {}
+    current: dict[str, list[tuple[str, ...]]] = {}
     for line in text.splitlines():
         if line.startswith("SF:"):
-            current = records.setdefault(Path(line[3:]).name, {"DA": set(), "BRDA": set()})
-        elif line.startswith(("DA:", "BRDA:")):
-            kind, _, value = line.partition(":")
-            parts = value.split(",")
-            current[kind].add(",".join(parts[:2] if kind == "DA" else parts[:4]))
+            current = records.setdefault(Path(line[3:]).name, {"DA": [], "BRDA": []})
+        elif line.startswith("DA:"):
+            current["DA"].append(tuple(line[3:].split(",")[:2]))
+        elif line.startswith("BRDA:"):
+            lineno, block, rest = line[5:].split(",", 2)
+            branch, _, taken = rest.rpartition(",")
+            current["BRDA"].append((lineno, block, branch, taken))
     return records
+
+
+def _by_line(brda: list[tuple[str, ...]]) -> dict[str, list[tuple[str, str]]]:
+    """Branches per line: (branch, taken) in the order the file lists them."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for lineno, _, branch, taken in brda:
+        out.setdefault(lineno, []).append((branch, taken))
+    return out
 
 
 def test_lcov_matches_coverage_py_and_genhtml_accepts_it(
@@ -102,14 +114,24 @@ def test_lcov_matches_coverage_py_and_genhtml_accepts_it(
     export(collector, root, "lcov", out)
     expected = tmp_path / "oracle.lcov"
     support.coverage_cli(root, "lcov", f"--data-file={oracle}", "-o", str(expected))
-    got = _lcov_records(out.read_text())
-    assert got == _lcov_records(expected.read_text())
-    pricing = got["pricing.py"]
+    got, want = _lcov_records(out.read_text()), _lcov_records(expected.read_text())
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name]["DA"] == want[name]["DA"], name
+        # coverage.py's branches, in its order, numbered 0, 1, ... per line (lcov 1.x reads
+        # numbers only): the same branches with the same "taken", under numbers.
+        ours, theirs = _by_line(got[name]["BRDA"]), _by_line(want[name]["BRDA"])
+        assert ours.keys() == theirs.keys(), name
+        for lineno, branches in theirs.items():
+            assert ours[lineno] == [(str(i), taken) for i, (_, taken) in enumerate(branches)]
+    pricing, described = _by_line(got["pricing.py"]["BRDA"]), _by_line(want["pricing.py"]["BRDA"])
     # discount(): line 10 "if code is None" went both ways, line 14's fall-through to 17
     # never happened; never_called() never ran.
-    assert "10,1" in pricing["DA"] and "45,0" in pricing["DA"]
-    assert {"10,0,jump to line 11,1", "10,0,jump to line 12,1"} <= pricing["BRDA"]
-    assert "14,0,jump to line 17,0" in pricing["BRDA"]
+    assert ("10", "1") in got["pricing.py"]["DA"] and ("45", "0") in got["pricing.py"]["DA"]
+    assert described["10"] == [("jump to line 11", "1"), ("jump to line 12", "1")]
+    assert pricing["10"] == [("0", "1"), ("1", "1")]
+    fall_through = [d for d, _ in described["14"]].index("jump to line 17")
+    assert pricing["14"][fall_through] == (str(fall_through), "0")
     if shutil.which("genhtml") is None:
         pytest.skip("genhtml (Debian package lcov) is not installed")
     proc = subprocess.run(
@@ -118,6 +140,57 @@ def test_lcov_matches_coverage_py_and_genhtml_accepts_it(
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "genhtml" / "index.html").is_file()
+
+
+_RATE = re.compile(r"^\s*(lines|functions|branches)\.+: (?:[\d.]+% \((\d+) of (\d+) \w+\)|(no data "
+                   r"found))", re.M)
+
+
+def _lcov_summary(output: str) -> dict[str, tuple[int, int] | None]:
+    """``{"lines": (hit, found), "branches": None, ...}`` from lcov's or genhtml's summary."""
+    return {kind: None if none else (int(hit), int(found))
+            for kind, hit, found, none in _RATE.findall(output)}
+
+
+def _sums(text: str, hit: str, found: str) -> tuple[int, int]:
+    """The sum of the file records' ``hit`` and ``found`` counts (e.g. ``BRH``/``BRF``)."""
+    values = {hit: 0, found: 0}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in values:
+            values[key] += int(value)
+    return values[hit], values[found]
+
+
+@pytest.mark.parametrize("tool", ["lcov", "genhtml"])
+def test_lcov_tools_read_the_branches_and_functions_of_the_export(
+    measured: tuple[Path, Path], collector: RunningCollector, tmp_path: Path, tool: str
+) -> None:
+    """lcov's own tools (1.16 here; CI installs Debian's lcov) find the export's branches and
+    count its lines, branches and functions as runcov report and coverage.py do."""
+    binary = shutil.which(tool)
+    if binary is None:
+        pytest.skip(f"{tool} (Debian package lcov) is not installed")
+    root, _ = measured
+    out = tmp_path / "prod.lcov"
+    export(collector, root, "lcov", out)
+    report = support.as_json(support.runcov(
+        "report", *collector.args(), "--service", "shop", "--version", "1.0", "--format", "json",
+    ))["totals"]
+    assert report["branches_total"] > report["branches_covered"] > 0
+    rc = ["--rc", "lcov_branch_coverage=1", "--rc", "lcov_function_coverage=1"]
+    if tool == "lcov":
+        command = [binary, "--summary", str(out), *rc]
+    else:
+        command = [binary, *rc, "-o", str(tmp_path / "html"), str(out)]
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = _lcov_summary(proc.stdout + proc.stderr)
+    text = out.read_text()
+    assert summary["branches"] == (report["branches_covered"], report["branches_total"])
+    assert summary["lines"] == (report["lines_covered"], report["lines_total"])
+    assert summary["functions"] == _sums(text, "FNH", "FNF")
+    assert _sums(text, "BRH", "BRF") == summary["branches"]
 
 
 def test_cobertura_matches_coverage_py(
@@ -294,6 +367,39 @@ def test_unwritable_output_is_a_usage_error(
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and "Traceback" not in proc.stderr
     assert [p.name for p in out_dir.iterdir()] == ["a-file"]
+
+
+@pytest.mark.parametrize("fmt", ["coverage", "lcov", "cobertura", "json"])
+def test_output_in_a_missing_directory_is_a_usage_error_naming_it(
+    measured: tuple[Path, Path], collector: RunningCollector, tmp_path: Path, fmt: str
+) -> None:
+    """A typo in -o's directory stops the export (exit 2, naming the directory) rather than
+    creating directories and writing the file where nobody will look for it."""
+    root, _ = measured
+    missing = tmp_path / "no-such-dir" / "sub"
+    out = missing / "x.out"
+    proc = support.runcov(
+        "export", *collector.args(), "--service", "shop", "--format", fmt, "-o", str(out),
+        "--source", str(root),
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (
+        f"runcov: cannot write {out}: directory {missing} does not exist (create it first)\n"
+    )
+    assert not (tmp_path / "no-such-dir").exists()
+    # Relative to the working directory, likewise; an existing directory is written to.
+    proc = support.runcov(
+        "export", *collector.args(), "--service", "shop", "--format", fmt, "-o",
+        "typo/x.out", "--source", str(root), cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and "directory typo does not exist" in proc.stderr
+    (tmp_path / "present").mkdir()
+    proc = support.runcov(
+        "export", *collector.args(), "--service", "shop", "--format", fmt, "-o",
+        "present/x.out", "--source", str(root), cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "present" / "x.out").is_file()
 
 
 def test_failed_json_write_leaves_no_temporary_file(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,7 +81,8 @@ def test_changed_lines_gate_fails_with_the_numbers(
     proc = gate(collector, repo, "--changed-since", "v1.0", "--threshold", "80")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     pct = 100.0 * covered / total
-    verdict = f"canary covered {covered} of {total} changed lines ({pct:.1f}%) < 80%"
+    verdict = (f"canary covered {covered} of {total} changed lines ({pct:.1f}%) < 80% "
+               "in shop 1.1 (prod, canary)")
     assert proc.stdout.splitlines()[-1] == "FAIL: " + verdict
 
     proc = gate(collector, repo, "--changed-since", "v1.0", "--threshold", f"{pct - 1:.1f}",
@@ -124,7 +126,9 @@ def test_uncommitted_edits_count_as_changes(
     assert proc.returncode == 1
     assert doc["files"] == [{"path": "shop/views.py", "lines": 1, "covered": 0, "percent": 0.0,
                              "missed_lines": [line], "note": ""}]
-    assert doc["message"] == "canary covered 0 of 1 changed lines (0.0%) < 80%"
+    assert doc["message"] == (
+        "canary covered 0 of 1 changed lines (0.0%) < 80% in shop 1.1 (prod, canary)"
+    )
     # The edit is not what the canary ran: the gate says so, for the file it measured.
     assert doc["differing_files"] == ["shop/views.py"]
     assert proc.stderr.startswith(
@@ -180,7 +184,7 @@ def test_changed_lines_that_run_only_at_import_are_left_out(
         "note: left out 5 changed lines that run only at import time (imports, def/class lines, "
         "decorators, module- and class-level statements), which no request executes: "
         "shop/pricing.py 5; shop/views.py " + ", ".join(map(str, at_import["shop/views.py"])),
-        "FAIL: canary covered 0 of 1 changed lines (0.0%) < 80%",
+        "FAIL: canary covered 0 of 1 changed lines (0.0%) < 80% in shop 1.1 (prod, canary)",
     ]
     row = next(line for line in proc.stdout.splitlines() if line.startswith("shop/views.py"))
     assert row.split() == ["shop/views.py", "1", "0", "0.0%", str(body)]
@@ -211,7 +215,7 @@ def test_paths_gate(repo: Path, canary: dict[str, set[int]], collector: RunningC
     total = len(discount) + len(views_lines)
     assert proc.stdout.splitlines()[-1] == (
         f"FAIL: canary covered {covered} of {total} selected lines "
-        f"({100.0 * covered / total:.1f}%) < 100%"
+        f"({100.0 * covered / total:.1f}%) < 100% in shop 1.1 (prod, canary)"
     )
 
     whole = gate(collector, repo, "--paths", "shop/pricing.py", "--format", "json")
@@ -446,3 +450,129 @@ def test_changed_files_all_unknown_to_the_collector_hint_at_the_source_root(
     # With the right root, no such warning (the new module alone is unknown, among known ones).
     proc = gate(collector, repo, "--changed-since", "v1.0")
     assert "is known to the collector" not in proc.stderr, proc.stderr
+
+
+TEST_MODULE = (
+    "tests/test_pricing.py",
+    '"""Tests of the HALF discount."""\n\nfrom shop import pricing\n\n\n'
+    "def test_half() -> None:\n    assert pricing.discount(10.0, \"HALF\") == 5.0\n",
+)
+
+
+@pytest.fixture
+def release_with_tests(repo: Path, collector: RunningCollector, tmp_path: Path) -> Path:
+    """Release 1.2: a covered production line changed with a new test module in one commit
+    (tagged v1.1 before it), the canary measured on it; the checkout's root is the agents'."""
+    support.git(repo, "tag", "v1.1")
+    views = repo / "shop" / "views.py"
+    text = views.read_text()
+    assert "    total = 0.0\n" in text
+    views.write_text(text.replace("    total = 0.0\n", "    total = 0.0  # in euros\n", 1))
+    (repo / "tests").mkdir()
+    (repo / TEST_MODULE[0]).write_text(TEST_MODULE[1])
+    support.git(repo, "add", ".")
+    support.git(repo, "commit", "-q", "-m", "1.2")
+    data = tmp_path / "data-1.2"
+    data.mkdir()
+    per_input = support.measure_inputs(repo, data, CANARY_INPUTS)
+    collector.store.ingest(support.batch(Release("shop", "1.2", "prod", "canary"), repo,
+                                         support.requests_from(repo, per_input)))
+    return repo
+
+
+def test_exclude_leaves_out_test_files_changed_with_the_code(
+    release_with_tests: Path, collector: RunningCollector
+) -> None:
+    """A test module committed with the change is counted, never executed, by a gate whose
+    --source is the repository root; --exclude leaves it out, as the agent's exclude would,
+    and the canary's 100 % of the changed production line passes."""
+    repo = release_with_tests
+    args = ("gate", *collector.args(), "--service", "shop", "--version", "1.2",
+            "--role", "canary", "--source", str(repo), "--changed-since", "v1.1")
+    proc = support.runcov(*args)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert ("note: 1 measured file(s) unknown to the collector for shop 1.2 (prod, canary) "
+            "count as never executed: tests/test_pricing.py (new modules no sampled request "
+            "ran yet; leave out files that are not production code, such as tests, with "
+            "--exclude GLOB)") in proc.stdout
+    doc = support.as_json(support.runcov(*args, "--format", "json"))
+    assert doc["unknown_files"] == ["tests/test_pricing.py"] and doc["excluded_files"] == []
+    assert {f["path"] for f in doc["files"]} == {"shop/views.py", "tests/test_pricing.py"}
+
+    for glob in ("tests/*", "test_*.py", str(repo.resolve() / "tests" / "*")):
+        proc = support.runcov(*args, "--exclude", glob)
+        assert proc.returncode == 0, (glob, proc.stdout + proc.stderr)
+        assert proc.stdout.splitlines()[-2:] == [
+            "note: left out 1 changed file(s) matching --exclude: tests/test_pricing.py",
+            "PASS: canary covered 1 of 1 changed lines (100.0%) >= 80% in shop 1.2 (prod, "
+            "canary)",
+        ], glob
+        doc = support.as_json(support.runcov(*args, "--exclude", glob, "--format", "json"))
+        assert doc["excluded_files"] == ["tests/test_pricing.py"] and doc["unknown_files"] == []
+        assert [f["path"] for f in doc["files"]] == ["shop/views.py"]
+    # A glob matching nothing leaves the verdict as it was.
+    assert support.runcov(*args, "--exclude", "docs/*").returncode == 1
+
+
+def test_paths_naming_an_excluded_file_are_a_usage_error(
+    repo: Path, canary: dict[str, set[int]], collector: RunningCollector
+) -> None:
+    """--paths names its files: one that --exclude leaves out is a contradiction, not a file
+    to drop silently (which could leave nothing to measure and pass)."""
+    proc = gate(collector, repo, "--paths", "shop/pricing.py", "shop/views.py::item",
+                "--exclude", "views.py")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr == ("runcov: shop/views.py::item names a file that --exclude leaves "
+                           "out: views.py\n")
+    proc = gate(collector, repo, "--paths", "shop/pricing.py", "--exclude", "tests/*",
+                "--format", "json")
+    assert proc.returncode == 1 and support.as_json(proc)["excluded_files"] == []
+
+
+def test_the_verdict_names_the_release_the_gate_picked(
+    repo: Path, collector: RunningCollector, tmp_path: Path
+) -> None:
+    """Without --version the gate measures the most recently seen release: its verdict
+    names it (version, environment and role), not the role alone."""
+    data = tmp_path / "data"
+    data.mkdir()
+    requests = support.requests_from(repo, support.measure_inputs(repo, data, CANARY_INPUTS))
+    for version in ("1.0", "1.1"):
+        collector.store.ingest(support.batch(Release("shop", version, "staging", "baseline"),
+                                             repo, requests))
+    proc = support.runcov("gate", *collector.args(), "--service", "shop", "--source", str(repo),
+                          "--paths", "shop/views.py::item", "--threshold", "100")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert re.fullmatch(
+        r"FAIL: baseline covered \d+ of \d+ selected lines \([\d.]+%\) < 100% "
+        r"in shop 1\.1 \(staging, baseline\)", proc.stdout.splitlines()[-1]
+    ), proc.stdout
+    proc = support.runcov("gate", *collector.args(), "--service", "shop", "--source", str(repo),
+                          "--changed-since", "HEAD")
+    assert proc.stdout.splitlines()[-1] == (
+        "PASS: no executable changed lines to measure: gate passed for shop 1.1 (staging, "
+        "baseline)"
+    )
+
+
+def test_exclusion_is_the_agents(tmp_path: Path) -> None:
+    """The CLI's --exclude and the agent's ``exclude`` drop the same files for the same globs."""
+    from runcov.redaction import Redactor
+    from runcov.reports.local import Exclusion
+
+    paths = ["shop/views.py", "shop/tests/test_views.py", "tests/test_pricing.py",
+             "tests/unit/conftest.py", "conftest.py", "Shop/Test_x.py", "scripts/run.py"]
+    for rel in paths:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    globs = [["tests/*"], ["test_*.py"], ["conftest.py"], ["shop/*"], ["*/test_*"],
+             ["TEST_*.py"], [str(tmp_path / "scripts" / "*")], ["scripts"], []]
+    for g in globs:
+        agent = Redactor([str(tmp_path)], exclude=g)
+        cli = Exclusion(g)
+        for rel in paths:
+            local = (tmp_path / rel).resolve()
+            assert cli(rel, local) == (agent.relpath(str(local)) is None), (g, rel)
+    assert Exclusion(["tests/*"])("tests/a/b.py") and not Exclusion(["tests/*"])("shop/tests.py")
+    assert Exclusion(["test_*.py"])("pkg/tests/test_x.py")
+    assert not Exclusion([str(tmp_path / "*")])("shop/views.py")  # no local file to match

@@ -215,3 +215,63 @@ def test_census_coverage_shows_branches_as_not_measured(
         "report", *collector.args(), "--service", "shop", "--version", "2.0", "--format", "json"
     ))
     assert doc["totals"]["lines_covered"] > 0 and doc["totals"]["branch_percent"] is None
+
+
+def test_a_window_says_what_it_applies_to(collector: RunningCollector, sample: Sample) -> None:
+    """--since narrows the selected release's endpoints and files, never the releases table
+    (all-time figures): each heading says which it shows, and the JSON names the window."""
+    populate(collector, sample)
+    sel = ["--service", "shop", "--version", "1.0", "--since", "2030-01-01"]
+    proc = support.runcov("report", *collector.args(), *sel)
+    assert proc.returncode == 0, proc.stderr
+    releases, rest = proc.stdout.split("\nEndpoints of", 1)
+    assert releases.splitlines()[0] == (
+        "Releases (all time; the window since 2030-01-01 applies to the endpoints and files "
+        "below)"
+    )
+    # The releases keep their all-time requests; the window's files have none.
+    [row] = [r for r in releases.splitlines() if r.startswith("1.0")]
+    assert row.split()[3] == str(len(BASE_INPUTS))
+    assert rest.splitlines()[0] == " shop 1.0 (prod, baseline), since 2030-01-01"
+    files = rest.split("\nFiles of", 1)[1]
+    assert files.splitlines()[0] == " shop 1.0 (prod, baseline), since 2030-01-01"
+
+    doc = support.as_json(support.runcov("report", *collector.args(), *sel, "--format", "json"))
+    assert doc["window"] == {"since": "2030-01-01", "until": None,
+                             "applies_to": ["endpoints", "files", "totals"]}
+    assert doc["totals"]["lines_covered"] == 0
+    assert {r["version"]: r["requests"] for r in doc["releases"]}["1.0"] == len(BASE_INPUTS)
+
+    proc = support.runcov("report", *collector.args(), "--service", "shop", "--since", "7d",
+                          "--until", "1h")
+    assert proc.stdout.startswith("Releases (all time; the window from 7d ago to 1h ago "
+                                  "applies to the endpoints and files below)\n"), proc.stdout
+    # Without a window, nothing changes.
+    plain = support.runcov("report", *collector.args(), "--service", "shop")
+    assert plain.stdout.startswith("Releases\n")
+    assert "Files of shop 1.0 (prod, baseline)\n" in plain.stdout
+    doc = support.as_json(support.runcov("report", *collector.args(), "--service", "shop",
+                                         "--format", "json"))
+    assert doc["window"] is None and doc["path_prefix"] is None
+
+
+def test_requests_next_to_a_path_filtered_table_are_labelled_the_releases(
+    collector: RunningCollector, sample: Sample
+) -> None:
+    """The collector's totals count the release's requests whatever --path-prefix keeps (it
+    answers requests 367 for files 0): the table says so rather than let them read as the
+    requests of the files shown."""
+    populate(collector, sample)
+    sel = ["--service", "shop", "--version", "1.0"]
+    proc = support.runcov("report", *collector.args(), *sel, "--path-prefix", "shop/v")
+    assert proc.returncode == 0, proc.stderr
+    files = proc.stdout.split("\nFiles of ", 1)[1].splitlines()
+    assert files[0] == "shop 1.0 (prod, baseline) under 'shop/v'"
+    assert [r.split()[0] for r in files[3:-3]] == ["shop/views.py"]
+    assert files[-2].split()[-1] == str(len(BASE_INPUTS))  # the TOTAL row's Requests
+    assert files[-1] == ("The TOTAL row's Requests are all the sampled requests of shop 1.0 "
+                         "(prod, baseline), not only those that ran files under 'shop/v'.")
+    doc = support.as_json(support.runcov("report", *collector.args(), *sel, "--path-prefix",
+                                         "nope/", "--format", "json"))
+    assert doc["path_prefix"] == "nope/"
+    assert (doc["totals"]["files"], doc["totals"]["requests"]) == (0, len(BASE_INPUTS))

@@ -9,26 +9,44 @@ from typing import Any
 
 from runcov.cli import _common
 from runcov.reports.compare import compare, comparison_json, read_test_data, render_comparison
+from runcov.reports.local import Exclusion
 
 
 def add_parser(subparsers: Any) -> None:
     """Register ``compare-tests``."""
     p = subparsers.add_parser(
-        "compare-tests", help="production coverage vs a test suite's coverage data",
+        "compare-tests",
+        help="production coverage vs a test suite's coverage data",
         description="Lines and branches run in production but never by the tests (risk), "
-                    "and run by the tests but never in production (dead-code candidates, "
-                    "without the lines that only run at import time), per file and per "
-                    "function.",
+        "and run by the tests but never in production (dead-code candidates, "
+        "without the lines that only run at import time), per file and per "
+        "function.",
     )
     _common.add_selection_options(p)
     _common.add_collector_options(p)
     _common.add_format_option(p)
-    p.add_argument("--tests", metavar="DATA_FILE", default=".coverage",
-                   help="the test suite's coverage.py data file (default: .coverage)")
-    p.add_argument("--source", metavar="DIR", action="append",
-                   help="local checkout of the service's source root (default: current dir)")
-    p.add_argument("--omit", metavar="GLOB", action="append", default=[],
-                   help="leave out paths matching this glob, e.g. 'tests/*' (repeatable)")
+    p.add_argument(
+        "--tests",
+        metavar="DATA_FILE",
+        default=".coverage",
+        help="the test suite's coverage.py data file (default: .coverage)",
+    )
+    p.add_argument(
+        "--source",
+        metavar="DIR",
+        action="append",
+        help="local checkout of the service's source root (default: current dir)",
+    )
+    p.add_argument(
+        "--exclude",
+        "--omit",
+        metavar="GLOB",
+        dest="exclude",
+        action="append",
+        default=[],
+        help="leave out files matching this glob, e.g. 'tests/*' or 'test_*.py', as "
+        "the agent's exclude option matches them (repeatable)",
+    )
     p.add_argument("--path-prefix", help="only files under this path prefix")
     p.set_defaults(func=run)
 
@@ -39,17 +57,17 @@ def run(args: argparse.Namespace) -> int:
     sources = _common.source_dirs(args.source)
     tests = read_test_data(Path(args.tests), sources)
     if args.path_prefix:
-        tests = {k: v for k, v in tests.items() if k.startswith(args.path_prefix)}
+        tests.files = {k: v for k, v in tests.files.items() if k.startswith(args.path_prefix)}
     client = _common.client(args)
     _common.check_endpoint(client, sel)
     download = _common.download_progress(args, client)
     detail = client.coverage(sel, detail=True, path_prefix=args.path_prefix)
     download.finish()
-    total = len({f["path"] for f in detail.get("files", [])} | set(tests))
+    total = len({f["path"] for f in detail.get("files", [])} | set(tests.files))
     bar = _common.progress(args, "comparing", total=total, unit=" files")
-    files = compare(detail, tests, sources, args.omit, bar.advance)
+    files = compare(detail, tests, sources, Exclusion(args.exclude), bar.advance)
     bar.finish()
-    doc = comparison_json(files, detail["release"])
+    doc = comparison_json(files, detail["release"], tests, args.tests)
     if args.format == "json":
         _common.emit_json(doc)
     else:

@@ -9,33 +9,59 @@ from typing import Any
 
 from runcov.cli import _common
 from runcov.reports.gate import GateError, PathSpec, gate_changed, gate_paths, render_gate
-from runcov.reports.local import differ_warning
+from runcov.reports.local import Exclusion, differ_warning
 from runcov.reports.report import release_label
 
 
 def add_parser(subparsers: Any) -> None:
     """Register ``gate``."""
     p = subparsers.add_parser(
-        "gate", help="exit non-zero when production coverage is under a threshold",
+        "gate",
+        help="exit non-zero when production coverage is under a threshold",
         description="Measure the production coverage of the executable lines changed since a "
-                    "git ref (--changed-since) or of named paths (--paths) in the selected "
-                    "release. Exit codes: 0 pass, 1 gate failed, 2 usage or configuration "
-                    "error, 3 collector unreachable or failing, 4 internal error.",
+        "git ref (--changed-since) or of named paths (--paths) in the selected "
+        "release. Exit codes: 0 pass, 1 gate failed, 2 usage or configuration "
+        "error, 3 collector unreachable or failing, 4 internal error.",
     )
     _common.add_selection_options(p)
     _common.add_collector_options(p)
     _common.add_format_option(p)
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--changed-since", metavar="GIT_REF",
-                      help="measure the lines changed since this git ref (git diff -U0 REF), "
-                           "without those that only run at import time (imports, def/class "
-                           "lines, decorators, module-level statements)")
-    what.add_argument("--paths", nargs="+", metavar="SPEC",
-                      help="measure file.py, file.py:10-20 or pkg/mod.py::function")
-    p.add_argument("--threshold", type=float, default=80.0, metavar="PCT",
-                   help="minimum covered percentage (default: 80)")
-    p.add_argument("--source", metavar="DIR", action="append",
-                   help="local checkout of the service's source root (default: current dir)")
+    what.add_argument(
+        "--changed-since",
+        metavar="GIT_REF",
+        help="measure the lines changed since this git ref (git diff -U0 REF), "
+        "without those that only run at import time (imports, def/class "
+        "lines, decorators, module-level statements)",
+    )
+    what.add_argument(
+        "--paths",
+        nargs="+",
+        metavar="SPEC",
+        help="measure file.py, file.py:10-20 or pkg/mod.py::function",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=80.0,
+        metavar="PCT",
+        help="minimum covered percentage (default: 80)",
+    )
+    p.add_argument(
+        "--source",
+        metavar="DIR",
+        action="append",
+        help="local checkout of the service's source root (default: current dir)",
+    )
+    p.add_argument(
+        "--exclude",
+        metavar="GLOB",
+        action="append",
+        default=[],
+        help="leave out changed files matching this glob, e.g. 'tests/*' or "
+        "'test_*.py', as the agent's exclude option matches them "
+        "(repeatable; --paths may not name such a file)",
+    )
     p.set_defaults(func=run)
 
 
@@ -45,17 +71,25 @@ def run(args: argparse.Namespace) -> int:
         raise _common.UsageError("--threshold must be between 0 and 100")
     sel = _common.selection(args)
     sources = _common.source_dirs(args.source)
+    exclude = Exclusion(args.exclude)
     client = _common.client(args)
     _common.check_endpoint(client, sel)
     try:
         if args.changed_since:
             bar = _common.progress(args, "measuring changed files", unit=" files")
-            result = gate_changed(client, sel, Path(sources[0]), args.changed_since,
-                                  args.threshold, bar.advance)
+            result = gate_changed(
+                client,
+                sel,
+                Path(sources[0]),
+                args.changed_since,
+                args.threshold,
+                bar.advance,
+                exclude,
+            )
         else:
             specs = [PathSpec.parse(s) for s in args.paths]
             bar = _common.progress(args, "measuring paths", total=len(specs))
-            result = gate_paths(client, sel, sources, specs, args.threshold, bar.advance)
+            result = gate_paths(client, sel, sources, specs, args.threshold, bar.advance, exclude)
     except GateError as exc:
         raise _common.UsageError(str(exc)) from exc
     bar.finish()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from runcov.reports.local import SourceError, differ_warning, differs, resolve_local
 
@@ -30,7 +31,8 @@ class ExportResult:
         if self.missing:
             out.append(
                 f"{len(self.missing)} file(s) not found under the source directory, left out: "
-                + ", ".join(self.missing[:10]) + (" ..." if len(self.missing) > 10 else "")
+                + ", ".join(self.missing[:10])
+                + (" ..." if len(self.missing) > 10 else "")
             )
         if self.invalid:
             out.append("ignored invalid path(s): " + ", ".join(self.invalid[:10]))
@@ -83,11 +85,10 @@ def write_coverage_data(
         result.files += 1
 
     data_file = Path(data_file)
-    data_file.parent.mkdir(parents=True, exist_ok=True)
     data = CoverageData(basename=str(data_file))
     data.erase()
     hit: set[str] = set()
-    for context, ctx_detail in ([("", detail)] if contexts is None else sorted(contexts.items())):
+    for context, ctx_detail in [("", detail)] if contexts is None else sorted(contexts.items()):
         if contexts is not None:
             data.set_context(context)
         lines, arcs = _hits(ctx_detail, local_of, branch)
@@ -134,7 +135,10 @@ def write_with_reporter(
     advance: Optional[Callable[[int], None]] = None,
     contexts: Optional[dict[str, dict[str, Any]]] = None,
 ) -> ExportResult:
-    """LCOV or Cobertura through coverage.py's own reporters, from a temporary data file."""
+    """LCOV or Cobertura through coverage.py's own reporters, from a temporary data file.
+
+    The LCOV is then made readable by lcov 1.x as well as 2.x: see :func:`portable_lcov`.
+    """
     from coverage import Coverage
 
     with tempfile.TemporaryDirectory(prefix="runcov-export-") as tmp:
@@ -147,17 +151,55 @@ def write_with_reporter(
         )
         cov.load()
         outfile = Path(outfile)
-        outfile.parent.mkdir(parents=True, exist_ok=True)
         if result.files == 0:
             _write_empty(fmt, outfile)
             return result
         if fmt == "lcov":
-            result.percent = cov.lcov_report(outfile=str(outfile), ignore_errors=True)
+            written = Path(tmp) / "coverage.lcov"
+            result.percent = cov.lcov_report(outfile=str(written), ignore_errors=True)
+            with (
+                open(written, encoding="utf-8") as src,
+                open(outfile, "w", encoding="utf-8") as dst,
+            ):
+                dst.writelines(portable_lcov(src))
         elif fmt == "cobertura":
             result.percent = cov.xml_report(outfile=str(outfile), ignore_errors=True)
         else:
             raise ValueError(f"no coverage.py reporter for {fmt!r}")
         return result
+
+
+_BRDA = re.compile(r"^BRDA:(\d+),(e?\d+),([^\n]*),(\d+|-)$")
+_FN = re.compile(r"^FN:(\d+),\d+,([^\n]*)$")
+
+
+def portable_lcov(lines: Iterable[str]) -> Iterator[str]:
+    """coverage.py's LCOV lines, rewritten into the records lcov 1.x and 2.x both read.
+
+    coverage.py names each branch by its description (``BRDA:48,0,jump to line 49,1``) and
+    gives functions their last line (``FN:45,50,get_product``): lcov 2 reads both, but lcov
+    1.x reads branch numbers only (it finds "no data" in such a file) and ``FN:<line>,<name>``
+    only (it takes ``50`` for the name, and counts every function twice). Branches are
+    numbered 0, 1, ... per line and block in the order coverage.py lists them, and functions
+    lose their optional last line; every count (``DA``, ``LF``/``LH``, ``BRF``/``BRH``,
+    ``FNDA``, ``FNF``/``FNH``) stays coverage.py's.
+    """
+    numbers: dict[tuple[str, str], int] = {}
+    for line in lines:
+        branch = _BRDA.match(line.rstrip("\n"))
+        if branch is not None:
+            lineno, block, _, taken = branch.groups()
+            number = numbers.get((lineno, block), 0)
+            numbers[(lineno, block)] = number + 1
+            yield f"BRDA:{lineno},{block},{number},{taken}\n"
+            continue
+        function = _FN.match(line.rstrip("\n"))
+        if function is not None:
+            yield f"FN:{function.group(1)},{function.group(2)}\n"
+            continue
+        if line.startswith("end_of_record"):
+            numbers.clear()
+        yield line
 
 
 def _write_empty(fmt: str, outfile: Path) -> None:
@@ -179,7 +221,6 @@ def write_json(detail: dict[str, Any], outfile: Path) -> ExportResult:
     temporary file is removed when writing or renaming fails.
     """
     outfile = Path(outfile)
-    outfile.parent.mkdir(parents=True, exist_ok=True)
     tmp = outfile.with_name(outfile.name + ".tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:

@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 
 from runcov.reports.client import CollectorClient, ReleaseSelection
 from runcov.reports.local import (
+    Exclusion,
     LocalStatic,
     SourceError,
     analyze_local,
@@ -74,9 +75,12 @@ class FileResult:
         """JSON form."""
         missed = sorted(self.lines - self.covered)
         return {
-            "path": self.path, "lines": len(self.lines), "covered": len(self.covered),
+            "path": self.path,
+            "lines": len(self.lines),
+            "covered": len(self.covered),
             "percent": percent(len(self.covered), len(self.lines)),
-            "missed_lines": missed, "note": self.note,
+            "missed_lines": missed,
+            "note": self.note,
         }
 
 
@@ -94,6 +98,11 @@ class GateResult:
     #: it knows others: a hint (a wrong --source makes every path unknown), not an error, as
     #: a change of new modules only is the same case.
     unknown_hint: str = ""
+    #: Changed files left out because they match ``--exclude``.
+    excluded: list[str] = field(default_factory=list)
+    #: Measured changed files the collector never heard of for the release (counted as never
+    #: executed): new modules, or files that are no production code (tests) to ``--exclude``.
+    unknown: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -118,27 +127,39 @@ class GateResult:
         return 100.0 * self.covered / self.total >= self.threshold
 
     def message(self) -> str:
-        """``canary covered 12 of 40 changed lines (30.0%) < 80%``."""
+        """``canary covered 12 of 40 changed lines (30.0%) < 80% in shop 1.1 (prod, canary)``.
+
+        The release is named in full (version, environment, role): without ``--version`` the
+        gate measures the most recently seen one, and the verdict should say which that was.
+        """
         who = self.release.get("role") or "production"
+        where = release_label(self.release)
         if self.total == 0:
-            return f"no executable {self.what} to measure: gate passed"
+            return f"no executable {self.what} to measure: gate passed for {where}"
         pct = 100.0 * self.covered / self.total
         op = ">=" if self.passed else "<"
         return (
             f"{who} covered {self.covered} of {self.total} {self.what} "
-            f"({pct:.1f}%) {op} {self.threshold:g}%"
+            f"({pct:.1f}%) {op} {self.threshold:g}% in {where}"
         )
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {
-            "passed": self.passed, "message": self.message(), "release": self.release,
-            "threshold": self.threshold, "what": self.what, "lines": self.total,
-            "covered": self.covered, "percent": self.percent,
+            "passed": self.passed,
+            "message": self.message(),
+            "release": self.release,
+            "threshold": self.threshold,
+            "what": self.what,
+            "lines": self.total,
+            "covered": self.covered,
+            "percent": self.percent,
             "files": [f.as_dict() for f in self.files],
             "import_time_lines": sum(len(v) for v in self.import_time.values()),
             "import_time": {p: sorted(v) for p, v in sorted(self.import_time.items())},
             "differing_files": self.differing,
+            "excluded_files": self.excluded,
+            "unknown_files": self.unknown,
         }
 
     def import_time_note(self) -> str:
@@ -147,11 +168,40 @@ class GateResult:
         if not n:
             return ""
         what = f"{n} {self.what} that run" if n > 1 else f"1 {self.what[:-1]} that runs"
-        where = "; ".join(f"{path} {fmt_ranges(lines)}"
-                          for path, lines in sorted(self.import_time.items()))
+        where = "; ".join(
+            f"{path} {fmt_ranges(lines)}" for path, lines in sorted(self.import_time.items())
+        )
         return (
             f"left out {what} only at import time (imports, def/class lines, decorators, "
             f"module- and class-level statements), which no request executes: {where}"
+        )
+
+    def excluded_note(self) -> str:
+        """Which changed files ``--exclude`` left out, or "" when none."""
+        if not self.excluded:
+            return ""
+        return (
+            f"left out {len(self.excluded)} changed file(s) matching --exclude: "
+            + ", ".join(self.excluded[:10])
+            + (" ..." if len(self.excluded) > 10 else "")
+        )
+
+    def unknown_note(self) -> str:
+        """Measured files the collector never heard of, or "" (see :attr:`unknown_hint`).
+
+        They count as never executed, which is right for a new module that no request ran
+        yet and wrong for a file that is not production code at all (a test, a script
+        changed in the same commit): the note names them, and how to leave the others out.
+        """
+        if not self.unknown or self.unknown_hint:
+            return ""
+        return (
+            f"{len(self.unknown)} measured file(s) unknown to the collector for "
+            f"{release_label(self.release)} count as never executed: "
+            + ", ".join(self.unknown[:10])
+            + (" ..." if len(self.unknown) > 10 else "")
+            + " (new modules no sampled request ran yet; leave out files that are not "
+            "production code, such as tests, with --exclude GLOB)"
         )
 
 
@@ -162,16 +212,21 @@ def render_gate(result: GateResult) -> str:
     for f in result.files:
         missed = sorted(f.lines - f.covered)
         pct = percent(len(f.covered), len(f.lines))
-        rows.append([
-            f.path, len(f.lines), len(f.covered), "-" if pct is None else f"{pct:.1f}%",
-            fmt_ranges(missed) or f.note,
-        ])
+        rows.append(
+            [
+                f.path,
+                len(f.lines),
+                len(f.covered),
+                "-" if pct is None else f"{pct:.1f}%",
+                fmt_ranges(missed) or f.note,
+            ]
+        )
     if rows:
         out.append(render_table(["File", "Lines", "Covered", "Cover", "Missed"], rows, "lrrrl"))
         out.append("\n")
-    note = result.import_time_note()
-    if note:
-        out.append(f"note: {note}\n")
+    for note in (result.excluded_note(), result.import_time_note(), result.unknown_note()):
+        if note:
+            out.append(f"note: {note}\n")
     out.append(("PASS: " if result.passed else "FAIL: ") + result.message() + "\n")
     return "".join(out)
 
@@ -208,8 +263,20 @@ def git_changed_lines(source: Path, ref: str) -> dict[str, set[int]]:
     if ref.startswith("-"):
         raise GateError(f"bad git ref {ref!r}")
     cmd = [
-        "git", "-C", str(source), "-c", "core.quotepath=off", "diff", "-U0", "--relative",
-        "--no-color", "--no-ext-diff", "--no-renames", ref, "--", "*.py",
+        "git",
+        "-C",
+        str(source),
+        "-c",
+        "core.quotepath=off",
+        "diff",
+        "-U0",
+        "--relative",
+        "--no-color",
+        "--no-ext-diff",
+        "--no-renames",
+        ref,
+        "--",
+        "*.py",
     ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -258,8 +325,9 @@ class _Files:
         if same_name:
             hint = "did you mean " + " or ".join(repr(p) for p in same_name[:3]) + "?"
         else:
-            hint = "its files: " + (", ".join(known[:5]) + (" ..." if len(known) > 5 else "")
-                                    or "(none)")
+            hint = "its files: " + (
+                ", ".join(known[:5]) + (" ..." if len(known) > 5 else "") or "(none)"
+            )
         local = "" if self.local(path) is not None else "; it is not under --source either"
         return (
             f"{path}: the collector knows nothing of this file for "
@@ -310,21 +378,40 @@ class _Files:
     def body(self, path: str, executable: set[int], start: int, end: int) -> set[int]:
         """A function's body lines, exact when the local file has that function."""
         local = self.local(path)
-        return function_body(executable, start, end,
-                             local.bodies.get((start, end)) if local else None)
+        return function_body(
+            executable, start, end, local.bodies.get((start, end)) if local else None
+        )
 
 
 def gate_changed(
-    client: CollectorClient, sel: ReleaseSelection, source: Path, ref: str, threshold: float,
+    client: CollectorClient,
+    sel: ReleaseSelection,
+    source: Path,
+    ref: str,
+    threshold: float,
     advance: Optional[Callable[[int], None]] = None,
+    exclude: Optional[Exclusion] = None,
 ) -> GateResult:
     """Coverage of the executable lines changed since ``ref`` in the checkout at ``source``.
 
     Changed lines that only run at import time (see :func:`runcov.reports.local.import_time`)
     are left out and reported as such: requests never execute them, so no traffic could
     cover them and a changed import or signature alone would fail every canary.
+
+    Changed files matching ``exclude`` are left out too, and listed: git cannot tell
+    production code from the tests or scripts changed in the same commit.
     """
     changed = git_changed_lines(source, ref)
+    excluded = []
+    if exclude:
+        for path in sorted(changed):
+            try:
+                found = resolve_local(path, [source])
+            except SourceError:
+                found = None
+            if exclude(path, found):
+                excluded.append(path)
+                del changed[path]
     files = _Files(client, sel, [source])
     results = []
     left_out: dict[str, set[int]] = {}
@@ -344,6 +431,7 @@ def gate_changed(
         results.append(FileResult(path, lines, lines & files.covered(path), note))
     hint = ""
     if results and files.known and not any(f.path in files.known for f in results):
+
         def some(paths: list[str]) -> str:
             return ", ".join(paths[:3]) + (" ..." if len(paths) > 3 else "")
 
@@ -354,13 +442,27 @@ def gate_changed(
             f"other(s) ({some(sorted(files.known))}): unless they are all new modules, --source "
             "is not the agents' source root in this checkout (their paths are relative to it)"
         )
-    return GateResult(files.release, "changed lines", threshold, results, left_out,
-                      files.differing([f.path for f in results]), hint)
+    return GateResult(
+        files.release,
+        "changed lines",
+        threshold,
+        results,
+        left_out,
+        files.differing([f.path for f in results]),
+        hint,
+        excluded,
+        [f.path for f in results if f.path not in files.known],
+    )
 
 
 def gate_paths(
-    client: CollectorClient, sel: ReleaseSelection, sources: list[Path], specs: list[PathSpec],
-    threshold: float, advance: Optional[Callable[[int], None]] = None,
+    client: CollectorClient,
+    sel: ReleaseSelection,
+    sources: list[Path],
+    specs: list[PathSpec],
+    threshold: float,
+    advance: Optional[Callable[[int], None]] = None,
+    exclude: Optional[Exclusion] = None,
 ) -> GateResult:
     """Coverage of named files, line ranges and functions.
 
@@ -372,7 +474,20 @@ def gate_paths(
     endpoint, it is far more often a path relative to another root than the agents' than a
     file that no sampled request ever ran, and 0 % of it would fail the gate for a reason
     that is not coverage.
+
+    So is a named file that matches ``exclude``: measuring it would ignore the exclusion,
+    and leaving it out could leave nothing to measure and pass the gate.
     """
+    if exclude:
+        for spec in specs:
+            try:
+                found = resolve_local(spec.path, sources)
+            except SourceError:
+                found = None
+            if exclude(spec.path, found):
+                raise GateError(
+                    f"{spec} names a file that --exclude leaves out: {', '.join(exclude.globs)}"
+                )
     files = _Files(client, sel, sources)
     merged: dict[str, FileResult] = {}
     for spec in specs:
@@ -401,13 +516,12 @@ def gate_paths(
         entry.lines |= lines
         entry.covered |= lines & files.covered(spec.path)
     results = [merged[p] for p in sorted(merged)]
-    return GateResult(files.release, "selected lines", threshold, results,
-                      differing=files.differing(list(merged)))
+    return GateResult(
+        files.release, "selected lines", threshold, results, differing=files.differing(list(merged))
+    )
 
 
-def _function_spans(
-    functions: list[tuple[str, int, int]], spec: PathSpec
-) -> list[tuple[int, int]]:
+def _function_spans(functions: list[tuple[str, int, int]], spec: PathSpec) -> list[tuple[int, int]]:
     """The line ranges of the function a ``::name`` spec names.
 
     ``name`` is a qualified name (``Class.method``) or its last parts (``method``). A name
@@ -416,8 +530,7 @@ def _function_spans(
     property's getter and setter, a function defined on two branches of an ``if``).
     """
     wanted = spec.function or ""
-    names = {name for name, _, _ in functions
-             if name == wanted or name.endswith("." + wanted)}
+    names = {name for name, _, _ in functions if name == wanted or name.endswith("." + wanted)}
     if not names:
         raise GateError(f"{spec.path}: no function named {wanted!r}")
     if wanted in names:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Optional, Sequence
 
+from runcov.redaction import Redactor
+
 
 class SourceError(Exception):
     """A collector path cannot be used locally (absolute, escapes the root, unreadable)."""
@@ -42,6 +44,32 @@ def relative_to_roots(filename: str, roots: Sequence[Path]) -> Optional[str]:
         if target.is_relative_to(base):
             return target.relative_to(base).as_posix()
     return None
+
+
+class Exclusion:
+    """``--exclude`` globs, matched against collector paths as the agent's ``exclude`` option is.
+
+    The matching is the agent's own (:class:`runcov.redaction.Redactor`), so that a glob means
+    the same in the service's configuration and on the command line: it is matched against
+    the path relative to the source root, where ``*`` crosses ``/`` (``tests/*`` is everything
+    under ``tests``); a glob without ``/`` also matches the file name at any depth
+    (``test_*.py``, ``conftest.py``); an absolute glob matches the local file's absolute path.
+    Matching is case-sensitive on every platform.
+    """
+
+    def __init__(self, globs: Iterable[str] = ()) -> None:
+        self.globs = [g for g in globs if g]
+        self._agent = Redactor((), exclude=self.globs) if self.globs else None
+
+    def __bool__(self) -> bool:
+        return bool(self.globs)
+
+    def __call__(self, path: str, local: Optional[Path] = None) -> bool:
+        """Whether ``path`` (a collector path; ``local``: its local file, if any) is excluded."""
+        if self._agent is None:
+            return False
+        absolute = str(local) if local is not None else ""
+        return self._agent._excluded(path, absolute, absolute)
 
 
 def file_sha(path: Path) -> str:

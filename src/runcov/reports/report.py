@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 from runcov.reports.client import CollectorClient, ReleaseSelection
@@ -30,13 +31,42 @@ def build_report(
     if skip_covered:
         files = [f for f in files if not _fully_covered(f)]
     files = sort_files(files, sort)
+    window = None
+    if sel.since is not None or sel.until is not None:
+        # The releases are listed with their all-time figures whatever the window: only the
+        # selected release's endpoints and files (and their totals) are the window's.
+        window = {"since": sel.since, "until": sel.until, "applies_to": list(WINDOWED)}
     return {
         "release": coverage["release"],
+        "window": window,
+        "path_prefix": path_prefix or None,
         "releases": releases,
         "endpoints": sorted(endpoints, key=lambda e: e["endpoint"]),
         "totals": coverage.get("totals", {}),
         "files": files,
     }
+
+
+#: The parts of a report that ``--since``/``--until`` narrow; the releases table is all-time.
+WINDOWED = ("endpoints", "files", "totals")
+
+_RELATIVE = re.compile(r"^\s*\d+(\.\d+)?\s*[smhdw]\s*$", re.IGNORECASE)
+
+
+def window_label(window: Optional[dict[str, Any]]) -> str:
+    """``since 2030-01-01``, ``since 7d ago``, ``from A to B``; "" without a window."""
+    if not window:
+        return ""
+
+    def when(value: str) -> str:
+        return f"{value.strip()} ago" if _RELATIVE.match(value) else value
+
+    since, until = window.get("since"), window.get("until")
+    if since is not None and until is not None:
+        return f"from {when(since)} to {when(until)}"
+    if since is not None:
+        return f"since {when(since)}"
+    return f"until {when(until)}" if until is not None else ""
 
 
 def _fully_covered(f: dict[str, Any]) -> bool:
@@ -105,12 +135,32 @@ def render_report(data: dict[str, Any]) -> str:
             return "no services have reported coverage yet\n"
         return render_table(["Service", "Releases", "Last seen"], rows, "lrl")
     out = []
-    out.append("Releases\n")
+    window = window_label(data.get("window"))
+    label = release_label(data["release"])
+    prefix = data.get("path_prefix")
+    if window:
+        out.append(
+            f"Releases (all time; the window {window} applies to the endpoints and files below)\n"
+        )
+    else:
+        out.append("Releases\n")
     out.append(render_releases(data["releases"]))
-    out.append(f"\nEndpoints of {release_label(data['release'])}\n")
+    out.append(f"\nEndpoints of {label}" + (f", {window}" if window else "") + "\n")
     out.append(render_endpoints(data["endpoints"]))
-    out.append(f"\nFiles of {release_label(data['release'])}\n")
+    out.append(
+        f"\nFiles of {label}"
+        + (f" under {prefix!r}" if prefix else "")
+        + (f", {window}" if window else "")
+        + "\n"
+    )
     out.append(render_files(data["files"], data.get("totals", {})))
+    if prefix and data["files"]:
+        # The collector counts the release's requests, whichever files they ran.
+        out.append(
+            f"The TOTAL row's Requests are all the sampled requests of {label}"
+            + (f" {window}" if window else "")
+            + f", not only those that ran files under {prefix!r}.\n"
+        )
     return "".join(out)
 
 
@@ -119,29 +169,39 @@ def render_releases(releases: list[dict[str, Any]]) -> str:
     rows = []
     for r in releases:
         census = _unmeasured(r, "arcs_covered")
-        rows.append([
-            r.get("version") or "-", r.get("environment") or "-", r.get("role") or "-",
-            r.get("requests", 0),
-            f"{r.get('lines_covered', 0)}/{r.get('lines_total', 0)}",
-            fmt_percent(r.get("line_percent")),
-            NOT_MEASURED if census else f"{r.get('arcs_covered', 0)}/{r.get('arcs_total', 0)}",
-            NOT_MEASURED if census else fmt_percent(r.get("branch_percent")),
-            r.get("last_seen") or "-",
-        ])
+        rows.append(
+            [
+                r.get("version") or "-",
+                r.get("environment") or "-",
+                r.get("role") or "-",
+                r.get("requests", 0),
+                f"{r.get('lines_covered', 0)}/{r.get('lines_total', 0)}",
+                fmt_percent(r.get("line_percent")),
+                NOT_MEASURED if census else f"{r.get('arcs_covered', 0)}/{r.get('arcs_total', 0)}",
+                NOT_MEASURED if census else fmt_percent(r.get("branch_percent")),
+                r.get("last_seen") or "-",
+            ]
+        )
     if not rows:
         return "(none)\n"
     return render_table(
         ["Version", "Env", "Role", "Requests", "Lines", "Cover", "Arcs", "Branch", "Last seen"],
-        rows, "lllrrrrrl",
+        rows,
+        "lllrrrrrl",
     )
 
 
 def render_endpoints(endpoints: list[dict[str, Any]]) -> str:
     """Endpoints table, sorted by name."""
     rows = [
-        [e["endpoint"], e.get("requests", 0), e.get("lines_covered", 0),
-         NOT_MEASURED if _unmeasured(e, "arcs_covered") else e.get("arcs_covered", 0),
-         e.get("first_seen") or "-", e.get("last_seen") or "-"]
+        [
+            e["endpoint"],
+            e.get("requests", 0),
+            e.get("lines_covered", 0),
+            NOT_MEASURED if _unmeasured(e, "arcs_covered") else e.get("arcs_covered", 0),
+            e.get("first_seen") or "-",
+            e.get("last_seen") or "-",
+        ]
         for e in endpoints
     ]
     if not rows:
@@ -158,28 +218,38 @@ def render_files(files: list[dict[str, Any]], totals: dict[str, Any]) -> str:
         lines_total = int(f.get("lines_total") or 0)
         branches_total = int(f.get("branches_total") or 0)
         census = _unmeasured(f, "branches_covered")
-        rows.append([
-            f["path"], lines_total, _missed(f), branches_total,
-            NOT_MEASURED if census
-            else max(0, branches_total - int(f.get("branches_covered") or 0)),
-            fmt_percent(f.get("line_percent")),
-            NOT_MEASURED if census else fmt_percent(f.get("branch_percent")),
-            f.get("requests", 0),
-        ])
+        rows.append(
+            [
+                f["path"],
+                lines_total,
+                _missed(f),
+                branches_total,
+                NOT_MEASURED
+                if census
+                else max(0, branches_total - int(f.get("branches_covered") or 0)),
+                fmt_percent(f.get("line_percent")),
+                NOT_MEASURED if census else fmt_percent(f.get("branch_percent")),
+                f.get("requests", 0),
+            ]
+        )
     if not rows:
         return "(none)\n"
     lt = int(totals.get("lines_total") or 0)
     bt = int(totals.get("branches_total") or 0)
     census = _unmeasured(totals, "branches_covered")
     footer = [
-        f"TOTAL ({totals.get('files', len(files))} files)", lt,
+        f"TOTAL ({totals.get('files', len(files))} files)",
+        lt,
         lt - int(totals.get("lines_covered") or 0),
-        bt, NOT_MEASURED if census else bt - int(totals.get("branches_covered") or 0),
+        bt,
+        NOT_MEASURED if census else bt - int(totals.get("branches_covered") or 0),
         fmt_percent(totals.get("line_percent", percent(int(totals.get("lines_covered") or 0), lt))),
         NOT_MEASURED if census else fmt_percent(totals.get("branch_percent")),
         totals.get("requests", ""),
     ]
     return render_table(
         ["File", "Stmts", "Miss", "Branch", "BrMiss", "Cover", "BrCover", "Requests"],
-        rows, "lrrrrrrr", footer,
+        rows,
+        "lrrrrrrr",
+        footer,
     )
