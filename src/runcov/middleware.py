@@ -3,14 +3,20 @@
 The middleware measures each selected request like the span processor does, taking the trace
 from an incoming W3C ``traceparent`` header (so the coverage joins the caller's trace) or
 starting a fresh one. The endpoint is the method plus a route *template* from a resolver: the
-ASGI middleware reads the one Starlette/FastAPI routing leaves in the scope; otherwise pass
+ASGI middleware reads the one Starlette/FastAPI routing selects, prefixed with the templates
+of the mounts the request went through (``/v2/things/{name}``); otherwise pass
 ``route=callable``. The raw URL path is used only with ``raw_path=True``, because paths carry
 ids and sometimes secrets and make endpoint names unbounded. An ASGI websocket connection is
 one request, named ``WEBSOCKET <route>`` as the span processor names it.
 
 :func:`install_framework_hooks` (used by ``runcov run`` when the application has no
-OpenTelemetry SDK) measures Flask, Django and Starlette/FastAPI applications with their own
-route templates, without touching the application's code.
+OpenTelemetry SDK) measures Flask, Django (WSGI and ASGI) and Starlette/FastAPI applications
+with their own route templates, without touching the application's code.
+
+A request is measured and counted once, by the outermost layer that sees it: a middleware or
+hook inside another one (a mounted Starlette application, a Flask application wrapped in the
+WSGI middleware) steps aside, and so does every one of them for a request whose server span
+runcov's span processor sees (an application that sets up OpenTelemetry itself).
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ import logging
 import os
 import re
 import threading
+from contextvars import ContextVar
 from typing import Any, Awaitable, Callable, Generic, Iterable, Iterator, Optional, TypeVar
 
 import wrapt
+from opentelemetry import trace as otel_trace
+from opentelemetry.trace import SpanKind
 
 from runcov.agent import Agent, current_agent, random_span_id, random_trace_id, status_class
 from runcov.selectors import WEBSOCKET
@@ -71,6 +80,49 @@ def _agent(agent: Optional[Agent]) -> Optional[Agent]:
     if agent is not None:
         return agent if agent.running else None
     return current_agent()
+
+
+#: True while a middleware or framework hook of this module measures (or counts) the request
+#: the current context serves: layers inside it (a mounted Starlette application, a Flask
+#: application under the WSGI middleware) step aside, so the request is counted once.
+_claimed: ContextVar[bool] = ContextVar("runcov_request_claimed", default=False)
+
+
+def _span_processor_active(agent: Agent) -> bool:
+    """True when the agent's span processor is on the global tracer provider, the one
+    OpenTelemetry's instrumentations make their spans with. (An application can set its SDK
+    provider after ``runcov run`` installed the framework hooks.)"""
+    attached = getattr(agent, "_attached", None)
+    if not attached:
+        return False
+    provider = otel_trace.get_tracer_provider()
+    return any(p is provider for p in attached)
+
+
+def _in_server_span() -> bool:
+    """True when the current OpenTelemetry span is a recording SERVER span: the request's own
+    span, which the span processor measures and counts."""
+    span = otel_trace.get_current_span()
+    return span.is_recording() and getattr(span, "kind", None) is SpanKind.SERVER
+
+
+def _measured_elsewhere(agent: Agent, instrumented: Optional[Callable[[], bool]] = None) -> bool:
+    """True when another layer measures and counts the request this layer is about to see.
+
+    A middleware or hook of this module outside this one has claimed it; or the span processor
+    sees the request's server span: one already current, or one that OpenTelemetry's
+    instrumentation of the framework will start inside this layer (``instrumented()``: the
+    framework hooks run before the instrumentation's own middleware). Never raises.
+    """
+    if _claimed.get():
+        return True
+    try:
+        if not _span_processor_active(agent):
+            return False
+        return _in_server_span() or (instrumented is not None and instrumented())
+    except Exception:
+        log.debug("runcov: could not tell whether OpenTelemetry measures a request", exc_info=True)
+        return False
 
 
 def _cannot_sample(agent: Agent, trace_id: int, tracestate: Optional[str]) -> bool:
@@ -219,7 +271,7 @@ class RuncovWSGIMiddleware(_Middleware[WSGIApp]):
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         """Run the application, measuring the request when it is selected and sampled."""
         agent = _agent(self._agent)
-        if agent is None:
+        if agent is None or _measured_elsewhere(agent):
             return self.app(environ, start_response)
         # A WSGI worker thread serves one request at a time: a measurement still open here
         # belongs to a response whose server never closed it. End it, or its scope would stay
@@ -228,6 +280,15 @@ class RuncovWSGIMiddleware(_Middleware[WSGIApp]):
         if stale is not None:
             _wsgi_open.measurement = None
             stale.end()
+        claim = _claimed.set(True)
+        try:
+            return self._call(agent, environ, start_response)
+        finally:
+            _claimed.reset(claim)
+
+    def _call(
+        self, agent: Agent, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Any:
         method = known_method(environ.get("REQUEST_METHOD"))
         route = self._resolve(environ)
         trace = _trace_of(environ.get("HTTP_TRACEPARENT"))
@@ -264,20 +325,33 @@ class RuncovASGIMiddleware(_Middleware[ASGIApp]):
     """Measures an ASGI application's HTTP requests and websocket connections.
 
     The route template is ``route(scope)`` when given, else the one Starlette/FastAPI routing
-    stores in the scope (``scope["route"].path_format``), read when the request ends; with
-    ``raw_path=True`` the raw path is used instead. ``agent`` defaults to the running one.
+    selects (``scope["route"].path_format``, or the path FastAPI gives a route of a router it
+    included with a prefix), after the templates of the mounts the request went through
+    (``/v2/things/{name}``; a request a mounted application routes nowhere is
+    ``/v2/{path}``), read when the request ends; with ``raw_path=True`` the raw path is used
+    instead. ``agent`` defaults to the running one.
     A websocket connection is measured from its handshake until the application returns, under
     the method ``WEBSOCKET``; its status class is that of a denial response, else ``2xx`` once
     it has sent a message (as OpenTelemetry's ASGI instrumentation records it).
     """
 
+    def __init__(
+        self,
+        app: ASGIApp,
+        agent: Optional[Agent] = None,
+        *,
+        route: Optional[Callable[[dict[str, Any]], Optional[str]]] = None,
+        raw_path: bool = False,
+    ) -> None:
+        super().__init__(app, agent, route=route, raw_path=raw_path)
+        _watch_starlette_mounts()
+
     def _resolve(self, scope: dict[str, Any]) -> Optional[str]:
         try:
             if self._route is not None:
                 return self._route(scope)
-            route = scope.get("route")
-            template = getattr(route, "path_format", None) or getattr(route, "path", None)
-            if isinstance(template, str):
+            template = _starlette_route(scope)
+            if template is not None:
                 return template
             if self._raw_path:
                 return str(scope.get("path") or "/")
@@ -289,9 +363,19 @@ class RuncovASGIMiddleware(_Middleware[ASGIApp]):
         """Run the application, measuring the request when it is selected and sampled."""
         kind = scope.get("type")
         agent = _agent(self._agent) if kind == "http" or kind == "websocket" else None
-        if agent is None:
+        if agent is None or _measured_elsewhere(agent):
             await self.app(scope, receive, send)
             return
+        # Claimed in this coroutine: the application's tasks inherit the claim (as does work
+        # run in a copy of their context), the middleware's caller does not.
+        claim = _claimed.set(True)
+        try:
+            await self._call(agent, scope, receive, send)
+        finally:
+            _claimed.reset(claim)
+
+    async def _call(self, agent: Agent, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope.get("type")
         headers = _asgi_headers(scope)
         method = WEBSOCKET if kind == "websocket" else known_method(scope.get("method"))
         route = self._resolve(scope)
@@ -322,6 +406,80 @@ class RuncovASGIMiddleware(_Middleware[ASGIApp]):
             m.end(self._resolve(scope) if m.route is None else None, failed)
 
 
+#: The scope key under which the mounts a measured request went through are noted:
+#: ``(the prefix their templates make, the Mount routes)``.
+_MOUNTS_KEY = "runcov.mounts"
+
+#: What a Mount's ``path_format`` ends with: the path left for the mounted application.
+_MOUNT_REST = "/{path}"
+
+
+def _starlette_route(scope: dict[str, Any]) -> Optional[str]:
+    """The full route template Starlette/FastAPI routing selected for a request, or None.
+
+    The route's ``path_format`` (``/items/{item_id}``: no convertors), preceded by the
+    templates of the mounts the request went through, as FastAPI's own tracing names its
+    server spans (``http.route``): the same route under two mounts is two endpoints. For a
+    route of a router it included with a prefix, FastAPI puts the route as the router declared
+    it in the scope (no prefix) and the prefixed template next to it, which is the one taken.
+    A request that a mounted application routed nowhere (its 404s, a mounted static
+    directory) is ``<mount prefix>/{path}``.
+    """
+    route = scope.get("route")
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    fastapi_scope = scope.get("fastapi")
+    if route is not None and isinstance(fastapi_scope, dict):
+        context = fastapi_scope.get("effective_route_context")
+        if context is not None and getattr(context, "original_route", None) is route:
+            effective = getattr(context, "starlette_route", None) or context
+            template = getattr(effective, "path_format", None) or template
+    mounted = scope.get(_MOUNTS_KEY)
+    if mounted is None:
+        return template if isinstance(template, str) else None
+    prefix, mounts = mounted
+    if route is None or any(route is m for m in mounts) or not isinstance(template, str):
+        return prefix + _MOUNT_REST
+    return str(prefix + template)
+
+
+def _starlette_mount_handle(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """Note the template of a Starlette ``Mount`` in the scope of a request that a layer of
+    this module measures, for :func:`_starlette_route`; the routes the mounted application
+    selects know nothing of the prefix."""
+    if _claimed.get():
+        try:
+            scope = args[0] if args else kwargs.get("scope")
+            template = getattr(instance, "path_format", None)
+            if isinstance(scope, dict) and isinstance(template, str):
+                if template.endswith(_MOUNT_REST):
+                    template = template[: -len(_MOUNT_REST)]
+                prefix, mounts = scope.get(_MOUNTS_KEY) or ("", ())
+                scope[_MOUNTS_KEY] = (prefix + template, (*mounts, instance))
+        except Exception:
+            log.debug("runcov: could not note a mount's route", exc_info=True)
+    return wrapped(*args, **kwargs)
+
+
+_mounts_watched = False
+_mounts_lock = threading.Lock()
+
+
+def _watch_starlette_mounts() -> None:
+    """Wrap ``starlette.routing.Mount.handle`` (now, or when Starlette is imported), once: a
+    second wrapper would note every mount twice."""
+    global _mounts_watched
+    if _mounts_watched:
+        return
+    with _mounts_lock:
+        if _mounts_watched:
+            return
+        _mounts_watched = True
+
+        @wrapt.when_imported("starlette.routing")
+        def _mounts(module: Any) -> None:
+            wrapt.wrap_function_wrapper(module, "Mount.handle", _starlette_mount_handle)
+
+
 def _asgi_headers(scope: dict[str, Any]) -> dict[str, str]:
     wanted = {}
     for key, value in scope.get("headers") or ():
@@ -334,57 +492,127 @@ def _asgi_headers(scope: dict[str, Any]) -> dict[str, str]:
 # -- framework hooks ------------------------------------------------------------------------
 
 
+def _opentelemetry_instrumented(app: Any) -> bool:
+    """True when OpenTelemetry's instrumentation of Flask or FastAPI/Starlette wraps ``app``
+    (its own marker), or OpenTelemetry's ASGI middleware is one of the app's middleware."""
+    if getattr(app, "_is_instrumented_by_opentelemetry", False) is True:
+        return True
+    for middleware in getattr(app, "user_middleware", None) or ():
+        module = getattr(getattr(middleware, "cls", None), "__module__", None)
+        if isinstance(module, str) and module.startswith("opentelemetry."):
+            return True
+    return False
+
+
 def _flask_full_dispatch(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    """Measure ``Flask.full_dispatch_request``: the route rule is matched by then."""
+    """Measure ``Flask.full_dispatch_request``: the route rule is matched by then.
+
+    OpenTelemetry's Flask instrumentation starts the request's span inside it (a
+    ``before_request`` function): the hook steps aside for an instrumented app whose spans
+    the span processor sees.
+    """
     agent = current_agent()
-    if agent is None:
+    if agent is None or _measured_elsewhere(agent, lambda: _opentelemetry_instrumented(instance)):
         return wrapped(*args, **kwargs)
     from flask import request
 
-    rule = getattr(request, "url_rule", None)
-    route = getattr(rule, "rule", None)
-    trace = _trace_of(request.headers.get("traceparent"))
-    tracestate = request.headers.get("tracestate")
-    if _cannot_sample(agent, trace[0], tracestate):
-        agent.seen(known_method(request.method), route)
-        return wrapped(*args, **kwargs)
-    m = _Measurement(
-        agent, known_method(request.method), route, trace, tracestate, route_late=False
-    )
-    failed = True
+    claim = _claimed.set(True)
     try:
-        response = wrapped(*args, **kwargs)
-        m.status = status_class(getattr(response, "status_code", None))
-        failed = False
-        return response
+        rule = getattr(request, "url_rule", None)
+        route = getattr(rule, "rule", None)
+        trace = _trace_of(request.headers.get("traceparent"))
+        tracestate = request.headers.get("tracestate")
+        if _cannot_sample(agent, trace[0], tracestate):
+            agent.seen(known_method(request.method), route)
+            return wrapped(*args, **kwargs)
+        m = _Measurement(
+            agent, known_method(request.method), route, trace, tracestate, route_late=False
+        )
+        failed = True
+        try:
+            response = wrapped(*args, **kwargs)
+            m.status = status_class(getattr(response, "status_code", None))
+            failed = False
+            return response
+        finally:
+            m.end(failed=failed)
     finally:
-        m.end(failed=failed)
+        _claimed.reset(claim)
 
 
-def _django_get_response(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    """Measure Django's ``BaseHandler.get_response``: the route is resolved inside it."""
-    agent = current_agent()
-    if agent is None or not args:
-        return wrapped(*args, **kwargs)
-    request = args[0]
+def _django_instrumented() -> bool:
+    """True when Django's settings list OpenTelemetry's Django middleware, which starts the
+    request's span inside ``get_response``."""
+    from django.conf import settings
+
+    for middleware in getattr(settings, "MIDDLEWARE", None) or ():
+        if isinstance(middleware, str) and middleware.startswith("opentelemetry."):
+            return True
+    return False
+
+
+def _django_begin(agent: Agent, request: Any) -> Optional[_Measurement]:
+    """The measurement of a Django request; None when its trace cannot be sampled (it is then
+    only counted, by :func:`_django_end`)."""
     meta = getattr(request, "META", {})
-    method = known_method(getattr(request, "method", None))
     trace = _trace_of(meta.get("HTTP_TRACEPARENT"))
     tracestate = meta.get("HTTP_TRACESTATE")
     if _cannot_sample(agent, trace[0], tracestate):
-        try:
-            return wrapped(*args, **kwargs)
-        finally:
-            agent.seen(method, _django_route(request))
-    m = _Measurement(agent, method, None, trace, tracestate, route_late=True)
-    failed = True
-    try:
-        response = wrapped(*args, **kwargs)
+        return None
+    method = known_method(getattr(request, "method", None))
+    return _Measurement(agent, method, None, trace, tracestate, route_late=True)
+
+
+def _django_end(agent: Agent, request: Any, m: Optional[_Measurement], response: Any) -> None:
+    """The Django request is over (``response`` None: it raised): emit or count it under the
+    route Django resolved during it."""
+    route = _django_route(request)
+    if m is None:
+        agent.seen(known_method(getattr(request, "method", None)), route)
+        return
+    if response is not None:
         m.status = status_class(getattr(response, "status_code", None))
-        failed = False
-        return response
+    m.end(route, failed=response is None)
+
+
+def _django_get_response(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """Measure Django's ``BaseHandler.get_response`` (WSGI): the route is resolved inside it."""
+    agent = current_agent()
+    if agent is None or not args or _measured_elsewhere(agent, _django_instrumented):
+        return wrapped(*args, **kwargs)
+    claim = _claimed.set(True)
+    try:
+        request = args[0]
+        m = _django_begin(agent, request)
+        response = None
+        try:
+            response = wrapped(*args, **kwargs)
+            return response
+        finally:
+            _django_end(agent, request, m, response)
     finally:
-        m.end(_django_route(request), failed)
+        _claimed.reset(claim)
+
+
+async def _django_get_response_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """Measure Django's ``BaseHandler.get_response_async`` (ASGI) as :func:`_django_get_response`
+    measures WSGI requests. The scope opens in the request's task; a sync view (and sync
+    middleware) runs in a thread of Django's executor, which runs it in that scope."""
+    agent = current_agent()
+    if agent is None or not args or _measured_elsewhere(agent, _django_instrumented):
+        return await wrapped(*args, **kwargs)
+    claim = _claimed.set(True)
+    try:
+        request = args[0]
+        m = _django_begin(agent, request)
+        response = None
+        try:
+            response = await wrapped(*args, **kwargs)
+            return response
+        finally:
+            _django_end(agent, request, m, response)
+    finally:
+        _claimed.reset(claim)
 
 
 def _django_route(request: Any) -> Optional[str]:
@@ -397,7 +625,12 @@ def _django_route(request: Any) -> Optional[str]:
 
 
 def _starlette_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    """Run a Starlette/FastAPI application through :class:`RuncovASGIMiddleware`."""
+    """Run a Starlette/FastAPI application through :class:`RuncovASGIMiddleware`, unless
+    another layer measures its requests: the application mounted in one already measured,
+    or its spans (OpenTelemetry's middleware in its stack) reaching the span processor."""
+    agent = current_agent()
+    if agent is None or _measured_elsewhere(agent, lambda: _opentelemetry_instrumented(instance)):
+        return wrapped(*args, **kwargs)
     return RuncovASGIMiddleware(wrapped)(*args, **kwargs)
 
 
@@ -407,8 +640,9 @@ _hooked = False
 def install_framework_hooks() -> None:
     """Measure Flask, Django and Starlette/FastAPI apps when (or if) they are imported.
 
-    For processes without an OpenTelemetry SDK tracer provider; with one, the span processor
-    already sees every request (and a request is never measured twice).
+    For processes without an OpenTelemetry SDK tracer provider when runcov starts. A provider
+    the application sets later gets the span processor: the hooks then step aside for the
+    requests whose server spans it sees (a request is never measured, or counted, twice).
     """
     global _hooked
     if _hooked:
@@ -422,7 +656,12 @@ def install_framework_hooks() -> None:
     @wrapt.when_imported("django.core.handlers.base")
     def _django(module: Any) -> None:
         wrapt.wrap_function_wrapper(module, "BaseHandler.get_response", _django_get_response)
+        wrapt.wrap_function_wrapper(
+            module, "BaseHandler.get_response_async", _django_get_response_async
+        )
 
     @wrapt.when_imported("starlette.applications")
     def _starlette(module: Any) -> None:
         wrapt.wrap_function_wrapper(module, "Starlette.__call__", _starlette_call)
+
+    _watch_starlette_mounts()
