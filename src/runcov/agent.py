@@ -99,6 +99,49 @@ def bootstrap() -> Optional[Agent]:
     return agent
 
 
+def _flush_on_sigterm() -> None:
+    """Send what was measured when SIGTERM ends the process.
+
+    SIGTERM's default action ends a process at once, without its exit hooks, so what the agent
+    still holds would be lost: a service stopped by its orchestrator, or by uvicorn, which
+    after its graceful shutdown restores the handler it found and raises the signal again.
+    When nothing handles SIGTERM (its handler is the default) and this is the main thread, a
+    handler is installed that stops the agent (sending for up to ``EXIT_FLUSH_SECONDS``) and
+    then ends the process by the default action, so the exit status stays "killed by
+    SIGTERM". A handler the application installs, now or later, replaces it.
+    """
+    import signal
+
+    try:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError, AttributeError):  # no signals here (an embedded interpreter)
+        pass
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    import signal
+
+    try:
+        agent = _active
+        if agent is not None and agent.running:
+            # On a thread of its own: the interrupted main thread may hold a lock the flush
+            # needs. The wait is bounded either way.
+            stopper = threading.Thread(
+                target=agent.stop, args=(EXIT_FLUSH_SECONDS,), name="runcov-sigterm", daemon=True
+            )
+            stopper.start()
+            stopper.join(EXIT_FLUSH_SECONDS + 1.0)
+    except Exception:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+
+
 def start(**options: Any) -> Agent:
     """Start runcov in this process (see :meth:`Agent.start`)."""
     return Agent.start(**options)
@@ -422,6 +465,8 @@ class Agent:
         # Registered after the exporter's providers, so it runs before their own exit hooks:
         # what is still queued reaches them and leaves with their final flush.
         atexit.register(self._at_exit)
+        if config.flush_on_sigterm:
+            _flush_on_sigterm()
         self._attach_to_global_provider()
 
     def _census_by_span(self) -> None:

@@ -91,6 +91,9 @@ class Config:
     #: then (a websocket, a stuck handler, a span never ended) stops being measured, so that
     #: the code it armed runs unarmed for everyone else again; 0 means no limit.
     max_scope_seconds: float = 60.0
+    #: Send what was measured when the process gets SIGTERM and nothing handles it (the
+    #: default action ends a process without its exit hooks; uvicorn and waitress leave it so).
+    flush_on_sigterm: bool = True
 
     def traces_endpoint(self) -> str:
         """Where coverage spans go: the URL (HTTP) or target (gRPC)."""
@@ -421,7 +424,7 @@ def load_config(environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> C
         values["queue_size"] = int(number)
 
     # Booleans.
-    for name in ("saturation", "enabled"):
+    for name in ("saturation", "enabled", "flush_on_sigterm"):
         option, value = raw(name)
         if value is not None:
             values[name] = _to_bool(option, value)

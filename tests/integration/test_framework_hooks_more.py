@@ -358,3 +358,54 @@ def test_the_asgi_middleware_names_mounted_routes_by_their_full_template(
     _asgi_get(RuncovASGIMiddleware(_fastapi_mounted(services)), [p for p, _ in MOUNTED], trace_ids)
     by_trace = exported(agent, sink, trace_ids[:5])
     assert [by_trace[t].endpoint for t in trace_ids[:5]] == [e for _, e in MOUNTED[:5]]
+
+
+@pytest.mark.parametrize("flush", [True, False], ids=["flush", "flush-off"])
+def test_what_is_measured_leaves_when_uvicorn_is_stopped_by_sigterm(
+    sink: HTTPSink, services: Path, flush: bool
+) -> None:
+    """uvicorn, stopped by SIGTERM, shuts down gracefully, restores the handler it found and
+    raises SIGTERM again: with its default action the process would end without exit hooks,
+    and what the agent still held (coverage waiting for its round, metrics between exports)
+    would be lost. runcov's handler sends it first; the process still ends by SIGTERM."""
+    port = _loopback_port()
+    command = [str(BIN / "runcov"), "run", "--source", str(services), "--",
+               *_server("uvicorn", "fastapi_mounted", port)]
+    env = _env(  # nothing leaves on its own while the test runs
+        sink, services, RUNCOV_METRICS_INTERVAL="3600", OTEL_BSP_SCHEDULE_DELAY="3600000",
+        OTEL_METRICS_EXPORTER="otlp", RUNCOV_FLUSH_ON_SIGTERM=str(flush).lower(),
+    )
+    proc = subprocess.Popen(
+        command, env=env, cwd=services, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.05)
+        trace_ids = [0x51C7E40 + n for n in range(3)]
+        paths = ["/v1/things/3", "/api/users/5", "/v1/things/8"]
+        assert _get(f"http://127.0.0.1:{port}", paths, trace_ids) == [200] * 3
+        time.sleep(0.3)
+        assert sink.coverage_spans() == [] and sink.metric_requests == []  # all still held
+        proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        stderr = proc.stderr.read().decode() if proc.stderr else ""
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert returncode == -signal.SIGTERM, stderr  # ended by the signal, as without runcov
+    if flush:
+        by_trace = coverage_by_trace(sink.coverage_spans())
+        assert sorted(by_trace) == trace_ids
+        assert sum(_counts(sink, "runcov.requests.seen").values()) == 3
+    else:
+        assert sink.coverage_spans() == [] and sink.metric_requests == []
