@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Iterable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import uvicorn
 from google.rpc import code_pb2
@@ -32,29 +32,99 @@ from runcov_collector.ingest import Ingestor
 from runcov_collector.metrics import CONTENT_TYPE, CollectorMetrics
 from runcov_collector.model import Selection, Store
 from runcov_collector.receiver_grpc import GrpcReceiver, host_port
-from runcov_collector.store.errors import SchemaChanged
+from runcov_collector.store.errors import SchemaChanged, is_unavailable, unavailable_reason
 
 log = logging.getLogger("runcov_collector")
 
 _RELEASE_LABELS = ("service", "version", "environment", "role")
+GAUGES_WAIT_SECONDS = 1.0
+"""How long a ``/metrics`` scrape waits for the per-release series to be read from the store
+before it answers with those of the last read (``_ReleaseGauges``)."""
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def open_configured_store(config: Config) -> Store:
-    """Open the store named by ``config.store_url`` (the store package's ``open_store``)."""
+    """Open the store named by ``config.store_url`` (the store package's ``open_store``), its
+    requests bounded by ``config.store_timeout_seconds``."""
     from runcov_collector.store import open_store
 
-    store: Store = open_store(config.store_url)
+    store = open_store(config.store_url)
+    store.db.timeout = config.store_timeout_seconds
     return store
 
 
+# A query parameter whose name holds one of these carries a secret: libpq's password and
+# sslpassword, and whatever a later libpq adds (oauth_client_secret...).
+_SECRET_NAMES = ("password", "passwd", "secret", "token")
+
+
+def _is_secret(name: str) -> bool:
+    lowered = unquote(name).lower()
+    return any(word in lowered for word in _SECRET_NAMES)
+
+
+def _split_url(url: str) -> tuple[str, str | None, str, str | None] | None:
+    """``scheme://``, the user information before ``@`` (None without), what follows up to
+    the query, and the query (None without); None for a plain path.
+
+    Parsed by hand: ``urlsplit`` raises on some URLs that libpq then refuses with a message,
+    and a URL that cannot be used must still be reported without its password.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    slash = rest.find("/")
+    at = (rest if slash < 0 else rest[:slash]).rfind("@")
+    userinfo = rest[:at] if at >= 0 else None
+    main, question, query = rest[at + 1 :].partition("?")
+    return scheme + sep, userinfo, main, query if question else None
+
+
+def _query_parameters(query: str | None) -> list[tuple[str, str, str]]:
+    """(name, "=", value) of each parameter of ``query``, in order."""
+    return [parameter.partition("=") for parameter in query.split("&")] if query else []
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The secrets written in ``url``: the password of ``user:password@`` and the value of
+    each password-like query parameter, as written there."""
+    parts = _split_url(url)
+    if parts is None:
+        return []
+    _, userinfo, _, query = parts
+    found = [userinfo.split(":", 1)[1]] if userinfo and ":" in userinfo else []
+    found += [value for name, _, value in _query_parameters(query) if _is_secret(name)]
+    return [secret for secret in found if secret]
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """``url`` with every password replaced by ``***`` (for logs): the one of
+    ``user:password@`` and the value of each password-like query parameter (``password``,
+    ``sslpassword``...), which libpq accepts as well."""
+    parts = _split_url(url)
+    if parts is None:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    prefix, userinfo, main, query = parts
+    if userinfo is not None and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    if query is not None:
+        query = "&".join(
+            f"{name}=***" if equals and value and _is_secret(name) else f"{name}{equals}{value}"
+            for name, equals, value in _query_parameters(query)
+        )
+    user = "" if userinfo is None else userinfo + "@"
+    return f"{prefix}{user}{main}" + ("" if query is None else f"?{query}")
+
+
+def redact_secrets(text: str, url: str) -> str:
+    """``text`` (an error message) with the secrets of the store URL ``url`` masked: the URL
+    itself as ``redact_url`` prints it, then each password, as written in the URL and
+    decoded (libpq quotes the part of a URL it cannot parse, password included)."""
+    text = text.replace(url, redact_url(url))
+    for secret in _url_secrets(url):
+        for form in {secret, unquote(secret)}:
+            text = text.replace(form, "***")
+    return text
 
 
 class AuthMiddleware:
@@ -113,6 +183,12 @@ class _ReleaseGauges:
     """Coverage ratio per release for ``/metrics``, re-read from the store at most every
     ``ttl`` seconds (scrapes must not turn into a query storm).
 
+    The store is read in a thread of its own, and a scrape waits for it at most ``wait``
+    seconds: past that (the store is slow, or does not answer) it serves the rows of the last
+    read that succeeded, so that the collector's own metrics (ingest counters above all) are
+    scraped during a store outage too. ``failures`` counts the reads that failed and ``age``
+    tells how old the rows served are.
+
     Ratios are computed from the covered and total counts, not from the API's percentages
     (rounded to 0.1): covered lines over statements of the files whose denominators are known,
     as ``line_percent`` counts them, and covered over possible branch exits. A release without
@@ -120,12 +196,17 @@ class _ReleaseGauges:
     null) no branch ratio: their series are left out rather than reading 0.
     """
 
-    def __init__(self, store: Store, ttl: float) -> None:
+    def __init__(self, store: Store, ttl: float, wait: float = GAUGES_WAIT_SECONDS) -> None:
         self.store = store
         self.ttl = ttl
-        self._at = -float("inf")
+        self.wait = wait
+        self.failures = 0
+        """Reads of the store that failed."""
+        self._at = -float("inf")  # when the rows served were read
         self._rows: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self._reading: threading.Event | None = None  # set when the running read ends
+        self._read_started = 0.0
 
     def _read(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
@@ -151,19 +232,52 @@ class _ReleaseGauges:
                 )
         return rows
 
-    def rows(self) -> list[dict[str, Any]]:
+    def _refresh(self, done: threading.Event) -> None:
+        """Read the store (in the reading thread); keep the rows, or count the failure."""
+        rows: list[dict[str, Any]] | None = None
+        try:
+            rows = self._read()
+        except SchemaChanged as exc:
+            log.warning("cannot read releases for /metrics: %s", exc)
+        except Exception as exc:  # a scrape must answer even when the store does not
+            if is_unavailable(exc):
+                reason = unavailable_reason(exc)
+                log.warning("cannot read releases for /metrics: store unavailable: %s", reason)
+            else:
+                log.warning("cannot read releases for /metrics", exc_info=True)
         with self._lock:
-            if time.monotonic() - self._at >= self.ttl:
-                try:
-                    rows = self._read()
-                except SchemaChanged as exc:
-                    log.warning("cannot read releases for /metrics: %s", exc)
-                except Exception:  # a scrape must answer even when the store does not
-                    log.warning("cannot read releases for /metrics", exc_info=True)
-                else:
-                    self._rows = rows
-                    self._at = time.monotonic()
+            if rows is None:
+                self.failures += 1
+            else:
+                self._rows = rows
+                self._at = time.monotonic()
+            self._reading = None
+        done.set()
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows of the last read that succeeded, after starting a read when they are older
+        than ``ttl`` and waiting for it until ``wait`` seconds after it started (the several
+        series of one scrape share one read and one wait)."""
+        with self._lock:
+            done = self._reading
+            if done is None and time.monotonic() - self._at >= self.ttl:
+                done = self._reading = threading.Event()
+                self._read_started = time.monotonic()
+                threading.Thread(
+                    target=self._refresh, args=(done,), name="runcov-release-gauges", daemon=True
+                ).start()
+            started = self._read_started
+        if done is not None:
+            done.wait(max(0.0, started + self.wait - time.monotonic()))
+        with self._lock:
             return list(self._rows)
+
+    def age(self) -> Iterable[tuple[dict[str, str], float]]:
+        """Seconds since the rows served were read; nothing before a read succeeded."""
+        with self._lock:
+            at = self._at
+        if at != -float("inf"):
+            yield {}, time.monotonic() - at
 
     def ratio(self, key: str) -> Iterable[tuple[dict[str, str], float]]:
         """(labels, ratio) of each release with a ``key`` ("line" or "branch") ratio."""
@@ -309,6 +423,18 @@ class Collector:
                 f"{help_text} per release (the agents' cumulative counters), from the store.",
                 functools.partial(self._gauges.agent, key),
             )
+        # After the per-release series: the scrape has read them (or given up) by then.
+        self.metrics.add_gauge(
+            "runcov_collector_release_series_age_seconds",
+            "Seconds since the per-release series were read from the store: a scrape serves "
+            "the last read that succeeded when the store does not answer within a second.",
+            self._gauges.age,
+        )
+        self.metrics.add_counter(
+            "runcov_collector_release_series_read_failures",
+            "Reads of the per-release series from the store that failed (store unavailable).",
+            lambda: [({}, float(self._gauges.failures))],
+        )
         self.app = self._build_app()
         self.grpc: GrpcReceiver | None = None
         self.http_port: int | None = None
@@ -357,11 +483,22 @@ class Collector:
         """200 when the store answers; 503 when it does not, or when a newer collector migrated
         its schema (``ping`` raises ``SchemaChanged``, whose message says to upgrade this
         collector): the replica must not take traffic any more. ``/healthz`` stays 200 then:
-        restarting this collector would not help, as it refuses to open a newer schema."""
+        restarting this collector would not help, as it refuses to open a newer schema.
+
+        A store that can tell why it is not ready (``check_ready``) has the reason in
+        ``error`` (``store unavailable: <reason>``, as the query API says it)."""
+        check_ready = getattr(self.store, "check_ready", None)
         try:
-            ready = await run_in_threadpool(self.store.ping)
-        except Exception as exc:
+            if callable(check_ready):
+                await run_in_threadpool(check_ready)
+                ready = True
+            else:
+                ready = await run_in_threadpool(self.store.ping)
+        except SchemaChanged as exc:
             return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
+        except Exception as exc:
+            error = f"store unavailable: {unavailable_reason(exc)}"
+            return JSONResponse({"status": "unavailable", "error": error}, status_code=503)
         if not ready:
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ready"})

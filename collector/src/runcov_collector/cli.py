@@ -8,7 +8,7 @@ import sys
 from typing import Sequence
 
 from runcov_collector import __version__
-from runcov_collector.app import Collector, serve
+from runcov_collector.app import Collector, redact_secrets, serve
 from runcov_collector.config import Config, ConfigError, from_sources
 
 
@@ -29,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="store_url",
         help="store URL: sqlite:///path.db (default sqlite:///runcov-collector.db) or "
         "postgresql://user:pass@host/db",
+    )
+    s.add_argument(
+        "--store-timeout",
+        dest="store_timeout_seconds",
+        type=float,
+        help="seconds a request waits for the store before answering 503 (default 5)",
     )
     auth = s.add_argument_group("authentication")
     auth.add_argument(
@@ -63,6 +69,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "http_port",
         "grpc_port",
         "store_url",
+        "store_timeout_seconds",
         "no_auth",
         "ingest_token",
         "query_token",
@@ -103,9 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         serve(config, on_ready=_announce)
     except ValueError as exc:  # a store URL the store cannot open, a port in use (ListenError)
-        print(f"runcov-collector: {exc}", file=sys.stderr)
+        # The store's and libpq's messages may quote the URL, or the part they cannot parse.
+        print(f"runcov-collector: {redact_secrets(str(exc), config.store_url)}", file=sys.stderr)
         return 2
     except Exception as exc:  # the database is unreachable...
-        print(f"runcov-collector: cannot serve: {type(exc).__name__}: {exc}", file=sys.stderr)
+        message = redact_secrets(f"{type(exc).__name__}: {exc}", config.store_url)
+        print(f"runcov-collector: cannot serve: {message}", file=sys.stderr)
         return 1
     return 0

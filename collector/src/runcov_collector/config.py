@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from runcov_collector import limits
 from runcov_collector.auth import token_problem
+from runcov_collector.store.database import DEFAULT_TIMEOUT
 
 DEFAULT_STORE_URL = "sqlite:///runcov-collector.db"
 DEFAULT_RETENTION_HOURS = 24 * 90
@@ -38,6 +39,11 @@ class Config:
     http_port: int = 4318
     grpc_port: int = 4317
     store_url: str = DEFAULT_STORE_URL
+    store_timeout_seconds: float = DEFAULT_TIMEOUT
+    """How long one store transaction of a request may take in all (waiting for a connection
+    or a lock, connecting, its statements) before the request answers 503 / UNAVAILABLE: below
+    the 10 s after which OTLP exporters give up. The schema migration at start and the
+    retention sweep are not bounded by it."""
     ingest_token: str | None = None
     query_token: str | None = None
     no_auth: bool = False
@@ -103,6 +109,11 @@ class Config:
         interval = self.retention_interval_seconds
         if not (math.isfinite(interval) and interval > 0):
             raise ConfigError(f"retention_interval_seconds must be > 0, not {interval}")
+        timeout = self.store_timeout_seconds
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ConfigError(
+                f"--store-timeout ({ENV_PREFIX}STORE_TIMEOUT) must be > 0 seconds, not {timeout}"
+            )
         if not self.store_url:
             raise ConfigError("store_url is empty")
         if self.source_dir and not os.path.isdir(self.source_dir):
@@ -118,6 +129,7 @@ _ENV_FIELDS = {
     "http_port": "HTTP_PORT",
     "grpc_port": "GRPC_PORT",
     "store_url": "STORE",
+    "store_timeout_seconds": "STORE_TIMEOUT",
     "ingest_token": "INGEST_TOKEN",
     "query_token": "QUERY_TOKEN",
     "no_auth": "NO_AUTH",

@@ -17,6 +17,15 @@ class StoreClosed(StoreError, RuntimeError):
     """The store was closed (the collector is shutting down); a later request may succeed."""
 
 
+class StoreTimeout(StoreError, TimeoutError):
+    """The database did not answer within the store's time limit (HTTP 503, gRPC UNAVAILABLE):
+    it is frozen, overloaded, or the network to it stopped carrying packets; or every pooled
+    connection, or SQLite's write lock, stayed taken that long. A later request may succeed.
+
+    A ``TimeoutError``, so that it is one of ``UNAVAILABLE_ERRORS`` like a lost connection.
+    """
+
+
 class SchemaChanged(StoreError):
     """The database's schema is no longer the version this collector knows (HTTP 503, gRPC
     UNAVAILABLE): a newer collector migrated it while this one was running.
@@ -61,8 +70,10 @@ def _unavailable_errors() -> tuple[type[BaseException], ...]:
 
 UNAVAILABLE_ERRORS = _unavailable_errors()
 """Failures that say the database cannot be reached or cannot answer now: the store is closed,
-the connection is refused or lost (PostgreSQL stopped or restarting), the database is locked,
-a disk error. A later request may succeed. A database error of another kind (a query the schema
+the connection is refused or lost (PostgreSQL stopped or restarting), the database does not
+answer in time (``StoreTimeout``; a statement cut by PostgreSQL's ``statement_timeout`` is a
+``psycopg.errors.QueryCanceled``, an ``OperationalError``), the database is locked, a disk
+error. A later request may succeed. A database error of another kind (a query the schema
 does not support, a value out of range) says nothing about availability."""
 
 _REASON_CHARS = 200

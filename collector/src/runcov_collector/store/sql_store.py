@@ -27,11 +27,16 @@ class SqlStore:
     opened at, and raises ``SchemaChanged`` before writing anything if not; a query that fails
     checks the version once, so that it answers ``SchemaChanged`` rather than the database
     error of a table it no longer knows.
+
+    Every call is bounded by the database's ``timeout`` (``StoreTimeout`` or the database's
+    own error past it), except the migration when opening and ``expire``: those run in
+    ``Database.maintenance``, as they may take long on a large database.
     """
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.schema_version_found = schema.migrate(db)
+        with db.maintenance():
+            self.schema_version_found = schema.migrate(db)
         self.schema_version = schema.SCHEMA_VERSION
         """The schema version this store reads and writes (the database's, once opened)."""
 
@@ -125,9 +130,21 @@ class SqlStore:
         """Delete per-hour rows and part keys older than the time; return rows deleted.
 
         Raises ``SchemaChanged`` (nothing deleted) when a newer collector migrated the schema.
+        Not bounded by the store's timeout: a sweep of a large database may take long, and
+        only the retention job waits for it.
         """
-        with self._write() as conn:
+        with self.db.maintenance(), self._write() as conn:
             return queries.expire(conn, older_than_unix)
+
+    def check_ready(self) -> None:
+        """Return when the database answers with the schema version this store knows; raise
+        why not otherwise: the database's error (``errors.is_unavailable`` tells an outage),
+        ``StoreTimeout``, or ``SchemaChanged`` when it answers with another version (the
+        collector is up, but must not serve this database). ``/readyz`` says which."""
+        with self.db.transaction(write=False) as conn:
+            found = schema.current_version(conn)
+        if found != self.schema_version:
+            raise SchemaChanged(found, self.schema_version)
 
     def ping(self) -> bool:
         """True when the database answers with the schema version this store knows.
@@ -136,12 +153,11 @@ class SqlStore:
         not serve this database (``/readyz`` says why).
         """
         try:
-            with self.db.transaction(write=False) as conn:
-                found = schema.current_version(conn)
+            self.check_ready()
+        except SchemaChanged:
+            raise
         except Exception:
             return False
-        if found != self.schema_version:
-            raise SchemaChanged(found, self.schema_version)
         return True
 
     def close(self) -> None:
