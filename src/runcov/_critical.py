@@ -4,15 +4,32 @@ Each call of a marked function is a request of the endpoint ``"job <qualified na
 name given), sampled and exported like an HTTP request. When the call runs inside a recorded
 OpenTelemetry span, its coverage joins that span's trace; otherwise it gets a trace of its own.
 A call made while a measured request is already in progress is part of that request.
+
+The call of a generator function (or async generator function) runs none of its body: its
+request is the generator's run instead, from its first resumption to its end, and measures
+only the resumptions (see :class:`_Run`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
+import sys
 import threading
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import (
+    Any,
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterator,
+    Optional,
+    TypeVar,
+    Union,
+    cast,
+)
 
 import wrapt
 
@@ -62,6 +79,16 @@ def _measured(name: str) -> Callable[..., Any]:
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: Any) -> Any:
         if inspect.iscoroutinefunction(wrapped):
             return _run_async(name, wrapped, args, kwargs)
+        if inspect.isgeneratorfunction(wrapped):
+            generator = wrapped(*args, **kwargs)
+            if current_agent() is None:
+                return generator
+            return _run_generator(_Run(name), generator)
+        if inspect.isasyncgenfunction(wrapped):
+            agen = wrapped(*args, **kwargs)
+            if current_agent() is None:
+                return agen
+            return _run_async_generator(_Run(name), agen)
         agent, ticket, parent = _begin(name)
         if agent is None:
             return wrapped(*args, **kwargs)
@@ -90,10 +117,332 @@ async def _run_async(name: str, wrapped: Any, args: tuple[Any, ...], kwargs: Any
         _end(name, agent, ticket, parent, failed)
 
 
+class _Run:
+    """The run of a marked generator (or async generator): one request, from the generator's
+    first resumption to its end (exhausted, closed, or raising).
+
+    The request is decided, and its scope opened, when the body first runs, where a sync
+    function's call would open it: in the thread and context that resume the generator.
+    The scope is bound only while the generator's own code runs (:meth:`enter` to
+    :meth:`leave`: a resumption, or each step of an async generator's), in the context that
+    runs it, so that nothing its consumer runs meanwhile counts, in that task or another.
+    It stays active (the code it armed stays armed) from the first resumption to the end, as
+    a sync call's scope does: a ``throw()`` or ``close()`` resumes a generator where no call
+    or resumption event arms its code again. Code that runs in another thread than the
+    opener's activates it there while it runs, as work handed to a thread pool. A generator
+    kept unfinished is cut by the agent's maximum scope age: it runs on unmeasured, and its
+    request still ends when it does.
+    """
+
+    __slots__ = (
+        "_agent",
+        "_ended",
+        "_held",
+        "_inside",
+        "_local",
+        "_name",
+        "_parent",
+        "_started",
+        "_ticket",
+        "_token",
+    )
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._agent: Any = None
+        self._ticket: Any = None
+        self._parent = 0
+        self._started = False
+        self._ended = False
+        #: The binding made by :meth:`enter`, undone by :meth:`leave`.
+        self._token: Any = None
+        #: What the generator's code had bound when it last left off: its scope, or a scope
+        #: it opened itself (``capture_coverage`` across a ``yield``).
+        self._inside: Any = None
+        #: The run's own activation of the scope, from its first pause to its end.
+        self._held = False
+        #: An activation for the thread running the code now (not the opener's).
+        self._local = False
+
+    def _scope(self) -> Any:
+        """The run's scope while it records (sampled, not nested, traced, not expired)."""
+        ticket = self._ticket
+        if ticket is None or self._ended:
+            return None
+        scope = ticket.scope
+        return None if scope.closed or not scope.traced else scope
+
+    def enter(self) -> None:
+        """Before the generator's code runs: at the first time, decide (the scope opens bound
+        here, and active); later, bind again what it had bound. Never raises."""
+        if not self._started:
+            self._started = True
+            self._agent, self._ticket, self._parent = _begin(self._name)
+            if self._ticket is not None:
+                self._token = getattr(self._ticket.scope, "_token", None)  # (None: not bound)
+            return
+        scope = self._scope()
+        if scope is None or self._token is not None:
+            return
+        try:
+            from runcov.tracing._scope import ScopeState, _current, _hooks
+
+            inside = self._inside
+            if inside is None or inside.closed:
+                inside = scope
+            self._token = token = _current.set(inside)
+            if inside is scope:
+                scope._token = token  # (what unbinds it if it is closed while bound)
+            if (
+                isinstance(scope, ScopeState)
+                and _hooks
+                and scope.owner_thread != threading.get_ident()
+            ):
+                self._local = _hooks[0][0](scope)
+        except Exception:
+            log.debug("runcov: could not bind a generator's scope", exc_info=True)
+
+    def leave(self) -> None:
+        """After the generator's code ran (it yielded, or waits): give the context back what
+        was bound in it before. Never raises."""
+        token, self._token = self._token, None
+        if token is None:
+            return
+        scope = self._ticket.scope
+        try:
+            from runcov.tracing._scope import SKIP, ScopeState, _current, _hooks
+
+            self._inside = _current.get()
+            if self._local:
+                self._local = False
+                _hooks[0][1](scope)
+            try:
+                _current.reset(token)
+            except (ValueError, RuntimeError):  # (the code it ran switched contexts)
+                previous = token.old_value
+                _current.set(None if previous is token.MISSING else previous)
+            if (
+                self._held
+                or self._ended
+                or not isinstance(scope, ScopeState)
+                or scope.closed
+                or not scope.traced
+                or not _hooks
+            ):
+                return
+            # The first pause: the run holds the scope active until it ends.
+            self._held = _hooks[0][0](scope)
+            # The frames that were running when the scope opened (the consumer's, kept so as
+            # not to measure them, until they return inside the scope or it closes) return
+            # outside it: let go of them now. One of them may hold the generator, which must
+            # stay free to be finalized when it is dropped.
+            last = scope.last
+            for frame, line in list(last.items()):
+                if line == SKIP:
+                    last.pop(frame, None)
+        except Exception:
+            log.debug("runcov: could not unbind a generator's scope", exc_info=True)
+
+    def end(self, failed: bool) -> None:
+        """The generator is done: close the scope, queue what it measured. Never raises."""
+        if self._ended:
+            return
+        self._ended = True
+        self.leave()
+        if self._agent is None:
+            return
+        try:
+            _end(self._name, self._agent, self._ticket, self._parent, failed)
+            if self._held:
+                from runcov.tracing._scope import _hooks
+
+                self._held = False
+                _hooks[0][1](self._ticket.scope)
+        except Exception:
+            log.debug("runcov: could not end a generator's request", exc_info=True)
+
+
+#: The generators that started runs drive. A run's generator (its caller's) may become
+#: garbage together with the one it drives, in a reference cycle; the garbage collector would
+#: then finalize both, in any order. Held here, the driven one is finalized only by the run's
+#: generator, which closes it as its own code (and, for async generators, no event loop
+#: hears of two generators to close where the caller knows one).
+_DRIVEN: set[Any] = set()
+
+
+def _run_generator(run: _Run, generator: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """``generator`` as its caller sees it, measured by ``run``.
+
+    The delegation of ``yield from`` (PEP 380) written out: what is sent, thrown or closed
+    reaches ``generator`` with its scope bound, its value at the end is returned. So the
+    caller gets a generator (what frameworks and ``contextlib.contextmanager`` expect of a
+    generator function's call), and a generator dropped unfinished still ends its request:
+    its finalizer closes it like ``close()``.
+    """
+    _DRIVEN.add(generator)
+    try:
+        sent: Any = None
+        thrown: Optional[BaseException] = None
+        while True:
+            run.enter()
+            try:
+                item = generator.send(sent) if thrown is None else generator.throw(thrown)
+            except StopIteration as stop:
+                run.end(failed=False)
+                return stop.value
+            except BaseException:
+                run.end(failed=True)
+                raise
+            finally:
+                run.leave()
+                thrown = None
+            try:
+                sent = yield item
+            except GeneratorExit:
+                run.enter()
+                try:
+                    # (3.13+: what it returned on GeneratorExit, which close() returns too)
+                    value = cast(Any, generator).close()
+                except BaseException:
+                    run.end(failed=True)
+                    raise
+                run.end(failed=False)
+                if value is None:
+                    raise
+                return value
+            except BaseException as exc:
+                sent, thrown = None, exc
+    finally:
+        _DRIVEN.discard(generator)
+
+
+class _Bound:
+    """An awaitable of an async generator (``asend()``, ``athrow()``, ``aclose()``) awaited
+    with the run's scope bound during each of its steps, and only then: between two, the
+    task runs its other frames (the consumer's), resumed with the task's own binding."""
+
+    __slots__ = ("_awaitable", "_run")
+
+    def __init__(self, run: _Run, awaitable: Any) -> None:
+        self._run = run
+        self._awaitable = awaitable
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        steps = self._awaitable.__await__()
+        run = self._run
+        sent: Any = None
+        thrown: Optional[BaseException] = None
+        while True:
+            run.enter()
+            try:
+                signal = steps.send(sent) if thrown is None else steps.throw(thrown)
+            except StopIteration as done:
+                return done.value
+            finally:
+                run.leave()
+                thrown = None
+            try:
+                sent = yield signal
+            except GeneratorExit:
+                run.enter()
+                try:
+                    steps.close()
+                finally:
+                    run.leave()
+                raise
+            except BaseException as exc:
+                sent, thrown = None, exc
+
+
+def _first_asend(agen: AsyncGenerator[Any, Any]) -> Any:
+    """``agen.asend(None)``, its first, which the event loop's first-iteration hook (this
+    thread's) does not hear of."""
+    try:
+        hooks = sys.get_asyncgen_hooks()
+        sys.set_asyncgen_hooks(firstiter=None)
+    except Exception:
+        return agen.asend(None)
+    try:
+        return agen.asend(None)
+    finally:
+        try:
+            sys.set_asyncgen_hooks(firstiter=hooks.firstiter)
+        except Exception:
+            log.debug("runcov: could not restore the async generator hooks", exc_info=True)
+
+
+async def _run_async_generator(
+    run: _Run, agen: AsyncGenerator[Any, Any]
+) -> AsyncGenerator[Any, Any]:
+    """``agen`` as its caller sees it, measured by ``run`` (as :func:`_run_generator`, with
+    ``asend``/``athrow``/``aclose``, each awaited :class:`_Bound`).
+
+    Only this generator is known to the event loop (its first-iteration hook): the loop
+    finalizes it when it is dropped unfinished, or at its shutdown, and that closes ``agen``
+    as this generator's own code. Were ``agen`` known too, a shutdown would close both at
+    once.
+    """
+    _DRIVEN.add(agen)
+    try:
+        sent: Any = None
+        thrown: Optional[BaseException] = None
+        first = True
+        while True:
+            try:
+                if first:
+                    first = False
+                    step = _first_asend(agen)
+                elif thrown is None:
+                    step = agen.asend(sent)
+                else:
+                    step = agen.athrow(thrown)
+                    thrown = None
+                item = await _Bound(run, step)
+            except StopAsyncIteration:
+                run.end(failed=False)
+                return
+            except BaseException:
+                run.end(failed=True)
+                raise
+            try:
+                sent = yield item
+            except GeneratorExit:
+                try:
+                    await _Bound(run, agen.aclose())
+                except BaseException:
+                    run.end(failed=True)
+                    raise
+                run.end(failed=False)
+                raise
+            except BaseException as exc:
+                sent, thrown = None, exc
+    finally:
+        _DRIVEN.discard(agen)
+
+
 def _qualified_name(func: Any) -> str:
     module = getattr(func, "__module__", None) or "?"
     qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", "?")
     return f"{module}.{qualname}"
+
+
+def _context_manager_makers() -> dict[Any, Callable[[Any], Any]]:
+    """``contextlib.contextmanager`` and ``asynccontextmanager`` by the code of the functions
+    they return (one code object per decorator, whatever function it decorates)."""
+
+    def gen() -> Iterator[None]:
+        yield
+
+    async def agen() -> AsyncIterator[None]:
+        yield
+
+    return {
+        contextlib.contextmanager(gen).__code__: contextlib.contextmanager,
+        contextlib.asynccontextmanager(agen).__code__: contextlib.asynccontextmanager,
+    }
+
+
+_CONTEXT_MANAGER_MAKERS = _context_manager_makers()
 
 
 def critical(func: Union[F, str, None] = None, *, name: Optional[str] = None) -> Any:
@@ -103,11 +452,22 @@ def critical(func: Union[F, str, None] = None, *, name: Optional[str] = None) ->
     ``@runcov.critical(name="billing.run")``; the endpoint is
     ``"job <name>"`` with the function's qualified name by default, matched by selectors such
     as ``"job billing.*"``. Without a running agent the function runs untouched.
+
+    For a generator function (or async generator function) the request is each generator's
+    run, from its first resumption to its end (exhausted, closed, or raising), and measures
+    its resumptions only, not its consumer's code between them. Its calls still return
+    generators (async generators). Over ``@contextlib.contextmanager`` (or
+    ``asynccontextmanager``) it measures the generator function that decorator wraps.
     """
 
     def decorate(f: F) -> F:
         if not callable(f):
             raise TypeError(f"runcov.critical expects a function, got {f!r}")
+        maker = _CONTEXT_MANAGER_MAKERS.get(getattr(f, "__code__", None))
+        if maker is not None and hasattr(f, "__wrapped__"):
+            # Over ``@contextlib.contextmanager``: the call only makes the context manager, and
+            # its generator runs the body later. Measured as the generator function under it.
+            return maker(decorate(f.__wrapped__))
         wrapped = wrapt.FunctionWrapper(f, _measured(name or _qualified_name(f)))
         if inspect.iscoroutinefunction(f) and not inspect.iscoroutinefunction(wrapped):
             # Keep ``asyncio.iscoroutinefunction`` true for frameworks that inspect handlers.
