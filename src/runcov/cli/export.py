@@ -13,9 +13,7 @@ from runcov.reports.client import CollectorClient, ReleaseSelection
 from runcov.reports.export import FORMATS, export
 
 _DEFAULT_OUTPUT = {
-    "coverage": ".coverage",
-    "lcov": "coverage.lcov",
-    "cobertura": "coverage.xml",
+    "coverage": ".coverage", "lcov": "coverage.lcov", "cobertura": "coverage.xml",
     "json": "runcov.json",
 }
 
@@ -23,42 +21,26 @@ _DEFAULT_OUTPUT = {
 def add_parser(subparsers: Any) -> None:
     """Register ``export``."""
     p = subparsers.add_parser(
-        "export",
-        help="write a coverage.py data file, LCOV, Cobertura XML or JSON",
+        "export", help="write a coverage.py data file, LCOV, Cobertura XML or JSON",
         description="Write the selected release's production coverage for the local checkout, "
-        "so that `coverage report -m`, `coverage html`, `coverage xml` and "
-        "`coverage lcov` work on it as usual.",
+                    "so that `coverage report -m`, `coverage html`, `coverage xml` and "
+                    "`coverage lcov` work on it as usual.",
     )
     _common.add_selection_options(p)
     _common.add_collector_options(p)
-    p.add_argument(
-        "--format",
-        choices=FORMATS,
-        default="coverage",
-        help="output format (default: coverage, a coverage.py data file)",
-    )
-    p.add_argument(
-        "-o",
-        "--output",
-        metavar="FILE",
-        help="output file (default: .coverage, coverage.lcov, coverage.xml or runcov.json)",
-    )
-    p.add_argument(
-        "--source",
-        metavar="DIR",
-        action="append",
-        help="local checkout of the service's source root, which collector paths "
-        "are relative to (repeatable; default: current directory)",
-    )
+    p.add_argument("--format", choices=FORMATS, default="coverage",
+                   help="output format (default: coverage, a coverage.py data file)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="output file (default: .coverage, coverage.lcov, coverage.xml or "
+                        "runcov.json)")
+    p.add_argument("--source", metavar="DIR", action="append",
+                   help="local checkout of the service's source root, which collector paths "
+                        "are relative to (repeatable; default: current directory)")
     p.add_argument("--path-prefix", help="only files under this path prefix")
-    p.add_argument(
-        "--contexts",
-        choices=["none", "endpoint"],
-        default="none",
-        help="record each endpoint's hits as a coverage.py context, so that "
-        "`coverage html --show-contexts` shows which endpoints ran a line "
-        "(one query per endpoint; default: none)",
-    )
+    p.add_argument("--contexts", choices=["none", "endpoint"], default="none",
+                   help="record each endpoint's hits as a coverage.py context, so that "
+                        "`coverage html --show-contexts` shows which endpoints ran a line "
+                        "(one query per endpoint; default: none)")
     p.set_defaults(func=run)
 
 
@@ -97,9 +79,8 @@ def _check_output(output: Path, default_name: str) -> None:
     the path than a directory wanted, and the file would land where nobody looks for it.
     """
     if output.is_dir():
-        raise _common.UsageError(
-            f"output {output} is a directory: give a file name, e.g. -o {output / default_name}"
-        )
+        raise _common.UsageError(f"output {output} is a directory: give a file name, "
+                                 f"e.g. -o {output / default_name}")
     for parent in output.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -121,9 +102,8 @@ def _per_endpoint(
     bar = _common.progress(args, "reading endpoints", total=len(endpoints))
     out = {}
     for name in endpoints:
-        out[name] = client.coverage(
-            replace(sel, endpoint=name), detail=True, path_prefix=args.path_prefix
-        )
+        out[name] = client.coverage(replace(sel, endpoint=name), detail=True,
+                                    path_prefix=args.path_prefix)
         bar.advance()
     bar.finish()
     return out

@@ -129,16 +129,10 @@ class FileComparison:
                 verdict = "never run"
             else:
                 verdict = "both"
-            rows.append(
-                {
-                    "name": name,
-                    "start": start,
-                    "end": end,
-                    "production_lines": prod,
-                    "test_lines": test,
-                    "verdict": verdict,
-                }
-            )
+            rows.append({
+                "name": name, "start": start, "end": end, "production_lines": prod,
+                "test_lines": test, "verdict": verdict,
+            })
         return rows
 
     def as_dict(self) -> dict[str, Any]:
@@ -278,8 +272,7 @@ def compare(
             fc.import_time = local.import_time(fc.executable)
         elif known:
             fc.import_time = fc.executable - {
-                n
-                for _, start, end in fc.functions
+                n for _, start, end in fc.functions
                 for n in function_body(fc.executable, start, end)
             }
         if known:

@@ -31,8 +31,7 @@ class ExportResult:
         if self.missing:
             out.append(
                 f"{len(self.missing)} file(s) not found under the source directory, left out: "
-                + ", ".join(self.missing[:10])
-                + (" ..." if len(self.missing) > 10 else "")
+                + ", ".join(self.missing[:10]) + (" ..." if len(self.missing) > 10 else "")
             )
         if self.invalid:
             out.append("ignored invalid path(s): " + ", ".join(self.invalid[:10]))
@@ -88,7 +87,7 @@ def write_coverage_data(
     data = CoverageData(basename=str(data_file))
     data.erase()
     hit: set[str] = set()
-    for context, ctx_detail in [("", detail)] if contexts is None else sorted(contexts.items()):
+    for context, ctx_detail in ([("", detail)] if contexts is None else sorted(contexts.items())):
         if contexts is not None:
             data.set_context(context)
         lines, arcs = _hits(ctx_detail, local_of, branch)

@@ -75,12 +75,9 @@ class FileResult:
         """JSON form."""
         missed = sorted(self.lines - self.covered)
         return {
-            "path": self.path,
-            "lines": len(self.lines),
-            "covered": len(self.covered),
+            "path": self.path, "lines": len(self.lines), "covered": len(self.covered),
             "percent": percent(len(self.covered), len(self.lines)),
-            "missed_lines": missed,
-            "note": self.note,
+            "missed_lines": missed, "note": self.note,
         }
 
 
@@ -146,14 +143,9 @@ class GateResult:
     def as_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {
-            "passed": self.passed,
-            "message": self.message(),
-            "release": self.release,
-            "threshold": self.threshold,
-            "what": self.what,
-            "lines": self.total,
-            "covered": self.covered,
-            "percent": self.percent,
+            "passed": self.passed, "message": self.message(), "release": self.release,
+            "threshold": self.threshold, "what": self.what, "lines": self.total,
+            "covered": self.covered, "percent": self.percent,
             "files": [f.as_dict() for f in self.files],
             "import_time_lines": sum(len(v) for v in self.import_time.values()),
             "import_time": {p: sorted(v) for p, v in sorted(self.import_time.items())},
@@ -168,9 +160,8 @@ class GateResult:
         if not n:
             return ""
         what = f"{n} {self.what} that run" if n > 1 else f"1 {self.what[:-1]} that runs"
-        where = "; ".join(
-            f"{path} {fmt_ranges(lines)}" for path, lines in sorted(self.import_time.items())
-        )
+        where = "; ".join(f"{path} {fmt_ranges(lines)}"
+                          for path, lines in sorted(self.import_time.items()))
         return (
             f"left out {what} only at import time (imports, def/class lines, decorators, "
             f"module- and class-level statements), which no request executes: {where}"
@@ -212,15 +203,10 @@ def render_gate(result: GateResult) -> str:
     for f in result.files:
         missed = sorted(f.lines - f.covered)
         pct = percent(len(f.covered), len(f.lines))
-        rows.append(
-            [
-                f.path,
-                len(f.lines),
-                len(f.covered),
-                "-" if pct is None else f"{pct:.1f}%",
-                fmt_ranges(missed) or f.note,
-            ]
-        )
+        rows.append([
+            f.path, len(f.lines), len(f.covered), "-" if pct is None else f"{pct:.1f}%",
+            fmt_ranges(missed) or f.note,
+        ])
     if rows:
         out.append(render_table(["File", "Lines", "Covered", "Cover", "Missed"], rows, "lrrrl"))
         out.append("\n")
@@ -263,20 +249,8 @@ def git_changed_lines(source: Path, ref: str) -> dict[str, set[int]]:
     if ref.startswith("-"):
         raise GateError(f"bad git ref {ref!r}")
     cmd = [
-        "git",
-        "-C",
-        str(source),
-        "-c",
-        "core.quotepath=off",
-        "diff",
-        "-U0",
-        "--relative",
-        "--no-color",
-        "--no-ext-diff",
-        "--no-renames",
-        ref,
-        "--",
-        "*.py",
+        "git", "-C", str(source), "-c", "core.quotepath=off", "diff", "-U0", "--relative",
+        "--no-color", "--no-ext-diff", "--no-renames", ref, "--", "*.py",
     ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -325,9 +299,8 @@ class _Files:
         if same_name:
             hint = "did you mean " + " or ".join(repr(p) for p in same_name[:3]) + "?"
         else:
-            hint = "its files: " + (
-                ", ".join(known[:5]) + (" ..." if len(known) > 5 else "") or "(none)"
-            )
+            hint = "its files: " + (", ".join(known[:5]) + (" ..." if len(known) > 5 else "")
+                                    or "(none)")
         local = "" if self.local(path) is not None else "; it is not under --source either"
         return (
             f"{path}: the collector knows nothing of this file for "
@@ -378,17 +351,12 @@ class _Files:
     def body(self, path: str, executable: set[int], start: int, end: int) -> set[int]:
         """A function's body lines, exact when the local file has that function."""
         local = self.local(path)
-        return function_body(
-            executable, start, end, local.bodies.get((start, end)) if local else None
-        )
+        return function_body(executable, start, end,
+                             local.bodies.get((start, end)) if local else None)
 
 
 def gate_changed(
-    client: CollectorClient,
-    sel: ReleaseSelection,
-    source: Path,
-    ref: str,
-    threshold: float,
+    client: CollectorClient, sel: ReleaseSelection, source: Path, ref: str, threshold: float,
     advance: Optional[Callable[[int], None]] = None,
     exclude: Optional[Exclusion] = None,
 ) -> GateResult:
@@ -431,7 +399,6 @@ def gate_changed(
         results.append(FileResult(path, lines, lines & files.covered(path), note))
     hint = ""
     if results and files.known and not any(f.path in files.known for f in results):
-
         def some(paths: list[str]) -> str:
             return ", ".join(paths[:3]) + (" ..." if len(paths) > 3 else "")
 
@@ -516,12 +483,13 @@ def gate_paths(
         entry.lines |= lines
         entry.covered |= lines & files.covered(spec.path)
     results = [merged[p] for p in sorted(merged)]
-    return GateResult(
-        files.release, "selected lines", threshold, results, differing=files.differing(list(merged))
-    )
+    return GateResult(files.release, "selected lines", threshold, results,
+                      differing=files.differing(list(merged)))
 
 
-def _function_spans(functions: list[tuple[str, int, int]], spec: PathSpec) -> list[tuple[int, int]]:
+def _function_spans(
+    functions: list[tuple[str, int, int]], spec: PathSpec
+) -> list[tuple[int, int]]:
     """The line ranges of the function a ``::name`` spec names.
 
     ``name`` is a qualified name (``Class.method``) or its last parts (``method``). A name
@@ -530,7 +498,8 @@ def _function_spans(functions: list[tuple[str, int, int]], spec: PathSpec) -> li
     property's getter and setter, a function defined on two branches of an ``if``).
     """
     wanted = spec.function or ""
-    names = {name for name, _, _ in functions if name == wanted or name.endswith("." + wanted)}
+    names = {name for name, _, _ in functions
+             if name == wanted or name.endswith("." + wanted)}
     if not names:
         raise GateError(f"{spec.path}: no function named {wanted!r}")
     if wanted in names:

@@ -169,39 +169,29 @@ def render_releases(releases: list[dict[str, Any]]) -> str:
     rows = []
     for r in releases:
         census = _unmeasured(r, "arcs_covered")
-        rows.append(
-            [
-                r.get("version") or "-",
-                r.get("environment") or "-",
-                r.get("role") or "-",
-                r.get("requests", 0),
-                f"{r.get('lines_covered', 0)}/{r.get('lines_total', 0)}",
-                fmt_percent(r.get("line_percent")),
-                NOT_MEASURED if census else f"{r.get('arcs_covered', 0)}/{r.get('arcs_total', 0)}",
-                NOT_MEASURED if census else fmt_percent(r.get("branch_percent")),
-                r.get("last_seen") or "-",
-            ]
-        )
+        rows.append([
+            r.get("version") or "-", r.get("environment") or "-", r.get("role") or "-",
+            r.get("requests", 0),
+            f"{r.get('lines_covered', 0)}/{r.get('lines_total', 0)}",
+            fmt_percent(r.get("line_percent")),
+            NOT_MEASURED if census else f"{r.get('arcs_covered', 0)}/{r.get('arcs_total', 0)}",
+            NOT_MEASURED if census else fmt_percent(r.get("branch_percent")),
+            r.get("last_seen") or "-",
+        ])
     if not rows:
         return "(none)\n"
     return render_table(
         ["Version", "Env", "Role", "Requests", "Lines", "Cover", "Arcs", "Branch", "Last seen"],
-        rows,
-        "lllrrrrrl",
+        rows, "lllrrrrrl",
     )
 
 
 def render_endpoints(endpoints: list[dict[str, Any]]) -> str:
     """Endpoints table, sorted by name."""
     rows = [
-        [
-            e["endpoint"],
-            e.get("requests", 0),
-            e.get("lines_covered", 0),
-            NOT_MEASURED if _unmeasured(e, "arcs_covered") else e.get("arcs_covered", 0),
-            e.get("first_seen") or "-",
-            e.get("last_seen") or "-",
-        ]
+        [e["endpoint"], e.get("requests", 0), e.get("lines_covered", 0),
+         NOT_MEASURED if _unmeasured(e, "arcs_covered") else e.get("arcs_covered", 0),
+         e.get("first_seen") or "-", e.get("last_seen") or "-"]
         for e in endpoints
     ]
     if not rows:
@@ -218,38 +208,28 @@ def render_files(files: list[dict[str, Any]], totals: dict[str, Any]) -> str:
         lines_total = int(f.get("lines_total") or 0)
         branches_total = int(f.get("branches_total") or 0)
         census = _unmeasured(f, "branches_covered")
-        rows.append(
-            [
-                f["path"],
-                lines_total,
-                _missed(f),
-                branches_total,
-                NOT_MEASURED
-                if census
-                else max(0, branches_total - int(f.get("branches_covered") or 0)),
-                fmt_percent(f.get("line_percent")),
-                NOT_MEASURED if census else fmt_percent(f.get("branch_percent")),
-                f.get("requests", 0),
-            ]
-        )
+        rows.append([
+            f["path"], lines_total, _missed(f), branches_total,
+            NOT_MEASURED if census
+            else max(0, branches_total - int(f.get("branches_covered") or 0)),
+            fmt_percent(f.get("line_percent")),
+            NOT_MEASURED if census else fmt_percent(f.get("branch_percent")),
+            f.get("requests", 0),
+        ])
     if not rows:
         return "(none)\n"
     lt = int(totals.get("lines_total") or 0)
     bt = int(totals.get("branches_total") or 0)
     census = _unmeasured(totals, "branches_covered")
     footer = [
-        f"TOTAL ({totals.get('files', len(files))} files)",
-        lt,
+        f"TOTAL ({totals.get('files', len(files))} files)", lt,
         lt - int(totals.get("lines_covered") or 0),
-        bt,
-        NOT_MEASURED if census else bt - int(totals.get("branches_covered") or 0),
+        bt, NOT_MEASURED if census else bt - int(totals.get("branches_covered") or 0),
         fmt_percent(totals.get("line_percent", percent(int(totals.get("lines_covered") or 0), lt))),
         NOT_MEASURED if census else fmt_percent(totals.get("branch_percent")),
         totals.get("requests", ""),
     ]
     return render_table(
         ["File", "Stmts", "Miss", "Branch", "BrMiss", "Cover", "BrCover", "Requests"],
-        rows,
-        "lrrrrrrr",
-        footer,
+        rows, "lrrrrrrr", footer,
     )
