@@ -2433,7 +2433,8 @@ probe_frame_running(_PyInterpreterFrame *frame)
 
 /* forget(scope): drop this thread's frames of ``scope`` (its end, or the end of work handed
  * to this thread in it), recording the exit arcs of those left by an exception (not of those
- * still running: what runs after the scope closes is not its). */
+ * still running: what runs after the scope closes is not its); and the entries of generators
+ * left on this thread by scopes already closed on another (suspended here, resumed there). */
 static PyObject *
 ExactProbes_forget(ExactProbes *self, PyObject *scope)
 {
@@ -2446,6 +2447,12 @@ ExactProbes_forget(ExactProbes *self, PyObject *scope)
     for (Py_ssize_t i = 0; i < s->depth; i++) {
         ProbeFrame f = s->frames[i];
         if (f.scope != scope) {
+            if (!probe_scope_open(self, f.scope) && !probe_frame_running(f.frame)) {
+                /* a generator of a scope that another thread closed, left here when it
+                 * yielded (resumed and finished elsewhere): nothing more to record */
+                probe_release(&f);
+                continue;
+            }
             s->frames[kept++] = f;
             continue;
         }
@@ -2471,8 +2478,10 @@ ExactProbes_forget(ExactProbes *self, PyObject *scope)
     kept = 0;
     for (Py_ssize_t i = 0; i < p->depth; i++) {
         ProbeFrame f = p->frames[i];
-        if (f.scope == scope) {
-            probe_release(&f); /* suspended when the scope ended */
+        if (f.scope == scope || !probe_scope_open(self, f.scope)) {
+            /* suspended when the scope ended, or parked here by a scope that another thread
+             * closed (a generator resumed last on another thread) */
+            probe_release(&f);
         }
         else {
             p->frames[kept++] = f;
