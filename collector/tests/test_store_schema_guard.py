@@ -22,31 +22,10 @@ from collector.tests.newer_schema import (
     open_newer,
     part_keys,
 )
+from collector.tests.test_store_schema import REL, T0, one_part
 
-from runcov_collector.model import Batch, CoveragePart, FileHits, MetricPoint, Release, Selection
+from runcov_collector.model import Batch, MetricPoint, Selection
 from runcov_collector.store import SCHEMA_VERSION, SchemaChanged, SqlStore, sql_store
-
-T0 = 1_764_064_800
-REL = Release("shop", "1.0", "prod", "baseline")
-
-
-def one_part(n: int) -> Batch:
-    return Batch(
-        coverage=[
-            CoveragePart(
-                REL,
-                f"{n:032x}",
-                f"{n:016x}",
-                "GET /",
-                "exact",
-                "2xx",
-                (T0 + n) * 10**9,
-                0,
-                1,
-                [FileHits("app.py", "0" * 16, [1, 2, 3], [(1, 2), (2, 3)])],
-            )
-        ]
-    )
 
 
 def metric(value: float) -> Batch:

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+from collector.tests.test_store_schema_guard import run_in_thread
 
 from runcov_collector import decode
 from runcov_collector.store import SqlStore, open_store
@@ -30,20 +31,6 @@ def _batch(lines: list[int], files: int = 1, spans: int = 1) -> Any:
     return decode.decode_traces(request).batch
 
 
-def _in_thread(call: Any) -> tuple[threading.Thread, dict[str, Any]]:
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = call()
-        except Exception as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, outcome
-
-
 @pytest.mark.postgres
 def test_a_running_migration_holds_writes_off_only_until_the_timeout(pg_factory):
     """While another replica migrates (it holds the migration lock), a write waits for it at
@@ -59,7 +46,7 @@ def test_a_running_migration_holds_writes_off_only_until_the_timeout(pg_factory)
     opened: dict[str, Any] = {}
     try:
         migrating.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-        writer, written = _in_thread(lambda: store.ingest(_batch([2])))
+        writer, written = run_in_thread(lambda: store.ingest(_batch([2])))
         writer.join(5)
         assert not writer.is_alive(), "the write still waits for the migration"
         error = written["error"]
@@ -67,7 +54,7 @@ def test_a_running_migration_holds_writes_off_only_until_the_timeout(pg_factory)
         assert "canceling statement due to statement timeout" in str(error)
         db = PostgresDatabase(pg_factory.url)
         db.timeout = 1
-        opener, opened = _in_thread(lambda: SqlStore(db))
+        opener, opened = run_in_thread(lambda: SqlStore(db))
         opener.join(2.5)
         assert opener.is_alive(), f"the migration gave up waiting: {opened}"
     finally:
@@ -111,7 +98,7 @@ def test_waiting_for_a_connection_or_the_write_lock_is_bounded(
     holder.start()
     assert holding.wait(5)
     try:
-        waiter, outcome = _in_thread(use)
+        waiter, outcome = run_in_thread(use)
         waiter.join(3)
         assert not waiter.is_alive(), "still waiting"
         assert is_unavailable(outcome["error"])

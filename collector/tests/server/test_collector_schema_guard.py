@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 from collector.tests.newer_schema import COPIED, MESSAGE, RENAMED, open_newer, part_keys
+from collector.tests.server.test_collector_store_unavailable import PAGES, QUERIES, RELEASE
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from markupsafe import escape
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -24,18 +25,6 @@ from runcov_collector.testing import trace_request as _trace_request
 TRACES = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 METRICS = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 AUTH = (("authorization", "Bearer ingest-secret-token"),)
-RELEASE = {"service": "shop", "version": "", "environment": "", "role": "baseline"}
-QUERIES = [
-    ("/api/v1/services", {}),
-    ("/api/v1/releases", {"service": "shop"}),
-    ("/api/v1/endpoints", RELEASE),
-    ("/api/v1/coverage", RELEASE),
-    ("/api/v1/file", {**RELEASE, "path": "shop/views.py"}),
-    ("/api/v1/series", RELEASE),
-    ("/api/v1/agent", RELEASE),
-    ("/api/v1/diff", {"service": "shop", "a_role": "baseline", "b_role": "baseline"}),
-]
-PAGES = [("/", {}), ("/ui/service", {"service": "shop"}), ("/ui/release", {"service": "shop"})]
 
 
 def _traces() -> Any:

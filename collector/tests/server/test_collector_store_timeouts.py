@@ -7,19 +7,18 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import grpc
 import httpx
 import pytest
-from collector.tests.server.test_collector_store_unavailable import _Proxy
+from collector.tests.server.test_collector_store_unavailable import _Proxy, proxied
 
 from runcov_collector import cli
 from runcov_collector.app import Collector
@@ -55,29 +54,11 @@ class _FreezingProxy(_Proxy):
     def thaw(self) -> None:
         self._thawed.set()
 
-    def _pump(self, source: Any, sink: Any) -> None:
-        try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    break
-                while not self._thawed.wait(0.05):
-                    if self._stop.is_set():
-                        return
-                sink.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, sink):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-def _proxied(url: str, proxy: _Proxy) -> str:
-    parts = urlsplit(url)
-    netloc = f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    def _held(self) -> bool:
+        while not self._thawed.wait(0.05):
+            if self._stop.is_set():
+                return True
+        return False
 
 
 def _spans(lines: list[int]) -> Any:
@@ -118,7 +99,7 @@ def test_a_frozen_postgresql_is_503_within_the_timeout_and_metrics_still_answer(
     proxy = _FreezingProxy(*_target(pg_factory.url)).start()
     try:
         collector = start_collector(
-            store_url=_proxied(pg_factory.url, proxy),
+            store_url=proxied(pg_factory.url, proxy),
             store_timeout_seconds=1,
             metrics_cache_seconds=0,
         )

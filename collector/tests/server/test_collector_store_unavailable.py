@@ -178,13 +178,19 @@ class _Proxy:
             self._spawn(self._pump, downstream, upstream)
             self._spawn(self._pump, upstream, downstream)
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _held(self) -> bool:
+        """Called with each chunk before it is forwarded; True drops the connection's
+        forwarding (a subclass may hold the chunk here meanwhile)."""
+        return False
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
+                if self._held():
+                    return
                 sink.sendall(data)
         except OSError:
             pass
@@ -214,6 +220,13 @@ class _Proxy:
         self._threads = []
 
 
+def proxied(url: str, proxy: _Proxy) -> str:
+    """The store URL ``url`` (with its credentials) pointed at ``proxy``."""
+    parts = urlsplit(url)
+    netloc = f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 @pytest.mark.postgres
 def test_postgresql_going_away_under_a_running_replica_is_503_until_it_is_back(
     pg_factory, start_collector, make_client, caplog
@@ -221,8 +234,7 @@ def test_postgresql_going_away_under_a_running_replica_is_503_until_it_is_back(
     parts = urlsplit(pg_factory.url)
     proxy = _Proxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
     try:
-        netloc = f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
-        client = make_client(start_collector(store_url=urlunsplit(parts._replace(netloc=netloc))))
+        client = make_client(start_collector(store_url=proxied(pg_factory.url, proxy)))
         _seed(client)
         before = client.query("/api/v1/coverage", **RELEASE)
         proxy.stop()
