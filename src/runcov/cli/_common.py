@@ -69,6 +69,29 @@ def add_selection_options(
         group.add_argument("--until", help="window end: ISO-8601 or relative")
 
 
+def add_source_options(
+    parser: argparse.ArgumentParser, exclude_what: str = "files", exclude_note: str = ""
+) -> None:
+    """``--source DIR`` and ``--exclude GLOB`` (alias ``--omit``), both repeatable.
+
+    Declared once for every command that reads the local checkout or leaves files out, so
+    that they mean the same everywhere: collector paths are relative to ``--source``, and
+    ``--exclude`` matches them as the agent's ``exclude`` option does (see
+    :class:`runcov.reports.local.Exclusion`). ``exclude_what`` and ``exclude_note`` say what
+    a command leaves out, e.g. gate's "changed files" and its rule for ``--paths``.
+    """
+    parser.add_argument(
+        "--source", metavar="DIR", action="append",
+        help="local checkout of the service's source root, which collector paths are relative "
+             "to (repeatable; default: current directory)",
+    )
+    parser.add_argument(
+        "--exclude", "--omit", metavar="GLOB", dest="exclude", action="append", default=[],
+        help=f"leave out {exclude_what} matching this glob, e.g. 'tests/*' or 'test_*.py', as "
+             f"the agent's exclude option matches them (repeatable{exclude_note})",
+    )
+
+
 def add_format_option(parser: argparse.ArgumentParser) -> None:
     """``--format text|json``."""
     parser.add_argument("--format", choices=["text", "json"], default="text",

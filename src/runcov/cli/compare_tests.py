@@ -31,22 +31,7 @@ def add_parser(subparsers: Any) -> None:
         default=".coverage",
         help="the test suite's coverage.py data file (default: .coverage)",
     )
-    p.add_argument(
-        "--source",
-        metavar="DIR",
-        action="append",
-        help="local checkout of the service's source root (default: current dir)",
-    )
-    p.add_argument(
-        "--exclude",
-        "--omit",
-        metavar="GLOB",
-        dest="exclude",
-        action="append",
-        default=[],
-        help="leave out files matching this glob, e.g. 'tests/*' or 'test_*.py', as "
-        "the agent's exclude option matches them (repeatable)",
-    )
+    _common.add_source_options(p)
     p.add_argument("--path-prefix", help="only files under this path prefix")
     p.set_defaults(func=run)
 

@@ -11,6 +11,8 @@ from typing import Any
 from runcov.cli import _common
 from runcov.reports.client import CollectorClient, ReleaseSelection
 from runcov.reports.export import FORMATS, export
+from runcov.reports.local import Exclusion
+from runcov.reports.report import without_excluded
 
 _DEFAULT_OUTPUT = {
     "coverage": ".coverage", "lcov": "coverage.lcov", "cobertura": "coverage.xml",
@@ -33,9 +35,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("-o", "--output", metavar="FILE",
                    help="output file (default: .coverage, coverage.lcov, coverage.xml or "
                         "runcov.json)")
-    p.add_argument("--source", metavar="DIR", action="append",
-                   help="local checkout of the service's source root, which collector paths "
-                        "are relative to (repeatable; default: current directory)")
+    _common.add_source_options(p)
     p.add_argument("--path-prefix", help="only files under this path prefix")
     p.add_argument("--contexts", choices=["none", "endpoint"], default="none",
                    help="record each endpoint's hits as a coverage.py context, so that "
@@ -55,9 +55,12 @@ def run(args: argparse.Namespace) -> int:
     download = _common.download_progress(args, client)
     detail = client.coverage(sel, detail=True, path_prefix=args.path_prefix)
     download.finish()
+    exclude = Exclusion(args.exclude)
+    detail, left_out = without_excluded(detail, exclude, sources)
     contexts = None
     if args.contexts == "endpoint" and args.format != "json":
-        contexts = _per_endpoint(args, client, sel)
+        contexts = {name: without_excluded(doc, exclude, sources)[0]
+                    for name, doc in _per_endpoint(args, client, sel).items()}
     files = detail.get("files", [])
     bar = _common.progress(args, "writing", total=len(files), unit=" files")
     try:
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         bar.finish()
     for warning in result.warnings():
         print(f"runcov: warning: {warning}", file=sys.stderr)
-    print(f"wrote {output} ({args.format}, {result.files} files)", file=sys.stderr)
+    excluded = f"; {len(left_out)} left out by --exclude" if left_out else ""
+    print(f"wrote {output} ({args.format}, {result.files} files{excluded})", file=sys.stderr)
     return _common.EXIT_OK
 
 

@@ -47,20 +47,8 @@ def add_parser(subparsers: Any) -> None:
         metavar="PCT",
         help="minimum covered percentage (default: 80)",
     )
-    p.add_argument(
-        "--source",
-        metavar="DIR",
-        action="append",
-        help="local checkout of the service's source root (default: current dir)",
-    )
-    p.add_argument(
-        "--exclude",
-        metavar="GLOB",
-        action="append",
-        default=[],
-        help="leave out changed files matching this glob, e.g. 'tests/*' or "
-        "'test_*.py', as the agent's exclude option matches them "
-        "(repeatable; --paths may not name such a file)",
+    _common.add_source_options(
+        p, exclude_what="changed files", exclude_note="; --paths may not name such a file"
     )
     p.set_defaults(func=run)
 

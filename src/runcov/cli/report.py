@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from runcov.cli import _common
+from runcov.reports.local import Exclusion
 from runcov.reports.report import SORT_KEYS, build_report, render_report
 
 
@@ -25,17 +26,22 @@ def add_parser(subparsers: Any) -> None:
                    help="file order: path, cover (lowest first), missed (most first), branch, "
                         "requests (default: path)")
     p.add_argument("--skip-covered", action="store_true", help="hide fully covered files")
+    # --source only locates the local files that absolute --exclude globs match.
+    _common.add_source_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Fetch and print the report."""
     sel = _common.selection(args, require_service=False)
+    exclude = Exclusion(args.exclude)
+    sources = _common.source_dirs(args.source)
     client = _common.client(args)
     if sel.service:
         _common.check_endpoint(client, sel)
     bar = _common.download_progress(args, client)
-    data = build_report(client, sel, args.path_prefix, args.sort, args.skip_covered)
+    data = build_report(client, sel, args.path_prefix, args.sort, args.skip_covered, exclude,
+                        sources)
     bar.finish()
     if args.format == "json":
         _common.emit_json(data)

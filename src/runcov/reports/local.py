@@ -71,6 +71,17 @@ class Exclusion:
         absolute = str(local) if local is not None else ""
         return self._agent._excluded(path, absolute, absolute)
 
+    def excludes(self, path: str, roots: Sequence[Path]) -> bool:
+        """Whether collector path ``path`` is excluded, its local file looked up under ``roots``
+        (for absolute globs; a path that cannot be local has none)."""
+        if self._agent is None:
+            return False
+        try:
+            local = resolve_local(path, roots)
+        except SourceError:
+            local = None
+        return self(path, local)
+
 
 def file_sha(path: Path) -> str:
     """First 16 hex digits of the SHA-256 of the file's bytes (the wire format's ``sha``)."""

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 from runcov.reports.client import CollectorClient, ReleaseSelection
+from runcov.reports.local import Exclusion
 from runcov.reports.table import fmt_percent, percent, render_table
 
 SORT_KEYS = ("path", "cover", "missed", "branch", "requests")
@@ -17,8 +20,17 @@ def build_report(
     path_prefix: Optional[str] = None,
     sort: str = "path",
     skip_covered: bool = False,
+    exclude: Optional[Exclusion] = None,
+    sources: Sequence[Path] = (),
 ) -> dict[str, Any]:
-    """Collect everything ``runcov report`` shows into one JSON-ready dict."""
+    """Collect everything ``runcov report`` shows into one JSON-ready dict.
+
+    With ``exclude`` (collector paths, looked up under ``sources`` for absolute globs), the
+    matching files are left out of every figure: the files and their totals, and the
+    endpoints' and releases' covered lines and arcs. The collector sums those over all the
+    files, so they are recounted from per-file rows, with one coverage query per endpoint and
+    per release.
+    """
     if not sel.service:
         services = client.services()["services"]
         return {
@@ -27,6 +39,12 @@ def build_report(
     releases = client.releases(sel.service)["releases"]
     coverage = client.coverage(sel, path_prefix=path_prefix)
     endpoints = client.endpoints(sel)["endpoints"]
+    left_out: list[str] = []
+    if exclude:
+        coverage, left_out = without_excluded(coverage, exclude, sources)
+        endpoints = [_recount_endpoint(client, sel, e, exclude, sources) for e in endpoints]
+        releases = [_recount_release(client, sel.service, r, exclude, sources)
+                    for r in releases]
     files = list(coverage.get("files", []))
     if skip_covered:
         files = [f for f in files if not _fully_covered(f)]
@@ -40,11 +58,105 @@ def build_report(
         "release": coverage["release"],
         "window": window,
         "path_prefix": path_prefix or None,
+        "exclude": exclude.globs if exclude else None,
+        "excluded_files": left_out,
         "releases": releases,
         "endpoints": sorted(endpoints, key=lambda e: e["endpoint"]),
         "totals": coverage.get("totals", {}),
         "files": files,
     }
+
+
+def without_excluded(
+    doc: dict[str, Any], exclude: Exclusion, sources: Sequence[Path] = ()
+) -> tuple[dict[str, Any], list[str]]:
+    """A coverage document (``GET /api/v1/coverage``, with or without detail) without the
+    files ``exclude`` matches, its totals recounted from the remaining files; and the paths
+    left out."""
+    kept, left_out = [], []
+    for f in doc.get("files", []):
+        if exclude.excludes(f["path"], sources):
+            left_out.append(f["path"])
+        else:
+            kept.append(f)
+    if not left_out:
+        return doc, left_out
+    requests = (doc.get("totals") or {}).get("requests", 0)
+    return {**doc, "files": kept, "totals": recount_totals(kept, requests)}, left_out
+
+
+def recount_totals(files: list[dict[str, Any]], requests: Any) -> dict[str, Any]:
+    """The collector's ``totals`` of these file rows, as it sums them (docs/query-api.md).
+
+    Covered and total counts add up; the line percentage counts only the files whose
+    denominators are known; the branch percentage is covered over total branch exits. Arc
+    and branch figures are null when the files were measured by census only (see
+    :func:`_census_only`). ``requests`` is kept as given: it counts request traces, whichever
+    files they ran, so it cannot be recounted from files.
+    """
+    keys = ("lines_covered", "lines_total", "arcs_covered", "arcs_total", "branches_covered",
+            "branches_total")
+    sums: dict[str, Optional[int]] = {k: sum(int(f.get(k) or 0) for f in files) for k in keys}
+    lines_known = sum(int(f.get("lines_covered") or 0) for f in files
+                      if int(f.get("lines_total") or 0) > 0)
+    branch_percent = percent(sums["branches_covered"] or 0, sums["branches_total"] or 0)
+    if _census_only(files):
+        sums["arcs_covered"] = sums["branches_covered"] = branch_percent = None
+    return {
+        "files": len(files),
+        **sums,
+        "line_percent": percent(lines_known, sums["lines_total"] or 0),
+        "branch_percent": branch_percent,
+        "requests": requests,
+    }
+
+
+def _census_only(files: list[dict[str, Any]]) -> bool:
+    """The collector's census rule over these files: they executed lines, and not one arc.
+
+    Detail rows list what was executed. Summary rows only say whether a file was measured by
+    census alone (null covered arcs); one with covered lines or arcs and numbers was measured
+    exactly, so it executed arcs. (A summary row whose executed lines and arcs all lie outside
+    its denominators reads as having executed nothing.)
+    """
+    if any("lines" in f for f in files):
+        return (sum(len(f.get("lines", [])) for f in files) > 0
+                and sum(len(f.get("arcs", [])) for f in files) == 0)
+    exact = any(
+        not _unmeasured(f, "arcs_covered")
+        and (int(f.get("lines_covered") or 0) > 0 or int(f.get("arcs_covered") or 0) > 0)
+        for f in files
+    )
+    return not exact and any(_unmeasured(f, "arcs_covered") for f in files)
+
+
+def _recount_endpoint(
+    client: CollectorClient, sel: ReleaseSelection, endpoint: dict[str, Any],
+    exclude: Exclusion, sources: Sequence[Path],
+) -> dict[str, Any]:
+    """An endpoints row whose covered lines and arcs leave out the excluded files.
+
+    The collector's are its coverage totals with ``endpoint=`` (same window, all files).
+    """
+    doc = client.coverage(replace(sel, endpoint=endpoint["endpoint"]))
+    totals = without_excluded(doc, exclude, sources)[0].get("totals") or {}
+    return {**endpoint, "lines_covered": totals.get("lines_covered", 0),
+            "arcs_covered": totals.get("arcs_covered")}
+
+
+def _recount_release(
+    client: CollectorClient, service: str, release: dict[str, Any], exclude: Exclusion,
+    sources: Sequence[Path],
+) -> dict[str, Any]:
+    """A releases row whose all-time coverage figures leave out the excluded files."""
+    exact = ReleaseSelection(
+        service=service, version=release.get("version") or "",
+        environment=release.get("environment") or "", role=release.get("role") or "baseline",
+    )
+    totals = without_excluded(client.coverage(exact), exclude, sources)[0].get("totals") or {}
+    keys = ("lines_covered", "lines_total", "arcs_covered", "arcs_total", "line_percent",
+            "branch_percent")
+    return {**release, **{k: totals.get(k) for k in keys}}
 
 
 #: The parts of a report that ``--since``/``--until`` narrow; the releases table is all-time.
@@ -138,28 +250,34 @@ def render_report(data: dict[str, Any]) -> str:
     window = window_label(data.get("window"))
     label = release_label(data["release"])
     prefix = data.get("path_prefix")
+    globs = data.get("exclude")
+    # Every table leaves the excluded files out: each heading says so.
+    without = (", without files matching --exclude " + ", ".join(repr(g) for g in globs)
+               if globs else "")
     if window:
         out.append(
-            f"Releases (all time; the window {window} applies to the endpoints and files below)\n"
+            f"Releases (all time; the window {window} applies to the endpoints and files below)"
+            f"{without}\n"
         )
     else:
-        out.append("Releases\n")
+        out.append(f"Releases{without}\n")
     out.append(render_releases(data["releases"]))
-    out.append(f"\nEndpoints of {label}" + (f", {window}" if window else "") + "\n")
+    out.append(f"\nEndpoints of {label}" + (f", {window}" if window else "") + f"{without}\n")
     out.append(render_endpoints(data["endpoints"]))
     out.append(
         f"\nFiles of {label}"
         + (f" under {prefix!r}" if prefix else "")
         + (f", {window}" if window else "")
-        + "\n"
+        + f"{without}\n"
     )
     out.append(render_files(data["files"], data.get("totals", {})))
-    if prefix and data["files"]:
+    if (prefix or globs) and data["files"]:
         # The collector counts the release's requests, whichever files they ran.
         out.append(
             f"The TOTAL row's Requests are all the sampled requests of {label}"
             + (f" {window}" if window else "")
-            + f", not only those that ran files under {prefix!r}.\n"
+            + (", not only those that ran the files shown.\n" if globs
+               else f", not only those that ran files under {prefix!r}.\n")
         )
     return "".join(out)
 
