@@ -1,5 +1,6 @@
 """The store's time limit: what it bounds (a write waiting for a migration, SQLite's write lock)
-and what it does not (the migration itself); writers of one process sharing SQLite's lock."""
+and what it does not (the migration itself, which has a longer limit of its own:
+test_store_maintenance.py); writers of one process sharing SQLite's lock."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def _batch(lines: list[int], files: int = 1, spans: int = 1) -> Any:
 def test_a_running_migration_holds_writes_off_only_until_the_timeout(pg_factory):
     """While another replica migrates (it holds the migration lock), a write waits for it at
     most the store timeout and fails as unavailable (the exporter retries); opening a store,
-    which migrates, waits as long as it takes, as a migration may legitimately be long."""
+    which migrates, waits longer, up to the migration timeout (600 s by default), as a
+    migration may legitimately be long."""
     import psycopg
 
     store = pg_factory()

@@ -45,12 +45,27 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 def open_configured_store(config: Config) -> Store:
     """Open the store named by ``config.store_url`` (the store package's ``open_store``), its
-    requests bounded by ``config.store_timeout_seconds``."""
-    from runcov_collector.store import open_store
+    requests bounded by ``config.store_timeout_seconds`` and the schema migration run now by
+    ``config.migration_timeout_seconds`` (0: unbounded).
 
-    store = open_store(config.store_url)
-    store.db.timeout = config.store_timeout_seconds
-    return store
+    A migration past its limit raises ``MigrationTimeout`` naming the store (password masked)
+    and the setting, which ``runcov-collector serve`` prints before exiting 1.
+    """
+    from runcov_collector.store import MigrationTimeout, open_store
+
+    try:
+        return open_store(
+            config.store_url,
+            timeout=config.store_timeout_seconds,
+            migration_timeout=config.migration_timeout_seconds or None,
+        )
+    except MigrationTimeout as exc:
+        raise MigrationTimeout(
+            exc.limit,
+            exc.reason,
+            store=redact_url(config.store_url),
+            setting=f"--migration-timeout, {ENV_PREFIX}MIGRATION_TIMEOUT",
+        ) from exc
 
 
 # A query parameter whose name holds one of these carries a secret: libpq's password and
@@ -586,6 +601,14 @@ class Collector:
         return removed
 
     def _retention_loop(self) -> None:
+        """Sweep every ``retention_interval_seconds`` until stopped.
+
+        A sweep runs in batches each bounded by the store timeout (``SqlStore.expire``), so a
+        database that stops answering fails it within about that time: it is logged with the
+        reason and counted (``runcov_collector_retention_failures_total``), and the next
+        interval's sweep goes on from where it stopped.
+        """
+        interval = self.config.retention_interval_seconds
         while True:
             try:
                 removed = self.expire_once()
@@ -593,9 +616,19 @@ class Collector:
                     log.info("retention: expired %d rows", removed)
             except SchemaChanged as exc:
                 log.warning("retention job skipped: %s", exc)
-            except Exception:
-                log.warning("retention job failed", exc_info=True)
-            if self._retention_stop.wait(self.config.retention_interval_seconds):
+            except Exception as exc:
+                if self._retention_stop.is_set():  # the store closed under a sweep at shutdown
+                    return
+                self.metrics.retention_failures.inc()
+                if is_unavailable(exc):
+                    log.warning(
+                        "retention sweep failed, retried in %g s: store unavailable: %s",
+                        interval,
+                        unavailable_reason(exc),
+                    )
+                else:
+                    log.warning("retention sweep failed, retried in %g s", interval, exc_info=True)
+            if self._retention_stop.wait(interval):
                 return
 
     def stop(self, grace: float = 5.0) -> None:

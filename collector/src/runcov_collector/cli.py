@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds a request waits for the store before answering 503 (default 5)",
     )
+    s.add_argument(
+        "--migration-timeout",
+        dest="migration_timeout_seconds",
+        type=float,
+        help="seconds the schema migration at start may take before the collector exits "
+        "(default 600; 0 = no limit)",
+    )
     auth = s.add_argument_group("authentication")
     auth.add_argument(
         "--no-auth", action="store_true", default=None, help="accept requests without tokens"
@@ -70,6 +77,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "grpc_port",
         "store_url",
         "store_timeout_seconds",
+        "migration_timeout_seconds",
         "no_auth",
         "ingest_token",
         "query_token",

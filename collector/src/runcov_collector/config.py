@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from runcov_collector import limits
 from runcov_collector.auth import token_problem
-from runcov_collector.store.database import DEFAULT_TIMEOUT
+from runcov_collector.store.database import DEFAULT_MIGRATION_TIMEOUT, DEFAULT_TIMEOUT
 
 DEFAULT_STORE_URL = "sqlite:///runcov-collector.db"
 DEFAULT_RETENTION_HOURS = 24 * 90
@@ -42,8 +42,12 @@ class Config:
     store_timeout_seconds: float = DEFAULT_TIMEOUT
     """How long one store transaction of a request may take in all (waiting for a connection
     or a lock, connecting, its statements) before the request answers 503 / UNAVAILABLE: below
-    the 10 s after which OTLP exporters give up. The schema migration at start and the
-    retention sweep are not bounded by it."""
+    the 10 s after which OTLP exporters give up. The retention sweep runs in batches, each
+    bounded by it; the schema migration at start has its own limit."""
+    migration_timeout_seconds: float = DEFAULT_MIGRATION_TIMEOUT
+    """How long the schema migration at start may take in all (0: no limit): long, as it may
+    rewrite a large database, but bounded, so that a collector starting against a database
+    that does not answer exits with a message instead of hanging."""
     ingest_token: str | None = None
     query_token: str | None = None
     no_auth: bool = False
@@ -114,6 +118,12 @@ class Config:
             raise ConfigError(
                 f"--store-timeout ({ENV_PREFIX}STORE_TIMEOUT) must be > 0 seconds, not {timeout}"
             )
+        migration = self.migration_timeout_seconds
+        if not (math.isfinite(migration) and migration >= 0):
+            raise ConfigError(
+                f"--migration-timeout ({ENV_PREFIX}MIGRATION_TIMEOUT) must be >= 0 seconds "
+                f"(0: no limit), not {migration}"
+            )
         if not self.store_url:
             raise ConfigError("store_url is empty")
         if self.source_dir and not os.path.isdir(self.source_dir):
@@ -130,6 +140,7 @@ _ENV_FIELDS = {
     "grpc_port": "GRPC_PORT",
     "store_url": "STORE",
     "store_timeout_seconds": "STORE_TIMEOUT",
+    "migration_timeout_seconds": "MIGRATION_TIMEOUT",
     "ingest_token": "INGEST_TOKEN",
     "query_token": "QUERY_TOKEN",
     "no_auth": "NO_AUTH",

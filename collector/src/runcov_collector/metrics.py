@@ -223,6 +223,11 @@ class CollectorMetrics:
             "runcov_collector_retention_expired",
             "Rows removed by the retention job.",
         )
+        self.retention_failures = Counter(
+            "runcov_collector_retention_failures",
+            "Retention sweeps that failed (the store unavailable or not answering in time, or "
+            "another error): the next interval's sweep goes on from where it stopped.",
+        )
         for metric in (
             self.requests,
             self.spans,
@@ -231,6 +236,7 @@ class CollectorMetrics:
             self.skipped,
             self.store_latency,
             self.expired,
+            self.retention_failures,
         ):
             reg.register(metric)
 

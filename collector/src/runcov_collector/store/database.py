@@ -30,8 +30,14 @@ for SQLite's write lock), connecting, and its statements. Past it the store rais
 collector answers 503 / UNAVAILABLE: an OTLP exporter gives up after 10 s, so an ingest must
 answer, and not store the batch later behind the exporter's back, before then."""
 
+DEFAULT_MIGRATION_TIMEOUT = 600.0
+"""Seconds the schema migration run when a store is opened may take in all (``SqlStore``): long,
+as a migration may legitimately rewrite a large database, but bounded, so that a collector
+starting against a database that does not answer fails with a message instead of hanging."""
+
 MAINTENANCE_LOCK_WAIT = 60.0
-"""Seconds a maintenance transaction (``Database.maintenance``) waits for SQLite's write lock."""
+"""Seconds a transaction without a time limit (``Database.maintenance(None)``) waits for
+SQLite's write lock."""
 
 # A transaction still running this long after its deadline has its connection cut: PostgreSQL
 # cancels a statement at the deadline itself (statement_timeout), so a connection that has not
@@ -119,10 +125,11 @@ class Database:
     """A pool of connections to one database and the transactions the store runs on them.
 
     Each transaction of a request is bounded by ``timeout`` seconds in all (``DEFAULT_TIMEOUT``;
-    see ``transaction``); those opened inside ``maintenance()`` are not. Once a transaction
-    found that the database does not answer at all, further ones fail at once with
-    ``StoreTimeout`` rather than each wait for the limit again, while one thread tries the
-    database until it answers (``_recheck``).
+    see ``transaction``); those opened inside ``maintenance()`` by the block's own limit (the
+    schema migration's, much longer), or by none. Once a transaction found that the database
+    does not answer at all, further ones fail at once with ``StoreTimeout`` rather than each
+    wait for the limit again, while one thread tries the database until it answers
+    (``_recheck``).
     """
 
     dialect: Dialect
@@ -206,16 +213,22 @@ class Database:
 
     # -- time limits --------------------------------------------------------------------------
     @contextlib.contextmanager
-    def maintenance(self) -> Iterator[None]:
-        """Transactions this thread opens inside the block run without the time limit.
+    def maintenance(self, timeout: float | None) -> Iterator[None]:
+        """Transactions this thread opens inside the block are bounded by ``timeout`` seconds
+        each instead of the store's ``timeout``; None: by nothing.
 
-        For the schema migration at start and the retention sweep: work that may legitimately
-        take long on a large database, that no client waits for, and that would never finish
-        if cut at a request's limit. Connecting keeps its limit; a lost network still ends
-        them (PostgreSQL's TCP keepalives), a frozen server does not.
+        For the schema migration at start: work that may legitimately take long on a large
+        database, that no client waits for, and that would never finish if cut at a request's
+        limit, but must not wait forever either. The limit is enforced as a request's is
+        (``transaction``): statement_timeout, the watchdog, SQLite's busy timeout. Connecting
+        keeps the store's limit. Without a limit a lost network still ends the work
+        (PostgreSQL's TCP keepalives), a frozen server does not.
         """
-        previous = getattr(self._local, "maintenance", False)
-        self._local.maintenance = True
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"a maintenance time limit must be > 0 seconds, not {timeout}")
+        # (the block's limit,) inside a block, None outside any.
+        previous = getattr(self._local, "maintenance", None)
+        self._local.maintenance = (timeout,)
         try:
             yield
         finally:
@@ -223,7 +236,8 @@ class Database:
 
     def _limit(self) -> float | None:
         """The time limit of a transaction this thread opens now (None: none)."""
-        return None if getattr(self._local, "maintenance", False) else self.timeout
+        inside: tuple[float | None] | None = getattr(self._local, "maintenance", None)
+        return self.timeout if inside is None else inside[0]
 
     def _stalled(self, message: str) -> StoreTimeout:
         """Note that the database does not answer (``message`` says what it did not do in
@@ -324,12 +338,12 @@ class Database:
         Write transactions are serialised per release by the store's own row locks (PostgreSQL)
         or by SQLite's single writer; read transactions see one consistent snapshot.
 
-        Outside ``maintenance()`` the whole transaction, from waiting for a connection to the
-        commit, is bounded by ``timeout``: past it, waiting for a pooled connection or for
-        SQLite's write lock raises ``StoreTimeout`` (SQLite's lock held by another process:
-        ``sqlite3.OperationalError``, database is locked), PostgreSQL cancels the statement
-        running (``QueryCanceled``), and a server that does not even answer that has the
-        connection cut a moment later (``StoreTimeout``).
+        The whole transaction, from waiting for a connection to the commit, is bounded by
+        ``timeout`` (inside ``maintenance()``, by the block's limit, if any): past it, waiting
+        for a pooled connection or for SQLite's write lock raises ``StoreTimeout`` (SQLite's
+        lock held by another process: ``sqlite3.OperationalError``, database is locked),
+        PostgreSQL cancels the statement running (``QueryCanceled``), and a server that does
+        not even answer that has the connection cut a moment later (``StoreTimeout``).
         """
         self._refuse_while_stalled()
         limit = self._limit()
@@ -480,14 +494,15 @@ class PostgresDatabase(Database):
 
     What bounds each wait on the server (libpq parameters that the URL gives win):
 
-    - connecting: ``connect_timeout``, the transaction's time left (at least 2 s, libpq's
-      least; the store timeout for a maintenance transaction);
-    - each statement of a request's transaction: ``statement_timeout``, its time left at the
-      start (``SET LOCAL``, so the migration and retention sweep are not cut); a statement
-      waiting for a lock (a write waiting for another replica's migration too) is cancelled;
+    - connecting: ``connect_timeout``, the transaction's time left, at most the store
+      timeout (a migration's long limit is for its statements) and at least 2 s (libpq's
+      least);
+    - each statement of a transaction with a limit: ``statement_timeout``, its time left at
+      the start (``SET LOCAL``: it ends with the transaction); a statement waiting for a lock
+      (a write waiting for another replica's migration too) is cancelled;
     - a server that does not answer at all (frozen, or the network to it is down): the
       watchdog cuts the connection ``_CUT_GRACE`` after the deadline (``_Watchdog``);
-    - a peer gone from the network, under a long maintenance statement or in the pool: TCP
+    - a peer gone from the network, under a statement without a limit or in the pool: TCP
       keepalives (a silent connection is probed after 5 s, dropped after 3 probes 2 s apart)
       and ``tcp_user_timeout`` (dropped when what was sent is not acknowledged within 10 s).
       Fixed values, not the store timeout: a live server's kernel answers them however long
@@ -510,7 +525,9 @@ class PostgresDatabase(Database):
         from psycopg import pq
         from psycopg.conninfo import conninfo_to_dict
 
-        seconds = self.timeout if deadline is None else deadline - time.monotonic()
+        seconds = self.timeout
+        if deadline is not None:
+            seconds = min(seconds, deadline - time.monotonic())
         params: dict[str, Any] = {
             "connect_timeout": max(2, math.ceil(seconds)),
             "keepalives": 1,

@@ -26,6 +26,24 @@ class StoreTimeout(StoreError, TimeoutError):
     """
 
 
+class MigrationTimeout(StoreTimeout):
+    """The schema migration run when the store is opened did not finish within its own time
+    limit (the migration timeout): the database does not answer, or another replica's
+    migration held it that long. ``limit`` is the limit in seconds, ``reason`` what failed
+    (``unavailable_reason`` of the error)."""
+
+    def __init__(
+        self, limit: float, reason: str, store: str | None = None, setting: str | None = None
+    ) -> None:
+        self.limit = limit
+        self.reason = reason
+        where = "" if store is None else f"store {store}: "
+        named = "" if setting is None else f" ({setting})"
+        super().__init__(
+            f"{where}the schema migration did not finish within {limit:g} s{named}: {reason}"
+        )
+
+
 class SchemaChanged(StoreError):
     """The database's schema is no longer the version this collector knows (HTTP 503, gRPC
     UNAVAILABLE): a newer collector migrated it while this one was running.
@@ -97,6 +115,17 @@ def may_be_schema_change(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.OperationalError):
         return True
     return not is_unavailable(exc)
+
+
+def is_time_limit(exc: BaseException) -> bool:
+    """Whether ``exc`` (raised by a transaction with a time limit) says the limit passed: a
+    ``StoreTimeout``, a statement PostgreSQL cancelled at its ``statement_timeout``, or SQLite's
+    write lock still held by another process when the busy timeout (the time left) ran out."""
+    if isinstance(exc, StoreTimeout):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        return "locked" in str(exc)
+    return type(exc).__name__ == "QueryCanceled" and "statement timeout" in str(exc)
 
 
 def unavailable_reason(exc: BaseException) -> str:

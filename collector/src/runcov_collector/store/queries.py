@@ -685,35 +685,78 @@ KEY_GRACE_HOURS = 24
 a retry or a queue delivering a part again after the retention period still finds its key."""
 
 
-def expire(conn: Conn, older_than_unix: float) -> int:
-    """Delete hour buckets (hits, traces) that ended by ``older_than_unix``, and the keys of
-    parts received ``KEY_GRACE_HOURS`` before that.
+EXPIRE_BATCH_ROWS = 5000
+"""Rows of one table a batch of a retention sweep deletes at most (``SqlStore.expire``). Each
+batch is a write transaction of its own under the store timeout, so it must take a fraction of
+it however large the database is: a few thousand rows, found through an index on the hour."""
 
-    A swept trace whose parts' keys are still kept leaves a mark of the endpoints and files it
-    touched (``trace_marks``), kept as long as those keys: a part of it that arrives later (the
-    rest of a late request) then adds its coverage without counting the request again.
-    """
+# What a sweep deletes, in order: (table, column compared with the cutoff, primary key). Traces
+# before marks: a swept trace's mark may raise an older mark past the key cutoff, which then
+# stays (as when the marks were all written before any was deleted).
+_EXPIRED = (
+    ("hits_hour", "hour", "release_id, hour, endpoint_id, file_id"),
+    ("traces", "hour", "release_id, hour, endpoint_id, file_id, trace_id"),
+    ("trace_marks", "received", "release_id, trace_id, endpoint_id, file_id"),
+    ("seen_parts", "hour", "trace_id, span_id"),
+)
+EXPIRED_TABLES = tuple(table for table, _, _ in _EXPIRED)
+"""The tables a retention sweep deletes from, in the order it sweeps them."""
+
+_MARKS = ("release_id", "trace_id", "endpoint_id", "file_id", "received")
+
+
+def expire_cutoffs(older_than_unix: float) -> tuple[int, int]:
+    """The hours a sweep at ``older_than_unix`` deletes before: hour buckets that ended by
+    then, and part keys (and marks) received ``KEY_GRACE_HOURS`` before that."""
     cutoff = min(max(0, int(older_than_unix // 3600)), 2**62)  # hours there are, as BIGINT
-    keys_before = max(0, cutoff - KEY_GRACE_HOURS)
-    conn.query(
-        "INSERT INTO trace_marks (release_id, trace_id, endpoint_id, file_id, received) "
-        "SELECT release_id, trace_id, endpoint_id, file_id, MAX(received) FROM traces "
-        "WHERE hour < ? AND received >= ? GROUP BY release_id, trace_id, endpoint_id, file_id "
-        "ON CONFLICT (release_id, trace_id, endpoint_id, file_id) "
-        "DO UPDATE SET received = {greatest}(trace_marks.received, excluded.received)",
-        (cutoff, keys_before),
-    )
-    deleted = 0
-    for table, column, before in (
-        ("hits_hour", "hour", cutoff),
-        ("traces", "hour", cutoff),
-        ("trace_marks", "received", keys_before),
-        ("seen_parts", "hour", keys_before),
-    ):
+    return cutoff, max(0, cutoff - KEY_GRACE_HOURS)
+
+
+def expire_batch(conn: Conn, table: str, older_than_unix: float, rows: int) -> int:
+    """Delete at most ``rows`` rows of ``table`` that a sweep at ``older_than_unix`` removes;
+    return how many it deleted (0: none left).
+
+    A sweep deletes hour buckets (hits, traces) that ended by ``older_than_unix``, and the keys
+    of parts received ``KEY_GRACE_HOURS`` before that. A swept trace whose parts' keys are
+    still kept leaves a mark of the endpoints and files it touched (``trace_marks``), kept as
+    long as those keys: a part of it that arrives later (the rest of a late request) then adds
+    its coverage without counting the request again. The marks are written in the transaction
+    that deletes the trace rows, from the rows it deleted (``RETURNING``): a trace is always in
+    one of the two.
+    """
+    column, key = next((c, k) for t, c, k in _EXPIRED if t == table)
+    cutoff, keys_before = expire_cutoffs(older_than_unix)
+    before = cutoff if column == "hour" and table != "seen_parts" else keys_before
+    if conn.dialect.name == "postgresql":
+        # By physical row address: a TID scan of the rows the index found. Matched by primary
+        # key, the planner hashes the batch and scans the whole table for each batch instead.
+        delete = (
+            f"DELETE FROM {table} WHERE ctid = ANY "
+            f"(ARRAY(SELECT ctid FROM {table} WHERE {column} < ? LIMIT ?))"
+        )
+    else:  # SQLite looks each key of the batch up in the primary key
+        delete = (
+            f"DELETE FROM {table} WHERE ({key}) IN "
+            f"(SELECT {key} FROM {table} WHERE {column} < ? LIMIT ?)"
+        )
+    if table != "traces":
         cur = conn.raw.cursor()
         try:
-            cur.execute(conn.dialect.sql(f"DELETE FROM {table} WHERE {column} < ?"), (before,))
-            deleted += max(0, cur.rowcount)
+            cur.execute(conn.dialect.sql(delete), (before, rows))
+            return max(0, cur.rowcount)
         finally:
             cur.close()
-    return deleted
+    swept = conn.query(f"{delete} RETURNING {', '.join(_MARKS)}", (before, rows))
+    marks: dict[tuple[int, str, int, int], int] = {}
+    for release_id, trace_id, endpoint_id, file_id, received in swept:
+        if int(received) >= keys_before:
+            mark = (int(release_id), str(trace_id), int(endpoint_id), int(file_id))
+            marks[mark] = max(marks.get(mark, 0), int(received))
+    conn.upsert_many(
+        "trace_marks",
+        _MARKS,
+        [(*mark, received) for mark, received in sorted(marks.items())],
+        "ON CONFLICT (release_id, trace_id, endpoint_id, file_id) "
+        "DO UPDATE SET received = {greatest}(trace_marks.received, excluded.received)",
+    )
+    return len(swept)

@@ -8,9 +8,15 @@ from typing import Any, Callable, TypeVar
 
 from ..model import Batch, Selection
 from . import agent, queries, schema
-from .database import Database
+from .database import DEFAULT_MIGRATION_TIMEOUT, Database
 from .dialect import Conn
-from .errors import SchemaChanged, may_be_schema_change
+from .errors import (
+    MigrationTimeout,
+    SchemaChanged,
+    is_time_limit,
+    may_be_schema_change,
+    unavailable_reason,
+)
 from .ingest import ingest_batch
 
 T = TypeVar("T")
@@ -28,15 +34,27 @@ class SqlStore:
     checks the version once, so that it answers ``SchemaChanged`` rather than the database
     error of a table it no longer knows.
 
-    Every call is bounded by the database's ``timeout`` (``StoreTimeout`` or the database's
-    own error past it), except the migration when opening and ``expire``: those run in
-    ``Database.maintenance``, as they may take long on a large database.
+    Every transaction is bounded by the database's ``timeout`` (``StoreTimeout`` or the
+    database's own error past it), except the migration when opening: it may take long on a
+    large database, and has a limit of its own (``migration_timeout``). ``expire`` runs in
+    batches, each a transaction of its own.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self, db: Database, migration_timeout: float | None = DEFAULT_MIGRATION_TIMEOUT
+    ) -> None:
+        """Migrate ``db``'s schema (in ``Database.maintenance(migration_timeout)``; None: no
+        limit) and serve it. Past the limit raises ``MigrationTimeout``, from the error that
+        says so; on any failure the database is closed."""
         self.db = db
-        with db.maintenance():
-            self.schema_version_found = schema.migrate(db)
+        try:
+            with db.maintenance(migration_timeout):
+                self.schema_version_found = schema.migrate(db)
+        except Exception as exc:
+            db.close()
+            if migration_timeout is not None and is_time_limit(exc):
+                raise MigrationTimeout(migration_timeout, unavailable_reason(exc)) from exc
+            raise
         self.schema_version = schema.SCHEMA_VERSION
         """The schema version this store reads and writes (the database's, once opened)."""
 
@@ -126,15 +144,33 @@ class SqlStore:
         """Release a against release b (``GET /api/v1/diff``)."""
         return self._read(lambda conn: queries.diff(conn, a, b))
 
-    def expire(self, older_than_unix: float) -> int:
-        """Delete per-hour rows and part keys older than the time; return rows deleted.
+    def expire(self, older_than_unix: float, batch_rows: int = queries.EXPIRE_BATCH_ROWS) -> int:
+        """Delete per-hour rows and part keys older than the time (``queries.expire_batch``);
+        return rows deleted.
 
-        Raises ``SchemaChanged`` (nothing deleted) when a newer collector migrated the schema.
-        Not bounded by the store's timeout: a sweep of a large database may take long, and
-        only the retention job waits for it.
+        In batches of at most ``batch_rows`` rows of one table, each a write transaction of its
+        own under the store's timeout: a sweep of a large database is many short transactions,
+        which hold locks briefly and let ingests write in between, and a database that stops
+        answering costs one batch's timeout, not a sweep that never ends. A batch that fails
+        raises (``StoreTimeout``...): what the batches before it deleted stays deleted (rows
+        past the retention either way; a swept trace's rows and its marks change in one
+        batch), and the next sweep goes on from there. A table is done when a batch finds
+        nothing left to delete.
+
+        Raises ``SchemaChanged`` (that batch deletes nothing) when a newer collector migrated
+        the schema.
         """
-        with self.db.maintenance(), self._write() as conn:
-            return queries.expire(conn, older_than_unix)
+        if batch_rows < 1:
+            raise ValueError(f"batch_rows must be at least 1, not {batch_rows}")
+        deleted = 0
+        for table in queries.EXPIRED_TABLES:
+            while True:
+                with self._write() as conn:
+                    removed = queries.expire_batch(conn, table, older_than_unix, batch_rows)
+                deleted += removed
+                if not removed:
+                    break
+        return deleted
 
     def check_ready(self) -> None:
         """Return when the database answers with the schema version this store knows; raise
