@@ -380,13 +380,19 @@ def test_a_batch_that_fails_leaves_the_sweep_to_the_next_interval(
             raise StoreTimeout("the database did not answer within 5 s")
         return real(write)
 
+    with store.db.transaction(write=False) as conn:
+        before = conn.query("SELECT COUNT(*) FROM hits_hour WHERE hour < ?", (T0 // 3600 + 50,))
     monkeypatch.setattr(store.db, "transaction", failing)
+    counted: list[int] = []
     with pytest.raises(StoreTimeout):
-        store.expire(T0 + 50 * HOUR, batch_rows=5)
+        store.expire(T0 + 50 * HOUR, batch_rows=5, on_batch=counted.append)
     monkeypatch.undo()
     with store.db.transaction(write=False) as conn:
         left = conn.query("SELECT COUNT(*) FROM hits_hour WHERE hour < ?", (T0 // 3600 + 50,))
     assert int(left[0][0]) > 0
+    # The two batches that committed before the failure are counted, row for row.
+    assert counted == [5, 5]
+    assert int(before[0][0]) - int(left[0][0]) == 10
     assert store.expire(T0 + 50 * HOUR, batch_rows=5) > 0
     with store.db.transaction(write=False) as conn:
         for table in ("hits_hour", "traces"):

@@ -144,7 +144,13 @@ class SqlStore:
         """Release a against release b (``GET /api/v1/diff``)."""
         return self._read(lambda conn: queries.diff(conn, a, b))
 
-    def expire(self, older_than_unix: float, batch_rows: int = queries.EXPIRE_BATCH_ROWS) -> int:
+    def expire(
+        self,
+        older_than_unix: float,
+        batch_rows: int = queries.EXPIRE_BATCH_ROWS,
+        *,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> int:
         """Delete per-hour rows and part keys older than the time (``queries.expire_batch``);
         return rows deleted.
 
@@ -158,7 +164,8 @@ class SqlStore:
         nothing left to delete.
 
         Raises ``SchemaChanged`` (that batch deletes nothing) when a newer collector migrated
-        the schema.
+        the schema. ``on_batch`` is called with the rows of each batch once it committed, so
+        what a sweep that fails part-way deleted is still counted.
         """
         if batch_rows < 1:
             raise ValueError(f"batch_rows must be at least 1, not {batch_rows}")
@@ -168,6 +175,8 @@ class SqlStore:
                 with self._write() as conn:
                     removed = queries.expire_batch(conn, table, older_than_unix, batch_rows)
                 deleted += removed
+                if removed and on_batch is not None:
+                    on_batch(removed)
                 if not removed:
                     break
         return deleted
