@@ -2,9 +2,10 @@
 
 It starts a collector on an embedded SQLite store, serves release 1.0 of the Flask shop as the
 baseline and release 1.1 (one new discount branch, committed in a throwaway git repository) as
-the canary, drives a few hundred requests at each, then shows what runcov answers: a report per
-release, the canary-vs-baseline diff, a gate on the canary's changed lines, a game day that
-injects payment-provider faults and gates on the error-handling paths, and an LCOV export.
+the canary, drives the same few hundred requests at each, then shows what runcov answers: a
+report per release, the canary-vs-baseline diff, a gate on the canary's changed lines, a game
+day that injects payment-provider faults and gates on the error-handling paths, and an LCOV
+export.
 Everything lives under ``.demo/`` and every process it starts is stopped when it ends, fails or
 is interrupted. Exit status: 0 when every step did what it should, 1 otherwise.
 """
@@ -40,8 +41,10 @@ CANARY_CHANGE = (
     "        # 1.1: bundle discount for baskets spanning three or more categories\n"
     "        quote.discounts[\"bundle\"] = quote.subtotal * 4 // 100\n"
 )
-#: Traffic seeds per instance, so every run sends the same requests.
-SEEDS = {"baseline": 1, "canary": 2, "game-day": 3}
+#: Traffic seeds per instance, so every run sends the same requests. Baseline and canary share
+#: one: they get the same requests in the same order, so what differs between their coverage is
+#: what release 1.1's code change does, not which requests each happened to get.
+SEEDS = {"baseline": 1, "canary": 1, "game-day": 3}
 #: Faults injected on the game day, as the payment provider's bad day.
 GAME_DAY_FAULTS = "payment_timeout=0.35,payment_error=0.25,payment_decline=0.05"
 #: The error-handling code a game day must exercise.
@@ -175,11 +178,13 @@ class Demo:
         env = {**os.environ, "RUNCOV_COLLECTOR_URL": self.collector_url, "RUNCOV_PROGRESS": "0"}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60,
                               check=False, cwd=cwd)
-        out = proc.stdout + (proc.stderr if proc.returncode != expect else "")
-        print(out.rstrip() or "(no output)", flush=True)
+        # stderr is shown too, as a terminal would: it carries what the command did ("wrote
+        # ...") and its warnings (a file left out, a checkout that differs from the release).
+        out = "\n".join(text.rstrip() for text in (proc.stdout, proc.stderr) if text.strip())
+        print(out or "(no output)", flush=True)
         if proc.returncode != expect:
-            raise StepFailed(f"`{shown}` exited with {proc.returncode}, expected {expect}:\n"
-                             f"{proc.stderr.strip()}")
+            raise StepFailed(f"`{shown}` exited with {proc.returncode}, expected {expect} "
+                             "(its output is above)")
         print(f"(exit status {proc.returncode}, as expected)", flush=True)
         return proc.stdout
 
@@ -214,14 +219,20 @@ class Demo:
         return port
 
     def traffic(self, name: str, port: int, requests: int, bundles: int = 0) -> None:
-        """Drive ``requests`` requests of the shop mix at one instance and summarise answers."""
+        """Drive ``requests`` requests of the shop mix and ``bundles`` bundle orders at one
+        instance and summarise the answers.
+
+        One client thread: with several, which orders exist when a request picks one to read or
+        cancel (and so the requests that follow) depends on thread timing, and the same seed
+        would not give baseline and canary the same requests.
+        """
         sys.path.insert(0, str(EXAMPLES))
         try:
             from traffic import drive
         finally:
             sys.path.pop(0)
         started = time.monotonic()
-        tally = drive("127.0.0.1", port, requests, threads=4, seed=SEEDS[name], bundles=bundles)
+        tally = drive("127.0.0.1", port, requests, threads=1, seed=SEEDS[name], bundles=bundles)
         took = time.monotonic() - started
         codes = ", ".join(f"{code}: {n}" for code, n in sorted(tally.statuses.items()))
         print(f"{name}: {tally.total} requests in {took:.1f} s ({codes})", flush=True)
@@ -316,8 +327,12 @@ class Demo:
         base_port = self.start_shop("baseline", self.baseline_src, "1.0", "baseline")
         canary_port = self.start_shop("canary", self.src, "1.1", "canary")
 
-        banner(f"4/8 Driving traffic: {self.requests} requests at each release")
         bundles = max(10, self.requests // 20)
+        banner(f"4/8 Driving traffic: {self.requests + bundles} requests at each release, "
+               "the same requests in the same order")
+        print(f"{self.requests} requests of the shop's mix (browsing, quotes, orders, mistakes) "
+              f"and {bundles} orders spanning three or more categories, which 1.1 prices "
+              "differently", flush=True)
         self.traffic("baseline", base_port, self.requests, bundles)
         self.traffic("canary", canary_port, self.requests, bundles)
         for name, port in (("baseline", base_port), ("canary", canary_port)):
@@ -343,8 +358,10 @@ class Demo:
         banner("6/8 runcov diff (canary vs baseline) and the canary's gate on changed lines")
         self.runcov("diff", *common, "--a-version", "1.0", "--a-role", "baseline",
                     "--b-version", "1.1", "--b-role", "canary")
-        note("The diff compares line numbers: the bundle-discount lines run only in the canary, "
-             "and the line below them moved by three.")
+        note("Both releases got the same requests, so every difference is the code change: "
+             "the bundle-discount lines run only in the canary, and the lines after them moved "
+             "down by three (the diff compares line numbers, so a line that only moved shows up "
+             "on both sides).")
         self.runcov("gate", *common, "--version", "1.1", "--role", "canary",
                     "--changed-since", "v1.0", "--source", str(self.src), "--threshold", "100")
         note("The gate reads `git diff v1.0` in the canary's checkout and passes because "
@@ -356,7 +373,8 @@ class Demo:
         gate_paths = ["--paths", *ERROR_PATHS, "--threshold", "90"]
         self.runcov("gate", *common, "--version", "1.0", "--role", "baseline", *gate_paths,
                     "--source", str(self.baseline_src), expect=1)
-        print(f"\nStarting 1.1 with role game-day and SHOP_FAULTS={GAME_DAY_FAULTS}", flush=True)
+        print(f"\nStarting 1.1 with role game-day and SHOP_FAULTS={GAME_DAY_FAULTS}; it gets "
+              f"{self.requests // 2} requests of the mix and {bundles} bundle orders", flush=True)
         game_port = self.start_shop("game-day", self.src, "1.1", "game-day", GAME_DAY_FAULTS)
         self.traffic("game-day", game_port, self.requests // 2, bundles)
         self.flush("game-day", game_port)
@@ -373,7 +391,8 @@ class Demo:
         if not lcov.is_file() or "SF:" not in lcov.read_text():
             raise StepFailed(f"{lcov} was not written or holds no file records")
         records = lcov.read_text().count("SF:")
-        print(f"wrote {lcov} ({records} files, {lcov.stat().st_size} bytes); it starts:")
+        print(f"{_show(lcov)} holds {records} file records ({lcov.stat().st_size} bytes); "
+              "it starts:")
         print("\n".join("    " + line for line in lcov.read_text().splitlines()[:6]), flush=True)
 
         banner(f"Demo complete in {time.monotonic() - started:.0f} s")
@@ -404,7 +423,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--dir", type=Path, default=REPO / ".demo",
                         help="working directory, emptied first (default: .demo/)")
     parser.add_argument("--requests", type=int, default=300,
-                        help="requests of the traffic mix per release (default 300)")
+                        help="requests of the traffic mix per release (default 300); "
+                             "orders spanning three or more categories come on top")
     parser.add_argument("--keep-running", action="store_true",
                         help="at the end, keep the collector and its dashboard up until Ctrl-C")
     args = parser.parse_args(argv)

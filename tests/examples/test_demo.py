@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import signal
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,6 +93,45 @@ def test_diff_lists_the_canarys_new_branch(
     assert f"{new_if}->{new_line}" in detail
 
 
+def test_diff_shows_only_the_changed_file(
+        demo: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    # Release 1.1 changes shop/pricing.py only; with both releases sent the same requests, no
+    # other file's coverage may differ (different traffic once made shop/validation.py show up).
+    diff = demo[0].stdout.split("$ runcov diff", 1)[1].split("$ runcov gate", 1)[0]
+    table = diff.split("\n\n", 2)[1]
+    files = re.findall(r"^(shop\S*\.py)\s", table, re.M)
+    assert files == ["shop/pricing.py"], diff
+
+
+def test_both_releases_got_the_same_requests(
+        demo: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    out = demo[0].stdout
+
+    def endpoint_requests(title: str) -> dict[str, int]:
+        table = out.split(title, 1)[1].split("\n\n", 1)[0]
+        rows = re.findall(r"^((?:GET|POST) \S+)\s+(\d+)\s", table, re.M)
+        return {endpoint: int(n) for endpoint, n in rows}
+
+    baseline = endpoint_requests("Endpoints of shop 1.0 (demo, baseline)")
+    canary = endpoint_requests("Endpoints of shop 1.1 (demo, canary)")
+    assert len(baseline) >= 5 and baseline == canary, (baseline, canary)
+
+
+def test_announced_request_count_is_what_each_release_got(
+        demo: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    out = demo[0].stdout
+    announced = re.search(r"^== 4/8 Driving traffic: (\d+) requests at each release", out, re.M)
+    assert announced, out
+    sent = re.findall(r"^(?:baseline|canary): (\d+) requests in", out, re.M)
+    stored = re.findall(r"^collector has release 1\.[01] \((?:baseline|canary)\): (\d+) sampled",
+                        out, re.M)
+    assert sent == stored == [announced.group(1)] * 2, (announced.group(0), sent, stored)
+    # The breakdown under the banner adds up to it.
+    parts = re.search(r"^(\d+) requests of the shop's mix .* and (\d+) orders spanning", out,
+                      re.M)
+    assert parts and int(parts.group(1)) + int(parts.group(2)) == int(announced.group(1)), out
+
+
 def test_gates_pass_and_fail_as_the_story_says(
         demo: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     out = demo[0].stdout
@@ -113,6 +154,45 @@ def test_lcov_export_holds_the_canarys_lines(
     hits = dict(line[3:].split(",")[:2] for line in record.splitlines()
                 if line.startswith("DA:"))
     assert int(hits[str(new_line)]) > 0
+
+
+def test_export_step_shows_what_the_command_reported(
+        demo: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    out, workdir = demo[0].stdout, demo[1]
+    section = out.split("runcov export", 1)[1]
+    # `runcov export` reports the file it wrote on stderr; the demo shows it as a terminal would.
+    assert f"\nwrote {workdir / 'shop-1.1-canary.lcov'} (lcov, " in section, section
+    assert "(no output)" not in out
+
+
+def _demo_module() -> Any:
+    spec = importlib.util.spec_from_file_location("runcov_demo", DEMO)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("status", "expect"), [(0, 0), (2, 0)])
+def test_runcov_step_shows_the_commands_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str],
+                                               status: int, expect: int) -> None:
+    # A warning on stderr must reach the reader whether the command succeeded or not.
+    module = _demo_module()
+    fake = tmp_path / "runcov"
+    fake.write_text("#!/bin/sh\necho 'the table'\necho 'warning: 1 file(s) left out' >&2\n"
+                    f"exit {status}\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(module, "BIN", tmp_path)
+    demo = module.Demo(tmp_path / "work", 10)
+    if status == expect:
+        assert demo.runcov("export", expect=expect) == "the table\n"
+    else:
+        with pytest.raises(module.StepFailed, match="exited with 2, expected 0"):
+            demo.runcov("export", expect=expect)
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[1:3] == ["the table", "warning: 1 file(s) left out"], shown
+    assert shown.count("warning: 1 file(s) left out") == 1
 
 
 def test_demo_stops_its_processes(demo: tuple[subprocess.CompletedProcess[str], Path]) -> None:
