@@ -41,3 +41,17 @@ def test_examples_name_files_relative_to_the_source_root_they_give(doc: Path) ->
     roots, specs = source_roots(text), path_specs(text)
     assert roots and all(root == "." for root in roots), roots
     assert all(spec.startswith("shop/") for spec in specs), specs
+
+
+def test_cli_docs_say_what_the_figures_and_defaults_are() -> None:
+    """The default release, the store's hours and the two Cover figures, as runcov has them
+    (tests/cli/test_pipeline_output.py checks the behaviour)."""
+    cli = " ".join((ROOT / "docs" / "cli.md").read_text(encoding="utf-8").split())
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert "(defaults: the most recently seen)" not in cli
+    assert "the role is `baseline` when the service has a baseline release" in cli
+    assert "**Windows count whole hours.**" in cli
+    assert "`since 2026-11-25 10:00 UTC (the hour of 1s ago)`" in cli
+    assert "`(Stmts - Miss + Branch - BrMiss) / (Stmts + Branch)`" in cli
+    assert "means the same to `coverage report`" not in readme
+    assert "where `runcov report`'s `Cover` is statements only" in readme

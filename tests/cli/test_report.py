@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from pathlib import Path
 
@@ -238,14 +239,18 @@ def test_a_window_says_what_it_applies_to(collector: RunningCollector, sample: S
 
     doc = support.as_json(support.runcov("report", *collector.args(), *sel, "--format", "json"))
     assert doc["window"] == {"since": "2030-01-01", "until": None,
+                             "start": "2030-01-01T00:00:00Z", "end": None,
+                             "label": "since 2030-01-01",
                              "applies_to": ["endpoints", "files", "totals"]}
     assert doc["totals"]["lines_covered"] == 0
     assert {r["version"]: r["requests"] for r in doc["releases"]}["1.0"] == len(BASE_INPUTS)
 
     proc = support.runcov("report", *collector.args(), "--service", "shop", "--since", "7d",
                           "--until", "1h")
-    assert proc.stdout.startswith("Releases (all time; the window from 7d ago to 1h ago "
-                                  "applies to the endpoints and files below)\n"), proc.stdout
+    # Relative bounds are named by the store's hours they fall in (one-hour resolution).
+    assert re.match(r"Releases \(all time; the window from \S+ \S+ UTC \(the hour of 7d ago\) "
+                    r"to \S+ \S+ UTC \(the end of the hour of 1h ago\) applies to the "
+                    r"endpoints and files below\)\n", proc.stdout), proc.stdout
     # Without a window, nothing changes.
     plain = support.runcov("report", *collector.args(), "--service", "shop")
     assert plain.stdout.startswith("Releases\n")

@@ -22,6 +22,7 @@ from runcov.reports.client import (
 from runcov.reports.local import SourceError
 from runcov.reports.progress import Progress, progress_wanted
 from runcov.reports.report import release_label
+from runcov.reports.window import Window
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the check ran and failed (gate)
@@ -98,18 +99,32 @@ def add_format_option(parser: argparse.ArgumentParser) -> None:
                         help="output format (default: text)")
 
 
+def window(args: argparse.Namespace) -> Window:
+    """The ``--since``/``--until`` window, resolved once per command (see :class:`Window`)."""
+    found = getattr(args, "_window", None)
+    if found is None:
+        found = Window(getattr(args, "since", None), getattr(args, "until", None))
+        args._window = found
+    return found
+
+
 def selection(args: argparse.Namespace, require_service: bool = True) -> ReleaseSelection:
-    """The release selection given on the command line."""
+    """The release selection given on the command line.
+
+    A relative ``--since``/``--until`` is sent as the instant it means now, the instant the
+    reports' headings name the hour of (:meth:`Window.label`).
+    """
     if require_service and not args.service:
         raise UsageError("--service is required")
+    when = window(args)
     return ReleaseSelection(
         service=args.service,
         version=getattr(args, "release_version", None),
         environment=args.environment,
         role=getattr(args, "role", None),
         endpoint=args.endpoint,
-        since=getattr(args, "since", None),
-        until=getattr(args, "until", None),
+        since=when.query(when.since),
+        until=when.query(when.until),
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from runcov.cli import _common
 from runcov.reports.compare import compare, comparison_json, read_test_data, render_comparison
 from runcov.reports.local import Exclusion
+from runcov.reports.report import release_label
 
 
 def add_parser(subparsers: Any) -> None:
@@ -48,9 +49,13 @@ def run(args: argparse.Namespace) -> int:
     download = _common.download_progress(args, client)
     detail = client.coverage(sel, detail=True, path_prefix=args.path_prefix)
     download.finish()
-    total = len({f["path"] for f in detail.get("files", [])} | set(tests.files))
-    bar = _common.progress(args, "comparing", total=total, unit=" files")
-    files = compare(detail, tests, sources, Exclusion(args.exclude), bar.advance)
+    paths = sorted({f["path"] for f in detail.get("files", [])} | set(tests.files))
+    exclude = Exclusion(args.exclude)
+    for glob in exclude.unmatched(paths, sources):
+        print(f"runcov: warning: --exclude {glob!r} matches none of the files of "
+              f"{release_label(detail['release'])} or of {args.tests}", file=sys.stderr)
+    bar = _common.progress(args, "comparing", total=len(paths), unit=" files")
+    files = compare(detail, tests, sources, exclude, bar.advance)
     bar.finish()
     doc = comparison_json(files, detail["release"], tests, args.tests)
     if args.format == "json":

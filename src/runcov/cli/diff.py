@@ -9,7 +9,13 @@ from typing import Any, Optional
 
 from runcov.cli import _common
 from runcov.reports.client import CollectorClient, CollectorRequestError, ReleaseSelection
-from runcov.reports.diff import build_diff, canary_pair, missing_releases, render_diff
+from runcov.reports.diff import (
+    build_diff,
+    canary_pair,
+    missing_releases,
+    no_coverage_message,
+    render_diff,
+)
 
 _ROLES = ["baseline", "canary", "shadow", "game-day"]
 
@@ -56,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         b = replace(base, version=args.b_version, role=args.b_role)
     try:
         _common.check_endpoint(client, a, b)
-        data = build_diff(client, a, b)
+        data = build_diff(client, a, b, _common.window(args))
     except CollectorRequestError as exc:
         missing = missing_releases(client, a, b) if exc.status == 404 else []
         if not missing:
@@ -68,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
         if missing[-1][0] == "B":
             message += _seen_elsewhere(client, args.service, args.canary, b)
         raise _common.UsageError(message) from exc
+    nothing = no_coverage_message(data)
+    if nothing:
+        # Neither side executed anything (in the window): an empty diff would read as "the
+        # releases cover the same code", so it is a data error, as an export of nothing is.
+        raise _common.UsageError(nothing)
     if args.format == "json":
         _common.emit_json(data)
     else:

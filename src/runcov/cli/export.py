@@ -10,9 +10,10 @@ from typing import Any
 
 from runcov.cli import _common
 from runcov.reports.client import CollectorClient, ReleaseSelection
-from runcov.reports.export import FORMATS, export
+from runcov.reports.export import FORMATS, NothingToExport, export
 from runcov.reports.local import Exclusion
-from runcov.reports.report import without_excluded
+from runcov.reports.report import release_label, without_excluded
+from runcov.reports.window import Window
 
 _DEFAULT_OUTPUT = {
     "coverage": ".coverage", "lcov": "coverage.lcov", "cobertura": "coverage.xml",
@@ -56,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
     detail = client.coverage(sel, detail=True, path_prefix=args.path_prefix)
     download.finish()
     exclude = Exclusion(args.exclude)
+    label = release_label(detail["release"])
+    for glob in exclude.unmatched((f["path"] for f in detail.get("files", [])), sources):
+        print(f"runcov: warning: --exclude {glob!r} matches none of the files of {label}",
+              file=sys.stderr)
+    release_files = len(detail.get("files", []))
     detail, left_out = without_excluded(detail, exclude, sources)
     contexts = None
     if args.contexts == "endpoint" and args.format != "json":
@@ -65,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     bar = _common.progress(args, "writing", total=len(files), unit=" files")
     try:
         result = export(detail, args.format, output, sources, bar.advance, contexts)
+    except NothingToExport as exc:
+        raise _common.UsageError(
+            _why_nothing(exc, label, release_files, left_out, sources, _common.window(args))
+        ) from exc
     except OSError as exc:
         raise _common.UsageError(f"cannot write {output}: {exc.strerror or exc}") from exc
     finally:
@@ -74,6 +84,35 @@ def run(args: argparse.Namespace) -> int:
     excluded = f"; {len(left_out)} left out by --exclude" if left_out else ""
     print(f"wrote {output} ({args.format}, {result.files} files{excluded})", file=sys.stderr)
     return _common.EXIT_OK
+
+
+def _why_nothing(
+    exc: NothingToExport, label: str, release_files: int, left_out: list[str],
+    sources: list[Path], window: Window,
+) -> str:
+    """The usage error of an export that would write no file (nothing is written).
+
+    A pipeline step that uploads coverage must not pass with an empty report: like a
+    ``gate`` given a path of another root, this is exit 2, saying what left everything out.
+    """
+    where = f" {window.label()}" if window else ""
+    if release_files == 0:
+        return f"nothing to export: {label} has no files with coverage{where}"
+    if left_out and len(left_out) == release_files:
+        return (f"nothing to export: --exclude leaves out all {release_files} file(s) of "
+                f"{label}")
+    if exc.no_coverage:
+        return f"nothing to export: no file of {label} has coverage{where}"
+    missing = exc.result.missing + exc.result.invalid
+    roots = ", ".join(str(s) for s in sources)
+    excluded = f"{len(left_out)} left out by --exclude, " if left_out else ""
+    return (
+        f"nothing to export: of the {release_files} file(s) of {label}, {excluded}"
+        f"{len(missing)} not found under --source {roots} ("
+        + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        + "): the agents report paths relative to their source root, which --source must "
+        "name in this checkout"
+    )
 
 
 def _check_output(output: Path, default_name: str) -> None:

@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from runcov.cli import _common
-from runcov.reports.gate import GateError, PathSpec, gate_changed, gate_paths, render_gate
+from runcov.reports.gate import (
+    GateError,
+    GateResult,
+    PathSpec,
+    gate_changed,
+    gate_paths,
+    render_gate,
+)
 from runcov.reports.local import Exclusion, differ_warning
 from runcov.reports.report import release_label
 
@@ -81,6 +88,13 @@ def run(args: argparse.Namespace) -> int:
     except GateError as exc:
         raise _common.UsageError(str(exc)) from exc
     bar.finish()
+    result.window = _common.window(args) or None
+    for glob in result.exclude_unmatched:
+        print(f"runcov: warning: --exclude {glob!r} matches no file (neither a changed or named "
+              f"file, nor one of {release_label(result.release)}, nor one git tracks under "
+              "--source)", file=sys.stderr)
+    if args.changed_since and args.release_version is None and result.differing:
+        raise _common.UsageError(_not_the_checkout(result, args.role))
     if result.differing:
         ran = release_label(result.release)
         print(f"runcov: warning: {differ_warning(result.differing, ran)}", file=sys.stderr)
@@ -93,3 +107,22 @@ def run(args: argparse.Namespace) -> int:
     if not result.passed and args.format == "json":
         print(f"runcov: gate failed: {result.message()}", file=sys.stderr)
     return _common.EXIT_OK if result.passed else _common.EXIT_FAILED
+
+
+def _not_the_checkout(result: GateResult, role: Optional[str]) -> str:
+    """Why ``--changed-since`` refuses a release it picked itself whose files are not the
+    checkout's.
+
+    Without ``--version`` the release is the most recently seen (of the role, baseline by
+    default): often the release the change is *since*, which ran the old code. Its coverage,
+    read by the checkout's line numbers, would pass or fail the gate for the wrong code, and
+    a warning next to a PASS is easily missed in a pipeline: an explicit release is required.
+    """
+    ran = release_label(result.release)
+    how = (f"the most recently seen {role} release" if role
+           else "the most recently seen release, baseline when there is one")
+    return (
+        f"--changed-since without --version gated {ran} ({how}), but "
+        f"{differ_warning(result.differing, ran)}; this checkout is probably another "
+        "release: name the one to gate with --version (and --role, e.g. --role canary)"
+    )

@@ -8,6 +8,7 @@ from typing import Any, Optional
 from runcov.reports.client import CollectorClient, CollectorRequestError, ReleaseSelection
 from runcov.reports.report import release_label
 from runcov.reports.table import fmt_arcs, fmt_ranges, render_table
+from runcov.reports.window import Window
 
 
 def canary_pair(
@@ -64,10 +65,21 @@ def missing_releases(
 
 
 def build_diff(
-    client: CollectorClient, a: ReleaseSelection, b: ReleaseSelection
+    client: CollectorClient, a: ReleaseSelection, b: ReleaseSelection,
+    window: Optional[Window] = None,
 ) -> dict[str, Any]:
-    """The collector's diff, files sorted by path and empty files dropped."""
+    """The collector's diff, files sorted by path and empty files dropped.
+
+    ``window`` is the ``--since``/``--until`` given (``a`` and ``b`` carry it as sent; by
+    default it is read back from ``a``). ``has_coverage`` says whether each side covered
+    anything (in the window): a side without coverage makes everything the other covers a
+    difference, and two make no difference at all, which is not "no coverage differences".
+    """
     data = client.diff(a, b)
+    if window is None:
+        window = Window(a.since, a.until)
+    data["window"] = {**window.as_dict(), "label": window.label()} if window else None
+    data["has_coverage"] = {"a": has_coverage(client, a), "b": has_coverage(client, b)}
     files = [
         f for f in data.get("files", [])
         if f.get("newly_covered_lines") or f.get("no_longer_covered_lines")
@@ -87,13 +99,47 @@ def build_diff(
     return data
 
 
+def has_coverage(client: CollectorClient, sel: ReleaseSelection) -> bool:
+    """Whether the selected release (its endpoint, in its window) executed any line."""
+    try:
+        totals = client.coverage(sel).get("totals") or {}
+    except CollectorRequestError as exc:
+        if exc.status != 404 or sel.endpoint is None:
+            raise
+        return False  # an endpoint only the other side saw (a diff shows those)
+    return int(totals.get("lines_covered") or 0) > 0 or int(totals.get("arcs_covered") or 0) > 0
+
+
+def no_coverage_message(data: dict[str, Any]) -> str:
+    """Why a diff whose sides both lack coverage compares nothing, or "" when one has some."""
+    covered = data.get("has_coverage") or {}
+    if covered.get("a", True) or covered.get("b", True):
+        return ""
+    window = (data.get("window") or {}).get("label")
+    return (
+        f"nothing to compare: neither A ({release_label(data['a'])}) nor B "
+        f"({release_label(data['b'])}) has coverage" + (f" {window}" if window else "")
+    )
+
+
 def render_diff(data: dict[str, Any], show_lines: bool = True) -> str:
     """Terminal form of :func:`build_diff`'s result."""
     a, b = data["a"], data["b"]
-    out = [f"A: {release_label(a)}\nB: {release_label(b)}\n\n"]
+    window = (data.get("window") or {}).get("label")
+    out = [f"A: {release_label(a)}\nB: {release_label(b)}\n"
+           + (f"Window: {window}\n" if window else "") + "\n"]
     s = data["summary"]
-    if not data["files"]:
-        out.append("no coverage differences between A and B\n")
+    covered = data.get("has_coverage") or {}
+    for side, other in (("A", "B"), ("B", "A")):
+        if covered.get(side.lower(), True) is False and covered.get(other.lower(), True):
+            out.append(f"note: {side} has no coverage" + (f" {window}" if window else "")
+                       + f": everything {other} covers shows as only in {other}\n\n")
+    nothing = no_coverage_message(data)
+    if nothing:
+        out.append(nothing + "\n")
+    elif not data["files"]:
+        out.append("no coverage differences between A and B"
+                   + (f" {window}" if window else "") + "\n")
     else:
         rows = []
         for f in data["files"]:

@@ -40,6 +40,19 @@ class ExportResult:
         return out
 
 
+class NothingToExport(Exception):
+    """No file could be written: every file is missing locally, or none has coverage.
+
+    Raised before the output is touched, so that an export of nothing leaves no empty file
+    behind for a pipeline to upload as a coverage report. ``result`` says what was left out.
+    """
+
+    def __init__(self, result: ExportResult, no_coverage: bool = False) -> None:
+        super().__init__("nothing to export")
+        self.result = result
+        self.no_coverage = no_coverage  # no file executed a single line
+
+
 def write_coverage_data(
     detail: dict[str, Any],
     data_file: Path,
@@ -82,6 +95,8 @@ def write_coverage_data(
             result.changed.append(path)
         local_of[path] = str(local)
         result.files += 1
+    if result.files == 0:
+        raise NothingToExport(result)
 
     data_file = Path(data_file)
     data = CoverageData(basename=str(data_file))
@@ -150,9 +165,6 @@ def write_with_reporter(
         )
         cov.load()
         outfile = Path(outfile)
-        if result.files == 0:
-            _write_empty(fmt, outfile)
-            return result
         if fmt == "lcov":
             written = Path(tmp) / "coverage.lcov"
             result.percent = cov.lcov_report(outfile=str(written), ignore_errors=True)
@@ -201,18 +213,6 @@ def portable_lcov(lines: Iterable[str]) -> Iterator[str]:
         yield line
 
 
-def _write_empty(fmt: str, outfile: Path) -> None:
-    """coverage.py refuses to report on empty data; write an empty but valid document."""
-    if fmt == "lcov":
-        outfile.write_text("")
-    else:
-        outfile.write_text(
-            '<?xml version="1.0" ?>\n<coverage version="runcov" line-rate="0" branch-rate="0" '
-            'lines-covered="0" lines-valid="0" branches-covered="0" branches-valid="0" '
-            'complexity="0"><sources/><packages/></coverage>\n'
-        )
-
-
 def write_json(detail: dict[str, Any], outfile: Path) -> ExportResult:
     """The collector's detail JSON, as it came.
 
@@ -240,7 +240,15 @@ def export(
     advance: Optional[Callable[[int], None]] = None,
     contexts: Optional[dict[str, dict[str, Any]]] = None,
 ) -> ExportResult:
-    """Write ``detail`` in ``fmt`` (one of :data:`FORMATS`) to ``outfile``."""
+    """Write ``detail`` in ``fmt`` (one of :data:`FORMATS`) to ``outfile``.
+
+    Raises :class:`NothingToExport`, writing nothing, when there is nothing to write: no file,
+    no file that executed a line (an export of a release, or a window, without coverage),
+    or, except for JSON (the collector's document as it came), no file found locally.
+    """
+    files = detail.get("files", [])
+    if not any(f.get("lines") for f in files):
+        raise NothingToExport(ExportResult(), no_coverage=True)
     if fmt == "coverage":
         return write_coverage_data(detail, outfile, sources, advance, contexts)
     if fmt in ("lcov", "cobertura"):

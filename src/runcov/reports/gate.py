@@ -20,6 +20,7 @@ from runcov.reports.local import (
 )
 from runcov.reports.report import release_label
 from runcov.reports.table import fmt_ranges, percent, render_table
+from runcov.reports.window import Window
 
 _HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@")
 _SPEC = re.compile(r"^(?P<path>[^:]+?)(?:::(?P<func>[\w.<>]+)|:(?P<start>\d+)(?:-(?P<end>\d+))?)?$")
@@ -100,6 +101,11 @@ class GateResult:
     #: Measured changed files the collector never heard of for the release (counted as never
     #: executed): new modules, or files that are no production code (tests) to ``--exclude``.
     unknown: list[str] = field(default_factory=list)
+    #: The ``--since``/``--until`` window the coverage was read in (see :class:`Window`).
+    window: Optional[Window] = None
+    #: ``--exclude`` globs that match no file: not the changed or named files, not the
+    #: release's, not those git tracks under ``--source`` (most often a typo).
+    exclude_unmatched: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -131,27 +137,47 @@ class GateResult:
         """
         who = self.release.get("role") or "production"
         where = release_label(self.release)
+        if self.window:
+            where += f" {self.window.label()}"
         if self.total == 0:
             return f"no executable {self.what} to measure: gate passed for {where}"
-        pct = 100.0 * self.covered / self.total
         op = ">=" if self.passed else "<"
         return (
             f"{who} covered {self.covered} of {self.total} {self.what} "
-            f"({pct:.1f}%) {op} {self.threshold:g}% in {where}"
+            f"({self.shown_percent()}%) {op} {threshold_text(self.threshold)}% in {where}"
         )
+
+    def shown_percent(self) -> str:
+        """The covered percentage with one decimal, or as many more as it takes for the
+        number shown to compare with the threshold as the exact one does.
+
+        The gate compares the exact share: 2 of 3 lines (66.666...%) fail a threshold of 66.7,
+        which ``66.7% < 66.7%`` would contradict; ``66.67% < 66.7%`` does not.
+        """
+        exact = 100.0 * self.covered / self.total
+        threshold = float(threshold_text(self.threshold))
+        for digits in range(1, 16):
+            shown = f"{exact:.{digits}f}"
+            if (float(shown) >= threshold) == self.passed:
+                return shown
+        return repr(exact)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {
             "passed": self.passed, "message": self.message(), "release": self.release,
             "threshold": self.threshold, "what": self.what, "lines": self.total,
-            "covered": self.covered, "percent": self.percent,
+            "covered": self.covered,
+            "percent": float(self.shown_percent()) if self.total else None,
+            "window": ({**self.window.as_dict(), "label": self.window.label()}
+                       if self.window else None),
             "files": [f.as_dict() for f in self.files],
             "import_time_lines": sum(len(v) for v in self.import_time.values()),
             "import_time": {p: sorted(v) for p, v in sorted(self.import_time.items())},
             "differing_files": self.differing,
             "excluded_files": self.excluded,
             "unknown_files": self.unknown,
+            "exclude_unmatched": self.exclude_unmatched,
         }
 
     def import_time_note(self) -> str:
@@ -194,6 +220,11 @@ class GateResult:
             + " (new modules no sampled request ran yet; leave out files that are not "
             "production code, such as tests, with --exclude GLOB)"
         )
+
+
+def threshold_text(threshold: float) -> str:
+    """``80``, ``66.7``: the threshold as given (``:g`` would round it to 6 digits)."""
+    return f"{threshold:.15g}"
 
 
 def render_gate(result: GateResult) -> str:
@@ -259,6 +290,22 @@ def git_changed_lines(source: Path, ref: str) -> dict[str, set[int]]:
     if proc.returncode != 0:
         raise GateError(f"git diff {ref} failed in {source}: {proc.stderr.strip()}")
     return parse_unified_diff(proc.stdout)
+
+
+def tracked_files(source: Path) -> list[str]:
+    """The files git tracks under ``source``, relative to it; none outside a git checkout.
+
+    Only to tell a mistyped ``--exclude`` glob from one that matches files of the checkout
+    which this gate happens not to measure (``tests/*`` when no test changed).
+    """
+    cmd = ["git", "-C", str(source), "-c", "core.quotepath=off", "ls-files", "-z"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, check=False)
+    except OSError:
+        return []
+    if proc.returncode != 0:
+        return []
+    return [p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
 
 
 class _Files:
@@ -371,7 +418,12 @@ def gate_changed(
     """
     changed = git_changed_lines(source, ref)
     excluded = []
+    unmatched: list[str] = []
+    files = _Files(client, sel, [source])
     if exclude:
+        unmatched = exclude.unmatched(
+            [*changed, *sorted(files.known), *tracked_files(source)], [source]
+        )
         for path in sorted(changed):
             try:
                 found = resolve_local(path, [source])
@@ -380,7 +432,6 @@ def gate_changed(
             if exclude(path, found):
                 excluded.append(path)
                 del changed[path]
-    files = _Files(client, sel, [source])
     results = []
     left_out: dict[str, set[int]] = {}
     for path in sorted(changed):
@@ -419,6 +470,7 @@ def gate_changed(
         hint,
         excluded,
         [f.path for f in results if f.path not in files.known],
+        exclude_unmatched=unmatched,
     )
 
 
@@ -456,6 +508,13 @@ def gate_paths(
                     f"{spec} names a file that --exclude leaves out: {', '.join(exclude.globs)}"
                 )
     files = _Files(client, sel, sources)
+    unmatched: list[str] = []
+    if exclude:
+        unmatched = exclude.unmatched(
+            [*(spec.path for spec in specs), *sorted(files.known),
+             *(path for source in sources for path in tracked_files(source))],
+            sources,
+        )
     merged: dict[str, FileResult] = {}
     for spec in specs:
         if advance is not None:
@@ -484,7 +543,7 @@ def gate_paths(
         entry.covered |= lines & files.covered(spec.path)
     results = [merged[p] for p in sorted(merged)]
     return GateResult(files.release, "selected lines", threshold, results,
-                      differing=files.differing(list(merged)))
+                      differing=files.differing(list(merged)), exclude_unmatched=unmatched)
 
 
 def _function_spans(

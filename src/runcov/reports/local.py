@@ -82,6 +82,13 @@ class Exclusion:
             local = None
         return self(path, local)
 
+    def unmatched(self, paths: Iterable[str], roots: Sequence[Path]) -> list[str]:
+        """The globs that match none of ``paths`` (collector paths, local files under
+        ``roots``), in the order given: most often a typo, which leaves the file in."""
+        paths = list(dict.fromkeys(paths))
+        return [glob for glob in dict.fromkeys(self.globs)
+                if not any(Exclusion([glob]).excludes(p, roots) for p in paths)]
+
 
 def file_sha(path: Path) -> str:
     """First 16 hex digits of the SHA-256 of the file's bytes (the wire format's ``sha``)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -10,6 +9,7 @@ from typing import Any, Optional, Sequence
 from runcov.reports.client import CollectorClient, ReleaseSelection
 from runcov.reports.local import Exclusion
 from runcov.reports.table import fmt_percent, percent, render_table
+from runcov.reports.window import Window
 
 SORT_KEYS = ("path", "cover", "missed", "branch", "requests")
 
@@ -22,8 +22,12 @@ def build_report(
     skip_covered: bool = False,
     exclude: Optional[Exclusion] = None,
     sources: Sequence[Path] = (),
+    window: Optional[Window] = None,
 ) -> dict[str, Any]:
     """Collect everything ``runcov report`` shows into one JSON-ready dict.
+
+    ``window``: the ``--since``/``--until`` given, which ``sel`` carries as sent (by default
+    read back from ``sel``), for the headings and the JSON's ``window``.
 
     With ``exclude`` (collector paths, looked up under ``sources`` for absolute globs), the
     matching files are left out of every figure: the files and their totals, and the
@@ -40,7 +44,9 @@ def build_report(
     coverage = client.coverage(sel, path_prefix=path_prefix)
     endpoints = client.endpoints(sel)["endpoints"]
     left_out: list[str] = []
+    unmatched: list[str] = []
     if exclude:
+        unmatched = exclude.unmatched((f["path"] for f in coverage.get("files", [])), sources)
         coverage, left_out = without_excluded(coverage, exclude, sources)
         endpoints = [_recount_endpoint(client, sel, e, exclude, sources) for e in endpoints]
         releases = [_recount_release(client, sel.service, r, exclude, sources)
@@ -49,17 +55,19 @@ def build_report(
     if skip_covered:
         files = [f for f in files if not _fully_covered(f)]
     files = sort_files(files, sort)
-    window = None
-    if sel.since is not None or sel.until is not None:
-        # The releases are listed with their all-time figures whatever the window: only the
-        # selected release's endpoints and files (and their totals) are the window's.
-        window = {"since": sel.since, "until": sel.until, "applies_to": list(WINDOWED)}
+    if window is None:
+        window = Window(sel.since, sel.until)
+    # The releases are listed with their all-time figures whatever the window: only the
+    # selected release's endpoints and files (and their totals) are the window's.
+    window_doc = ({**window.as_dict(), "label": window.label(), "applies_to": list(WINDOWED)}
+                  if window else None)
     return {
         "release": coverage["release"],
-        "window": window,
+        "window": window_doc,
         "path_prefix": path_prefix or None,
         "exclude": exclude.globs if exclude else None,
         "excluded_files": left_out,
+        "exclude_unmatched": unmatched,
         "releases": releases,
         "endpoints": sorted(endpoints, key=lambda e: e["endpoint"]),
         "totals": coverage.get("totals", {}),
@@ -162,23 +170,13 @@ def _recount_release(
 #: The parts of a report that ``--since``/``--until`` narrow; the releases table is all-time.
 WINDOWED = ("endpoints", "files", "totals")
 
-_RELATIVE = re.compile(r"^\s*\d+(\.\d+)?\s*[smhdw]\s*$", re.IGNORECASE)
-
-
 def window_label(window: Optional[dict[str, Any]]) -> str:
-    """``since 2030-01-01``, ``since 7d ago``, ``from A to B``; "" without a window."""
+    """The window of a report's JSON as its headings name it (see :meth:`Window.label`)."""
     if not window:
         return ""
-
-    def when(value: str) -> str:
-        return f"{value.strip()} ago" if _RELATIVE.match(value) else value
-
-    since, until = window.get("since"), window.get("until")
-    if since is not None and until is not None:
-        return f"from {when(since)} to {when(until)}"
-    if since is not None:
-        return f"since {when(since)}"
-    return f"until {when(until)}" if until is not None else ""
+    if window.get("label"):
+        return str(window["label"])
+    return Window(window.get("since"), window.get("until")).label()
 
 
 def _fully_covered(f: dict[str, Any]) -> bool:
