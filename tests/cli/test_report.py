@@ -280,3 +280,10 @@ def test_requests_next_to_a_path_filtered_table_are_labelled_the_releases(
                                          "nope/", "--format", "json"))
     assert doc["path_prefix"] == "nope/"
     assert (doc["totals"]["files"], doc["totals"]["requests"]) == (0, len(BASE_INPUTS))
+
+
+def test_the_total_row_counts_files_in_words_that_agree() -> None:
+    from runcov.reports.table import total_label
+
+    assert total_label(1) == "TOTAL (1 file)"
+    assert [total_label(n) for n in (0, 2)] == ["TOTAL (0 files)", "TOTAL (2 files)"]

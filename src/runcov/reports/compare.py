@@ -15,7 +15,7 @@ from runcov.reports.local import (
     relative_to_roots,
     resolve_local,
 )
-from runcov.reports.table import fmt_ranges, render_table
+from runcov.reports.table import fmt_ranges, render_table, total_label
 
 Arc = tuple[int, int]
 
@@ -377,7 +377,7 @@ def render_comparison(doc: dict[str, Any], functions: bool = True) -> str:
             rows,
             "lrrrrrr",
             [
-                f"TOTAL ({t['files']} files)",
+                total_label(t["files"]),
                 "",
                 "",
                 t["untested_lines"],

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from runcov.reports.client import CollectorClient, CollectorRequestError, ReleaseSelection
 from runcov.reports.report import release_label
-from runcov.reports.table import fmt_arcs, fmt_ranges, render_table
+from runcov.reports.table import fmt_arcs, fmt_ranges, render_table, total_label
 from runcov.reports.window import Window
 
 
@@ -151,7 +151,7 @@ def render_diff(data: dict[str, Any], show_lines: bool = True) -> str:
                 f"-{len(f.get('no_longer_covered_arcs', []))}",
             ])
         footer = [
-            f"TOTAL ({s['files_changed']} files)", f"+{s['newly_covered_lines']}",
+            total_label(s["files_changed"]), f"+{s['newly_covered_lines']}",
             f"-{s['no_longer_covered_lines']}", f"+{s['newly_covered_arcs']}",
             f"-{s['no_longer_covered_arcs']}",
         ]

@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence
 
 from runcov.reports.client import CollectorClient, ReleaseSelection
 from runcov.reports.local import Exclusion
-from runcov.reports.table import fmt_percent, percent, render_table
+from runcov.reports.table import fmt_percent, percent, render_table, total_label
 from runcov.reports.window import Window
 
 SORT_KEYS = ("path", "cover", "missed", "branch", "requests")
@@ -338,7 +338,7 @@ def render_files(files: list[dict[str, Any]], totals: dict[str, Any]) -> str:
     bt = int(totals.get("branches_total") or 0)
     census = _unmeasured(totals, "branches_covered")
     footer = [
-        f"TOTAL ({totals.get('files', len(files))} files)", lt,
+        total_label(totals.get("files", len(files))), lt,
         lt - int(totals.get("lines_covered") or 0),
         bt, NOT_MEASURED if census else bt - int(totals.get("branches_covered") or 0),
         fmt_percent(totals.get("line_percent", percent(int(totals.get("lines_covered") or 0), lt))),

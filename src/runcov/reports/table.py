@@ -12,6 +12,11 @@ def percent(covered: int, total: int) -> Optional[float]:
     return round(100.0 * covered / total, 1)
 
 
+def total_label(files: int) -> str:
+    """The label of a table's TOTAL row: ``TOTAL (1 file)``, ``TOTAL (3 files)``."""
+    return f"TOTAL ({files} file{'' if files == 1 else 's'})"
+
+
 def fmt_percent(value: Optional[float]) -> str:
     """``42.5%``, or ``-`` for an unknown percentage."""
     return "-" if value is None else f"{value:.1f}%"
