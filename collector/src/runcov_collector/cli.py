@@ -9,11 +9,20 @@ from typing import Sequence
 
 from runcov_collector import __version__
 from runcov_collector.app import Collector, redact_secrets, serve
-from runcov_collector.config import Config, ConfigError, from_sources
+from runcov_collector.config import (
+    LOG_LEVELS,
+    OPTION_FIELDS,
+    Config,
+    ConfigError,
+    from_sources,
+    setting_name,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser; option names match ``Config`` fields."""
+    """The argument parser; each option's ``dest`` is the ``Config`` field it sets
+    (``config.OPTION_FIELDS``), and no option has a default of its own: an option not given
+    leaves the field to the environment, then to ``Config``'s default."""
     parser = argparse.ArgumentParser(
         prog="runcov-collector",
         description="Receive runcov coverage over OTLP and serve it per release.",
@@ -34,14 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--store-timeout",
         dest="store_timeout_seconds",
         type=float,
-        help="seconds a request waits for the store before answering 503 (default 5)",
+        help="seconds a request waits for the store before answering 503 (default 5, at most 3600)",
     )
     s.add_argument(
         "--migration-timeout",
         dest="migration_timeout_seconds",
         type=float,
         help="seconds the schema migration at start may take before the collector exits "
-        "(default 600; 0 = no limit)",
+        "(default 600; 0 = no limit; at most 604800, 7 days)",
     )
     auth = s.add_argument_group("authentication")
     auth.add_argument(
@@ -50,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     auth.add_argument("--ingest-token", help="bearer token required to send OTLP data")
     auth.add_argument("--query-token", help="bearer token required for the query API/dashboard")
     s.add_argument(
-        "--max-body-bytes", type=int, help="largest request body after decompression (16 MiB)"
+        "--max-body-bytes",
+        type=int,
+        help="largest request body after decompression (default 16 MiB, at most 1 GiB)",
     )
     s.add_argument(
         "--max-inflight-ingests",
@@ -58,46 +69,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="concurrent store ingests before answering 429 (default 16)",
     )
     s.add_argument(
-        "--retention-hours", type=float, help="keep hourly buckets this long (0 = forever)"
+        "--retention-hours",
+        type=float,
+        help="keep hourly buckets this long (default 2160; 0 = forever; at most 876000)",
     )
     s.add_argument("--source-dir", help="source checkout the dashboard annotates")
     s.add_argument(
         "--trace-url-template",
         help="link from a first-hit trace id to a tracing UI, e.g. https://t.example/{trace_id}",
     )
-    s.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    s.add_argument(
+        "--log-level", help=f"logging level: {', '.join(LOG_LEVELS)} (default INFO)"
+    )
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """Arguments > ``RUNCOV_COLLECTOR_*`` environment > defaults."""
-    names = (
-        "host",
-        "http_port",
-        "grpc_port",
-        "store_url",
-        "store_timeout_seconds",
-        "migration_timeout_seconds",
-        "no_auth",
-        "ingest_token",
-        "query_token",
-        "max_body_bytes",
-        "max_inflight_ingests",
-        "retention_hours",
-        "source_dir",
-        "trace_url_template",
-    )
-    return from_sources({name: getattr(args, name) for name in names}).validate()
-
-
-LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+    """Arguments > ``RUNCOV_COLLECTOR_*`` environment > defaults, validated: a bad value raises
+    ``ConfigError`` naming its option and variable (and whether it came from the environment)."""
+    return from_sources({name: getattr(args, name) for name in OPTION_FIELDS}).validate()
 
 
 def log_level(name: str) -> int:
     """The ``logging`` level called ``name`` (any case); ``ConfigError`` for another word."""
     level = logging.getLevelName(name.strip().upper())
-    if not isinstance(level, int):
-        raise ConfigError(f"--log-level {name!r} is not one of {', '.join(LOG_LEVELS)}")
+    if not isinstance(level, int) or name.strip().upper() not in LOG_LEVELS:
+        raise ConfigError(
+            f"{setting_name('log_level')} must be one of {', '.join(LOG_LEVELS)}, not {name!r}"
+        )
     return level
 
 
@@ -109,12 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``runcov-collector`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        level = log_level(args.log_level)
         config = config_from_args(args)
     except ConfigError as exc:
         print(f"runcov-collector: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=config.log_level_number, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         serve(config, on_ready=_announce)
     except ValueError as exc:  # a store URL the store cannot open, a port in use (ListenError)

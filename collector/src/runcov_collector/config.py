@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, field, fields, replace
@@ -9,11 +10,29 @@ from typing import Any, Mapping
 
 from runcov_collector import limits
 from runcov_collector.auth import token_problem
-from runcov_collector.store.database import DEFAULT_MIGRATION_TIMEOUT, DEFAULT_TIMEOUT
+from runcov_collector.store.database import (
+    DEFAULT_MIGRATION_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    MAX_MIGRATION_TIMEOUT,
+    MAX_TIMEOUT,
+)
 
 DEFAULT_STORE_URL = "sqlite:///runcov-collector.db"
 DEFAULT_RETENTION_HOURS = 24 * 90
 """Hourly buckets are kept 90 days by default; cumulative coverage is never expired."""
+MAX_RETENTION_HOURS = 100 * 365 * 24
+"""100 years: longer is "forever", which 0 says. (An unbounded value would make the sweep's
+cutoff, ``now - hours * 3600``, infinite, and every sweep fail.)"""
+MAX_BODY_BYTES_LIMIT = 1 << 30
+"""Largest ``max_body_bytes``, 1 GiB: gRPC takes its message limit as a C int (2 GiB - 1, a
+larger one fails the gRPC server's creation), and protobuf cannot parse messages of 2 GiB."""
+MAX_RETRY_AFTER_SECONDS = 3600
+"""Largest ``retry_after_seconds``, as the agent's export timeout: a client told to wait longer
+has given up long before."""
+MAX_INTERVAL_SECONDS = 24 * 3600
+"""Largest ``retention_interval_seconds`` and ``metrics_cache_seconds`` (a day): waits longer
+than ``threading.TIMEOUT_MAX`` overflow, and a sweep less often than daily leaves hourly data
+past the retention for long."""
 
 ENV_PREFIX = "RUNCOV_COLLECTOR_"
 
@@ -43,11 +62,13 @@ class Config:
     """How long one store transaction of a request may take in all (waiting for a connection
     or a lock, connecting, its statements) before the request answers 503 / UNAVAILABLE: below
     the 10 s after which OTLP exporters give up. The retention sweep runs in batches, each
-    bounded by it; the schema migration at start has its own limit."""
+    bounded by it; the schema migration at start has its own limit. At most ``MAX_TIMEOUT``
+    (an hour)."""
     migration_timeout_seconds: float = DEFAULT_MIGRATION_TIMEOUT
     """How long the schema migration at start may take in all (0: no limit): long, as it may
     rewrite a large database, but bounded, so that a collector starting against a database
-    that does not answer exits with a message instead of hanging."""
+    that does not answer exits with a message instead of hanging. At most
+    ``MAX_MIGRATION_TIMEOUT`` (7 days)."""
     ingest_token: str | None = None
     query_token: str | None = None
     no_auth: bool = False
@@ -56,7 +77,8 @@ class Config:
     retry_after_seconds: int = limits.RETRY_AFTER_SECONDS
     store_threads: int = 4
     retention_hours: float = DEFAULT_RETENTION_HOURS
-    """Hourly data older than this is expired; 0 keeps it forever."""
+    """Hourly data older than this is expired; 0 keeps it forever. At most
+    ``MAX_RETENTION_HOURS``."""
     retention_interval_seconds: float = 600.0
     metrics_cache_seconds: float = 15.0
     """How long the per-release coverage gauges of ``/metrics`` are reused before re-querying."""
@@ -64,19 +86,29 @@ class Config:
     """Passed to the dashboard: where to read source files for annotated views."""
     trace_url_template: str | None = None
     """Passed to the dashboard: e.g. ``https://tracing.example/trace/{trace_id}``."""
+    log_level: str = "INFO"
+    """The ``logging`` level ``runcov-collector serve`` logs at (a name, any case); code that
+    runs a ``Collector`` configures logging itself."""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    environment: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """The values ``from_sources`` took from ``RUNCOV_COLLECTOR_*`` variables, by field: an error
+    about a value still the environment's says that it came from there (``setting_name``)."""
+
     def validate(self) -> Config:
-        """Check the values; raise ``ConfigError`` with a precise message. Returns ``self``."""
+        """Check the values; raise ``ConfigError`` with a precise message, which names each
+        value by its option and variable (``setting_name``). Returns ``self``.
+
+        Numbers are bounded above too: a value past what the waits it flows into can take
+        (``threading``'s, libpq's, SQLite's, gRPC's) would otherwise be accepted here and fail
+        later, in every request or every retention sweep, instead of at start.
+        """
+        named = self._named
         if self.no_auth and (self.ingest_token or self.query_token):
-            given = [
-                f"--{name.replace('_', '-')} ({ENV_PREFIX}{_ENV_FIELDS[name]})"
-                for name in ("ingest_token", "query_token")
-                if getattr(self, name)
-            ]
+            given = [named(name) for name in ("ingest_token", "query_token") if getattr(self, name)]
             raise ConfigError(
-                f"--no-auth ({ENV_PREFIX}NO_AUTH) cannot be combined with "
-                f"{' and '.join(given)}: require tokens or run without them, not both"
+                f"{named('no_auth')} cannot be combined with {' and '.join(given)}: require "
+                "tokens or run without them, not both"
             )
         if not self.no_auth and not (self.ingest_token and self.query_token):
             raise ConfigError(
@@ -86,106 +118,198 @@ class Config:
             )
         for name in ("ingest_token", "query_token"):
             problem = token_problem(getattr(self, name) or "")
-            if problem is not None:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} ({ENV_PREFIX}{_ENV_FIELDS[name]}) {problem}"
-                )
-        for name in ("http_port", "grpc_port"):
-            port = getattr(self, name)
-            low = -1 if name == "grpc_port" else 0
-            if not low <= port <= 65535:
-                raise ConfigError(f"{name} {port} is not a port number")
+            if problem is not None:  # the token itself is never printed
+                raise ConfigError(f"{named(name)} {problem}")
+        self._check("http_port", _whole(self.http_port, 0, 65535), "a port number from 0 to 65535")
+        self._check(
+            "grpc_port",
+            _whole(self.grpc_port, -1, 65535),
+            "-1 (off) or a port number from 0 to 65535",
+        )
         if self.grpc_port > 0 and self.grpc_port == self.http_port:
             raise ConfigError(
-                f"--http-port and --grpc-port are both {self.http_port} ({ENV_PREFIX}HTTP_PORT, "
-                f"{ENV_PREFIX}GRPC_PORT): the HTTP and gRPC listeners need a port each "
-                "(--grpc-port -1 turns gRPC off)"
+                f"{named('http_port')} and {named('grpc_port')} are both {self.http_port}: the "
+                "HTTP and gRPC listeners need a port each (--grpc-port -1 turns gRPC off)"
             )
-        positives = ("max_body_bytes", "max_inflight_ingests", "store_threads")
-        for name in positives:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if not (math.isfinite(self.retention_hours) and self.retention_hours >= 0):
-            raise ConfigError(
-                f"retention_hours must be >= 0 and finite (0 keeps everything), "
-                f"not {self.retention_hours}"
-            )
-        interval = self.retention_interval_seconds
-        if not (math.isfinite(interval) and interval > 0):
-            raise ConfigError(f"retention_interval_seconds must be > 0, not {interval}")
-        timeout = self.store_timeout_seconds
-        if not (math.isfinite(timeout) and timeout > 0):
-            raise ConfigError(
-                f"--store-timeout ({ENV_PREFIX}STORE_TIMEOUT) must be > 0 seconds, not {timeout}"
-            )
-        migration = self.migration_timeout_seconds
-        if not (math.isfinite(migration) and migration >= 0):
-            raise ConfigError(
-                f"--migration-timeout ({ENV_PREFIX}MIGRATION_TIMEOUT) must be >= 0 seconds "
-                f"(0: no limit), not {migration}"
-            )
+        self._check(
+            "max_body_bytes",
+            _whole(self.max_body_bytes, 1, MAX_BODY_BYTES_LIMIT),
+            f"from 1 to {MAX_BODY_BYTES_LIMIT} (1 GiB)",
+        )
+        for name in ("max_inflight_ingests", "store_threads"):
+            self._check(name, _whole(getattr(self, name), 1, None), "at least 1")
+        self._check(
+            "retry_after_seconds",
+            _whole(self.retry_after_seconds, 0, MAX_RETRY_AFTER_SECONDS),
+            f"a whole number of seconds from 0 to {MAX_RETRY_AFTER_SECONDS}",
+        )
+        self._check(
+            "retention_hours",
+            _number(self.retention_hours, 0, MAX_RETENTION_HOURS),
+            f">= 0 hours (0: keep everything) and at most {MAX_RETENTION_HOURS} (100 years)",
+        )
+        self._check(
+            "retention_interval_seconds",
+            _number(self.retention_interval_seconds, 0, MAX_INTERVAL_SECONDS, above=True),
+            f"> 0 seconds and at most {MAX_INTERVAL_SECONDS}",
+        )
+        self._check(
+            "metrics_cache_seconds",
+            _number(self.metrics_cache_seconds, 0, MAX_INTERVAL_SECONDS),
+            f">= 0 seconds and at most {MAX_INTERVAL_SECONDS}",
+        )
+        self._check(
+            "store_timeout_seconds",
+            _number(self.store_timeout_seconds, 0, MAX_TIMEOUT, above=True),
+            f"> 0 seconds and at most {MAX_TIMEOUT:g}",
+        )
+        self._check(
+            "migration_timeout_seconds",
+            _number(self.migration_timeout_seconds, 0, MAX_MIGRATION_TIMEOUT),
+            f">= 0 seconds (0: no limit) and at most {MAX_MIGRATION_TIMEOUT:g} (7 days)",
+        )
         if not self.store_url:
-            raise ConfigError("store_url is empty")
+            raise ConfigError(f"{named('store_url')} is empty")
         if self.source_dir and not os.path.isdir(self.source_dir):
-            raise ConfigError(
-                f"source_dir {self.source_dir!r} (--source-dir, {ENV_PREFIX}SOURCE_DIR) "
-                "is not a directory"
-            )
+            raise ConfigError(f"{named('source_dir')} {self.source_dir!r} is not a directory")
+        self._check(
+            "log_level",
+            isinstance(self.log_level, str) and self.log_level.strip().upper() in LOG_LEVELS,
+            f"one of {', '.join(LOG_LEVELS)}",
+        )
         return self
 
+    @property
+    def log_level_number(self) -> int:
+        """``log_level`` as a ``logging`` level (``validate`` checked the name)."""
+        return int(getattr(logging, self.log_level.strip().upper()))
 
-_ENV_FIELDS = {
-    "host": "HOST",
-    "http_port": "HTTP_PORT",
-    "grpc_port": "GRPC_PORT",
-    "store_url": "STORE",
-    "store_timeout_seconds": "STORE_TIMEOUT",
-    "migration_timeout_seconds": "MIGRATION_TIMEOUT",
-    "ingest_token": "INGEST_TOKEN",
-    "query_token": "QUERY_TOKEN",
-    "no_auth": "NO_AUTH",
-    "max_body_bytes": "MAX_BODY_BYTES",
-    "retention_hours": "RETENTION_HOURS",
-    "source_dir": "SOURCE_DIR",
-    "trace_url_template": "TRACE_URL_TEMPLATE",
+    def _named(self, name: str) -> str:
+        """``setting_name`` of field ``name``, saying whether its value is the environment's."""
+        given = self.environment.get(name, _UNSET)
+        value = getattr(self, name)
+        return setting_name(name, from_environment=given is value or given == value)
+
+    def _check(self, name: str, ok: bool, requirement: str) -> None:
+        """Refuse field ``name`` unless ``ok``: "<its name> must be <requirement>, not <value>"."""
+        if not ok:
+            value = _show(getattr(self, name))
+            raise ConfigError(f"{self._named(name)} must be {requirement}, not {value}")
+
+
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+_UNSET = object()
+
+_OPTIONS: dict[str, tuple[str, str]] = {
+    "host": ("--host", "HOST"),
+    "http_port": ("--http-port", "HTTP_PORT"),
+    "grpc_port": ("--grpc-port", "GRPC_PORT"),
+    "store_url": ("--store", "STORE"),
+    "store_timeout_seconds": ("--store-timeout", "STORE_TIMEOUT"),
+    "migration_timeout_seconds": ("--migration-timeout", "MIGRATION_TIMEOUT"),
+    "ingest_token": ("--ingest-token", "INGEST_TOKEN"),
+    "query_token": ("--query-token", "QUERY_TOKEN"),
+    "no_auth": ("--no-auth", "NO_AUTH"),
+    "max_body_bytes": ("--max-body-bytes", "MAX_BODY_BYTES"),
+    "max_inflight_ingests": ("--max-inflight-ingests", "MAX_INFLIGHT_INGESTS"),
+    "retention_hours": ("--retention-hours", "RETENTION_HOURS"),
+    "source_dir": ("--source-dir", "SOURCE_DIR"),
+    "trace_url_template": ("--trace-url-template", "TRACE_URL_TEMPLATE"),
+    "log_level": ("--log-level", "LOG_LEVEL"),
+}
+"""The fields that ``runcov-collector serve`` options set: each one's option and environment
+variable (after ``ENV_PREFIX``). The other fields are set by code only."""
+
+OPTION_FIELDS = tuple(_OPTIONS)
+"""Fields with an option of ``runcov-collector serve`` (whose argparse ``dest`` is the field)."""
+
+
+def setting_name(name: str, from_environment: bool = False) -> str:
+    """How a message names the value of field ``name``: by its option and variable,
+    ``--http-port (RUNCOV_COLLECTOR_HTTP_PORT)``, or, for a value taken from the environment,
+    ``RUNCOV_COLLECTOR_HTTP_PORT in the environment (--http-port)``; a field only code sets by
+    its own name."""
+    if name not in _OPTIONS:
+        return name
+    option, variable = _OPTIONS[name]
+    if from_environment:
+        return f"{ENV_PREFIX}{variable} in the environment ({option})"
+    return f"{option} ({ENV_PREFIX}{variable})"
+
+
+def _whole(value: Any, low: int, high: int | None) -> bool:
+    """An integer (not a bool) from ``low`` to ``high`` (None: no bound)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return False
+    return low <= value and (high is None or value <= high)
+
+
+def _number(value: Any, low: float, high: float, above: bool = False) -> bool:
+    """A finite number from ``low`` (excluded when ``above``) to ``high``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return (value > low if above else value >= low) and value <= high
+
+
+def _show(value: Any) -> str:
+    """A refused value as a message shows it: numbers as typed (``3601``, ``1e+10``), text
+    quoted."""
+    if isinstance(value, float):
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+_KINDS = {
+    "bool": "1, true, yes or on (0, false, no, off or empty: off)",
+    "int": "an integer",
+    "float": "a number",
 }
 
 
-def _convert(name: str, raw: str, kind: Any) -> Any:
+def _convert(name: str, raw: str, kind: str) -> Any:
     text = raw.strip()
     try:
-        if kind is bool or kind == "bool":
+        if kind == "bool":
             lowered = text.lower()
             if lowered in ("1", "true", "yes", "on"):
                 return True
             if lowered in ("0", "false", "no", "off", ""):
                 return False
             raise ValueError(raw)
-        if kind in (int, "int"):
+        if kind == "int":
             return int(text)
-        if kind in (float, "float"):
+        if kind == "float":
             return float(text)
     except ValueError as exc:
-        raise ConfigError(f"{ENV_PREFIX}{_ENV_FIELDS[name]}={raw!r} is not a valid {kind}") from exc
+        raise ConfigError(
+            f"{setting_name(name, from_environment=True)} must be {_KINDS[kind]}, not {raw!r}"
+        ) from exc
     return raw
 
 
 def from_sources(
     overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> Config:
-    """Build a ``Config``: explicit ``overrides`` (non-None values) > environment > defaults."""
+    """Build a ``Config``: explicit ``overrides`` (non-None values) > environment > defaults.
+
+    The values taken from the environment are kept in ``Config.environment``, so that an
+    error about one says where it came from.
+    """
     environ = os.environ if environ is None else environ
     types = {f.name: f.type for f in fields(Config)}
-    values: dict[str, Any] = {}
-    for name, suffix in _ENV_FIELDS.items():
+    from_environment: dict[str, Any] = {}
+    for name, (_, suffix) in _OPTIONS.items():
         raw = environ.get(ENV_PREFIX + suffix)
         if raw is not None:
-            kind = types[name]
-            base = str(kind).split("|")[0].strip()
-            values[name] = _convert(name, raw, base)
+            base = str(types[name]).split("|")[0].strip()
+            from_environment[name] = _convert(name, raw, base)
+    values = dict(from_environment)
     for name, value in (overrides or {}).items():
         if name not in types:
             raise ConfigError(f"unknown option {name}")
         if value is not None:
             values[name] = value
-    return replace(Config(), **values)
+            from_environment.pop(name, None)
+    return replace(Config(), **values, environment=from_environment)

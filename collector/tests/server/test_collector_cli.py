@@ -37,9 +37,17 @@ def test_arguments_beat_environment_beat_defaults():
 
 
 def test_bad_environment_values_fail_loudly():
-    with pytest.raises(ConfigError, match="RUNCOV_COLLECTOR_HTTP_PORT='http' is not a valid int"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^RUNCOV_COLLECTOR_HTTP_PORT in the environment \(--http-port\) must be an "
+        "integer, not 'http'$",
+    ):
         from_sources({}, {"RUNCOV_COLLECTOR_HTTP_PORT": "http"})
-    with pytest.raises(ConfigError, match="RUNCOV_COLLECTOR_NO_AUTH='perhaps'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^RUNCOV_COLLECTOR_NO_AUTH in the environment \(--no-auth\) must be 1, true, "
+        r"yes or on \(0, false, no, off or empty: off\), not 'perhaps'$",
+    ):
         from_sources({}, {"RUNCOV_COLLECTOR_NO_AUTH": "perhaps"})
 
 
@@ -48,15 +56,26 @@ def test_bad_environment_values_fail_loudly():
     [
         ({}, "refusing to start without authentication"),
         ({"ingest_token": "a"}, "refusing to start without authentication"),
-        ({"no_auth": True, "http_port": 70000}, "http_port 70000 is not a port number"),
-        ({"no_auth": True, "max_body_bytes": 0}, "max_body_bytes must be at least 1"),
-        ({"no_auth": True, "retention_hours": -1}, "retention_hours must be >= 0"),
-        ({"no_auth": True, "retention_hours": float("nan")}, "retention_hours must be >= 0"),
-        ({"no_auth": True, "retention_hours": float("inf")}, "and finite"),
-        ({"no_auth": True, "retention_interval_seconds": float("nan")}, "must be > 0, not nan"),
+        (
+            {"no_auth": True, "http_port": 70000},
+            r"--http-port \(RUNCOV_COLLECTOR_HTTP_PORT\) must be a port number from 0 to 65535, "
+            "not 70000",
+        ),
+        (
+            {"no_auth": True, "max_body_bytes": 0},
+            r"--max-body-bytes \(RUNCOV_COLLECTOR_MAX_BODY_BYTES\) must be from 1 to",
+        ),
+        ({"no_auth": True, "retention_hours": -1}, "--retention-hours .* must be >= 0 hours"),
+        ({"no_auth": True, "retention_hours": float("nan")}, "must be >= 0 hours .*, not nan$"),
+        ({"no_auth": True, "retention_hours": float("inf")}, "at most 876000 .*, not inf$"),
+        (
+            {"no_auth": True, "retention_interval_seconds": float("nan")},
+            "^retention_interval_seconds must be > 0 seconds and at most 86400, not nan$",
+        ),
         (
             {"no_auth": True, "source_dir": "/nonexistent/runcov-src"},
-            "source_dir '/nonexistent/runcov-src' .* is not a directory",
+            r"^--source-dir \(RUNCOV_COLLECTOR_SOURCE_DIR\) '/nonexistent/runcov-src' is not a "
+            "directory$",
         ),
         (
             {"no_auth": True, "ingest_token": "i", "query_token": "q"},
@@ -73,8 +92,9 @@ def test_bad_environment_values_fail_loudly():
         ({"ingest_token": "i", "query_token": "q\x7f"}, "contains a control character"),
         (
             {"no_auth": True, "http_port": 4317},
-            r"--http-port and --grpc-port are both 4317 \(RUNCOV_COLLECTOR_HTTP_PORT, "
-            r"RUNCOV_COLLECTOR_GRPC_PORT\): the HTTP and gRPC listeners need a port each",
+            r"--http-port \(RUNCOV_COLLECTOR_HTTP_PORT\) and --grpc-port "
+            r"\(RUNCOV_COLLECTOR_GRPC_PORT\) are both 4317: the HTTP and gRPC listeners need a "
+            "port each",
         ),
     ],
 )
@@ -263,22 +283,34 @@ def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 
 @pytest.mark.parametrize(
-    ("args", "env"),
+    ("args", "env", "message"),
     [
-        (("--ingest-token", "i", "--query-token", "q"), {"RUNCOV_COLLECTOR_NO_AUTH": "1"}),
-        (("--no-auth", "--ingest-token", "i", "--query-token", "q"), {}),
+        (
+            ("--ingest-token", "i", "--query-token", "q"),
+            {"RUNCOV_COLLECTOR_NO_AUTH": "1"},
+            "RUNCOV_COLLECTOR_NO_AUTH in the environment (--no-auth) cannot be combined with "
+            "--ingest-token (RUNCOV_COLLECTOR_INGEST_TOKEN) and --query-token "
+            "(RUNCOV_COLLECTOR_QUERY_TOKEN)",
+        ),
+        (
+            ("--no-auth", "--ingest-token", "i", "--query-token", "q"),
+            {},
+            "--no-auth (RUNCOV_COLLECTOR_NO_AUTH) cannot be combined with --ingest-token "
+            "(RUNCOV_COLLECTOR_INGEST_TOKEN) and --query-token (RUNCOV_COLLECTOR_QUERY_TOKEN)",
+        ),
         (
             ("--no-auth",),
             {"RUNCOV_COLLECTOR_INGEST_TOKEN": "i", "RUNCOV_COLLECTOR_QUERY_TOKEN": "q"},
+            "--no-auth (RUNCOV_COLLECTOR_NO_AUTH) cannot be combined with "
+            "RUNCOV_COLLECTOR_INGEST_TOKEN in the environment (--ingest-token) and "
+            "RUNCOV_COLLECTOR_QUERY_TOKEN in the environment (--query-token)",
         ),
     ],
 )
-def test_tokens_together_with_no_auth_refuse_to_start(tmp_path, args, env):
+def test_tokens_together_with_no_auth_refuse_to_start(tmp_path, args, env, message):
     result = _serve("--store", f"sqlite:///{tmp_path}/c.db", *args, env=env)
     assert result.returncode == 2
-    assert "--no-auth (RUNCOV_COLLECTOR_NO_AUTH) cannot be combined with --ingest-token" in (
-        result.stderr
-    )
+    assert result.stderr.startswith(f"runcov-collector: {message}: require tokens or run ")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "c.db").exists()
 
@@ -286,9 +318,15 @@ def test_tokens_together_with_no_auth_refuse_to_start(tmp_path, args, env):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--log-level", "bogus"), "--log-level 'bogus' is not one of CRITICAL, ERROR, WARNING"),
-        (("--retention-hours", "nan"), "retention_hours must be >= 0 and finite"),
-        (("--retention-hours", "inf"), "retention_hours must be >= 0 and finite"),
+        (
+            ("--log-level", "bogus"),
+            "--log-level (RUNCOV_COLLECTOR_LOG_LEVEL) must be one of CRITICAL, ERROR, WARNING",
+        ),
+        (
+            ("--retention-hours", "nan"),
+            "--retention-hours (RUNCOV_COLLECTOR_RETENTION_HOURS) must be >= 0 hours",
+        ),
+        (("--retention-hours", "inf"), "and at most 876000 (100 years), not inf"),
         (("--source-dir", "/nonexistent/runcov-src"), "is not a directory"),
     ],
 )
@@ -301,20 +339,28 @@ def test_bad_option_values_are_a_clean_error_at_start(tmp_path, args, message):
 
 
 @pytest.mark.parametrize(
-    ("args", "env"),
+    ("args", "env", "named"),
     [
-        (("--ingest-token", "i", "--query-token", "q\u00fcery"), {}),
-        ((), {"RUNCOV_COLLECTOR_INGEST_TOKEN": "i", "RUNCOV_COLLECTOR_QUERY_TOKEN": "q\u00fcery"}),
+        (
+            ("--ingest-token", "i", "--query-token", "q\u00fcery"),
+            {},
+            "--query-token (RUNCOV_COLLECTOR_QUERY_TOKEN)",
+        ),
+        (
+            (),
+            {"RUNCOV_COLLECTOR_INGEST_TOKEN": "i", "RUNCOV_COLLECTOR_QUERY_TOKEN": "q\u00fcery"},
+            "RUNCOV_COLLECTOR_QUERY_TOKEN in the environment (--query-token)",
+        ),
     ],
 )
-def test_a_token_that_is_not_visible_ascii_refuses_to_start(tmp_path, args, env):
+def test_a_token_that_is_not_visible_ascii_refuses_to_start(tmp_path, args, env, named):
     """Such a token would pass with HTTP Basic and fail as a bearer token (or in gRPC
     metadata): the collector says so at start instead, without printing the token."""
     result = _serve("--store", f"sqlite:///{tmp_path}/c.db", *args, env=env)
     assert result.returncode == 2
     assert result.stderr.startswith(
-        "runcov-collector: --query-token (RUNCOV_COLLECTOR_QUERY_TOKEN) contains a non-ASCII "
-        "character: a token must consist of visible ASCII characters"
+        f"runcov-collector: {named} contains a non-ASCII character: a token must consist of "
+        "visible ASCII characters"
     )
     assert "q\u00fcery" not in result.stderr
     assert "Traceback" not in result.stderr
@@ -340,9 +386,9 @@ def test_http_and_grpc_on_one_port_are_refused_before_anything_starts(tmp_path, 
     port = ports[-1]
     assert result.returncode == 2
     assert result.stderr == (
-        f"runcov-collector: --http-port and --grpc-port are both {port} "
-        "(RUNCOV_COLLECTOR_HTTP_PORT, RUNCOV_COLLECTOR_GRPC_PORT): the HTTP and gRPC listeners "
-        "need a port each (--grpc-port -1 turns gRPC off)\n"
+        "runcov-collector: --http-port (RUNCOV_COLLECTOR_HTTP_PORT) and --grpc-port "
+        f"(RUNCOV_COLLECTOR_GRPC_PORT) are both {port}: the HTTP and gRPC listeners need a port "
+        "each (--grpc-port -1 turns gRPC off)\n"
     )
     assert not (tmp_path / "c.db").exists()
 

@@ -35,6 +35,16 @@ DEFAULT_MIGRATION_TIMEOUT = 600.0
 as a migration may legitimately rewrite a large database, but bounded, so that a collector
 starting against a database that does not answer fails with a message instead of hanging."""
 
+MAX_TIMEOUT = 3600.0
+"""Largest store timeout (an hour, as the agent's export timeout): a request nobody waits for
+that long is no request. Far below what the waits it bounds can take: ``threading``'s
+(``TIMEOUT_MAX``, some 292 years), libpq's ``connect_timeout``."""
+
+MAX_MIGRATION_TIMEOUT = 7 * 24 * 3600.0
+"""Largest limit of the schema migration (7 days). It becomes a ``statement_timeout`` and a
+SQLite busy timeout, both C ints of milliseconds (at most 2^31 - 1 ms, some 24.8 days), and the
+watchdog's and the lock waits' timeouts."""
+
 MAINTENANCE_LOCK_WAIT = 60.0
 """Seconds a transaction without a time limit (``Database.maintenance(None)``) waits for
 SQLite's write lock."""
@@ -161,8 +171,10 @@ class Database:
 
     @timeout.setter
     def timeout(self, seconds: float) -> None:
-        if not (math.isfinite(seconds) and seconds > 0):
-            raise ValueError(f"the store timeout must be > 0 seconds, not {seconds}")
+        if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT):
+            raise ValueError(
+                f"the store timeout must be > 0 seconds and at most {MAX_TIMEOUT:g}, not {seconds}"
+            )
         self._timeout = float(seconds)
 
     # -- driver specifics -------------------------------------------------------------------
@@ -224,8 +236,13 @@ class Database:
         keeps the store's limit. Without a limit a lost network still ends the work
         (PostgreSQL's TCP keepalives), a frozen server does not.
         """
-        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
-            raise ValueError(f"a maintenance time limit must be > 0 seconds, not {timeout}")
+        if timeout is not None and not (
+            math.isfinite(timeout) and 0 < timeout <= MAX_MIGRATION_TIMEOUT
+        ):
+            raise ValueError(
+                "a maintenance time limit must be > 0 seconds and at most "
+                f"{MAX_MIGRATION_TIMEOUT:g}, not {timeout}"
+            )
         # (the block's limit,) inside a block, None outside any.
         previous = getattr(self._local, "maintenance", None)
         self._local.maintenance = (timeout,)
