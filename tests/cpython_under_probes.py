@@ -10,6 +10,7 @@ exception exit of the tests and of the modules they test."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import sysconfig
 import unittest
@@ -134,4 +135,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # CPython's tests of a signal arriving inside ``yield from`` need Python's own SIGINT
+    # handler; a process started in the background by a non-interactive shell (a CI job)
+    # inherits SIGINT ignored, and Python then leaves it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main())

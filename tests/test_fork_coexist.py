@@ -176,8 +176,8 @@ def fork_and_run(child: Callable[[], Any]) -> Any:
 
 
 def _global_events() -> int:
-    """The global event runcov's tool keeps for its lifetime (3.12+): PY_UNWIND only."""
-    return sys.monitoring.events.PY_UNWIND
+    """The global events runcov's tool keeps for its lifetime (3.12+): PY_UNWIND, PY_THROW."""
+    return sys.monitoring.events.PY_UNWIND | sys.monitoring.events.PY_THROW
 
 
 def _watch_events() -> int:
@@ -212,8 +212,8 @@ def leftovers() -> dict[str, Any]:
 
 
 def is_idle(state: dict[str, Any]) -> bool:
-    """No tracer installed; on 3.12+ runcov's tool keeps its fixed global event (PY_UNWIND) and
-    arms no code object."""
+    """No tracer installed; on 3.12+ runcov's tool keeps its fixed global events (PY_UNWIND,
+    PY_THROW) and arms no code object."""
     if state["gettrace"] != "None" or state["armed_probes"]:
         return False
     if runcov_sysmon():

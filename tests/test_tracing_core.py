@@ -605,6 +605,52 @@ def test_data_is_what_ran_until_the_scope_closed(tmp_path: Path) -> None:
         assert data.arcs == {path: {(-1, 2), (2, 3)}}
 
 
+def test_a_one_line_generator_expression_started_with_its_code_armed(tmp_path: Path) -> None:
+    """A generator expression on one line runs all of it on the line it was created on: on
+    CPython 3.13, started with its code already armed (another request of the process keeps
+    it armed), it gets no LINE event at all. Its line, entry and exit arcs are recorded as
+    coverage.py records them, in every scope, not only in the one that armed it."""
+    text = (
+        "def fetch(n):\n"
+        "    return list(range(n))\n"
+        "\n"
+        "\n"
+        "def total(n):\n"
+        "    s = sum(raw for raw in fetch(n))\n"
+        "    return s\n"
+    )
+    with _module_from(tmp_path, "one_line_genexpr_mod", text) as module:
+        path = os.path.realpath(module.__file__)
+        if sys.gettrace() is None:
+            import coverage
+
+            cov = coverage.Coverage(branch=True, data_file=None, source=[str(tmp_path)])
+            cov.start()
+            try:
+                module.total(3)
+            finally:
+                cov.stop()
+            expected = set(cov.get_data().arcs(path) or ())
+        else:  # under pytest-cov: the scope that arms the code mid-frame is the reference
+            with capture_coverage(source=[str(tmp_path)]) as first:
+                module.total(3)
+            expected = first.arcs[path]
+        # (A loop that stays on its line: the self-arc sys.monitoring does not report, README.)
+        expected = {(a, b) for a, b in expected if a != b}
+        assert {(-6, 6), (6, -6)} <= expected
+        core = get_core()
+        holder = core.open_scope(roots=[str(tmp_path)])  # keeps the code armed throughout
+        try:
+            module.total(3)
+            for _ in range(3):
+                with capture_coverage(source=[str(tmp_path)]) as cap:
+                    assert module.total(3) == 3
+                assert {(a, b) for a, b in cap.arcs[path] if a != b} == expected
+                assert cap.lines[path] == {2, 6, 7}
+        finally:
+            holder.close()
+
+
 def test_a_failure_while_closing_never_loses_the_data(tmp_path: Path) -> None:
     """Unbinding the scope or telling the core may fail (a bug, an exotic context): the data
     recorded so far is returned all the same, and nothing is raised."""

@@ -118,6 +118,18 @@ CASES: list[Case] = [
     _c("asyncs", "failing", "both", (1,), (-1,)),
     _c("asyncs", "abandon_async_gen", "both", (5,), (0,)),
     _c("asyncs", "tasks_and_wait", "mixed", ([1, -1, 2],)),
+    # exceptions thrown into suspended generators and coroutines
+    _c("throws", "throw_into_handler", "caught", ("caught",)),
+    _c("throws", "throw_into_handler", "finally", ("finally",)),
+    _c("throws", "throw_out", "one", (1,)),
+    _c("throws", "throw_through_finally", "both", (4,)),
+    _c("throws", "throw_through_delegation", "once", ()),
+    _c("throws", "athrow_out", "one", (1,)),
+    _c("throws", "cancel_waiter", "cancelled", (True,)),
+    _c("throws", "cancel_waiter", "both", (False,), (True,)),
+    _c("throws", "cancel_swallowed", "once", ()),
+    _c("throws", "cancel_sleeper", "once", ()),
+    _c("throws", "throw_in_turn", "once", ()),
     # comprehensions and lambdas
     _c("comprehensions", "list_comp", "six", (6,)),
     _c("comprehensions", "list_comp", "empty", (0,)),

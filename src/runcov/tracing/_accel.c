@@ -373,6 +373,10 @@ Recorder_line(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* Code whose frames can start without a LINE event for their first line: generators and
+ * coroutines, created (RETURN_GENERATOR) on the line their first resumption continues. */
+#define SILENT_START_FLAGS (CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR)
+
 /* exit(code, offset, value): the PY_RETURN callback (the frame returns: exit arc). */
 static PyObject *
 Recorder_exit(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
@@ -397,6 +401,24 @@ Recorder_exit(Recorder *self, PyObject *const *args, Py_ssize_t nargs)
             }
         }
         Py_DECREF(prev);
+    }
+    else if (!PyErr_Occurred() && (code->co_flags & SILENT_START_FLAGS) &&
+             PyLong_Check(args[1])) {
+        /* A generator or coroutine that ran in the scope without a LINE event: its whole run
+         * stayed on the line where it was created (a one-line generator expression, started
+         * with its code armed: CPython 3.13 sees no new line at its first resumption). Its
+         * line, entry and exit arcs, as the exit() of the Python callbacks records them. */
+        int at = PyCode_Addr2Line(code, (int)PyLong_AsLong(args[1]));
+        if (at > 0) {
+            PyObject *entry = PyLong_FromLong(-(long)code->co_firstlineno);
+            PyObject *line = PyLong_FromLong(at);
+            if (entry != NULL && line != NULL) {
+                add_arc(ev.triples, code, entry, line);
+                add_arc(ev.triples, code, line, entry);
+            }
+            Py_XDECREF(entry);
+            Py_XDECREF(line);
+        }
     }
     PyErr_Clear();
     event_done(&ev);
@@ -1481,7 +1503,13 @@ static PyTypeObject DispatcherType = {
  * implementation and decide the same cases the same way. It reads only what those methods
  * read: the SDK span's ``_kind``, ``_context`` and ``_attributes._dict``, and the agent's and
  * the processor's attributes. Anything unexpected (another span class, an attribute of another
- * type, an error) goes to the Python methods, never raises from here. */
+ * type, an error) goes to the Python methods, never raises from here.
+ *
+ * A SERVER span started where a runcov middleware or framework hook claimed the request for
+ * the same agent (``runcov.middleware._claimed``, read with PyContextVar_Get, for SERVER spans
+ * only) is that layer's to measure and count: the gate takes the claim at the span's start
+ * and notes the span in ``_in_flight`` (``claimed_mark``), and forgets it at its end, with
+ * nothing else done, wherever the span ends. */
 typedef struct {
     PyObject_HEAD
     PyObject *processor;      /* RuncovSpanProcessor */
@@ -1490,11 +1518,14 @@ typedef struct {
     PyObject *end_fallback;   /* the processor's Python on_end(span) */
     PyObject *server, *consumer; /* the SpanKind members measured */
     PyObject *default_state;  /* the API's DEFAULT_TRACE_STATE */
+    PyObject *claimed;        /* the ContextVar of a request's claim, or NULL: no claims */
+    PyObject *claimed_mark;   /* what ``_in_flight`` holds for a claimed request's span */
 } SpanGate;
 
 static PyObject *name_running, *name_kind, *name_context, *name_span_threshold, *name_in_flight,
     *name_census_by_span, *name_attributes, *name_dict, *name_count_seen, *name_tally_local,
-    *name_counts, *key_ot_entry, *key_method, *key_old_method, *key_route, *one;
+    *name_counts, *name_span_agent, *key_ot_entry, *key_method, *key_old_method, *key_route,
+    *one;
 
 /* The low 56 bits of a trace id: the randomness the sampling threshold is compared with. */
 #define RANDOMNESS_MASK ((1ULL << 56) - 1)
@@ -1502,12 +1533,23 @@ static PyObject *name_running, *name_kind, *name_context, *name_span_threshold, 
 static int
 SpanGate_init(SpanGate *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"processor", "agent",    "start_fallback", "end_fallback",
-                             "server",    "consumer", "default_state",  NULL};
+    static char *kwlist[] = {"processor", "agent",         "start_fallback", "end_fallback",
+                             "server",    "consumer",      "default_state",  "claimed",
+                             "claimed_mark", NULL};
     PyObject *processor, *agent, *start, *end, *server, *consumer, *state;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOO", kwlist, &processor, &agent, &start,
-                                     &end, &server, &consumer, &state)) {
+    PyObject *claimed = Py_None, *mark = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOOO|OO", kwlist, &processor, &agent,
+                                     &start, &end, &server, &consumer, &state, &claimed,
+                                     &mark)) {
         return -1;
+    }
+    if (claimed != Py_None && !PyContextVar_CheckExact(claimed)) {
+        PyErr_SetString(PyExc_TypeError, "SpanGate: claimed must be a ContextVar or None");
+        return -1;
+    }
+    if (claimed != Py_None) {
+        hold(&self->claimed, claimed);
+        hold(&self->claimed_mark, mark);
     }
     hold(&self->processor, processor);
     hold(&self->agent, agent);
@@ -1543,8 +1585,56 @@ attr_true(PyObject *obj, PyObject *name)
     return truth;
 }
 
+/* 1 when ``span``, a SERVER span, starts in a request that a runcov middleware or framework
+ * hook claimed for this gate's agent (the claim's ``span_agent`` is the agent): the claim is
+ * taken (``span_agent`` set to None: a claim accounts for one server span, the request's own)
+ * and the span noted in ``_in_flight``, for on_end. 0: no claim (the common case: the context
+ * variable holds None), or another agent's, or one already taken or released. -1: an error
+ * (the Python on_start decides). */
+static int
+take_claim(SpanGate *self, PyObject *span)
+{
+    PyObject *claim = NULL, *owner = NULL, *ctx = NULL, *in_flight = NULL;
+    if (PyContextVar_Get(self->claimed, NULL, &claim) < 0) {
+        return -1;
+    }
+    if (claim == NULL || claim == Py_None) {
+        Py_XDECREF(claim);
+        return 0;
+    }
+    int taken = -1;
+    owner = PyObject_GetAttr(claim, name_span_agent);
+    if (owner == NULL) {
+        goto done;
+    }
+    if (owner != self->agent) {
+        taken = 0;
+        goto done;
+    }
+    /* A SpanContext is a tuple (trace_id, span_id, is_remote, flags, trace_state, valid). */
+    ctx = PyObject_GetAttr(span, name_context);
+    if (ctx == NULL || !PyTuple_Check(ctx) || PyTuple_GET_SIZE(ctx) < 6) {
+        goto done;
+    }
+    in_flight = PyObject_GetAttr(self->processor, name_in_flight);
+    if (in_flight == NULL || !PyDict_CheckExact(in_flight) ||
+        PyObject_SetAttr(claim, name_span_agent, Py_None) < 0) {
+        goto done;
+    }
+    if (PyDict_SetItem(in_flight, PyTuple_GET_ITEM(ctx, 1), self->claimed_mark) == 0) {
+        taken = 1;
+    }
+done:
+    Py_DECREF(claim);
+    Py_XDECREF(owner);
+    Py_XDECREF(ctx);
+    Py_XDECREF(in_flight);
+    return taken;
+}
+
 /* 1 when on_start has nothing to do for ``span``: the span is not a request span, the agent
- * is stopped, or its trace cannot be sampled (below the threshold, no ``ot`` tracestate that
+ * is stopped, it is the server span of a request a runcov middleware or hook claimed, or its
+ * trace cannot be sampled (below the threshold, no ``ot`` tracestate that
  * could decide otherwise). 0: the Python on_start decides. The kind is read first: most spans
  * (a framework's internal ones) are decided by it alone. */
 static int
@@ -1565,6 +1655,13 @@ start_decided(SpanGate *self, PyObject *span)
     if (running <= 0) {
         decided = running == 0;
         goto done;
+    }
+    if (kind == self->server && self->claimed != NULL) {
+        int claimed = take_claim(self, span);
+        if (claimed != 0) {
+            decided = claimed == 1;
+            goto done;
+        }
     }
     ctx = PyObject_GetAttr(span, name_context);
     /* A SpanContext is a tuple (trace_id, span_id, is_remote, flags, trace_state, valid). */
@@ -1613,9 +1710,27 @@ plain_text(PyObject *value)
     return value != NULL && PyUnicode_CheckExact(value) && PyUnicode_GET_LENGTH(value) > 0;
 }
 
+/* 1 when ``span`` is the server span of a claimed request (noted in ``in_flight``, non-empty,
+ * by take_claim): forgotten, and nothing else to do. 0 otherwise, or on an error. */
+static int
+forget_claimed(SpanGate *self, PyObject *span, PyObject *in_flight)
+{
+    int forgotten = 0;
+    PyObject *ctx = PyObject_GetAttr(span, name_context);
+    if (ctx != NULL && PyTuple_Check(ctx) && PyTuple_GET_SIZE(ctx) >= 6) {
+        PyObject *span_id = PyTuple_GET_ITEM(ctx, 1);
+        PyObject *mark = PyDict_GetItemWithError(in_flight, span_id);
+        forgotten = mark != NULL && mark == self->claimed_mark &&
+                    PyDict_DelItem(in_flight, span_id) == 0;
+    }
+    Py_XDECREF(ctx);
+    return forgotten;
+}
+
 /* 1 when on_end has nothing to do for ``span`` beyond what this did: the span is not a request
- * span, or it is an HTTP request span of no sampled request while census does not go by span,
- * and its request was counted as seen. 0: the Python on_end does all of it. */
+ * span, it is the server span of a claimed request, or it is an HTTP request span of no
+ * sampled request while census does not go by span, and its request was counted as seen.
+ * 0: the Python on_end does all of it. */
 static int
 end_decided(SpanGate *self, PyObject *span)
 {
@@ -1631,10 +1746,19 @@ end_decided(SpanGate *self, PyObject *span)
         decided = measured == 0;
         goto done;
     }
-    /* A sampled span in flight (this one, perhaps) or census by span: Python. */
+    /* A sampled span in flight (this one, perhaps) or census by span: Python. A claimed
+     * request's server span is forgotten here. */
     in_flight = PyObject_GetAttr(self->processor, name_in_flight);
-    if (in_flight == NULL || !PyDict_CheckExact(in_flight) || PyDict_GET_SIZE(in_flight) != 0 ||
-        attr_true(self->agent, name_census_by_span) != 0) {
+    if (in_flight == NULL || !PyDict_CheckExact(in_flight)) {
+        goto done;
+    }
+    if (PyDict_GET_SIZE(in_flight) != 0) {
+        if (kind == self->server && self->claimed_mark != NULL) {
+            decided = forget_claimed(self, span, in_flight);
+        }
+        goto done;
+    }
+    if (attr_true(self->agent, name_census_by_span) != 0) {
         goto done;
     }
     holder = PyObject_GetAttr(span, name_attributes);
@@ -1740,6 +1864,8 @@ SpanGate_traverse(SpanGate *self, visitproc visit, void *arg)
     Py_VISIT(self->server);
     Py_VISIT(self->consumer);
     Py_VISIT(self->default_state);
+    Py_VISIT(self->claimed);
+    Py_VISIT(self->claimed_mark);
     return 0;
 }
 
@@ -1753,6 +1879,8 @@ SpanGate_clear(SpanGate *self)
     Py_CLEAR(self->server);
     Py_CLEAR(self->consumer);
     Py_CLEAR(self->default_state);
+    Py_CLEAR(self->claimed);
+    Py_CLEAR(self->claimed_mark);
     return 0;
 }
 
@@ -1780,7 +1908,8 @@ static PyTypeObject SpanGateType = {
     .tp_basicsize = sizeof(SpanGate),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "SpanGate(processor, agent, start_fallback, end_fallback, server, consumer, "
-              "default_state): the span processor's per-request path.",
+              "default_state, claimed=None, claimed_mark=None): the span processor's "
+              "per-request path.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)SpanGate_init,
     .tp_dealloc = (destructor)SpanGate_dealloc,
@@ -1803,6 +1932,7 @@ intern_names(void)
     name_context = PyUnicode_InternFromString("_context");
     name_span_threshold = PyUnicode_InternFromString("_span_threshold");
     name_in_flight = PyUnicode_InternFromString("_in_flight");
+    name_span_agent = PyUnicode_InternFromString("span_agent");
     name_census_by_span = PyUnicode_InternFromString("census_by_span");
     name_attributes = PyUnicode_InternFromString("_attributes");
     name_dict = PyUnicode_InternFromString("_dict");
@@ -1819,9 +1949,9 @@ intern_names(void)
     name_release = PyUnicode_InternFromString("release");
     return (name_call && name_exception && name_line && name_return && name_opcode &&
             name_f_trace && name_running && name_kind && name_context && name_span_threshold &&
-            name_in_flight && name_census_by_span && name_attributes && name_dict &&
-            name_count_seen && name_tally_local && name_counts && key_ot_entry && key_method &&
-            key_old_method && key_route && one && zero && name_acquire &&
+            name_in_flight && name_span_agent && name_census_by_span && name_attributes &&
+            name_dict && name_count_seen && name_tally_local && name_counts && key_ot_entry &&
+            key_method && key_old_method && key_route && one && zero && name_acquire &&
             name_release) ? 0 : -1;
 }
 
@@ -1995,8 +2125,11 @@ set_unit(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
  * exit arc, as coverage.py's tracer does at such a return event. A generator is followed by a
  * weak reference (never kept alive longer than the application keeps it): when it is
  * released, the entry is settled then (an exit arc if an exception raised in its body ended
- * it; none when it was thrown in at a yield, or the generator was suspended). Outside exact
- * scopes a LINE probe goes to ``census`` while census is on; the others return at once.
+ * it; none when it was thrown in at a yield, or the generator was suspended). A throw() runs
+ * no RESUME: a handler's first LINE probe that finds the exception it handles entered the
+ * frame at a YIELD_VALUE starts the frame again there, as a tracer's call event does (parked
+ * or not: see probe_thrown_at_yield). Outside exact scopes a LINE probe goes to ``census``
+ * while census is on; the others return at once.
  * Nothing here runs Python code or raises: a tracer or profiler of the application sees no
  * probe. */
 #define Py_BUILD_CORE 1
@@ -2017,6 +2150,11 @@ typedef struct {
     long last;
     long first;
     int force; /* a backward jump: the next LINE probe is an event even on the same line */
+    /* The exception thrown in at a yield whose handlers the frame runs, and the traceback
+     * entry the throw() added, once a handler's probe started the frame again for it (so
+     * that a later handler of the same exception does not): compared, never dereferenced,
+     * and forgotten at the first probe where the frame no longer handles it. */
+    void *thrown_exc, *thrown_tb;
 } ProbeFrame;
 
 typedef struct {
@@ -2107,6 +2245,68 @@ probe_gen_raised(PyGenObject *gen)
 {
     _PyInterpreterFrame *frame = (_PyInterpreterFrame *)gen->gi_iframe;
     return frame->prev_instr != NULL && _Py_OPCODE(*frame->prev_instr) != YIELD_VALUE;
+}
+
+/* The exception the running frame handles (``tstate``'s, set by the handler's PUSH_EXC_INFO,
+ * which comes before the handler's first probe), or NULL; ``*tb``: its traceback's first
+ * entry. */
+static PyObject *
+probe_handled(PyThreadState *tstate, PyObject **tb)
+{
+    PyObject *exc = tstate->exc_info != NULL ? tstate->exc_info->exc_value : NULL;
+    if (exc == NULL || !PyExceptionInstance_Check(exc)) {
+        return NULL;
+    }
+    *tb = ((PyBaseExceptionObject *)exc)->traceback;
+    return exc;
+}
+
+/* Whether the exception that ``frame`` (generator-like, at a handler's first probe) handles
+ * was thrown in at one of its yields (throw(), close(), athrow(), aclose(), a task's
+ * cancellation) and entered the frame there: the traceback entry the interpreter added as
+ * the exception entered the frame is the frame's, at a YIELD_VALUE (where nothing else
+ * raises). That is the instruction coverage.py's tracer reads at the call event of such a
+ * throw(): with argument 0 (always, on 3.11), a frame's start. A throw() at a ``yield from``
+ * or ``await`` goes to the awaited object first; when that raises, the frame enters past the
+ * loop around the SEND (read as a resumption); a close(), or an awaited object that cannot
+ * take a throw(), enters it at the YIELD_VALUE. Whether the frame was parked meanwhile or
+ * stayed on the running stack (its scope unbound while it was suspended: no probe of a frame
+ * below it ran in that scope) does not matter. ``*exc``/``*tb``: what identifies the throw. */
+static int
+probe_thrown_at_yield(PyThreadState *tstate, _PyInterpreterFrame *frame, void **exc, void **tb)
+{
+    PyObject *head = NULL;
+    PyObject *handled = probe_handled(tstate, &head);
+    if (handled == NULL || head == NULL || !PyTraceBack_Check(head)) {
+        return 0;
+    }
+    PyTracebackObject *entry = (PyTracebackObject *)head;
+    if (entry->tb_frame == NULL || entry->tb_frame->f_frame != frame) {
+        return 0;
+    }
+    Py_ssize_t unit = entry->tb_lasti / (int)sizeof(_Py_CODEUNIT);
+    if (entry->tb_lasti < 0 || unit >= Py_SIZE(frame->f_code) ||
+        _Py_OPCODE(_PyCode_CODE(frame->f_code)[unit]) != YIELD_VALUE) {
+        return 0;
+    }
+    *exc = handled;
+    *tb = head;
+    return 1;
+}
+
+/* Forget the throw() ``f`` was started again for once the frame no longer handles its
+ * exception (its handlers are done: the same addresses may come back with another one). */
+static void
+probe_thrown_done(PyThreadState *tstate, ProbeFrame *f)
+{
+    if (f->thrown_exc == NULL) {
+        return;
+    }
+    PyObject *tb = NULL;
+    PyObject *exc = probe_handled(tstate, &tb);
+    if ((void *)exc != f->thrown_exc || (void *)tb != f->thrown_tb) {
+        f->thrown_exc = f->thrown_tb = NULL;
+    }
 }
 
 static int
@@ -2263,6 +2463,7 @@ probe_push(ExactProbes *self, _PyInterpreterFrame *frame, PyObject *scope, PyObj
     f->last = last;
     f->first = first;
     f->force = 0;
+    f->thrown_exc = f->thrown_tb = NULL;
     return f;
 }
 
@@ -2349,17 +2550,42 @@ ExactProbes_vectorcall(ExactProbes *self, PyObject *const *args, size_t nargsf,
         }
         else {
             f->last = line;
+            if (f->thrown_exc != NULL) {
+                probe_thrown_done(PyThreadState_Get(), f);
+            }
         }
         break;
-    case PROBE_LINE:
+    case PROBE_LINE: {
         f = probe_top(self, frame);
-        if (f == NULL && frame->owner == FRAME_OWNED_BY_GENERATOR &&
-            PyLong_AsLong(PyTuple_GET_ITEM(rec, 4)) == PROBE_AT_HANDLER) {
-            /* a generator resumed by throw() into one of its handlers, which runs no RESUME:
-             * a tracer's call event there reads as a frame's start (the yield's argument is
+        int at_handler = PyLong_AsLong(PyTuple_GET_ITEM(rec, 4)) == PROBE_AT_HANDLER;
+        void *exc = NULL, *tb = NULL;
+        if (at_handler) {
+            /* (a LINE probe at a handler is only ever generator-like code's) */
+            probe_thrown_at_yield(PyThreadState_Get(), frame, &exc, &tb);
+        }
+        if (f == NULL && at_handler && frame->owner == FRAME_OWNED_BY_GENERATOR) {
+            /* a generator resumed by throw() into one of its handlers, which runs no RESUME,
+             * with no entry (released: a GC finalization; or started before the scope): a
+             * tracer's call event there reads as a frame's start (the yield's argument is
              * 0) */
             f = probe_push(self, frame, scope, rec, -PyLong_AsLong(PyTuple_GET_ITEM(rec, 3)),
                            0);
+            if (f != NULL) {
+                f->thrown_exc = exc;
+                f->thrown_tb = tb;
+            }
+        }
+        else if (f != NULL && exc != NULL && (exc != f->thrown_exc || tb != f->thrown_tb)) {
+            /* the same for a generator followed since before the throw(), parked or not;
+             * once per throw() (an outer handler of the same exception, or a bare ``raise``
+             * into one, is a line event there, as for a tracer) */
+            f->last = -f->first;
+            f->force = 0;
+            f->thrown_exc = exc;
+            f->thrown_tb = tb;
+        }
+        else if (f != NULL && f->thrown_exc != NULL) {
+            probe_thrown_done(PyThreadState_Get(), f);
         }
         if (f != NULL && (line != f->last || f->force)) {
             probe_arc_cached(self, key, f->arcs, f->last, line);
@@ -2367,6 +2593,7 @@ ExactProbes_vectorcall(ExactProbes *self, PyObject *const *args, size_t nargsf,
             f->force = 0;
         }
         break;
+    }
     case PROBE_BACK:
         f = probe_top(self, frame);
         if (f != NULL) {
@@ -2480,7 +2707,14 @@ ExactProbes_forget(ExactProbes *self, PyObject *scope)
         ProbeFrame f = p->frames[i];
         if (f.scope == scope || !probe_scope_open(self, f.scope)) {
             /* suspended when the scope ended, or parked here by a scope that another thread
-             * closed (a generator resumed last on another thread) */
+             * closed (a generator resumed last on another thread); or ended by an exception
+             * thrown in at its ``await`` or ``yield from`` that it did not handle (no probe
+             * ran: a task's cancellation), whose exit arc is the scope's */
+            if (f.scope == scope && f.gen != NULL && f.wref != NULL &&
+                PyWeakref_GET_OBJECT(f.wref) != Py_None &&
+                f.gen->gi_frame_state > FRAME_EXECUTING && probe_gen_raised(f.gen)) {
+                probe_arc(f.arcs, f.last, -f.first);
+            }
             probe_release(&f);
         }
         else {

@@ -44,6 +44,11 @@ _BACKWARD = frozenset(op for op in dis.hasjrel if "BACKWARD" in dis.opname[op])
 _NO_PROBE_BEFORE = frozenset(
     _OP[name] for name in ("RESUME", "PRECALL", "CALL", "YIELD_VALUE") if name in _OP
 )
+#: A handler's first instruction, which only moves the exception it handles into place
+#: (nothing a line event there could tell apart): the probe of its line (a ``with``
+#: statement's, whose handler starts on its line) goes after it, where the exact probes find
+#: that exception handled (``ExactProbes`` reads from it where a throw() entered the frame).
+_PUSH_EXC_INFO = _OP.get("PUSH_EXC_INFO", -1)
 _RESUME = _OP.get("RESUME", -1)
 #: ``SEND`` is the target of its own loop's backward jump, which a line tracer does not see as
 #: a new line event only while it lands on the ``SEND`` itself: never probed (the line was
@@ -298,7 +303,7 @@ def instrument(
         if instr.op == _SEND and line == previous_line:
             start = False
         if start or pending is not None:
-            if instr.op in _NO_PROBE_BEFORE:
+            if instr.op in _NO_PROBE_BEFORE or instr.op == _PUSH_EXC_INFO:
                 pending = line
             else:
                 if keep is None or keep(index):

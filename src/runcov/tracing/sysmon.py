@@ -23,14 +23,21 @@ How it stays cheap (see docs/architecture.md, "Tracing core"):
   and the callbacks' run where C cannot take the core's lock at once.)
   So an arm and a disarm toggle the code that runs between two sampled requests (the
   promoted code, and what unsampled requests call meanwhile), not every registered code
-  object: code that is rarely called is not toggled at all. The tool's global event
-  (``PY_UNWIND``) never changes after start: changing it would make CPython re-instrument
-  every code object of the process at its next call. Instead, ``PY_UNWIND`` has no callback
-  while nothing is armed, which CPython skips without calling into Python.
+  object: code that is rarely called is not toggled at all. The tool's global events
+  (``PY_UNWIND``, ``PY_THROW``) never change after start: changing them would make CPython
+  re-instrument every code object of the process at its next call. Instead, they have no
+  callback while nothing is armed, which CPython skips without calling into Python (neither
+  is an instruction event: no code is instrumented for them).
+* ``throw()`` resumes a generator or coroutine without its ``RESUME`` (``PY_RESUME`` does not
+  fire): a task's cancellation throws ``CancelledError`` in at the ``await``, often after the
+  task's code was disarmed between its steps. ``PY_THROW`` (global only: it cannot be a local
+  event) promotes such code as ``PY_RESUME`` would, in Python (it is rare).
 * Arcs follow coverage.py: the previous line is kept per frame (keyed by ``id(frame)`` inside the
   scope), a frame's first line gets the entry arc ``(-co_firstlineno, line)`` and a return or
   unwind the exit arc ``(line, -co_firstlineno)``. A suspended generator keeps its last line, so
-  a resumed frame continues from its ``yield``/``await`` line as coverage.py's tracers do.
+  a resumed frame continues from its ``yield``/``await`` line as coverage.py's tracers do. An
+  exception thrown in at a plain ``yield`` that no handler of the frame catches ends it there
+  without an exit arc (coverage.py's tracer sees the frame's last instruction at a yield).
 * Census mode arms ``LINE`` on every registered code object; each line records its first hit and
   returns ``DISABLE`` (when no exact scope needs the location), so steady cost is ~zero. A hit
   inside a census scope goes to that scope; any other goes to whoever ``census_owner()`` names
@@ -42,7 +49,9 @@ How it stays cheap (see docs/architecture.md, "Tracing core"):
 
 from __future__ import annotations
 
+import dis
 import gc
+import inspect
 import logging
 import os
 import sys
@@ -71,6 +80,7 @@ from runcov.tracing._scope import (
     open_scope_here,
     stop_listening,
 )
+from runcov.tracing.probes import _parse_exception_table
 
 log = logging.getLogger("runcov.tracing")
 
@@ -111,11 +121,12 @@ class SysmonCore(Core):
         #: to ``_EXACT_LOCAL`` (in that very frame), so only the code those requests run pays
         #: for line events, and the rest only for a cheap toggle of its entry instructions.
         self._WATCH = ev.PY_START | ev.PY_RESUME
-        # The global event stays set for the tool's lifetime: changing a tool's global events
+        # The global events stay set for the tool's lifetime: changing a tool's global events
         # bumps the interpreter's instrumentation version, and every code object in the process
-        # (framework, stdlib) is then re-instrumented at its next call. PY_UNWIND has a
-        # callback only while exact scopes are armed; PY_START is local (module docstring).
-        self._GLOBAL = ev.PY_UNWIND
+        # (framework, stdlib) is then re-instrumented at its next call. PY_UNWIND and PY_THROW
+        # have a callback only while exact scopes are armed; PY_START is local (module
+        # docstring). PY_THROW cannot be a local event: it is set globally from the start.
+        self._GLOBAL = ev.PY_UNWIND | ev.PY_THROW
         self._PY_START = ev.PY_START
         self._tool = self._claim_tool_id()
         self._lock = threading.RLock()
@@ -372,7 +383,18 @@ class SysmonCore(Core):
                 return None
             try:
                 prev = scope.last.pop(getframe(depth), None)
-                if prev is not None and prev != SKIP:
+                if prev is None:
+                    if code.co_flags & _SILENT_START_FLAGS:
+                        # A generator or coroutine that ran in the scope without a LINE event:
+                        # its whole run stayed on the line where it was created (a one-line
+                        # generator expression, started with its code armed: CPython 3.13
+                        # sees no new line at its first resumption). Its line and arcs.
+                        line = _line_at(code, offset)
+                        if line is not None:
+                            first = -code.co_firstlineno
+                            scope.triples.add((code.co_filename, first, line))
+                            scope.triples.add((code.co_filename, line, first))
+                elif prev != SKIP:
                     scope.triples.add((code.co_filename, prev, -code.co_firstlineno))
             except Exception:
                 pass
@@ -383,6 +405,30 @@ class SysmonCore(Core):
             if id(code) not in codes and id(code) not in once:
                 return None
             return on_exit(code, offset, exc, 2)
+
+        def on_throw(code: CodeType, offset: int, exc: BaseException) -> None:
+            # Global event (cannot be local, must not return DISABLE). throw() resumes a
+            # suspended generator or coroutine (a task's cancellation: CancelledError thrown in
+            # at its await) without running RESUME, so PY_RESUME does not fire: code disarmed
+            # since the frame's last step carries only the watch, and would run its handlers
+            # unseen. Promote it here as PY_RESUME would (in this very frame); the frame goes
+            # on from the line it was suspended at. Rare: Python is fast enough.
+            if id(code) not in codes:
+                return
+            scope = get_scope()
+            if scope is None or scope.is_census or scope.closed:
+                return
+            if id(code) not in promoted:
+                promote(code)
+            try:
+                if _ends_at_yield(code, offset):
+                    # No handler of its own: the frame ends at the yield. coverage.py sees
+                    # a frame suspended there (its last instruction is the yield), not a
+                    # return, and records no exit arc: forget the frame's line, so that its
+                    # PY_UNWIND records none either.
+                    scope.last[getframe(1)] = SKIP
+            except Exception:
+                pass
 
         # The recording callbacks in C when the extension is built (same arcs, ~4x cheaper per
         # event); they hand census and linger work to the Python callbacks above.
@@ -409,6 +455,9 @@ class SysmonCore(Core):
         # CPython skips the tool at once, and swapping callbacks (unlike changing the tool's
         # events) does not re-instrument any code.
         self._on_unwind = on_unwind if recorder is None else recorder.unwind
+        # PY_THROW's likewise: with no callback a throw() costs CPython a look at the tool's
+        # callback and nothing else (no code is instrumented for it).
+        self._on_throw = on_throw
 
     def _sync_divert(self) -> None:
         # The C callbacks answer unscoped events themselves unless census needs the Python
@@ -528,9 +577,10 @@ class SysmonCore(Core):
                     pass
             self._once.clear()
         try:
-            self._mon.register_callback(
-                tool, self._mon.events.PY_UNWIND, self._on_unwind if self._exact_armed else None
-            )
+            ev = self._mon.events
+            armed = self._exact_armed
+            self._mon.register_callback(tool, ev.PY_UNWIND, self._on_unwind if armed else None)
+            self._mon.register_callback(tool, ev.PY_THROW, self._on_throw if armed else None)
         except Exception:
             pass
         elapsed = time.perf_counter() - started
@@ -964,6 +1014,7 @@ class SysmonCore(Core):
                     mon.events.LINE,
                     mon.events.PY_RETURN,
                     mon.events.PY_UNWIND,
+                    mon.events.PY_THROW,
                 ):
                     mon.register_callback(tool, event, None)
                 mon.free_tool_id(tool)
@@ -1005,6 +1056,46 @@ class SysmonCore(Core):
         self._census_done.clear()
         self._forget_pending()  # the parent's requests end in the parent
         self._apply(toggle=self._census_enabled)
+
+
+_CALL_INTRINSIC_1 = dis.opmap.get("CALL_INTRINSIC_1", -1)
+_INTRINSIC_STOPITERATION_ERROR = 3
+_RESUME = dis.opmap["RESUME"]
+
+
+#: Code whose frames can start without a LINE event for their first line: generators and
+#: coroutines, created (``RETURN_GENERATOR``) on the line their first resumption continues.
+_SILENT_START_FLAGS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def _line_at(code: CodeType, offset: int) -> Optional[int]:
+    """The line of the instruction at ``offset`` (in bytes) of ``code``, if it has one."""
+    for start, end, line in code.co_lines():
+        if start <= offset < end:
+            return line
+    return None
+
+
+def _ends_at_yield(code: CodeType, offset: int) -> bool:
+    """Whether an exception thrown into ``code`` at ``offset`` (the ``yield`` or ``await`` it
+    is suspended at, in bytes) leaves the frame from there: the only handler covering it is
+    the one CPython wraps around every generator and coroutine body (``StopIteration`` to
+    ``RuntimeError``, then re-raised), whose ``RERAISE`` restores the frame's last instruction
+    to the yield. A user's ``try``, a ``with`` and an ``await``'s ``CLEANUP_THROW`` are other
+    handlers: the frame runs on and leaves from elsewhere."""
+    raw = code.co_code
+    if raw[offset] == _RESUME and offset >= 2:
+        # 3.13 reports the instruction the frame resumes at; the exception is raised at the
+        # yield before it (CPython looks its handler up there)
+        offset -= 2
+    unit = offset // 2
+    for start, end, target, _ in _parse_exception_table(code.co_exceptiontable):
+        if start <= unit < end:
+            at = target * 2
+            return (
+                raw[at] == _CALL_INTRINSIC_1 and raw[at + 1] == _INTRINSIC_STOPITERATION_ERROR
+            )
+    return False
 
 
 def _c_recorder(
