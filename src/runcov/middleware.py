@@ -16,7 +16,11 @@ with their own route templates, without touching the application's code.
 A request is measured and counted once, by the outermost layer that sees it: a middleware or
 hook inside another one (a mounted Starlette application, a Flask application wrapped in the
 WSGI middleware) steps aside, and so does every one of them for a request whose server span
-runcov's span processor sees (an application that sets up OpenTelemetry itself).
+runcov's span processor sees (an application that sets up OpenTelemetry itself, or wraps
+runcov's middleware in OpenTelemetry's). A middleware or hook outside OpenTelemetry's
+instrumentation (``app.wsgi_app = RuncovWSGIMiddleware(app.wsgi_app)`` after
+``FlaskInstrumentor().instrument_app(app)``) claims the request before its server span starts:
+the span processor then steps aside for that span (see :class:`_Claim`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import logging
 import os
 import re
 import threading
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any, Awaitable, Callable, Generic, Iterable, Iterator, Optional, TypeVar
 
 import wrapt
@@ -82,10 +86,48 @@ def _agent(agent: Optional[Agent]) -> Optional[Agent]:
     return current_agent()
 
 
-#: True while a middleware or framework hook of this module measures (or counts) the request
-#: the current context serves: layers inside it (a mounted Starlette application, a Flask
-#: application under the WSGI middleware) step aside, so the request is counted once.
-_claimed: ContextVar[bool] = ContextVar("runcov_request_claimed", default=False)
+class _Claim:
+    """A request that a middleware or framework hook of this module measures and counts.
+
+    Set in ``_claimed`` while the layer that claimed it runs: layers inside it (a mounted
+    Starlette application, a Flask application under the WSGI middleware) step aside, and so
+    does the span processor of the same agent for the request's server span, started inside
+    it by OpenTelemetry's instrumentation. ``live`` is False once that layer returned;
+    ``span_agent`` is the agent whose span processor is still to step aside, None once it did
+    for one server span or the layer returned. A claim thus accounts for one request, the
+    one its layer counts: a context that outlives the request (a task or a copied context it
+    started) keeps the object but not the claim, and a second server span started under it
+    (an in-process call to another service) is measured by the span processor as usual.
+    """
+
+    __slots__ = ("live", "span_agent")
+
+    def __init__(self, agent: Agent) -> None:
+        self.live = True
+        self.span_agent: Optional[Agent] = agent
+
+    def release(self, token: Token[Optional[_Claim]]) -> None:
+        """The claiming layer returns: the claim ends, here and in every context it reached."""
+        self.live = False
+        self.span_agent = None
+        _claimed.reset(token)
+
+
+#: The claim of the request the current context serves (see :class:`_Claim`). The span
+#: processor reads it (C: ``PyContextVar_Get``) for every SERVER span it sees.
+_claimed: ContextVar[Optional[_Claim]] = ContextVar("runcov_request_claimed", default=None)
+
+
+def _claim(agent: Agent) -> tuple[_Claim, Token[Optional[_Claim]]]:
+    """Claim the request the current context serves for ``agent``."""
+    claim = _Claim(agent)
+    return claim, _claimed.set(claim)
+
+
+def _is_claimed() -> bool:
+    """True while a layer of this module that claimed the current request runs."""
+    claim = _claimed.get()
+    return claim is not None and claim.live
 
 
 def _span_processor_active(agent: Agent) -> bool:
@@ -114,7 +156,7 @@ def _measured_elsewhere(agent: Agent, instrumented: Optional[Callable[[], bool]]
     instrumentation of the framework will start inside this layer (``instrumented()``: the
     framework hooks run before the instrumentation's own middleware). Never raises.
     """
-    if _claimed.get():
+    if _is_claimed():
         return True
     try:
         if not _span_processor_active(agent):
@@ -280,11 +322,11 @@ class RuncovWSGIMiddleware(_Middleware[WSGIApp]):
         if stale is not None:
             _wsgi_open.measurement = None
             stale.end()
-        claim = _claimed.set(True)
+        claim, token = _claim(agent)
         try:
             return self._call(agent, environ, start_response)
         finally:
-            _claimed.reset(claim)
+            claim.release(token)
 
     def _call(
         self, agent: Agent, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -368,11 +410,11 @@ class RuncovASGIMiddleware(_Middleware[ASGIApp]):
             return
         # Claimed in this coroutine: the application's tasks inherit the claim (as does work
         # run in a copy of their context), the middleware's caller does not.
-        claim = _claimed.set(True)
+        claim, token = _claim(agent)
         try:
             await self._call(agent, scope, receive, send)
         finally:
-            _claimed.reset(claim)
+            claim.release(token)
 
     async def _call(self, agent: Agent, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope.get("type")
@@ -446,7 +488,7 @@ def _starlette_mount_handle(wrapped: Any, instance: Any, args: Any, kwargs: Any)
     """Note the template of a Starlette ``Mount`` in the scope of a request that a layer of
     this module measures, for :func:`_starlette_route`; the routes the mounted application
     selects know nothing of the prefix."""
-    if _claimed.get():
+    if _is_claimed():
         try:
             scope = args[0] if args else kwargs.get("scope")
             template = getattr(instance, "path_format", None)
@@ -516,7 +558,7 @@ def _flask_full_dispatch(wrapped: Any, instance: Any, args: Any, kwargs: Any) ->
         return wrapped(*args, **kwargs)
     from flask import request
 
-    claim = _claimed.set(True)
+    claim, token = _claim(agent)
     try:
         rule = getattr(request, "url_rule", None)
         route = getattr(rule, "rule", None)
@@ -537,7 +579,7 @@ def _flask_full_dispatch(wrapped: Any, instance: Any, args: Any, kwargs: Any) ->
         finally:
             m.end(failed=failed)
     finally:
-        _claimed.reset(claim)
+        claim.release(token)
 
 
 def _django_instrumented() -> bool:
@@ -580,7 +622,7 @@ def _django_get_response(wrapped: Any, instance: Any, args: Any, kwargs: Any) ->
     agent = current_agent()
     if agent is None or not args or _measured_elsewhere(agent, _django_instrumented):
         return wrapped(*args, **kwargs)
-    claim = _claimed.set(True)
+    claim, token = _claim(agent)
     try:
         request = args[0]
         m = _django_begin(agent, request)
@@ -591,7 +633,7 @@ def _django_get_response(wrapped: Any, instance: Any, args: Any, kwargs: Any) ->
         finally:
             _django_end(agent, request, m, response)
     finally:
-        _claimed.reset(claim)
+        claim.release(token)
 
 
 async def _django_get_response_async(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -601,7 +643,7 @@ async def _django_get_response_async(wrapped: Any, instance: Any, args: Any, kwa
     agent = current_agent()
     if agent is None or not args or _measured_elsewhere(agent, _django_instrumented):
         return await wrapped(*args, **kwargs)
-    claim = _claimed.set(True)
+    claim, token = _claim(agent)
     try:
         request = args[0]
         m = _django_begin(agent, request)
@@ -612,7 +654,7 @@ async def _django_get_response_async(wrapped: Any, instance: Any, args: Any, kwa
         finally:
             _django_end(agent, request, m, response)
     finally:
-        _claimed.reset(claim)
+        claim.release(token)
 
 
 def _django_route(request: Any) -> Optional[str]:

@@ -3,10 +3,11 @@ processor's Python methods do, and calls them for every case it does not decide 
 
 from __future__ import annotations
 
+import contextvars
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import pytest
 from opentelemetry.context import Context
@@ -22,6 +23,7 @@ from opentelemetry.trace import (
 
 import runcov
 from runcov.agent import Agent
+from runcov.middleware import _Claim, _claim, _claimed
 from runcov.otel.processor import RuncovSpanProcessor
 
 #: Trace ids whose randomness (low 56 bits) is below / above every threshold used here.
@@ -277,3 +279,70 @@ def test_a_stopped_agent_is_decided_in_c_as_in_python(
                 "websocket late route", "websocket sampled",
             )
         ]
+
+
+@pytest.mark.parametrize("accel", [True, None], ids=["c", "python"])
+def test_the_server_span_of_a_claimed_request_is_left_to_the_layer_that_claimed_it(
+    agent: Agent,
+    monkeypatch: pytest.MonkeyPatch,
+    python_calls: dict[int, list[Any]],
+    accel: Any,
+) -> None:
+    """A runcov middleware or hook outside OpenTelemetry's instrumentation claims the request
+    (``runcov.middleware._claimed``); the server span started inside it is neither decided,
+    measured nor counted by the span processor, wherever it ends. A claim accounts for that one
+    span, of its own agent, while its layer runs: everything else is processed as usual."""
+    if accel is True and not _gate_on():
+        pytest.skip("the gate is turned off (RUNCOV_ACCEL=0)")
+    calls = _recording(agent, monkeypatch)
+    _run(agent, RuncovSpanProcessor(agent, accel=None), calls)  # meets every endpoint
+    calls.clear()
+    processor = RuncovSpanProcessor(agent, accel=accel)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("test")
+    server = {"http.request.method": "GET", "http.route": "/items/{id}"}
+    before = dict(agent._tally_local.counts)
+
+    def start(name: str, trace_id: int, kind: SpanKind = SpanKind.SERVER) -> Any:
+        parent = SpanContext(trace_id, 0x42, is_remote=True, trace_flags=TraceFlags(1))
+        attributes = server if kind == SpanKind.SERVER else {"messaging.system": "kafka"}
+        context = set_span_in_context(NonRecordingSpan(parent))
+        return tracer.start_span(name, kind=kind, attributes=attributes, context=context)
+
+    # Sampled, started and ended in the claimed request.
+    claim, token = _claim(agent)
+    start("claimed sampled", HIGH).end()
+    # A consumer span in the claimed request is work of its own; a second server span under
+    # the same claim (an in-process call to another service) is a request of its own.
+    start("consumer in claim", HIGH, SpanKind.CONSUMER).end()
+    start("second server span", HIGH).end()
+    claim.release(token)
+
+    # Unsampled, ended after the layer returned (OpenTelemetry's WSGI middleware ends its span
+    # when the server closes the response).
+    claim, token = _claim(agent)
+    late = start("claimed unsampled", LOW)
+    leaked = contextvars.copy_context()  # (a task the request started, outliving it)
+    claim.release(token)
+    late.end()
+    # The claim's context outlived the request: the claim did not.
+    leaked.run(lambda: start("leaked claim", HIGH).end())
+    # Another agent's claim (a middleware given its own agent).
+    other = _Claim(cast(Agent, object()))
+    token = _claimed.set(other)
+    start("other agent", HIGH).end()
+    _claimed.reset(token)
+    start("unclaimed", LOW).end()
+
+    after = agent._tally_local.counts
+    seen = {key: n - before.get(key, 0) for key, n in after.items() if n != before.get(key, 0)}
+    # second server span, leaked claim, other agent, unclaimed; the consumer.
+    assert seen == {("GET", "/items/{id}"): 4, ("consumer", "consumer in claim"): 1}
+    begun = [c[4] for c in calls if c[0] == "begin"]
+    assert len(begun) == 4 and all(begun)  # the consumer, second, leaked, other agent
+    assert len([c for c in calls if c[0] == "finish"]) == 4
+    assert processor._in_flight == {}
+    names = {name for _, name in python_calls.get(id(processor), [])}
+    if accel is True:  # decided in C, at the start and at the end
+        assert not names & {"claimed sampled", "claimed unsampled", "unclaimed"}

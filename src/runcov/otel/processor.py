@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 from types import MethodType
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Final, Literal, Optional, Union
 
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from runcov.agent import _RANDOMNESS_MASK, status_class
-from runcov.middleware import KNOWN_METHODS
+from runcov.middleware import KNOWN_METHODS, _claimed
 from runcov.selectors import WEBSOCKET
 
 if TYPE_CHECKING:
@@ -24,6 +25,17 @@ log = logging.getLogger("runcov")
 __all__ = ["RuncovSpanProcessor", "request_identity"]
 
 _MEASURED_KINDS = (SpanKind.SERVER, SpanKind.CONSUMER)
+_SERVER = SpanKind.SERVER
+
+
+class _Mark(enum.Enum):
+    """What ``_in_flight`` holds for a SERVER span started in a request that a runcov
+    middleware or framework hook claimed (and measures and counts): its end is ignored."""
+
+    CLAIMED = "claimed"
+
+
+_CLAIMED: Final = _Mark.CLAIMED
 
 #: The URL schemes of a websocket connection (an ASGI websocket scope's ``scheme``).
 _WEBSOCKET_SCHEMES = ("ws", "wss")
@@ -90,12 +102,22 @@ class RuncovSpanProcessor(SpanProcessor):
     is the context the request's code then runs in, so the scope is bound there. Routes that
     an instrumentation sets only after start (Django) are decided on the method and checked
     again at ``on_end``. The request span itself is never written to.
+
+    A SERVER span started where a runcov middleware or framework hook of the same agent has
+    claimed the request (the middleware outside OpenTelemetry's instrumentation) is that
+    request's own span: the layer that claimed it measures and counts it, so the span is
+    neither decided, measured nor counted here. That is decided at its start, in the context
+    the claim is read from, and remembered (``_in_flight``) for its end, which may run
+    elsewhere (OpenTelemetry's WSGI middleware ends its span when the server closes the
+    response, after runcov's middleware returned). CONSUMER spans started within a claimed
+    request are work of their own, measured as usual.
     """
 
     def __init__(self, agent: Agent, *, accel: Any = True) -> None:
         self._agent = agent
-        #: span id -> ticket of the sampled spans in flight.
-        self._in_flight: dict[int, RequestTicket] = {}
+        #: span id -> ticket of the sampled spans in flight, or ``_CLAIMED`` for a server span
+        #: of a request a runcov middleware or hook claimed.
+        self._in_flight: dict[int, Union[RequestTicket, Literal[_Mark.CLAIMED]]] = {}
         self._gate = None
         if accel is True:
             from runcov.tracing._scope import load_accel
@@ -120,6 +142,8 @@ class RuncovSpanProcessor(SpanProcessor):
                 SpanKind.SERVER,
                 SpanKind.CONSUMER,
                 DEFAULT_TRACE_STATE,
+                _claimed,
+                _CLAIMED,
             )
             self.__dict__["on_start"] = self._gate.on_start
             self.__dict__["on_end"] = self._gate.on_end
@@ -139,6 +163,13 @@ class RuncovSpanProcessor(SpanProcessor):
             ctx = span.get_span_context()
             if ctx is None:
                 return
+            if kind is _SERVER:
+                claim = _claimed.get()
+                if claim is not None and claim.span_agent is agent:
+                    # The request's own span: the layer that claimed the request measures it.
+                    claim.span_agent = None
+                    self._in_flight[ctx.span_id] = _CLAIMED
+                    return
             # Agent.cannot_sample(by_span=True), inline: this runs for every request span. A
             # SpanContext is a tuple (trace_id, span_id, is_remote, flags, trace_state, valid);
             # spans without a tracestate share the API's default one.
@@ -170,12 +201,15 @@ class RuncovSpanProcessor(SpanProcessor):
         agent = self._agent
         try:
             ctx = None
-            ticket = None
+            ticket: Optional[RequestTicket] = None
             in_flight = self._in_flight
             if in_flight:  # this span's ticket, if any, was added by its own on_start
                 ctx = span.get_span_context()
                 if ctx is not None:
-                    ticket = in_flight.pop(ctx.span_id, None)
+                    popped = in_flight.pop(ctx.span_id, None)
+                    if isinstance(popped, _Mark):
+                        return  # _CLAIMED: the layer that claimed the request counts it
+                    ticket = popped
             method, route = request_identity(kind, span.name, _attributes(span))
             agent.seen(method, route)
             if ticket is not None and ctx is not None:
@@ -206,6 +240,8 @@ class RuncovSpanProcessor(SpanProcessor):
         """Close the scopes of spans that will never end (the provider is shutting down)."""
         in_flight, self._in_flight = self._in_flight, {}
         for ticket in in_flight.values():
+            if ticket is _CLAIMED:
+                continue
             try:
                 self._agent.cancel(ticket)
             except Exception:
