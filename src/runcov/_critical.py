@@ -7,17 +7,24 @@ A call made while a measured request is already in progress is part of that requ
 
 The call of a generator function (or async generator function) runs none of its body: its
 request is the generator's run instead, from its first resumption to its end, and measures
-only the resumptions (see :class:`_Run`).
+only the resumptions (see :class:`_Run`). A plain function that returns a generator it made
+(not started yet: a generator expression, a generator function's call) does half its work
+later, as the generator runs: its request is the call and that run, ending with the run. Over
+``@contextlib.contextmanager`` (or ``asynccontextmanager``) the request is the generator's run
+too, the ``with`` statement's setup and teardown, not the call that makes the context manager.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dis
 import functools
 import inspect
 import logging
 import sys
 import threading
+import weakref
+from types import AsyncGeneratorType, GeneratorType
 from typing import (
     Any,
     AsyncGenerator,
@@ -92,15 +99,64 @@ def _measured(name: str) -> Callable[..., Any]:
         agent, ticket, parent = _begin(name)
         if agent is None:
             return wrapped(*args, **kwargs)
-        failed = True
         try:
             result = wrapped(*args, **kwargs)
-            failed = False
-            return result
-        finally:
-            _end(name, agent, ticket, parent, failed)
+        except BaseException:
+            _end(name, agent, ticket, parent, True)
+            raise
+        if ticket is not None and type(result) in _GENERATOR_TYPES and _unstarted(result):
+            return _go_on(name, agent, ticket, parent, result)
+        _end(name, agent, ticket, parent, False)
+        return result
 
     return wrapper
+
+
+_GENERATOR_TYPES = (GeneratorType, AsyncGeneratorType)
+
+if sys.version_info >= (3, 12):
+
+    def _unstarted(made: Any) -> bool:
+        """True for a generator (async generator) not started yet."""
+        if type(made) is GeneratorType:
+            return inspect.getgeneratorstate(made) == inspect.GEN_CREATED
+        return inspect.getasyncgenstate(made) == inspect.AGEN_CREATED
+
+else:
+    _RETURN_GENERATOR = dis.opmap["RETURN_GENERATOR"]
+
+    def _unstarted(made: Any) -> bool:
+        """True for a generator (async generator) not started yet."""
+        if type(made) is GeneratorType:
+            return inspect.getgeneratorstate(made) == inspect.GEN_CREATED
+        # 3.11 tells no async generator's state: one not started stands where its frame was
+        # made, at RETURN_GENERATOR (started, at a yield; finished, without a frame).
+        frame = made.ag_frame
+        return (
+            frame is not None
+            and not made.ag_running
+            and frame.f_code.co_code[frame.f_lasti] == _RETURN_GENERATOR
+        )
+
+
+def _go_on(name: str, agent: Any, ticket: Any, parent: int, made: Any) -> Any:
+    """``made``, the generator (async generator) a measured call returned, not started yet,
+    measured as the rest of the call's request: its run, which ends the request.
+
+    What the call did and what the generator does are one piece of work, as when a function
+    returns a generator expression: measured alone, the call would be a line or two, and the
+    work (the expression's and what it calls) would be measured by no request. The request
+    pauses from the call's return to the generator's first resumption, as between two of its
+    resumptions; a generator dropped before it ever runs ends it (see :meth:`_Run.go_on`).
+    """
+    run = _Run(name)
+    measured: Any
+    if type(made) is GeneratorType:
+        measured = _run_generator(run, made)
+    else:
+        measured = _run_async_generator(run, made)
+    run.go_on(agent, ticket, parent, measured)
+    return measured
 
 
 async def _run_async(name: str, wrapped: Any, args: tuple[Any, ...], kwargs: Any) -> Any:
@@ -141,6 +197,7 @@ class _Run:
         "_inside",
         "_local",
         "_name",
+        "_orphan",
         "_parent",
         "_started",
         "_ticket",
@@ -163,6 +220,8 @@ class _Run:
         self._held = False
         #: An activation for the thread running the code now (not the opener's).
         self._local = False
+        #: What ends a call's request (:meth:`go_on`) if its generator is dropped unstarted.
+        self._orphan: Any = None
 
     def _scope(self) -> Any:
         """The run's scope while it records (sampled, not nested, traced, not expired)."""
@@ -172,15 +231,35 @@ class _Run:
         scope = ticket.scope
         return None if scope.closed or not scope.traced else scope
 
+    def _open(self, agent: Any, ticket: Any, parent: int) -> None:
+        """The request is decided: its scope (if measured) is open, bound here, and active."""
+        self._started = True
+        self._agent, self._ticket, self._parent = agent, ticket, parent
+        if ticket is not None:
+            self._token = getattr(ticket.scope, "_token", None)  # (None: not bound)
+
+    def go_on(self, agent: Any, ticket: Any, parent: int, measured: Any) -> None:
+        """Take over the request of the call that returned the generator ``measured`` (its
+        scope still bound), as if the call were the run's first resumption: pause it until the
+        next. ``measured`` dropped before it ever runs (whose finalizer then runs none of its
+        code) ends the request, with what the call measured. Never raises."""
+        self._open(agent, ticket, parent)
+        self.leave()
+        try:
+            self._orphan = orphan = weakref.finalize(measured, self.end, False)
+            orphan.atexit = False
+        except Exception:
+            log.debug("runcov: could not watch a generator's finalization", exc_info=True)
+
     def enter(self) -> None:
         """Before the generator's code runs: at the first time, decide (the scope opens bound
         here, and active); later, bind again what it had bound. Never raises."""
         if not self._started:
-            self._started = True
-            self._agent, self._ticket, self._parent = _begin(self._name)
-            if self._ticket is not None:
-                self._token = getattr(self._ticket.scope, "_token", None)  # (None: not bound)
+            self._open(*_begin(self._name))
             return
+        if self._orphan is not None:
+            self._orphan.detach()
+            self._orphan = None
         scope = self._scope()
         if scope is None or self._token is not None:
             return
@@ -270,28 +349,31 @@ class _Run:
 _DRIVEN: set[Any] = set()
 
 
-def _run_generator(run: _Run, generator: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
-    """``generator`` as its caller sees it, measured by ``run``.
+def _delegate(run: _Run, steps: Any, whole: bool) -> Generator[Any, Any, Any]:
+    """``steps`` (a generator, or an awaitable's iterator) as its caller sees it, with
+    ``run``'s scope bound while its code runs, and only then.
 
     The delegation of ``yield from`` (PEP 380) written out: what is sent, thrown or closed
-    reaches ``generator`` with its scope bound, its value at the end is returned. So the
-    caller gets a generator (what frameworks and ``contextlib.contextmanager`` expect of a
-    generator function's call), and a generator dropped unfinished still ends its request:
-    its finalizer closes it like ``close()``.
+    reaches ``steps`` with the scope bound, its value at the end is returned. ``whole``:
+    ``steps`` is the run's generator, whose end (exhausted, raising, or closed) ends the run,
+    and which is held in :data:`_DRIVEN` meanwhile; else it is one awaitable of the run's.
     """
-    _DRIVEN.add(generator)
+    if whole:
+        _DRIVEN.add(steps)
     try:
         sent: Any = None
         thrown: Optional[BaseException] = None
         while True:
             run.enter()
             try:
-                item = generator.send(sent) if thrown is None else generator.throw(thrown)
+                item = steps.send(sent) if thrown is None else steps.throw(thrown)
             except StopIteration as stop:
-                run.end(failed=False)
+                if whole:
+                    run.end(failed=False)
                 return stop.value
             except BaseException:
-                run.end(failed=True)
+                if whole:
+                    run.end(failed=True)
                 raise
             finally:
                 run.leave()
@@ -302,18 +384,34 @@ def _run_generator(run: _Run, generator: Generator[Any, Any, Any]) -> Generator[
                 run.enter()
                 try:
                     # (3.13+: what it returned on GeneratorExit, which close() returns too)
-                    value = cast(Any, generator).close()
+                    value = steps.close()
                 except BaseException:
-                    run.end(failed=True)
+                    if whole:
+                        run.end(failed=True)
                     raise
-                run.end(failed=False)
+                else:
+                    if whole:
+                        run.end(failed=False)
+                finally:
+                    run.leave()
                 if value is None:
                     raise
                 return value
             except BaseException as exc:
                 sent, thrown = None, exc
     finally:
-        _DRIVEN.discard(generator)
+        if whole:
+            _DRIVEN.discard(steps)
+
+
+def _run_generator(run: _Run, generator: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """``generator`` as its caller sees it, measured by ``run`` (:func:`_delegate`).
+
+    So the caller gets a generator (what frameworks and ``contextlib.contextmanager`` expect
+    of a generator function's call), and a generator dropped unfinished still ends its
+    request: its finalizer closes it like ``close()``.
+    """
+    return _delegate(run, generator, whole=True)
 
 
 class _Bound:
@@ -328,30 +426,7 @@ class _Bound:
         self._awaitable = awaitable
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        steps = self._awaitable.__await__()
-        run = self._run
-        sent: Any = None
-        thrown: Optional[BaseException] = None
-        while True:
-            run.enter()
-            try:
-                signal = steps.send(sent) if thrown is None else steps.throw(thrown)
-            except StopIteration as done:
-                return done.value
-            finally:
-                run.leave()
-                thrown = None
-            try:
-                sent = yield signal
-            except GeneratorExit:
-                run.enter()
-                try:
-                    steps.close()
-                finally:
-                    run.leave()
-                raise
-            except BaseException as exc:
-                sent, thrown = None, exc
+        return _delegate(self._run, self._awaitable.__await__(), whole=False)
 
 
 def _first_asend(agen: AsyncGenerator[Any, Any]) -> Any:
@@ -445,6 +520,13 @@ def _context_manager_makers() -> dict[Any, Callable[[Any], Any]]:
 _CONTEXT_MANAGER_MAKERS = _context_manager_makers()
 
 
+def _maker_of(func: Any) -> Optional[Callable[[Any], Any]]:
+    """``contextlib.contextmanager`` (``asynccontextmanager``) when ``func`` is a function it
+    made, whose ``__wrapped__`` is the generator function it decorates; else None."""
+    maker = _CONTEXT_MANAGER_MAKERS.get(getattr(func, "__code__", None))
+    return maker if maker is not None and hasattr(func, "__wrapped__") else None
+
+
 def critical(func: Union[F, str, None] = None, *, name: Optional[str] = None) -> Any:
     """Mark a function (sync or async) whose calls runcov measures as requests.
 
@@ -457,17 +539,23 @@ def critical(func: Union[F, str, None] = None, *, name: Optional[str] = None) ->
     run, from its first resumption to its end (exhausted, closed, or raising), and measures
     its resumptions only, not its consumer's code between them. Its calls still return
     generators (async generators). Over ``@contextlib.contextmanager`` (or
-    ``asynccontextmanager``) it measures the generator function that decorator wraps.
+    ``asynccontextmanager``) it measures the generator function that decorator wraps: the
+    ``with`` statement's setup and teardown. A plain function that returns a generator (async
+    generator) it made and has not started (a generator expression, a generator function's
+    call) is measured from its call to that generator's end, as one request: the call, then the
+    generator's resumptions only; dropped before it ever runs, the generator ends the request
+    with the call. A generator returned already started is returned as it is, its run not
+    part of the request.
     """
 
     def decorate(f: F) -> F:
         if not callable(f):
             raise TypeError(f"runcov.critical expects a function, got {f!r}")
-        maker = _CONTEXT_MANAGER_MAKERS.get(getattr(f, "__code__", None))
-        if maker is not None and hasattr(f, "__wrapped__"):
+        maker = _maker_of(f)
+        if maker is not None:
             # Over ``@contextlib.contextmanager``: the call only makes the context manager, and
             # its generator runs the body later. Measured as the generator function under it.
-            return maker(decorate(f.__wrapped__))
+            return maker(decorate(cast(Any, f).__wrapped__))
         wrapped = wrapt.FunctionWrapper(f, _measured(name or _qualified_name(f)))
         if inspect.iscoroutinefunction(f) and not inspect.iscoroutinefunction(wrapped):
             # Keep ``asyncio.iscoroutinefunction`` true for frameworks that inspect handlers.
@@ -498,12 +586,36 @@ _watched: set[tuple[str, str]] = set()
 _watch_lock = threading.Lock()
 
 
+def _watching(original: Any, name: str) -> Any:
+    """What ``watch`` puts in place of ``original`` (a function, method, ``staticmethod`` or
+    ``classmethod``) to measure its calls as the endpoint ``job <name>``.
+
+    Over ``@contextlib.contextmanager`` (``asynccontextmanager``), as :func:`critical`: the
+    same decorator over the generator function it wraps, measured. Wrapping the function the
+    decorator made would measure only the call that makes the context manager, whose code
+    (contextlib's) is not the application's, and not the ``with`` statement's setup and
+    teardown, the generator's run.
+    """
+    binding = type(original) if isinstance(original, (staticmethod, classmethod)) else None
+    func = original.__func__ if binding is not None else original
+    maker = _maker_of(func)
+    if maker is None:
+        return wrapt.FunctionWrapper(original, _measured(name))
+    made = maker(wrapt.FunctionWrapper(func.__wrapped__, _measured(name)))
+    return made if binding is None else binding(made)
+
+
 def watch(target: str, name: Optional[str] = None) -> None:
     """Measure calls of ``"package.module:function"`` (or ``"module:Class.method"``).
 
     The function is wrapped when its module is imported (now, if it already is), so ``watch``
     can be called before the application imports it. The endpoint is ``"job <name>"``,
     ``name`` defaulting to ``package.module.function``. Watching a target again does nothing.
+    What a call's request measures is what ``@runcov.critical`` measures (see
+    :func:`critical`): for a generator function, each generator's run; for a
+    ``@contextlib.contextmanager`` (or ``asynccontextmanager``) function, its generator's run,
+    the ``with`` statement's setup and teardown; for a plain function returning a generator it
+    made, the call and that generator's run, the request ending when the generator does.
     """
     module, attr = _parse_target(target)
     endpoint = name or f"{module}.{attr}"
@@ -514,7 +626,8 @@ def watch(target: str, name: Optional[str] = None) -> None:
 
     def patch(mod: Any) -> None:
         try:
-            wrapt.wrap_function_wrapper(mod, attr, _measured(endpoint))
+            # (``_watching`` may return a function, not the proxy wrapt's types expect)
+            wrapt.wrap_object(mod, attr, cast(Any, _watching), (endpoint,))
         except Exception:
             log.warning("runcov: could not watch %s", target, exc_info=True)
 
