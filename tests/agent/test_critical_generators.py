@@ -6,8 +6,8 @@ between two of them.
 The ground truth is coverage.py (branch mode) running the same undecorated generator, driven
 the same way, restricted to the generator's own lines; the consumers live in this file too, so
 coverage.py sees their lines where the agent must not. Where a throw() or close() lands in a
-suspended generator, the arcs are those runcov's own core measures of the undecorated one
-(see :func:`reference`).
+suspended generator, runcov's own core must measure the undecorated one as coverage.py does
+too (see ``InFile.reference`` in ``tests/agent/measured.py``).
 """
 
 from __future__ import annotations
@@ -20,21 +20,20 @@ import os
 import random
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import ThreadingHTTPServer
 from typing import Any, Callable
 
-import coverage
 import pytest
-from coverage.parser import PythonParser
 
 import runcov
 from runcov.agent import Agent
 from runcov.testing import capture_coverage
 from runcov.tracing._scope import _current
 from tests.agent import otlp_sink
+from tests.agent.measured import InFile, exported, lines_of, span
 from tests.agent.otlp_sink import HTTPSink
-from tests.integration.otlp import TraceCoverage, coverage_by_trace, wait_for
+from tests.integration.otlp import wait_for
 
 HERE = os.path.realpath(__file__)
 FILE = os.path.basename(HERE)
@@ -298,90 +297,13 @@ def across_threads(make: Callable[[int], Iterator[int]]) -> list[int]:
 # -- ground truth and what was exported ----------------------------------------------------
 
 
-def span(func: Any) -> tuple[int, int]:
-    """The first and last line of ``func``'s code."""
-    code = func.__code__
-    return code.co_firstlineno, max(line for *_, line in code.co_lines() if line)
-
-
-def coverage_py(run: Callable[[], Any], *functions: Any) -> tuple[set[int], set[Arc], set[int]]:
-    """What coverage.py measures in this file while ``run()`` runs, as the agent reports it
-    (coverage.py's own translation of lines and arcs to statements): the lines and arcs of
-    ``functions``' code, and every line measured."""
-    cov = coverage.Coverage(branch=True, data_file=None, include=[HERE], config_file=False)
-    cov.start()
-    try:
-        run()
-    finally:
-        cov.stop()
-    data = cov.get_data()
-    (path,) = (p for p in data.measured_files() if os.path.realpath(p) == HERE)
-    lines, arcs = data.lines(path) or (), data.arcs(path) or ()
-    data.close(force=True)
-    return _theirs(lines, arcs, functions)
-
-
-def captured(run: Callable[[], Any], *functions: Any) -> tuple[set[int], set[Arc], set[int]]:
-    """:func:`coverage_py` measured by ``runcov.testing.capture_coverage`` (runcov's own core
-    around the whole of ``run()``, no agent running)."""
-    with capture_coverage(source=[HERE]) as cap:
-        run()
-    return _theirs(cap.lines.get(HERE, ()), cap.arcs.get(HERE, ()), functions)
-
-
-def reference(run: Callable[[], Any], *functions: Any) -> tuple[set[int], set[Arc], set[int]]:
-    """:func:`coverage_py` for a run that throws into, or closes, a suspended generator,
-    checked against what runcov's own core measures of the undecorated generator
-    (:func:`captured`): where such a throw lands, both record the arcs coverage.py's tracer
-    records (the handler entered from the function's start after a throw at a plain
-    ``yield``, no exit arc from a yield the exception leaves by). What the decorator must keep
-    is what the core measures of the body.
-    """
-    lines, arcs, ran = coverage_py(run, *functions)
-    same_lines, same_arcs, _ = captured(run, *functions)
-    assert (same_lines, same_arcs) == (lines, arcs)
-    return lines, arcs, ran
-
-
-def _theirs(
-    lines: Iterable[int], arcs: Iterable[Arc], functions: tuple[Any, ...]
-) -> tuple[set[int], set[Arc], set[int]]:
-    parser = PythonParser(filename=HERE)
-    parser.parse_source()
-    parser.arcs()  # (the analysis that finds the with statements' exits)
-    lines = set(parser.translate_lines(lines))
-    arcs = set(parser.translate_arcs(arcs))
-    ranges = [span(f) for f in functions]
-
-    def theirs(line: int) -> bool:
-        return any(first <= abs(line) <= last for first, last in ranges)
-
-    return (
-        {line for line in lines if theirs(line)},
-        {arc for arc in arcs if theirs(arc[0]) and theirs(arc[1])},
-        lines,
-    )
-
-
-def lines_of(*functions: Any) -> set[int]:
-    return {line for f in functions for line in range(span(f)[0], span(f)[1] + 1)}
+_HERE = InFile(HERE)
+coverage_py, captured, reference = _HERE.coverage_py, _HERE.captured, _HERE.reference
 
 
 def job(func: Any) -> str:
     """The endpoint of ``func`` marked critical under its own name."""
     return f"job {func.__module__}.{func.__qualname__}"
-
-
-def exported(agent: Agent, sink: HTTPSink, endpoint: str, count: int = 1) -> list[TraceCoverage]:
-    """The requests of ``endpoint`` exported (at least ``count`` of them, complete)."""
-    assert agent.flush(10.0)
-
-    def arrived() -> list[TraceCoverage] | None:
-        runs = coverage_by_trace(sink.coverage_spans()).values()
-        mine = [t for t in runs if t.endpoint == endpoint and t.complete]
-        return mine if len(mine) >= count else None
-
-    return sink.wait_for(arrived, timeout=10.0)  # type: ignore[no-any-return]
 
 
 def active(core: Any) -> int:

@@ -10,8 +10,8 @@ measuring the call and the generator's resumptions, not its consumer's code in b
 The ground truth is coverage.py (branch mode) running the same unwatched functions, driven the
 same way, restricted to the watched code; the consumers live in this file too, so coverage.py
 sees their lines where the agent must not. Where a ``with`` body raises into the suspended
-generator, the arcs are those runcov's own core measures of the unwatched one (see
-:func:`reference`).
+generator, runcov's own core must measure the unwatched one as coverage.py does too (see
+``InFile.reference`` in ``tests/agent/measured.py``).
 """
 
 from __future__ import annotations
@@ -21,19 +21,16 @@ import contextlib
 import gc
 import os
 import sys
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Callable
 
-import coverage
 import pytest
-from coverage.parser import PythonParser
 
 import runcov
 from runcov import _critical
 from runcov.agent import Agent
-from runcov.testing import capture_coverage
+from tests.agent.measured import InFile, exported, lines_of, span
 from tests.agent.otlp_sink import HTTPSink
-from tests.integration.otlp import TraceCoverage, coverage_by_trace
 
 HERE = os.path.realpath(__file__)
 FILE = os.path.basename(HERE)
@@ -240,86 +237,13 @@ async def consume_async(make: Callable[[int], AsyncIterator[int]]) -> int:
 # -- ground truth and what was exported ----------------------------------------------------
 
 
-def span(func: Any) -> tuple[int, int]:
-    """The first and last line of ``func``'s code (the one under its decorators)."""
-    code = inspect_code(func)
-    return code.co_firstlineno, max(line for *_, line in code.co_lines() if line)
-
-
-def inspect_code(func: Any) -> Any:
-    return getattr(func, "__wrapped__", func).__code__
-
-
-def coverage_py(run: Callable[[], Any], *functions: Any) -> tuple[set[int], set[Arc], set[int]]:
-    """What coverage.py measures in this file while ``run()`` runs, as the agent reports it
-    (coverage.py's own translation of lines and arcs to statements): the lines and arcs of
-    ``functions``' code, and every line measured."""
-    cov = coverage.Coverage(branch=True, data_file=None, include=[HERE], config_file=False)
-    cov.start()
-    try:
-        run()
-    finally:
-        cov.stop()
-    data = cov.get_data()
-    (path,) = (p for p in data.measured_files() if os.path.realpath(p) == HERE)
-    lines, arcs = data.lines(path) or (), data.arcs(path) or ()
-    data.close(force=True)
-    return _theirs(lines, arcs, functions)
-
-
-def reference(run: Callable[[], Any], *functions: Any) -> tuple[set[int], set[Arc], set[int]]:
-    """:func:`coverage_py` for a run that throws into a suspended generator: the lines as
-    coverage.py measures them, the arcs as runcov's own core measures the unwatched generator
-    (coverage.py's tracer and runcov's cores do not record the same arc where the throw lands;
-    see tests/agent/test_critical_generators.py)."""
-    lines, _, ran = coverage_py(run, *functions)
-    with capture_coverage(source=[HERE]) as cap:
-        run()
-    same_lines, arcs, _ = _theirs(cap.lines.get(HERE, ()), cap.arcs.get(HERE, ()), functions)
-    assert same_lines == lines
-    return lines, arcs, ran
-
-
-def _theirs(
-    lines: Iterable[int], arcs: Iterable[Arc], functions: tuple[Any, ...]
-) -> tuple[set[int], set[Arc], set[int]]:
-    parser = PythonParser(filename=HERE)
-    parser.parse_source()
-    parser.arcs()  # (the analysis that finds the with statements' exits)
-    lines = set(parser.translate_lines(lines))
-    arcs = set(parser.translate_arcs(arcs))
-    ranges = [span(f) for f in functions]
-
-    def theirs(line: int) -> bool:
-        return any(first <= abs(line) <= last for first, last in ranges)
-
-    return (
-        {line for line in lines if theirs(line)},
-        {arc for arc in arcs if theirs(arc[0]) and theirs(arc[1])},
-        lines,
-    )
-
-
-def lines_of(*functions: Any) -> set[int]:
-    return {line for f in functions for line in range(span(f)[0], span(f)[1] + 1)}
+_HERE = InFile(HERE)
+coverage_py, reference = _HERE.coverage_py, _HERE.reference
 
 
 def job(attr: str) -> str:
     """The endpoint of ``runcov.watch("<this module>:<attr>")``."""
     return f"job {MODULE}.{attr}"
-
-
-def exported(agent: Agent, sink: HTTPSink, endpoint: str, count: int = 1) -> list[TraceCoverage]:
-    """The requests of ``endpoint`` exported (at least ``count`` of them, complete)."""
-    assert agent.flush(10.0)
-
-    def arrived() -> list[TraceCoverage] | None:
-        runs = coverage_by_trace(sink.coverage_spans()).values()
-        mine = [t for t in runs if t.endpoint == endpoint and t.complete]
-        return mine if len(mine) >= count else None
-
-    runs: list[TraceCoverage] = sink.wait_for(arrived, timeout=10.0)
-    return runs
 
 
 @pytest.fixture
