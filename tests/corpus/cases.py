@@ -121,6 +121,7 @@ CASES: list[Case] = [
     # exceptions thrown into suspended generators and coroutines
     _c("throws", "throw_into_handler", "caught", ("caught",)),
     _c("throws", "throw_into_handler", "finally", ("finally",)),
+    _c("throws", "throw_right_after_yield", "once", ()),
     _c("throws", "throw_out", "one", (1,)),
     _c("throws", "throw_through_finally", "both", (4,)),
     _c("throws", "throw_through_delegation", "once", ()),

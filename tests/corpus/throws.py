@@ -47,6 +47,14 @@ def throw_into_handler(mode: str) -> object:
     return "unreachable"
 
 
+def throw_right_after_yield() -> object:
+    """Throws into ``guarded`` with no new line of the caller between its ``yield`` and the
+    ``throw()`` (both on one line)."""
+    gen = guarded(2)
+    after = gen.throw(KeyError("k")) if next(gen) == 0 else None
+    return (after, list(gen))
+
+
 def plain(n: int) -> Generator[int, None, None]:
     """A generator with no handler at all."""
     yield n
