@@ -425,11 +425,7 @@ def gate_changed(
             [*changed, *sorted(files.known), *tracked_files(source)], [source]
         )
         for path in sorted(changed):
-            try:
-                found = resolve_local(path, [source])
-            except SourceError:
-                found = None
-            if exclude(path, found):
+            if exclude.excludes(path, [source]):
                 excluded.append(path)
                 del changed[path]
     results = []
