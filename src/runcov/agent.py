@@ -108,7 +108,8 @@ def _flush_on_sigterm() -> None:
     When nothing handles SIGTERM (its handler is the default) and this is the main thread, a
     handler is installed that stops the agent (sending for up to ``EXIT_FLUSH_SECONDS``) and
     then ends the process by the default action, so the exit status stays "killed by
-    SIGTERM". A handler the application installs, now or later, replaces it.
+    SIGTERM". A handler the application installs, now or later, replaces it; the agent's
+    ``stop()`` removes it again (:func:`_release_sigterm`).
     """
     import signal
 
@@ -119,6 +120,21 @@ def _flush_on_sigterm() -> None:
             return
         signal.signal(signal.SIGTERM, _on_sigterm)
     except (ValueError, OSError, AttributeError):  # no signals here (an embedded interpreter)
+        pass
+
+
+def _release_sigterm() -> None:
+    """Give SIGTERM its default action back if runcov's handler is still the one installed
+    (called when the agent stops; only the main thread can, others leave it: with no running
+    agent it does what the default action does)."""
+    import signal
+
+    try:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except (ValueError, OSError, AttributeError):
         pass
 
 
@@ -511,6 +527,7 @@ class Agent:
                 _active = None
         if not was_running:
             return
+        _release_sigterm()
         # One budget for both: a process exiting while the collector is down waits ``timeout``
         # seconds, not once per signal.
         deadline = time.monotonic() + timeout

@@ -1,6 +1,6 @@
 """runcov's SIGTERM handler: installed only where SIGTERM has its default action, on the main
-thread, and never over a handler of the application's (uvicorn under SIGTERM: see
-tests/integration/test_framework_hooks_more.py)."""
+thread, never over a handler of the application's, and removed when the agent stops (uvicorn
+under SIGTERM: see tests/integration/test_framework_hooks_more.py)."""
 
 from __future__ import annotations
 
@@ -27,21 +27,30 @@ if case == "thread":
     t.join()
 else:
     runcov.start(source=[sys.argv[2]])
-handler = signal.getsignal(signal.SIGTERM)
-print("own" if handler is own else "default" if handler is signal.SIG_DFL else "runcov")
+
+def name():
+    handler = signal.getsignal(signal.SIGTERM)
+    return "own" if handler is own else "default" if handler is signal.SIG_DFL else "runcov"
+
+started = name()
+if case == "later":  # the application's handler, installed after runcov's
+    signal.signal(signal.SIGTERM, own)
+runcov.stop(0.5)
+print(started, name())
 """
 
 
 @pytest.mark.parametrize(
     ("case", "env", "expected"),
     [
-        ("default", {}, "runcov"),
-        ("default", {"RUNCOV_FLUSH_ON_SIGTERM": "false"}, "default"),
-        ("own", {}, "own"),
-        ("thread", {}, "default"),
+        ("default", {}, "runcov default"),
+        ("default", {"RUNCOV_FLUSH_ON_SIGTERM": "false"}, "default default"),
+        ("own", {}, "own own"),
+        ("thread", {}, "default default"),
+        ("later", {}, "runcov own"),
     ],
 )
-def test_the_handler_is_installed_only_over_the_default_action(
+def test_the_handler_is_installed_only_over_the_default_action_and_removed_at_stop(
     tmp_path: Path, case: str, env: dict[str, str], expected: str
 ) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("RUNCOV_", "OTEL_"))}
