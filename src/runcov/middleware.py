@@ -141,11 +141,20 @@ def _span_processor_active(agent: Agent) -> bool:
     return any(p is provider for p in attached)
 
 
-def _in_server_span() -> bool:
-    """True when the current OpenTelemetry span is a recording SERVER span: the request's own
-    span, which the span processor measures and counts."""
+def _server_span_measured(agent: Agent) -> bool:
+    """True when the current OpenTelemetry span is a recording SERVER span (the request's own
+    span) that reaches the agent's span processor, which then measures and counts the request.
+    An SDK span carries its provider's processors; a server span of a provider the processor
+    is not on (an instrumentation given a provider of its own) is no one else's measure."""
+    if not getattr(agent, "_attached", None):
+        return False  # (the processor is on no provider: the common case without OpenTelemetry)
     span = otel_trace.get_current_span()
-    return span.is_recording() and getattr(span, "kind", None) is SpanKind.SERVER
+    if not span.is_recording() or getattr(span, "kind", None) is not SpanKind.SERVER:
+        return False
+    processors = getattr(getattr(span, "_span_processor", None), "_span_processors", None)
+    if isinstance(processors, tuple):
+        return any(p is agent.processor for p in processors)
+    return _span_processor_active(agent)  # (a span of another SDK: by the global provider)
 
 
 def _measured_elsewhere(agent: Agent, instrumented: Optional[Callable[[], bool]] = None) -> bool:
@@ -154,14 +163,15 @@ def _measured_elsewhere(agent: Agent, instrumented: Optional[Callable[[], bool]]
     A middleware or hook of this module outside this one has claimed it; or the span processor
     sees the request's server span: one already current, or one that OpenTelemetry's
     instrumentation of the framework will start inside this layer (``instrumented()``: the
-    framework hooks run before the instrumentation's own middleware). Never raises.
+    framework hooks run before the instrumentation's own middleware, whose spans come from
+    the global provider). Never raises.
     """
     if _is_claimed():
         return True
     try:
-        if not _span_processor_active(agent):
-            return False
-        return _in_server_span() or (instrumented is not None and instrumented())
+        if _server_span_measured(agent):
+            return True
+        return instrumented is not None and _span_processor_active(agent) and instrumented()
     except Exception:
         log.debug("runcov: could not tell whether OpenTelemetry measures a request", exc_info=True)
         return False

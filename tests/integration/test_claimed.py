@@ -237,3 +237,65 @@ def test_a_request_is_counted_and_measured_once_whichever_layer_is_outside(
         assert (got.lines, got.arcs) == setup.expected
         parent = CALLER if setup.by_middleware else servers[trace_id]
         assert got.parent_span_id == parent
+
+
+@pytest.mark.parametrize(
+    "build", [runcov_inside_wsgi_middleware, runcov_inside_fastapi_instrumented]
+)
+@pytest.mark.parametrize("carries_runcov", [True, False])
+@pytest.mark.parametrize("path", ["c", "python"])
+def test_runcov_inside_opentelemetry_on_a_provider_of_its_own(
+    start_agent: AgentFactory,
+    sink: HTTPSink,
+    monkeypatch: pytest.MonkeyPatch,
+    build: Callable[[Any], Setup],
+    carries_runcov: bool,
+    path: str,
+) -> None:
+    """OpenTelemetry's instrumentation given a tracer provider that is not the global one (the
+    global one carries runcov's span processor). When runcov's processor is attached to that
+    provider too (``agent.attach``), runcov's middleware inside it steps aside and the
+    processor measures each sampled request under its server span; when it is not, the
+    processor never sees the request, and the middleware measures it, under the caller's
+    span. Either way each request is counted once and a sampled one measured once."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    if path == "python":
+        monkeypatch.setenv("RUNCOV_ACCEL", "0")
+    own = TracerProvider()
+    spans_out = InMemorySpanExporter()
+    own.add_span_processor(SimpleSpanProcessor(spans_out))
+    setup = build(own)
+    agent = start_agent(sample_rate=0.5, metrics_interval=3600)
+    if carries_runcov:
+        assert agent.attach(own)
+    for trace_id in SAMPLED + UNSAMPLED:
+        assert setup.send(URL, trace_id) == 200
+    servers = {
+        s.context.trace_id: s.context.span_id
+        for s in spans_out.get_finished_spans()
+        if s.kind == SpanKind.SERVER
+    }
+    assert sorted(servers) == sorted(SAMPLED + UNSAMPLED)
+
+    by_trace = exported(agent, sink, SAMPLED)
+    # (OpenTelemetry's WSGI middleware knows no route; runcov's middleware is given one.)
+    endpoint = setup.endpoint if carries_runcov or setup.endpoint != "GET" else (
+        "GET /items/<int:item_id>"
+    )
+    assert agent._seen_totals() == {endpoint: 4}
+    assert set(by_trace) == set(SAMPLED)
+    for trace_id in SAMPLED:
+        parts = [
+            int(s.attributes["runcov.part"])
+            for s in sink.coverage_spans()
+            if s.trace_id == trace_id
+        ]
+        assert sorted(parts) == list(range(by_trace[trace_id].parts))  # measured once
+        got = by_trace[trace_id]
+        assert got.endpoint == endpoint
+        assert (got.lines, got.arcs) == setup.expected
+        assert got.parent_span_id == (servers[trace_id] if carries_runcov else CALLER)
+    own.shutdown()
