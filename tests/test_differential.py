@@ -29,11 +29,13 @@ IMPOSSIBLE: dict[str, tuple[tuple[tuple[int, int], ...], str]] = {}
 #: Modules whose cases must also record coverage.py's raw arcs, not only its possible ones:
 #: where an exception thrown into a suspended generator or coroutine enters and leaves the
 #: frame is outside the possible arcs (an exit arc from a yield, an arc from the function's
-#: start into a handler), so only the raw arcs show it. Self-arcs ``(n, n)`` aside: a loop
+#: start into a handler), so only the raw arcs show it; and where a coroutine resumes after an
+#: ``await`` is too (an entry arc into the line it awaited at, which coverage.py does not
+#: record for a resumption). Self-arcs ``(n, n)`` aside: a loop
 #: that stays on one line (the loop around an ``await``'s ``SEND``) is a line event for a
 #: settrace tracer at each jump back, and none for ``sys.monitoring`` on 3.12 (a known
 #: difference, see the README).
-RAW_ARCS_MODULES = frozenset({"throws"})
+RAW_ARCS_MODULES = frozenset({"throws", "asyncs"})
 
 
 @dataclass

@@ -103,3 +103,9 @@ async def tasks_and_wait(values: list[int]) -> int:
     for task in tasks:
         total += await task
     return total
+
+
+async def consume_together(n: int) -> list[int]:
+    """Two tasks, each an ``async for`` over an async generator that awaits between its
+    yields: each task's steps run between the other's, and each loop ends the normal way."""
+    return list(await asyncio.gather(consume(n, False), consume(n + 2, False)))

@@ -118,6 +118,7 @@ CASES: list[Case] = [
     _c("asyncs", "failing", "both", (1,), (-1,)),
     _c("asyncs", "abandon_async_gen", "both", (5,), (0,)),
     _c("asyncs", "tasks_and_wait", "mixed", ([1, -1, 2],)),
+    _c("asyncs", "consume_together", "two", (3,)),
     # exceptions thrown into suspended generators and coroutines
     _c("throws", "throw_into_handler", "caught", ("caught",)),
     _c("throws", "throw_into_handler", "finally", ("finally",)),

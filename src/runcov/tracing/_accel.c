@@ -2485,12 +2485,26 @@ probe_top(ExactProbes *self, _PyInterpreterFrame *frame)
         return NULL; /* a frame that started before any exact scope of this thread */
     }
     i = probe_find(&probe_parked, frame);
-    if (i < 0 || probe_reserve(s) < 0) {
+    if (i < 0) {
         return NULL;
     }
     ProbeFrame back = probe_parked.frames[i];
     probe_remove(&probe_parked, i);
-    /* what ran since it was parked: frames above it left (or suspended) */
+    /* What ran since it was parked: the running entries above its nearest caller that has
+     * one left (or suspended) meanwhile. A generator it drives, resumed before it and
+     * suspended again (an async iterator awaiting inside an ``async for``), is still there
+     * above that caller, and is parked now, not left on the stack below this frame, where
+     * its next probe would settle this frame as gone. */
+    Py_ssize_t caller = -1;
+    for (_PyInterpreterFrame *p = frame->previous; p != NULL && caller < 0 && s->depth > 0;
+         p = p->previous) {
+        caller = probe_find(s, p);
+    }
+    probe_unwind_to(self, caller);
+    if (probe_reserve(s) < 0) {
+        probe_release(&back);
+        return NULL;
+    }
     s->frames[s->depth++] = back;
     return &s->frames[s->depth - 1];
 }
