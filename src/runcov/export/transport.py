@@ -69,6 +69,8 @@ _RETRYABLE_GRPC = frozenset(
 )
 _FIRST_BACKOFF = 1.0
 _MAX_BACKOFF = 32.0
+#: Seconds of the deadline kept for the last attempt (at most half of what is left).
+_LAST_ATTEMPT = 1.0
 _TRACE_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
@@ -111,18 +113,27 @@ class _Retrying:
     def run(self, attempt: Callable[[float], tuple[bool, bool, Optional[float]]]) -> bool:
         deadline = time.monotonic() + self.timeout
         backoff = _FIRST_BACKOFF
+        last = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._closed.is_set():
                 return False
             done, ok, wait = attempt(remaining)
-            if done:
+            if done or last:
                 return ok
-            if wait is None:
+            left = deadline - time.monotonic()
+            if wait is not None:
+                if wait >= left:
+                    return False  # the receiver asked for a retry later than the deadline
+            else:
                 wait = backoff * (0.5 + random.random() / 2)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
-            if wait >= deadline - time.monotonic():
-                return False
+                if wait >= left:
+                    # The next backoff runs past the deadline: one last attempt before it,
+                    # with what is left for its exchange, so that a receiver back by then
+                    # (a collector restarting) gets the export.
+                    wait = left - min(_LAST_ATTEMPT, left / 2)
+                    last = True
             if self._closed.wait(wait):
                 return False
 
@@ -174,23 +185,55 @@ MAX_ABANDONED_SENDERS = 2
 
 
 class _Answer:
-    """An HTTP answer read in full: status, ``Retry-After`` and body."""
+    """An HTTP answer read in full: status, ``Retry-After``, body and its content type."""
 
-    __slots__ = ("body", "encoding", "retry_after", "status")
+    __slots__ = ("body", "content_type", "encoding", "retry_after", "status")
 
     def __init__(
-        self, status: int, retry_after: Optional[str], body: bytes, encoding: Optional[str]
+        self,
+        status: int,
+        retry_after: Optional[str],
+        body: bytes,
+        encoding: Optional[str],
+        content_type: str = "",
     ) -> None:
         self.status = status
         self.retry_after = retry_after
         self.body = body
         self.encoding = encoding
+        self.content_type = content_type
 
     def text(self, limit: int) -> str:
+        """The answer's message for a log line: a protobuf ``google.rpc.Status`` body's (OTLP
+        encodes an error like its request), else the body as text; control characters
+        escaped either way."""
+        if self.content_type.split(";")[0].strip().lower() in _PROTOBUF_TYPES:
+            try:
+                from google.rpc import status_pb2
+
+                message = status_pb2.Status.FromString(self.body).message
+                if message:
+                    return _printable(message[:limit])
+            except Exception:  # not a Status after all: shown as text
+                pass
         try:
-            return self.body[: 4 * limit].decode(self.encoding or "utf-8", "replace")[:limit]
+            text = self.body[: 4 * limit].decode(self.encoding or "utf-8", "replace")[:limit]
         except LookupError:  # an encoding Python does not know
-            return self.body[: 4 * limit].decode("utf-8", "replace")[:limit]
+            text = self.body[: 4 * limit].decode("utf-8", "replace")[:limit]
+        return _printable(text)
+
+
+_PROTOBUF_TYPES = frozenset(("application/x-protobuf", "application/protobuf"))
+
+
+def _printable(text: str) -> str:
+    """``text`` with its control characters escaped (``\\x08``): one log line, no terminal
+    control."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in text
+    )
 
 
 class _Failure:
@@ -291,6 +334,7 @@ def _exchange(session: Any, job: _Job) -> _Answer | _Failure:
             response.headers.get("Retry-After"),
             bytes(body),
             response.encoding,
+            response.headers.get("Content-Type", ""),
         )
     except requests.exceptions.RequestException as error:  # reset, read timeout, bad framing
         return _Failure(_reason(error), final=False)
@@ -719,7 +763,12 @@ class GrpcTransport(_Sender):
                     answered=name not in ("UNAVAILABLE", "UNIMPLEMENTED", "DEADLINE_EXCEEDED"),
                 )
                 if name in _RETRYABLE_GRPC:
-                    return False, False, None
+                    delay = _grpc_retry_delay(error)
+                    # RESOURCE_EXHAUSTED is retried only when the receiver says when (OTLP:
+                    # RetryInfo); without it (a message over the receiver's size limit) it is
+                    # final, as HTTP 413 is.
+                    if name != "RESOURCE_EXHAUSTED" or delay is not None:
+                        return False, False, delay
                 log.warning(
                     "runcov: the receiver at %s refused coverage spans: %s %s",
                     shown_endpoint(self.target),
@@ -734,6 +783,27 @@ class GrpcTransport(_Sender):
 
     def _release(self) -> None:
         self._channel.close()
+
+
+def _grpc_retry_delay(error: Any) -> Optional[float]:
+    """The delay (seconds) of the ``RetryInfo`` in a gRPC error's status details
+    (``grpc-status-details-bin``), None when it carries none."""
+    try:
+        trailers = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+        for key, value in trailers or ():
+            if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+                continue
+            from google.rpc import error_details_pb2, status_pb2
+
+            for detail in status_pb2.Status.FromString(value).details:
+                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    info = error_details_pb2.RetryInfo()
+                    detail.Unpack(info)
+                    delay = info.retry_delay
+                    return max(0.0, delay.seconds + delay.nanos / 1e9)
+    except Exception:  # a malformed detail: as if none
+        return None
+    return None
 
 
 def _grpc_credentials(grpc: Any) -> Any:
