@@ -867,3 +867,54 @@ def test_a_records_own_attributes_go_on_each_of_its_coverage_spans(
         )
     assert len([s for s in spans if s.trace_id == TRACE_ID]) >= 2
     assert by_trace == {TRACE_ID: {True}, TRACE_ID + 1: {None}}
+
+
+def test_a_shutdown_that_runs_out_of_time_says_what_it_leaves_undelivered(
+    src: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver that is down, an export timeout longer than the shutdown's budget (the 5 s
+    at exit against 10 s): the send is still retrying when the budget ends, and the shutdown
+    itself says what is lost (the worker's own warning would come after the process ended)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = load_config(
+        environ={}, source=[str(src)], exporter_endpoint=f"http://127.0.0.1:{port}",
+        exporter_timeout=30,
+    )
+    exporter = CoverageExporter(config, build_resource(config))
+    assert exporter.submit(record(src))
+    with caplog.at_level("WARNING", logger="runcov"):
+        started = time.monotonic()
+        assert exporter.shutdown(1.0) is False
+        assert time.monotonic() - started < 5.0
+    [warning] = [
+        r.getMessage() for r in caplog.records if "stopping with coverage" in r.getMessage()
+    ]
+    assert "not delivered after 1.0 s" in warning and "they are lost" in warning
+    assert f"127.0.0.1:{port}" in warning
+
+
+def test_a_tls_handshake_with_a_plaintext_grpc_receiver_is_named_in_the_warning(
+    src: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gRPC endpoint written without a scheme means TLS; a receiver without TLS fails the
+    handshake, and the warning says so and how to write a plaintext endpoint."""
+    with GRPCSink() as plain:
+        target = plain.endpoint.removeprefix("http://")
+        config = load_config(
+            environ={}, source=[str(src)], exporter_endpoint=target, exporter_protocol="grpc",
+            exporter_timeout=2,
+        )
+        exporter = CoverageExporter(config, build_resource(config))
+        try:
+            with caplog.at_level("WARNING", logger="runcov"):
+                assert exporter.submit(record(src))
+                assert exporter.flush(20) is False
+        finally:
+            exporter.shutdown(5)
+    [warning] = [r.getMessage() for r in caplog.records if "could not export" in r.getMessage()]
+    assert "The TLS handshake failed" in warning and "http://host:port" in warning, warning
+    assert plain.raw == []

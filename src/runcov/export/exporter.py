@@ -476,6 +476,14 @@ class CoverageExporter:
         cause = getattr(self._transport, "last_error", "") or "no answer"
         if getattr(self._transport, "last_answered", False):
             hint = "The receiver refused them (its answer in parentheses)"
+        elif config.exporter_protocol == "grpc" and any(
+            word in cause.lower() for word in ("handshake", "ssl", "tls")
+        ):
+            hint = (
+                "The TLS handshake failed: for a receiver without TLS, write the endpoint as "
+                "http://host:port (one without a scheme uses TLS unless "
+                "OTEL_EXPORTER_OTLP_INSECURE=true)"
+            )
         else:
             hint = (
                 "Check the receiver, and that it speaks this protocol "
@@ -732,6 +740,8 @@ class CoverageExporter:
         self._wake.set()
         if worker is not None:
             worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                self._warn_undelivered(timeout)
         transport = self._transport
         if transport is not None:
             try:
@@ -739,6 +749,24 @@ class CoverageExporter:
             except Exception:
                 log.debug("runcov: closing the span transport raised", exc_info=True)
         return ok
+
+    def _warn_undelivered(self, timeout: float) -> None:
+        """Say what a shutdown leaves behind when its time ran out with the worker still at
+        it (a send retrying a receiver that is down): at exit the process ends before the
+        worker's own warning could come."""
+        with self._lock:
+            spans, queued = self._inflight, len(self._queue)
+        if not spans and not queued:
+            return
+        log.warning(
+            "runcov: stopping with coverage not delivered after %.1f s: %d coverage span(s) "
+            "still being sent to %s (%s) and %d request(s) not yet encoded; they are lost",
+            timeout,
+            spans,
+            shown_endpoint(self.config.traces_endpoint()),
+            getattr(self._transport, "last_error", "") or "no answer yet",
+            queued,
+        )
 
     def _at_exit(self) -> None:
         try:
