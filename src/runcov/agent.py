@@ -66,14 +66,16 @@ def enabled_by_env(environ: Any = None) -> bool:
     """True when the environment asks for runcov: ``RUNCOV_ENABLED`` true or ``RUNCOV_SOURCE`` set.
 
     Used by the zero-code entry points (``opentelemetry-instrument``, ``runcov run``); an
-    explicit false ``RUNCOV_ENABLED`` wins over ``RUNCOV_SOURCE``.
+    explicit false ``RUNCOV_ENABLED`` wins over ``RUNCOV_SOURCE``. A value that is neither
+    true nor false counts as asking: the configuration's validation then names it, rather
+    than a misspelt switch turning runcov off unseen.
     """
     env = os.environ if environ is None else environ
     flag = env.get("RUNCOV_ENABLED", "").strip().lower()
     if flag:
-        from runcov.config import ON_WORDS
+        from runcov.config import OFF_WORDS
 
-        return flag in ON_WORDS
+        return flag not in OFF_WORDS
     return bool(env.get("RUNCOV_SOURCE", "").strip())
 
 

@@ -122,6 +122,29 @@ def test_opentelemetry_instrument_without_runcov_settings_leaves_runcov_off(
     assert sink.raw == []
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("RUNCOV_ENABLED", "maybe", "RUNCOV_ENABLED='maybe': not a boolean"),
+        ("RUNCOV_MODE", "fast", "RUNCOV_MODE='fast': not one of exact, census"),
+    ],
+)
+def test_opentelemetry_instrument_with_a_bad_setting_serves_and_says_runcov_is_off(
+    sink: HTTPSink, service_dir: Path, variable: str, value: str, reason: str
+) -> None:
+    """Under ``opentelemetry-instrument`` the service starts without runcov, and the log says
+    why, whatever the bad value is (a misspelt ``RUNCOV_ENABLED`` too, not read as false)."""
+    env = _env(sink, service_dir, **{variable: value})
+    proc = subprocess.run(
+        [str(BIN / "opentelemetry-instrument"), sys.executable, *SCRIPT_ARGS], env=env,
+        cwd=service_dir, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"served {len(TRACE_IDS)}" in proc.stdout, proc.stderr
+    assert "runcov is off: " in proc.stderr and reason in proc.stderr, proc.stderr
+    assert sink.raw == []
+
+
 def test_runcov_run_measures_a_service_without_opentelemetry(
     sink: HTTPSink, service_dir: Path
 ) -> None:
