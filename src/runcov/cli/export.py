@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     for warning in result.warnings():
         print(f"runcov: warning: {warning}", file=sys.stderr)
     excluded = f"; {len(left_out)} left out by --exclude" if left_out else ""
-    print(f"wrote {output} ({args.format}, {result.files} files{excluded})", file=sys.stderr)
+    files = f"{result.files} file" + ("" if result.files == 1 else "s")
+    print(f"wrote {output} ({args.format}, {files}{excluded})", file=sys.stderr)
     return _common.EXIT_OK
 
 
