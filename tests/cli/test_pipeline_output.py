@@ -109,13 +109,21 @@ def test_gate_verdict_names_its_window(collector: RunningCollector, sample: Samp
         r"FAIL: canary covered 0 of \d+ selected lines \(0\.0%\) < 80% in shop 1\.1 "
         rf"\(prod, canary\) since {EMPTY}", proc.stdout.splitlines()[-1]
     ), proc.stdout
+    # A window without any coverage of the release is named as such, not only a 0 %.
+    assert proc.stdout.splitlines()[-2] == (
+        f"note: shop 1.1 (prod, canary) since {EMPTY} has no coverage at all: every line "
+        "counts as missed (is this the release and window meant?)"
+    ), proc.stdout
     doc = support.as_json(support.runcov(*args, "--since", EMPTY, "--format", "json"))
     assert doc["message"].endswith(f"in shop 1.1 (prod, canary) since {EMPTY}")
+    assert doc["has_coverage"] is False
     assert doc["window"] == {"since": EMPTY, "until": None, "start": "2030-01-01T00:00:00Z",
                              "end": None, "label": f"since {EMPTY}"}
     proc = support.runcov(*args, "--format", "json")
     assert support.as_json(proc)["window"] is None
     assert support.as_json(proc)["message"].endswith("in shop 1.1 (prod, canary)")
+    assert support.as_json(proc)["has_coverage"] is True
+    assert "has no coverage" not in support.runcov(*args).stdout
 
 
 # -- the window's real start: the store's hour ----------------------------------------------

@@ -106,6 +106,10 @@ class GateResult:
     #: ``--exclude`` globs that match no file: not the changed or named files, not the
     #: release's, not those git tracks under ``--source`` (most often a typo).
     exclude_unmatched: list[str] = field(default_factory=list)
+    #: Whether the release (its endpoint, in the window) executed any line at all: False
+    #: makes every measured line a miss, most often a window or release that is not the one
+    #: meant (a ``--since`` after the traffic), which the verdict's note says.
+    has_coverage: bool = True
 
     @property
     def total(self) -> int:
@@ -178,7 +182,20 @@ class GateResult:
             "excluded_files": self.excluded,
             "unknown_files": self.unknown,
             "exclude_unmatched": self.exclude_unmatched,
+            "has_coverage": self.has_coverage,
         }
+
+    def no_coverage_note(self) -> str:
+        """That the release has no coverage at all where the gate looked, or ""."""
+        if self.has_coverage or self.total == 0:
+            return ""
+        where = release_label(self.release)
+        if self.window:
+            where += f" {self.window.label()}"
+        return (
+            f"{where} has no coverage at all: every line counts as missed (is this the "
+            "release and window meant?)"
+        )
 
     def import_time_note(self) -> str:
         """Why some changed lines were not measured, or "" when none were left out."""
@@ -241,7 +258,12 @@ def render_gate(result: GateResult) -> str:
     if rows:
         out.append(render_table(["File", "Lines", "Covered", "Cover", "Missed"], rows, "lrrrl"))
         out.append("\n")
-    for note in (result.excluded_note(), result.import_time_note(), result.unknown_note()):
+    for note in (
+        result.excluded_note(),
+        result.import_time_note(),
+        result.unknown_note(),
+        result.no_coverage_note(),
+    ):
         if note:
             out.append(f"note: {note}\n")
     out.append(("PASS: " if result.passed else "FAIL: ") + result.message() + "\n")
@@ -323,6 +345,10 @@ class _Files:
             f["path"]: f.get("sha") for f in summary.get("files", [])
         }
         self.known = set(self.sha)
+        totals = summary.get("totals") or {}
+        self.has_coverage = (
+            int(totals.get("lines_covered") or 0) > 0 or int(totals.get("arcs_covered") or 0) > 0
+        )
         self._detail: dict[str, dict[str, Any]] = {}
         self._local: dict[str, Optional[LocalStatic]] = {}
 
@@ -467,6 +493,7 @@ def gate_changed(
         excluded,
         [f.path for f in results if f.path not in files.known],
         exclude_unmatched=unmatched,
+        has_coverage=files.has_coverage,
     )
 
 
@@ -539,7 +566,8 @@ def gate_paths(
         entry.covered |= lines & files.covered(spec.path)
     results = [merged[p] for p in sorted(merged)]
     return GateResult(files.release, "selected lines", threshold, results,
-                      differing=files.differing(list(merged)), exclude_unmatched=unmatched)
+                      differing=files.differing(list(merged)), exclude_unmatched=unmatched,
+                      has_coverage=files.has_coverage)
 
 
 def _function_spans(
