@@ -269,10 +269,11 @@ class _ReleaseGauges:
             self._reading = None
         done.set()
 
-    def rows(self) -> list[dict[str, Any]]:
-        """The rows of the last read that succeeded, after starting a read when they are older
-        than ``ttl`` and waiting for it until ``wait`` seconds after it started (the several
-        series of one scrape share one read and one wait)."""
+    def refresh(self) -> None:
+        """Start a read when the rows are older than ``ttl`` and none is running, and wait for
+        the running read until ``wait`` seconds after it started. Called once per scrape,
+        before its series are rendered: the several series of one scrape share one read and
+        one wait, also when that read fails at once."""
         with self._lock:
             done = self._reading
             if done is None and time.monotonic() - self._at >= self.ttl:
@@ -284,6 +285,9 @@ class _ReleaseGauges:
             started = self._read_started
         if done is not None:
             done.wait(max(0.0, started + self.wait - time.monotonic()))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows of the last read that succeeded."""
         with self._lock:
             return list(self._rows)
 
@@ -438,7 +442,6 @@ class Collector:
                 f"{help_text} per release (the agents' cumulative counters), from the store.",
                 functools.partial(self._gauges.agent, key),
             )
-        # After the per-release series: the scrape has read them (or given up) by then.
         self.metrics.add_gauge(
             "runcov_collector_release_series_age_seconds",
             "Seconds since the per-release series were read from the store: a scrape serves "
@@ -518,8 +521,14 @@ class Collector:
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
+    def render_metrics(self) -> str:
+        """The ``/metrics`` text: the per-release series read from the store once (or the
+        last read served, see ``_ReleaseGauges``), then every metric rendered."""
+        self._gauges.refresh()
+        return self.metrics.render()
+
     async def _metrics(self, request: Request) -> Response:
-        text = await run_in_threadpool(self.metrics.render)
+        text = await run_in_threadpool(self.render_metrics)
         return Response(text, media_type=CONTENT_TYPE)
 
     # -- lifecycle -----------------------------------------------------------------------------

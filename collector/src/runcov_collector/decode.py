@@ -95,13 +95,27 @@ class DecodeResult:
         return text
 
 
+IdErrors = dict[tuple[int, int, int], str]
+"""Why a span's OTLP/JSON id could not be read (``trace_id 'zz' is not hex``), by the indexes
+of the span in ``resource_spans``, ``scope_spans`` and ``spans``."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Parsing bodies
 
 
-def parse_traces(body: bytes, json_body: bool) -> ExportTraceServiceRequest:
-    """Parse an ``ExportTraceServiceRequest`` from protobuf bytes or OTLP/JSON."""
-    return _parse(body, json_body, ExportTraceServiceRequest, _fix_trace_json)
+def parse_traces(
+    body: bytes, json_body: bool, id_errors: IdErrors | None = None
+) -> ExportTraceServiceRequest:
+    """Parse an ``ExportTraceServiceRequest`` from protobuf bytes or OTLP/JSON.
+
+    OTLP/JSON writes ids in hex. A span's ``traceId``, ``spanId`` or ``parentSpanId`` that is
+    not hex is read as empty, and said so in ``id_errors`` (when given): ``decode_traces``
+    rejects that span with it.
+    """
+    return _parse(
+        body, json_body, ExportTraceServiceRequest, lambda doc: _fix_trace_json(doc, id_errors)
+    )
 
 
 def parse_metrics(body: bytes, json_body: bool) -> ExportMetricsServiceRequest:
@@ -190,27 +204,40 @@ def _check_shape(doc: dict[str, Any], descriptor: Any) -> None:
 
 def _hex_to_b64(value: Any) -> Any:
     """OTLP/JSON writes ids as hex; protobuf's JSON mapping wants base64 for bytes fields.
+    Raises ``ValueError`` for a string that is not hex."""
+    if not isinstance(value, str):
+        return value
+    return base64.b64encode(bytes.fromhex(value)).decode("ascii")
+
+
+_ID_KEYS = {
+    "traceId": "trace_id",
+    "spanId": "span_id",
+    "parentSpanId": "parent_span_id",
+    "trace_id": "trace_id",
+    "span_id": "span_id",
+    "parent_span_id": "parent_span_id",
+}
+
+
+def _fix_ids(obj: Any) -> str | None:
+    """Turn the hex ids of ``obj`` into base64; returns why the first id that is not hex
+    could not be read, None when all could.
 
     An id that is not hex becomes empty bytes, so the span it belongs to (if it is a runcov
     span) is rejected on its own instead of failing the whole request.
     """
-    if not isinstance(value, str):
-        return value
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        raw = b""
-    return base64.b64encode(raw).decode("ascii")
-
-
-_ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
-
-
-def _fix_ids(obj: Any) -> None:
+    error = None
     if isinstance(obj, dict):
-        for key in _ID_KEYS:
-            if key in obj:
+        for key, name in _ID_KEYS.items():
+            if key not in obj:
+                continue
+            try:
                 obj[key] = _hex_to_b64(obj[key])
+            except ValueError:
+                error = error or f"{name} {_show(obj[key])} is not hex"
+                obj[key] = ""
+    return error
 
 
 def _items(obj: Any, *keys: str) -> list[Any]:
@@ -224,11 +251,13 @@ def _items(obj: Any, *keys: str) -> list[Any]:
     return []
 
 
-def _fix_trace_json(doc: Any) -> None:
-    for rs in _items(doc, "resourceSpans", "resource_spans"):
-        for ss in _items(rs, "scopeSpans", "scope_spans"):
-            for span in _items(ss, "spans"):
-                _fix_ids(span)
+def _fix_trace_json(doc: Any, id_errors: IdErrors | None) -> None:
+    for i, rs in enumerate(_items(doc, "resourceSpans", "resource_spans")):
+        for j, ss in enumerate(_items(rs, "scopeSpans", "scope_spans")):
+            for k, span in enumerate(_items(ss, "spans")):
+                error = _fix_ids(span)
+                if error is not None and id_errors is not None:
+                    id_errors[i, j, k] = error
                 for link in _items(span, "links"):
                     _fix_ids(link)
 
@@ -289,11 +318,16 @@ def _instance_of(resource: Resource) -> str:
 # Traces
 
 
-def decode_traces(request: ExportTraceServiceRequest, now_ns: int | None = None) -> DecodeResult:
+def decode_traces(
+    request: ExportTraceServiceRequest,
+    now_ns: int | None = None,
+    id_errors: IdErrors | None = None,
+) -> DecodeResult:
     """Turn a parsed trace export into a ``DecodeResult``.
 
     Spans of other instrumentation scopes are counted and skipped without looking at them.
-    Each invalid runcov span is rejected on its own; the rest of the request is kept.
+    Each invalid runcov span is rejected on its own, as is one with an id in ``id_errors``
+    (from ``parse_traces``); the rest of the request is kept.
     Raises ``MalformedRequest`` when the request holds more spans than allowed.
     """
     total = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
@@ -303,10 +337,10 @@ def decode_traces(request: ExportTraceServiceRequest, now_ns: int | None = None)
         )
     now_ns = now_ns if now_ns is not None else time.time_ns()
     result = DecodeResult(batch=Batch(received_unix_nano=now_ns))
-    for rs in request.resource_spans:
+    for i, rs in enumerate(request.resource_spans):
         release: Release | None = None
         release_error: Rejected | None = None
-        for ss in rs.scope_spans:
+        for j, ss in enumerate(rs.scope_spans):
             if ss.scope.name != SCOPE_NAME:
                 result.skipped["foreign_scope"] += len(ss.spans)
                 continue
@@ -315,7 +349,7 @@ def decode_traces(request: ExportTraceServiceRequest, now_ns: int | None = None)
                     release = release_of(rs.resource)
                 except Rejected as exc:
                     release_error = exc
-            for span in ss.spans:
+            for k, span in enumerate(ss.spans):
                 if span.name not in (COVERAGE_SPAN, STATIC_SPAN):
                     result.skipped["unknown_span"] += 1
                     continue
@@ -323,6 +357,8 @@ def decode_traces(request: ExportTraceServiceRequest, now_ns: int | None = None)
                 try:
                     if release_error is not None:
                         raise release_error
+                    if id_errors and (i, j, k) in id_errors:
+                        raise Rejected("ids", id_errors[i, j, k])
                     assert release is not None
                     _decode_span(span, release, now_ns, result.batch)
                 except Rejected as exc:
@@ -726,6 +762,7 @@ __all__ = [
     "SCOPE_NAME",
     "STATIC_SPAN",
     "DecodeResult",
+    "IdErrors",
     "MalformedRequest",
     "Rejected",
     "check_path",

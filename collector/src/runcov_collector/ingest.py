@@ -151,20 +151,28 @@ class Ingestor:
 
     def handle(self, signal: str, transport: str, body: bytes, json_body: bool) -> Outcome:
         """Parse ``body``, then ``process`` it (blocking; run it off the event loop)."""
+        id_errors: decode.IdErrors = {}
         if signal == TRACES:
-            request: Message = decode.parse_traces(body, json_body)
+            request: Message = decode.parse_traces(body, json_body, id_errors)
         else:
             request = decode.parse_metrics(body, json_body)
-        return self.process(signal, transport, request)
+        return self.process(signal, transport, request, id_errors)
 
-    def process(self, signal: str, transport: str, request: Message) -> Outcome:
-        """Decode a parsed export request, store what is valid, and build the OTLP response.
+    def process(
+        self,
+        signal: str,
+        transport: str,
+        request: Message,
+        id_errors: decode.IdErrors | None = None,
+    ) -> Outcome:
+        """Decode a parsed export request, store what is valid, and build the OTLP response;
+        ``id_errors`` are the OTLP/JSON ids ``parse_traces`` could not read.
 
         Raises ``decode.MalformedRequest`` or ``StoreUnavailable`` (``StoreSchemaChanged``
         when a newer collector migrated the store's schema).
         """
         if signal == TRACES:
-            result = decode.decode_traces(request)
+            result = decode.decode_traces(request, id_errors=id_errors)
         else:
             result = decode.decode_metrics(request)
         batch = result.batch

@@ -65,13 +65,14 @@ class _Metric:
 
 
 class Counter(_Metric):
-    """A monotonically increasing count per label set."""
+    """A monotonically increasing count per label set. Without labels its one series is
+    there from the start, at 0; a labelled series appears when it is first incremented."""
 
     kind = "counter"
 
     def __init__(self, name: str, help_text: str, labelnames: Labels = ()) -> None:
         super().__init__(name, help_text, labelnames)
-        self._values: dict[Labels, float] = {}
+        self._values: dict[Labels, float] = {} if labelnames else {(): 0.0}
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         """Add ``amount`` (>= 0) to the series of ``labels``."""

@@ -4,13 +4,14 @@ deflate)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -28,6 +29,8 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 TRANSPORT = "http"
 
+log = logging.getLogger(__name__)
+
 
 class BodyTooLarge(Exception):
     """The body, after decompression, is over the configured limit."""
@@ -35,6 +38,11 @@ class BodyTooLarge(Exception):
 
 class UnsupportedMedia(Exception):
     """Unknown Content-Type or Content-Encoding."""
+
+
+class Disconnected(Exception):
+    """The client closed the connection before the whole body arrived (an exporter that gave
+    up at its deadline, a network that failed); the message says how much had arrived."""
 
 
 def media_type(request_headers: Any) -> str:
@@ -117,7 +125,8 @@ class _Inflate:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """Read the body with ``limit`` applied to the raw and the decompressed size."""
+    """Read the body with ``limit`` applied to the raw and the decompressed size; raises
+    ``Disconnected`` when the client goes away before the end of the body."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "", *_WBITS):
         raise UnsupportedMedia(
@@ -131,17 +140,21 @@ async def read_body(request: Request, limit: int) -> bytes:
     gunzip = _Inflate(limit, encoding) if encoding in _WBITS else None
     raw = 0
     chunks: list[bytes] = []
-    async for chunk in request.stream():
-        raw += len(chunk)
-        if raw > limit:
-            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
-        if gunzip is not None:
-            try:
-                gunzip.feed(chunk)
-            except zlib.error as exc:
-                raise decode.MalformedRequest(f"body is not valid {encoding}: {exc}") from exc
-        else:
-            chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            raw += len(chunk)
+            if raw > limit:
+                raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+            if gunzip is not None:
+                try:
+                    gunzip.feed(chunk)
+                except zlib.error as exc:
+                    raise decode.MalformedRequest(f"body is not valid {encoding}: {exc}") from exc
+            else:
+                chunks.append(chunk)
+    except ClientDisconnect:
+        of = f" of {int(length)}" if length.isdigit() else ""
+        raise Disconnected(f"after sending {raw}{of} bytes") from None
     return gunzip.finish() if gunzip is not None else b"".join(chunks)
 
 
@@ -174,6 +187,13 @@ async def _export(request: Request, signal: str) -> Response:
     except decode.MalformedRequest as exc:
         count(transport=TRANSPORT, signal=signal, result="invalid")
         return status_response(400, code_pb2.INVALID_ARGUMENT, str(exc), json_body)
+    except Disconnected as exc:
+        # Nobody reads the answer; the exporter counts its own failure.
+        count(transport=TRANSPORT, signal=signal, result="disconnected")
+        log.info(
+            "OTLP/HTTP client disconnected from %s %s; nothing was stored", request.url.path, exc
+        )
+        return status_response(400, code_pb2.CANCELLED, f"client disconnected {exc}", json_body)
     try:
         ingestor.admit()
     except Overloaded as exc:

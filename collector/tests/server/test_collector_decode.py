@@ -250,18 +250,52 @@ def test_invalid_ids_reject_only_that_span():
     assert "trace_id must be 16 bytes and not all zero" in result.error_message
 
 
-def test_non_hex_ids_in_json_reject_only_that_span():
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        (
+            "traceId",
+            "zz-not-hex",
+            f"span -/{SPAN} (runcov.coverage): trace_id 'zz-not-hex' is not hex",
+        ),
+        ("spanId", "not-hex!", f"span {TRACE}/- (runcov.coverage): span_id 'not-hex!' is not hex"),
+        ("parentSpanId", "0123", None),  # hex: read as it is, like a protobuf parent id
+        (
+            "parentSpanId",
+            "\x1b[2J" + "q" * 100,
+            f"span {TRACE}/{SPAN} (runcov.coverage): parent_span_id '\\x1b[2J{'q' * 56}'... "
+            "is not hex",
+        ),
+        # protobuf's JSON mapping writes bytes in base64; OTLP/JSON writes ids in hex.
+        (
+            "trace_id",
+            "CvdlGRbNQ92ESOshHIAxnA==",
+            f"span -/{SPAN} (runcov.coverage): trace_id 'CvdlGRbNQ92ESOshHIAxnA==' is not hex",
+        ),
+    ],
+    ids=["trace", "span", "parent-hex", "parent-hostile", "trace-base64-snake-case"],
+)
+def test_non_hex_ids_in_json_reject_only_that_span_saying_so(key, value, message):
     request = trace_request(
         [
-            coverage_span("GET /", [file_hits("a.py", [1])]),
+            coverage_span("GET /", [file_hits("a.py", [1])], trace_id=TRACE, span_id=SPAN),
             coverage_span("GET /", [file_hits("a.py", [2])]),
         ]
     )
     doc = json.loads(to_otlp_json(request))
-    doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["spanId"] = "not-hex!"
-    result = decode.decode_traces(decode.parse_traces(json.dumps(doc).encode(), True))
+    span = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    span.pop("traceId" if key == "trace_id" else key, None)
+    span[key] = value
+    id_errors: decode.IdErrors = {}
+    parsed = decode.parse_traces(json.dumps(doc).encode(), True, id_errors)
+    result = decode.decode_traces(parsed, id_errors=id_errors)
+    if message is None:
+        assert (result.accepted, result.rejected) == (2, 0)
+        return
     assert (result.accepted, result.rejected) == (1, 1)
-    assert "span_id must be 8 bytes" in result.error_message
+    assert result.reasons == {"ids": 1}
+    assert result.error_message == message
+    assert [part.files[0].lines for part in result.batch.coverage] == [[2]]
 
 
 def test_invalid_role_rejects_every_runcov_span_of_the_resource():

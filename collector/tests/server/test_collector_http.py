@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
+import socket
 import sqlite3
 import threading
+import time
 import tracemalloc
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -290,6 +293,52 @@ def test_overloaded_store_is_429_with_retry_after_and_nothing_acknowledged(
     assert _stored_lines(client) == [1]
     metrics = client.get("/metrics", token=None).text
     assert 'result="overloaded"} 1' in metrics
+
+
+class _Records(logging.Handler):
+    """Keeps the records a logger handles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_client_that_disconnects_mid_upload_is_counted_without_a_traceback(client, caplog):
+    """An exporter that gives up during an upload (at its deadline) closes the connection with
+    the body half sent: the request is counted as disconnected and logged in one INFO line,
+    without uvicorn's "Exception in ASGI application" traceback."""
+    server_errors = _Records()
+    logging.getLogger("uvicorn.error").addHandler(server_errors)
+    disconnected = (
+        'runcov_collector_ingest_requests_total{transport="http",signal="traces",'
+        'result="disconnected"} 1'
+    )
+    try:
+        with caplog.at_level(logging.INFO, logger="runcov_collector"):
+            with socket.create_connection(("127.0.0.1", client.collector.http_port)) as sock:
+                sock.sendall(
+                    b"POST /v1/traces HTTP/1.1\r\nHost: collector\r\n"
+                    b"Content-Type: application/x-protobuf\r\n"
+                    b"Authorization: Bearer ingest-secret-token\r\n"
+                    b"Content-Length: 100000\r\n\r\n" + b"\x0a" * 50000
+                )
+            deadline = time.monotonic() + 5
+            while disconnected not in client.get("/metrics", token=None).text:
+                assert time.monotonic() < deadline, [r.getMessage() for r in server_errors.records]
+                time.sleep(0.05)
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(server_errors)
+    assert server_errors.records == []
+    lines = [r for r in caplog.records if "disconnected" in r.getMessage()]
+    assert [(r.levelno, r.exc_info) for r in lines] == [(logging.INFO, None)]
+    assert lines[0].getMessage() == (
+        "OTLP/HTTP client disconnected from /v1/traces after sending 50000 of 100000 bytes; "
+        "nothing was stored"
+    )
+    assert client.query("/api/v1/services") == {"services": []}
 
 
 def test_unavailable_store_is_503_with_retry_after(make_store, start_collector, make_client):

@@ -64,6 +64,30 @@ def test_collector_metrics_render_every_family_once():
     assert "# TYPE runcov_collector_store_ingest_seconds histogram" in text
 
 
+def test_unlabelled_counters_render_0_before_they_count():
+    """A counter without labels has its one series from the start: an alert on its
+    ``increase`` sees the first increment, which a series appearing at 1 would hide."""
+    registry = Registry()
+    counter = Counter("x_sweeps", "Sweeps.")
+    registry.register(counter)
+    assert registry.render().splitlines()[2:] == ["x_sweeps_total 0"]
+    counter.inc()
+    assert registry.render().splitlines()[2:] == ["x_sweeps_total 1"]
+
+
+def test_the_collectors_unlabelled_counters_read_0_from_the_start(start_collector, make_client):
+    """No retention sweep ran (retention is off) and nothing was read: each unlabelled counter
+    of ``/metrics`` still has its series, at 0."""
+    client = make_client(start_collector())
+    lines = client.get("/metrics", token=None).text.splitlines()
+    for name in (
+        "runcov_collector_retention_expired_total",
+        "runcov_collector_retention_failures_total",
+        "runcov_collector_release_series_read_failures_total",
+    ):
+        assert f"{name} 0" in lines, name
+
+
 def _send(client, when_ns, lines):
     span = coverage_span("GET /", [file_hits("shop/views.py", lines)], end_time_unix_nano=when_ns)
     assert client.send(trace_request([span])).status_code == 200

@@ -131,6 +131,27 @@ def test_query_failures_are_503_only_when_the_store_is_unavailable(
         assert "Store unavailable" in page.text
 
 
+def test_one_scrape_reads_the_store_once_while_it_refuses(
+    make_store, start_collector, make_client, caplog
+):
+    """A store that refuses at once (a stopped PostgreSQL): the per-release series of one
+    scrape share one read, so each scrape counts one failed read and logs one warning."""
+    error = ConnectionRefusedError(111, "Connection refused")
+    store = _FailingQueries(make_store(), error)
+    client = make_client(start_collector(store=store, metrics_cache_seconds=0))
+    failures = "runcov_collector_release_series_read_failures_total"
+    with caplog.at_level(logging.WARNING, logger="runcov_collector"):
+        for scrape in (1, 2):
+            response = client.get("/metrics", token=None)
+            assert response.status_code == 200
+            assert f"\n{failures} {scrape}\n" in response.text
+    warnings = [r for r in caplog.records if "cannot read releases" in r.getMessage()]
+    assert [r.getMessage() for r in warnings] == [
+        "cannot read releases for /metrics: store unavailable: "
+        "ConnectionRefusedError: [Errno 111] Connection refused"
+    ] * 2
+
+
 class _Proxy:
     """A TCP forwarder to the test PostgreSQL server, so that the database can go away under a
     running collector without stopping the server other tests use: ``stop()`` refuses new
