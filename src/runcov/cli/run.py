@@ -29,7 +29,9 @@ _LIST_OPTIONS = (
     ("--exclude", "exclude", "glob of files never reported (repeatable)"),
 )
 _VALUE_OPTIONS = (
-    ("--sample-rate", "sample_rate", "probability a selected request is sampled (0..1)"),
+    ("--sample-rate", "sample_rate",
+     "probability a selected request is sampled (0..1); with saturation on (the default) an "
+     "endpoint that stops finding new arcs is sampled less"),
     ("--mode", "mode", "exact or census"),
     ("--max-per-second", "max_per_second", "cap of sampled requests per second per process"),
     ("--service-name", "service_name", "service.name"),
