@@ -181,11 +181,18 @@ def _check_shape(doc: dict[str, Any], descriptor: Any) -> None:
     while pending:
         node, desc, where = pending.pop()
         known = _json_fields(desc)
+        given: dict[str, str] = {}
         for key, value in node.items():
             field = known.get(key)
-            if field is None or field.message_type is None or value is None:
+            if field is None:
                 continue
             name = f"{where}.{key}" if where else key
+            twice = given.setdefault(field.name, key)
+            if twice != key:
+                # json_format would keep one of the two without a word.
+                raise ValueError(f"{name} is given twice, also as {twice!r}")
+            if field.message_type is None or value is None:
+                continue
             if not _is_repeated(field):
                 if not isinstance(value, dict):
                     raise ValueError(f"{name} must be a JSON object, not {_json_type(value)}")
@@ -231,6 +238,10 @@ def _fix_ids(obj: Any) -> str | None:
     if isinstance(obj, dict):
         for key, name in _ID_KEYS.items():
             if key not in obj:
+                continue
+            if obj[key] is None:  # (json_format would read it as an absent id)
+                error = error or f"{name} is null"
+                obj[key] = ""
                 continue
             try:
                 obj[key] = _hex_to_b64(obj[key])

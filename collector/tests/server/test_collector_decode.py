@@ -272,8 +272,10 @@ def test_invalid_ids_reject_only_that_span():
             "CvdlGRbNQ92ESOshHIAxnA==",
             f"span -/{SPAN} (runcov.coverage): trace_id 'CvdlGRbNQ92ESOshHIAxnA==' is not hex",
         ),
+        # null reads as an absent id in protobuf's JSON mapping: named, not "must be 16 bytes".
+        ("traceId", None, f"span -/{SPAN} (runcov.coverage): trace_id is null"),
     ],
-    ids=["trace", "span", "parent-hex", "parent-hostile", "trace-base64-snake-case"],
+    ids=["trace", "span", "parent-hex", "parent-hostile", "trace-base64-snake-case", "null"],
 )
 def test_non_hex_ids_in_json_reject_only_that_span_saying_so(key, value, message):
     request = trace_request(
@@ -296,6 +298,23 @@ def test_non_hex_ids_in_json_reject_only_that_span_saying_so(key, value, message
     assert result.reasons == {"ids": 1}
     assert result.error_message == message
     assert [part.files[0].lines for part in result.batch.coverage] == [[2]]
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "also"),
+    [("resource span", "scope_spans", "scopeSpans"), ("span", "trace_id", "traceId")],
+)
+def test_a_json_field_given_under_both_its_names_is_malformed(where, key, also):
+    """``scopeSpans`` and ``scope_spans`` in one object: protobuf's JSON parser would keep one
+    of the two lists without a word (and the id conversion read the other)."""
+    request = trace_request([coverage_span("GET /", [file_hits("a.py", [1])], trace_id=TRACE)])
+    doc = json.loads(to_otlp_json(request))
+    node = doc["resourceSpans"][0]
+    if where == "span":
+        node = node["scopeSpans"][0]["spans"][0]
+    node[key] = node[also]
+    with pytest.raises(decode.MalformedRequest, match=f"given twice, also as '{also}'"):
+        decode.parse_traces(json.dumps(doc).encode(), True, {})
 
 
 def test_invalid_role_rejects_every_runcov_span_of_the_resource():
