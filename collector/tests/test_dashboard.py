@@ -165,6 +165,25 @@ def test_a_census_release_shows_branch_coverage_as_not_measured(
                                "&role=baseline&path=shop/cart.py")
     assert 'class="partial"' in page and not_measured not in page
 
+    # Compared with the exact release: the census side ran cart.py's lines, so the arcs the
+    # exact side covered there are not differences, and the page says how many were left out.
+    status, page = running.get("/ui/diff?service=shop&environment=prod&a_version=2.0"
+                               "&a_role=baseline&b_version=1.0&b_role=baseline")
+    assert status == 200
+    left_out = len(exact_arcs(running))
+    assert left_out > 0
+    assert (f'id="diff-not-compared">{left_out} arc(s) covered on one side are not compared'
+            in page)
+    assert 'data-path="shop/cart.py"' not in page  # the same lines: no difference left
+
+
+def exact_arcs(running: Running) -> set[tuple[int, int]]:
+    """The arcs of ``shop/cart.py`` that release 1.0 (baseline) covered, from the API."""
+    data = running.api("/api/v1/coverage?service=shop&version=1.0&environment=prod"
+                       "&role=baseline&detail=1")
+    [f] = [f for f in data["files"] if f["path"] == "shop/cart.py"]
+    return {tuple(a) for a in f["arcs"]}
+
 
 def test_file_page_without_source_dir_lists_lines(tmp_path: Path) -> None:
     root = copy_sample(tmp_path / "src")

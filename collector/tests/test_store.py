@@ -735,6 +735,7 @@ def test_diff_between_releases(store: SqlStore) -> None:
             "no_longer_covered_lines": [14],
             "newly_covered_arcs": [[13, 16], [16, 20]],
             "no_longer_covered_arcs": [[13, 14], [14, 20]],
+            "arcs_not_compared": 0,
         }
     ]
     assert answer["endpoints"] == [

@@ -219,3 +219,54 @@ def test_a_canary_without_environment_is_compared_with_the_baseline_without_one(
                         "role": "baseline"}
     assert doc["b"]["environment"] == ""
     assert doc["summary"]["endpoints_only_in_a"] == 1
+
+
+def test_arcs_of_lines_measured_by_census_are_not_differences(
+    collector: RunningCollector, sample: Sample
+) -> None:
+    """A measured by census (lines, no arcs), B exactly, on the same inputs: no difference at
+    all, the arcs B covers counted as not compared (A ran their lines, how is unknown). Then B
+    on other inputs: an arc into a line A never ran is newly covered whatever measured A, and
+    the lines differ as coverage.py's do."""
+    census = Release("shop", "3.0", "prod", "baseline")
+    exact = Release("shop", "3.0", "prod", "canary")
+    collector.store.ingest(
+        support.batch(census, sample.root, sample.requests(*A_INPUTS), mode="census")
+    )
+    collector.store.ingest(support.batch(exact, sample.root, sample.requests(*A_INPUTS)))
+    args = ("diff", *collector.args(), "--service", "shop", "--environment", "prod",
+            "--a-version", "3.0", "--a-role", "baseline", "--b-version", "3.0",
+            "--b-role", "canary")
+    proc = support.runcov(*args, "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    doc = support.as_json(proc)
+    assert doc["files"] == []
+    arcs = sample.arcs(*A_INPUTS)
+    assert doc["summary"]["arcs_not_compared"] == sum(len(v) for v in arcs.values())
+    text = support.runcov(*args)
+    assert text.returncode == 0, text.stderr
+    assert f"note: {sum(len(v) for v in arcs.values())} arc(s) covered on one side are not " \
+        "compared" in text.stdout
+    assert "no coverage differences between A and B" in text.stdout
+
+    other = Release("shop", "3.1", "prod", "canary")
+    collector.store.ingest(support.batch(other, sample.root, sample.requests(*B_INPUTS)))
+    doc = support.as_json(support.runcov(
+        "diff", *collector.args(), "--service", "shop", "--environment", "prod",
+        "--a-version", "3.0", "--a-role", "baseline", "--b-version", "3.1",
+        "--b-role", "canary", "--format", "json",
+    ))
+    la, lb, ab = sample.lines(*A_INPUTS), sample.lines(*B_INPUTS), sample.arcs(*B_INPUTS)
+    by_path = {f["path"]: f for f in doc["files"]}
+    for path in set(la) | set(lb):
+        got = by_path.get(path, {})
+        assert set(got.get("newly_covered_lines", [])) == lb.get(path, set()) - la.get(path, set())
+        assert set(got.get("no_longer_covered_lines", [])) == (
+            la.get(path, set()) - lb.get(path, set())
+        )
+        # What B covers from or into lines A never ran is new; A's census arcs are never gone.
+        ran = la.get(path, set())
+        new = {a for a in ab.get(path, set()) if (a[1] > 0 and a[1] not in ran)
+               or (a[0] > 0 and a[0] not in ran)}
+        assert {tuple(a) for a in got.get("newly_covered_arcs", [])} == new, path
+        assert got.get("no_longer_covered_arcs", []) == []

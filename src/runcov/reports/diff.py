@@ -80,6 +80,7 @@ def build_diff(
         window = Window(a.since, a.until)
     data["window"] = {**window.as_dict(), "label": window.label()} if window else None
     data["has_coverage"] = {"a": has_coverage(client, a), "b": has_coverage(client, b)}
+    not_compared = sum(int(f.get("arcs_not_compared") or 0) for f in data.get("files", []))
     files = [
         f for f in data.get("files", [])
         if f.get("newly_covered_lines") or f.get("no_longer_covered_lines")
@@ -95,6 +96,7 @@ def build_diff(
         "no_longer_covered_arcs": sum(len(f.get("no_longer_covered_arcs", [])) for f in files),
         "endpoints_only_in_a": sum(1 for e in data["endpoints"] if e.get("only_in_a")),
         "endpoints_only_in_b": sum(1 for e in data["endpoints"] if e.get("only_in_b")),
+        "arcs_not_compared": not_compared,
     }
     return data
 
@@ -134,6 +136,9 @@ def render_diff(data: dict[str, Any], show_lines: bool = True) -> str:
         if covered.get(side.lower(), True) is False and covered.get(other.lower(), True):
             out.append(f"note: {side} has no coverage" + (f" {window}" if window else "")
                        + f": everything {other} covers shows as only in {other}\n\n")
+    if s.get("arcs_not_compared"):
+        out.append(f"note: {s['arcs_not_compared']} arc(s) covered on one side are not compared: "
+                   "the other side ran their lines measured by census, which records no arcs\n\n")
     nothing = no_coverage_message(data)
     if nothing:
         out.append(nothing + "\n")

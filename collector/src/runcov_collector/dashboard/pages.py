@@ -293,6 +293,9 @@ class Dashboard:
             a = P.selection(query, "a_")
             b = P.selection(query, "b_")
             result = self.store.diff(a, b)
+            result["arcs_not_compared"] = sum(
+                int(f.get("arcs_not_compared") or 0) for f in result.get("files", [])
+            )
             result["files"] = sorted(
                 (f for f in result.get("files", [])
                  if f.get("newly_covered_lines") or f.get("no_longer_covered_lines")

@@ -648,6 +648,35 @@ def _endpoint_names(conn: Conn, scope: Scope) -> set[str]:
     return names
 
 
+def _arcs_missing_from(
+    arcs: set[Any], lines: set[Any], have: set[Any]
+) -> tuple[set[Any], int]:
+    """Of ``arcs`` (covered by one side, not by the other), those the other side is known not
+    to have covered, and how many it may have covered unseen.
+
+    The other side executed ``lines`` and ``have`` arcs. An exact measurement records an arc
+    into every line it executes; a line executed with no arc into it was measured by census
+    only, which records no arcs. An arc into such a line, or out of one into a line the side
+    executed (or out of the function from one), may have run there: it is not a difference.
+    An arc from or into a line the side never executed did not run there, whatever measured
+    it.
+    """
+    exact = {to for _, to in have}
+    census = lines - exact
+    if not census:
+        return arcs, 0
+    known = set()
+    for arc in arcs:
+        start, to = arc
+        if (to > 0 and to not in lines) or (start > 0 and start not in lines):
+            known.add(arc)
+        elif to in census or start in census:
+            continue
+        else:
+            known.add(arc)
+    return known, len(arcs) - len(known)
+
+
 def diff(conn: Conn, a: Selection, b: Selection) -> dict[str, Any]:
     """What b covers that a does not (newly covered) and the reverse, per file and endpoint."""
     scope_a, scope_b = resolve(conn, a), resolve(conn, b)
@@ -658,12 +687,15 @@ def diff(conn: Conn, a: Selection, b: Selection) -> dict[str, Any]:
     for path in sorted(set(lines_a) | set(lines_b) | set(arcs_a) | set(arcs_b)):
         la, lb = lines_a.get(path, set()), lines_b.get(path, set())
         aa, ab = arcs_a.get(path, set()), arcs_b.get(path, set())
+        newly, unknown_in_a = _arcs_missing_from(ab - aa, la, aa)
+        gone, unknown_in_b = _arcs_missing_from(aa - ab, lb, ab)
         entry = {
             "path": path,
             "newly_covered_lines": sorted(lb - la),
             "no_longer_covered_lines": sorted(la - lb),
-            "newly_covered_arcs": [list(x) for x in sorted(ab - aa)],
-            "no_longer_covered_arcs": [list(x) for x in sorted(aa - ab)],
+            "newly_covered_arcs": [list(x) for x in sorted(newly)],
+            "no_longer_covered_arcs": [list(x) for x in sorted(gone)],
+            "arcs_not_compared": unknown_in_a + unknown_in_b,
         }
         if any(entry[k] for k in entry if k != "path"):
             files.append(entry)
