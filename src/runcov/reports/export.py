@@ -64,8 +64,9 @@ def write_coverage_data(
 
     Files with arcs are written as branch data (``add_arcs``); coverage.py derives executed
     lines from arcs, so census-mode lines that no arc reaches are added as entry arcs
-    ``(-line, line)``, which coverage.py's reports count as executed lines and ignore as
-    branches. Files known only by their denominators are touched, so they report 0%.
+    ``(-line, line)``, which coverage.py's reports count as executed lines and not as
+    branches; such a line that is a branch has none of its exits (unknown, read as not taken:
+    docs/cli.md). Files known only by their denominators are touched, so they report 0%.
 
     With ``contexts`` (context name -> that context's detail JSON, e.g. one per endpoint),
     the hits are recorded per coverage.py context instead, so that ``coverage html
