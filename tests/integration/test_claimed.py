@@ -179,6 +179,29 @@ def runcov_inside_fastapi_tracing(provider: Any) -> Setup:
     return _asgi_setup(app, False, "GET /items/{item_id}")
 
 
+def _counted_and_measured_once(
+    agent: Any, sink: HTTPSink, endpoint: str, expected: tuple[Sets, Sets],
+    parents: dict[int, int],
+) -> None:
+    """The four requests counted once under ``endpoint``; each sampled one exported once
+    (every part, once), 2xx, with coverage.py's lines and arcs, under its parent span."""
+    by_trace = exported(agent, sink, SAMPLED)
+    assert agent._seen_totals() == {endpoint: 4}
+    assert set(by_trace) == set(SAMPLED)
+    for trace_id in SAMPLED:
+        parts = [
+            int(s.attributes["runcov.part"])
+            for s in sink.coverage_spans()
+            if s.trace_id == trace_id
+        ]
+        assert sorted(parts) == list(range(by_trace[trace_id].parts))  # measured once
+        got = by_trace[trace_id]
+        assert got.endpoint == endpoint
+        assert got.status_class == "2xx"
+        assert (got.lines, got.arcs) == expected
+        assert got.parent_span_id == parents[trace_id]
+
+
 @pytest.mark.parametrize(
     "build",
     [
@@ -221,22 +244,8 @@ def test_a_request_is_counted_and_measured_once_whichever_layer_is_outside(
     servers = {s.context.trace_id: s.context.span_id for s in spans}
     assert processor._in_flight == {}  # (no claimed span left behind)
 
-    by_trace = exported(agent, sink, SAMPLED)
-    assert agent._seen_totals() == {setup.endpoint: 4}
-    assert set(by_trace) == set(SAMPLED)
-    for trace_id in SAMPLED:
-        parts = [
-            int(s.attributes["runcov.part"])
-            for s in sink.coverage_spans()
-            if s.trace_id == trace_id
-        ]
-        assert sorted(parts) == list(range(by_trace[trace_id].parts))  # measured once
-        got = by_trace[trace_id]
-        assert got.endpoint == setup.endpoint
-        assert got.status_class == "2xx"
-        assert (got.lines, got.arcs) == setup.expected
-        parent = CALLER if setup.by_middleware else servers[trace_id]
-        assert got.parent_span_id == parent
+    parents = {t: CALLER if setup.by_middleware else servers[t] for t in SAMPLED}
+    _counted_and_measured_once(agent, sink, setup.endpoint, setup.expected, parents)
 
 
 @pytest.mark.parametrize(
@@ -280,22 +289,10 @@ def test_runcov_inside_opentelemetry_on_a_provider_of_its_own(
     }
     assert sorted(servers) == sorted(SAMPLED + UNSAMPLED)
 
-    by_trace = exported(agent, sink, SAMPLED)
     # (OpenTelemetry's WSGI middleware knows no route; runcov's middleware is given one.)
     endpoint = setup.endpoint if carries_runcov or setup.endpoint != "GET" else (
         "GET /items/<int:item_id>"
     )
-    assert agent._seen_totals() == {endpoint: 4}
-    assert set(by_trace) == set(SAMPLED)
-    for trace_id in SAMPLED:
-        parts = [
-            int(s.attributes["runcov.part"])
-            for s in sink.coverage_spans()
-            if s.trace_id == trace_id
-        ]
-        assert sorted(parts) == list(range(by_trace[trace_id].parts))  # measured once
-        got = by_trace[trace_id]
-        assert got.endpoint == endpoint
-        assert (got.lines, got.arcs) == setup.expected
-        assert got.parent_span_id == (servers[trace_id] if carries_runcov else CALLER)
+    parents = {t: servers[t] if carries_runcov else CALLER for t in SAMPLED}
+    _counted_and_measured_once(agent, sink, endpoint, setup.expected, parents)
     own.shutdown()
