@@ -464,22 +464,31 @@ def test_messages_never_show_the_endpoints_credentials(
     assert "SECRET" not in str(bad.value) and "item 2 is not 'name=value'" in str(bad.value)
 
 
-def test_a_refusal_is_warned_with_the_receivers_answer(
-    sink: Any, src: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    sink.behaviour = "fail"
+def _failed_export_warning(
+    src: Path, caplog: pytest.LogCaptureFixture, endpoint: str, protocol: str, flush: float
+) -> str:
+    """Export one request to ``endpoint`` (export timeout 2 s), which must fail within
+    ``flush`` seconds; the exporter's one "could not export" warning."""
     config = load_config(
-        environ={}, source=[str(src)], exporter_protocol=sink.protocol, exporter_timeout=2,
-        exporter_endpoint=sink.endpoint,
+        environ={}, source=[str(src)], exporter_protocol=protocol, exporter_timeout=2,
+        exporter_endpoint=endpoint,
     )
     exporter = CoverageExporter(config, build_resource(config))
     try:
         with caplog.at_level("WARNING", logger="runcov"):
             assert exporter.submit(record(src))
-            assert exporter.flush(30) is False
+            assert exporter.flush(flush) is False
     finally:
         exporter.shutdown(5)
     [warning] = [r.getMessage() for r in caplog.records if "could not export" in r.getMessage()]
+    return warning
+
+
+def test_a_refusal_is_warned_with_the_receivers_answer(
+    sink: Any, src: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink.behaviour = "fail"
+    warning = _failed_export_warning(src, caplog, sink.endpoint, sink.protocol, flush=30)
     answer = "HTTP 400 rejected by test" if sink.protocol == "http/protobuf" else "INVALID_ARGUMENT"
     assert answer in warning and "rejected by test" in warning
     assert "speaks this protocol" not in warning and "receiver refused them" in warning
@@ -904,17 +913,6 @@ def test_a_tls_handshake_with_a_plaintext_grpc_receiver_is_named_in_the_warning(
     handshake, and the warning says so and how to write a plaintext endpoint."""
     with GRPCSink() as plain:
         target = plain.endpoint.removeprefix("http://")
-        config = load_config(
-            environ={}, source=[str(src)], exporter_endpoint=target, exporter_protocol="grpc",
-            exporter_timeout=2,
-        )
-        exporter = CoverageExporter(config, build_resource(config))
-        try:
-            with caplog.at_level("WARNING", logger="runcov"):
-                assert exporter.submit(record(src))
-                assert exporter.flush(20) is False
-        finally:
-            exporter.shutdown(5)
-    [warning] = [r.getMessage() for r in caplog.records if "could not export" in r.getMessage()]
+        warning = _failed_export_warning(src, caplog, target, "grpc", flush=20)
     assert "The TLS handshake failed" in warning and "http://host:port" in warning, warning
     assert plain.raw == []

@@ -231,9 +231,7 @@ def _printable(text: str) -> str:
     control."""
     if text.isprintable():
         return text
-    return "".join(
-        ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in text
-    )
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 class _Failure:

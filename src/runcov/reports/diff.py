@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import Any, Optional
 
 from runcov.reports.client import CollectorClient, CollectorRequestError, ReleaseSelection
-from runcov.reports.report import release_label
+from runcov.reports.report import covers_anything, release_label
 from runcov.reports.table import fmt_arcs, fmt_ranges, render_table, total_label
 from runcov.reports.window import Window
 
@@ -109,7 +109,7 @@ def has_coverage(client: CollectorClient, sel: ReleaseSelection) -> bool:
         if exc.status != 404 or sel.endpoint is None:
             raise
         return False  # an endpoint only the other side saw (a diff shows those)
-    return int(totals.get("lines_covered") or 0) > 0 or int(totals.get("arcs_covered") or 0) > 0
+    return covers_anything(totals)
 
 
 def no_coverage_message(data: dict[str, Any]) -> str:

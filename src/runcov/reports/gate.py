@@ -18,7 +18,7 @@ from runcov.reports.local import (
     function_body,
     resolve_local,
 )
-from runcov.reports.report import release_label
+from runcov.reports.report import covers_anything, release_label
 from runcov.reports.table import fmt_ranges, percent, render_table
 from runcov.reports.window import Window
 
@@ -345,10 +345,7 @@ class _Files:
             f["path"]: f.get("sha") for f in summary.get("files", [])
         }
         self.known = set(self.sha)
-        totals = summary.get("totals") or {}
-        self.has_coverage = (
-            int(totals.get("lines_covered") or 0) > 0 or int(totals.get("arcs_covered") or 0) > 0
-        )
+        self.has_coverage = covers_anything(summary.get("totals") or {})
         self._detail: dict[str, dict[str, Any]] = {}
         self._local: dict[str, Optional[LocalStatic]] = {}
 

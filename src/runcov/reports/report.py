@@ -119,6 +119,11 @@ def recount_totals(files: list[dict[str, Any]], requests: Any) -> dict[str, Any]
     }
 
 
+def covers_anything(counts: dict[str, Any]) -> bool:
+    """Whether a collector's totals or file row counts any covered line or arc."""
+    return int(counts.get("lines_covered") or 0) > 0 or int(counts.get("arcs_covered") or 0) > 0
+
+
 def _census_only(files: list[dict[str, Any]]) -> bool:
     """The collector's census rule over these files: they executed lines, and not one arc.
 
@@ -131,8 +136,7 @@ def _census_only(files: list[dict[str, Any]]) -> bool:
         return (sum(len(f.get("lines", [])) for f in files) > 0
                 and sum(len(f.get("arcs", [])) for f in files) == 0)
     exact = any(
-        not _unmeasured(f, "arcs_covered")
-        and (int(f.get("lines_covered") or 0) > 0 or int(f.get("arcs_covered") or 0) > 0)
+        not _unmeasured(f, "arcs_covered") and covers_anything(f)
         for f in files
     )
     return not exact and any(_unmeasured(f, "arcs_covered") for f in files)
