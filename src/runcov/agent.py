@@ -349,6 +349,8 @@ class Agent:
         self._keep_highest = not config.saturation
         #: (method, route) -> endpoint name, or None when no selector matches (for ``seen``).
         self._seen_names: dict[tuple[Optional[str], Optional[str]], Optional[str]] = {}
+        #: The selectors not yet seen matching a request (see ``_check_selectors``).
+        self._unmatched = list(self._matcher.selectors)
         #: Requests seen and time spent on request paths: a tally per thread, and one for the
         #: threads that ended. Only counted while the metrics are on.
         self._count_seen = False
@@ -1115,8 +1117,48 @@ class Agent:
             self._report_overhead()
             self._follow_saturation()
         self._report_capped()
+        if self._unmatched and self._count_seen:
+            self._check_selectors()
         if self.census_by_span:
             self._census_round()
+
+    def _check_selectors(self) -> None:
+        """Warn, once per selector, when one matched none of the first
+        :data:`UNMATCHED_AFTER` requests of its kind this process saw (called by the export
+        worker once per round while a selector is still unmatched).
+
+        A typo, or a URL path where the route template is expected (``/items/42`` for
+        ``/items/{item_id}``), would otherwise leave an endpoint unmeasured without a word. A
+        selector is compared with the requests it could stand for: a job selector with the
+        jobs, a consumer one with the consumer spans, a websocket one with the connections,
+        an HTTP one with the HTTP requests (whatever their method: the typo may be in the
+        method), a selector without a method with all of them.
+        """
+        with self._count_lock:
+            counts = self._summed("counts")
+        still = []
+        for selector in self._unmatched:
+            relevant = {
+                key: n for key, n in counts.items() if _may_stand_for(selector, key[0])
+            }
+            if any(selector.matches(*key) for key in relevant):
+                continue
+            total = sum(relevant.values())
+            if total < UNMATCHED_AFTER:
+                still.append(selector)
+                continue
+            busiest = sorted(relevant, key=lambda key: -relevant[key])[:5]
+            seen = ", ".join(repr(self.endpoint_name(*key)) for key in busiest)
+            log.warning(
+                "runcov: the endpoint selector %r has matched none of the first %d requests "
+                "of its kind this process saw; if its endpoint gets traffic, check its "
+                "spelling: selectors match the route template the framework reports (such as "
+                "'/items/{item_id}'), not the URL path. The busiest endpoints seen: %s",
+                selector.text,
+                total,
+                seen,
+            )
+        self._unmatched = still
 
     def _census_round(self) -> None:
         now = time.monotonic()
@@ -1230,6 +1272,23 @@ class Agent:
                 self.metrics.dropped(endpoint, "internal_error")
         except Exception:
             pass
+
+
+#: Requests of a selector's kind seen before a selector that matched none of them is warned
+#: about (``Agent._check_selectors``).
+UNMATCHED_AFTER = 1000
+
+_NOT_HTTP = ("JOB", "CONSUMER", "WEBSOCKET")
+
+
+def _may_stand_for(selector: Any, method: Optional[str]) -> bool:
+    """Whether a request counted under ``method`` is of the kind ``selector`` selects."""
+    if selector.method is None:
+        return True
+    kind = method.upper() if method else None
+    if selector.method in _NOT_HTTP:
+        return kind == selector.method
+    return kind is not None and kind not in _NOT_HTTP
 
 
 def _make_metrics(config: Any, resource: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -87,3 +88,52 @@ def test_the_request_span_is_left_untouched(
     assert not [k for k in (server.attributes or {}) if k.startswith("runcov")]
     # runcov's spans go through its own provider, never the application's.
     assert all(s.instrumentation_scope.name != "runcov" for s in app_spans.get_finished_spans())
+
+
+def test_a_selector_that_matches_no_request_is_named_once(
+    start_agent: AgentFactory,
+    flask_client: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A selector written with a URL path instead of the route template, or misspelt, is
+    logged once its kind of request has been seen often enough, with the endpoints seen; a
+    selector that matches, and a job selector in a process that ran no job, are not."""
+    import runcov.agent
+
+    monkeypatch.setattr(runcov.agent, "UNMATCHED_AFTER", 40)
+    caplog.set_level("WARNING", logger="runcov")
+    start_agent(
+        endpoints=["GET /items/7", "POST /order", "GET /health", "job billing.*"],
+        sample_rate=0.0,
+        metrics_interval=3600,
+    )
+
+    def warned() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "has matched none" in r.getMessage()]
+
+    def send(count: int, base: int) -> None:
+        for i in range(count):
+            _send(flask_client, "GET", f"/items/{i}", None, base + 2 * i)
+            _send(flask_client, "GET", "/health", None, base + 2 * i + 1)
+
+    send(15, 0x5E1EC700)
+    time.sleep(2.5)  # two rounds of the export worker, which checks the selectors
+    assert warned() == []  # 30 HTTP requests: not enough to tell yet
+
+    send(15, 0x5E1EC800)
+    deadline = time.monotonic() + 10
+    while len(warned()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    messages = warned()
+    assert len(messages) == 2, messages
+    by_selector = {m.split("'")[1]: m for m in messages}
+    assert set(by_selector) == {"GET /items/7", "POST /order"}
+    counted = int(by_selector["GET /items/7"].split("first ")[1].split()[0])
+    assert 40 <= counted <= 60  # (as many as were counted at the worker's round)
+    assert "'GET /items/<int:item_id>'" in by_selector["POST /order"]
+    assert "'GET /health'" in by_selector["POST /order"]
+
+    send(15, 0x5E1EC900)  # more of the same: nothing said twice
+    time.sleep(2.5)
+    assert len(warned()) == 2
