@@ -1149,14 +1149,18 @@ class Agent:
                 continue
             busiest = sorted(relevant, key=lambda key: -relevant[key])[:5]
             seen = ", ".join(repr(self.endpoint_name(*key)) for key in busiest)
+            routeless = sum(
+                n for (method, route), n in relevant.items() if route is None and method
+            )
             log.warning(
                 "runcov: the endpoint selector %r has matched none of the first %d requests "
                 "of its kind this process saw; if its endpoint gets traffic, check its "
                 "spelling: selectors match the route template the framework reports (such as "
-                "'/items/{item_id}'), not the URL path. The busiest endpoints seen: %s",
+                "'/items/{item_id}'), not the URL path. The busiest endpoints seen: %s%s",
                 selector.text,
                 total,
                 seen,
+                _ROUTELESS_HINT if selector.route != "*" and 2 * routeless > total else "",
             )
         self._unmatched = still
 
@@ -1279,6 +1283,14 @@ class Agent:
 UNMATCHED_AFTER = 1000
 
 _NOT_HTTP = ("JOB", "CONSUMER", "WEBSOCKET")
+
+_ROUTELESS_HINT = (
+    ". Most requests came without a route: no route reaches runcov when the server span "
+    "carries none (OpenTelemetry's plain WSGI/ASGI middleware, or that middleware wrapped "
+    "around an application its framework's instrumentation also traces, which turns the "
+    "framework's span, the one with the route, into an internal span): instrument the "
+    "application once, with its framework's instrumentation"
+)
 
 
 def _may_stand_for(selector: Any, method: Optional[str]) -> bool:

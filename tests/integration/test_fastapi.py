@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -198,3 +199,40 @@ def test_uvicorn_on_loopback_exports_over_otlp_grpc(
         assert by_trace[trace_id].lines == lines, url
         assert by_trace[trace_id].arcs == arcs, url
         assert by_trace[trace_id].endpoint == endpoint
+
+
+def test_a_route_selector_under_double_instrumentation_is_warned_about(
+    start_agent: AgentFactory,
+    app: Any,
+    app_provider: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OpenTelemetry's ASGI middleware wrapped around an app FastAPI's instrumentation also
+    traces makes FastAPI's span, the one with the route, INTERNAL: every request reaches
+    runcov as a server span without a route, and a route selector selects nothing. The
+    selector check names the selector and says why routes are missing."""
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    import runcov.agent
+
+    monkeypatch.setattr(runcov.agent, "UNMATCHED_AFTER", 30)
+    caplog.set_level("WARNING", logger="runcov")
+    start_agent(endpoints=["GET /items/*"], sample_rate=0.0, metrics_interval=3600)
+    outer = OpenTelemetryMiddleware(app, tracer_provider=app_provider)
+
+    async def drive() -> None:
+        for i in range(30):
+            assert await _get(outer, f"/items/{i}", 0xD0B1E000 + i) == 200
+
+    asyncio.run(drive())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        warned = [r.getMessage() for r in caplog.records if "matched none" in r.getMessage()]
+        if warned:
+            break
+        time.sleep(0.1)
+    assert len(warned) == 1
+    assert warned[0].startswith("runcov: the endpoint selector 'GET /items/*' has matched none")
+    assert "The busiest endpoints seen: 'GET'. Most requests came without a route" in warned[0]
+    assert "internal span" in warned[0]

@@ -133,6 +133,7 @@ def test_a_selector_that_matches_no_request_is_named_once(
     assert 40 <= counted <= 60  # (as many as were counted at the worker's round)
     assert "'GET /items/<int:item_id>'" in by_selector["POST /order"]
     assert "'GET /health'" in by_selector["POST /order"]
+    assert "without a route" not in by_selector["POST /order"]  # (Flask's spans carry it)
 
     send(15, 0x5E1EC900)  # more of the same: nothing said twice
     time.sleep(2.5)
