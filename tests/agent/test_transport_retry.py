@@ -230,3 +230,4 @@ def test_the_collectors_too_large_answers_are_final_and_read_as_text(
             assert "exceeds the limit of 2000 bytes" in warning, warning
         else:
             assert "RESOURCE_EXHAUSTED" in warning, warning
+            assert f"request message of {len(body)} bytes exceeds the limit of 2000" in warning

@@ -95,9 +95,12 @@ class DecodeResult:
         return text
 
 
-IdErrors = dict[tuple[int, int, int], str]
-"""Why a span's OTLP/JSON id could not be read (``trace_id 'zz' is not hex``), by the indexes
-of the span in ``resource_spans``, ``scope_spans`` and ``spans``."""
+IdErrors = dict[tuple[int, ...], str]
+"""Why an OTLP/JSON id of a span or of one of its links could not be read (``trace_id 'zz' is
+not hex``, ``links[1].span_id 'zz' is not hex``), by the indexes of the span in
+``resource_spans``, ``scope_spans`` and ``spans``; for metrics, why an exemplar id of a data
+point could not be read, by the indexes of the point in ``resource_metrics``,
+``scope_metrics``, ``metrics`` and its ``data_points``."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,18 +112,29 @@ def parse_traces(
 ) -> ExportTraceServiceRequest:
     """Parse an ``ExportTraceServiceRequest`` from protobuf bytes or OTLP/JSON.
 
-    OTLP/JSON writes ids in hex. A span's ``traceId``, ``spanId`` or ``parentSpanId`` that is
-    not hex is read as empty, and said so in ``id_errors`` (when given): ``decode_traces``
-    rejects that span with it.
+    OTLP/JSON writes ids in hex. A span's ``traceId``, ``spanId`` or ``parentSpanId``, or a
+    ``traceId`` or ``spanId`` of one of its links, that is not hex is read as empty, and said
+    so in ``id_errors`` (when given): ``decode_traces`` rejects that span with it.
     """
     return _parse(
         body, json_body, ExportTraceServiceRequest, lambda doc: _fix_trace_json(doc, id_errors)
     )
 
 
-def parse_metrics(body: bytes, json_body: bool) -> ExportMetricsServiceRequest:
-    """Parse an ``ExportMetricsServiceRequest`` from protobuf bytes or OTLP/JSON."""
-    return _parse(body, json_body, ExportMetricsServiceRequest, _fix_metrics_json)
+def parse_metrics(
+    body: bytes, json_body: bool, id_errors: IdErrors | None = None
+) -> ExportMetricsServiceRequest:
+    """Parse an ``ExportMetricsServiceRequest`` from protobuf bytes or OTLP/JSON.
+
+    An exemplar's ``traceId`` or ``spanId`` that is not hex is read as empty, and said so in
+    ``id_errors`` (when given): ``decode_metrics`` rejects the exemplar's data point with it.
+    """
+    return _parse(
+        body,
+        json_body,
+        ExportMetricsServiceRequest,
+        lambda doc: _fix_metrics_json(doc, id_errors),
+    )
 
 
 def _parse(body: bytes, json_body: bool, cls: type[M], fix: Callable[[Any], None]) -> M:
@@ -220,23 +234,25 @@ def _hex_to_b64(value: Any) -> Any:
 _ID_KEYS = {
     "traceId": "trace_id",
     "spanId": "span_id",
-    "parentSpanId": "parent_span_id",
     "trace_id": "trace_id",
     "span_id": "span_id",
-    "parent_span_id": "parent_span_id",
 }
+"""The id fields of links and exemplars, by their OTLP/JSON names."""
+_SPAN_ID_KEYS = {**_ID_KEYS, "parentSpanId": "parent_span_id", "parent_span_id": "parent_span_id"}
+"""The id fields of spans."""
 
 
-def _fix_ids(obj: Any) -> str | None:
-    """Turn the hex ids of ``obj`` into base64; returns why the first id that is not hex
-    could not be read, None when all could.
+def _fix_ids(obj: Any, keys: dict[str, str] = _ID_KEYS) -> str | None:
+    """Turn the hex ids of ``obj`` (the fields ``keys`` names) into base64; returns why the
+    first id that is not hex could not be read, None when all could.
 
-    An id that is not hex becomes empty bytes, so the span it belongs to (if it is a runcov
-    span) is rejected on its own instead of failing the whole request.
+    An id that is not hex becomes empty bytes, and the span or data point it belongs to (if
+    the collector keeps it) is rejected on its own with the returned reason, instead of
+    failing the whole request.
     """
     error = None
     if isinstance(obj, dict):
-        for key, name in _ID_KEYS.items():
+        for key, name in keys.items():
             if key not in obj:
                 continue
             if obj[key] is None:  # (json_format would read it as an absent id)
@@ -266,24 +282,36 @@ def _fix_trace_json(doc: Any, id_errors: IdErrors | None) -> None:
     for i, rs in enumerate(_items(doc, "resourceSpans", "resource_spans")):
         for j, ss in enumerate(_items(rs, "scopeSpans", "scope_spans")):
             for k, span in enumerate(_items(ss, "spans")):
-                error = _fix_ids(span)
+                error = _fix_ids(span, _SPAN_ID_KEYS)
+                # A link id that is not hex makes the span as malformed as its own id would:
+                # the span is rejected naming the link, rather than kept with a link to nothing.
+                for n, link in enumerate(_items(span, "links")):
+                    link_error = _fix_ids(link)
+                    if link_error is not None:
+                        error = error or f"links[{n}].{link_error}"
                 if error is not None and id_errors is not None:
                     id_errors[i, j, k] = error
-                for link in _items(span, "links"):
-                    _fix_ids(link)
 
 
-def _fix_metrics_json(doc: Any) -> None:
+def _fix_metrics_json(doc: Any, id_errors: IdErrors | None) -> None:
     kinds = ("sum", "gauge", "histogram", "exponentialHistogram", "exponential_histogram")
-    for rm in _items(doc, "resourceMetrics", "resource_metrics"):
-        for sm in _items(rm, "scopeMetrics", "scope_metrics"):
-            for metric in _items(sm, "metrics"):
+    for i, rm in enumerate(_items(doc, "resourceMetrics", "resource_metrics")):
+        for j, sm in enumerate(_items(rm, "scopeMetrics", "scope_metrics")):
+            for k, metric in enumerate(_items(sm, "metrics")):
                 if not isinstance(metric, dict):
                     continue
                 for kind in kinds:
-                    for point in _items(metric.get(kind), "dataPoints", "data_points"):
-                        for exemplar in _items(point, "exemplars"):
-                            _fix_ids(exemplar)
+                    points = _items(metric.get(kind), "dataPoints", "data_points")
+                    for p, point in enumerate(points):
+                        error = None
+                        for n, exemplar in enumerate(_items(point, "exemplars")):
+                            exemplar_error = _fix_ids(exemplar)
+                            if exemplar_error is not None:
+                                error = error or f"exemplars[{n}].{exemplar_error}"
+                        # Only the point is rejected (its metric's other points, and the rest
+                        # of the request, are kept): an exemplar is no part of what is stored.
+                        if error is not None and id_errors is not None:
+                            id_errors[i, j, k, p] = f"data_points[{p}].{error}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,22 +673,27 @@ def _functions(value: Any, where: str) -> list[FunctionRange]:
 # Metrics
 
 
-def decode_metrics(request: ExportMetricsServiceRequest, now_ns: int | None = None) -> DecodeResult:
+def decode_metrics(
+    request: ExportMetricsServiceRequest,
+    now_ns: int | None = None,
+    id_errors: IdErrors | None = None,
+) -> DecodeResult:
     """Turn a parsed metrics export into a ``DecodeResult`` of runcov ``MetricPoint`` values.
 
     Only counters (sums) and gauges of the ``runcov`` scope are kept; other scopes and kinds are
     skipped. ``accepted``/``rejected`` count data points. The store keeps each series' latest
     value, which is the total only for cumulative sums: data points of delta sums (and of sums
     whose temporality is unspecified) are rejected rather than stored as their last increment.
-    Adding deltas up instead would count a retried export twice.
+    Adding deltas up instead would count a retried export twice. A data point with an
+    exemplar id in ``id_errors`` (from ``parse_metrics``) is rejected with it.
     """
     now_ns = now_ns if now_ns is not None else time.time_ns()
     result = DecodeResult(batch=Batch(received_unix_nano=now_ns))
-    for rm in request.resource_metrics:
+    for i, rm in enumerate(request.resource_metrics):
         release: Release | None = None
         release_error: Rejected | None = None
         instance = ""
-        for sm in rm.scope_metrics:
+        for j, sm in enumerate(rm.scope_metrics):
             if sm.scope.name != SCOPE_NAME:
                 result.skipped["foreign_scope"] += len(sm.metrics)
                 continue
@@ -670,7 +703,7 @@ def decode_metrics(request: ExportMetricsServiceRequest, now_ns: int | None = No
                     instance = _instance_of(rm.resource)
                 except Rejected as exc:
                     release_error = exc
-            for metric in sm.metrics:
+            for k, metric in enumerate(sm.metrics):
                 kind = metric.WhichOneof("data")
                 if kind not in ("sum", "gauge"):
                     result.skipped["unsupported_metric"] += 1
@@ -678,13 +711,15 @@ def decode_metrics(request: ExportMetricsServiceRequest, now_ns: int | None = No
                 points = getattr(metric, kind).data_points
                 temporality_error = _temporality_error(metric) if kind == "sum" else None
                 flavour = _kind_of(metric) if kind == "sum" else "gauge"
-                for point in points:
+                for p, point in enumerate(points):
                     what = f"metric {_show(metric.name)}"
                     try:
                         if release_error is not None:
                             raise release_error
                         if temporality_error is not None:
                             raise temporality_error
+                        if id_errors and (i, j, k, p) in id_errors:
+                            raise Rejected("ids", id_errors[i, j, k, p])
                         assert release is not None
                         result.batch.metrics.append(
                             _decode_point(metric.name, point, release, instance, now_ns, flavour)

@@ -155,7 +155,7 @@ class Ingestor:
         if signal == TRACES:
             request: Message = decode.parse_traces(body, json_body, id_errors)
         else:
-            request = decode.parse_metrics(body, json_body)
+            request = decode.parse_metrics(body, json_body, id_errors)
         return self.process(signal, transport, request, id_errors)
 
     def process(
@@ -166,7 +166,7 @@ class Ingestor:
         id_errors: decode.IdErrors | None = None,
     ) -> Outcome:
         """Decode a parsed export request, store what is valid, and build the OTLP response;
-        ``id_errors`` are the OTLP/JSON ids ``parse_traces`` could not read.
+        ``id_errors`` are the OTLP/JSON ids ``parse_traces`` or ``parse_metrics`` could not read.
 
         Raises ``decode.MalformedRequest`` or ``StoreUnavailable`` (``StoreSchemaChanged``
         when a newer collector migrated the store's schema).
@@ -174,7 +174,7 @@ class Ingestor:
         if signal == TRACES:
             result = decode.decode_traces(request, id_errors=id_errors)
         else:
-            result = decode.decode_metrics(request)
+            result = decode.decode_metrics(request, id_errors=id_errors)
         batch = result.batch
         duplicates = 0
         if batch.coverage or batch.static or batch.metrics:

@@ -34,6 +34,28 @@ def host_port(host: str, port: int | None) -> str:
     return f"{host}:{port}"
 
 
+GRPC_MAX_MESSAGE_LENGTH = 2**31 - 1
+"""The largest message length gRPC takes (a C int)."""
+RECEIVE_MARGIN = 4 * 1024 * 1024
+"""The least that gRPC receives beyond the collector's own limit: gRPC's default message limit."""
+
+
+def receive_bound(max_message_bytes: int) -> int:
+    """The message size (after decompression) past which gRPC itself refuses a message.
+
+    It is above ``max_message_bytes`` so that the receiver applies that limit itself, as the
+    HTTP receiver does: a message over it is counted (``too_large``) and answered with its size
+    and the limit, where gRPC's own refusal (RESOURCE_EXHAUSTED, "larger than max") is neither
+    counted nor explained. It stays a bound so that gRPC's memory protection stays: twice the
+    limit, or the limit plus ``RECEIVE_MARGIN`` when that is more (an export somewhat over a
+    small limit is counted too), and never more than gRPC takes. A message the receiver
+    refuses is held only while it is measured; gRPC refuses a larger one without handing it
+    over (an uncompressed one from its length prefix, before reading it).
+    """
+    bound = max(2 * max_message_bytes, max_message_bytes + RECEIVE_MARGIN)
+    return min(bound, GRPC_MAX_MESSAGE_LENGTH)
+
+
 def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
 
@@ -56,8 +78,9 @@ class GrpcReceiver:
         self.metrics = metrics
         self.auth = ingest_auth
         self.retry_after_seconds = retry_after_seconds
+        self.max_message_bytes = max_message_bytes
         options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", receive_bound(max_message_bytes)),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
         ]
@@ -110,6 +133,16 @@ class GrpcReceiver:
             count(transport=TRANSPORT, signal=signal, result="unauthorized")
             self._abort(
                 context, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token", False
+            )
+        if len(body) > self.max_message_bytes:
+            # Final, as HTTP's 413: no RetryInfo, so the exporter drops it rather than retry.
+            count(transport=TRANSPORT, signal=signal, result="too_large")
+            self._abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request message of {len(body)} bytes exceeds the limit of "
+                f"{self.max_message_bytes} bytes",
+                False,
             )
         try:
             self.ingestor.admit()

@@ -649,3 +649,144 @@ def test_json_metrics_with_a_non_object_data_point_are_malformed():
     doc = {"resourceMetrics": [{"scopeMetrics": [{"metrics": [{"sum": {"dataPoints": [1]}}]}]}]}
     with pytest.raises(decode.MalformedRequest, match=re.escape("dataPoints[0] must be a JSON")):
         decode.parse_metrics(json.dumps(doc).encode(), True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ids of span links and metric exemplars in OTLP/JSON
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("traceId", "zz-not-hex", "links[1].trace_id 'zz-not-hex' is not hex"),
+        ("spanId", "not-hex!", "links[1].span_id 'not-hex!' is not hex"),
+        ("span_id", "CvdlGRbNQ92E", "links[1].span_id 'CvdlGRbNQ92E' is not hex"),
+        ("traceId", None, "links[1].trace_id is null"),
+        ("spanId", "0123", None),  # hex: read as it is, like a protobuf link id
+        ("parentSpanId", "zz", None),  # not a field of links: ignored like any unknown one
+    ],
+    ids=["trace", "span", "span-snake-case", "null", "hex", "parent"],
+)
+def test_non_hex_link_ids_in_json_reject_their_span_saying_so(key, value, message):
+    """A link id that is not hex is not read as empty: the span carrying it is rejected, as
+    one with a span id that is not hex, and the message names the link."""
+    request = trace_request(
+        [
+            coverage_span("GET /", [file_hits("a.py", [1])], trace_id=TRACE, span_id=SPAN),
+            coverage_span("GET /", [file_hits("a.py", [2])]),
+        ]
+    )
+    doc = json.loads(to_otlp_json(request))
+    span = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    link = {"traceId": TRACE, "spanId": SPAN}
+    bad = {**link, key: value}
+    if key == "span_id":
+        del bad["spanId"]
+    span["links"] = [link, bad]
+    id_errors: decode.IdErrors = {}
+    parsed = decode.parse_traces(json.dumps(doc).encode(), True, id_errors)
+    result = decode.decode_traces(parsed, id_errors=id_errors)
+    if message is None:
+        assert (result.accepted, result.rejected) == (2, 0)
+        links = parsed.resource_spans[0].scope_spans[0].spans[0].links
+        assert links[1].span_id == bytes.fromhex(value if key == "spanId" else SPAN)
+        return
+    assert (result.accepted, result.rejected) == (1, 1)
+    assert result.reasons == {"ids": 1}
+    assert result.error_message == f"span {TRACE}/{SPAN} (runcov.coverage): {message}"
+    assert [part.files[0].lines for part in result.batch.coverage] == [[2]]
+
+
+def test_a_bad_span_id_is_named_before_a_bad_link_id():
+    request = trace_request([coverage_span("GET /", [file_hits("a.py", [1])], span_id=SPAN)])
+    doc = json.loads(to_otlp_json(request))
+    span = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    span["traceId"] = "nope"
+    span["links"] = [{"traceId": "zz", "spanId": SPAN}]
+    id_errors: decode.IdErrors = {}
+    result = decode.decode_traces(
+        decode.parse_traces(json.dumps(doc).encode(), True, id_errors), id_errors=id_errors
+    )
+    assert result.error_message == f"span -/{SPAN} (runcov.coverage): trace_id 'nope' is not hex"
+
+
+def _exemplar(**ids: str | None) -> dict[str, object]:
+    return {"traceId": TRACE, "spanId": SPAN, "asInt": "1", "timeUnixNano": "5", **ids}
+
+
+def test_non_hex_exemplar_ids_in_json_reject_their_data_point_saying_so():
+    """An exemplar id that is not hex is not read as empty: its data point is rejected (the
+    rest of the request is kept), the message naming the point and the exemplar. Metrics the
+    collector skips are not looked at, as spans of other scopes."""
+    request = _metrics_request(
+        [
+            ("runcov.requests.sampled", "sum", 2, {}),
+            ("runcov.sample_rate", "gauge", 0.5, {}),
+            ("runcov.latency", "histogram", None, {}),
+        ]
+    )
+    request.resource_metrics[0].scope_metrics[0].metrics[0].sum.data_points.add().as_int = 3
+    doc = json.loads(to_otlp_json(request))
+    metrics = doc["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]
+    metrics[0]["sum"]["dataPoints"][1]["exemplars"] = [_exemplar(), _exemplar(spanId="zz")]
+    metrics[1]["gauge"]["dataPoints"][0]["exemplars"] = [_exemplar()]
+    metrics[2]["histogram"]["dataPoints"][0]["exemplars"] = [_exemplar(traceId="zz")]
+    id_errors: decode.IdErrors = {}
+    parsed = decode.parse_metrics(json.dumps(doc).encode(), True, id_errors)
+    result = decode.decode_metrics(parsed, id_errors=id_errors)
+    assert (result.accepted, result.rejected) == (2, 1)
+    assert result.reasons == {"ids": 1}
+    assert result.skipped == {"unsupported_metric": 1}
+    assert result.error_message == (
+        "metric 'runcov.requests.sampled': data_points[1].exemplars[1].span_id 'zz' is not hex"
+    )
+    assert [(p.name, p.value) for p in result.batch.metrics] == [
+        ("runcov.requests.sampled", 2.0),
+        ("runcov.sample_rate", 0.5),
+    ]
+    kept = parsed.resource_metrics[0].scope_metrics[0].metrics[1].gauge.data_points[0]
+    assert kept.exemplars[0].span_id == bytes.fromhex(SPAN)
+
+
+def test_a_bad_link_id_over_http_json_rejects_only_its_span(client):
+    good = coverage_span("GET /", [file_hits("shop/views.py", [5])])
+    bad = coverage_span(
+        "GET /", [file_hits("shop/views.py", [6])], trace_id=TRACE, span_id="ab" * 8
+    )
+    doc = json.loads(to_otlp_json(trace_request([good, bad])))
+    doc["resourceSpans"][0]["scopeSpans"][0]["spans"][1]["links"] = [
+        {"traceId": TRACE, "spanId": "not-hex"}
+    ]
+    response = client.post("/v1/traces", json.dumps(doc).encode(), "application/json")
+    assert response.status_code == 200, response.text
+    partial = response.json()["partialSuccess"]
+    assert int(partial["rejectedSpans"]) == 1
+    assert partial["errorMessage"] == (
+        f"span {TRACE}/{'ab' * 8} (runcov.coverage): links[0].span_id 'not-hex' is not hex"
+    )
+    release = {"service": "shop", "version": "", "environment": "", "role": "baseline"}
+    answer = client.query("/api/v1/file", **release, path="shop/views.py")
+    assert [line for line, _, _ in answer["lines"]] == [5]
+    assert 'runcov_collector_rejections_total{reason="ids"} 1' in (
+        client.get("/metrics", token=None).text
+    )
+
+
+def test_a_bad_exemplar_id_over_http_json_rejects_only_its_data_point(client):
+    request = _metrics_request(
+        [("runcov.requests.sampled", "sum", 2, {}), ("runcov.sample_rate", "gauge", 0.5, {})]
+    )
+    doc = json.loads(to_otlp_json(request))
+    metrics = doc["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]
+    metrics[1]["gauge"]["dataPoints"][0]["exemplars"] = [_exemplar(traceId="not-hex")]
+    response = client.post("/v1/metrics", json.dumps(doc).encode(), "application/json")
+    assert response.status_code == 200, response.text
+    partial = response.json()["partialSuccess"]
+    assert int(partial["rejectedDataPoints"]) == 1
+    assert partial["errorMessage"] == (
+        "metric 'runcov.sample_rate': data_points[0].exemplars[0].trace_id 'not-hex' is not hex"
+    )
+    text = client.get("/metrics", token=None).text
+    assert 'runcov_collector_rejections_total{reason="ids"} 1' in text
+    accepted = 'signal="metrics",result="accepted"} 1'
+    assert any(line.endswith(accepted) for line in text.splitlines()), text

@@ -19,6 +19,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from runcov_collector.receiver_grpc import receive_bound
 from runcov_collector.testing import coverage_span, file_hits, trace_request
 
 TRACES = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -63,8 +64,8 @@ def rpc_for():
         rpc.close()
 
 
-def _request(lines=(1, 2), path="shop/views.py", **kw: Any):
-    return trace_request([coverage_span("GET /", [file_hits(path, lines)], **kw)])
+def _request(lines=(1, 2), path="shop/views.py", endpoint="GET /", **kw: Any):
+    return trace_request([coverage_span(endpoint, [file_hits(path, lines)], **kw)])
 
 
 def _stored_lines(client) -> list[int]:
@@ -131,20 +132,25 @@ def test_garbage_is_invalid_argument(client, rpc_for):
     assert "not a valid ExportMetricsServiceRequest protobuf" in info.value.details()
 
 
-def test_message_over_the_limit_is_resource_exhausted(start_collector, make_client, rpc_for):
+def test_the_limit_holds_after_decompression(start_collector, make_client, rpc_for):
     collector = start_collector(max_body_bytes=4096)
     client = make_client(collector)
-    big = _request(lines=range(1, 3000)).SerializeToString()
-    with pytest.raises(grpc.RpcError) as info:
-        rpc_for(collector).call(TRACES, big)
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "larger than max" in info.value.details()
-    # The limit holds after decompression too: a small gzip body inflating past it fails.
+    # A small gzip message inflating past the limit is refused as too large...
     bomb = bytes(1024 * 1024)
     assert len(gzip.compress(bomb)) < 4096
     with pytest.raises(grpc.RpcError) as info:
         rpc_for(collector).call(TRACES, bomb, compression=grpc.Compression.Gzip)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert info.value.details() == (
+        "request message of 1048576 bytes exceeds the limit of 4096 bytes"
+    )
+    assert _counted(client, "too_large") == 1
+    # ...and one inflating past gRPC's own bound is refused by gRPC itself.
+    bomb = bytes(receive_bound(4096) + 1)
+    with pytest.raises(grpc.RpcError) as info:
+        rpc_for(collector).call(TRACES, bomb, compression=grpc.Compression.Gzip)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in info.value.details()
     assert client.query("/api/v1/services") == {"services": []}
 
 
@@ -239,3 +245,96 @@ def test_ipv6_host_serves_both_receivers(start_collector, host):
             headers={"authorization": "Bearer query-secret-token"},
         )
     assert [line for line, _, _ in response.json()["lines"]] == [9]
+
+
+def _counted(client, result: str, signal: str = "traces") -> int:
+    """``runcov_collector_ingest_requests_total`` of gRPC exports answered ``result``."""
+    series = (
+        f'runcov_collector_ingest_requests_total{{transport="grpc",signal="{signal}",'
+        f'result="{result}"}} '
+    )
+    for line in client.get("/metrics", token=None).text.splitlines():
+        if line.startswith(series):
+            return int(float(line[len(series) :]))
+    return 0
+
+
+def _request_of_size(size: int) -> bytes:
+    """A valid trace export of exactly ``size`` bytes (lines 1.., then a longer endpoint)."""
+    lines = 1
+    while len(_request(lines=range(1, lines + 1)).SerializeToString()) < size - 200:
+        lines += 1
+    for pad in range(400):
+        body = _request(lines=range(1, lines + 1), endpoint=f"GET /{'x' * pad}")
+        raw = body.SerializeToString()
+        if len(raw) == size:
+            return raw
+    raise AssertionError(f"no request of exactly {size} bytes")
+
+
+def test_message_over_the_limit_is_counted_and_final_like_http(
+    start_collector, make_client, rpc_for
+):
+    """gRPC receives messages somewhat over ``max_body_bytes`` so that the receiver itself
+    refuses them, as the HTTP receiver refuses a body over the limit: counted as
+    ``too_large``, RESOURCE_EXHAUSTED naming the size and the limit, and no RetryInfo (the
+    exporter must not retry it). A message of exactly the limit is still stored."""
+    collector = start_collector(max_body_bytes=4096)
+    client = make_client(collector)
+    rpc = rpc_for(collector)
+    big = _request(lines=range(1, 3000)).SerializeToString()
+    assert len(big) > 4096
+    with pytest.raises(grpc.RpcError) as info:
+        rpc.call(TRACES, big)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert info.value.details() == (
+        f"request message of {len(big)} bytes exceeds the limit of 4096 bytes"
+    )
+    trailers = dict(info.value.trailing_metadata() or ())
+    assert "grpc-status-details-bin" not in trailers
+    assert "google.rpc.retryinfo-bin" not in trailers
+    assert _counted(client, "too_large") == 1
+    with pytest.raises(grpc.RpcError) as info:
+        rpc.call(METRICS, bytes(4097))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert info.value.details() == "request message of 4097 bytes exceeds the limit of 4096 bytes"
+    assert _counted(client, "too_large", signal="metrics") == 1
+    assert client.query("/api/v1/services") == {"services": []}
+    # One byte less than the limit, and the limit itself, are stored.
+    for size in (4095, 4096):
+        ExportTraceServiceResponse().ParseFromString(rpc.call(TRACES, _request_of_size(size)))
+    assert _counted(client, "ok") == 2
+    assert _counted(client, "too_large") == 1
+    assert _stored_lines(client)[:3] == [1, 2, 3]
+
+
+def test_message_beyond_the_grpc_bound_is_refused_by_grpc_itself(start_collector, rpc_for):
+    """Past ``receive_bound`` gRPC refuses the message itself, from its length prefix (unread):
+    RESOURCE_EXHAUSTED too, without RetryInfo, so final as well."""
+    collector = start_collector(max_body_bytes=4096)
+    bound = receive_bound(4096)
+    assert bound > 4096
+    with pytest.raises(grpc.RpcError) as info:
+        rpc_for(collector).call(TRACES, bytes(bound + 1))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in info.value.details()
+    assert "grpc-status-details-bin" not in dict(info.value.trailing_metadata() or ())
+
+
+@pytest.mark.parametrize(
+    "limit, bound",
+    [
+        (4096, 4096 + 4 * 1024 * 1024),
+        (16 * 1024 * 1024, 32 * 1024 * 1024),
+        (1 << 30, 2**31 - 1),  # gRPC's C int
+    ],
+)
+def test_receive_bound(limit, bound):
+    assert receive_bound(limit) == bound
+
+
+def test_the_largest_limit_serves(start_collector, make_client, rpc_for):
+    """At the largest ``max_body_bytes`` gRPC's bound is its own largest, which it takes."""
+    collector = start_collector(max_body_bytes=1 << 30)
+    rpc_for(collector).call(TRACES, _request(lines=[5]).SerializeToString())
+    assert _stored_lines(make_client(collector)) == [5]
