@@ -351,6 +351,9 @@ class Agent:
         self._seen_names: dict[tuple[Optional[str], Optional[str]], Optional[str]] = {}
         #: The selectors not yet seen matching a request (see ``_check_selectors``).
         self._unmatched = list(self._matcher.selectors)
+        #: When the agent started, until the check that some request reached it is done
+        #: (``_check_reached``); None after.
+        self._reach_check_from: Optional[float] = None
         #: Requests seen and time spent on request paths: a tally per thread, and one for the
         #: threads that ended. Only counted while the metrics are on.
         self._count_seen = False
@@ -480,6 +483,7 @@ class Agent:
             # The export worker tells the metrics, once per round, what the request paths
             # spent since the last round (an SDK counter addition costs ~10 µs: not per request).
         self.exporter.on_round = self._on_round
+        self._reach_check_from = time.monotonic() if self._count_seen else None
         self.running = True
         os.register_at_fork(after_in_child=self._after_fork_in_child)
         # Registered after the exporter's providers, so it runs before their own exit hooks:
@@ -1119,6 +1123,8 @@ class Agent:
         self._report_capped()
         if self._unmatched and self._count_seen:
             self._check_selectors()
+        if self._reach_check_from is not None:
+            self._check_reached()
         if self.census_by_span:
             self._census_round()
 
@@ -1163,6 +1169,34 @@ class Agent:
                 _ROUTELESS_HINT if selector.route != "*" and 2 * routeless > total else "",
             )
         self._unmatched = still
+
+    def _check_reached(self) -> None:
+        """Warn once when no request reached the agent in its first :data:`UNREACHED_AFTER`
+        seconds and it has no OpenTelemetry SDK provider to see requests through (called by
+        the export worker once per round until the check is done).
+
+        ``runcov.start()`` in an application that neither sets up OpenTelemetry's SDK nor
+        wraps itself in runcov's middleware measures nothing, and would otherwise say
+        nothing: no coverage, no metrics (they start with the first request), a service
+        unknown to the collector.
+        """
+        started = self._reach_check_from
+        if started is None or time.monotonic() - started < UNREACHED_AFTER:
+            return
+        self._reach_check_from = None
+        with self._count_lock:
+            reached = bool(self._tallies) or bool(self._retired.counts)
+        if reached or self._attached:
+            return
+        log.warning(
+            "runcov: no request has reached runcov in the %d s since it started, and there is "
+            "no OpenTelemetry SDK tracer provider for its span processor (the application set "
+            "none, or built one of its own without runcov's processor): if the application "
+            "serves requests, run it under `opentelemetry-instrument` or `runcov run`, or wrap "
+            "it in runcov.middleware.RuncovWSGIMiddleware / RuncovASGIMiddleware (jobs: "
+            "@runcov.critical or runcov.watch)",
+            UNREACHED_AFTER,
+        )
 
     def _census_round(self) -> None:
         now = time.monotonic()
@@ -1277,6 +1311,10 @@ class Agent:
         except Exception:
             pass
 
+
+#: Seconds after start by which a request should have reached the agent, when it has no
+#: OpenTelemetry provider to see requests through (``Agent._check_reached``).
+UNREACHED_AFTER = 60
 
 #: Requests of a selector's kind seen before a selector that matched none of them is warned
 #: about (``Agent._check_selectors``).

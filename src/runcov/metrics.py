@@ -12,7 +12,9 @@ import contextlib
 import logging
 import math
 import os
+import re
 import threading
+import time
 from typing import Any, Callable, Iterator, Optional
 
 from opentelemetry import context as otel_context
@@ -39,7 +41,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from runcov._fork import in_forked_child
-from runcov.config import Config
+from runcov.config import Config, shown_endpoint
 from runcov.export.otlp import otlp_metric_exporter_options
 from runcov.redaction import Redactor
 from runcov.resource import with_new_instance
@@ -80,31 +82,120 @@ def _cumulative() -> dict[type, AggregationTemporality]:
     return dict.fromkeys(kinds, AggregationTemporality.CUMULATIVE)
 
 
-class _ProcessBoundExporter(MetricExporter):
-    """Forwards to the OTLP metric exporter, only in the process that created it; never raises."""
+#: The loggers through which OpenTelemetry's OTLP exporters tell of each failed attempt and
+#: retry (shared with the application's own exporters).
+_OTLP_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http._common",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+)
 
-    def __init__(self, inner: MetricExporter) -> None:
+#: Seconds between two warnings that the agent's metrics could not be exported.
+METRICS_WARNING_INTERVAL = 60.0
+
+_QUERY = re.compile(r"\?[^\s'\")]+")
+
+
+class _OwnExports(threading.local):
+    """What the OTLP exporters log while runcov's metric exporter runs on this thread."""
+
+    active = False
+    first = ""
+
+
+_own = _OwnExports()
+
+
+class _QuietOwnExports(logging.Filter):
+    """Keeps the OTLP exporters' records of runcov's own metric exports out of the
+    application's log (they log every retry; runcov says it at most once a minute, see
+    :meth:`_ProcessBoundExporter.export`), keeping the first one's text (the failure, where
+    the last is often the retry given up) for that warning. The
+    application's own exporters, which run on other threads, log as before."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _own.active:
+            return True
+        if record.levelno >= logging.WARNING and not _own.first:
+            try:
+                _own.first = record.getMessage()
+            except Exception:
+                pass
+        return False
+
+
+_quiet_filter = _QuietOwnExports()
+
+
+def _quiet_own_exports() -> None:
+    """Filter the OTLP exporters' loggers: those named, and any other of their modules
+    (imported by now: the exporter exists), whatever a version of them calls its loggers."""
+    names = set(_OTLP_LOGGERS)
+    names.update(
+        name
+        for name, known in list(logging.root.manager.loggerDict.items())
+        if name.startswith("opentelemetry.exporter.otlp") and isinstance(known, logging.Logger)
+    )
+    for name in sorted(names):
+        target = logging.getLogger(name)
+        if _quiet_filter not in target.filters:
+            target.addFilter(_quiet_filter)
+
+
+class _ProcessBoundExporter(MetricExporter):
+    """Forwards to the OTLP metric exporter, only in the process that created it; never raises.
+
+    A failed export is counted (:attr:`failures`) and told at most once a minute, with the
+    exporter's first word on it, instead of the exporter's line per attempt."""
+
+    def __init__(self, inner: MetricExporter, endpoint: str = "") -> None:
         super().__init__(
             preferred_temporality=inner._preferred_temporality,
             preferred_aggregation=inner._preferred_aggregation,
         )
         self._inner = inner
         self._pid = os.getpid()
+        self._endpoint = endpoint
         self.failures = 0
+        self._told = 0  # failures already told of
+        self._warned_at = -math.inf
+        _quiet_own_exports()
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
         if os.getpid() != self._pid:
             return MetricExportResult.SUCCESS
+        _own.active, _own.first = True, ""
         try:
             result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
         except Exception:
             log.debug("runcov: metric export raised", exc_info=True)
             result = MetricExportResult.FAILURE
+        finally:
+            _own.active = False
         if result is not MetricExportResult.SUCCESS:
             self.failures += 1
+            self._warn(_own.first)
         return result
+
+    def _warn(self, cause: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_at < METRICS_WARNING_INTERVAL:
+            return
+        self._warned_at = now
+        failed, self._told = self.failures - self._told, self.failures
+        cause = _QUERY.sub("?***", cause)  # (a URL's query string may carry a secret)
+        if len(cause) > 300:
+            cause = cause[:297] + "..."
+        log.warning(
+            "runcov: could not export the agent's metrics to %s (%d failed export(s)%s); "
+            "they are tried again at the next interval",
+            self._endpoint or "the receiver",
+            failed,
+            f": {cause}" if cause else "",
+        )
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         return True
@@ -146,7 +237,9 @@ class _Instruments:
     def __init__(
         self, config: Config, resource: Resource, seen: Callable[[], Any], periodic: bool = True
     ) -> None:
-        self.exporter = _ProcessBoundExporter(_make_metric_exporter(config))
+        self.exporter = _ProcessBoundExporter(
+            _make_metric_exporter(config), shown_endpoint(config.metrics_endpoint())
+        )
         #: False: no reader thread (none could start: the interpreter was exiting), so the
         #: values leave only when flushed, which shutdown does.
         self.periodic = periodic

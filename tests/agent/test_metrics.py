@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any, Iterator
 import pytest
 from opentelemetry import trace
 from opentelemetry.proto.metrics.v1 import metrics_pb2
+from opentelemetry.sdk.metrics.export import MetricsData
 from opentelemetry.sdk.trace import TracerProvider
 
 from runcov.config import load_config
@@ -295,3 +298,58 @@ def test_the_collector_knows_every_drop_reason_the_agent_counts() -> None:
     from runcov_collector.store import agent as collector_agent
 
     assert tuple(collector_agent.DROP_REASONS) == tuple(DROP_REASONS)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_failed_metric_exports_are_told_once_a_minute_not_at_each_retry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, protocol: str
+) -> None:
+    """OpenTelemetry's OTLP exporters log every attempt and retry of a failed export; for
+    runcov's own metrics that would fill the application's log while the collector is down.
+    Those records are kept out, and runcov says it once a minute with the exporter's first
+    word on it. The same exporters, run for the application on another thread, still log."""
+    port = _closed_port()
+    config = load_config(
+        environ={},
+        source=[str(tmp_path)],
+        exporter_endpoint=f"http://127.0.0.1:{port}",
+        exporter_protocol=protocol,
+        service_name="shop",
+        metrics_interval=0.2,
+        exporter_timeout=1.5,
+    )
+    metrics = AgentMetrics(config, build_resource(config))
+    caplog.set_level(logging.DEBUG)
+    try:
+        metrics.dropped("GET /", "rate_cap")
+        deadline = time.monotonic() + 30
+        while metrics.export_failures < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert metrics.export_failures >= 2
+        records = list(caplog.records)
+    finally:
+        metrics.shutdown(2)
+    otlp = [r for r in records if r.name.startswith("opentelemetry.exporter.otlp")]
+    assert otlp == []
+    ours = [r for r in records if "could not export the agent's metrics" in r.getMessage()]
+    assert len(ours) == 1, [r.getMessage() for r in ours]
+    assert ours[0].levelno == logging.WARNING
+    assert f"127.0.0.1:{port}" in ours[0].getMessage()
+    assert "(1 failed export(s): " in ours[0].getMessage()  # (the exporter's own words follow)
+
+    # An application's exporter of the same kind, on its own thread: its records are its own.
+    from runcov.metrics import _make_metric_exporter
+
+    caplog.clear()
+    app_exporter = _make_metric_exporter(config)
+    data = MetricsData(resource_metrics=[])
+    worker = threading.Thread(target=lambda: app_exporter.export(data, timeout_millis=1500))
+    worker.start()
+    worker.join(30)
+    assert any(r.name.startswith("opentelemetry.exporter.otlp") for r in caplog.records)
