@@ -110,6 +110,90 @@ def test_no_changes_passes(repo: Path, canary: dict[str, set[int]],
     proc = gate(collector, repo, "--changed-since", "HEAD")
     assert proc.returncode == 0
     assert "no executable changed lines to measure: gate passed" in proc.stdout
+    # Said, so that a ref that is the deployed commit itself (a wrong tag) is noticed.
+    assert proc.stdout.splitlines()[0] == (
+        "note: git finds no change since HEAD under --source (committed or not): nothing to "
+        "gate; is that the commit the change is since?"
+    )
+    assert support.as_json(gate(collector, repo, "--changed-since", "HEAD", "--format",
+                                "json"))["changed_files"] == 0
+    # A change made only of import-time lines is not "no change".
+    proc = gate(collector, repo, "--changed-since", "v1.0", "--exclude", "shop/views.py",
+                "--format", "json")
+    assert support.as_json(proc)["changed_files"] == 3
+
+
+def test_new_code_past_the_end_of_the_file_the_release_ran_fails_the_gate(
+    repo: Path, canary: dict[str, set[int]], collector: RunningCollector
+) -> None:
+    """A function appended to a file the release ran in another version lies past the end
+    of the release's file: by the release's executable lines it would measure nothing and
+    pass. The checkout's own analysis counts its body, never run, and the file is named as
+    differing; without --version the default release is refused."""
+    pricing = repo / "shop" / "pricing.py"
+    text = pricing.read_text()
+    pricing.write_text(
+        text + "\n\ndef refund(total: float) -> float:\n    if total > 10:\n"
+        "        return total - 10\n    return 0.0\n"
+    )
+    def_line = len(text.splitlines()) + 3  # (after two blank lines)
+    body = [def_line + 1, def_line + 2, def_line + 3]
+    lines = pricing.read_text().splitlines()
+    assert lines[def_line - 1].startswith("def refund") and lines[-1] == "    return 0.0"
+
+    proc = gate(collector, repo, "--changed-since", "HEAD", "--format", "json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    doc = support.as_json(proc)
+    assert (doc["covered"], doc["lines"]) == (0, 3)
+    assert doc["files"][0]["path"] == "shop/pricing.py"
+    assert doc["files"][0]["missed_lines"] == body
+    assert doc["import_time"] == {"shop/pricing.py": [def_line]}  # (the def runs at import)
+    assert doc["differing_files"] == ["shop/pricing.py"]
+    assert "1 local file(s) differ from the version shop 1.1 (prod, canary) ran" in proc.stderr
+
+    proc = support.runcov("gate", *collector.args(), "--service", "shop", "--role", "canary",
+                          "--source", str(repo), "--changed-since", "HEAD")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--changed-since without --version gated shop 1.1 (prod, canary)" in proc.stderr
+
+
+def test_a_gate_narrowed_to_an_endpoint_says_so(
+    repo: Path, canary: dict[str, set[int]], collector: RunningCollector
+) -> None:
+    proc = gate(collector, repo, "--changed-since", "v1.0", "--endpoint", "POST /checkout",
+                "--threshold", "0")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.fullmatch(
+        r"PASS: canary covered \d+ of \d+ changed lines \([\d.]+%\) >= 0% in shop 1\.1 "
+        r"\(prod, canary\), endpoint POST /checkout", proc.stdout.splitlines()[-1]
+    ), proc.stdout
+    doc = support.as_json(gate(collector, repo, "--changed-since", "v1.0", "--endpoint",
+                               "POST /checkout", "--format", "json"))
+    assert doc["endpoint"] == "POST /checkout"
+    assert doc["message"].endswith("in shop 1.1 (prod, canary), endpoint POST /checkout")
+    assert support.as_json(gate(collector, repo, "--changed-since", "v1.0", "--format",
+                                "json"))["endpoint"] is None
+
+
+def test_a_files_percentage_has_the_digits_of_the_verdict(
+    repo: Path, canary: dict[str, set[int]], collector: RunningCollector
+) -> None:
+    """A one-file gate of 2 lines in 3 at a threshold of 66.7: the file's row shows the
+    digits the verdict shows, never ``66.7%`` above a verdict of ``(66.67%) < 66.7%``."""
+    whole = support.as_json(gate(collector, repo, "--paths", "shop/views.py", "--format",
+                                 "json", "--threshold", "0"))
+    missed = whole["files"][0]["missed_lines"][0]
+    executable = set(analyze_local(repo / "shop" / "views.py").lines)
+    ran = sorted(canary["shop/views.py"] & executable)[-2:]
+    specs = [f"shop/views.py:{n}" for n in (*ran, missed)]
+    proc = gate(collector, repo, "--paths", *specs, "--threshold", "66.7")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "covered 2 of 3 selected lines (66.67%) < 66.7%" in proc.stdout.splitlines()[-1]
+    (row,) = [line for line in proc.stdout.splitlines() if line.startswith("shop/views.py")]
+    assert row.split()[1:4] == ["3", "2", "66.67%"], proc.stdout
+    doc = support.as_json(gate(collector, repo, "--paths", *specs, "--threshold", "66.7",
+                               "--format", "json"))
+    assert doc["files"][0]["percent"] == doc["percent"] == 66.67
 
 
 def test_uncommitted_edits_count_as_changes(

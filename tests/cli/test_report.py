@@ -287,3 +287,27 @@ def test_the_total_row_counts_files_in_words_that_agree() -> None:
 
     assert total_label(1) == "TOTAL (1 file)"
     assert [total_label(n) for n in (0, 2)] == ["TOTAL (0 files)", "TOTAL (2 files)"]
+
+
+def test_a_report_narrowed_to_an_endpoint_names_it(
+    collector: RunningCollector, sample: Sample
+) -> None:
+    """With --endpoint the endpoints and files are that endpoint's alone: their headings and
+    the JSON say so, as they say a window or --exclude."""
+    populate(collector, sample)
+    base = ["--service", "shop", "--version", "1.0", "--role", "baseline"]
+    proc = support.runcov("report", *collector.args(), *base, "--endpoint", "POST /checkout")
+    assert proc.returncode == 0, proc.stderr
+    headings = [
+        line for line in proc.stdout.splitlines() if line.startswith(("Endpoints", "Files"))
+    ]
+    assert headings == [
+        "Endpoints of shop 1.0 (prod, baseline), endpoint POST /checkout",
+        "Files of shop 1.0 (prod, baseline), endpoint POST /checkout",
+    ]
+    doc = support.as_json(support.runcov("report", *collector.args(), *base, "--endpoint",
+                                         "POST /checkout", "--format", "json"))
+    assert doc["endpoint"] == "POST /checkout"
+    whole = support.as_json(support.runcov("report", *collector.args(), *base, "--format", "json"))
+    assert whole["endpoint"] is None
+    assert doc["totals"]["lines_covered"] < whole["totals"]["lines_covered"]

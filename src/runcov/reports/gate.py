@@ -63,6 +63,23 @@ class PathSpec:
         return self.path
 
 
+def shown_percent(covered: int, total: int, threshold: float) -> str:
+    """``covered / total`` as a percentage with one decimal, or as many more as it takes for
+    the number shown to compare with ``threshold`` as the exact share does.
+
+    The gate compares the exact share: 2 of 3 lines (66.666...%) fail a threshold of 66.7,
+    which ``66.7% < 66.7%`` would contradict; ``66.67% < 66.7%`` does not.
+    """
+    exact = 100.0 * covered / total
+    reached = exact >= threshold
+    shown_threshold = float(threshold_text(threshold))
+    for digits in range(1, 16):
+        shown = f"{exact:.{digits}f}"
+        if (float(shown) >= shown_threshold) == reached:
+            return shown
+    return repr(exact)
+
+
 @dataclass
 class FileResult:
     """The gate's view of one file: the lines it measured and which production executed."""
@@ -72,12 +89,24 @@ class FileResult:
     covered: set[int] = field(default_factory=set)
     note: str = ""
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON form."""
+    def shown_percent(self, threshold: float) -> Optional[str]:
+        """The covered percentage as the gate shows it next to ``threshold`` (None: no
+        line), with the digits its verdict would need (see :func:`shown_percent`)."""
+        if not self.lines:
+            return None
+        return shown_percent(len(self.covered), len(self.lines), threshold)
+
+    def as_dict(self, threshold: Optional[float] = None) -> dict[str, Any]:
+        """JSON form (``percent`` with the digits ``threshold`` needs, when given)."""
         missed = sorted(self.lines - self.covered)
+        if threshold is None:
+            pct = percent(len(self.covered), len(self.lines))
+        else:
+            shown = self.shown_percent(threshold)
+            pct = None if shown is None else float(shown)
         return {
             "path": self.path, "lines": len(self.lines), "covered": len(self.covered),
-            "percent": percent(len(self.covered), len(self.lines)),
+            "percent": pct,
             "missed_lines": missed, "note": self.note,
         }
 
@@ -110,6 +139,12 @@ class GateResult:
     #: makes every measured line a miss, most often a window or release that is not the one
     #: meant (a ``--since`` after the traffic), which the verdict's note says.
     has_coverage: bool = True
+    #: The endpoint the gate was narrowed to (``--endpoint``), named in the verdict.
+    endpoint: Optional[str] = None
+    #: ``--changed-since``: the ref, and how many files git found changed since it under
+    #: ``--source`` (before ``--exclude``); 0 is said, as a wrong ref would pass forever.
+    since_ref: Optional[str] = None
+    changed_files: Optional[int] = None
 
     @property
     def total(self) -> int:
@@ -140,9 +175,7 @@ class GateResult:
         gate measures the most recently seen one, and the verdict should say which that was.
         """
         who = self.release.get("role") or "production"
-        where = release_label(self.release)
-        if self.window:
-            where += f" {self.window.label()}"
+        where = self._where()
         if self.total == 0:
             return f"no executable {self.what} to measure: gate passed for {where}"
         op = ">=" if self.passed else "<"
@@ -151,20 +184,18 @@ class GateResult:
             f"({self.shown_percent()}%) {op} {threshold_text(self.threshold)}% in {where}"
         )
 
-    def shown_percent(self) -> str:
-        """The covered percentage with one decimal, or as many more as it takes for the
-        number shown to compare with the threshold as the exact one does.
+    def _where(self) -> str:
+        """``shop 1.1 (prod, canary)``, with the endpoint and the window when narrowed."""
+        where = release_label(self.release)
+        if self.endpoint:
+            where += f", endpoint {self.endpoint},"
+        if self.window:
+            where += f" {self.window.label()}"
+        return where.rstrip(",")
 
-        The gate compares the exact share: 2 of 3 lines (66.666...%) fail a threshold of 66.7,
-        which ``66.7% < 66.7%`` would contradict; ``66.67% < 66.7%`` does not.
-        """
-        exact = 100.0 * self.covered / self.total
-        threshold = float(threshold_text(self.threshold))
-        for digits in range(1, 16):
-            shown = f"{exact:.{digits}f}"
-            if (float(shown) >= threshold) == self.passed:
-                return shown
-        return repr(exact)
+    def shown_percent(self) -> str:
+        """The covered percentage as the verdict shows it (see :func:`shown_percent`)."""
+        return shown_percent(self.covered, self.total, self.threshold)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -175,7 +206,8 @@ class GateResult:
             "percent": float(self.shown_percent()) if self.total else None,
             "window": ({**self.window.as_dict(), "label": self.window.label()}
                        if self.window else None),
-            "files": [f.as_dict() for f in self.files],
+            "endpoint": self.endpoint,
+            "files": [f.as_dict(self.threshold) for f in self.files],
             "import_time_lines": sum(len(v) for v in self.import_time.values()),
             "import_time": {p: sorted(v) for p, v in sorted(self.import_time.items())},
             "differing_files": self.differing,
@@ -183,18 +215,27 @@ class GateResult:
             "unknown_files": self.unknown,
             "exclude_unmatched": self.exclude_unmatched,
             "has_coverage": self.has_coverage,
+            "changed_files": self.changed_files,
         }
 
     def no_coverage_note(self) -> str:
         """That the release has no coverage at all where the gate looked, or ""."""
         if self.has_coverage or self.total == 0:
             return ""
-        where = release_label(self.release)
-        if self.window:
-            where += f" {self.window.label()}"
+        where = self._where()
         return (
             f"{where} has no coverage at all: every line counts as missed (is this the "
             "release and window meant?)"
+        )
+
+    def nothing_changed_note(self) -> str:
+        """That git finds no change since the ref at all, or "": a ref that is the deployed
+        commit itself (a wrong tag) would otherwise pass every gate, unnoticed."""
+        if self.changed_files != 0:
+            return ""
+        return (
+            f"git finds no change since {self.since_ref} under --source (committed or not): "
+            "nothing to gate; is that the commit the change is since?"
         )
 
     def import_time_note(self) -> str:
@@ -250,15 +291,16 @@ def render_gate(result: GateResult) -> str:
     rows = []
     for f in result.files:
         missed = sorted(f.lines - f.covered)
-        pct = percent(len(f.covered), len(f.lines))
+        pct = f.shown_percent(result.threshold)
         rows.append([
-            f.path, len(f.lines), len(f.covered), "-" if pct is None else f"{pct:.1f}%",
+            f.path, len(f.lines), len(f.covered), "-" if pct is None else f"{pct}%",
             fmt_ranges(missed) or f.note,
         ])
     if rows:
         out.append(render_table(["File", "Lines", "Covered", "Cover", "Missed"], rows, "lrrrl"))
         out.append("\n")
     for note in (
+        result.nothing_changed_note(),
         result.excluded_note(),
         result.import_time_note(),
         result.unknown_note(),
@@ -440,6 +482,7 @@ def gate_changed(
     production code from the tests or scripts changed in the same commit.
     """
     changed = git_changed_lines(source, ref)
+    changed_files = len(changed)
     excluded = []
     unmatched: list[str] = []
     files = _Files(client, sel, [source])
@@ -453,11 +496,19 @@ def gate_changed(
                 del changed[path]
     results = []
     left_out: dict[str, set[int]] = {}
+    # A changed file that is not the version the release ran (another sha) is read by the
+    # checkout's own analysis: its changed line numbers are the checkout's, and production's
+    # executable lines of another version would drop new code (a function appended past
+    # the end of the deployed file) without a word. It is named whether or not lines remain.
+    differing = files.differing(sorted(changed))
     for path in sorted(changed):
         if advance is not None:
             advance(1)
-        executable, note = files.executable(path)
         local = files.local(path)
+        if path in differing and local is not None:
+            executable, note = set(local.lines), ""
+        else:
+            executable, note = files.executable(path)
         wanted = {local.statement_of(n) if local else n for n in changed[path]}
         lines = wanted & executable
         at_import = local.import_time(lines) if local else set()
@@ -485,12 +536,15 @@ def gate_changed(
         threshold,
         results,
         left_out,
-        files.differing([f.path for f in results]),
+        differing,
         hint,
         excluded,
         [f.path for f in results if f.path not in files.known],
         exclude_unmatched=unmatched,
         has_coverage=files.has_coverage,
+        endpoint=sel.endpoint,
+        since_ref=ref,
+        changed_files=changed_files,
     )
 
 
@@ -564,7 +618,7 @@ def gate_paths(
     results = [merged[p] for p in sorted(merged)]
     return GateResult(files.release, "selected lines", threshold, results,
                       differing=files.differing(list(merged)), exclude_unmatched=unmatched,
-                      has_coverage=files.has_coverage)
+                      has_coverage=files.has_coverage, endpoint=sel.endpoint)
 
 
 def _function_spans(

@@ -63,6 +63,7 @@ def build_report(
                   if window else None)
     return {
         "release": coverage["release"],
+        "endpoint": sel.endpoint,
         "window": window_doc,
         "path_prefix": path_prefix or None,
         "exclude": exclude.globs if exclude else None,
@@ -251,6 +252,8 @@ def render_report(data: dict[str, Any]) -> str:
     out = []
     window = window_label(data.get("window"))
     label = release_label(data["release"])
+    if data.get("endpoint"):  # (--endpoint: the endpoints and files below are its alone)
+        label += f", endpoint {data['endpoint']}"
     prefix = data.get("path_prefix")
     globs = data.get("exclude")
     # Every table leaves the excluded files out: each heading says so.
