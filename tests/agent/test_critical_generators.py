@@ -622,3 +622,25 @@ def test_a_generator_resumed_in_other_threads_is_measured_there(
         with capture_coverage(source=[os.path.dirname(HERE)]):
             pass  # (a scope closing on this thread forgets the entries of closed ones)
         assert probes.depth() == 0
+
+
+def test_a_suspended_generator_keeps_no_code_armed(
+    start_agent: Callable[..., Agent], sink: HTTPSink
+) -> None:
+    """Between two resumptions the run's scope is not active: a generator kept suspended (a
+    consumer waiting on its queue) keeps nothing armed for the requests that run meanwhile,
+    and its request, resumed by send, throw and close, is still exactly coverage.py's."""
+    body, arcs, _ = reference(lambda: drive_tally(tally), tally)
+    agent = start_agent()
+    between: list[int] = []
+
+    def suspended() -> None:
+        between.append(active(agent.core))
+        linger_out(agent.core)  # (what a long wait would do: disarm)
+
+    assert drive_tally(runcov.critical(tally), suspended) == ([0, 5, 12, 0, 2], [2])
+    assert between == [0, 0, 0]
+    (run,) = exported(agent, sink, job(tally))
+    assert run.lines == {FILE: body}
+    assert run.arcs == {FILE: arcs}
+    assert active(agent.core) == 0

@@ -200,6 +200,10 @@ class ScopeState(Scope):
         #: True for scopes opened in an asyncio task: they count as active only while one of
         #: their steps runs (per-step arming, see :func:`install_hooks`).
         self.stepped = False
+        #: True for the scope of a measured generator's run once it first paused: active only
+        #: while the generator's code runs; between two resumptions its thread keeps its
+        #: frames (the generator's, suspended), as a step's end does.
+        self.paused = False
         #: True while the scope is counted as active by its core (its events armed / its
         #: thread traced).
         self.counted = False

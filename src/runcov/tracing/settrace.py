@@ -287,9 +287,12 @@ class SettraceCore(Core):
     def _exit_thread(self, scope: ScopeState) -> None:
         if self._exact is not None and not scope.is_census:
             self._disarm(scope)
-            if not (scope.stepped and scope.owner_thread == threading.get_ident()):
+            if not (
+                (scope.stepped or scope.paused) and scope.owner_thread == threading.get_ident()
+            ):
                 # work handed to this thread is over: its frames of the scope (a step's end
-                # keeps them: the task's coroutines resume at its next step)
+                # keeps them: the task's coroutines resume at its next step; so does a
+                # generator's pause: it resumes at its next step)
                 self._exact.forget(scope)
             return
         tls = self._tls
