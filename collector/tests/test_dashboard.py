@@ -8,6 +8,7 @@ import html
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -220,6 +221,106 @@ def test_diff_page(site: tuple[Running, dict]) -> None:
     assert "GET /cart/&lt;empty&gt; — only in A" in page
     status, form = running.get("/ui/diff?service=shop")
     assert status == 200 and 'id="diff-form"' in form and 'id="diff-files"' not in form
+
+
+def form_choices(page: str) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The compare form as a browser submits it: the selected options of each select, and the
+    hidden inputs (values unescaped)."""
+    form = re.search(r'<form[^>]*id="diff-form"[^>]*>(.*?)</form>', page, re.S)
+    assert form, "no compare form"
+    selected = {
+        name: [html.unescape(v) for v in re.findall(r'<option value="([^"]*)" selected>', body)]
+        for name, body in re.findall(r'<select name="([a-z_]+)"[^>]*>(.*?)</select>',
+                                     form.group(1), re.S)
+    }
+    hidden = {name: html.unescape(value) for name, value in
+              re.findall(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)">',
+                         form.group(1))}
+    return selected, hidden
+
+
+def submit_offered_form(running: Running, service: str) -> tuple[dict[str, str], int, str]:
+    """Open the compare page of ``service`` and press Compare as offered: (the fields sent,
+    status, page). Each select must preselect exactly one option (a browser would otherwise
+    send its first, whatever that names)."""
+    status, page = running.get("/ui/diff?" + urllib.parse.urlencode({"service": service}))
+    assert status == 200
+    selected, hidden = form_choices(page)
+    assert set(selected) == {"a_version", "a_role", "b_version", "b_role", "environment"}
+    assert all(len(values) == 1 for values in selected.values()), selected
+    sent = {**hidden, **{name: values[0] for name, values in selected.items()}}
+    status, result = running.get("/ui/diff?" + urllib.parse.urlencode(sent))
+    return sent, status, result
+
+
+def test_the_compare_form_offers_releases_that_exist(site: tuple[Running, dict]) -> None:
+    """Offered as is, the form compares the most recent canary (B) with the baseline beside it
+    (A), as ``runcov diff --canary`` does; it used to select no option, so a browser sent the
+    newest version with role baseline, a release that does not exist (404)."""
+    running, _ = site
+    sent, status, page = submit_offered_form(running, "shop")
+    assert sent == {"service": "shop", "a_version": "1.0", "a_role": "baseline",
+                    "b_version": "1.1", "b_role": "canary", "environment": "prod"}
+    assert status == 200, page
+    assert 'class="sides">A: <strong>1.0 baseline</strong> · B: <strong>1.1 canary' in page
+    # A comparison that leaves the roles out shows the roles it resolved to, not defaults.
+    status, page = running.get("/ui/diff?service=shop&a_version=1.0&b_version=1.1")
+    assert status == 200
+    selected, _ = form_choices(page)
+    assert (selected["a_role"], selected["b_role"], selected["environment"]) == (
+        ["baseline"], ["canary"], ["prod"])
+    # A baseline of the canary's own version is the one compared with it, newer or not.
+    same = Release("shop", "1.1", "prod", "baseline")
+    statics = [static_of(running.source, rel) for rel in ("shop/__init__.py", "shop/cart.py")]
+    running.store.ingest(Batch(static=[static_part(same, statics)], coverage=[CoveragePart(
+        release=same, trace_id="ef" * 16, span_id="cd" * 8, endpoint="POST /cart",
+        mode="exact", status_class="2xx", time_unix_nano=time.time_ns() - 10**10, part=0,
+        parts=1, files=[])]))
+    sent, status, _ = submit_offered_form(running, "shop")
+    assert (sent["a_version"], sent["a_role"], sent["b_version"], sent["b_role"]) == (
+        "1.1", "baseline", "1.1", "canary")
+    assert status == 200
+    # What was asked for stays selected when the page answers it.
+    status, page = running.get("/ui/diff?service=shop&environment=prod&a_version=1.1"
+                               "&a_role=baseline&b_version=1.0&b_role=baseline")
+    assert status == 200
+    selected, _ = form_choices(page)
+    assert selected == {"a_version": ["1.1"], "a_role": ["baseline"], "b_version": ["1.0"],
+                        "b_role": ["baseline"], "environment": ["prod"]}
+
+
+def test_the_compare_form_without_a_canary_offers_the_two_most_recent_releases(
+    tmp_path: Path,
+) -> None:
+    """No canary: A is the second most recent release and B the most recent, in the most
+    recent one's environment (the form compares within one)."""
+    root = copy_sample(tmp_path / "src")
+    statics = [static_of(root, rel) for rel in ("shop/__init__.py", "shop/cart.py")]
+    with running_collector(tmp_path, root) as running:
+        now = time.time_ns()
+        for n, release in enumerate((Release("plain", "1.0", "prod", "baseline"),
+                                     Release("plain", "2.0", "staging", "shadow"),
+                                     Release("plain", "3.0", "", "game-day"),
+                                     Release("plain", "3.1", "staging", "baseline"))):
+            running.store.ingest(Batch(static=[static_part(release, statics)], coverage=[
+                CoveragePart(release=release, trace_id=f"{n:032x}", span_id="cd" * 8,
+                             endpoint="POST /cart", mode="exact", status_class="2xx",
+                             time_unix_nano=now - (4 - n) * 10**10, part=0, parts=1,
+                             files=[])]))
+        sent, status, page = submit_offered_form(running, "plain")
+        assert sent == {"service": "plain", "a_version": "2.0", "a_role": "shadow",
+                        "b_version": "3.1", "b_role": "baseline", "environment": "staging"}
+        assert status == 200, page
+        # One release in the most recent one's environment: it is compared with itself (no
+        # differences) rather than with a release that does not exist.
+        lone = Release("plain", "4.0", "", "baseline")
+        running.store.ingest(Batch(static=[static_part(lone, statics)], coverage=[
+            CoveragePart(release=lone, trace_id="ab" * 16, span_id="cd" * 8,
+                         endpoint="POST /cart", mode="exact", status_class="2xx",
+                         time_unix_nano=now, part=0, parts=1, files=[])]))
+        sent, status, page = submit_offered_form(running, "plain")
+        assert (sent["a_version"], sent["b_version"], sent["environment"]) == ("3.0", "4.0", "")
+        assert status == 200, page
 
 
 def _expand(part: str) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 import time
@@ -211,8 +212,56 @@ def schema_changed(request: Request, exc: SchemaChanged) -> JSONResponse:
     return response
 
 
-def _endpoint(call: Callable[[Store, Any], Any]) -> Callable[[Request], Any]:
+def _shown(name: str) -> str:
+    """A parameter name as an error message quotes it (escaped, and cut when long)."""
+    return repr(name if len(name) <= 64 else name[:64] + "...")
+
+
+def parameter_problem(params: Any, takes: tuple[str, ...]) -> str | None:
+    """Why the names of query ``params`` do not fit an endpoint that takes ``takes``, or None.
+
+    A name the endpoint does not read is refused rather than ignored: ``rol=canary`` ignored
+    leaves the default role rule to pick the release, and the answer, 200 with another
+    release's figures, reads as the canary's. A close known name is suggested (``role``). A
+    name given twice (``role=baseline&role=canary``) is refused too: the request names two
+    releases, and the API does not pick one of them.
+    """
+    names = [name for name, _ in params.multi_items()]
+    unknown = [name for name in dict.fromkeys(names) if name not in takes]
+    if unknown:
+        message = (
+            f"unknown parameter{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(_shown(name) for name in unknown)} "
+            + (f"(this endpoint takes: {', '.join(takes)})" if takes
+               else "(this endpoint takes no parameters)")
+        )
+        near = {
+            name: close[0]
+            for name in unknown
+            for close in [difflib.get_close_matches(name, takes, n=1)]
+            if close
+        }
+        if len(unknown) == 1 and near:
+            message += f"; did you mean {_shown(near[unknown[0]])}?"
+        elif near:
+            message += "; did you mean " + ", ".join(
+                f"{_shown(known)} for {_shown(name)}" for name, known in near.items()
+            ) + "?"
+        return message
+    for name in dict.fromkeys(names):
+        times = names.count(name)
+        if times > 1:
+            return f"parameter {_shown(name)} is given {times} times: give it once"
+    return None
+
+
+def _endpoint(
+    call: Callable[[Store, Any], Any], takes: tuple[str, ...]
+) -> Callable[[Request], Any]:
     async def handler(request: Request) -> Response:
+        problem = parameter_problem(request.query_params, takes)
+        if problem is not None:
+            return error(400, problem)
         store: Store = request.app.state.store
         try:
             body = await run_in_threadpool(call, store, request.query_params)
@@ -276,15 +325,28 @@ def _diff(store: Store, params: Any) -> Any:
     return store.diff(a, b)
 
 
+SELECTION = ("service", "version", "environment", "role", "endpoint", "since", "until")
+"""The release selection's parameters (docs/query-api.md), as ``selection`` reads them."""
+
+DIFF_SELECTION = SELECTION + tuple(f"{side}_{name}" for side in "ab" for name in SELECTION)
+"""``diff`` reads each selection parameter shared and as ``a_``/``b_`` for one side."""
+
+#: Each endpoint's handler and the query parameters it reads: every other name is a 400
+#: (``parameter_problem``). A handler that starts reading a parameter must declare it here.
+#: ``agent`` takes ``since``/``until`` only to refuse them with the reason (its counters are
+#: all time), rather than as unknown names.
+ENDPOINTS: dict[str, tuple[Callable[[Store, Any], Any], tuple[str, ...]]] = {
+    "/api/v1/services": (_services, ()),
+    "/api/v1/releases": (_releases, ("service",)),
+    "/api/v1/endpoints": (_endpoints, SELECTION),
+    "/api/v1/coverage": (_coverage, (*SELECTION, "detail", "path_prefix")),
+    "/api/v1/file": (_file, (*SELECTION, "path")),
+    "/api/v1/series": (_series, (*SELECTION, "path")),
+    "/api/v1/diff": (_diff, DIFF_SELECTION),
+    "/api/v1/agent": (_agent, SELECTION),
+}
+
+
 def routes() -> list[Route]:
     """The ``/api/v1/*`` routes."""
-    return [
-        Route("/api/v1/services", _endpoint(_services)),
-        Route("/api/v1/releases", _endpoint(_releases)),
-        Route("/api/v1/endpoints", _endpoint(_endpoints)),
-        Route("/api/v1/coverage", _endpoint(_coverage)),
-        Route("/api/v1/file", _endpoint(_file)),
-        Route("/api/v1/series", _endpoint(_series)),
-        Route("/api/v1/diff", _endpoint(_diff)),
-        Route("/api/v1/agent", _endpoint(_agent)),
-    ]
+    return [Route(path, _endpoint(call, takes)) for path, (call, takes) in ENDPOINTS.items()]

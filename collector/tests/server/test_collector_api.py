@@ -314,3 +314,108 @@ def test_a_span_dated_in_the_future_does_not_pin_the_default_release(client):
     series = client.query("/api/v1/series", service="shop", version="1.0")["series"]
     hours = {_iso(ns - ns % HOUR_NS) for ns in (before, after)}
     assert len(series) == 1 and series[0]["hour"] in hours
+
+
+SELECTION_TAKES = "service, version, environment, role, endpoint, since, until"
+
+
+def _raw(client, route, query):
+    """GET ``route?query`` as written (repeated names kept), with the query token."""
+    return client.http.get(
+        f"{route}?{query}", headers={"authorization": "Bearer query-secret-token"}
+    )
+
+
+def test_an_unknown_parameter_is_400_naming_it_and_the_known_ones(client):
+    """A misspelt parameter must not fall back to a default: ``rol=canary`` answered with the
+    baseline's figures before, a pipeline reading them as the canary's."""
+    now = time.time_ns()
+    _seed(client, version="1.0", role="baseline", when_ns=now - HOUR_NS)
+    _seed(client, version="1.1", role="canary", when_ns=now)
+    response = _raw(client, "/api/v1/coverage", "service=shop&version=1.1&rol=canary")
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "unknown parameter 'rol' (this endpoint takes: "
+        f"{SELECTION_TAKES}, detail, path_prefix); did you mean 'role'?"
+    }
+    # No close name, no suggestion; every unknown one is named, in the order given.
+    response = _raw(client, "/api/v1/file", "service=shop&path=shop/views.py&colour=red&x=1")
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": f"unknown parameters 'colour', 'x' (this endpoint takes: {SELECTION_TAKES}, "
+        "path)"
+    }
+    response = _raw(client, "/api/v1/services", "service=shop")
+    assert (response.status_code, response.json()) == (
+        400, {"error": "unknown parameter 'service' (this endpoint takes no parameters)"}
+    )
+    response = _raw(client, "/api/v1/releases", "service=shop&verison=1.1")
+    assert response.json() == {
+        "error": "unknown parameter 'verison' (this endpoint takes: service)"
+    }
+    # diff: the a_/b_ forms are known, so a misspelt one is suggested.
+    response = _raw(
+        client, "/api/v1/diff", "service=shop&a_verison=1.0&b_version=1.1&b_rol=canary"
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error.startswith("unknown parameters 'a_verison', 'b_rol' (this endpoint takes: ")
+    assert error.endswith("); did you mean 'a_version' for 'a_verison', 'b_role' for 'b_rol'?")
+    # Names are case-sensitive; the check comes before any store work (an unknown service
+    # with an unknown parameter is the parameter's 400, not the service's 404).
+    response = _raw(client, "/api/v1/series", "service=nope&Role=canary")
+    assert (response.status_code, response.json()["error"]) == (
+        400,
+        f"unknown parameter 'Role' (this endpoint takes: {SELECTION_TAKES}, path); "
+        "did you mean 'role'?",
+    )
+
+
+def test_a_repeated_parameter_is_400_naming_it(client):
+    """``role=baseline&role=canary`` names two releases; the API does not pick one."""
+    _seed(client)
+    response = _raw(client, "/api/v1/coverage", "service=shop&role=baseline&role=canary")
+    assert (response.status_code, response.json()) == (
+        400, {"error": "parameter 'role' is given 2 times: give it once"}
+    )
+    response = _raw(client, "/api/v1/diff", "service=shop&a_version=1.0&a_version=1.0")
+    assert (response.status_code, response.json()) == (
+        400, {"error": "parameter 'a_version' is given 2 times: give it once"}
+    )
+
+
+def test_every_documented_parameter_of_each_endpoint_is_accepted(client):
+    """Each endpoint with every parameter docs/query-api.md gives it (listed here, not taken
+    from the API's own table, so that a parameter left undeclared there fails)."""
+    now = time.time_ns()
+    _seed(client, version="1.0", role="baseline", when_ns=now - HOUR_NS)
+    _seed(client, version="1.1", role="canary", when_ns=now)
+    window = {"since": "7d", "until": _iso(now + HOUR_NS)}
+    release = {"service": "shop", "version": "1.1", "environment": "prod", "role": "canary",
+               "endpoint": "GET /a"}
+    sides = {
+        f"{side}_{name}": value
+        for side, version, role in (("a", "1.0", "baseline"), ("b", "1.1", "canary"))
+        for name, value in {**release, **window, "version": version, "role": role}.items()
+    }
+    documented = {
+        "/api/v1/services": {},
+        "/api/v1/releases": {"service": "shop"},
+        "/api/v1/endpoints": {**release, **window},
+        "/api/v1/coverage": {**release, **window, "detail": "1", "path_prefix": "shop/"},
+        "/api/v1/file": {**release, **window, "path": "shop/views.py"},
+        "/api/v1/series": {**release, **window, "path": "shop/views.py"},
+        "/api/v1/diff": {**release, **window, **sides},
+        "/api/v1/agent": release,
+    }
+    assert len(sides) == 14
+    for route, params in documented.items():
+        response = client.get(route, **params)
+        assert response.status_code == 200, (route, response.text)
+    diff = client.query("/api/v1/diff", **release, **window, **sides)
+    assert (diff["a"]["version"], diff["b"]["version"]) == ("1.0", "1.1")
+    # agent takes the window only to refuse it (its counters are all time), with that reason.
+    for name, value in window.items():
+        response = client.get("/api/v1/agent", **release, **{name: value})
+        assert response.status_code == 400
+        assert "since/until do not apply to agent metrics" in response.json()["error"]

@@ -287,8 +287,10 @@ class Dashboard:
         if not service:
             raise P.BadParameter("service is required")
         releases = self.store.releases(service)["releases"]
-        context: dict[str, Any] = {"service": service, "releases": releases, "result": None,
-                                   "query": dict(query)}
+        context: dict[str, Any] = {"service": service, "releases": releases, "result": None}
+        # The form preselects what was asked for; what was not, from the releases compared
+        # (a parameter left out resolves as the API resolves it), or else the default pair.
+        offered = compare_defaults(releases)
         if "a_role" in query or "a_version" in query:
             a = P.selection(query, "a_")
             b = P.selection(query, "b_")
@@ -303,7 +305,52 @@ class Dashboard:
                 key=lambda f: f["path"],
             )
             context["result"] = result
+            offered = compare_form(result["a"], result["b"])
+        context["form"] = {name: query[name] if name in query else offered.get(name)
+                           for name in COMPARE_FIELDS}
         return "diff.html", context
+
+
+COMPARE_FIELDS = ("a_version", "a_role", "b_version", "b_role", "environment")
+"""The compare form's selects (``service`` is a hidden field)."""
+
+
+def compare_form(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, str]:
+    """The compare form's fields selecting release ``a`` as A and ``b`` as B (in B's
+    environment: the form compares within one)."""
+    return {"a_version": str(a.get("version") or ""), "a_role": str(a.get("role") or "baseline"),
+            "b_version": str(b.get("version") or ""), "b_role": str(b.get("role") or "baseline"),
+            "environment": str(b.get("environment") or "")}
+
+
+def compare_defaults(releases: list[dict[str, Any]]) -> dict[str, str]:
+    """What the compare form preselects, so that pressing Compare as offered compares two
+    releases that exist (with nothing selected a browser sends each select's first option:
+    the newest version with role baseline, which need not exist).
+
+    ``releases`` is newest first. As ``runcov diff --canary`` picks: B is the most recent
+    canary and A the baseline of its version in its environment, else the most recent baseline
+    there. Without a canary and a baseline beside it: B is the most recent release and A the
+    one before it in B's environment, or B itself when it is alone there (no differences
+    rather than a 404). Empty for no release.
+    """
+
+    def environment(release: Mapping[str, Any]) -> str:
+        return str(release.get("environment") or "")
+
+    canaries = [r for r in releases if r.get("role") == "canary"]
+    if canaries:
+        b = canaries[0]
+        baselines = [r for r in releases
+                     if r.get("role") == "baseline" and environment(r) == environment(b)]
+        same = [r for r in baselines if r.get("version") == b.get("version")]
+        if baselines:
+            return compare_form((same or baselines)[0], b)
+    if not releases:
+        return {}
+    b = releases[0]
+    beside = [r for r in releases[1:] if environment(r) == environment(b)]
+    return compare_form(beside[0] if beside else b, b)
 
 
 def _sort_files(files: list[dict[str, Any]], sort: str, desc: bool) -> list[dict[str, Any]]:
