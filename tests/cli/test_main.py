@@ -47,6 +47,14 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["gate", "--service", "s"])
     assert exc.value.code == 2
+    capsys.readouterr()
+    # A misspelt option is told with the usage of the subcommand it was given to.
+    with pytest.raises(SystemExit) as exc:
+        main(["gate", "--service", "s", "--paths", "a.py", "--thresold", "80"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: runcov gate ")
+    assert err.rstrip().endswith("runcov gate: error: unrecognized arguments: --thresold 80")
     assert main(["export", "--service", "s", "--source", "/nonexistent/dir"]) == 2
     assert "source directory /nonexistent/dir does not exist" in capsys.readouterr().err
 

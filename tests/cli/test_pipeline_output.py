@@ -54,7 +54,8 @@ def test_diff_of_a_window_without_coverage_on_either_side_says_so(
     for fmt in ("text", "json"):
         proc = support.runcov(*args, "--format", fmt)
         assert proc.returncode == 2, (proc.stdout, proc.stderr)
-        assert proc.stdout == ""
+        assert proc.stdout == ("" if fmt == "text" else json.dumps(
+            {"error": proc.stderr.strip().removeprefix("runcov: "), "exit_code": 2}) + "\n")
         assert proc.stderr == (
             "runcov: nothing to compare: neither A (shop 1.0 (prod, baseline)) nor B (shop 1.1 "
             f"(prod, canary)) has coverage since {EMPTY}\n"
@@ -354,7 +355,8 @@ def test_changed_lines_gate_refuses_a_defaulted_release_the_checkout_is_not(
     for extra in ([], ["--role", "baseline"], ["--format", "json"]):
         proc = support.runcov(*gate, *extra)
         assert proc.returncode == 2, (extra, proc.stdout, proc.stderr)
-        assert proc.stdout == ""
+        assert proc.stdout == ("" if "--format" not in extra else json.dumps(
+            {"error": proc.stderr.strip().removeprefix("runcov: "), "exit_code": 2}) + "\n")
         how = ("the most recently seen baseline release" if extra[:1] == ["--role"]
                else "the most recently seen release, baseline when there is one")
         assert proc.stderr == (

@@ -130,12 +130,28 @@ def test_errors_map_to_exit_codes(collector: RunningCollector, sample: Sample) -
     populate(collector, sample)
     proc = support.runcov("report", "--collector", collector.url, "--service", "shop")
     assert proc.returncode == 2 and "HTTP 401" in proc.stderr
+    assert "; the query token is --token or RUNCOV_TOKEN (none was given)" in proc.stderr
+    proc = support.runcov("report", "--collector", collector.url, "--token", "wrong",
+                          "--service", "shop")
+    assert proc.returncode == 2
+    assert proc.stderr.rstrip().endswith("(HTTP 401); the query token is --token or RUNCOV_TOKEN")
+    # With --format json a failure is a JSON document too (a pipeline parsing stdout).
+    proc = support.runcov("report", *collector.args(), "--service", "nope", "--format", "json")
+    assert proc.returncode == 2
+    doc = json.loads(proc.stdout)
+    assert doc["exit_code"] == 2 and "HTTP 404" in doc["error"]
+    assert proc.stderr == f"runcov: {doc['error']}\n"
     proc = support.runcov("report", *collector.args(), "--service", "nope")
     assert proc.returncode == 2 and "HTTP 404" in proc.stderr
     proc = support.runcov("report", *collector.args(), "--service", "shop", "--since", "soon")
     assert proc.returncode == 2 and "HTTP 400" in proc.stderr
     proc = support.runcov("report", "--collector", "http://127.0.0.1:9", "--service", "shop")
     assert proc.returncode == 3 and "cannot reach the collector" in proc.stderr
+    assert proc.stdout == ""  # (text output: the message is on stderr alone)
+    proc = support.runcov("gate", "--collector", "http://127.0.0.1:9", "--service", "shop",
+                          "--paths", "shop/views.py", "--format", "json")
+    assert proc.returncode == 3
+    assert json.loads(proc.stdout)["exit_code"] == 3
     # Environment variables stand in for the options.
     proc = support.runcov("report", "--service", "shop", "--format", "json",
                           env={"RUNCOV_COLLECTOR_URL": collector.url,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from runcov import __version__
 from runcov.cli._common import EXIT_USAGE, run_guarded
@@ -17,6 +17,11 @@ _REPORT_COMMANDS = ("report", "export", "diff", "gate", "compare_tests", "agent"
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with ``run`` when that subcommand is installed."""
+    return _build()[0]
+
+
+def _build() -> tuple[argparse.ArgumentParser, Any]:
+    """The parser and its subcommands (``choices``: name -> subparser)."""
     parser = argparse.ArgumentParser(
         prog="runcov",
         description="Production runtime coverage: run services under runcov, and query the "
@@ -33,13 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_parser(sub)
     for name in _REPORT_COMMANDS:
         importlib.import_module(f"runcov.cli.{name}").add_parser(sub)
-    return parser
+    return parser, sub
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``runcov`` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser, sub = _build()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Said by the subcommand's parser: its usage is the one that lists its options.
+        command = sub.choices.get(getattr(args, "command", None) or "", parser)
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

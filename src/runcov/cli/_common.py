@@ -203,21 +203,34 @@ def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     try:
         return func(args)
     except CollectorUnreachable as exc:
-        print(f"runcov: {exc}", file=sys.stderr)
-        return EXIT_COLLECTOR
+        return _failed(args, EXIT_COLLECTOR, str(exc))
     except (CollectorRequestError, CollectorConfigError) as exc:
-        print(f"runcov: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _failed(args, EXIT_USAGE, str(exc))
     except (UsageError, SourceError, ValueError) as exc:
-        print(f"runcov: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _failed(args, EXIT_USAGE, str(exc))
     except BrokenPipeError:
         return EXIT_OK
     except OSError as exc:
-        print(f"runcov: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _failed(args, EXIT_USAGE, str(exc))
     except Exception as exc:  # the last resort that keeps exit code 1 for failed gates
         traceback.print_exc(file=sys.stderr)
-        print(f"runcov: internal error: {type(exc).__name__}: {exc} (please report this with "
-              "the traceback above)", file=sys.stderr)
-        return EXIT_INTERNAL
+        return _failed(
+            args,
+            EXIT_INTERNAL,
+            f"internal error: {type(exc).__name__}: {exc} (please report this with the "
+            "traceback above)",
+        )
+
+
+def _failed(args: argparse.Namespace, code: int, message: str) -> int:
+    """Say why a command failed, on stderr; with ``--format json`` also as JSON on stdout
+    (``{"error": ..., "exit_code": ...}``), so that a pipeline that parses the output reads
+    a failure, not an empty document."""
+    print(f"runcov: {message}", file=sys.stderr)
+    if getattr(args, "format", None) == "json":
+        try:
+            sys.stdout.write(json.dumps({"error": message, "exit_code": code}) + "\n")
+            sys.stdout.flush()
+        except OSError:
+            pass
+    return code

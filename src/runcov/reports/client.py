@@ -119,8 +119,16 @@ class CollectorClient:
         except urllib.error.HTTPError as exc:
             message = _error_message(exc)
             if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                hint = ""
+                if exc.code == 401:
+                    hint = (
+                        "; the query token is --token or RUNCOV_TOKEN"
+                        + (" (none was given)" if not self.token else "")
+                    )
                 raise CollectorRequestError(
-                    f"collector rejected {path}: {message} (HTTP {exc.code})", exc.code, message
+                    f"collector rejected {path}: {message} (HTTP {exc.code}){hint}",
+                    exc.code,
+                    message,
                 ) from exc
             raise CollectorUnreachable(
                 f"collector error on {path}: {message} (HTTP {exc.code})"
