@@ -185,12 +185,13 @@ class _Run:
     It is active (its code armed) only then too: the scope opens active, that activation
     ends at the first pause, and each resumption activates it in the thread that resumes
     it until the next pause, so that a generator kept suspended (a consumer waiting on its
-    queue) keeps no code armed for the requests that run meanwhile (a resumption costs a
-    sampled run ~1-2 µs more). A resumption by ``throw()`` or ``close()``, which no
-    resumption event announces, finds its code armed again by the core's throw event
-    (3.12+) or its parked frame (3.11). A generator kept unfinished is still cut by the
-    agent's maximum scope age: it runs on unmeasured, and its request still ends when it
-    does.
+    queue) keeps no code armed for the requests that run meanwhile. The price: each
+    resumption of a measured run activates and lets go of its scope, ~1.4-1.9 µs more per
+    resumption (benchmarks/RESULTS.md, "A measured generator's run"). A resumption by
+    ``throw()`` or ``close()``, which no resumption event announces, finds its code armed
+    again by the core's throw event (3.12+) or its parked frame (3.11). A generator kept
+    unfinished is still cut by the agent's maximum scope age: it runs on unmeasured, and
+    its request still ends when it does.
     """
 
     __slots__ = (
