@@ -9,6 +9,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
@@ -55,6 +56,13 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert err.startswith("usage: runcov gate ")
     assert err.rstrip().endswith("runcov gate: error: unrecognized arguments: --thresold 80")
+    if "run" in subcommands(build_parser()):  # (``run`` keeps its command in ``command``)
+        with pytest.raises(SystemExit) as exc:
+            main(["run", "--bogus", "--", "true"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("usage: runcov run ")
+        assert err.rstrip().endswith("runcov run: error: unrecognized arguments: --bogus")
     assert main(["export", "--service", "s", "--source", "/nonexistent/dir"]) == 2
     assert "source directory /nonexistent/dir does not exist" in capsys.readouterr().err
 
@@ -215,3 +223,131 @@ def test_unexpected_errors_never_exit_1(monkeypatch: pytest.MonkeyPatch,
     assert run_guarded(fail(KeyError("files")), args) == 4  # internal error
     err = capsys.readouterr().err
     assert "Traceback" in err and "runcov: internal error: KeyError: 'files'" in err
+
+
+# -- a collector that answers in ways that could harm the caller ---------------------------
+
+
+@contextlib.contextmanager
+def http_server(respond: Callable[[socket.socket, bytes], None]) -> Iterator[str]:
+    """A loopback server that reads each request's head and lets ``respond`` answer it."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    head += data
+                try:
+                    respond(conn, head)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+def test_a_redirect_is_not_followed_and_the_token_stays_home(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A redirect would hand the query token to whatever URL it names: it is an error naming
+    where it pointed, and the other server hears nothing."""
+    heard: list[bytes] = []
+    with http_server(lambda conn, head: heard.append(head)) as elsewhere:
+        def redirect(conn: socket.socket, head: bytes) -> None:
+            conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: " + elsewhere.encode()
+                         + b"/api/v1/services\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+        with http_server(redirect) as url:
+            code = main(["report", "--collector", url, "--token", "SEKRIT"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert (f"the collector at {url} answered /api/v1/services with a redirect (HTTP 302) to "
+            f"'{elsewhere}/api/v1/services': runcov does not follow redirects") in err
+    assert heard == []
+
+
+def _answer(body: bytes, chunk: int = 0, pause: float = 0.0) -> Callable[..., None]:
+    def respond(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+        if not chunk:
+            conn.sendall(body)
+            return
+        for start in range(0, len(body), chunk):
+            conn.sendall(body[start:start + chunk])
+            time.sleep(pause)
+
+    return respond
+
+
+def test_answers_too_big_too_deep_or_too_slow_fail_the_query(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runcov.reports import client as client_module
+    from runcov.reports.client import CollectorClient, CollectorUnreachable
+
+    monkeypatch.setattr(client_module, "MAX_ANSWER_BYTES", 1024 * 1024)
+    big = json.dumps({"services": ["x" * 1000] * 2000}).encode()  # ~2 MB
+    with http_server(_answer(big)) as url:
+        assert main(["report", "--collector", url]) == 3
+    assert f"the collector at {url} sent more than 1 MiB for /api/v1/services" in (
+        capsys.readouterr().err)
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with http_server(_answer(deep)) as url:
+        assert main(["report", "--collector", url]) == 3
+    err = capsys.readouterr().err
+    assert "collector sent invalid JSON for /api/v1/services" in err and "Traceback" not in err
+
+    trickle = json.dumps({"services": []}).encode()  # a byte every 0.25 s: ~4 s in all
+    with http_server(_answer(trickle, chunk=1, pause=0.25)) as url:
+        started = time.monotonic()
+        with pytest.raises(CollectorUnreachable) as failed:
+            CollectorClient(base_url=url, timeout=1.0).services()
+        assert time.monotonic() - started < 2.5
+    assert "did not finish answering /api/v1/services within 1 s" in str(failed.value)
+
+
+def test_what_the_collector_names_is_printed_inert(capsys: pytest.CaptureFixture[str]) -> None:
+    """Names and messages from the collector can carry terminal controls (a hostile or broken
+    collector; C1 and bidirectional controls that an ingest client sent): printed, they are
+    shown escaped, never acted on."""
+    name = "shop\x1b]0;PWNED\x07\x1b[2J\u009b31m\u202eevil\rFAIL"
+    doc = {"services": [{"service": name, "releases": 1, "last_seen": "2026-11-25T10:00:00Z"}]}
+    with http_server(_answer(json.dumps(doc).encode())) as url:
+        assert main(["report", "--collector", url]) == 0
+    out = capsys.readouterr().out
+    assert "shop\\u001b]0;PWNED\\u0007\\u001b[2J\\u009b31m\\u202eevil\\u000dFAIL" in out
+    assert not any(c in out for c in "\x1b\x07\u009b\u202e\r")
+
+    def refuse(conn: socket.socket, head: bytes) -> None:
+        body = json.dumps({"error": "bad\x1b[2J\u202ething"}).encode()
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                     + body)
+
+    with http_server(refuse) as url:
+        assert main(["report", "--collector", url, "--format", "json"]) == 2
+    captured = capsys.readouterr()
+    assert "bad\\u001b[2J\\u202ething" in captured.err
+    assert not any(c in captured.err + captured.out for c in "\x1b\u202e")
+    assert json.loads(captured.out)["exit_code"] == 2

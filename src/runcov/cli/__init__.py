@@ -46,8 +46,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser, sub = _build()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        # Said by the subcommand's parser: its usage is the one that lists its options.
-        command = sub.choices.get(getattr(args, "command", None) or "", parser)
+        # Said by the subcommand's parser: its usage is the one that lists its options. (The
+        # subcommand is the first word naming one: ``run`` keeps its command in ``command``.)
+        words = sys.argv[1:] if argv is None else list(argv)
+        name = next((word for word in words if word in sub.choices), None)
+        command = parser if name is None else sub.choices[name]
         command.error(f"unrecognized arguments: {' '.join(extra)}")
     func = getattr(args, "func", None)
     if func is None:

@@ -193,7 +193,55 @@ def source_dirs(values: Optional[list[str]]) -> list[Path]:
     return dirs
 
 
+#: Characters that act on a terminal or reorder what it shows: C0 and C1 controls and DEL,
+#: and the bidirectional formatting characters. What a report prints comes from the collector
+#: (names, paths, its error messages); printed raw, they could move the cursor, clear the
+#: screen, set links or forge a verdict line. Shown as ``\u009b``, as JSON escapes them.
+_INERT = {
+    code: f"\\u{code:04x}"
+    for code in (
+        *range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x061C, 0x200E, 0x200F,
+        *range(0x202A, 0x202F), *range(0x2066, 0x206A),
+    )
+    if code not in (0x09, 0x0A)  # (tab and newline: the output's own layout)
+}
+#: On stderr, a carriage return rewrites the progress line.
+_INERT_STDERR = {code: text for code, text in _INERT.items() if code != 0x0D}
+
+
+def inert(text: str) -> str:
+    """``text`` with every character that acts on a terminal shown escaped."""
+    return text.translate(_INERT)
+
+
+class _InertStream:
+    """A text stream that writes what it is given with the terminal's control characters
+    escaped (see :data:`_INERT`); everything else is the wrapped stream's."""
+
+    def __init__(self, stream: Any, table: dict[int, str]) -> None:
+        self._stream = stream
+        self._table = table
+
+    def write(self, text: str) -> int:
+        self._stream.write(text.translate(self._table))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a subcommand with what it prints made inert (:data:`_INERT`): see
+    :func:`_run_guarded`."""
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _InertStream(out, _INERT), _InertStream(err, _INERT_STDERR)
+    try:
+        return _run_guarded(func, args)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a subcommand, turning every failure into a message and its documented exit code.
 
     Exit code 1 means "the gate failed" to CD pipelines, so no error may end with it (as an
@@ -226,7 +274,7 @@ def _failed(args: argparse.Namespace, code: int, message: str) -> int:
     """Say why a command failed, on stderr; with ``--format json`` also as JSON on stdout
     (``{"error": ..., "exit_code": ...}``), so that a pipeline that parses the output reads
     a failure, not an empty document."""
-    print(f"runcov: {message}", file=sys.stderr)
+    print(f"runcov: {inert(message)}", file=sys.stderr)
     if getattr(args, "format", None) == "json":
         try:
             sys.stdout.write(json.dumps({"error": message, "exit_code": code}) + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -14,6 +15,21 @@ from typing import Any, Callable, Optional
 DEFAULT_COLLECTOR_URL = "http://127.0.0.1:4318"
 _DEFAULT_TIMEOUT = 60.0
 _CHUNK = 64 * 1024
+#: The largest answer read: a collector's biggest documents (a release's files with detail)
+#: are tens of MiB; past this, an answer is a failing or hostile server's.
+MAX_ANSWER_BYTES = 256 * 1024 * 1024
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: the request carries the query token, which a redirect
+    would hand to whatever URL it names (another host, or plain HTTP from HTTPS). The 3xx
+    answer reaches :meth:`CollectorClient.get`, which names where it pointed."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects())
 
 
 class CollectorError(Exception):
@@ -66,6 +82,18 @@ class ReleaseSelection:
         return out
 
 
+def _shorten_timeout(response: Any, left: float) -> None:
+    """Let the next read wait no longer than what is left of the query's time (the socket's
+    own timeout is the query's whole time, set once at connection)."""
+    try:
+        sock = response.fp.raw._sock
+        current = sock.gettimeout()
+        if current is None or left < current:
+            sock.settimeout(max(left, 0.001))
+    except AttributeError:  # (another response class: the per-read timeout stays)
+        pass
+
+
 @dataclass
 class CollectorClient:
     """Talks to one collector; every method returns the JSON documented in docs/query-api.md."""
@@ -113,10 +141,18 @@ class CollectorClient:
         request = urllib.request.Request(url, headers={"Accept": "application/json"})
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
+        deadline = time.monotonic() + self.timeout
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                body = self._read(response)
+            with _OPENER.open(request, timeout=self.timeout) as response:
+                body = self._read(response, deadline, path)
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                where = exc.headers.get("Location", "") if exc.headers else ""
+                raise CollectorConfigError(
+                    f"the collector at {self.base_url} answered {path} with a redirect "
+                    f"(HTTP {exc.code}) to {where!r}: runcov does not follow redirects (the "
+                    "query token would go with it); give the URL the collector is reached at"
+                ) from exc
             message = _error_message(exc)
             if 400 <= exc.code < 500 and exc.code not in (408, 429):
                 hint = ""
@@ -147,7 +183,7 @@ class CollectorClient:
             ) from exc
         try:
             decoded = json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # (nested too deep to decode)
             raise CollectorAnswerError(
                 f"collector sent invalid JSON for {path} from {self.base_url}"
             ) from exc
@@ -158,13 +194,33 @@ class CollectorClient:
             )
         return decoded
 
-    def _read(self, response: Any) -> bytes:
-        """Read the body in chunks so that progress can be shown for large answers."""
+    def _read(self, response: Any, deadline: float, path: str) -> bytes:
+        """Read the body in chunks (progress can be shown for large answers), within the
+        query's deadline and :data:`MAX_ANSWER_BYTES`: a server that trickles its answer, or
+        sends without end, fails the query (exit 3) rather than hold a pipeline."""
         chunks: list[bytes] = []
+        size = 0
+        late = CollectorUnreachable(
+            f"the collector at {self.base_url} did not finish answering {path} within "
+            f"{self.timeout:g} s"
+        )
         while True:
-            chunk = response.read(_CHUNK)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise late
+            _shorten_timeout(response, left)
+            try:
+                chunk = response.read1(_CHUNK)
+            except TimeoutError:
+                raise late from None
             if not chunk:
                 break
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise CollectorAnswerError(
+                    f"the collector at {self.base_url} sent more than "
+                    f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB for {path}"
+                )
             chunks.append(chunk)
             if self.on_bytes is not None:
                 self.on_bytes(len(chunk))
