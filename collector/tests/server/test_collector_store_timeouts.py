@@ -120,9 +120,12 @@ def test_a_frozen_postgresql_is_503_within_the_timeout_and_metrics_still_answer(
                     return _timed(lambda: own.post("/v1/traces", content=body,
                                                    headers=INGEST_HEADERS))
 
+            takes = {"/api/v1/coverage": RELEASE, "/api/v1/releases": {"service": "shop"}}
+
             def query(route: str) -> tuple[httpx.Response, float]:
+                params = takes.get(route, {})
                 with _http(base) as own:
-                    return _timed(lambda: own.get(route, params=RELEASE, headers=QUERY_HEADERS))
+                    return _timed(lambda: own.get(route, params=params, headers=QUERY_HEADERS))
 
             with ThreadPoolExecutor(16) as pool:
                 ingests = list(pool.map(ingest, range(8)))  # the store has 4 threads
