@@ -132,6 +132,27 @@ START_ERRORS = [
         id="max-inflight-ingests-environment",
     ),
     pytest.param(
+        ("--header-timeout", "0"),
+        {},
+        "--header-timeout (RUNCOV_COLLECTOR_HEADER_TIMEOUT) must be > 0 seconds and at most "
+        "3600, not 0",
+        id="header-timeout-argument",
+    ),
+    pytest.param(
+        (),
+        {"RUNCOV_COLLECTOR_MAX_CONNECTIONS": "0"},
+        "RUNCOV_COLLECTOR_MAX_CONNECTIONS in the environment (--max-connections) must be at "
+        "least 1, not 0",
+        id="max-connections-environment",
+    ),
+    pytest.param(
+        ("--metrics-max-releases", "-1"),
+        {},
+        "--metrics-max-releases (RUNCOV_COLLECTOR_METRICS_MAX_RELEASES) must be at least 0, "
+        "not -1",
+        id="metrics-max-releases-argument",
+    ),
+    pytest.param(
         ("--max-body-bytes", "0"),
         {},
         "--max-body-bytes (RUNCOV_COLLECTOR_MAX_BODY_BYTES) must be from 1 to 1073741824 "

@@ -25,9 +25,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runcov_collector import api, receiver_http
+from runcov_collector import api, limits, receiver_http
 from runcov_collector.auth import TokenCheck
 from runcov_collector.config import ENV_PREFIX, Config, ListenError
+from runcov_collector.connections import bounded_protocol
 from runcov_collector.ingest import Ingestor
 from runcov_collector.metrics import CONTENT_TYPE, CollectorMetrics
 from runcov_collector.model import Selection, Store
@@ -211,47 +212,69 @@ class _ReleaseGauges:
     null) no branch ratio: their series are left out rather than reading 0.
     """
 
-    def __init__(self, store: Store, ttl: float, wait: float = GAUGES_WAIT_SECONDS) -> None:
+    def __init__(
+        self,
+        store: Store,
+        ttl: float,
+        wait: float = GAUGES_WAIT_SECONDS,
+        max_releases: int = limits.METRICS_MAX_RELEASES,
+    ) -> None:
         self.store = store
         self.ttl = ttl
         self.wait = wait
+        self.max_releases = max_releases
         self.failures = 0
         """Reads of the store that failed."""
+        self.omitted = 0
+        """Releases of the last read left without series (past ``max_releases``)."""
         self._at = -float("inf")  # when the rows served were read
         self._rows: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._reading: threading.Event | None = None  # set when the running read ends
         self._read_started = 0.0
 
-    def _read(self) -> list[dict[str, Any]]:
+    def _read(self) -> tuple[list[dict[str, Any]], int]:
+        """The rows of the ``max_releases`` releases seen last, and how many were left out.
+
+        Every release an ingest client sends stays in the store, so without a cap a client
+        inventing services, or a version per process, would grow every scrape (and this read,
+        a coverage query per release) without bound.
+        """
+        releases = [
+            (service.get("service"), release)
+            for service in self.store.services().get("services", [])
+            for release in self.store.releases(service.get("service")).get("releases", [])
+        ]
+        # Latest span time first (ISO strings of one format sort as times); releases that
+        # sent only agent metrics have none and come last.
+        releases.sort(key=lambda item: item[1].get("last_seen") or "", reverse=True)
         rows: list[dict[str, Any]] = []
-        for service in self.store.services().get("services", []):
-            name = service.get("service")
-            for release in self.store.releases(name).get("releases", []):
-                sel = Selection(name, release["version"], release["environment"], release["role"])
-                answer = self.store.coverage(sel)
-                known = [f for f in answer.get("files", []) if f["lines_total"] > 0]
-                sums = answer.get("totals", {})
-                rows.append(
-                    {
-                        "labels": {k: str(release.get(k, "")) for k in _RELEASE_LABELS},
-                        "agent": _agent_totals(release),
-                        "line": _ratio(
-                            sum(f["lines_covered"] for f in known),
-                            sum(f["lines_total"] for f in known),
-                        ),
-                        "branch": _ratio(
-                            sums.get("branches_covered"), sums.get("branches_total", 0)
-                        ),
-                    }
-                )
-        return rows
+        for name, release in releases[: self.max_releases]:
+            sel = Selection(name, release["version"], release["environment"], release["role"])
+            answer = self.store.coverage(sel)
+            known = [f for f in answer.get("files", []) if f["lines_total"] > 0]
+            sums = answer.get("totals", {})
+            rows.append(
+                {
+                    "labels": {k: str(release.get(k, "")) for k in _RELEASE_LABELS},
+                    "agent": _agent_totals(release),
+                    "line": _ratio(
+                        sum(f["lines_covered"] for f in known),
+                        sum(f["lines_total"] for f in known),
+                    ),
+                    "branch": _ratio(
+                        sums.get("branches_covered"), sums.get("branches_total", 0)
+                    ),
+                }
+            )
+        return rows, len(releases) - len(rows)
 
     def _refresh(self, done: threading.Event) -> None:
         """Read the store (in the reading thread); keep the rows, or count the failure."""
         rows: list[dict[str, Any]] | None = None
+        omitted = 0
         try:
-            rows = self._read()
+            rows, omitted = self._read()
         except SchemaChanged as exc:
             log.warning("cannot read releases for /metrics: %s", exc)
         except Exception as exc:  # a scrape must answer even when the store does not
@@ -265,6 +288,7 @@ class _ReleaseGauges:
                 self.failures += 1
             else:
                 self._rows = rows
+                self.omitted = omitted
                 self._at = time.monotonic()
             self._reading = None
         done.set()
@@ -415,7 +439,9 @@ class Collector:
         self.executor = ThreadPoolExecutor(
             max_workers=config.store_threads, thread_name_prefix="runcov-store"
         )
-        self._gauges = _ReleaseGauges(self.store, config.metrics_cache_seconds)
+        self._gauges = _ReleaseGauges(
+            self.store, config.metrics_cache_seconds, max_releases=config.metrics_max_releases
+        )
         self.metrics.add_gauge(
             "runcov_collector_ingests_in_flight",
             "Store ingests admitted and not finished.",
@@ -447,6 +473,12 @@ class Collector:
             "Seconds since the per-release series were read from the store: a scrape serves "
             "the last read that succeeded when the store does not answer within a second.",
             self._gauges.age,
+        )
+        self.metrics.add_gauge(
+            "runcov_collector_release_series_omitted",
+            "Releases left without per-release series: past the metrics_max_releases seen last "
+            "(--metrics-max-releases).",
+            lambda: [({}, float(self._gauges.omitted))],
         )
         self.metrics.add_counter(
             "runcov_collector_release_series_read_failures",
@@ -583,6 +615,12 @@ class Collector:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=10,
+            http=bounded_protocol(
+                self.config.header_timeout_seconds,
+                self.config.max_connections,
+                on_timeout=self.metrics.header_timeouts.inc,
+                on_refused=self.metrics.connections_refused.inc,
+            ),
         )
         self._server = uvicorn.Server(server_config)
         self._http_thread = threading.Thread(

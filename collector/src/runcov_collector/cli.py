@@ -69,9 +69,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="concurrent store ingests before answering 429 (default 16)",
     )
     s.add_argument(
+        "--header-timeout",
+        dest="header_timeout_seconds",
+        type=float,
+        help="seconds an HTTP connection may take to send its request line and headers before "
+        "it is closed (default 10, at most 3600)",
+    )
+    s.add_argument(
+        "--max-connections",
+        type=int,
+        help="open HTTP connections at most; more are answered 503 and closed (default 1000)",
+    )
+    s.add_argument(
         "--retention-hours",
         type=float,
         help="keep hourly buckets this long (default 2160; 0 = forever; at most 876000)",
+    )
+    s.add_argument(
+        "--metrics-max-releases",
+        type=int,
+        help="releases with per-release series on /metrics, those seen last (default 500)",
     )
     s.add_argument("--source-dir", help="source checkout the dashboard annotates")
     s.add_argument(

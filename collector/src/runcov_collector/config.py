@@ -75,6 +75,14 @@ class Config:
     max_body_bytes: int = limits.MAX_BODY_BYTES
     max_inflight_ingests: int = limits.MAX_INFLIGHT_INGESTS
     retry_after_seconds: int = limits.RETRY_AFTER_SECONDS
+    header_timeout_seconds: float = limits.HEADER_TIMEOUT_SECONDS
+    """An HTTP connection that has not sent a complete request line and headers this long after
+    it opened (or after its previous response) is closed: a client that sends nothing, or a
+    header line now and then, holds no connection for long. At most
+    ``limits.MAX_HEADER_TIMEOUT_SECONDS``."""
+    max_connections: int = limits.MAX_CONNECTIONS
+    """Open HTTP connections at most; one opened past it is answered 503 and closed. Keep it
+    below the process's open files limit (``ulimit -n``)."""
     store_threads: int = 4
     retention_hours: float = DEFAULT_RETENTION_HOURS
     """Hourly data older than this is expired; 0 keeps it forever. At most
@@ -82,6 +90,10 @@ class Config:
     retention_interval_seconds: float = 600.0
     metrics_cache_seconds: float = 15.0
     """How long the per-release coverage gauges of ``/metrics`` are reused before re-querying."""
+    metrics_max_releases: int = limits.METRICS_MAX_RELEASES
+    """How many releases have per-release series on ``/metrics``: those seen last (latest span
+    time; releases that sent only agent metrics last). The others are counted by
+    ``runcov_collector_release_series_omitted``."""
     source_dir: str | None = None
     """Passed to the dashboard: where to read source files for annotated views."""
     trace_url_template: str | None = None
@@ -142,6 +154,16 @@ class Config:
             "retry_after_seconds",
             _whole(self.retry_after_seconds, 0, MAX_RETRY_AFTER_SECONDS),
             f"a whole number of seconds from 0 to {MAX_RETRY_AFTER_SECONDS}",
+        )
+        self._check(
+            "header_timeout_seconds",
+            _number(self.header_timeout_seconds, 0, limits.MAX_HEADER_TIMEOUT_SECONDS,
+                    above=True),
+            f"> 0 seconds and at most {limits.MAX_HEADER_TIMEOUT_SECONDS:g}",
+        )
+        self._check("max_connections", _whole(self.max_connections, 1, None), "at least 1")
+        self._check(
+            "metrics_max_releases", _whole(self.metrics_max_releases, 0, None), "at least 0"
         )
         self._check(
             "retention_hours",
@@ -213,7 +235,10 @@ _OPTIONS: dict[str, tuple[str, str]] = {
     "no_auth": ("--no-auth", "NO_AUTH"),
     "max_body_bytes": ("--max-body-bytes", "MAX_BODY_BYTES"),
     "max_inflight_ingests": ("--max-inflight-ingests", "MAX_INFLIGHT_INGESTS"),
+    "header_timeout_seconds": ("--header-timeout", "HEADER_TIMEOUT"),
+    "max_connections": ("--max-connections", "MAX_CONNECTIONS"),
     "retention_hours": ("--retention-hours", "RETENTION_HOURS"),
+    "metrics_max_releases": ("--metrics-max-releases", "METRICS_MAX_RELEASES"),
     "source_dir": ("--source-dir", "SOURCE_DIR"),
     "trace_url_template": ("--trace-url-template", "TRACE_URL_TEMPLATE"),
     "log_level": ("--log-level", "LOG_LEVEL"),

@@ -43,7 +43,11 @@ MAX_ERROR_MESSAGES = 5
 """How many individual rejection messages the partial_success error_message spells out."""
 
 _SHA_RE = re.compile(r"[0-9a-f]{8,64}")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+"""Control characters, refused in every name and path: C0, DEL and C1 (U+009B is the 8-bit
+CSI, which terminals that honour C1 act on like ``ESC [``), and Unicode's Bidi_Control
+characters (marks, embeddings, overrides and isolates), which reorder how a path or name is
+displayed: ``pkg/adm<U+202E>nig.py`` shows as another file name, on the dashboard and in the CLI."""
 _DRIVE_RE = re.compile(r"[A-Za-z]:")
 
 M = TypeVar("M", bound=Message)

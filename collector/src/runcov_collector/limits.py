@@ -37,3 +37,14 @@ MAX_INFLIGHT_INGESTS = 16
 
 RETRY_AFTER_SECONDS = 2
 """Retry-After sent with 429/503 answers."""
+
+HEADER_TIMEOUT_SECONDS = 10.0
+"""Default time an HTTP connection may take to send a complete request line and headers, from
+when it opens or from its previous response (agents and browsers send them at once)."""
+MAX_HEADER_TIMEOUT_SECONDS = 3600.0
+MAX_CONNECTIONS = 1000
+"""Default number of open HTTP connections: below the usual open files limit (1024), with room
+for the store's and the gRPC receiver's descriptors."""
+
+METRICS_MAX_RELEASES = 500
+"""Default number of releases with per-release series on ``/metrics``: the ones seen last."""

@@ -229,6 +229,15 @@ class CollectorMetrics:
             "Retention sweeps that failed (the store unavailable or not answering in time, or "
             "another error): the next interval's sweep goes on from where it stopped.",
         )
+        self.header_timeouts = Counter(
+            "runcov_collector_http_header_timeouts",
+            "HTTP connections closed for not sending a complete request head in time "
+            "(header_timeout_seconds).",
+        )
+        self.connections_refused = Counter(
+            "runcov_collector_connections_refused",
+            "HTTP connections answered 503 and closed because max_connections were open.",
+        )
         for metric in (
             self.requests,
             self.spans,
@@ -238,6 +247,8 @@ class CollectorMetrics:
             self.store_latency,
             self.expired,
             self.retention_failures,
+            self.header_timeouts,
+            self.connections_refused,
         ):
             reg.register(metric)
 

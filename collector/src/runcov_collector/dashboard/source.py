@@ -9,6 +9,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 MAX_SOURCE_BYTES = 5 * 1024 * 1024
+PYTHON_SUFFIXES = (".py", ".pyw")
+"""The files the dashboard shows: Python sources, what an agent measures. Which path a
+coverage span names is up to whoever holds the ingest token, so without this the dashboard
+would show any file of the checkout to its readers: ``.git/config``, ``.env``, keys."""
 
 
 @dataclass
@@ -84,7 +88,11 @@ def read_source(source_dir: str | None, path: str) -> tuple[str | None, str]:
     """Read ``path`` under ``source_dir``: ``(text, sha)``, or ``(None, reason)`` when refused.
 
     The path is resolved (following symlinks) and must stay inside the resolved source
-    directory, so ``..``, absolute paths and symlinks out of the tree are all refused.
+    directory, so ``..``, absolute paths and symlinks out of the tree are all refused. Only
+    Python sources are read (``PYTHON_SUFFIXES``), and nothing under a name starting with
+    ``.`` (``.git/``, ``.env``, ``.venv/``): the path comes from an ingest client, and the
+    checkout holds more than the code an agent measures. The file the path resolves to must
+    pass the same rules (a ``shop/views.py`` symlink to ``.env`` is refused too).
     """
     if not source_dir:
         return None, "no source directory is configured"
@@ -93,6 +101,9 @@ def read_source(source_dir: str | None, path: str) -> tuple[str | None, str]:
     rel = PurePosixPath(path)
     if rel.is_absolute() or ".." in rel.parts:
         return None, "path is outside the source directory"
+    refused = _not_shown(rel)
+    if refused:
+        return None, refused
     root = Path(source_dir).resolve()
     try:
         target = (root / rel).resolve()
@@ -100,6 +111,9 @@ def read_source(source_dir: str | None, path: str) -> tuple[str | None, str]:
         return None, "invalid path"
     if not target.is_relative_to(root) or target == root:
         return None, "path is outside the source directory"
+    refused = _not_shown(PurePosixPath(target.relative_to(root).as_posix()))
+    if refused:
+        return None, refused
     if not target.is_file():
         return None, "file not found in the source directory"
     try:
@@ -109,6 +123,15 @@ def read_source(source_dir: str | None, path: str) -> tuple[str | None, str]:
     except OSError as exc:  # unreadable: say so on the page (it is no store failure)
         return None, f"cannot read the file: {exc.strerror or exc}"
     return data.decode("utf-8", errors="replace"), hashlib.sha256(data).hexdigest()[:16]
+
+
+def _not_shown(rel: PurePosixPath) -> str | None:
+    """Why the dashboard does not show the file at ``rel`` (relative), or None when it may."""
+    if any(part.startswith(".") for part in rel.parts):
+        return "a path segment starts with '.' (hidden files and directories are not shown)"
+    if rel.suffix.lower() not in PYTHON_SUFFIXES:
+        return "not a Python source file (only .py and .pyw files are shown)"
+    return None
 
 
 _PYTHON_NEWLINE = re.compile(r"\r\n|\r|\n")
