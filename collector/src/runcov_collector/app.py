@@ -594,6 +594,8 @@ class Collector:
                 TokenCheck(self.config.ingest_token or None),
                 self.config.max_body_bytes,
                 self.config.retry_after_seconds,
+                header_timeout_seconds=self.config.header_timeout_seconds,
+                max_connections=self.config.max_connections,
             )
             host, port = self.config.host, self.config.grpc_port
             # Probed first: gRPC's core logs its own bind failure to stderr before it raises.

@@ -73,6 +73,8 @@ class GrpcReceiver:
         max_message_bytes: int,
         retry_after_seconds: int,
         workers: int = 8,
+        header_timeout_seconds: float = 0,
+        max_connections: int = 0,
     ) -> None:
         self.ingestor = ingestor
         self.metrics = metrics
@@ -84,6 +86,16 @@ class GrpcReceiver:
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
         ]
+        # The HTTP listener's bounds on connections, for this one too: a connection that has
+        # not completed gRPC's HTTP/2 handshake (the client's preface and settings) within
+        # the header timeout is closed, and connections past the cap are closed as they come,
+        # so that unauthenticated sockets that send nothing cannot hold file descriptors.
+        if header_timeout_seconds > 0:
+            options.append(
+                ("grpc.server_handshake_timeout_ms", max(1, int(header_timeout_seconds * 1000)))
+            )
+        if max_connections > 0:
+            options.append(("grpc.max_allowed_incoming_connections", max_connections))
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="runcov-grpc"),
             options=options,

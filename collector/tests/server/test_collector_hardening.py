@@ -334,3 +334,37 @@ def test_per_release_series_are_capped_to_the_most_recently_seen(start_collector
                         re.M)
     assert sorted(series) == ["middle", "newest"]
     assert re.search(r"^runcov_collector_release_series_omitted 1$", text, re.M), text
+
+
+def test_the_grpc_listener_has_the_same_bounds(start_collector):
+    """A connection to the gRPC port that never completes gRPC's HTTP/2 handshake is closed
+    after the header timeout; connections past the cap are closed at once; an export over a
+    real channel still works."""
+    collector = start_collector(header_timeout_seconds=1.0, max_connections=2)
+    port = collector.grpc_port
+    with _connect(port) as silent:
+        took = _closed_within(silent, 6.0)
+    assert took is not None and 0.5 < took < 4.0, took
+    with _connect(port) as preface_only:
+        preface_only.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # then nothing
+        assert _closed_within(preface_only, 6.0) is not None
+
+    held = [_connect(port) for _ in range(2)]
+    try:
+        time.sleep(0.2)
+        with _connect(port) as extra:
+            assert _closed_within(extra, 0.8) is not None  # (before any handshake timeout)
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)
+    import grpc
+    from collector.tests.server.test_collector_grpc import TRACES, Rpc, _request
+
+    rpc = Rpc(port)
+    try:
+        rpc.call(TRACES, _request().SerializeToString())
+    except grpc.RpcError as exc:  # pragma: no cover - the assertion below says why
+        raise AssertionError(f"export refused: {exc.code()} {exc.details()}") from exc
+    finally:
+        rpc.close()
