@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--max-connections",
         type=int,
-        help="open HTTP connections at most; more are answered 503 and closed (default 1000)",
+        help="open connections of each listener at most; more are refused (default: half of "
+        "what the open files limit leaves after 256)",
     )
     s.add_argument(
         "--retention-hours",

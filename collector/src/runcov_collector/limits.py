@@ -42,9 +42,25 @@ HEADER_TIMEOUT_SECONDS = 10.0
 """Default time an HTTP connection may take to send a complete request line and headers, from
 when it opens or from its previous response (agents and browsers send them at once)."""
 MAX_HEADER_TIMEOUT_SECONDS = 3600.0
-MAX_CONNECTIONS = 1000
-"""Default number of open HTTP connections: below the usual open files limit (1024), with room
-for the store's and the gRPC receiver's descriptors."""
+def _connections_default() -> int:
+    """Each listener's share of the process's open files limit (``ulimit -n``), after 256 kept
+    for the store, logs and source files: (limit - 256) / 2, at least 64; 1000 when the limit
+    cannot be read or is unlimited."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 1000
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return 1000
+    return max(64, (soft - 256) // 2)
+
+
+MAX_CONNECTIONS = _connections_default()
+"""Default number of open connections of each listener (HTTP, gRPC): as many as the open files
+limit allows, so that a large fleet of agents is not turned away, while sockets that never send
+a request cannot exhaust the descriptors the store needs (the header timeout closes those)."""
 
 METRICS_MAX_RELEASES = 500
 """Default number of releases with per-release series on ``/metrics``: the ones seen last."""
