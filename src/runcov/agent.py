@@ -1144,9 +1144,7 @@ class Agent:
             counts = self._summed("counts")
         still = []
         for selector in self._unmatched:
-            relevant = {
-                key: n for key, n in counts.items() if _may_stand_for(selector, key[0])
-            }
+            relevant = {key: n for key, n in counts.items() if selector.same_kind(key[0])}
             if any(selector.matches(*key) for key in relevant):
                 continue
             total = sum(relevant.values())
@@ -1320,8 +1318,6 @@ UNREACHED_AFTER = 60
 #: about (``Agent._check_selectors``).
 UNMATCHED_AFTER = 1000
 
-_NOT_HTTP = ("JOB", "CONSUMER", "WEBSOCKET")
-
 _ROUTELESS_HINT = (
     ". Most requests came without a route: no route reaches runcov when the server span "
     "carries none (OpenTelemetry's plain WSGI/ASGI middleware, or that middleware wrapped "
@@ -1329,16 +1325,6 @@ _ROUTELESS_HINT = (
     "framework's span, the one with the route, into an internal span): instrument the "
     "application once, with its framework's instrumentation"
 )
-
-
-def _may_stand_for(selector: Any, method: Optional[str]) -> bool:
-    """Whether a request counted under ``method`` is of the kind ``selector`` selects."""
-    if selector.method is None:
-        return True
-    kind = method.upper() if method else None
-    if selector.method in _NOT_HTTP:
-        return kind == selector.method
-    return kind is not None and kind not in _NOT_HTTP
 
 
 def _make_metrics(config: Any, resource: Any) -> Any:

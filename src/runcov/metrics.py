@@ -12,7 +12,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import threading
 import time
 from typing import Any, Callable, Iterator, Optional
@@ -43,6 +42,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from runcov._fork import in_forked_child
 from runcov.config import Config, shown_endpoint
 from runcov.export.otlp import otlp_metric_exporter_options
+from runcov.export.transport import shortened
 from runcov.redaction import Redactor
 from runcov.resource import with_new_instance
 
@@ -93,9 +93,6 @@ _OTLP_LOGGERS = (
 
 #: Seconds between two warnings that the agent's metrics could not be exported.
 METRICS_WARNING_INTERVAL = 60.0
-
-_QUERY = re.compile(r"\?[^\s'\")]+")
-
 
 class _OwnExports(threading.local):
     """What the OTLP exporters log while runcov's metric exporter runs on this thread."""
@@ -186,9 +183,7 @@ class _ProcessBoundExporter(MetricExporter):
             return
         self._warned_at = now
         failed, self._told = self.failures - self._told, self.failures
-        cause = _QUERY.sub("?***", cause)  # (a URL's query string may carry a secret)
-        if len(cause) > 300:
-            cause = cause[:297] + "..."
+        cause = shortened(cause)
         log.warning(
             "runcov: could not export the agent's metrics to %s (%d failed export(s)%s); "
             "they are tried again at the next interval",

@@ -45,6 +45,9 @@ _KINDS = ("job", "consumer")
 #: tell it from the HTTP requests of the same routes.
 WEBSOCKET = "WEBSOCKET"
 
+#: The methods (as selectors spell them) of the endpoint kinds that are not HTTP requests.
+_NOT_HTTP = (*(kind.upper() for kind in _KINDS), WEBSOCKET)
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -66,6 +69,17 @@ class Selector:
     mode: Optional[str]
     pattern: re.Pattern[str]
     specificity: tuple[int, int, int]
+
+    def same_kind(self, method: Optional[str]) -> bool:
+        """True when a request counted under ``method`` is of the kind this selector selects:
+        a job for ``job``, a consumer span for ``consumer``, a websocket connection for
+        ``WEBSOCKET``, an HTTP request (any method) for an HTTP method, anything without one."""
+        if self.method is None:
+            return True
+        kind = method.upper() if method else None
+        if self.method in _NOT_HTTP:
+            return kind == self.method
+        return kind is not None and kind not in _NOT_HTTP
 
     def matches(self, method: Optional[str], route: Optional[str]) -> bool:
         """True when this selector covers ``method`` and ``route`` (None = not known yet)."""

@@ -356,6 +356,13 @@ def _reason(error: BaseException) -> str:
     found = _OS_ERROR.search(text)
     if found:
         return found.group(1).strip().rstrip(".")
+    return shortened(text)
+
+
+def shortened(text: str) -> str:
+    """An error's text as a log line carries it: a URL's query string (which may carry a
+    secret) masked, and cut at 300 characters."""
+    text = _QUERY.sub("?***", text)
     return text if len(text) <= 300 else text[:297] + "..."
 
 

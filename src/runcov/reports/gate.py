@@ -96,14 +96,11 @@ class FileResult:
             return None
         return shown_percent(len(self.covered), len(self.lines), threshold)
 
-    def as_dict(self, threshold: Optional[float] = None) -> dict[str, Any]:
-        """JSON form (``percent`` with the digits ``threshold`` needs, when given)."""
+    def as_dict(self, threshold: float) -> dict[str, Any]:
+        """JSON form (``percent`` with the digits the verdict at ``threshold`` needs)."""
         missed = sorted(self.lines - self.covered)
-        if threshold is None:
-            pct = percent(len(self.covered), len(self.lines))
-        else:
-            shown = self.shown_percent(threshold)
-            pct = None if shown is None else float(shown)
+        shown = self.shown_percent(threshold)
+        pct = None if shown is None else float(shown)
         return {
             "path": self.path, "lines": len(self.lines), "covered": len(self.covered),
             "percent": pct,
@@ -188,10 +185,10 @@ class GateResult:
         """``shop 1.1 (prod, canary)``, with the endpoint and the window when narrowed."""
         where = release_label(self.release)
         if self.endpoint:
-            where += f", endpoint {self.endpoint},"
+            where += f", endpoint {self.endpoint}" + ("," if self.window else "")
         if self.window:
             where += f" {self.window.label()}"
-        return where.rstrip(",")
+        return where
 
     def shown_percent(self) -> str:
         """The covered percentage as the verdict shows it (see :func:`shown_percent`)."""
