@@ -68,8 +68,8 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @contextlib.contextmanager
-def not_http_server(answer: bytes) -> Iterator[str]:
-    """A loopback server that answers every connection with ``answer`` (not HTTP/1.x)."""
+def http_server(respond: Callable[[socket.socket, bytes], None]) -> Iterator[str]:
+    """A loopback server that reads each request's head and lets ``respond`` answer it."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)
@@ -83,8 +83,16 @@ def not_http_server(answer: bytes) -> Iterator[str]:
             except socket.timeout:  # TimeoutError from Python 3.10 on
                 continue
             with conn:
-                conn.recv(65536)
-                conn.sendall(answer)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    head += data
+                try:
+                    respond(conn, head)
+                except OSError:
+                    pass
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -94,6 +102,11 @@ def not_http_server(answer: bytes) -> Iterator[str]:
         stop.set()
         thread.join(5)
         server.close()
+
+
+def not_http_server(answer: bytes) -> contextlib.AbstractContextManager[str]:
+    """A loopback server that answers every connection with ``answer`` (not HTTP/1.x)."""
+    return http_server(lambda conn, head: conn.sendall(answer))
 
 
 @pytest.mark.parametrize(("answer", "message"), [
@@ -139,11 +152,7 @@ def test_a_collector_url_that_cannot_work_is_a_configuration_error_naming_why(
 
 def json_server(doc: object) -> contextlib.AbstractContextManager[str]:
     """A loopback server that answers every request with this JSON document (HTTP 200)."""
-    body = json.dumps(doc).encode()
-    return not_http_server(
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
-    )
+    return http_server(_answer(json.dumps(doc).encode()))
 
 
 @pytest.mark.parametrize(("doc", "command", "path", "problem"), [
@@ -226,43 +235,6 @@ def test_unexpected_errors_never_exit_1(monkeypatch: pytest.MonkeyPatch,
 
 
 # -- a collector that answers in ways that could harm the caller ---------------------------
-
-
-@contextlib.contextmanager
-def http_server(respond: Callable[[socket.socket, bytes], None]) -> Iterator[str]:
-    """A loopback server that reads each request's head and lets ``respond`` answer it."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    server.settimeout(0.1)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except socket.timeout:
-                continue
-            with conn:
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    data = conn.recv(65536)
-                    if not data:
-                        break
-                    head += data
-                try:
-                    respond(conn, head)
-                except OSError:
-                    pass
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(5)
-        server.close()
 
 
 def test_a_redirect_is_not_followed_and_the_token_stays_home(

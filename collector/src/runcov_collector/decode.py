@@ -271,6 +271,19 @@ def _fix_ids(obj: Any, keys: dict[str, str] = _ID_KEYS) -> str | None:
     return error
 
 
+def _fix_ids_of(items: list[Any], label: str) -> str | None:
+    """:func:`_fix_ids` of each of ``items`` (a span's links, a point's exemplars): why the
+    first id that is not hex could not be read, named by its item (``links[1].span_id 'zz'
+    is not hex``), None when all could. Every item's ids are turned: one left in hex would
+    fail the whole request's parsing."""
+    error = None
+    for n, item in enumerate(items):
+        item_error = _fix_ids(item)
+        if item_error is not None:
+            error = error or f"{label}[{n}].{item_error}"
+    return error
+
+
 def _items(obj: Any, *keys: str) -> list[Any]:
     """``obj[key]`` for the first present key if it is a list of objects, else []."""
     if not isinstance(obj, dict):
@@ -289,10 +302,10 @@ def _fix_trace_json(doc: Any, id_errors: IdErrors | None) -> None:
                 error = _fix_ids(span, _SPAN_ID_KEYS)
                 # A link id that is not hex makes the span as malformed as its own id would:
                 # the span is rejected naming the link, rather than kept with a link to nothing.
-                for n, link in enumerate(_items(span, "links")):
-                    link_error = _fix_ids(link)
-                    if link_error is not None:
-                        error = error or f"links[{n}].{link_error}"
+                # (The links are turned even when the span's own id failed: one left in hex
+                # would fail the whole request's parsing.)
+                link_error = _fix_ids_of(_items(span, "links"), "links")
+                error = error or link_error
                 if error is not None and id_errors is not None:
                     id_errors[i, j, k] = error
 
@@ -307,11 +320,7 @@ def _fix_metrics_json(doc: Any, id_errors: IdErrors | None) -> None:
                 for kind in kinds:
                     points = _items(metric.get(kind), "dataPoints", "data_points")
                     for p, point in enumerate(points):
-                        error = None
-                        for n, exemplar in enumerate(_items(point, "exemplars")):
-                            exemplar_error = _fix_ids(exemplar)
-                            if exemplar_error is not None:
-                                error = error or f"exemplars[{n}].{exemplar_error}"
+                        error = _fix_ids_of(_items(point, "exemplars"), "exemplars")
                         # Only the point is rejected (its metric's other points, and the rest
                         # of the request, are kept): an exemplar is no part of what is stored.
                         if error is not None and id_errors is not None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from collector.tests.server.conftest import INGEST_TOKEN, QUERY_TOKEN
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from collector.tests.server.test_collector_http import _partial as partial_success
 
 from runcov_collector.testing import (
     coverage_span,
@@ -33,13 +33,9 @@ HOSTILE = ["\x80", "\x85", "\x9b", "\x9f", "\u061c", "\u200e", "\u200f",
 
 
 def _partial(response: Any) -> tuple[int, str]:
+    """An accepted export's partial success: (rejected spans, error message)."""
     assert response.status_code == 200, response.text
-    if response.headers["content-type"].startswith("application/json"):
-        partial = response.json().get("partialSuccess", {})
-        return int(partial.get("rejectedSpans", 0)), partial.get("errorMessage", "")
-    parsed = ExportTraceServiceResponse()
-    parsed.ParseFromString(response.content)
-    return parsed.partial_success.rejected_spans, parsed.partial_success.error_message
+    return partial_success(response)
 
 
 @pytest.mark.parametrize("json_body", [False, True], ids=["protobuf", "json"])
